@@ -1,0 +1,1 @@
+"""Crystalline CLLM agent: crawler, file monitor, continuous trainer and the `cllm` CLI."""

@@ -1,0 +1,1 @@
+"""Crystalline CLLM store: SQLAlchemy models, engine factory, migrations and history queries."""
