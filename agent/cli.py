@@ -1,0 +1,45 @@
+"""The `cllm` command line: a thin layer over library calls.
+
+Library code raises CllmError subclasses; this module turns them into one-line messages
+with a hint (exit status 2) instead of tracebacks. Command groups owned by other modules
+register themselves below with `main.add_command(...)`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import click
+
+from engine.errors import CllmError
+
+CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"], max_content_width=100)
+
+
+def friendly_errors(fn):
+    """Turn CllmError (user mistakes) into a one-line message and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CllmError as e:
+            click.echo(f"Error: {e.one_line()}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Crystalline CLLM: a continuous-learning crawler agent with its own GPT engine.
+
+    Example: cllm train corpus/ --data-dir ./cllm-data
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- command registration (each owner adds one line) ---
