@@ -1,0 +1,16 @@
+"""Crystalline CLLM engine: a GPT-2 style language model in numpy + numba.
+
+Public API: ModelConfig, TrainConfig, presets (tiny, small, base), Model, Optimizer,
+lr_at, save_checkpoint / load_checkpoint, ThreadedTrainingSystem, Tokenizer.
+"""
+from engine.config import PRESETS, ModelConfig, TrainConfig, base, preset, small, tiny
+from engine.errors import CheckpointError, CllmError, ConfigError
+from engine.model import Model, Workspace
+from engine.optim import Optimizer, clip_scale, lr_at
+from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "PRESETS", "ModelConfig", "TrainConfig", "base", "preset", "small", "tiny",
+    "CheckpointError", "CllmError", "ConfigError", "Model", "Workspace", "Optimizer",
+    "clip_scale", "lr_at", "Checkpoint", "load_checkpoint", "save_checkpoint",
+]

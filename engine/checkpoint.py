@@ -1,0 +1,180 @@
+"""Checkpoints: safetensors files (never pickle) with weights, optimizer moments and metadata,
+written atomically (temp file in the same directory, fsync, os.replace, fsync directory).
+
+Metadata holds the model and train configs (JSON), step, cycle, vocabulary size, tokenizer
+hash and a SHA-256 of the tensor payload, so truncation, corruption and mismatches are all
+refused with a CheckpointError naming the file and the problem.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from engine.config import ModelConfig, TrainConfig
+from engine.errors import CheckpointError
+from engine.model import Model
+from engine.optim import Optimizer
+from engine.params import ParamLayout
+
+FORMAT = "cllm-checkpoint-1"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model: Model
+    train_config: Optional[TrainConfig]
+    optimizer: Optional[Optimizer]
+    step: int
+    cycle: int
+    tokenizer_sha256: Optional[str]
+    extra: dict = field(default_factory=dict)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write data to path atomically and durably."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _payload_sha256(tensors: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(tensors[name]).tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(path, model: Model, optimizer: Optional[Optimizer] = None,
+                    train_config: Optional[TrainConfig] = None, step: int = 0, cycle: int = 0,
+                    tokenizer_sha256: Optional[str] = None, extra: Optional[dict] = None
+                    ) -> str:
+    """Write a checkpoint atomically; returns the SHA-256 of the file's bytes."""
+    from safetensors.numpy import save
+
+    tensors: dict[str, np.ndarray] = {n: np.ascontiguousarray(model.param(n))
+                                      for n in model.param_names()}
+    if optimizer is not None:
+        for k, arr in optimizer.state().items():
+            tensors[f"optim.{k}"] = arr
+    meta = {
+        "format": FORMAT,
+        "model_config": model.config.to_json(),
+        "train_config": (train_config or (optimizer.cfg if optimizer else None)).to_json()
+        if (train_config or optimizer) else "",
+        "step": str(int(step)),
+        "cycle": str(int(cycle)),
+        "optimizer_t": str(optimizer.t if optimizer else 0),
+        "vocab_size": str(model.config.vocab_size),
+        "tokenizer_sha256": tokenizer_sha256 or "",
+        "payload_sha256": _payload_sha256(tensors),
+        "extra": json.dumps(extra or {}, sort_keys=True),
+    }
+    data = save(tensors, metadata=meta)
+    atomic_write_bytes(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_checkpoint(path, expected_tokenizer_sha256: Optional[str] = None,
+                    expected_sha256: Optional[str] = None) -> Checkpoint:
+    """Load and verify a checkpoint; raises CheckpointError naming the file and the problem."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = Path(path)
+    hint = "use an earlier checkpoint or retrain; the file cannot be trusted"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist",
+                              "check the path, or train first") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}",
+                              "check its permissions") from None
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise CheckpointError(f"checkpoint {path} fails its SHA-256 check", hint)
+    try:
+        tensors = load(data)
+        meta = _read_metadata(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({e})", hint
+                              ) from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a Crystalline CLLM checkpoint "
+                              f"(format {meta.get('format')!r})", hint)
+    if _payload_sha256(tensors) != meta.get("payload_sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupted (payload hash mismatch)", hint)
+    try:
+        cfg = ModelConfig.from_json(meta["model_config"])
+        tcfg = TrainConfig.from_json(meta["train_config"]) if meta.get("train_config") else None
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has unreadable configs ({e})", hint) from None
+    tok = meta.get("tokenizer_sha256") or None
+    if expected_tokenizer_sha256 is not None and tok != expected_tokenizer_sha256:
+        raise CheckpointError(
+            f"checkpoint {path} was made with another tokenizer ({tok} != "
+            f"{expected_tokenizer_sha256})", "load the tokenizer saved with this checkpoint")
+    layout = ParamLayout.from_config(cfg)
+    flat = np.empty(layout.size, np.float32)
+    views = layout.views(flat)
+    for name, view in views.items():
+        arr = tensors.get(name)
+        if arr is None or arr.shape != view.shape or arr.dtype != np.float32:
+            raise CheckpointError(f"checkpoint {path}: tensor {name!r} is missing or does not "
+                                  f"match the config", hint)
+        view[...] = arr
+    model = Model(cfg, params=flat)
+    optimizer = None
+    if tcfg is not None and "optim.m" in tensors:
+        optimizer = Optimizer(layout, tcfg)
+        state = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+        try:
+            optimizer.load_state(state, int(meta.get("optimizer_t", "0")))
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path}: {e}", hint) from None
+    return Checkpoint(path=path, model=model, train_config=tcfg, optimizer=optimizer,
+                      step=int(meta.get("step", 0)), cycle=int(meta.get("cycle", 0)),
+                      tokenizer_sha256=tok, extra=json.loads(meta.get("extra") or "{}"))
+
+
+def _read_metadata(data: bytes) -> dict[str, str]:
+    if len(data) < 8:
+        raise ValueError("file shorter than the safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n <= 0 or 8 + n > len(data):
+        raise ValueError("header length out of range")
+    header = json.loads(data[8:8 + n])
+    return header.get("__metadata__", {}) or {}

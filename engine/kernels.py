@@ -1,0 +1,397 @@
+"""Numba kernels of the GPT engine: paired forward/backward passes, the fused softmax
+cross-entropy (with the optional crystalline prior term), and the optimizer updates.
+
+Shape legend (used in every signature below):
+    B = batch, T = time (sequence length), C = channels, V = vocabulary,
+    NH = heads, hs = head size (C // NH), N = B * T rows.
+
+Conventions (after llm.c):
+- forward:  x_forward(out, cache..., inp, weights..., dims)
+- backward: x_backward(dinp, dweights..., dout, inp, weights..., cache...)
+- Weight gradients (`dw`, `db`, `dwte`, `dwpe`) ACCUMULATE with `+=`; each kernel says
+  whether `dinp` accumulates or is overwritten.
+- Kernels assume C-contiguous float32 / int32-or-int64 arrays; the model validates at its
+  boundary. Matmuls are not here: they go to BLAS through numpy.
+- Reductions run in float64 and in a fixed order, so results are deterministic.
+
+What is deliberately not here: parameter layout (engine.params), orchestration of layers
+(engine.model), threading (engine.spheres).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine._jit import kernel
+
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+LN_EPS = 1e-5
+
+
+# ----------------------------------------------------------------------------- encoder
+
+@kernel
+def encoder_forward(out, inp, wte, wpe):
+    """out (B,T,C) = wte[inp] + wpe[t]; inp (B,T) ints."""
+    B, T, C = out.shape
+    for b in range(B):
+        for t in range(T):
+            ix = inp[b, t]
+            for c in range(C):
+                out[b, t, c] = wte[ix, c] + wpe[t, c]
+
+
+@kernel
+def encoder_backward(dwte, dwpe, dout, inp):
+    """Scatter-add dout (B,T,C) into dwte (V,C) and dwpe (T,C), in a fixed order."""
+    B, T, C = dout.shape
+    for b in range(B):
+        for t in range(T):
+            ix = inp[b, t]
+            for c in range(C):
+                d = dout[b, t, c]
+                dwte[ix, c] += d
+                dwpe[t, c] += d
+
+
+# --------------------------------------------------------------------------- layernorm
+
+@kernel
+def layernorm_forward(out, mean, rstd, inp, w, b):
+    """out (N,C) = (inp - mean) * rstd * w + b; caches mean (N,), rstd (N,) for backward."""
+    N, C = inp.shape
+    for i in range(N):
+        m = 0.0
+        for c in range(C):
+            m += inp[i, c]
+        m /= C
+        v = 0.0
+        for c in range(C):
+            d = inp[i, c] - m
+            v += d * d
+        v /= C
+        s = 1.0 / math.sqrt(v + LN_EPS)
+        for c in range(C):
+            out[i, c] = (inp[i, c] - m) * s * w[c] + b[c]
+        mean[i] = m
+        rstd[i] = s
+
+
+@kernel
+def layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd):
+    """dinp (N,C) += ...; dw (C,) += ...; db (C,) += ... (all accumulate)."""
+    N, C = inp.shape
+    dw64 = np.zeros(C, np.float64)
+    db64 = np.zeros(C, np.float64)
+    for i in range(N):
+        m = mean[i]
+        s = rstd[i]
+        dnorm_mean = 0.0
+        dnorm_norm_mean = 0.0
+        for c in range(C):
+            norm = (inp[i, c] - m) * s
+            dnorm = w[c] * dout[i, c]
+            dnorm_mean += dnorm
+            dnorm_norm_mean += dnorm * norm
+            db64[c] += dout[i, c]
+            dw64[c] += norm * dout[i, c]
+        dnorm_mean /= C
+        dnorm_norm_mean /= C
+        for c in range(C):
+            norm = (inp[i, c] - m) * s
+            dnorm = w[c] * dout[i, c]
+            dinp[i, c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s
+    for c in range(C):
+        dw[c] += dw64[c]
+        db[c] += db64[c]
+
+
+# ------------------------------------------------------------------------------ linear
+
+@kernel
+def bias_residual_forward(out, b, residual):
+    """out (N,D) += b (D,) + residual (N,D): the epilogue of `x @ W + b + x_skip`."""
+    N, D = out.shape
+    for i in range(N):
+        for j in range(D):
+            out[i, j] += b[j] + residual[i, j]
+
+
+@kernel
+def bias_forward(out, b):
+    """out (N,D) += b (D,)."""
+    N, D = out.shape
+    for i in range(N):
+        for j in range(D):
+            out[i, j] += b[j]
+
+
+@kernel
+def bias_backward(db, dout):
+    """db (D,) += column sums of dout (N,D), accumulated in float64."""
+    N, D = dout.shape
+    acc = np.zeros(D, np.float64)
+    for i in range(N):
+        for j in range(D):
+            acc[j] += dout[i, j]
+    for j in range(D):
+        db[j] += acc[j]
+
+
+# -------------------------------------------------------------------------------- gelu
+
+@kernel
+def gelu_forward(out, th, inp):
+    """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); caches th = tanh(.) for backward.
+
+    tanh(u) is evaluated as 1 - 2 / (exp(2u) + 1) (LLVM's exp), which is exact to float32
+    round-off, saturates correctly at +-1 and is several times faster than scalar tanh.
+    """
+    N, D = inp.shape
+    for i in range(N):
+        for j in range(D):
+            x = inp[i, j]
+            u = GELU_SCALE * (x + 0.044715 * x * x * x)
+            t = 1.0 - 2.0 / (math.exp(2.0 * u) + 1.0)
+            th[i, j] = t
+            out[i, j] = 0.5 * x * (1.0 + t)
+
+
+@kernel
+def gelu_backward(dinp, inp, th, dout):
+    """dinp (N,D) = dout * gelu'(inp) (overwritten), using the cached tanh th."""
+    N, D = inp.shape
+    for i in range(N):
+        for j in range(D):
+            x = inp[i, j]
+            t = th[i, j]
+            sech2 = 1.0 - t * t
+            du = GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x)
+            dinp[i, j] = dout[i, j] * (0.5 * (1.0 + t) + 0.5 * x * sech2 * du)
+
+
+# ---------------------------------------------------------------------------- attention
+
+@kernel
+def attention_softmax_forward(att, scale):
+    """In place on att (B,NH,T,T): raw scores q.k -> causal softmax of scale * scores.
+
+    Row t keeps columns 0..t; columns > t are set to 0. The result is the cache for backward.
+    """
+    B, NH, T, _ = att.shape
+    for b in range(B):
+        for h in range(NH):
+            for t in range(T):
+                row = att[b, h, t]
+                mx = -np.inf
+                for j in range(t + 1):
+                    if row[j] > mx:
+                        mx = row[j]
+                s = 0.0
+                for j in range(t + 1):
+                    e = math.exp(scale * (row[j] - mx))
+                    row[j] = e
+                    s += e
+                inv = 1.0 / s
+                for j in range(t + 1):
+                    row[j] *= inv
+                for j in range(t + 1, T):
+                    row[j] = 0.0
+
+
+@kernel
+def attention_softmax_backward(datt, att, scale):
+    """In place on datt (B,NH,T,T): d(probs) -> d(raw scores), given probs att (the cache)."""
+    B, NH, T, _ = att.shape
+    for b in range(B):
+        for h in range(NH):
+            for t in range(T):
+                p = att[b, h, t]
+                dp = datt[b, h, t]
+                dot = 0.0
+                for j in range(t + 1):
+                    dot += p[j] * dp[j]
+                for j in range(t + 1):
+                    dp[j] = scale * p[j] * (dp[j] - dot)
+                for j in range(t + 1, T):
+                    dp[j] = 0.0
+
+
+@kernel
+def attention_decode(out, q, kcache, vcache, n, scale):
+    """One decoding position against a KV cache.
+
+    out (NH,hs) = softmax(scale * q . k[:n]) @ v[:n]; q (NH,hs); kcache, vcache (NH,Tmax,hs).
+    """
+    NH, hs = q.shape
+    w = np.empty(n, np.float32)
+    for h in range(NH):
+        mx = -np.inf
+        for j in range(n):
+            d = 0.0
+            for c in range(hs):
+                d += q[h, c] * kcache[h, j, c]
+            d *= scale
+            w[j] = d
+            if d > mx:
+                mx = d
+        s = 0.0
+        for j in range(n):
+            e = math.exp(w[j] - mx)
+            w[j] = e
+            s += e
+        inv = 1.0 / s
+        for c in range(hs):
+            out[h, c] = 0.0
+        for j in range(n):
+            p = w[j] * inv
+            for c in range(hs):
+                out[h, c] += p * vcache[h, j, c]
+
+
+# ---------------------------------------------------------------- fused cross-entropy
+
+@kernel
+def crossentropy_forward(losses, logits, targets, nbr_idx, nbr_q, lam):
+    """Fused softmax + cross-entropy (+ crystalline prior), IN PLACE on logits (N,V).
+
+    For each row with a valid target (>= 0), logits[i] is overwritten with the softmax
+    probabilities (the cache for backward: no second V-wide copy exists) and
+        losses[i] = -log p[target] + lam * KL(q(.|target) || p)
+    where q(.|t) puts weight nbr_q[t, k] on token nbr_idx[t, k]. Rows with target < 0 get
+    loss 0 and their logits are left untouched. Returns the number of valid rows.
+    """
+    N, V = logits.shape
+    K = nbr_idx.shape[1]
+    n_valid = 0
+    for i in range(N):
+        t = targets[i]
+        if t < 0:
+            losses[i] = 0.0
+            continue
+        n_valid += 1
+        row = logits[i]
+        mx = -np.inf
+        for j in range(V):
+            if row[j] > mx:
+                mx = row[j]
+        # read what the loss needs before the row is overwritten with probabilities
+        lt = row[t]
+        qlogq_minus_ql = 0.0  # sum_k q_k (log q_k - logit_k)
+        qsum = 0.0
+        if lam != 0.0:
+            for k in range(K):
+                qk = nbr_q[t, k]
+                if qk > 0.0:
+                    qlogq_minus_ql += qk * (math.log(qk) - row[nbr_idx[t, k]])
+                    qsum += qk
+        s = 0.0
+        for j in range(V):
+            e = math.exp(row[j] - mx)
+            row[j] = e
+            s += e
+        lse = mx + math.log(s)
+        loss = lse - lt
+        if lam != 0.0:
+            # KL(q || p) = sum_k q_k (log q_k - logit_k + lse)
+            loss += lam * (qlogq_minus_ql + qsum * lse)
+        losses[i] = loss
+        inv = 1.0 / s
+        for j in range(V):
+            row[j] *= inv
+    return n_valid
+
+
+@kernel
+def crossentropy_backward(probs, targets, nbr_idx, nbr_q, lam, scale):
+    """IN PLACE on probs (N,V) -> dlogits (overwritten).
+
+    dlogits = scale * ((1 + lam) p - onehot(target) - lam * q(.|target)) for valid rows,
+    0 for rows with target < 0. `scale` is 1 / (global count of valid targets).
+    """
+    N, V = probs.shape
+    K = nbr_idx.shape[1]
+    a = scale * (1.0 + lam)
+    for i in range(N):
+        t = targets[i]
+        row = probs[i]
+        if t < 0:
+            for j in range(V):
+                row[j] = 0.0
+            continue
+        for j in range(V):
+            row[j] *= a
+        row[t] -= scale
+        if lam != 0.0:
+            for k in range(K):
+                row[nbr_idx[t, k]] -= scale * lam * nbr_q[t, k]
+
+
+# --------------------------------------------------------------------------- optimizer
+
+@kernel
+def sumsq(x, lo, hi):
+    """Sum of squares of x[lo:hi] in float64 (a segment's share of the global grad norm)."""
+    acc = 0.0
+    for i in range(lo, hi):
+        v = np.float64(x[i])
+        acc += v * v
+    return acc
+
+
+@kernel
+def sum_rows(out, rows, lo, hi):
+    """out[lo:hi] = sum over r of rows[r, lo:hi], added in row order (deterministic)."""
+    R = rows.shape[0]
+    for i in range(lo, hi):
+        out[i] = rows[0, i]
+    for r in range(1, R):
+        for i in range(lo, hi):
+            out[i] += rows[r, i]
+
+
+@kernel
+def adamw_update(params, grads, m, v, lo, hi, starts, decay, lr, beta1, beta2, eps,
+                 weight_decay, bc1, bc2, grad_scale):
+    """AdamW on the flat segment [lo, hi).
+
+    starts (P+1,) are tensor offsets in the flat layout and decay (P,) says which tensors
+    get decoupled weight decay. grad_scale folds in gradient clipping; bc1, bc2 are the
+    bias corrections 1 - beta^step.
+    """
+    ti = np.searchsorted(starts, lo, side="right") - 1
+    i = lo
+    while i < hi:
+        end = min(hi, starts[ti + 1])
+        wd = weight_decay if decay[ti] else 0.0
+        for j in range(i, end):
+            g = grads[j] * grad_scale
+            mj = beta1 * m[j] + (1.0 - beta1) * g
+            vj = beta2 * v[j] + (1.0 - beta2) * g * g
+            m[j] = mj
+            v[j] = vj
+            mhat = mj / bc1
+            vhat = vj / bc2
+            params[j] -= lr * (mhat / (math.sqrt(vhat) + eps) + wd * params[j])
+        i = end
+        ti += 1
+
+
+@kernel
+def sgd_update(params, grads, mom, lo, hi, starts, decay, lr, momentum, weight_decay,
+               grad_scale):
+    """SGD with momentum (mom = momentum * mom + g; p -= lr * (mom + wd * p)) on [lo, hi)."""
+    ti = np.searchsorted(starts, lo, side="right") - 1
+    i = lo
+    while i < hi:
+        end = min(hi, starts[ti + 1])
+        wd = weight_decay if decay[ti] else 0.0
+        for j in range(i, end):
+            g = grads[j] * grad_scale
+            if momentum != 0.0:
+                g = momentum * mom[j] + g
+                mom[j] = g
+            params[j] -= lr * (g + wd * params[j])
+        i = end
+        ti += 1

@@ -1,0 +1,370 @@
+"""The GPT-2 style language model: parameters in one flat array, forward/backward through
+the paired kernels, loss and gradient, vocabulary growth, and KV-cache generation.
+
+Activations live in a per-caller `Workspace`, never in the model, so worker threads can run
+`forward_backward` concurrently on their own buffers and their own gradient rows. What is
+not here: optimizers (engine.optim), threading (engine.spheres), files (engine.checkpoint).
+
+Shape legend: B batch, T time, C channels, V vocab, NH heads, hs head size, N = B*T.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from engine import kernels as K
+from engine.config import ModelConfig
+from engine.params import ParamLayout, grow_flat
+
+_NO_NEIGHBOURS_IDX = np.zeros((1, 1), np.int32)
+_NO_NEIGHBOURS_Q = np.zeros((1, 1), np.float32)
+
+
+class Workspace:
+    """Activation buffers (the forward's cache) and backward scratch for one (B, T, V)."""
+
+    def __init__(self, cfg: ModelConfig, B: int, T: int) -> None:
+        C, L, NH, V = cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.vocab_size
+        N = B * T
+        f = np.float32
+        self.B, self.T, self.V = B, T, V
+        self.resid = np.empty((L + 1, N, C), f)     # input of block l; resid[L] feeds lnf
+        self.resid_mid = np.empty((L, N, C), f)     # after the attention residual add
+        self.ln1 = np.empty((L, N, C), f)
+        self.ln1_mean = np.empty((L, N), f)
+        self.ln1_rstd = np.empty((L, N), f)
+        self.qkv = np.empty((L, N, 3 * C), f)
+        self.att = np.empty((L, B, NH, T, T), f)    # causal softmax probabilities
+        self.atty = np.empty((L, N, C), f)          # attention output, heads re-interleaved
+        self.ln2 = np.empty((L, N, C), f)
+        self.ln2_mean = np.empty((L, N), f)
+        self.ln2_rstd = np.empty((L, N), f)
+        self.fc = np.empty((L, N, 4 * C), f)        # pre-activation of the MLP
+        self.fc_tanh = np.empty((L, N, 4 * C), f)   # tanh cache of GELU
+        self.gelu = np.empty((L, N, 4 * C), f)
+        self.lnf = np.empty((N, C), f)
+        self.lnf_mean = np.empty(N, f)
+        self.lnf_rstd = np.empty(N, f)
+        self.logits = np.empty((N, V), f)           # logits -> probs -> dlogits, in place
+        self.losses = np.empty(N, f)
+        # backward scratch
+        self.dresid = np.empty((N, C), f)
+        self.dC = np.empty((N, C), f)
+        self.dqkv = np.empty((N, 3 * C), f)
+        self.datt = np.empty((B, NH, T, T), f)
+        self.d4a = np.empty((N, 4 * C), f)
+        self.d4b = np.empty((N, 4 * C), f)
+
+
+def _heads(x: np.ndarray, B: int, T: int, NH: int) -> np.ndarray:
+    """(N, C)-shaped slice of channels -> (B, NH, T, hs) strided view (no copy)."""
+    C = x.shape[-1]
+    return x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)
+
+
+class Model:
+    """GPT-2: wte, wpe, L pre-LN blocks (fused-qkv causal attention, GELU MLP), lnf, tied head."""
+
+    def __init__(self, config: ModelConfig, seed: int = 0, params: Optional[np.ndarray] = None
+                 ) -> None:
+        self.config = config
+        self.layout = ParamLayout.from_config(config)
+        if params is None:
+            params = self._init_params(seed)
+        elif params.dtype != np.float32 or params.shape != (self.layout.size,):
+            raise ValueError(f"params must be float32 of shape ({self.layout.size},), "
+                             f"got {params.dtype} {params.shape}")
+        self.params = params
+        self._views = self.layout.views(self.params)
+        self._tls = threading.local()
+        self._neighbours: Optional[tuple[int, np.ndarray, np.ndarray]] = None
+
+    # ------------------------------------------------------------------ parameters
+    def _init_params(self, seed: int) -> np.ndarray:
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        flat = np.empty(self.layout.size, np.float32)
+        views = self.layout.views(flat)
+        std = cfg.init_std
+        for name, v in views.items():
+            if name.endswith(".b"):
+                v[...] = 0.0
+            elif ".ln" in name or name.startswith("lnf"):
+                v[...] = 1.0
+            elif name.endswith("attn.proj.w") or name.endswith("mlp.proj.w"):
+                v[...] = rng.normal(0.0, std / math.sqrt(2 * cfg.n_layers), v.shape)
+            else:
+                v[...] = rng.normal(0.0, std, v.shape)
+        if cfg.init == "lattice":
+            from engine.prime_math import lattice_embedding
+            views["wte"][...] = lattice_embedding(cfg.vocab_size, cfg.d_model, std=std, seed=seed)
+        return flat
+
+    def param_names(self) -> list[str]:
+        return list(self.layout.names)
+
+    def param(self, name: str) -> np.ndarray:
+        return self._views[name] if name in self._views else self.layout.view(self.params, name)
+
+    @property
+    def num_params(self) -> int:
+        return self.layout.size
+
+    def set_params(self, flat: np.ndarray) -> None:
+        """Copy values into the existing flat array (views stay valid)."""
+        self.params[...] = flat
+
+    def grow_vocab(self, new_size: int) -> int:
+        """Append wte rows up to new_size at the mean of the existing rows; returns rows added.
+
+        Logits of existing tokens are unchanged for the same input (the new rows only add
+        new logit columns). Optimizers grow their moments with `Optimizer.grow` (zeros).
+        """
+        cfg = self.config
+        added = int(new_size) - cfg.vocab_size
+        if added < 0:
+            raise ValueError(f"vocabulary cannot shrink ({cfg.vocab_size} -> {new_size})")
+        if added == 0:
+            return 0
+        wte = self._views["wte"]
+        new_rows = np.broadcast_to(wte.mean(axis=0, dtype=np.float64).astype(np.float32),
+                                   (added, cfg.d_model))
+        new_cfg = cfg.replace(vocab_size=int(new_size))
+        new_layout = ParamLayout.from_config(new_cfg)
+        self.params = grow_flat(self.params, self.layout, new_layout, new_rows)
+        self.config, self.layout = new_cfg, new_layout
+        self._views = self.layout.views(self.params)
+        self._tls = threading.local()   # workspaces are sized by V
+        return added
+
+    # ------------------------------------------------------------------ workspaces
+    def workspace(self, B: int, T: int) -> Workspace:
+        """This thread's workspace for (B, T) at the current vocabulary size."""
+        cache = getattr(self._tls, "ws", None)
+        if cache is None:
+            cache = self._tls.ws = {}
+        key = (B, T, self.config.vocab_size)
+        ws = cache.get(key)
+        if ws is None:
+            if len(cache) >= 4:
+                cache.clear()
+            ws = cache[key] = Workspace(self.config, B, T)
+        return ws
+
+    def _check_inputs(self, inputs, targets=None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        cfg = self.config
+        inputs = np.asarray(inputs)
+        if inputs.ndim != 2 or not np.issubdtype(inputs.dtype, np.integer):
+            raise ValueError(f"inputs must be an int array (B, T), got {inputs.dtype} "
+                             f"{inputs.shape}")
+        B, T = inputs.shape
+        if B < 1 or T < 1 or T > cfg.context:
+            raise ValueError(f"inputs shape {inputs.shape}: need B >= 1 and 1 <= T <= "
+                             f"context ({cfg.context})")
+        if inputs.min() < 0 or inputs.max() >= cfg.vocab_size:
+            raise ValueError(f"token ids must be in [0, {cfg.vocab_size}); got "
+                             f"[{inputs.min()}, {inputs.max()}] (grow_vocab first?)")
+        inputs = np.ascontiguousarray(inputs, dtype=np.int64)
+        if targets is not None:
+            targets = np.asarray(targets)
+            if targets.shape != inputs.shape or not np.issubdtype(targets.dtype, np.integer):
+                raise ValueError(f"targets must be an int array of shape {inputs.shape}")
+            if targets.size and (targets.min() < -1 or targets.max() >= cfg.vocab_size):
+                raise ValueError(f"targets must be in [-1, {cfg.vocab_size}) (-1 = ignore)")
+            targets = np.ascontiguousarray(targets, dtype=np.int64)
+        return inputs, targets
+
+    # ------------------------------------------------------------------ forward
+    def _forward_trunk(self, ws: Workspace, inputs: np.ndarray) -> None:
+        """Embeddings, the L blocks and the final LayerNorm, into ws.lnf (N, C)."""
+        cfg, p = self.config, self._views
+        B, T = inputs.shape
+        N, C, NH = B * T, cfg.d_model, cfg.n_heads
+        scale = 1.0 / math.sqrt(cfg.head_size)
+        K.encoder_forward(ws.resid[0].reshape(B, T, C), inputs, p["wte"], p["wpe"][:T])
+        for l in range(cfg.n_layers):
+            h = f"h.{l}"
+            x = ws.resid[l]
+            K.layernorm_forward(ws.ln1[l], ws.ln1_mean[l], ws.ln1_rstd[l], x,
+                                p[f"{h}.ln1.w"], p[f"{h}.ln1.b"])
+            qkv = ws.qkv[l]
+            np.matmul(ws.ln1[l], p[f"{h}.attn.qkv.w"], out=qkv)           # (N, 3C)
+            K.bias_forward(qkv, p[f"{h}.attn.qkv.b"])
+            q = _heads(qkv[:, :C], B, T, NH)                                # (B, NH, T, hs)
+            k = _heads(qkv[:, C:2 * C], B, T, NH)
+            v = _heads(qkv[:, 2 * C:], B, T, NH)
+            att = ws.att[l]
+            np.matmul(q, k.transpose(0, 1, 3, 2), out=att)                  # (B, NH, T, T)
+            K.attention_softmax_forward(att, scale)
+            np.matmul(att, v, out=_heads(ws.atty[l], B, T, NH))             # (B, NH, T, hs)
+            mid = ws.resid_mid[l]
+            np.matmul(ws.atty[l], p[f"{h}.attn.proj.w"], out=mid)           # (N, C)
+            K.bias_residual_forward(mid, p[f"{h}.attn.proj.b"], x)
+            K.layernorm_forward(ws.ln2[l], ws.ln2_mean[l], ws.ln2_rstd[l], mid,
+                                p[f"{h}.ln2.w"], p[f"{h}.ln2.b"])
+            np.matmul(ws.ln2[l], p[f"{h}.mlp.fc.w"], out=ws.fc[l])         # (N, 4C)
+            K.bias_forward(ws.fc[l], p[f"{h}.mlp.fc.b"])
+            K.gelu_forward(ws.gelu[l], ws.fc_tanh[l], ws.fc[l])
+            out = ws.resid[l + 1]
+            np.matmul(ws.gelu[l], p[f"{h}.mlp.proj.w"], out=out)           # (N, C)
+            K.bias_residual_forward(out, p[f"{h}.mlp.proj.b"], mid)
+        K.layernorm_forward(ws.lnf, ws.lnf_mean, ws.lnf_rstd, ws.resid[cfg.n_layers],
+                            p["lnf.w"], p["lnf.b"])
+
+    def _neighbour_tables(self, lam: float) -> tuple[np.ndarray, np.ndarray]:
+        if lam == 0.0:
+            return _NO_NEIGHBOURS_IDX, _NO_NEIGHBOURS_Q
+        V = self.config.vocab_size
+        if self._neighbours is None or self._neighbours[0] != V:
+            from engine.prime_math import neighbour_table
+            idx, q = neighbour_table(V)
+            self._neighbours = (V, np.ascontiguousarray(idx, np.int32),
+                                np.ascontiguousarray(q, np.float32))
+        return self._neighbours[1], self._neighbours[2]
+
+    def forward_backward(self, ws: Workspace, inputs: np.ndarray, targets: np.ndarray,
+                         grad: np.ndarray, scale: Optional[float] = None,
+                         crystalline_weight: float = 0.0) -> tuple[float, int]:
+        """Loss and gradient into `grad` (overwritten, flat layout) for validated inputs.
+
+        Returns (sum of per-token losses, number of valid targets). The gradient is of
+        scale * sum(losses); scale defaults to 1 / valid count (the mean). Workers pass
+        1 / (global valid count) so their rows sum to the global-batch gradient.
+        """
+        cfg, p = self.config, self._views
+        B, T = inputs.shape
+        N, C, NH = B * T, cfg.d_model, cfg.n_heads
+        att_scale = 1.0 / math.sqrt(cfg.head_size)
+        tflat = targets.reshape(N)
+        nbr_idx, nbr_q = self._neighbour_tables(crystalline_weight)
+        lam = float(crystalline_weight)
+
+        # ---- forward
+        self._forward_trunk(ws, inputs)
+        np.matmul(ws.lnf, p["wte"].T, out=ws.logits)                          # (N, V)
+        n_valid = K.crossentropy_forward(ws.losses, ws.logits, tflat, nbr_idx, nbr_q, lam)
+        loss_sum = float(ws.losses.sum(dtype=np.float64))
+        if scale is None:
+            scale = 1.0 / max(n_valid, 1)
+
+        # ---- backward, layers in exact reverse order
+        grad[...] = 0.0
+        g = self.layout.views(grad)
+        K.crossentropy_backward(ws.logits, tflat, nbr_idx, nbr_q, lam, float(scale))
+        dlogits = ws.logits
+        np.matmul(dlogits.T, ws.lnf, out=g["wte"])                            # (V, C)
+        np.matmul(dlogits, p["wte"], out=ws.dC)                               # (N, C) d lnf
+        dresid = ws.dresid
+        dresid[...] = 0.0
+        K.layernorm_backward(dresid, g["lnf.w"], g["lnf.b"], ws.dC, ws.resid[cfg.n_layers],
+                             p["lnf.w"], ws.lnf_mean, ws.lnf_rstd)
+        for l in reversed(range(cfg.n_layers)):
+            h = f"h.{l}"
+            # MLP: out = gelu @ Wm + bm + mid
+            np.matmul(ws.gelu[l].T, dresid, out=g[f"{h}.mlp.proj.w"])         # (4C, C)
+            K.bias_backward(g[f"{h}.mlp.proj.b"], dresid)
+            np.matmul(dresid, p[f"{h}.mlp.proj.w"].T, out=ws.d4a)             # (N, 4C)
+            K.gelu_backward(ws.d4b, ws.fc[l], ws.fc_tanh[l], ws.d4a)
+            np.matmul(ws.ln2[l].T, ws.d4b, out=g[f"{h}.mlp.fc.w"])            # (C, 4C)
+            K.bias_backward(g[f"{h}.mlp.fc.b"], ws.d4b)
+            np.matmul(ws.d4b, p[f"{h}.mlp.fc.w"].T, out=ws.dC)                # (N, C)
+            K.layernorm_backward(dresid, g[f"{h}.ln2.w"], g[f"{h}.ln2.b"], ws.dC,
+                                 ws.resid_mid[l], p[f"{h}.ln2.w"], ws.ln2_mean[l],
+                                 ws.ln2_rstd[l])
+            # attention: mid = atty @ Wp + bp + x
+            np.matmul(ws.atty[l].T, dresid, out=g[f"{h}.attn.proj.w"])        # (C, C)
+            K.bias_backward(g[f"{h}.attn.proj.b"], dresid)
+            np.matmul(dresid, p[f"{h}.attn.proj.w"].T, out=ws.dC)             # (N, C) d atty
+            qkv, dqkv, att = ws.qkv[l], ws.dqkv, ws.att[l]
+            q = _heads(qkv[:, :C], B, T, NH)
+            k = _heads(qkv[:, C:2 * C], B, T, NH)
+            v = _heads(qkv[:, 2 * C:], B, T, NH)
+            dy = _heads(ws.dC, B, T, NH)                                      # (B, NH, T, hs)
+            np.matmul(dy, v.transpose(0, 1, 3, 2), out=ws.datt)               # d probs
+            np.matmul(att.transpose(0, 1, 3, 2), dy, out=_heads(dqkv[:, 2 * C:], B, T, NH))
+            K.attention_softmax_backward(ws.datt, att, att_scale)             # d scores
+            np.matmul(ws.datt, k, out=_heads(dqkv[:, :C], B, T, NH))
+            np.matmul(ws.datt.transpose(0, 1, 3, 2), q,
+                      out=_heads(dqkv[:, C:2 * C], B, T, NH))
+            np.matmul(ws.ln1[l].T, dqkv, out=g[f"{h}.attn.qkv.w"])           # (C, 3C)
+            K.bias_backward(g[f"{h}.attn.qkv.b"], dqkv)
+            np.matmul(dqkv, p[f"{h}.attn.qkv.w"].T, out=ws.dC)               # (N, C)
+            K.layernorm_backward(dresid, g[f"{h}.ln1.w"], g[f"{h}.ln1.b"], ws.dC,
+                                 ws.resid[l], p[f"{h}.ln1.w"], ws.ln1_mean[l], ws.ln1_rstd[l])
+        K.encoder_backward(g["wte"], g["wpe"][:T], dresid.reshape(B, T, C), inputs)
+        return loss_sum, int(n_valid)
+
+    # ------------------------------------------------------------------ public API
+    def loss_and_grad(self, inputs, targets, crystalline_weight: float = 0.0
+                      ) -> tuple[float, np.ndarray]:
+        """Mean cross-entropy over valid targets (-1 = ignore) and its flat gradient."""
+        inputs, targets = self._check_inputs(inputs, targets)
+        ws = self.workspace(*inputs.shape)
+        grad = np.empty(self.layout.size, np.float32)
+        loss_sum, n = self.forward_backward(ws, inputs, targets, grad,
+                                            crystalline_weight=crystalline_weight)
+        return (loss_sum / n if n else 0.0), grad
+
+    def loss(self, inputs, targets, crystalline_weight: float = 0.0) -> tuple[float, int]:
+        """(sum of per-token losses, valid count), forward only."""
+        inputs, targets = self._check_inputs(inputs, targets)
+        ws = self.workspace(*inputs.shape)
+        self._forward_trunk(ws, inputs)
+        np.matmul(ws.lnf, self._views["wte"].T, out=ws.logits)
+        nbr_idx, nbr_q = self._neighbour_tables(crystalline_weight)
+        n = K.crossentropy_forward(ws.losses, ws.logits, targets.reshape(-1), nbr_idx, nbr_q,
+                                   float(crystalline_weight))
+        return float(ws.losses.sum(dtype=np.float64)), int(n)
+
+    def logits(self, inputs) -> np.ndarray:
+        """Logits (B, T, V) of a forward pass (a fresh array)."""
+        inputs, _ = self._check_inputs(inputs)
+        B, T = inputs.shape
+        ws = self.workspace(B, T)
+        self._forward_trunk(ws, inputs)
+        out = np.empty((B * T, self.config.vocab_size), np.float32)
+        np.matmul(ws.lnf, self._views["wte"].T, out=out)
+        return out.reshape(B, T, -1)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 seed: Optional[int] = None, stop: Sequence[Sequence[int]] = ()) -> np.ndarray:
+        """Sample up to max_new_tokens after prompt_ids; returns the new ids (int32)."""
+        return np.fromiter(self.generate_stream(prompt_ids, max_new_tokens, temperature, top_k,
+                                                top_p, seed, stop), dtype=np.int32)
+
+    def generate_stream(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                        temperature: float = 1.0, top_k: Optional[int] = None,
+                        top_p: Optional[float] = None, seed: Optional[int] = None,
+                        stop: Sequence[Sequence[int]] = ()) -> Iterator[int]:
+        """Yield sampled token ids one at a time, decoding incrementally with a KV cache.
+
+        temperature 0 is greedy. When the context fills up, the cache is rebuilt from the
+        last T/2 tokens (a sliding window). Generation stops early when the produced ids end
+        with one of the `stop` sequences (the stop ids are yielded).
+        """
+        from engine.generate import KVDecoder, sample_next
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise ValueError("generation needs a prompt of at least one token")
+        _, _ = self._check_inputs(np.asarray([ids[-self.config.context:]]))
+        rng = np.random.default_rng(seed)
+        dec = KVDecoder(self)
+        logits = dec.prefill(ids[-self.config.context:])
+        produced: list[int] = []
+        stops = [list(s) for s in stop if len(s)]
+        for _ in range(int(max_new_tokens)):
+            nxt = sample_next(logits, rng, temperature, top_k, top_p)
+            produced.append(nxt)
+            yield nxt
+            if any(produced[-len(s):] == s for s in stops):
+                return
+            ids.append(nxt)
+            if dec.n >= self.config.context:
+                logits = dec.prefill(ids[-(self.config.context // 2 or 1):])
+            else:
+                logits = dec.step(nxt)

@@ -1,0 +1,99 @@
+"""The flat parameter layout: one ordered spec table of name -> shape builds every view.
+
+Parameters, gradients, optimizer moments and each worker's gradient row share this layout,
+so zeroing, reduction, clipping, the optimizer step and checkpointing are each one pass
+over a flat float32 array. Nothing here allocates activations or does math.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.config import ModelConfig
+
+
+def param_spec(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes in layout order (wte first, so vocabulary growth appends in place)."""
+    V, T, C, L = cfg.vocab_size, cfg.context, cfg.d_model, cfg.n_layers
+    spec: list[tuple[str, tuple[int, ...]]] = [("wte", (V, C)), ("wpe", (T, C))]
+    for i in range(L):
+        h = f"h.{i}"
+        spec += [
+            (f"{h}.ln1.w", (C,)), (f"{h}.ln1.b", (C,)),
+            (f"{h}.attn.qkv.w", (C, 3 * C)), (f"{h}.attn.qkv.b", (3 * C,)),
+            (f"{h}.attn.proj.w", (C, C)), (f"{h}.attn.proj.b", (C,)),
+            (f"{h}.ln2.w", (C,)), (f"{h}.ln2.b", (C,)),
+            (f"{h}.mlp.fc.w", (C, 4 * C)), (f"{h}.mlp.fc.b", (4 * C,)),
+            (f"{h}.mlp.proj.w", (4 * C, C)), (f"{h}.mlp.proj.b", (C,)),
+        ]
+    spec += [("lnf.w", (C,)), ("lnf.b", (C,))]
+    return spec
+
+
+def is_matrix(name: str) -> bool:
+    """Tensors that get decoupled weight decay: embeddings and linear weights."""
+    return name in ("wte", "wpe") or (name.endswith(".w") and ".ln" not in name)
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    offsets: tuple[int, ...]   # start of each tensor; offsets[-1] == size
+    size: int
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "ParamLayout":
+        spec = param_spec(cfg)
+        offsets = [0]
+        for _, shape in spec:
+            offsets.append(offsets[-1] + int(np.prod(shape)))
+        return cls(tuple(n for n, _ in spec), tuple(s for _, s in spec), tuple(offsets),
+                   offsets[-1])
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"no parameter named {name!r}") from None
+
+    def view(self, flat: np.ndarray, name: str) -> np.ndarray:
+        i = self.index(name)
+        return flat[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
+
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        if flat.shape != (self.size,):
+            raise ValueError(f"flat array has shape {flat.shape}, layout needs ({self.size},)")
+        return {n: flat[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
+                for i, n in enumerate(self.names)}
+
+    def starts_array(self) -> np.ndarray:
+        return np.asarray(self.offsets, dtype=np.int64)
+
+    def decay_array(self) -> np.ndarray:
+        return np.asarray([is_matrix(n) for n in self.names], dtype=np.bool_)
+
+    def segments(self, n: int, align: int = 16) -> list[tuple[int, int]]:
+        """Cut [0, size) into n contiguous segments of near-equal length (cache-line aligned)."""
+        n = max(1, n)
+        bounds = [0]
+        for k in range(1, n):
+            b = (self.size * k // n) // align * align
+            bounds.append(max(bounds[-1], b))
+        bounds.append(self.size)
+        return [(bounds[k], bounds[k + 1]) for k in range(n)]
+
+
+def grow_flat(flat: np.ndarray, old: ParamLayout, new: ParamLayout, new_rows: np.ndarray | None
+              ) -> np.ndarray:
+    """Copy a flat array into a layout whose wte has more rows. New wte rows are `new_rows`
+    (shape (added, C)) or zeros; every other tensor is copied unchanged."""
+    out = np.zeros(new.size, dtype=flat.dtype)
+    old_wte = old.offsets[1]
+    new_wte = new.offsets[1]
+    out[:old_wte] = flat[:old_wte]
+    if new_rows is not None:
+        out[old_wte:new_wte] = new_rows.reshape(-1)
+    out[new_wte:] = flat[old_wte:]
+    return out
