@@ -25,8 +25,13 @@ import numpy as np
 
 from engine._jit import kernel
 
-GELU_SCALE = math.sqrt(2.0 / math.pi)
+GELU_SCALE = np.float32(math.sqrt(2.0 / math.pi))
+GELU_CUBIC = np.float32(0.044715)
 LN_EPS = 1e-5
+F32_ONE = np.float32(1.0)
+F32_HALF = np.float32(0.5)
+F32_TWO = np.float32(2.0)
+F32_NEG_INF = np.float32(-np.inf)
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -152,10 +157,10 @@ def gelu_forward(out, th, inp):
     for i in range(N):
         for j in range(D):
             x = inp[i, j]
-            u = GELU_SCALE * (x + 0.044715 * x * x * x)
-            t = 1.0 - 2.0 / (math.exp(2.0 * u) + 1.0)
+            u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)
+            t = F32_ONE - F32_TWO / (math.exp(F32_TWO * u) + F32_ONE)
             th[i, j] = t
-            out[i, j] = 0.5 * x * (1.0 + t)
+            out[i, j] = F32_HALF * x * (F32_ONE + t)
 
 
 @kernel
@@ -166,9 +171,9 @@ def gelu_backward(dinp, inp, th, dout):
         for j in range(D):
             x = inp[i, j]
             t = th[i, j]
-            sech2 = 1.0 - t * t
-            du = GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x)
-            dinp[i, j] = dout[i, j] * (0.5 * (1.0 + t) + 0.5 * x * sech2 * du)
+            sech2 = F32_ONE - t * t
+            du = GELU_SCALE * (F32_ONE + np.float32(3.0) * GELU_CUBIC * x * x)
+            dinp[i, j] = dout[i, j] * (F32_HALF * (F32_ONE + t) + F32_HALF * x * sech2 * du)
 
 
 # ---------------------------------------------------------------------------- attention
@@ -180,20 +185,21 @@ def attention_softmax_forward(att, scale):
     Row t keeps columns 0..t; columns > t are set to 0. The result is the cache for backward.
     """
     B, NH, T, _ = att.shape
+    sc = np.float32(scale)
     for b in range(B):
         for h in range(NH):
             for t in range(T):
                 row = att[b, h, t]
-                mx = -np.inf
+                mx = F32_NEG_INF
                 for j in range(t + 1):
                     if row[j] > mx:
                         mx = row[j]
-                s = 0.0
+                s = np.float32(0.0)
                 for j in range(t + 1):
-                    e = math.exp(scale * (row[j] - mx))
+                    e = math.exp(sc * (row[j] - mx))
                     row[j] = e
                     s += e
-                inv = 1.0 / s
+                inv = F32_ONE / s
                 for j in range(t + 1):
                     row[j] *= inv
                 for j in range(t + 1, T):
@@ -209,11 +215,12 @@ def attention_softmax_backward(datt, att, scale):
             for t in range(T):
                 p = att[b, h, t]
                 dp = datt[b, h, t]
-                dot = 0.0
+                dot = np.float32(0.0)
                 for j in range(t + 1):
                     dot += p[j] * dp[j]
+                sc = np.float32(scale)
                 for j in range(t + 1):
-                    dp[j] = scale * p[j] * (dp[j] - dot)
+                    dp[j] = sc * p[j] * (dp[j] - dot)
                 for j in range(t + 1, T):
                     dp[j] = 0.0
 
@@ -227,21 +234,21 @@ def attention_decode(out, q, kcache, vcache, n, scale):
     NH, hs = q.shape
     w = np.empty(n, np.float32)
     for h in range(NH):
-        mx = -np.inf
+        mx = F32_NEG_INF
         for j in range(n):
-            d = 0.0
+            d = np.float32(0.0)
             for c in range(hs):
                 d += q[h, c] * kcache[h, j, c]
-            d *= scale
+            d *= np.float32(scale)
             w[j] = d
             if d > mx:
                 mx = d
-        s = 0.0
+        s = np.float32(0.0)
         for j in range(n):
             e = math.exp(w[j] - mx)
             w[j] = e
             s += e
-        inv = 1.0 / s
+        inv = F32_ONE / s
         for c in range(hs):
             out[h, c] = 0.0
         for j in range(n):
@@ -253,54 +260,90 @@ def attention_decode(out, q, kcache, vcache, n, scale):
 # ---------------------------------------------------------------- fused cross-entropy
 
 @kernel
-def crossentropy_forward(losses, logits, targets, nbr_idx, nbr_q, lam):
-    """Fused softmax + cross-entropy (+ crystalline prior), IN PLACE on logits (N,V).
+def crossentropy_prepare(stats, logits, targets, nbr_idx, nbr_q, lam):
+    """First pass of the fused softmax cross-entropy, IN PLACE on logits (N,V).
 
-    For each row with a valid target (>= 0), logits[i] is overwritten with the softmax
-    probabilities (the cache for backward: no second V-wide copy exists) and
-        losses[i] = -log p[target] + lam * KL(q(.|target) || p)
-    where q(.|t) puts weight nbr_q[t, k] on token nbr_idx[t, k]. Rows with target < 0 get
-    loss 0 and their logits are left untouched. Returns the number of valid rows.
+    Valid rows (target >= 0) are shifted by their max; rows with target < 0 are zeroed
+    (they carry no loss or gradient). stats (N,3) records, per row, [max, shifted target
+    logit, sum_k q_k (log q_k - shifted logit_k)] (the crystalline part is 0 when lam == 0).
+    The caller then exponentiates the whole buffer (numpy's SIMD exp) and calls
+    crossentropy_finish. Returns the number of valid rows.
     """
     N, V = logits.shape
     K = nbr_idx.shape[1]
     n_valid = 0
     for i in range(N):
         t = targets[i]
+        row = logits[i]
         if t < 0:
-            losses[i] = 0.0
+            for j in range(V):
+                row[j] = 0.0
+            stats[i, 0] = 0.0
+            stats[i, 1] = 0.0
+            stats[i, 2] = 0.0
             continue
         n_valid += 1
-        row = logits[i]
-        mx = -np.inf
+        mx = F32_NEG_INF
         for j in range(V):
             if row[j] > mx:
                 mx = row[j]
-        # read what the loss needs before the row is overwritten with probabilities
-        lt = row[t]
-        qlogq_minus_ql = 0.0  # sum_k q_k (log q_k - logit_k)
-        qsum = 0.0
+        for j in range(V):
+            row[j] -= mx
+        stats[i, 0] = mx
+        stats[i, 1] = row[t]
+        acc = 0.0
         if lam != 0.0:
             for k in range(K):
                 qk = nbr_q[t, k]
                 if qk > 0.0:
-                    qlogq_minus_ql += qk * (math.log(qk) - row[nbr_idx[t, k]])
-                    qsum += qk
+                    acc += qk * (math.log(qk) - row[nbr_idx[t, k]])
+        stats[i, 2] = acc
+    return n_valid
+
+
+@kernel
+def crossentropy_finish(losses, probs, stats, targets, nbr_q, lam):
+    """Last pass: probs (N,V) holds exp(shifted logits); normalise IN PLACE to softmax
+    probabilities (the cache for backward: no second V-wide copy exists) and write
+        losses[i] = -log p[target] + lam * KL(q(.|target) || p)      (0 for target < 0).
+    """
+    N, V = probs.shape
+    K = nbr_q.shape[1]
+    for i in range(N):
+        t = targets[i]
+        if t < 0:
+            losses[i] = 0.0
+            continue
+        row = probs[i]
         s = 0.0
         for j in range(V):
-            e = math.exp(row[j] - mx)
-            row[j] = e
-            s += e
-        lse = mx + math.log(s)
-        loss = lse - lt
+            s += row[j]
+        lse = math.log(s)                      # log-sum-exp of the shifted row
+        loss = lse - stats[i, 1]
         if lam != 0.0:
-            # KL(q || p) = sum_k q_k (log q_k - logit_k + lse)
-            loss += lam * (qlogq_minus_ql + qsum * lse)
+            qsum = 0.0
+            for k in range(K):
+                qsum += nbr_q[t, k]
+            # KL(q || p) = sum_k q_k (log q_k - shifted_k + lse)
+            loss += lam * (stats[i, 2] + qsum * lse)
         losses[i] = loss
-        inv = 1.0 / s
+        inv = np.float32(1.0 / s)
         for j in range(V):
             row[j] *= inv
-    return n_valid
+
+
+def crossentropy_forward(losses, logits, targets, nbr_idx, nbr_q, lam):
+    """Fused softmax + cross-entropy (+ crystalline prior), IN PLACE on logits (N,V).
+
+    Valid rows of logits become softmax probabilities; rows with target < 0 get loss 0
+    (their buffer contents are unspecified and backward zeroes them). Returns the count of
+    valid rows. Three passes: numba shift, numpy SIMD exp (GIL released), numba normalise.
+    """
+    stats = np.empty((logits.shape[0], 3), np.float64)
+    n = crossentropy_prepare(stats, logits, targets, nbr_idx, nbr_q, lam)
+    np.exp(logits, out=logits)
+    crossentropy_finish(losses, logits, stats, targets, nbr_q, lam)
+    return n
 
 
 @kernel

@@ -1,0 +1,99 @@
+"""PyTorch eager implementation of the same GPT-2 math, used ONLY as the peer that
+benchmarks measure against (PyTorch is never a requirement of the product).
+
+The weights are copied from an engine.Model so both sides compute the same function.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class TorchGPT(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        cfg = model.config
+        self.cfg = cfg
+        self.p = torch.nn.ParameterDict({
+            n.replace(".", "_"): torch.nn.Parameter(torch.from_numpy(model.param(n).copy()))
+            for n in model.param_names()})
+
+    def w(self, name):
+        return self.p[name.replace(".", "_")]
+
+    def forward(self, idx, targets=None):
+        cfg = self.cfg
+        B, T = idx.shape
+        C, NH = cfg.d_model, cfg.n_heads
+        x = self.w("wte")[idx] + self.w("wpe")[:T]
+        for l in range(cfg.n_layers):
+            h = f"h.{l}"
+            a = F.layer_norm(x, (C,), self.w(f"{h}.ln1.w"), self.w(f"{h}.ln1.b"), 1e-5)
+            qkv = torch.addmm(self.w(f"{h}.attn.qkv.b"), a.view(B * T, C),
+                              self.w(f"{h}.attn.qkv.w")).view(B, T, 3 * C)
+            q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in qkv.split(C, dim=2))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = y.transpose(1, 2).reshape(B * T, C)
+            x = x + torch.addmm(self.w(f"{h}.attn.proj.b"), y,
+                                self.w(f"{h}.attn.proj.w")).view(B, T, C)
+            m = F.layer_norm(x, (C,), self.w(f"{h}.ln2.w"), self.w(f"{h}.ln2.b"), 1e-5)
+            f = F.gelu(torch.addmm(self.w(f"{h}.mlp.fc.b"), m.view(B * T, C),
+                                   self.w(f"{h}.mlp.fc.w")), approximate="tanh")
+            x = x + torch.addmm(self.w(f"{h}.mlp.proj.b"), f, self.w(f"{h}.mlp.proj.w")
+                                ).view(B, T, C)
+        x = F.layer_norm(x, (C,), self.w("lnf.w"), self.w("lnf.b"), 1e-5)
+        logits = x @ self.w("wte").T
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
+                               ignore_index=-1)
+
+    @torch.no_grad()
+    def decode(self, prompt: list[int], n_new: int) -> list[int]:
+        """Greedy batch-1 decoding with a KV cache (the usual eager loop)."""
+        cfg = self.cfg
+        C, NH, L = cfg.d_model, cfg.n_heads, cfg.n_layers
+        hs = C // NH
+        kc = torch.zeros(L, NH, cfg.context, hs)
+        vc = torch.zeros(L, NH, cfg.context, hs)
+        out: list[int] = []
+        ids = list(prompt)
+        pos = 0
+        tok = None
+        for step in range(len(ids) + n_new - 1):
+            tok = ids[step] if step < len(ids) else out[-1]
+            x = self.w("wte")[tok] + self.w("wpe")[pos]
+            for l in range(L):
+                h = f"h.{l}"
+                a = F.layer_norm(x, (C,), self.w(f"{h}.ln1.w"), self.w(f"{h}.ln1.b"), 1e-5)
+                qkv = torch.addmv(self.w(f"{h}.attn.qkv.b"), self.w(f"{h}.attn.qkv.w").T, a)
+                q, k, v = qkv.split(C)
+                kc[l, :, pos] = k.view(NH, hs)
+                vc[l, :, pos] = v.view(NH, hs)
+                att = (kc[l, :, :pos + 1] @ q.view(NH, hs, 1)).squeeze(-1) / math.sqrt(hs)
+                y = (att.softmax(-1).unsqueeze(1) @ vc[l, :, :pos + 1]).reshape(C)
+                x = x + torch.addmv(self.w(f"{h}.attn.proj.b"), self.w(f"{h}.attn.proj.w").T, y)
+                m = F.layer_norm(x, (C,), self.w(f"{h}.ln2.w"), self.w(f"{h}.ln2.b"), 1e-5)
+                f = F.gelu(torch.addmv(self.w(f"{h}.mlp.fc.b"), self.w(f"{h}.mlp.fc.w").T, m),
+                           approximate="tanh")
+                x = x + torch.addmv(self.w(f"{h}.mlp.proj.b"), self.w(f"{h}.mlp.proj.w").T, f)
+            x = F.layer_norm(x, (C,), self.w("lnf.w"), self.w("lnf.b"), 1e-5)
+            pos += 1
+            if step >= len(ids) - 1:
+                out.append(int(torch.argmax(self.w("wte") @ x)))
+        return out
+
+
+def torch_adamw(module: TorchGPT, tcfg) -> torch.optim.Optimizer:
+    decay = [p for n, p in module.p.items() if p.dim() == 2]
+    no_decay = [p for n, p in module.p.items() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
