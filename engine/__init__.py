@@ -14,3 +14,8 @@ __all__ = [
     "CheckpointError", "CllmError", "ConfigError", "Model", "Workspace", "Optimizer",
     "clip_scale", "lr_at", "Checkpoint", "load_checkpoint", "save_checkpoint",
 ]
+from engine.spheres import (StepResult, ThreadedTrainingSystem, WatchdogTimeout,  # noqa: E402
+                            WorkerError, build_hierarchy)
+
+__all__ += ["StepResult", "ThreadedTrainingSystem", "WatchdogTimeout", "WorkerError",
+            "build_hierarchy"]

@@ -384,12 +384,18 @@ def sumsq(x, lo, hi):
 
 
 @kernel
-def sum_rows(out, rows, lo, hi):
-    """out[lo:hi] = sum over r of rows[r, lo:hi], added in row order (deterministic)."""
-    R = rows.shape[0]
+def sum_rows_indexed(out, rows, which, lo, hi):
+    """out[lo:hi] = sum of rows[r, lo:hi] for r in `which`, added in that order
+    (deterministic); out[lo:hi] = 0 when `which` is empty."""
+    if which.size == 0:
+        for i in range(lo, hi):
+            out[i] = 0.0
+        return
+    r0 = which[0]
     for i in range(lo, hi):
-        out[i] = rows[0, i]
-    for r in range(1, R):
+        out[i] = rows[r0, i]
+    for k in range(1, which.size):
+        r = which[k]
         for i in range(lo, hi):
             out[i] += rows[r, i]
 

@@ -168,15 +168,17 @@ def test_crossentropy_lambda_zero_is_plain_ce_bitwise():
     assert la.tobytes() == lb.tobytes() and a.tobytes() == b.tobytes()
 
 
-def test_sumsq_and_sum_rows():
+def test_sumsq_and_sum_rows_indexed():
     x = randn(1000)
     assert math.isclose(K.sumsq(x, 10, 900), float((x[10:900].astype(np.float64) ** 2).sum()),
                         rel_tol=1e-12)
     rows = randn(5, 100)
     out = np.full(100, 7.0, np.float32)
-    K.sum_rows(out, rows, 20, 80)
-    close(out[20:80], rows[:, 20:80].sum(0))
+    K.sum_rows_indexed(out, rows, np.array([0, 2, 3]), 20, 80)
+    close(out[20:80], rows[[0, 2, 3], 20:80].sum(0))
     assert (out[:20] == 7).all() and (out[80:] == 7).all()
+    K.sum_rows_indexed(out, rows, np.array([], np.int64), 0, 10)
+    assert not out[:10].any()
 
 
 def _segments():

@@ -1,0 +1,336 @@
+"""ThreadedTrainingSystem: Node Zero and the 12-fold worker spheres.
+
+Node Zero (the caller's thread) never processes batches. Per `train_step` it cuts the global
+batch into micro-batches, releases the workers (Point A), waits for their gradient rows
+(Point B), lets each worker reduce one segment of the flat range across all rows in a fixed
+order (Point C: Node Zero combines the per-segment norms and finite flags, then decides to
+clip, apply or skip), and waits for the segment-wise optimizer update (Point E).
+
+- Thread-local contexts: each worker owns its activations (a model Workspace created in its
+  thread) and its own gradient row `grads[w]`; nothing mutable is shared during
+  forward/backward, so no lock is taken in the hot path.
+- Determinism: rows are reduced in worker order; for a given worker count the results are
+  bit-identical across runs, and they equal the single-worker result to float32 round-off
+  (the loss is normalised by the global count of valid targets).
+- Threads block on `threading.Barrier`s only: no sleep-polling, no busy-waiting. A worker
+  exception aborts every barrier and is raised from `train_step` with the worker's
+  traceback (the model is unchanged: updates happen only after Point C); a stuck worker trips
+  the watchdog timeout; a non-finite loss or gradient skips the step (counted) without
+  touching parameters or optimizer state. `close()` joins every thread it started.
+- The hierarchy is real bookkeeping: worker i sits at symmetry position i mod 12, level 1
+  holds the first 12 spheres (children of Node Zero), level 2 the next 144 (12 children per
+  level-1 sphere), and so on; `topology()` reports it with per-sphere statistics.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from engine import kernels as K
+from engine.config import TrainConfig
+from engine.errors import CllmError
+from engine.optim import Optimizer, clip_scale, lr_at
+
+SYMMETRY = 12
+
+
+class WorkerError(CllmError):
+    """A worker sphere raised; the message carries the worker's traceback."""
+
+
+class WatchdogTimeout(CllmError):
+    """A worker did not reach a barrier within the watchdog timeout."""
+
+
+@dataclass
+class StepResult:
+    loss: float            # mean loss over the global batch's valid targets
+    grad_norm: float       # global gradient norm before clipping (nan when non-finite)
+    skipped: bool          # True when the update was not applied
+    tokens: int            # valid targets in the global batch
+    lr: float
+    step: int              # schedule step this result belongs to
+    reason: str = ""       # why a step was skipped
+
+
+@dataclass
+class SphereStats:
+    batches: int = 0
+    sequences: int = 0
+    tokens: int = 0
+    busy_s: float = 0.0
+    idle_s: float = 0.0
+
+
+@dataclass
+class Sphere:
+    """One worker's place in the 1 + 12 + 144 + ... hierarchy."""
+    id: int
+    level: int
+    position: int              # symmetry position, id mod 12
+    parent: Optional[int]      # parent sphere id; None means Node Zero
+    children: list[int] = field(default_factory=list)
+    stats: SphereStats = field(default_factory=SphereStats)
+
+
+def build_hierarchy(n: int) -> list[Sphere]:
+    """Spheres for n workers: level 1 = ids 0..11 under Node Zero; each deeper sphere k of
+    level L (counting from the level's first id) is the child of sphere k // 12 of level L-1."""
+    spheres: list[Sphere] = []
+    level, start, size, prev_start = 1, 0, SYMMETRY, None
+    while start < n:
+        for i in range(start, min(n, start + size)):
+            parent = None if prev_start is None else prev_start + (i - start) // SYMMETRY
+            spheres.append(Sphere(i, level, i % SYMMETRY, parent))
+            if parent is not None:
+                spheres[parent].children.append(i)
+        prev_start, start, size, level = start, start + size, size * SYMMETRY, level + 1
+    return spheres
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class ThreadedTrainingSystem:
+    """Data-parallel training of `model` on worker threads; use as a context manager."""
+
+    def __init__(self, model, train_config: TrainConfig, n_workers: Optional[int] = None,
+                 optimizer: Optional[Optimizer] = None, watchdog_timeout: float = 300.0,
+                 limit_blas_threads: bool = True) -> None:
+        self.model = model
+        self.cfg = train_config
+        self.n = int(n_workers) if n_workers is not None else default_workers()
+        if self.n < 1:
+            raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+        self.optimizer = optimizer or Optimizer(model.layout, train_config)
+        if self.optimizer.layout.size != model.layout.size:
+            raise ValueError("optimizer state does not match the model's layout (grow it first)")
+        self.watchdog_timeout = float(watchdog_timeout)
+        self.step = 0            # schedule step within this system's cycle
+        self.skipped = 0         # steps skipped for non-finite values
+        P = model.layout.size
+        self.grads = np.zeros((self.n, P), np.float32)   # one row per worker sphere
+        self.grad = np.zeros(P, np.float32)              # the reduced global gradient
+        self.segments = model.layout.segments(self.n)
+        self.spheres = build_hierarchy(self.n)
+        self.node_zero = SphereStats()
+
+        # per-step shared state: written by Node Zero before Point A, or by a worker into its
+        # own slot only; read after the barrier that publishes it
+        self._task: Optional[tuple] = None
+        self._losses = np.zeros(self.n, np.float64)
+        self._counts = np.zeros(self.n, np.int64)
+        self._seg_sumsq = np.zeros(self.n, np.float64)
+        self._active = np.zeros(0, np.int64)
+        self._decision: tuple[bool, float, float, str] = (True, 1.0, math.nan, "")
+        self._hyper: tuple = ()
+        self._failure: Optional[tuple[int, BaseException, str]] = None
+        self._phase = ["idle"] * self.n
+
+        parties = self.n + 1
+        self._A = threading.Barrier(parties)
+        self._B = threading.Barrier(parties)
+        self._C = threading.Barrier(parties, action=self._node_zero_decide)
+        self._E = threading.Barrier(parties)
+        self._barriers = (self._A, self._B, self._C, self._E)
+        self._closed = False
+        self._broken = False
+
+        self._limiter = None
+        if limit_blas_threads:
+            from threadpoolctl import threadpool_limits
+            self._limiter = threadpool_limits(limits=1)
+        self._threads = [threading.Thread(target=self._worker, args=(w,),
+                                          name=f"cllm-sphere-{w}", daemon=True)
+                         for w in range(self.n)]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "ThreadedTrainingSystem":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop and join every worker thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._broken:
+            self._task = None
+            try:
+                self._A.wait(timeout=timeout)
+            except threading.BrokenBarrierError:
+                pass
+        for b in self._barriers:
+            b.abort()
+        for t in self._threads:
+            t.join(timeout)
+        if self._limiter is not None:
+            self._limiter.restore_original_limits()
+            self._limiter = None
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            raise WatchdogTimeout(f"worker threads did not stop: {', '.join(alive)}",
+                                  "a worker is stuck inside a kernel; the process must exit")
+
+    def threads_alive(self) -> int:
+        return sum(t.is_alive() for t in self._threads)
+
+    # ------------------------------------------------------------------ Node Zero
+    def split(self, B: int) -> list[tuple[int, int]]:
+        """Micro-batch [start, stop) of the global batch for each worker (may be empty)."""
+        return [(w * B // self.n, (w + 1) * B // self.n) for w in range(self.n)]
+
+    def train_step(self, inputs, targets, lr: Optional[float] = None) -> StepResult:
+        """One optimizer step on a global batch (B, T); returns its StepResult."""
+        if self._closed or self._broken:
+            raise WorkerError("the training system is closed or broken",
+                              "create a new ThreadedTrainingSystem")
+        inputs, targets = self.model._check_inputs(inputs, targets)
+        B, T = inputs.shape
+        n_valid = int((targets >= 0).sum())
+        lr = lr_at(self.step, self.cfg) if lr is None else float(lr)
+        lam = float(self.cfg.crystalline_weight)
+        self.model._neighbour_tables(lam)          # build shared read-only tables once, here
+        parts = self.split(B)
+        self._active = np.asarray([w for w, (a, b) in enumerate(parts) if b > a], np.int64)
+        self._hyper = self.optimizer.hyper(lr)
+        self._task = (inputs, targets, parts, 1.0 / max(n_valid, 1), lam)
+        t0 = time.perf_counter()
+        self._wait(self._A)      # Point A: release the workers
+        self._wait(self._B)      # Point B: every gradient row is ready
+        self._wait(self._C)      # Point C: segments reduced; _node_zero_decide has run
+        self._wait(self._E)      # Point E: segments updated (or left alone)
+        self.node_zero.idle_s += time.perf_counter() - t0
+        self.node_zero.batches += 1
+        self.node_zero.tokens += n_valid
+        apply, _, norm, reason = self._decision
+        loss_sum = float(self._losses.sum())
+        loss = loss_sum / n_valid if n_valid else 0.0
+        result = StepResult(loss=loss, grad_norm=norm, skipped=not apply, tokens=n_valid,
+                            lr=lr, step=self.step, reason=reason)
+        if apply:
+            self.optimizer.t += 1
+        elif reason != "no valid targets":
+            self.skipped += 1
+        self.step += 1
+        return result
+
+    def _node_zero_decide(self) -> None:
+        """Barrier action at Point C (runs once, before anyone passes): finite checks,
+        global norm from the per-segment partial sums, clip factor, apply or skip."""
+        active = self._active
+        losses = self._losses[active]
+        sumsq = float(self._seg_sumsq.sum())
+        norm = math.sqrt(sumsq) if math.isfinite(sumsq) else math.nan
+        if self._task is not None and int(self._counts[active].sum()) == 0:
+            self._decision = (False, 1.0, 0.0, "no valid targets")
+        elif not np.isfinite(losses).all():
+            self._decision = (False, 1.0, norm, "non-finite loss")
+        elif not math.isfinite(norm):
+            self._decision = (False, 1.0, norm, "non-finite gradient")
+        else:
+            self._decision = (True, clip_scale(norm, self.cfg.grad_clip), norm, "")
+
+    def _wait(self, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait(timeout=self.watchdog_timeout)
+        except threading.BrokenBarrierError:
+            self._broken = True
+            for b in self._barriers:
+                b.abort()
+            if self._failure is not None:
+                w, exc, tb = self._failure
+                raise WorkerError(f"worker sphere {w} failed: {exc!r}\n{tb}",
+                                  "see the worker traceback above") from exc
+            stuck = [f"{w} ({p})" for w, p in enumerate(self._phase) if p != "waiting"]
+            raise WatchdogTimeout(
+                f"workers did not reach the barrier within {self.watchdog_timeout:.1f}s: "
+                f"{', '.join(stuck) or 'unknown'}",
+                "raise watchdog_timeout for very large batches") from None
+
+    # ------------------------------------------------------------------ worker spheres
+    def _worker(self, w: int) -> None:
+        stats = self.spheres[w].stats
+        lo, hi = self.segments[w]
+        row = self.grads[w]
+        try:
+            while True:
+                t_idle = time.perf_counter()
+                self._phase[w] = "waiting"
+                self._A.wait()
+                if self._task is None:
+                    return
+                t_busy = time.perf_counter()
+                stats.idle_s += t_busy - t_idle
+                inputs, targets, parts, scale, lam = self._task
+                a, b = parts[w]
+                self._phase[w] = "forward/backward"
+                if b > a:
+                    x, y = inputs[a:b], targets[a:b]
+                    ws = self.model.workspace(b - a, x.shape[1])
+                    loss_sum, n = self.model.forward_backward(ws, x, y, row, scale, lam)
+                    self._losses[w], self._counts[w] = loss_sum, n
+                    stats.batches += 1
+                    stats.sequences += b - a
+                    stats.tokens += n
+                else:
+                    self._losses[w], self._counts[w] = 0.0, 0
+                t_wait = time.perf_counter()
+                stats.busy_s += t_wait - t_busy
+                self._phase[w] = "waiting"
+                self._B.wait()
+                t_red = time.perf_counter()
+                self._phase[w] = "reduce"
+                active = self._active
+                if hi > lo:
+                    K.sum_rows_indexed(self.grad, self.grads, active, lo, hi)
+                    self._seg_sumsq[w] = K.sumsq(self.grad, lo, hi)
+                else:
+                    self._seg_sumsq[w] = 0.0
+                t_c = time.perf_counter()
+                self._phase[w] = "waiting"
+                self._C.wait()
+                t_upd = time.perf_counter()
+                apply, gscale, _, _ = self._decision
+                self._phase[w] = "update"
+                if apply and hi > lo:
+                    self.optimizer.update_segment(self.model.params, self.grad, lo, hi,
+                                                  self._hyper, gscale)
+                t_e = time.perf_counter()
+                self._phase[w] = "waiting"
+                self._E.wait()
+                stats.busy_s += (t_c - t_red) + (t_e - t_upd)
+                stats.idle_s += (t_red - t_wait) + (t_upd - t_c)
+        except threading.BrokenBarrierError:
+            return
+        except BaseException as exc:  # surfaces in train_step with this traceback
+            self._failure = (w, exc, traceback.format_exc())
+            for bar in self._barriers:
+                bar.abort()
+
+    # ------------------------------------------------------------------ reporting
+    def topology(self) -> dict:
+        """The sphere tree with per-sphere statistics (Node Zero at the root)."""
+        def node(s: Sphere) -> dict:
+            st = s.stats
+            return {"id": s.id, "level": s.level, "position": s.position,
+                    "segment": list(self.segments[s.id]), "batches": st.batches,
+                    "sequences": st.sequences, "tokens": st.tokens,
+                    "busy_s": round(st.busy_s, 6), "idle_s": round(st.idle_s, 6),
+                    "children": [node(self.spheres[c]) for c in s.children]}
+        return {"id": "node-zero", "level": 0, "workers": self.n,
+                "steps": self.node_zero.batches, "tokens": self.node_zero.tokens,
+                "skipped": self.skipped, "wait_s": round(self.node_zero.idle_s, 6),
+                "children": [node(s) for s in self.spheres if s.parent is None]}
