@@ -79,6 +79,7 @@ class Model:
                              f"got {params.dtype} {params.shape}")
         self.params = params
         self._views = self.layout.views(self.params)
+        self._zero_ranges = self.layout.accumulated_ranges()
         self._tls = threading.local()
         self._neighbours: Optional[tuple[int, np.ndarray, np.ndarray]] = None
 
@@ -137,6 +138,7 @@ class Model:
         self.params = grow_flat(self.params, self.layout, new_layout, new_rows)
         self.config, self.layout = new_cfg, new_layout
         self._views = self.layout.views(self.params)
+        self._zero_ranges = self.layout.accumulated_ranges()
         self._tls = threading.local()   # workspaces are sized by V
         return added
 
@@ -250,8 +252,10 @@ class Model:
         if scale is None:
             scale = 1.0 / max(n_valid, 1)
 
-        # ---- backward, layers in exact reverse order
-        grad[...] = 0.0
+        # ---- backward, layers in exact reverse order. wte and the linear weights are written
+        # whole by their matmuls (out=); only the accumulated tensors need zeroing first.
+        for lo, hi in self._zero_ranges:
+            grad[lo:hi] = 0.0
         g = self.layout.views(grad)
         K.crossentropy_backward(ws.logits, tflat, nbr_idx, nbr_q, lam, float(scale))
         dlogits = ws.logits

@@ -74,6 +74,21 @@ class ParamLayout:
     def decay_array(self) -> np.ndarray:
         return np.asarray([is_matrix(n) for n in self.names], dtype=np.bool_)
 
+    def accumulated_ranges(self) -> list[tuple[int, int]]:
+        """Flat ranges of the tensors whose gradients are accumulated (+=) rather than
+        written whole by a matmul: everything except wte and the linear weights. Merged
+        where adjacent, so zeroing a gradient row before backward is a few small memsets."""
+        out: list[tuple[int, int]] = []
+        for i, n in enumerate(self.names):
+            if n == "wte" or (n.endswith(".w") and ".ln" not in n and n != "lnf.w"):
+                continue
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            if out and out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi)
+            else:
+                out.append((lo, hi))
+        return out
+
     def segments(self, n: int, align: int = 16) -> list[tuple[int, int]]:
         """Cut [0, size) into n contiguous segments of near-equal length (cache-line aligned)."""
         n = max(1, n)

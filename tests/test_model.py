@@ -200,3 +200,13 @@ def test_grow_vocab_keeps_old_logits_and_training_continues():
     assert np.isfinite(m.params).all()
     with pytest.raises(ValueError, match="shrink"):
         m.grow_vocab(5)
+
+
+def test_gradient_does_not_depend_on_what_the_buffer_held():
+    """forward_backward zeroes only the accumulated tensors; matmuls overwrite the rest."""
+    m = Model(engine.tiny, seed=0)
+    x, y = batch(engine.tiny, 2, 8, seed=4)
+    _, ref = m.loss_and_grad(x, y)
+    dirty = np.full(m.num_params, np.nan, np.float32)
+    m.forward_backward(m.workspace(2, 8), *m._check_inputs(x, y), dirty)
+    assert dirty.tobytes() == ref.tobytes()
