@@ -43,3 +43,8 @@ def main(verbose: int) -> None:
 
 
 # --- command registration (each owner adds one line) ---
+from agent.commands import bench, generate, train  # noqa: E402
+
+main.add_command(train)
+main.add_command(generate)
+main.add_command(bench)

@@ -1,0 +1,234 @@
+"""`cllm train`, `cllm generate` and `cllm bench`: thin commands over agent.training and the
+engine. User mistakes raise CllmError and come out as one line with a hint.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from agent.cli import friendly_errors
+from engine.errors import CllmError
+
+REPO_CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".c", ".h", ".cpp", ".js", ".ts", ".go", ".rs",
+                 ".java", ".toml", ".yaml", ".yml", ".json", ".html", ".css", ".sh", ".tex"}
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("CLLM_DATA_DIR") or "cllm-data")
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Data directory (default: $CLLM_DATA_DIR or ./cllm-data).")
+
+
+def read_docs(paths: list[Path]):
+    """Text files under the given paths as Docs; source = first folder below each root."""
+    from agent.training import Doc
+    docs = []
+    for root in paths:
+        if not root.exists():
+            raise CllmError(f"{root} does not exist", "give a file or folder of text")
+        files = [root] if root.is_file() else sorted(
+            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        for f in files:
+            try:
+                text = f.read_bytes().decode("utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            if not text.strip():
+                continue
+            rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+            source = rel.parts[0] if len(rel.parts) > 1 else (root.name or "root")
+            docs.append(Doc(uri=f.resolve().as_uri(), source=source, text=text))
+    if not docs:
+        raise CllmError(f"no readable text files under {', '.join(map(str, paths))}",
+                        "point at folders holding UTF-8 text files")
+    return docs
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@data_dir_option
+@click.option("--preset", "preset_name", type=click.Choice(["tiny", "small", "base"]),
+              default="small", show_default=True, help="Model size for a new data directory.")
+@click.option("--steps", type=int, default=300, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--workers", type=int, default=None, help="Worker spheres (default: cores - 1).")
+@click.option("--max-new-tokens", type=int, default=3000, show_default=True,
+              help="Vocabulary tokens to learn from these documents (capped by the preset).")
+@click.option("--val-fraction", type=float, default=0.05, show_default=True)
+@click.option("--crystalline-weight", type=float, default=0.0, show_default=True)
+@click.option("--init", type=click.Choice(["normal", "lattice"]), default=None,
+              help="Embedding init for a new model.")
+@click.option("--fresh", is_flag=True, help="Ignore existing checkpoints and start anew.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@friendly_errors
+def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_tokens,
+          val_fraction, crystalline_weight, init, fresh, seed, as_json):
+    """Train once on text files (default: the shipped sample corpus) and checkpoint.
+
+    Example: cllm train corpus/ --data-dir ./cllm-data --preset small --steps 300
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from agent.training import (latest_state, new_state, save_state, split_validation,
+                                train_run)
+    from engine import TrainConfig
+
+    data_dir = data_dir or default_data_dir()
+    if not paths:
+        if not REPO_CORPUS.is_dir():
+            raise CllmError("no PATH given and the sample corpus is not installed",
+                            "give folders of text: cllm train PATH...")
+        paths = (REPO_CORPUS,)
+    if steps < 1 or batch_size < 1:
+        raise CllmError("--steps and --batch-size must be >= 1", "e.g. --steps 300")
+    docs = read_docs(list(paths))
+    train_docs, heldout = split_validation(docs, val_fraction)
+    state = None if fresh else latest_state(data_dir)
+    if state is None:
+        state = new_state(preset_name, seed=seed, init=init)
+    cap = max(0, min(max_new_tokens, state.tokenizer.max_vocab - len(state.tokenizer)))
+    tcfg = TrainConfig(lr=lr, min_lr=lr / 10, warmup_steps=min(20, steps // 10),
+                       batch_size=batch_size, crystalline_weight=crystalline_weight)
+    console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
+    with Progress(TextColumn("[bold]training[/]"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
+                  console=console) as bar:
+        task = bar.add_task("train", total=steps, loss=float("nan"))
+        res = train_run(state, train_docs, tcfg, steps, workers=workers,
+                        max_new_tokens=cap, heldout=heldout, seed=seed,
+                        progress=lambda i, n, loss: bar.update(task, completed=i, loss=loss))
+    path, sha = save_state(state, data_dir, state.cycle + 1)
+    summary = {"checkpoint_path": str(path), "checkpoint_sha256": sha, "steps": res.steps,
+               "skipped": res.skipped, "tokens": res.tokens,
+               "tokens_per_s": round(res.tokens_per_s, 1), "loss_start": res.loss_start,
+               "loss_end": res.loss_end, "val_loss": res.val_loss,
+               "vocab_size": len(state.tokenizer), "new_tokens": len(res.new_token_ids),
+               "documents": len(docs), "model": state.model.config.to_json()}
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(f"trained {res.steps} steps on {len(docs)} documents, {res.tokens} tokens at "
+               f"{res.tokens_per_s:.0f} tok/s; vocabulary {len(state.tokenizer)} "
+               f"(+{len(res.new_token_ids)})")
+    click.echo(f"loss {res.loss_start:.3f} -> {res.loss_end:.3f}; validation: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in sorted(res.val_loss.items())))
+    click.echo(f"checkpoint {path}")
+    click.echo(f"next: cllm generate --data-dir {data_dir} --prompt 'The for statement'")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@data_dir_option
+@click.option("--prompt", default="", help="Text to continue.")
+@click.option("--max-new-tokens", type=int, default=120, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True)
+@click.option("--top-k", type=int, default=40, show_default=True)
+@click.option("--top-p", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--stop", multiple=True, help="Stop when this text is produced (repeatable).")
+@friendly_errors
+def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop):
+    """Stream a continuation of --prompt from the latest checkpoint.
+
+    Example: cllm generate --data-dir ./cllm-data --prompt "The while statement" --seed 1
+    """
+    from agent.training import latest_state
+
+    data_dir = data_dir or default_data_dir()
+    state = latest_state(data_dir)
+    if state is None:
+        raise CllmError(f"no checkpoint in {data_dir}", "train first: cllm train")
+    tok = state.tokenizer
+    ids = list(tok.encode(prompt)) or [tok.eod_id]
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    produced = ""
+    click.echo(prompt, nl=False)
+    for t in state.model.generate_stream(ids, max_new_tokens, temperature=temperature,
+                                         top_k=top_k, top_p=top_p, seed=seed):
+        if t == tok.eod_id:
+            break
+        piece = dec.decode(tok.token_bytes(t))
+        produced += piece
+        click.echo(piece, nl=False)
+        if any(s and s in produced for s in stop):
+            break
+    click.echo(dec.decode(b"", final=True))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--preset", "preset_name", type=click.Choice(["tiny", "small", "base"]),
+              default="base", show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--workers", default="1,2", show_default=True, help="Comma-separated counts.")
+@click.option("--steps", type=int, default=3, show_default=True)
+@click.option("--topology", is_flag=True, help="Print the sphere tree with statistics.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def bench(preset_name, batch_size, workers, steps, topology, as_json):
+    """Measure training tokens/s, scaling and CPU use for several worker counts.
+
+    Example: cllm bench --preset base --workers 1,2,16 --topology
+    """
+    import numpy as np
+
+    import engine
+    from engine import ThreadedTrainingSystem, TrainConfig
+
+    try:
+        counts = [int(c) for c in workers.split(",") if c.strip()]
+    except ValueError:
+        raise CllmError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
+    cfg = engine.preset(preset_name)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (batch_size, cfg.context))
+    y = rng.integers(0, cfg.vocab_size, (batch_size, cfg.context))
+    rows, topo = [], None
+    for n in counts:
+        with ThreadedTrainingSystem(engine.Model(cfg), TrainConfig(warmup_steps=0),
+                                    n_workers=n) as s:
+            s.train_step(x, y)
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(steps):
+                s.train_step(x, y)
+            wall = time.perf_counter() - t0
+            cpu = time.process_time() - c0
+            rows.append({"workers": n, "tok_s": batch_size * cfg.context * steps / wall,
+                         "cpu_util": cpu / wall / (os.cpu_count() or 1)})
+            topo = s.topology()
+    for r in rows:
+        r["scaling"] = r["tok_s"] / rows[0]["tok_s"]
+    if as_json:
+        click.echo(json.dumps({"preset": preset_name, "rows": rows,
+                               "topology": topo if topology else None}, indent=1))
+        return
+    click.echo(f"preset {preset_name}, batch {batch_size}x{cfg.context}, {os.cpu_count()} cores")
+    click.echo(f"{'workers':>8} {'tok/s':>9} {'scaling':>8} {'CPU':>7}")
+    for r in rows:
+        click.echo(f"{r['workers']:>8} {r['tok_s']:>9.0f} {r['scaling']:>7.2f}x "
+                   f"{100 * r['cpu_util']:>6.1f}%")
+    if topology:
+        click.echo(f"\nNode Zero: {topo['steps']} steps, {topo['tokens']} tokens, "
+                   f"waited {topo['wait_s']:.2f}s")
+
+        def show(node, depth):
+            click.echo(f"{'  ' * depth}sphere {node['id']} (level {node['level']}, position "
+                       f"{node['position']}): batches {node['batches']}, tokens "
+                       f"{node['tokens']}, busy {node['busy_s']:.2f}s, idle {node['idle_s']:.2f}s")
+            for c in node["children"]:
+                show(c, depth + 1)
+        for c in topo["children"]:
+            show(c, 1)
