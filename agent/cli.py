@@ -43,8 +43,9 @@ def main(verbose: int) -> None:
 
 
 # --- command registration (each owner adds one line) ---
-from agent.commands import bench, generate, train  # noqa: E402
+from agent.commands import bench, generate, neighbours, train  # noqa: E402
 
 main.add_command(train)
 main.add_command(generate)
 main.add_command(bench)
+main.add_command(neighbours)

@@ -232,3 +232,37 @@ def bench(preset_name, batch_size, workers, steps, topology, as_json):
                 show(c, depth + 1)
         for c in topo["children"]:
             show(c, 1)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("token", type=int)
+@click.option("--vocab-size", type=int, default=None,
+              help="Vocabulary to search (default: the latest checkpoint's, else 10000).")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def neighbours(token, vocab_size, data_dir, as_json):
+    """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position.
+
+    Example: cllm neighbours 100 --vocab-size 10000
+    """
+    from engine.prime_math import describe_token
+
+    if vocab_size is None:
+        from agent.training import list_checkpoints
+        from engine.checkpoint import load_checkpoint
+        ckpts = list_checkpoints(data_dir or default_data_dir())
+        vocab_size = load_checkpoint(ckpts[-1]).model.config.vocab_size if ckpts else 10000
+    if not 0 <= token < vocab_size:
+        raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",
+                        "pick a smaller id or a larger --vocab-size")
+    d = describe_token(token, vocab_size)
+    if as_json:
+        click.echo(json.dumps(d, default=float, indent=1))
+        return
+    c = d["clock"]
+    click.echo(f"token {token}: Ulam point {tuple(d['ulam'])}, clock ring {c['ring']} "
+               f"position {c['pos']}/{c['ring_size']}, symmetry group {d['symmetry_group']}")
+    click.echo(f"{'neighbour':>10} {'similarity':>11} {'prior q':>8}")
+    for n in d["neighbours"]:
+        click.echo(f"{n['token']:>10} {n['similarity']:>11.4f} {n['prior']:>8.4f}")

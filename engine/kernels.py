@@ -350,12 +350,11 @@ def crossentropy_forward(losses, logits, targets, nbr_idx, nbr_q, lam):
 def crossentropy_backward(probs, targets, nbr_idx, nbr_q, lam, scale):
     """IN PLACE on probs (N,V) -> dlogits (overwritten).
 
-    dlogits = scale * ((1 + lam) p - onehot(target) - lam * q(.|target)) for valid rows,
+    dlogits = scale * ((1 + lam sum(q)) p - onehot(target) - lam * q(.|target)) for valid rows,
     0 for rows with target < 0. `scale` is 1 / (global count of valid targets).
     """
     N, V = probs.shape
     K = nbr_idx.shape[1]
-    a = scale * (1.0 + lam)
     for i in range(N):
         t = targets[i]
         row = probs[i]
@@ -363,6 +362,13 @@ def crossentropy_backward(probs, targets, nbr_idx, nbr_q, lam, scale):
             for j in range(V):
                 row[j] = 0.0
             continue
+        # d KL(q || p) / d logits = (sum_k q_k) p - q; sum_k q_k is 1 up to rounding, and
+        # 0 for an empty neighbour table, so use the row's actual sum (exact gradient)
+        qsum = 0.0
+        if lam != 0.0:
+            for k in range(K):
+                qsum += nbr_q[t, k]
+        a = np.float32(scale * (1.0 + lam * qsum))
         for j in range(V):
             row[j] *= a
         row[t] -= scale
