@@ -1,0 +1,469 @@
+"""The continuous trainer: pending documents in the store become training cycles.
+
+A cycle starts when at least `min_cycle_tokens` new tokens are pending, or the oldest pending
+document has waited `max_wait` seconds. A cycle learns new tokens from the pending documents
+(the vocabulary delta, the model grown with it), trains on the new documents mixed with a
+replay sample of earlier ones (learning rate re-warmed, then cosine decay) on the
+ThreadedTrainingSystem, evaluates every source's held-out slice (validation loss and
+forgetting: loss now minus loss right after that source was last learned), writes an atomic
+checkpoint, and then commits ONE store transaction that completes the cycle, records the
+checkpoint (path, SHA-256), the vocabulary delta and the evaluations, and marks the documents
+trained.
+
+Crash safety: documents stay pending until that transaction commits. On start, `recover()`
+marks cycles left "running" as interrupted and deletes their checkpoint files (files that
+never got their row); `load_latest()` refuses a checkpoint whose hash does not match its row
+(with a warning) and uses the previous one.
+
+This module does not watch folders, crawl, take the data-directory lock or handle signals:
+that is the daemon's job (agent/daemon.py). Sessions stay inside one call; the trainer
+belongs to one thread.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from agent.training import (CKPT_RE, Doc, RunResult, State, checkpoint_dir, new_state,
+                            load_state, save_state, tokenizer_path, train_run)
+from engine import TrainConfig
+from engine.errors import CllmError
+from engine.optim import lr_at
+
+log = logging.getLogger(__name__)
+
+METRIC_EVERY_S = 1.0          # a step metric row at most this often (live progress for status)
+HELDOUT_CHARS_PER_SOURCE = 6000  # held-out text evaluated per source (keeps evaluation short)
+
+
+def open_store(data_dir):
+    """store.open_store, wherever the store package exports it."""
+    try:
+        from store import open_store as _open
+    except ImportError:  # the package __init__ may not re-export it yet
+        from store.core import open_store as _open
+    return _open(data_dir)
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    preset: str = "small"              # model size for a new data directory
+    workers: Optional[int] = None      # worker spheres (None: cores - 1)
+    min_cycle_tokens: int = 2000       # start a cycle when this many new tokens are pending
+    max_wait: float = 300.0            # ... or when the oldest pending document waited this long (s)
+    replay_fraction: float = 0.25      # share of each batch's sequences drawn from earlier documents
+    replay_docs: int = 64              # at most this many earlier documents sampled for replay
+    steps: Optional[int] = None        # steps per cycle; None: from the tokens (see cycle_steps)
+    min_steps: int = 20
+    max_steps: int = 500
+    epochs: float = 2.0                # passes over the new tokens when steps is None
+    batch_size: int = 8
+    lr: float = 2e-3                   # peak learning rate, re-warmed every cycle
+    min_lr: float = 2e-4
+    warmup_steps: int = 10
+    max_new_tokens: int = 500          # vocabulary tokens learned per cycle (capped by the preset)
+    val_fraction: float = 0.1          # tail of every document held out for evaluation
+    max_cycle_docs: int = 1000         # at most this many pending documents per cycle
+    crystalline_weight: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise CllmError(f"replay fraction {self.replay_fraction} is outside [0, 1)",
+                            "e.g. --replay-fraction 0.25")
+        if self.min_cycle_tokens < 1 or self.max_wait < 0:
+            raise CllmError("--min-cycle-tokens must be >= 1 and --max-wait >= 0",
+                            "e.g. --min-cycle-tokens 2000 --max-wait 300")
+        if not 0.0 < self.val_fraction < 0.5:
+            raise CllmError(f"validation fraction {self.val_fraction} is outside (0, 0.5)",
+                            "e.g. 0.1")
+        if self.steps is not None and self.steps < 1:
+            raise CllmError("steps per cycle must be >= 1", "e.g. --cycle-steps 100")
+
+    def replace(self, **changes) -> "TrainerSettings":
+        return dataclasses.replace(self, **changes)
+
+    def train_config(self, steps: int) -> TrainConfig:
+        return TrainConfig(lr=self.lr, min_lr=self.min_lr, batch_size=self.batch_size,
+                           warmup_steps=min(self.warmup_steps, max(0, steps // 5)),
+                           total_steps=steps, crystalline_weight=self.crystalline_weight)
+
+
+@dataclass
+class CycleReport:
+    """What one completed cycle did (everything is also in the store)."""
+    cycle_id: int
+    trigger: str
+    doc_ids: list[int]
+    replay_ids: list[int]
+    checkpoint_path: Path
+    checkpoint_sha256: str
+    run: RunResult
+    vocab_before: int
+    vocab_after: int
+    forgetting: dict[str, float] = field(default_factory=dict)
+
+
+class CycleInterrupted(CllmError):
+    """A stop was requested during a cycle; its documents stay pending."""
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """(training head, held-out tail): the same cut every cycle, so forgetting compares like
+    with like."""
+    cut = int(len(text) * (1.0 - val_fraction))
+    return text[:cut], text[cut:]
+
+
+class ContinuousTrainer:
+    """Turns pending documents into cycles. One thread at a time; `stop` ends a cycle at a
+    step boundary (the cycle is then recorded as interrupted and nothing else changes)."""
+
+    def __init__(self, store, data_dir: Path, settings: TrainerSettings = TrainerSettings(),
+                 stop: Optional[threading.Event] = None,
+                 progress: Optional[Callable[[int, int, int, float], None]] = None) -> None:
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.settings = settings
+        self.stop = stop or threading.Event()
+        self.progress = progress          # (cycle_id, step, steps, loss)
+        self.state: Optional[State] = None
+        self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
+        self._tok_cache_vocab = -1
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    def recover(self) -> list[Path]:
+        """Mark cycles left running as interrupted; delete checkpoint files no row names
+        (written by a cycle that never committed). Returns the deleted files."""
+        from sqlalchemy import select
+
+        from store.models import Checkpoint, Cycle
+
+        with self.store.session() as s:
+            for c in s.scalars(select(Cycle).where(Cycle.status == "running")):
+                c.status, c.finished = "interrupted", _now()
+                c.error = c.error or "the agent stopped during this cycle; its documents stayed pending"
+                log.warning("cycle %s was interrupted; its documents are still pending", c.id)
+            known = {str(Path(p).resolve()) for p in s.scalars(select(Checkpoint.path))}
+            unfinished = set(s.scalars(select(Cycle.id).where(Cycle.status != "completed")))
+        removed = []
+        d = checkpoint_dir(self.data_dir)
+        for p in sorted(d.iterdir()) if d.is_dir() else []:
+            m = CKPT_RE.match(p.name)
+            if m and str(p.resolve()) not in known and int(m.group(1)) in unfinished:
+                log.warning("removing checkpoint %s: its cycle never committed", p)
+                p.unlink(missing_ok=True)
+                tokenizer_path(p).unlink(missing_ok=True)
+                removed.append(p)
+        return removed
+
+    def load_latest(self) -> State:
+        """The latest recorded checkpoint whose SHA-256 matches its row; a mismatching one is
+        refused with a warning and the previous one is used. A new model if there is none."""
+        from sqlalchemy import select
+
+        from store.models import Checkpoint
+
+        with self.store.session(read_only=True) as s:
+            rows = [(c.id, c.path, c.sha256) for c in s.scalars(
+                select(Checkpoint).order_by(Checkpoint.is_latest.desc(), Checkpoint.id.desc()))]
+        for _, path, sha in rows:
+            try:
+                self.state = load_state(Path(path), expected_sha256=sha)
+                log.info("resumed from checkpoint %s (step %s)", path, self.state.step)
+                return self.state
+            except CllmError as e:
+                log.warning("refusing checkpoint %s: %s; trying the previous one", path, e.one_line())
+        self.state = new_state(self.settings.preset, seed=self.settings.seed)
+        return self.state
+
+    # --- when ---------------------------------------------------------------------------------
+
+    def pending_summary(self) -> tuple[int, int, Optional[dt.datetime]]:
+        """(pending documents, their tokens under the current tokenizer, oldest first_seen)."""
+        from sqlalchemy import select
+        from sqlalchemy.orm import undefer
+
+        from store.models import Document
+
+        tok = self._state().tokenizer
+        if len(tok) != self._tok_cache_vocab:
+            self._tok_cache, self._tok_cache_vocab = {}, len(tok)
+        with self.store.session(read_only=True) as s:
+            rows = s.execute(select(Document.id, Document.first_seen).where(
+                Document.status == "pending").order_by(Document.id)).all()
+            missing = [i for i, _ in rows if i not in self._tok_cache]
+            if missing:
+                for d in s.scalars(select(Document).options(undefer(Document.text))
+                                   .where(Document.id.in_(missing))):
+                    self._tok_cache[d.id] = len(tok.encode(d.text or ""))
+        ids = {i for i, _ in rows}
+        self._tok_cache = {i: n for i, n in self._tok_cache.items() if i in ids}
+        oldest = min((f for _, f in rows), default=None)
+        return len(rows), sum(self._tok_cache.values()), oldest
+
+    def due(self, now: Optional[dt.datetime] = None) -> tuple[Optional[str], Optional[float]]:
+        """(trigger or None, seconds until the age trigger fires or None if nothing pends)."""
+        n, tokens, oldest = self.pending_summary()
+        if n == 0:
+            return None, None
+        if tokens >= self.settings.min_cycle_tokens:
+            return "tokens", 0.0
+        waited = ((now or _now()) - oldest).total_seconds()
+        if waited >= self.settings.max_wait:
+            return "age", 0.0
+        return None, self.settings.max_wait - waited
+
+    def cycle_steps(self, new_tokens: int) -> int:
+        st = self.settings
+        if st.steps is not None:
+            return st.steps
+        per_step = st.batch_size * self._state().model.config.context * (1.0 - st.replay_fraction)
+        return int(min(st.max_steps, max(st.min_steps, math.ceil(st.epochs * new_tokens / per_step))))
+
+    # --- a cycle -------------------------------------------------------------------------------
+
+    def run_pending(self, trigger: str) -> Optional[CycleReport]:
+        """One cycle over (up to max_cycle_docs of) the pending documents."""
+        from sqlalchemy import select
+        from sqlalchemy.orm import undefer
+
+        from store.models import Document
+
+        with self.store.session(read_only=True) as s:
+            docs = [(d.id, Doc(d.uri, d.source, d.text or "")) for d in s.scalars(
+                select(Document).options(undefer(Document.text)).where(Document.status == "pending")
+                .order_by(Document.id).limit(self.settings.max_cycle_docs))]
+        if not docs:
+            return None
+        return self.run_cycle(docs, trigger)
+
+    def run_cycle(self, docs: Sequence[tuple[int, Doc]], trigger: str,
+                  steps: Optional[int] = None) -> CycleReport:
+        """Train one cycle on `docs` (store ids with their text) and record it atomically."""
+        from store.models import Cycle
+
+        st = self.settings
+        state = self._state()
+        with self.store.session() as s:
+            cyc = Cycle(trigger=trigger, status="running", docs_new=len(docs),
+                        vocab_size_before=len(state.tokenizer), workers=st.workers)
+            s.add(cyc)
+            s.flush()
+            cycle_id = cyc.id
+        log.info("cycle %s (%s): %s new documents", cycle_id, trigger, len(docs))
+        try:
+            return self._train_and_record(cycle_id, docs, trigger, steps)
+        except BaseException as e:
+            self._fail(cycle_id, e)
+            self.state = None           # the in-memory model moved on: reload before the next cycle
+            raise
+
+    def _train_and_record(self, cycle_id: int, docs, trigger: str, steps: Optional[int]
+                          ) -> CycleReport:
+        st = self.settings
+        state = self._state()
+        vocab_before = len(state.tokenizer)
+        heads = [Doc(d.uri, d.source, split_text(d.text, st.val_fraction)[0]) for _, d in docs]
+        replay = self._replay_sample(cycle_id, {i for i, _ in docs})
+        replay_docs = [Doc(d.uri, d.source, split_text(d.text, st.val_fraction)[0])
+                       for _, d in replay]
+        by_source: dict[str, list[str]] = {}
+        for _, d in docs:
+            by_source.setdefault(d.source, []).append(d.text)
+        heldout = self._heldout(by_source)
+        if steps is None:
+            steps = self.cycle_steps(sum(len(state.tokenizer.encode(d.text)) for d in heads))
+        tcfg = st.train_config(steps)
+        sampled: list[tuple[int, float, float]] = []
+        last = [time.perf_counter()]
+
+        def on_step(i: int, n: int, loss: float) -> None:
+            sampled.append((i, loss, lr_at(i - 1, tcfg)))
+            if self.progress is not None:
+                self.progress(cycle_id, i, n, loss)
+            if time.perf_counter() - last[0] >= METRIC_EVERY_S or i == n:
+                last[0] = time.perf_counter()
+                self._write_metrics(cycle_id, sampled[-1:], steps)
+
+        res = train_run(state, heads, tcfg, steps, workers=st.workers, replay=replay_docs,
+                        replay_fraction=st.replay_fraction if replay_docs else 0.0,
+                        max_new_tokens=st.max_new_tokens, heldout=heldout, seed=st.seed + cycle_id,
+                        progress=on_step, stop=self.stop.is_set)
+        if res.steps < steps:
+            raise CycleInterrupted(f"cycle {cycle_id} stopped after {res.steps}/{steps} steps",
+                                   "its documents stay pending for the next cycle")
+        first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in heads])
+        path, sha = save_state(state, self.data_dir, cycle_id)
+        try:
+            forgetting = self._commit(cycle_id, docs, replay, res, path, sha, vocab_before,
+                                      first, steps, tcfg)
+        except BaseException:
+            # the checkpoint never got its row: it must not be mistaken for a trained one
+            path.unlink(missing_ok=True)
+            tokenizer_path(path).unlink(missing_ok=True)
+            raise
+        log.info("cycle %s completed: %s steps, loss %.3f -> %.3f, checkpoint %s", cycle_id,
+                 res.steps, res.loss_start or float("nan"), res.loss_end or float("nan"), path)
+        return CycleReport(cycle_id, trigger, [i for i, _ in docs], [i for i, _ in replay], path,
+                           sha, res, vocab_before, len(state.tokenizer), forgetting)
+
+    def _commit(self, cycle_id, docs, replay, res: RunResult, path: Path, sha: str,
+                vocab_before: int, first: dict[int, int], steps: int, tcfg: TrainConfig
+                ) -> dict[str, float]:
+        """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
+        evaluations with forgetting, documents trained."""
+        from sqlalchemy import select, update
+
+        from store.models import Checkpoint, Cycle, Document, EvalResult, VocabEntry
+
+        st, tok = self.settings, self.state.tokenizer
+        new_sources = {d.source for _, d in docs}
+        doc_ids = [i for i, _ in docs]
+        forgetting: dict[str, float] = {}
+        with self.store.session() as s:
+            cyc = s.get(Cycle, cycle_id)
+            # vocabulary: the byte tokens (no cycle) once, then this cycle's delta
+            have = set(s.scalars(select(VocabEntry.token_id)))
+            parts = {z: (a, b) for a, b, z in tok.merges}
+            new_ids = set(res.new_token_ids)
+            for tid in range(len(tok)):
+                if tid in have:
+                    continue
+                new = tid in new_ids
+                a, b = parts.get(tid, (None, None))
+                s.add(VocabEntry(token_id=tid, token_bytes=tok.token_bytes(tid), left_id=a,
+                                 right_id=b, cycle_id=cycle_id if new else None,
+                                 document_id=doc_ids[first[tid]] if new and tid in first else None))
+            # evaluations: baseline = loss right after the source was last learned
+            for source, loss in sorted(res.val_loss.items()):
+                if source in new_sources:
+                    base = loss
+                else:
+                    base = s.scalars(select(EvalResult.baseline_loss).where(
+                        EvalResult.source == source).order_by(EvalResult.id.desc()).limit(1)).first()
+                f = None if base is None else loss - base
+                if f is not None:
+                    forgetting[source] = f
+                s.add(EvalResult(cycle_id=cycle_id, source=source, val_loss=loss,
+                                 baseline_loss=base, forgetting=f))
+            # checkpoint row, the new latest
+            s.execute(update(Checkpoint).where(Checkpoint.is_latest.is_(True)).values(is_latest=False))
+            s.flush()
+            s.add(Checkpoint(path=str(path), sha256=sha, step=self.state.step, cycle_id=cycle_id,
+                             vocab_size=len(tok), size_bytes=path.stat().st_size, is_latest=True))
+            # documents: trained in this cycle (only now, in the same transaction)
+            texts = dict(docs)
+            for d in s.scalars(select(Document).where(Document.id.in_(doc_ids))):
+                d.cycle_id = cycle_id
+                d.n_tokens = len(tok.encode(texts[d.id].text))
+                if d.status == "pending":
+                    d.status, d.reason = "trained", None
+            vals = list(res.val_loss.values())
+            cyc.status, cyc.finished = "completed", _now()
+            cyc.docs_new, cyc.docs_replayed = len(docs), len(replay)
+            cyc.tokens, cyc.steps, cyc.skipped_steps = res.tokens, res.steps, res.skipped
+            cyc.loss_start, cyc.loss_end = res.loss_start, res.loss_end
+            cyc.val_loss = float(np.mean(vals)) if vals else None
+            cyc.forgetting_mean = float(np.mean(list(forgetting.values()))) if forgetting else None
+            cyc.forgetting_max = max(forgetting.values()) if forgetting else None
+            cyc.tokens_per_s = res.tokens_per_s
+            cyc.workers = st.workers
+            cyc.vocab_size_before, cyc.vocab_size_after = vocab_before, len(tok)
+            cyc.schedule = {"steps": steps, "lr": tcfg.lr, "min_lr": tcfg.min_lr,
+                            "warmup_steps": tcfg.warmup_steps, "decay": "cosine",
+                            "batch_size": tcfg.batch_size, "replay_fraction": st.replay_fraction,
+                            "replay_document_ids": [i for i, _ in replay],
+                            "document_ids": doc_ids, "new_token_ids": list(res.new_token_ids),
+                            "seconds": round(res.seconds, 3)}
+        return forgetting
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _state(self) -> State:
+        if self.state is None:
+            self.load_latest()
+        return self.state
+
+    def _replay_sample(self, cycle_id: int, exclude: set[int]) -> list[tuple[int, Doc]]:
+        """A seeded sample of trained documents for replay (their text read from the store)."""
+        from sqlalchemy import select
+        from sqlalchemy.orm import undefer
+
+        from store.models import Document
+
+        if self.settings.replay_fraction <= 0:
+            return []
+        with self.store.session(read_only=True) as s:
+            ids = [i for i in s.scalars(select(Document.id).where(
+                Document.status == "trained").order_by(Document.id)) if i not in exclude]
+            if not ids:
+                return []
+            rng = np.random.default_rng(self.settings.seed * 1_000_003 + cycle_id)
+            pick = sorted(rng.choice(ids, size=min(len(ids), self.settings.replay_docs),
+                                     replace=False).tolist())
+            return [(d.id, Doc(d.uri, d.source, d.text or "")) for d in s.scalars(
+                select(Document).options(undefer(Document.text)).where(Document.id.in_(pick))
+                .order_by(Document.id))]
+
+    def _heldout(self, new_by_source: dict[str, list[str]]) -> dict[str, str]:
+        """Held-out tails per source: this cycle's new documents plus earlier trained ones
+        (the first documents of each source by id, so the slice stays the same)."""
+        from sqlalchemy import select
+        from sqlalchemy.orm import undefer
+
+        from store.models import Document
+
+        texts: dict[str, list[str]] = {}
+        with self.store.session(read_only=True) as s:
+            for d in s.scalars(select(Document).options(undefer(Document.text)).where(
+                    Document.status == "trained").order_by(Document.id)):
+                if sum(map(len, texts.get(d.source, []))) < HELDOUT_CHARS_PER_SOURCE:
+                    texts.setdefault(d.source, []).append(
+                        split_text(d.text or "", self.settings.val_fraction)[1])
+        for source, items in new_by_source.items():
+            for t in items:
+                if sum(map(len, texts.get(source, []))) < HELDOUT_CHARS_PER_SOURCE:
+                    texts.setdefault(source, []).append(split_text(t, self.settings.val_fraction)[1])
+        return {src: "\n".join(parts) for src, parts in texts.items() if "".join(parts).strip()}
+
+    def _write_metrics(self, cycle_id: int, rows, steps: int) -> None:
+        from store.models import StepMetric
+
+        try:
+            with self.store.session() as s:
+                for i, loss, lr in rows:
+                    s.add(StepMetric(cycle_id=cycle_id, step=i,
+                                     loss=loss if math.isfinite(loss) else None, lr=lr))
+        except Exception as e:  # metrics are for watching; never fail a cycle over them
+            log.warning("could not record step metrics of cycle %s: %s", cycle_id, e)
+
+    def _fail(self, cycle_id: int, e: BaseException) -> None:
+        from store.models import Cycle
+
+        status = "interrupted" if isinstance(e, (CycleInterrupted, KeyboardInterrupt)) else "failed"
+        try:
+            with self.store.session() as s:
+                c = s.get(Cycle, cycle_id)
+                c.status, c.finished = status, _now()
+                c.error = (e.one_line() if isinstance(e, CllmError) else repr(e))[:2000]
+        except Exception as e2:
+            log.error("could not record the end of cycle %s: %s", cycle_id, e2)
+        if status == "failed":
+            log.error("cycle %s failed: %r; its documents stay pending", cycle_id, e)
+        else:
+            log.warning("cycle %s interrupted; its documents stay pending", cycle_id)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

@@ -1,0 +1,172 @@
+"""The continuous trainer: cycles recorded in the store in one transaction, crash safety,
+checkpoint hash checks. In-process, tiny preset, a few steps per cycle."""
+import hashlib
+import logging
+import threading
+
+import pytest
+
+pytest.importorskip("store.models")
+
+from sqlalchemy import select  # noqa: E402
+
+from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,  # noqa: E402
+                                      TrainerSettings, open_store)
+from engine.checkpoint import file_sha256  # noqa: E402
+from store.models import Checkpoint, Cycle, Document, EvalResult, VocabEntry  # noqa: E402
+
+SETTINGS = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=200, max_wait=3600,
+                           steps=6, batch_size=4, max_new_tokens=20, replay_fraction=0.3)
+
+TEXTS = {
+    "lattice": "the crystal lattice hums a quiet tune over the prime spiral. ",
+    "spheres": "every sphere touches twelve neighbours in the kissing arrangement. ",
+    "clock": "the clock face holds twelve positions and the primes fall on four. ",
+}
+
+
+def add_doc(store, name, source, reps=30):
+    text = f"{name}: " + TEXTS[source] * reps
+    with store.session() as s:
+        d = Document(uri=f"file:///w/{source}/{name}.txt", source=source, text=text,
+                     sha256=hashlib.sha256(text.encode()).hexdigest(), size_bytes=len(text),
+                     status="pending")
+        s.add(d)
+        s.flush()
+        return d.id
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = open_store(tmp_path)
+    yield store, tmp_path
+    store.close()
+
+
+def test_a_cycle_is_recorded_with_its_checkpoint_vocab_delta_and_documents(env):
+    store, data = env
+    ids = [add_doc(store, "a", "lattice"), add_doc(store, "b", "spheres")]
+    tr = ContinuousTrainer(store, data, SETTINGS)
+    assert tr.recover() == []
+    assert tr.due()[0] == "tokens"
+    rep = tr.run_pending("tokens")
+    assert rep.doc_ids == ids and rep.replay_ids == []
+    assert rep.checkpoint_sha256 == file_sha256(rep.checkpoint_path)
+    with store.session() as s:
+        cyc = s.get(Cycle, rep.cycle_id)
+        assert cyc.status == "completed" and cyc.steps == 6 and cyc.docs_new == 2
+        assert cyc.vocab_size_after > cyc.vocab_size_before
+        ck = s.scalars(select(Checkpoint).where(Checkpoint.is_latest.is_(True))).one()
+        assert (ck.path, ck.sha256, ck.cycle_id) == (str(rep.checkpoint_path),
+                                                     rep.checkpoint_sha256, rep.cycle_id)
+        docs = s.scalars(select(Document).order_by(Document.id)).all()
+        assert [(d.status, d.cycle_id) for d in docs] == [("trained", rep.cycle_id)] * 2
+        delta = s.scalars(select(VocabEntry).where(VocabEntry.cycle_id == rep.cycle_id)).all()
+        assert sorted(v.token_id for v in delta) == sorted(rep.run.new_token_ids)
+        assert delta and all(v.document_id in ids for v in delta)
+        assert all(len(v.token_bytes) >= 2 for v in delta)
+        evals = {e.source: e for e in s.scalars(select(EvalResult))}
+        assert set(evals) == {"lattice", "spheres"}
+        assert all(e.forgetting == 0.0 for e in evals.values())
+    assert tr.due() == (None, None)
+
+
+def test_second_cycle_replays_earlier_documents_and_records_forgetting(env):
+    store, data = env
+    first = [add_doc(store, "a", "lattice"), add_doc(store, "b", "spheres")]
+    tr = ContinuousTrainer(store, data, SETTINGS)
+    tr.run_pending("tokens")
+    new = add_doc(store, "c", "clock")
+    rep = tr.run_pending("tokens")
+    assert rep.doc_ids == [new] and sorted(rep.replay_ids) == first
+    with store.session() as s:
+        cyc = s.get(Cycle, rep.cycle_id)
+        assert cyc.docs_replayed == 2 and cyc.schedule["replay_document_ids"] == first
+        evals = {e.source: e for e in s.scalars(
+            select(EvalResult).where(EvalResult.cycle_id == rep.cycle_id))}
+        assert set(evals) == {"lattice", "spheres", "clock"}
+        assert evals["clock"].forgetting == 0.0
+        assert evals["lattice"].forgetting == pytest.approx(
+            evals["lattice"].val_loss - evals["lattice"].baseline_loss)
+        assert s.scalars(select(Checkpoint).where(Checkpoint.is_latest.is_(True))).one().cycle_id \
+            == rep.cycle_id
+    # a fresh trainer resumes from the latest checkpoint (its vocabulary included)
+    tr2 = ContinuousTrainer(store, data, SETTINGS)
+    assert len(tr2.load_latest().tokenizer) == rep.vocab_after
+
+
+def test_a_failed_commit_leaves_documents_pending_and_no_checkpoint_file(env, monkeypatch):
+    store, data = env
+    add_doc(store, "a", "lattice")
+    tr = ContinuousTrainer(store, data, SETTINGS)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk vanished")
+    monkeypatch.setattr(tr, "_commit", boom)
+    with pytest.raises(RuntimeError):
+        tr.run_pending("tokens")
+    assert not list((data / "checkpoints").glob("ckpt-*"))
+    with store.session() as s:
+        assert s.scalars(select(Document.status)).all() == ["pending"]
+        assert s.scalars(select(Cycle.status)).all() == ["failed"]
+    monkeypatch.undo()
+    rep = tr.run_pending("tokens")             # the next cycle picks the document up
+    assert rep.checkpoint_path.exists()
+
+
+def test_recover_removes_a_checkpoint_whose_cycle_never_committed(env):
+    store, data = env
+    add_doc(store, "a", "lattice")
+    tr = ContinuousTrainer(store, data, SETTINGS)
+    tr.run_pending("tokens")
+    with store.session() as s:                  # a cycle that crashed after its checkpoint
+        c = Cycle(trigger="tokens", status="running")
+        s.add(c)
+        s.flush()
+        orphan = data / "checkpoints" / f"ckpt-{c.id:06d}.safetensors"
+    orphan.write_bytes(b"half a checkpoint")
+    kept = data / "checkpoints" / "ckpt-000001.safetensors"
+    assert ContinuousTrainer(store, data, SETTINGS).recover() == [orphan]
+    assert not orphan.exists() and kept.exists()
+    with store.session() as s:
+        assert sorted(s.scalars(select(Cycle.status))) == ["completed", "interrupted"]
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(env, caplog):
+    store, data = env
+    tr = ContinuousTrainer(store, data, SETTINGS)
+    add_doc(store, "a", "lattice")
+    r1 = tr.run_pending("tokens")
+    add_doc(store, "b", "spheres")
+    r2 = tr.run_pending("tokens")
+    raw = bytearray(r2.checkpoint_path.read_bytes())
+    raw[-10] ^= 0xFF
+    r2.checkpoint_path.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING):
+        state = ContinuousTrainer(store, data, SETTINGS).load_latest()
+    assert state.path == r1.checkpoint_path and len(state.tokenizer) == r1.vocab_after
+    assert any("refusing checkpoint" in r.message and str(r2.checkpoint_path) in r.message
+               for r in caplog.records)
+
+
+def test_stop_interrupts_at_a_step_boundary_and_keeps_documents_pending(env):
+    store, data = env
+    add_doc(store, "a", "lattice")
+    stop = threading.Event()
+    tr = ContinuousTrainer(store, data, SETTINGS.replace(steps=50), stop=stop,
+                           progress=lambda c, i, n, loss: stop.set() if i == 3 else None)
+    with pytest.raises(CycleInterrupted):
+        tr.run_pending("tokens")
+    with store.session() as s:
+        assert s.scalars(select(Document.status)).all() == ["pending"]
+        assert s.scalars(select(Cycle.status)).all() == ["interrupted"]
+    assert not list((data / "checkpoints").glob("ckpt-*.safetensors"))
+
+
+def test_age_trigger_fires_once_the_oldest_pending_document_waited_max_wait(env):
+    store, data = env
+    add_doc(store, "a", "lattice", reps=1)      # far fewer tokens than min_cycle_tokens
+    tr = ContinuousTrainer(store, data, SETTINGS)
+    trigger, wait = tr.due()
+    assert trigger is None and 3500 < wait <= 3600
+    assert ContinuousTrainer(store, data, SETTINGS.replace(max_wait=0)).due()[0] == "age"
