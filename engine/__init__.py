@@ -17,5 +17,7 @@ __all__ = [
 from engine.spheres import (StepResult, ThreadedTrainingSystem, WatchdogTimeout,  # noqa: E402
                             WorkerError, build_hierarchy)
 
-__all__ += ["StepResult", "ThreadedTrainingSystem", "WatchdogTimeout", "WorkerError",
+from engine.tokenizer import Tokenizer, TokenizerError  # noqa: E402
+
+__all__ += ["Tokenizer", "TokenizerError", "StepResult", "ThreadedTrainingSystem", "WatchdogTimeout", "WorkerError",
             "build_hierarchy"]
