@@ -12,7 +12,7 @@ from typing import Optional
 
 import click
 
-from agent.cli import friendly_errors
+from agent.clikit import friendly_errors
 from engine.errors import CllmError
 
 REPO_CORPUS = Path(__file__).resolve().parent.parent / "corpus"
