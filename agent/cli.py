@@ -49,3 +49,5 @@ main.add_command(train)
 main.add_command(generate)
 main.add_command(bench)
 main.add_command(neighbours)
+from agent.history_cli import register as _register_agent  # noqa: E402
+_register_agent(main)

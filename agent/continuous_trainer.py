@@ -287,11 +287,16 @@ class ContinuousTrainer:
         tcfg = st.train_config(steps)
         sampled: list[tuple[int, float, float]] = []
         last = [time.perf_counter()]
+        logged = [time.perf_counter()]
 
         def on_step(i: int, n: int, loss: float) -> None:
             sampled.append((i, loss, lr_at(i - 1, tcfg)))
             if self.progress is not None:
                 self.progress(cycle_id, i, n, loss)
+            now = time.perf_counter()
+            if i == 1 or i == n or i % max(1, n // 10) == 0 or now - logged[0] >= 10.0:
+                logged[0] = now
+                log.info("cycle %s: step %s/%s, loss %.3f", cycle_id, i, n, loss)
             if time.perf_counter() - last[0] >= METRIC_EVERY_S or i == n:
                 last[0] = time.perf_counter()
                 self._write_metrics(cycle_id, sampled[-1:], steps)
@@ -438,13 +443,18 @@ class ContinuousTrainer:
         return {src: "\n".join(parts) for src, parts in texts.items() if "".join(parts).strip()}
 
     def _write_metrics(self, cycle_id: int, rows, steps: int) -> None:
-        from store.models import StepMetric
+        """Sampled step metrics, and the running cycle's progress (steps done / planned)."""
+        from store.models import Cycle, StepMetric
 
         try:
             with self.store.session() as s:
                 for i, loss, lr in rows:
                     s.add(StepMetric(cycle_id=cycle_id, step=i,
                                      loss=loss if math.isfinite(loss) else None, lr=lr))
+                c = s.get(Cycle, cycle_id)
+                c.steps = max(i for i, _, _ in rows)
+                if c.schedule is None:
+                    c.schedule = {"steps": steps}
         except Exception as e:  # metrics are for watching; never fail a cycle over them
             log.warning("could not record step metrics of cycle %s: %s", cycle_id, e)
 

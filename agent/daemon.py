@@ -1,0 +1,255 @@
+"""The agent daemon: one per data directory. Watches folders, crawls targets, and keeps the
+model learning from what arrives.
+
+Threads (all joined on shutdown):
+- the file monitor's own threads, which put MonitorEvents into `events`;
+- "ingest": takes events off the queue, writes documents through the Ingestor, wakes the
+  trainer;
+- "crawl": walks / crawls each --crawl target once at start (then exits);
+- "trainer": waits (on an Event, with the age trigger's timeout) until a cycle is due,
+  then runs it through the ContinuousTrainer.
+The main thread takes SIGINT/SIGTERM and waits for the stop event. A stop ends a cycle at
+a step boundary (its documents stay pending), and the store is left consistent.
+
+The data-directory lock (`cllm.lock`, an flock the kernel drops when the process dies)
+keeps a second agent out; it records the running agent's pid for `cllm status`.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import queue
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted, TrainerSettings,
+                                      open_store)
+from engine.errors import CllmError
+
+log = logging.getLogger(__name__)
+LOCK_NAME = "cllm.lock"
+_STOP = object()
+
+
+class AgentLocked(CllmError):
+    """Another agent already runs on this data directory."""
+
+
+class DataDirLock:
+    """An exclusive flock on `<data_dir>/cllm.lock` holding the owner's pid."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / LOCK_NAME
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "DataDirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                pid = holder_pid(self.path.parent)
+                raise AgentLocked(
+                    f"another agent{f' (pid {pid})' if pid else ''} is already running on "
+                    f"{self.path.parent}", "stop it first, or use another --data-dir") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "DataDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holder_pid(data_dir: Path) -> Optional[int]:
+    """The pid of the agent holding the data directory's lock, or None if none runs."""
+    path = Path(data_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    data_dir: Path
+    trainer: TrainerSettings
+    watch: tuple[str, ...] = ()
+    crawl: tuple[str, ...] = ()
+    quiet_period: float = 2.0
+    allow_private_hosts: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Agent:
+    """Wires the monitor, the ingest and crawl threads and the trainer; `run()` blocks until
+    `stop` is set (by a signal or the caller) and everything has been joined."""
+
+    def __init__(self, cfg: AgentConfig, stop: Optional[threading.Event] = None) -> None:
+        self.cfg = cfg
+        self.stop = stop or threading.Event()
+        self.wake = threading.Event()
+        self.events: queue.Queue = queue.Queue()
+        self.errors: list[BaseException] = []
+        self.cycles_completed = 0
+
+    def run(self) -> None:
+        cfg = self.cfg
+        for w in cfg.watch:
+            if not Path(w).is_dir():
+                raise CllmError(f"cannot watch {w}: not a folder", "create it or fix --watch")
+        with DataDirLock(cfg.data_dir):
+            store = open_store(cfg.data_dir)
+            try:
+                self._run(store)
+            finally:
+                store.close()
+        if self.errors:
+            raise self.errors[0]
+
+    def _run(self, store) -> None:
+        cfg = self.cfg
+        trainer = ContinuousTrainer(store, cfg.data_dir, cfg.trainer, stop=self.stop)
+        trainer.recover()
+        state = trainer.load_latest()
+        log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
+                 len(state.tokenizer))
+        monitor = None
+        threads = [threading.Thread(target=self._guard, args=(self._ingest_loop, store),
+                                    name="agent-ingest"),
+                   threading.Thread(target=self._guard, args=(self._trainer_loop, trainer),
+                                    name="agent-trainer")]
+        if cfg.crawl:
+            threads.append(threading.Thread(target=self._guard, args=(self._crawl_all, store),
+                                            name="agent-crawl"))
+        try:
+            if cfg.watch:
+                from agent.file_monitor import FileMonitor
+
+                monitor = FileMonitor(cfg.watch, self.events, quiet_period=cfg.quiet_period)
+                monitor.start()
+            for t in threads:
+                t.start()
+            log.info("agent running (pid %s); watching %s", os.getpid(), ", ".join(cfg.watch) or "nothing")
+            while not self.stop.wait(1.0):
+                if monitor is not None:
+                    monitor.check()
+        finally:
+            self.stop.set()
+            self.wake.set()
+            if monitor is not None:
+                try:
+                    monitor.stop()
+                except CllmError as e:
+                    log.error("%s", e.one_line())
+            self.events.put(_STOP)
+            for t in threads:
+                if t.ident is not None:
+                    t.join()
+            log.info("agent stopped")
+
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # a failed thread stops the agent and is re-raised by run()
+            log.exception("%s failed", threading.current_thread().name)
+            self.errors.append(e)
+            self.stop.set()
+
+    def _ingest_loop(self, store) -> None:
+        from agent.ingest import Ingestor
+
+        ingestor = Ingestor(store)
+        while True:
+            ev = self.events.get()
+            if ev is _STOP:
+                return
+            try:
+                res = ingestor.handle(ev)
+            except CllmError as e:  # e.g. the database is locked for too long: log, go on
+                log.error("could not ingest %s: %s", ev.path, e.one_line())
+                continue
+            if res is not None and res.outcome in ("added", "restored"):
+                self.wake.set()
+
+    def _crawl_all(self, store) -> None:
+        from agent.crawler import Crawler, iter_targets
+
+        with Crawler(store, allow_private_hosts=self.cfg.allow_private_hosts,
+                     stop_event=self.stop) as crawler:
+            for kind, target in iter_targets(self.cfg.crawl):
+                if self.stop.is_set():
+                    return
+                try:
+                    if kind == "url":
+                        report = crawler.crawl(target)
+                    elif kind == "folder":
+                        report = crawler.walk(target)
+                    else:
+                        crawler.ingestor.ingest_file(target)
+                        report = None
+                except CllmError as e:
+                    log.error("crawl of %s failed: %s", target, e.one_line())
+                    continue
+                log.info("crawled %s: %s", target, getattr(report, "counts", ""))
+                self.wake.set()
+
+    def _trainer_loop(self, trainer: ContinuousTrainer) -> None:
+        while not self.stop.is_set():
+            self.wake.clear()
+            trigger, wait = trainer.due()
+            if trigger is None:
+                self.wake.wait(wait)            # an ingest, a stop, or the age trigger
+                continue
+            try:
+                rep = trainer.run_pending(trigger)
+            except CycleInterrupted:
+                return
+            except CllmError as e:
+                log.error("cycle failed: %s", e.one_line())
+                self.stop.wait(5.0)             # back off before retrying the same documents
+                continue
+            if rep is not None:
+                self.cycles_completed += 1
+                log.info("cycle %s completed: %s documents, %s replayed, loss %.3f -> %.3f, "
+                         "checkpoint %s", rep.cycle_id, len(rep.doc_ids), len(rep.replay_ids),
+                         rep.run.loss_start or float("nan"), rep.run.loss_end or float("nan"),
+                         rep.checkpoint_path)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set `stop` (the agent finishes the current step and exits)."""
+    def handler(signum, frame):
+        log.warning("received %s: stopping at the next step boundary", signal.Signals(signum).name)
+        stop.set()
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,390 @@
+"""`cllm agent` (the daemon), `cllm status`, and the `cllm history` subcommands cycles, vocab,
+checkpoints and forgetting (the `history` group and `history documents` live in
+agent/ingest_cli.py; `register(main)` extends that group, or makes one if it is missing).
+
+Thin commands: the work is in agent/daemon.py, agent/continuous_trainer.py and the store.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from agent.cli import CONTEXT_SETTINGS, friendly_errors
+from engine.errors import CllmError
+
+data_dir_opt = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="CLLM_DATA_DIR",
+    default=Path("cllm-data"), show_default=True, help="Data directory (env CLLM_DATA_DIR).")
+json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects).")
+plot_opt = click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                        help="Also write a plot to this PNG file.")
+
+
+def _open_existing(data_dir: Path):
+    from agent.continuous_trainer import open_store
+
+    if not (Path(data_dir) / "cllm.sqlite3").exists() and not os.environ.get("CLLM_DATABASE_URL"):
+        raise CllmError(f"no store in {data_dir}",
+                        "start the agent (cllm agent --data-dir DIR) or pass its --data-dir")
+    return open_store(data_dir)
+
+
+def _iso(v):
+    return v.isoformat() if hasattr(v, "isoformat") else v
+
+
+def _emit(rows: list[dict], as_json: bool, columns: list[str], title: str) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=_iso))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=title)
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else
+                        f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r[c])
+                        for c in columns))
+    Console().print(table)
+
+
+def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
+          title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if series:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    click.echo(f"plot written to {path}", err=True)
+
+
+# --- history ----------------------------------------------------------------------------------
+
+def cycle_rows(session) -> list[dict]:
+    from sqlalchemy import select
+
+    from store.models import Checkpoint, Cycle
+
+    ckpts = {c.cycle_id: c for c in session.scalars(select(Checkpoint).order_by(Checkpoint.id))}
+    rows = []
+    for c in session.scalars(select(Cycle).order_by(Cycle.id)):
+        ck = ckpts.get(c.id)
+        rows.append({"id": c.id, "status": c.status, "trigger": c.trigger, "started": c.started,
+                     "finished": c.finished, "documents": c.docs_new,
+                     "replayed": c.docs_replayed, "tokens": c.tokens, "steps": c.steps,
+                     "loss_start": c.loss_start, "loss": c.loss_end, "val_loss": c.val_loss,
+                     "forgetting_mean": c.forgetting_mean, "forgetting_max": c.forgetting_max,
+                     "tokens_per_s": c.tokens_per_s, "workers": c.workers,
+                     "vocab_before": c.vocab_size_before, "vocab_after": c.vocab_size_after,
+                     "replay_document_ids": (c.schedule or {}).get("replay_document_ids", []),
+                     "checkpoint_path": ck.path if ck else None,
+                     "checkpoint_sha256": ck.sha256 if ck else None, "error": c.error})
+    return rows
+
+
+@click.command("cycles", context_settings=CONTEXT_SETTINGS)
+@data_dir_opt
+@json_opt
+@plot_opt
+@friendly_errors
+def history_cycles(data_dir, as_json, plot):
+    """Training cycles: documents, tokens, losses, validation, forgetting, checkpoint.
+
+    Example: cllm history cycles --data-dir ./cllm-data --json --plot loss.png
+    """
+    store = _open_existing(data_dir)
+    try:
+        with store.session(read_only=True) as s:
+            rows = cycle_rows(s)
+    finally:
+        store.close()
+    _emit(rows, as_json, ["id", "status", "trigger", "documents", "replayed", "tokens", "steps",
+                          "loss", "val_loss", "forgetting_mean", "checkpoint_path"],
+          f"{len(rows)} cycles")
+    if plot:
+        done = [r for r in rows if r["status"] == "completed"]
+        _plot(plot, {"train loss": ([r["id"] for r in done], [r["loss"] for r in done]),
+                     "validation loss": ([r["id"] for r in done if r["val_loss"] is not None],
+                                         [r["val_loss"] for r in done if r["val_loss"] is not None])},
+              "cycle", "loss", "loss per cycle")
+
+
+@click.command("vocab", context_settings=CONTEXT_SETTINGS)
+@data_dir_opt
+@click.option("--cycle", "cycle_id", type=int, default=None, help="Only this cycle's delta.")
+@json_opt
+@plot_opt
+@friendly_errors
+def history_vocab(data_dir, cycle_id, as_json, plot):
+    """Learned vocabulary: each token with the cycle and document where it first appeared.
+
+    Example: cllm history vocab --data-dir ./cllm-data --cycle 2 --json
+    """
+    from sqlalchemy import select
+
+    from store.models import Document, VocabEntry
+
+    store = _open_existing(data_dir)
+    try:
+        with store.session(read_only=True) as s:
+            q = select(VocabEntry).where(VocabEntry.cycle_id.is_not(None)).order_by(VocabEntry.token_id)
+            if cycle_id is not None:
+                q = q.where(VocabEntry.cycle_id == cycle_id)
+            uris = dict(s.execute(select(Document.id, Document.uri)).all())
+            rows = [{"token_id": v.token_id,
+                     "token": v.token_bytes.decode("utf-8", "backslashreplace"),
+                     "cycle_id": v.cycle_id, "document_id": v.document_id,
+                     "document": uris.get(v.document_id)} for v in s.scalars(q)]
+            base = s.scalar(select(VocabEntry.token_id).where(VocabEntry.cycle_id.is_(None))
+                            .order_by(VocabEntry.token_id.desc()).limit(1))
+    finally:
+        store.close()
+    _emit(rows, as_json, ["token_id", "token", "cycle_id", "document"],
+          f"{len(rows)} learned tokens")
+    if plot:
+        size, xs, ys = (base or -1) + 1, [], []
+        by_cycle: dict[int, int] = {}
+        for r in rows:
+            by_cycle[r["cycle_id"]] = by_cycle.get(r["cycle_id"], 0) + 1
+        for c in sorted(by_cycle):
+            size += by_cycle[c]
+            xs.append(c)
+            ys.append(size)
+        _plot(plot, {"vocabulary size": (xs, ys)}, "cycle", "tokens", "vocabulary growth")
+
+
+@click.command("checkpoints", context_settings=CONTEXT_SETTINGS)
+@data_dir_opt
+@click.option("--verify", is_flag=True, help="Hash every checkpoint file against its row.")
+@json_opt
+@friendly_errors
+def history_checkpoints(data_dir, verify, as_json):
+    """Checkpoints recorded in the store: path, SHA-256, step, vocabulary, latest.
+
+    Example: cllm history checkpoints --data-dir ./cllm-data --verify
+    """
+    from sqlalchemy import select
+
+    from engine.checkpoint import file_sha256
+    from store.models import Checkpoint
+
+    store = _open_existing(data_dir)
+    try:
+        with store.session(read_only=True) as s:
+            rows = [{"id": c.id, "cycle_id": c.cycle_id, "path": c.path, "sha256": c.sha256,
+                     "step": c.step, "vocab_size": c.vocab_size, "size_bytes": c.size_bytes,
+                     "latest": c.is_latest, "created": c.created}
+                    for c in s.scalars(select(Checkpoint).order_by(Checkpoint.id))]
+    finally:
+        store.close()
+    for r in rows:
+        r["exists"] = Path(r["path"]).exists()
+        if verify:
+            r["ok"] = r["exists"] and file_sha256(r["path"]) == r["sha256"]
+    _emit(rows, as_json, ["id", "cycle_id", "step", "vocab_size", "latest", "exists"]
+          + (["ok"] if verify else []) + ["path"], f"{len(rows)} checkpoints")
+
+
+@click.command("forgetting", context_settings=CONTEXT_SETTINGS)
+@data_dir_opt
+@click.option("--source", default=None, help="Only this source.")
+@json_opt
+@plot_opt
+@friendly_errors
+def history_forgetting(data_dir, source, as_json, plot):
+    """Validation loss per source after each cycle, and forgetting (loss now minus loss right
+    after that source was last learned).
+
+    Example: cllm history forgetting --data-dir ./cllm-data --plot forgetting.png
+    """
+    from sqlalchemy import select
+
+    from store.models import EvalResult
+
+    store = _open_existing(data_dir)
+    try:
+        with store.session(read_only=True) as s:
+            q = select(EvalResult).order_by(EvalResult.cycle_id, EvalResult.source)
+            if source is not None:
+                q = q.where(EvalResult.source == source)
+            rows = [{"cycle_id": e.cycle_id, "source": e.source, "val_loss": e.val_loss,
+                     "baseline_loss": e.baseline_loss, "forgetting": e.forgetting}
+                    for e in s.scalars(q)]
+    finally:
+        store.close()
+    _emit(rows, as_json, ["cycle_id", "source", "val_loss", "baseline_loss", "forgetting"],
+          f"{len(rows)} evaluations")
+    if plot:
+        series: dict[str, tuple[list, list]] = {}
+        for r in rows:
+            xs, ys = series.setdefault(r["source"], ([], []))
+            xs.append(r["cycle_id"])
+            ys.append(r["val_loss"])
+        _plot(plot, series, "cycle", "validation loss", "validation loss per source")
+
+
+HISTORY_COMMANDS = (history_cycles, history_vocab, history_checkpoints, history_forgetting)
+
+
+# --- status -----------------------------------------------------------------------------------
+
+@click.command("status", context_settings=CONTEXT_SETTINGS)
+@data_dir_opt
+@json_opt
+@friendly_errors
+def status(data_dir, as_json):
+    """What the agent of a data directory is doing: running or not, the current cycle and
+    its progress, pending documents, the last checkpoint.
+
+    Example: cllm status --data-dir ./cllm-data
+    """
+    from sqlalchemy import func, select
+
+    from agent.daemon import holder_pid
+    from store.models import Checkpoint, Cycle, Document, StepMetric
+
+    store = _open_existing(data_dir)
+    try:
+        with store.session(read_only=True) as s:
+            running = s.scalars(select(Cycle).where(Cycle.status == "running")
+                                .order_by(Cycle.id.desc()).limit(1)).first()
+            current = None
+            if running is not None:
+                last = s.scalars(select(StepMetric).where(StepMetric.cycle_id == running.id)
+                                 .order_by(StepMetric.step.desc()).limit(1)).first()
+                current = {"id": running.id, "trigger": running.trigger,
+                           "started": running.started, "documents": running.docs_new,
+                           "step": last.step if last else 0,
+                           "steps": (running.schedule or {}).get("steps"),
+                           "loss": last.loss if last else None}
+            pending, pending_bytes = s.execute(select(func.count(Document.id), func.sum(
+                Document.size_bytes)).where(Document.status == "pending")).one()
+            counts = dict(s.execute(select(Document.status, func.count(Document.id))
+                                    .group_by(Document.status)).all())
+            ck = s.scalars(select(Checkpoint).where(Checkpoint.is_latest.is_(True))).first()
+            last_ckpt = None if ck is None else {"path": ck.path, "sha256": ck.sha256,
+                                                  "step": ck.step, "cycle_id": ck.cycle_id,
+                                                  "vocab_size": ck.vocab_size,
+                                                  "created": ck.created}
+            completed = s.scalar(select(func.count(Cycle.id)).where(Cycle.status == "completed"))
+    finally:
+        store.close()
+    pid = holder_pid(data_dir)
+    out = {"agent_running": pid is not None, "pid": pid, "current_cycle": current,
+           "pending_documents": pending, "pending_bytes": pending_bytes or 0,
+           "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=_iso))
+        return
+    click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'} ({data_dir})")
+    if current:
+        click.echo(f"cycle {current['id']} ({current['trigger']}): step {current['step']}/"
+                   f"{current['steps'] or '?'}, loss {current['loss'] or float('nan'):.3f}, "
+                   f"{current['documents']} documents")
+    else:
+        click.echo("no cycle running")
+    click.echo(f"pending: {pending} documents ({pending_bytes or 0} bytes); "
+               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    click.echo(f"cycles completed: {completed}")
+    if last_ckpt:
+        click.echo(f"last checkpoint: {last_ckpt['path']} (cycle {last_ckpt['cycle_id']}, step "
+                   f"{last_ckpt['step']}, vocabulary {last_ckpt['vocab_size']}, sha256 "
+                   f"{last_ckpt['sha256'][:16]}...)")
+    else:
+        click.echo("last checkpoint: none")
+
+
+# --- the daemon -------------------------------------------------------------------------------
+
+@click.command("agent", context_settings=CONTEXT_SETTINGS)
+@data_dir_opt
+@click.option("--watch", multiple=True, metavar="DIR", help="Folder to watch (repeatable).")
+@click.option("--crawl", multiple=True, metavar="TARGET",
+              help="Folder, file or http(s) URL to ingest at start (repeatable).")
+@click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default=None,
+              help="Model size for a new data directory [small].")
+@click.option("--workers", type=int, default=None, help="Worker spheres [cores - 1].")
+@click.option("--min-cycle-tokens", type=int, default=None,
+              help="Start a cycle when this many new tokens are pending [2000].")
+@click.option("--max-wait", type=float, default=None,
+              help="... or when the oldest pending document waited this many seconds [300].")
+@click.option("--quiet-period", type=float, default=None,
+              help="Seconds without events before a changed file is read [2].")
+@click.option("--replay-fraction", type=float, default=None,
+              help="Share of training sequences replayed from earlier documents [0.25].")
+@click.option("--cycle-steps", type=int, default=None,
+              help="Steps per cycle [from the new tokens, 20..500].")
+@click.option("--batch-size", type=int, default=None, help="Sequences per step [8].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate, re-warmed per cycle [2e-3].")
+@click.option("--max-new-tokens", type=int, default=None,
+              help="Vocabulary tokens learned per cycle at most [500].")
+@click.option("--allow-private-hosts/--no-allow-private-hosts", default=None,
+              help="Let the crawler reach private and loopback addresses.")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML settings file [$CLLM_CONFIG, else DATA_DIR/cllm.toml].")
+@friendly_errors
+def agent(data_dir, config, **flags):
+    """Run the agent: watch folders, crawl targets, train in cycles; stop with Ctrl-C.
+
+    Settings come from flags, then CLLM_* environment variables, then a TOML file.
+    One agent per data directory; it resumes from the latest checkpoint.
+
+    Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small
+    """
+    import threading
+
+    from agent.continuous_trainer import TrainerSettings
+    from agent.daemon import Agent, AgentConfig, install_signal_handlers
+    from agent.settings import resolve
+
+    cfg = resolve(flags, data_dir, config)
+    root = logging.getLogger()
+    if root.level > logging.INFO:  # the agent reports its cycles unless told to be quieter
+        logging.getLogger("agent").setLevel(logging.INFO)
+    if not cfg["watch"] and not cfg["crawl"]:
+        click.echo("note: nothing to watch or crawl; training only on documents already pending",
+                   err=True)
+    tset = TrainerSettings(preset=cfg["preset"], workers=cfg["workers"],
+                           min_cycle_tokens=cfg["min_cycle_tokens"], max_wait=cfg["max_wait"],
+                           replay_fraction=cfg["replay_fraction"], steps=cfg["cycle_steps"],
+                           batch_size=cfg["batch_size"], lr=cfg["lr"], min_lr=cfg["lr"] / 10,
+                           max_new_tokens=cfg["max_new_tokens"])
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    a = Agent(AgentConfig(Path(data_dir), tset, tuple(cfg["watch"]), tuple(cfg["crawl"]),
+                          cfg["quiet_period"], cfg["allow_private_hosts"]), stop=stop)
+    a.run()
+    click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)
+
+
+def register(main: click.Group) -> None:
+    """Add agent and status to `main`; extend its history group (or add one)."""
+    main.add_command(agent)
+    main.add_command(status)
+    group: Optional[click.Group] = main.commands.get("history")  # type: ignore[assignment]
+    if group is None:
+        @click.group("history", context_settings=CONTEXT_SETTINGS)
+        def group() -> None:
+            """What the agent has done: cycles, vocabulary, checkpoints, forgetting.
+
+            Example: cllm history cycles --json
+            """
+        main.add_command(group)
+    for cmd in HISTORY_COMMANDS:
+        group.add_command(cmd)
+

@@ -1,0 +1,204 @@
+"""`cllm agent` end to end, in real subprocesses (tiny preset, a few steps per cycle): a
+watched folder becomes cycles recorded in the store; SIGKILL mid-cycle loses nothing;
+SIGTERM exits 0 with a consistent store; one agent per data directory; a corrupted latest
+checkpoint falls back to the previous one."""
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("store.models")
+pytest.importorskip("agent.file_monitor")
+
+from sqlalchemy import select  # noqa: E402
+
+from agent.continuous_trainer import open_store  # noqa: E402
+from agent.training import load_state  # noqa: E402
+from engine.checkpoint import file_sha256  # noqa: E402
+from store.models import Checkpoint, Cycle, Document  # noqa: E402
+
+TIMEOUT = 60
+FAST = ["--preset", "tiny", "--workers", "1", "--min-cycle-tokens", "300", "--max-wait", "30",
+        "--quiet-period", "0.2", "--batch-size", "4", "--max-new-tokens", "20",
+        "--replay-fraction", "0.3"]
+
+
+class AgentProc:
+    """A `cllm agent` subprocess whose log lines are read by a thread into a queue."""
+
+    def __init__(self, data, watch, *extra):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.p = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--data-dir", str(data),
+                                   "--watch", str(watch), *FAST, *extra],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env=env)
+        self.lines: queue.Queue = queue.Queue()
+        self.log: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.p.stderr:
+            self.log.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, pattern, timeout=TIMEOUT):
+        rx = re.compile(pattern)
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}:\n{''.join(self.log)}")
+            if line is None:
+                raise AssertionError(f"agent exited before {pattern!r}:\n{''.join(self.log)}")
+            if rx.search(line):
+                return line
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        self.p.send_signal(sig)
+        rc = self.p.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return rc
+
+
+def drop(folder, name, sentence, reps=30):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(f"{name}: " + sentence * reps)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    return tmp_path / "data", tmp_path / "watched"
+
+
+def test_watched_files_become_cycles_with_checkpoint_vocab_and_replay(dirs):
+    data, watch = dirs
+    watch.mkdir()
+    # two documents are needed for the token trigger; the third one comes in by age
+    a = AgentProc(data, watch, "--cycle-steps", "8", "--min-cycle-tokens", "2000",
+                  "--max-wait", "3")
+    try:
+        a.wait_for(r"agent running")
+        drop(watch / "lattice", "a.txt", "the crystal lattice hums a quiet tune. ")
+        drop(watch / "spheres", "b.txt", "every sphere touches twelve neighbours. ")
+        a.wait_for(r"cycle 1 completed")
+        store = open_store(data)
+        try:
+            with store.session() as s:
+                docs = s.scalars(select(Document).order_by(Document.id)).all()
+                assert [(d.status, d.cycle_id) for d in docs] == [("trained", 1)] * 2
+                first_ids = [d.id for d in docs]
+                ck = s.scalars(select(Checkpoint)).one()
+                assert ck.is_latest and ck.cycle_id == 1
+                assert file_sha256(ck.path) == ck.sha256
+        finally:
+            store.close()
+        vocab = json.loads(cli("history", "vocab", "--data-dir", str(data), "--cycle", "1",
+                               "--json").stdout)
+        assert vocab and all(v["cycle_id"] == 1 and v["document_id"] in first_ids for v in vocab)
+
+        drop(watch / "clock", "c.txt", "the clock face holds twelve positions. ")
+        a.wait_for(r"cycle 2 completed")
+        r = cli("history", "cycles", "--data-dir", str(data), "--json")
+        cycles = json.loads(r.stdout)
+        assert [c["status"] for c in cycles] == ["completed", "completed"]
+        c2 = cycles[1]
+        assert c2["documents"] == 1 and c2["replayed"] == 2
+        assert c2["replay_document_ids"] == first_ids
+        assert file_sha256(c2["checkpoint_path"]) == c2["checkpoint_sha256"]
+        assert all(c[k] is not None for c in cycles for k in ("tokens", "loss", "val_loss"))
+        forgetting = json.loads(cli("history", "forgetting", "--data-dir", str(data),
+                                    "--json").stdout)
+        assert {(f["cycle_id"], f["source"]) for f in forgetting} == {
+            (1, str(watch)), (2, str(watch))}          # the ingestor's source is the watched root
+
+        # one agent per data directory
+        r = cli("agent", "--data-dir", str(data), "--preset", "tiny")
+        assert r.returncode == 2 and "already running" in r.stderr and "hint:" in r.stderr
+        st = json.loads(cli("status", "--data-dir", str(data), "--json").stdout)
+        assert st["agent_running"] and st["pid"] == a.p.pid and st["cycles_completed"] == 2
+        assert st["last_checkpoint"]["cycle_id"] == 2
+    finally:
+        rc = a.stop(signal.SIGTERM)
+    assert rc == 0, "".join(a.log)
+    assert not json.loads(cli("status", "--data-dir", str(data), "--json").stdout)["agent_running"]
+
+    # a corrupted latest checkpoint: refused with a warning, the previous one is used
+    raw = bytearray(open(c2["checkpoint_path"], "rb").read())
+    raw[-5] ^= 0xFF
+    open(c2["checkpoint_path"], "wb").write(bytes(raw))
+    a = AgentProc(data, watch)
+    try:
+        line = a.wait_for(r"refusing checkpoint")
+        assert "ckpt-000002" in line
+        line = a.wait_for(r"agent on .*model step (\d+)")
+        assert f"model step {cycles[0]['steps']}," in line
+    finally:
+        assert a.stop() == 0
+
+
+def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(dirs):
+    data, watch = dirs
+    watch.mkdir()
+    for i, s in enumerate(["the crystal lattice hums. ", "every sphere touches twelve. ",
+                           "primes fall on the clock. "]):
+        drop(watch / "notes", f"{i}.txt", s)
+    a = AgentProc(data, watch, "--cycle-steps", "100000")
+    a.wait_for(r"cycle 1: step \d+/100000")
+    assert a.stop(signal.SIGKILL) == -signal.SIGKILL
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            assert set(s.scalars(select(Document.status))) == {"pending"}
+            assert s.scalars(select(Cycle.status)).all() == ["running"]
+    finally:
+        store.close()
+
+    a = AgentProc(data, watch, "--cycle-steps", "6")
+    try:
+        a.wait_for(r"cycle 2 completed")
+    finally:
+        assert a.stop() == 0
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            cycles = s.scalars(select(Cycle).order_by(Cycle.id)).all()
+            assert [c.status for c in cycles] == ["interrupted", "completed"]
+            docs = s.scalars(select(Document)).all()
+            assert len(docs) == 3 and {(d.status, d.cycle_id) for d in docs} == {("trained", 2)}
+            assert cycles[1].docs_new == 3          # each document trained once, as new
+            assert sorted(cycles[1].schedule["document_ids"]) == sorted(d.id for d in docs)
+            ck = s.scalars(select(Checkpoint).where(Checkpoint.is_latest.is_(True))).one()
+            path, sha = ck.path, ck.sha256
+    finally:
+        store.close()
+    assert load_state(Path(path), expected_sha256=sha).step == 6
+    assert not (data / "checkpoints" / "ckpt-000001.safetensors").exists()
+
+    # SIGTERM during a long cycle: exit 0 within seconds, the cycle interrupted, nothing lost
+    drop(watch / "notes", "3.txt", "a fourth document arrives late. ")
+    a = AgentProc(data, watch, "--cycle-steps", "100000")
+    a.wait_for(r"cycle 3: step \d+/100000")
+    assert a.stop(signal.SIGTERM, timeout=15) == 0, "".join(a.log)
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            assert [c.status for c in s.scalars(select(Cycle).order_by(Cycle.id))] == [
+                "interrupted", "completed", "interrupted"]
+            pending = s.scalars(select(Document.uri).where(Document.status == "pending")).all()
+            assert len(pending) == 1 and pending[0].endswith("3.txt")
+    finally:
+        store.close()
