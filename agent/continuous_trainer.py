@@ -477,3 +477,17 @@ class ContinuousTrainer:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def record_documents(store, docs: Sequence[Doc]) -> list[tuple[int, Doc]]:
+    """Store `docs` (deduplicated by content) and return them with their ids, for a one-shot
+    cycle such as `cllm train`: a document seen before keeps its row and is trained again."""
+    from store.documents import add_document
+
+    out: dict[int, Doc] = {}
+    with store.session() as s:
+        for d in docs:
+            row, _ = add_document(s, uri=d.uri, source=d.source, text=d.text)
+            s.flush()
+            out.setdefault(row.id, d)
+    return list(out.items())

@@ -14,7 +14,7 @@ from typing import Optional
 
 import click
 
-from agent.cli import CONTEXT_SETTINGS, friendly_errors
+from agent.clikit import CONTEXT_SETTINGS, friendly_errors
 from engine.errors import CllmError
 
 data_dir_opt = click.option(
