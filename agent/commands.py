@@ -83,9 +83,10 @@ def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from agent.training import (latest_state, new_state, save_state, split_validation,
-                                train_run)
-    from engine import TrainConfig
+    from agent.continuous_trainer import (ContinuousTrainer, TrainerSettings, open_store,
+                                          record_documents)
+    from agent.daemon import DataDirLock
+    from agent.training import new_state
 
     data_dir = data_dir or default_data_dir()
     if not paths:
@@ -96,24 +97,35 @@ def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_
     if steps < 1 or batch_size < 1:
         raise CllmError("--steps and --batch-size must be >= 1", "e.g. --steps 300")
     docs = read_docs(list(paths))
-    train_docs, heldout = split_validation(docs, val_fraction)
-    state = None if fresh else latest_state(data_dir)
-    if state is None:
-        state = new_state(preset_name, seed=seed, init=init)
-    cap = max(0, min(max_new_tokens, state.tokenizer.max_vocab - len(state.tokenizer)))
-    tcfg = TrainConfig(lr=lr, min_lr=lr / 10, warmup_steps=min(20, steps // 10),
-                       batch_size=batch_size, crystalline_weight=crystalline_weight)
+    settings = TrainerSettings(preset=preset_name, workers=workers, batch_size=batch_size, lr=lr,
+                               min_lr=lr / 10, warmup_steps=min(20, steps // 10),
+                               max_new_tokens=max_new_tokens, val_fraction=val_fraction,
+                               crystalline_weight=crystalline_weight, seed=seed,
+                               replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
-    with Progress(TextColumn("[bold]training[/]"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} steps"),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
-                  console=console) as bar:
-        task = bar.add_task("train", total=steps, loss=float("nan"))
-        res = train_run(state, train_docs, tcfg, steps, workers=workers,
-                        max_new_tokens=cap, heldout=heldout, seed=seed,
-                        progress=lambda i, n, loss: bar.update(task, completed=i, loss=loss))
-    path, sha = save_state(state, data_dir, state.cycle + 1)
-    summary = {"checkpoint_path": str(path), "checkpoint_sha256": sha, "steps": res.steps,
+    # one run is one cycle in the store, under the data directory's lock (no agent meanwhile)
+    with DataDirLock(data_dir), open_store(data_dir) as store:
+        trainer = ContinuousTrainer(store, data_dir, settings)
+        trainer.recover()
+        if fresh:
+            trainer.state = new_state(preset_name, seed=seed, init=init)
+        else:
+            trainer.load_latest()
+            if trainer.state.step == 0 and init:
+                trainer.state = new_state(preset_name, seed=seed, init=init)
+        state = trainer.state
+        with Progress(TextColumn("[bold]training[/]"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} steps"),
+                      TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
+                      console=console) as bar:
+            task = bar.add_task("train", total=steps, loss=float("nan"))
+            trainer.progress = lambda c, i, n, loss: bar.update(task, completed=i, loss=loss)
+            rep = trainer.run_cycle(record_documents(store, docs), "train", steps=steps)
+    if rep is None:
+        raise CllmError("the documents hold no trainable text", "add text files with content")
+    res, path, sha = rep.run, rep.checkpoint_path, rep.checkpoint_sha256
+    summary = {"cycle_id": rep.cycle_id, "checkpoint_path": str(path),
+               "checkpoint_sha256": sha, "steps": res.steps,
                "skipped": res.skipped, "tokens": res.tokens,
                "tokens_per_s": round(res.tokens_per_s, 1), "loss_start": res.loss_start,
                "loss_end": res.loss_end, "val_loss": res.val_loss,

@@ -249,12 +249,16 @@ class ContinuousTrainer:
         return self.run_cycle(docs, trigger)
 
     def run_cycle(self, docs: Sequence[tuple[int, Doc]], trigger: str,
-                  steps: Optional[int] = None) -> CycleReport:
-        """Train one cycle on `docs` (store ids with their text) and record it atomically."""
+                  steps: Optional[int] = None) -> Optional[CycleReport]:
+        """Train one cycle on `docs` (store ids with their text) and record it atomically.
+        Documents with nothing to train on are marked failed (with the reason) instead."""
         from store.models import Cycle
 
         st = self.settings
         state = self._state()
+        if sum(len(split_text(d.text, st.val_fraction)[0].strip()) for _, d in docs) < 2:
+            self._refuse(docs, "no trainable text (too short once the held-out tail is cut)")
+            return None
         with self.store.session() as s:
             cyc = Cycle(trigger=trigger, status="running", docs_new=len(docs),
                         vocab_size_before=len(state.tokenizer), workers=st.workers)
@@ -297,7 +301,7 @@ class ContinuousTrainer:
             if i == 1 or i == n or i % max(1, n // 10) == 0 or now - logged[0] >= 10.0:
                 logged[0] = now
                 log.info("cycle %s: step %s/%s, loss %.3f", cycle_id, i, n, loss)
-            if time.perf_counter() - last[0] >= METRIC_EVERY_S or i == n:
+            if i == 1 or i == n or time.perf_counter() - last[0] >= METRIC_EVERY_S:
                 last[0] = time.perf_counter()
                 self._write_metrics(cycle_id, sampled[-1:], steps)
 
@@ -457,6 +461,17 @@ class ContinuousTrainer:
                     c.schedule = {"steps": steps}
         except Exception as e:  # metrics are for watching; never fail a cycle over them
             log.warning("could not record step metrics of cycle %s: %s", cycle_id, e)
+
+    def _refuse(self, docs, reason: str) -> None:
+        from sqlalchemy import select
+
+        from store.models import Document
+
+        with self.store.session() as s:
+            for d in s.scalars(select(Document).where(Document.id.in_([i for i, _ in docs]))):
+                if d.status == "pending":
+                    d.status, d.reason = "failed", reason
+        log.warning("%s documents not trained: %s", len(docs), reason)
 
     def _fail(self, cycle_id: int, e: BaseException) -> None:
         from store.models import Cycle

@@ -33,6 +33,7 @@ from engine.errors import CllmError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "cllm.lock"
+RETRY_S = 5.0      # wait after a failed cycle before trying again
 _STOP = object()
 
 
@@ -127,6 +128,10 @@ class Agent:
         for w in cfg.watch:
             if not Path(w).is_dir():
                 raise CllmError(f"cannot watch {w}: not a folder", "create it or fix --watch")
+        if cfg.crawl:
+            from agent.crawler import iter_targets
+
+            list(iter_targets(cfg.crawl))       # a bad target is a one-line error, now
         with DataDirLock(cfg.data_dir):
             store = open_store(cfg.data_dir)
             try:
@@ -195,8 +200,9 @@ class Agent:
                 return
             try:
                 res = ingestor.handle(ev)
-            except CllmError as e:  # e.g. the database is locked for too long: log, go on
-                log.error("could not ingest %s: %s", ev.path, e.one_line())
+            except Exception as e:  # e.g. the database is locked for too long: log, go on
+                log.error("could not ingest %s: %s", ev.path,
+                          e.one_line() if isinstance(e, CllmError) else repr(e))
                 continue
             if res is not None and res.outcome in ("added", "restored"):
                 self.wake.set()
@@ -226,17 +232,17 @@ class Agent:
     def _trainer_loop(self, trainer: ContinuousTrainer) -> None:
         while not self.stop.is_set():
             self.wake.clear()
-            trigger, wait = trainer.due()
-            if trigger is None:
-                self.wake.wait(wait)            # an ingest, a stop, or the age trigger
-                continue
             try:
+                trigger, wait = trainer.due()
+                if trigger is None:
+                    self.wake.wait(wait)        # an ingest, a stop, or the age trigger
+                    continue
                 rep = trainer.run_pending(trigger)
             except CycleInterrupted:
                 return
-            except CllmError as e:
+            except CllmError as e:              # e.g. the store was locked too long
                 log.error("cycle failed: %s", e.one_line())
-                self.stop.wait(5.0)             # back off before retrying the same documents
+                self.stop.wait(RETRY_S)         # back off before retrying the same documents
                 continue
             if rep is not None:
                 self.cycles_completed += 1

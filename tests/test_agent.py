@@ -192,6 +192,10 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(dirs):
     drop(watch / "notes", "3.txt", "a fourth document arrives late. ")
     a = AgentProc(data, watch, "--cycle-steps", "100000")
     a.wait_for(r"cycle 3: step \d+/100000")
+    st = json.loads(cli("status", "--data-dir", str(data), "--json").stdout)
+    assert st["agent_running"] and st["current_cycle"]["id"] == 3
+    assert st["current_cycle"]["steps"] == 100000 and st["current_cycle"]["step"] >= 1
+    assert st["pending_documents"] == 1
     assert a.stop(signal.SIGTERM, timeout=15) == 0, "".join(a.log)
     store = open_store(data)
     try:
@@ -202,3 +206,55 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(dirs):
             assert len(pending) == 1 and pending[0].endswith("3.txt")
     finally:
         store.close()
+
+
+# --- in-process: cllm train as a cycle, the lock, settings, history plots ---------------------
+
+def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
+    from click.testing import CliRunner
+
+    from agent.cli import main
+    from agent.daemon import DataDirLock
+
+    drop(tmp_path / "corpus" / "notes", "a.txt", "the crystal lattice hums a quiet tune. ")
+    data = tmp_path / "data"
+    args = ["train", str(tmp_path / "corpus"), "--data-dir", str(data), "--preset", "tiny",
+            "--steps", "5", "--batch-size", "4", "--workers", "1", "--max-new-tokens", "10",
+            "--json"]
+    for _ in range(2):
+        r = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["history", "cycles", "--data-dir", str(data), "--json",
+                                  "--plot", str(tmp_path / "loss.png")], catch_exceptions=False)
+    cycles = json.loads(r.output[r.output.index("["):r.output.rindex("]") + 1])
+    assert [(c["id"], c["status"], c["trigger"]) for c in cycles] == [
+        (1, "completed", "train"), (2, "completed", "train")]
+    assert all(file_sha256(c["checkpoint_path"]) == c["checkpoint_sha256"] for c in cycles)
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    r = CliRunner().invoke(main, ["status", "--data-dir", str(data), "--json"])
+    st = json.loads(r.output)
+    assert not st["agent_running"] and st["last_checkpoint"]["cycle_id"] == 2
+    assert st["documents"] == {"trained": 1} and st["current_cycle"] is None
+    with DataDirLock(data):
+        r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "already running" in r.output
+
+
+def test_settings_come_from_flags_then_environment_then_toml(tmp_path, monkeypatch):
+    from agent.settings import resolve
+    from engine.errors import ConfigError
+
+    (tmp_path / "cllm.toml").write_text(
+        '[agent]\nmin-cycle-tokens = 111\nmax_wait = 7\nwatch = ["/a", "/b"]\npreset = "tiny"\n')
+    monkeypatch.setenv("CLLM_MAX_WAIT", "9.5")
+    monkeypatch.delenv("CLLM_CONFIG", raising=False)
+    cfg = resolve({"preset": "base", "watch": (), "workers": None}, tmp_path)
+    assert (cfg["min_cycle_tokens"], cfg["max_wait"], cfg["watch"], cfg["preset"]) == (
+        111, 9.5, ["/a", "/b"], "base")
+    assert cfg["replay_fraction"] == 0.25                      # the default
+    (tmp_path / "cllm.toml").write_text("min-cycle-tokens = 'many'\n")
+    with pytest.raises(ConfigError, match="min-cycle-tokens"):
+        resolve({}, tmp_path)
+    (tmp_path / "cllm.toml").write_text("no-such-setting = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        resolve({}, tmp_path)

@@ -170,3 +170,18 @@ def test_age_trigger_fires_once_the_oldest_pending_document_waited_max_wait(env)
     trigger, wait = tr.due()
     assert trigger is None and 3500 < wait <= 3600
     assert ContinuousTrainer(store, data, SETTINGS.replace(max_wait=0)).due()[0] == "age"
+
+
+def test_documents_with_nothing_to_train_on_are_marked_failed_not_retried(env):
+    store, data = env
+    with store.session() as s:
+        s.add(Document(uri="file:///w/x.txt", source="x", text="a", sha256="0" * 64,
+                       status="pending"))
+    tr = ContinuousTrainer(store, data, SETTINGS.replace(max_wait=0))
+    assert tr.due()[0] == "age"
+    assert tr.run_pending("age") is None
+    with store.session() as s:
+        d = s.scalars(select(Document)).one()
+        assert d.status == "failed" and "no trainable text" in d.reason
+        assert s.scalars(select(Cycle)).all() == []
+    assert tr.due() == (None, None)
