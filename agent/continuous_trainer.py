@@ -315,8 +315,9 @@ class ContinuousTrainer:
         first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in heads])
         path, sha = save_state(state, self.data_dir, cycle_id)
         try:
+            heldout_tokens = {src: len(state.tokenizer.encode(t)) for src, t in heldout.items()}
             forgetting = self._commit(cycle_id, docs, replay, res, path, sha, vocab_before,
-                                      first, steps, tcfg)
+                                      first, steps, tcfg, heldout_tokens)
         except BaseException:
             # the checkpoint never got its row: it must not be mistaken for a trained one
             path.unlink(missing_ok=True)
@@ -328,8 +329,8 @@ class ContinuousTrainer:
                            sha, res, vocab_before, len(state.tokenizer), forgetting)
 
     def _commit(self, cycle_id, docs, replay, res: RunResult, path: Path, sha: str,
-                vocab_before: int, first: dict[int, int], steps: int, tcfg: TrainConfig
-                ) -> dict[str, float]:
+                vocab_before: int, first: dict[int, int], steps: int, tcfg: TrainConfig,
+                heldout_tokens: dict[str, int]) -> dict[str, float]:
         """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
         evaluations with forgetting, documents trained."""
         from sqlalchemy import select, update
@@ -365,7 +366,8 @@ class ContinuousTrainer:
                 if f is not None:
                     forgetting[source] = f
                 s.add(EvalResult(cycle_id=cycle_id, source=source, val_loss=loss,
-                                 baseline_loss=base, forgetting=f))
+                                 baseline_loss=base, forgetting=f,
+                                 n_tokens=heldout_tokens.get(source)))
             # checkpoint row, the new latest
             s.execute(update(Checkpoint).where(Checkpoint.is_latest.is_(True)).values(is_latest=False))
             s.flush()
@@ -426,24 +428,31 @@ class ContinuousTrainer:
                 .order_by(Document.id))]
 
     def _heldout(self, new_by_source: dict[str, list[str]]) -> dict[str, str]:
-        """Held-out tails per source: this cycle's new documents plus earlier trained ones
-        (the first documents of each source by id, so the slice stays the same)."""
+        """Held-out tails per source: the tails of its earliest trained documents (by id),
+        then of this cycle's new ones, up to HELDOUT_CHARS_PER_SOURCE. Earlier documents come
+        first so a source's slice stays the same from cycle to cycle once it is full."""
         from sqlalchemy import select
         from sqlalchemy.orm import undefer
 
         from store.models import Document
 
-        texts: dict[str, list[str]] = {}
+        vf = self.settings.val_fraction
+        budget: dict[str, float] = {}
+        chosen: list[int] = []
         with self.store.session(read_only=True) as s:
-            for d in s.scalars(select(Document).options(undefer(Document.text)).where(
-                    Document.status == "trained").order_by(Document.id)):
-                if sum(map(len, texts.get(d.source, []))) < HELDOUT_CHARS_PER_SOURCE:
-                    texts.setdefault(d.source, []).append(
-                        split_text(d.text or "", self.settings.val_fraction)[1])
+            for i, src, size in s.execute(select(Document.id, Document.source, Document.size_bytes)
+                                          .where(Document.status == "trained").order_by(Document.id)):
+                if budget.get(src, 0.0) < HELDOUT_CHARS_PER_SOURCE:
+                    budget[src] = budget.get(src, 0.0) + (size or 0) * vf
+                    chosen.append(i)
+            texts: dict[str, list[str]] = {}
+            for d in s.scalars(select(Document).options(undefer(Document.text))
+                               .where(Document.id.in_(chosen)).order_by(Document.id)):
+                texts.setdefault(d.source, []).append(split_text(d.text or "", vf)[1])
         for source, items in new_by_source.items():
             for t in items:
                 if sum(map(len, texts.get(source, []))) < HELDOUT_CHARS_PER_SOURCE:
-                    texts.setdefault(source, []).append(split_text(t, self.settings.val_fraction)[1])
+                    texts.setdefault(source, []).append(split_text(t, vf)[1])
         return {src: "\n".join(parts) for src, parts in texts.items() if "".join(parts).strip()}
 
     def _write_metrics(self, cycle_id: int, rows, steps: int) -> None:

@@ -33,10 +33,11 @@ FAST = ["--preset", "tiny", "--workers", "1", "--min-cycle-tokens", "300", "--ma
 class AgentProc:
     """A `cllm agent` subprocess whose log lines are read by a thread into a queue."""
 
-    def __init__(self, data, watch, *extra):
+    def __init__(self, data, watch, *extra, fast=True):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        args = (["--watch", str(watch)] if watch else []) + (FAST if fast else [])
         self.p = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--data-dir", str(data),
-                                   "--watch", str(watch), *FAST, *extra],
+                                   *args, *extra],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                   env=env)
         self.lines: queue.Queue = queue.Queue()
@@ -258,3 +259,23 @@ def test_settings_come_from_flags_then_environment_then_toml(tmp_path, monkeypat
     (tmp_path / "cllm.toml").write_text("no-such-setting = 1\n")
     with pytest.raises(ConfigError, match="unknown setting"):
         resolve({}, tmp_path)
+
+
+def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
+    tree, data = tmp_path / "tree", tmp_path / "data"
+    drop(tree / "docs", "a.md", "the crystal lattice hums a quiet tune. ")
+    drop(tree / "docs", "b.md", "every sphere touches twelve neighbours. ")
+    data.mkdir()
+    (data / "cllm.toml").write_text(
+        f'[agent]\ncrawl = ["{tree}"]\npreset = "tiny"\nworkers = 1\nmin-cycle-tokens = 2000\n'
+        'max-wait = 30\ncycle-steps = 7\nbatch-size = 4\nmax-new-tokens = 10\n')
+    a = AgentProc(data, None, fast=False)
+    try:
+        a.wait_for(r"cycle 1 completed")
+    finally:
+        assert a.stop() == 0, "".join(a.log)
+    cycles = json.loads(cli("history", "cycles", "--data-dir", str(data), "--json").stdout)
+    assert [(c["status"], c["documents"], c["steps"]) for c in cycles] == [("completed", 2, 7)]
+    docs = json.loads(cli("history", "documents", "--data-dir", str(data), "--json").stdout)
+    assert sorted((d["uri"].rsplit("/", 1)[1], d["status"]) for d in docs) == [
+        ("a.md", "trained"), ("b.md", "trained")]

@@ -68,6 +68,7 @@ def test_a_cycle_is_recorded_with_its_checkpoint_vocab_delta_and_documents(env):
         evals = {e.source: e for e in s.scalars(select(EvalResult))}
         assert set(evals) == {"lattice", "spheres"}
         assert all(e.forgetting == 0.0 for e in evals.values())
+        assert all(e.n_tokens > 0 for e in evals.values())
     assert tr.due() == (None, None)
 
 
