@@ -285,6 +285,8 @@ def status(data_dir, as_json):
     finally:
         store.close()
     pid = holder_pid(data_dir)
+    if current is not None:
+        current["stale"] = pid is None  # left running by an agent that died; recovered on start
     out = {"agent_running": pid is not None, "pid": pid, "current_cycle": current,
            "pending_documents": pending, "pending_bytes": pending_bytes or 0,
            "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
@@ -292,7 +294,10 @@ def status(data_dir, as_json):
         click.echo(json.dumps(out, indent=2, default=_iso))
         return
     click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'} ({data_dir})")
-    if current:
+    if current and current["stale"]:
+        click.echo(f"cycle {current['id']} was interrupted at step {current['step']} (the agent "
+                   "died); its documents are still pending and the next agent start recovers it")
+    elif current:
         click.echo(f"cycle {current['id']} ({current['trigger']}): step {current['step']}/"
                    f"{current['steps'] or '?'}, loss {current['loss'] or float('nan'):.3f}, "
                    f"{current['documents']} documents")

@@ -167,6 +167,9 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(dirs):
             assert s.scalars(select(Cycle.status)).all() == ["running"]
     finally:
         store.close()
+    st = json.loads(cli("status", "--data-dir", str(data), "--json").stdout)
+    assert not st["agent_running"] and st["current_cycle"]["stale"]
+    assert st["pending_documents"] == 3
 
     a = AgentProc(data, watch, "--cycle-steps", "6")
     try:
@@ -239,6 +242,19 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
     with DataDirLock(data):
         r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and "already running" in r.output
+    # every history view renders as a table, and the plots are PNG files
+    for view in ("cycles", "vocab", "checkpoints", "forgetting"):
+        extra = ["--plot", str(tmp_path / f"{view}.png")] if view in ("vocab", "forgetting") else []
+        r = CliRunner().invoke(main, ["history", view, "--data-dir", str(data), *extra],
+                               catch_exceptions=False)
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert (tmp_path / "forgetting.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "vocab.png").read_bytes()[:4] == b"\x89PNG"
+    r = CliRunner().invoke(main, ["history", "checkpoints", "--data-dir", str(data), "--verify",
+                                  "--json"], catch_exceptions=False)
+    assert [c["ok"] for c in json.loads(r.output)] == [True, True]
+    r = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "no store" in r.output and "hint:" in r.output
 
 
 def test_settings_come_from_flags_then_environment_then_toml(tmp_path, monkeypatch):
