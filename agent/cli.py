@@ -43,6 +43,7 @@ def main(verbose: int) -> None:
 
 
 # --- command registration (each owner adds one line) ---
+from store.cli import db; main.add_command(db)  # noqa: E402,E702
 from agent.commands import bench, generate, neighbours, train  # noqa: E402
 
 main.add_command(train)

@@ -1,1 +1,26 @@
-"""Crystalline CLLM store: SQLAlchemy models, engine factory, migrations and history queries."""
+"""Crystalline CLLM store: SQLAlchemy models, engine factory, migrations and history queries.
+
+    from store import open_store
+    from store.documents import add_document
+
+    with open_store("cllm-data") as st:          # SQLite file, or $CLLM_DATABASE_URL
+        with st.session() as s:                  # one transaction: commit or roll back
+            doc, created = add_document(s, uri="file:///a.txt", source="notes", text="hi")
+
+Modules: `db` (the engine factory; the only SQLite-specific code), `models`, `migrate`
+(Alembic, applied on open), `core` (Store, open_store), `documents`, `urls`, `targets`,
+`queries` (cycles, vocabulary, checkpoints, evaluations, history), `cli` (`cllm db`).
+"""
+from .core import Store, open_store
+from .errors import (DatabaseUnavailableError, NotADatabaseError, ReadOnlyDatabaseError,
+                     SchemaTooNewError, StoreError)
+from .models import (Base, Checkpoint, CrawlTarget, Cycle, Document, EvalResult, FetchedUrl,
+                     StepMetric, VocabEntry)
+
+__all__ = [
+    "Store", "open_store",
+    "StoreError", "NotADatabaseError", "ReadOnlyDatabaseError", "SchemaTooNewError",
+    "DatabaseUnavailableError",
+    "Base", "CrawlTarget", "Document", "VocabEntry", "Cycle", "StepMetric", "EvalResult",
+    "Checkpoint", "FetchedUrl",
+]

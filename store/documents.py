@@ -1,0 +1,234 @@
+"""Documents in and out: content-addressed ingest, refusals, deletions, the training queue.
+
+Every function takes a Session and neither commits nor opens one: the caller's
+`with store.session() as s:` block is the transaction. Functions return ORM objects, which
+belong to that session and its thread.
+
+Content identity is the SHA-256 of the text's UTF-8 bytes. The same content arriving again
+(another path, a re-scan, a concurrent ingest in another process) returns the existing row.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, undefer
+
+from .models import Document, utcnow
+
+REFUSED_STATUSES = ("skipped", "failed")
+_CHUNK = 500  # ids per IN (...) list, well under every backend's parameter limit
+
+
+def content_sha256(text: str) -> str:
+    """Hex SHA-256 of the UTF-8 bytes of `text` (the dedupe key)."""
+    return hashlib.sha256(_utf8(text)).hexdigest()
+
+
+def _utf8(text: str) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, not {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text is not encodable as UTF-8 ({e.reason} at {e.start}):"
+                         " decode the bytes without surrogateescape") from None
+
+
+def add_document(session: Session, *, uri: str, source: str, text: str,
+                 encoding: str = "utf-8", target_id: Optional[int] = None,
+                 n_tokens: Optional[int] = None) -> tuple[Document, bool]:
+    """Record `text` as a pending document; (document, True) when new.
+
+    The same content again returns the existing row and False, without error, whatever its
+    uri, also when another process inserts it at the same moment. A row that was marked
+    deleted comes back (pending, or trained if a cycle had trained it) under the new uri:
+    that is what a moved file looks like. Text with NUL characters is refused (ValueError;
+    PostgreSQL cannot store them): record it with record_refused instead.
+    """
+    doc = _new_document(uri=uri, source=source, text=text, encoding=encoding,
+                        target_id=target_id, n_tokens=n_tokens)
+    existing = _by_sha(session, doc.sha256)
+    if existing is not None:
+        _revive(existing, uri)
+        return existing, False
+    try:
+        with session.begin_nested():  # a savepoint: a lost race must not end the transaction
+            session.add(doc)
+    except IntegrityError:
+        existing = _by_sha(session, doc.sha256)  # committed by a concurrent writer
+        if existing is None:
+            raise  # another constraint (e.g. an unknown target_id)
+        _revive(existing, uri)
+        return existing, False
+    return doc, True
+
+
+def add_documents(session: Session,
+                  items: Iterable[Mapping[str, Any]]) -> list[tuple[Document, bool]]:
+    """add_document for many texts at once (mappings of its keyword arguments): one lookup
+    and one INSERT batch for the new contents, several times faster for bulk ingest. Same
+    results, in order; content repeated within the batch is created once."""
+    docs = [_new_document(**item) for item in items]
+    found: dict[str, Document] = {}
+    shas = sorted({d.sha256 for d in docs})
+    for i in range(0, len(shas), _CHUNK):
+        found.update((d.sha256, d) for d in session.scalars(
+            select(Document).where(Document.sha256.in_(shas[i:i + _CHUNK]))))
+    results, new = [], {}
+    for doc in docs:
+        if doc.sha256 in found:
+            _revive(found[doc.sha256], doc.uri)
+            results.append((found[doc.sha256], False))
+        elif doc.sha256 in new:
+            results.append((new[doc.sha256], False))
+        else:
+            new[doc.sha256] = doc
+            results.append((doc, True))
+    try:
+        with session.begin_nested():
+            session.add_all(new.values())
+    except IntegrityError:  # a concurrent writer got some of them first: one at a time
+        return [add_document(session, uri=d.uri, source=d.source, text=d.text,
+                             encoding=d.encoding, target_id=d.target_id, n_tokens=d.n_tokens)
+                for d in docs]
+    return results
+
+
+def _new_document(*, uri: str, source: str, text: str, encoding: str = "utf-8",
+                  target_id: Optional[int] = None, n_tokens: Optional[int] = None) -> Document:
+    data = _utf8(text)
+    if "\x00" in text:
+        raise ValueError(f"{uri}: text contains NUL characters; record it with record_refused")
+    return Document(uri=uri, source=source, sha256=hashlib.sha256(data).hexdigest(),
+                    size_bytes=len(data), n_tokens=n_tokens, encoding=encoding,
+                    status="pending", text=text, target_id=target_id)
+
+
+def _by_sha(session: Session, digest: str) -> Optional[Document]:
+    doc_id = session.scalar(select(Document.id).where(Document.sha256 == digest))
+    return None if doc_id is None else session.get(Document, doc_id)
+
+
+def _revive(doc: Document, uri: str) -> None:
+    if doc.status == "deleted":
+        doc.status = "trained" if doc.cycle_id is not None else "pending"
+        doc.uri = uri
+        doc.reason = None
+
+
+def record_refused(session: Session, *, uri: str, source: str, reason: str,
+                   status: str = "skipped", size_bytes: Optional[int] = None,
+                   target_id: Optional[int] = None) -> Document:
+    """Record an input that was not taken (binary, too large, undecodable...) and why.
+
+    Refused documents have no text and no hash. Refusing the same uri again with the same
+    status updates that row (reason, size, time) instead of adding one, so re-scans do not
+    pile up rows.
+    """
+    if status not in REFUSED_STATUSES:
+        raise ValueError(f"status must be one of {REFUSED_STATUSES}, not {status!r}")
+    doc = session.scalars(
+        select(Document).where(Document.uri == uri, Document.status == status,
+                               Document.sha256.is_(None)).limit(1)).first()
+    if doc is None:
+        doc = Document(uri=uri, source=source, status=status)
+        session.add(doc)
+    doc.reason = reason
+    doc.size_bytes = size_bytes
+    doc.target_id = target_id
+    doc.updated = utcnow()
+    session.flush()
+    return doc
+
+
+def mark_deleted(session: Session, uri: str, *, reason: str = "removed from its source") -> int:
+    """Mark every document at `uri` deleted (it is then neither trained nor replayed);
+    returns how many rows changed. `cycle_id` is kept: history still shows what a cycle
+    trained on. The same content added again later revives the row."""
+    result = session.execute(
+        update(Document).where(Document.uri == uri, Document.status != "deleted")
+        .values(status="deleted", reason=reason, updated=utcnow())
+        .execution_options(synchronize_session="fetch"))
+    return result.rowcount
+
+
+def pending_documents(session: Session, limit: Optional[int] = None) -> list[Document]:
+    """Documents waiting to be trained, oldest first, with their text loaded."""
+    q = (select(Document).where(Document.status == "pending").order_by(Document.id)
+         .options(undefer(Document.text)))
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
+
+
+def pending_summary(session: Session) -> dict:
+    """{"documents", "bytes", "tokens" (None where unknown), "oldest" (aware datetime or
+    None)} of the pending queue: what decides when the next cycle starts."""
+    row = session.execute(
+        select(func.count(Document.id), func.sum(Document.size_bytes),
+               func.sum(Document.n_tokens), func.min(Document.first_seen))
+        .where(Document.status == "pending")).one()
+    return {"documents": row[0], "bytes": int(row[1] or 0),
+            "tokens": int(row[2]) if row[2] is not None else None, "oldest": row[3]}
+
+
+def mark_trained(session: Session, doc_ids: Iterable[int], cycle_id: int) -> int:
+    """Mark pending documents trained by `cycle_id`; returns how many were marked.
+
+    Documents already trained keep the cycle that first trained them (replay does not
+    change it). A document deleted while its cycle ran stays deleted, but records the cycle.
+    """
+    ids = sorted(set(doc_ids))
+    now = utcnow()
+    marked = 0
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        marked += session.execute(
+            update(Document).where(Document.id.in_(chunk), Document.status == "pending")
+            .values(status="trained", cycle_id=cycle_id, updated=now)
+            .execution_options(synchronize_session="fetch")).rowcount
+        session.execute(
+            update(Document).where(Document.id.in_(chunk), Document.status == "deleted",
+                                   Document.cycle_id.is_(None))
+            .values(cycle_id=cycle_id, updated=now)
+            .execution_options(synchronize_session="fetch"))
+    return marked
+
+
+def mark_failed(session: Session, doc_ids: Iterable[int], reason: str) -> int:
+    """Take pending documents out of the queue with a reason (e.g. they cannot be tokenised)."""
+    ids = sorted(set(doc_ids))
+    n = 0
+    for i in range(0, len(ids), _CHUNK):
+        n += session.execute(
+            update(Document).where(Document.id.in_(ids[i:i + _CHUNK]),
+                                   Document.status == "pending")
+            .values(status="failed", reason=reason, updated=utcnow())
+            .execution_options(synchronize_session="fetch")).rowcount
+    return n
+
+
+def replay_sample(session: Session, n: int, *, exclude_ids: Sequence[int] = (),
+                  seed: Optional[int] = None, source: Optional[str] = None) -> list[Document]:
+    """Up to `n` trained documents drawn uniformly at random (seeded), with their text.
+
+    Deleted documents are never replayed. Ids are drawn in Python so the sample is the same
+    on every backend for the same seed and the same rows.
+    """
+    q = select(Document.id).where(Document.status == "trained").order_by(Document.id)
+    if source is not None:
+        q = q.where(Document.source == source)
+    skip = set(exclude_ids)
+    ids = [i for i in session.scalars(q) if i not in skip]
+    if n <= 0 or not ids:
+        return []
+    chosen = sorted(random.Random(seed).sample(ids, min(n, len(ids))))
+    out: list[Document] = []
+    for i in range(0, len(chosen), _CHUNK):
+        out += session.scalars(select(Document).where(Document.id.in_(chosen[i:i + _CHUNK]))
+                               .order_by(Document.id).options(undefer(Document.text)))
+    return out

@@ -1,0 +1,283 @@
+"""Training history: recording cycles, evaluations, vocabulary and checkpoints, and reading
+them back for `cllm history` and `cllm status`.
+
+Every function takes a Session and neither commits nor opens one (the caller owns the
+transaction). Row-shaped results are ORM objects (Cycle, Document, VocabEntry, StepMetric,
+Checkpoint, EvalResult) belonging to that session; aggregates (vocab_growth,
+forgetting_by_source, document_counts) are lists of plain dicts, safe to hand anywhere.
+Lists come oldest first unless a function says otherwise.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from .models import (CYCLE_STATUSES, Checkpoint, Cycle, Document, EvalResult, StepMetric,
+                     VocabEntry, utcnow)
+
+# ----------------------------------------------------------------------------- cycles
+
+CYCLE_FIGURES = frozenset({
+    "docs_new", "docs_replayed", "tokens", "steps", "schedule", "loss_start", "loss_end",
+    "val_loss", "forgetting_mean", "forgetting_max", "tokens_per_s", "workers",
+    "vocab_size_before", "vocab_size_after", "skipped_steps", "error"})
+
+
+def start_cycle(session: Session, *, trigger: str, workers: Optional[int] = None,
+                schedule: Optional[Mapping[str, Any]] = None,
+                vocab_size_before: Optional[int] = None) -> Cycle:
+    """A new cycle in status "running" (flushed, so `.id` is set)."""
+    cycle = Cycle(trigger=trigger, status="running", workers=workers,
+                  schedule=dict(schedule) if schedule is not None else None,
+                  vocab_size_before=vocab_size_before)
+    session.add(cycle)
+    session.flush()
+    return cycle
+
+
+def finish_cycle(session: Session, cycle_id: int, *, status: str = "completed",
+                 **figures: Any) -> Cycle:
+    """Close a cycle with its figures (any of CYCLE_FIGURES) and the finish time.
+
+    val_loss, forgetting_mean and forgetting_max not passed are derived from the cycle's
+    evaluations (val_loss weighted by each source's tokens when all are known).
+    """
+    if status not in CYCLE_STATUSES or status == "running":
+        raise ValueError(f"status must be one of {CYCLE_STATUSES[1:]}, not {status!r}")
+    unknown = set(figures) - CYCLE_FIGURES
+    if unknown:
+        raise TypeError(f"unknown cycle figures: {', '.join(sorted(unknown))}")
+    cycle = _get(session, Cycle, cycle_id)
+    evals = session.scalars(select(EvalResult).where(EvalResult.cycle_id == cycle_id)).all()
+    if evals and "val_loss" not in figures:
+        weights = [e.n_tokens for e in evals]
+        if all(weights):
+            figures["val_loss"] = sum(e.val_loss * w for e, w in zip(evals, weights)) / sum(weights)
+        else:
+            figures["val_loss"] = sum(e.val_loss for e in evals) / len(evals)
+    forgetting = [e.forgetting for e in evals if e.forgetting is not None]
+    if forgetting:
+        figures.setdefault("forgetting_mean", sum(forgetting) / len(forgetting))
+        figures.setdefault("forgetting_max", max(forgetting))
+    for name, value in figures.items():
+        setattr(cycle, name, value)
+    cycle.status = status
+    cycle.finished = utcnow()
+    session.flush()
+    return cycle
+
+
+def interrupt_running_cycles(session: Session, reason: str = "the agent stopped") -> int:
+    """Mark cycles still "running" (left by a crash or kill) as interrupted; returns how many.
+    Call once at agent start, when no cycle of this data directory can be running."""
+    return session.execute(
+        update(Cycle).where(Cycle.status == "running")
+        .values(status="interrupted", error=reason, finished=utcnow())
+        .execution_options(synchronize_session="fetch")).rowcount
+
+
+def get_cycle(session: Session, cycle_id: int) -> Optional[Cycle]:
+    return session.get(Cycle, cycle_id)
+
+
+def list_cycles(session: Session, *, status: Optional[str] = None,
+                limit: Optional[int] = None) -> list[Cycle]:
+    """Cycles oldest first; with `limit`, the most recent `limit` of them."""
+    q = select(Cycle).order_by(Cycle.id.desc())
+    if status is not None:
+        q = q.where(Cycle.status == status)
+    if limit is not None:
+        q = q.limit(limit)
+    return list(reversed(session.scalars(q).all()))
+
+
+def record_step_metrics(session: Session, cycle_id: int,
+                        metrics: Iterable[Mapping[str, Any]]) -> int:
+    """Append sampled steps: mappings with "step" and any of loss, lr, grad_norm,
+    tokens_per_s. Returns how many rows were added."""
+    allowed = {"step", "loss", "lr", "grad_norm", "tokens_per_s"}
+    rows = []
+    for m in metrics:
+        extra = set(m) - allowed
+        if extra:
+            raise TypeError(f"unknown step metric fields: {', '.join(sorted(extra))}")
+        rows.append(StepMetric(cycle_id=cycle_id, **m))
+    session.add_all(rows)
+    session.flush()
+    return len(rows)
+
+
+def step_metrics(session: Session, cycle_id: int) -> list[StepMetric]:
+    return list(session.scalars(select(StepMetric).where(StepMetric.cycle_id == cycle_id)
+                                .order_by(StepMetric.step)))
+
+
+# ------------------------------------------------------------------- evaluation, forgetting
+
+def record_eval(session: Session, cycle_id: int, source: str, val_loss: float, *,
+                n_tokens: Optional[int] = None,
+                baseline_loss: Optional[float] = None) -> EvalResult:
+    """Validation loss of one source after a cycle, with its forgetting.
+
+    Forgetting = val_loss - baseline_loss, where the baseline is the loss right after the
+    source was last learned: this cycle's own loss if this cycle trained documents of that
+    source (forgetting 0), else that of the latest earlier cycle that did. Call it after
+    mark_trained in the same transaction. Without any such cycle, forgetting is None.
+    """
+    if baseline_loss is None:
+        learned = session.scalar(select(func.max(Document.cycle_id)).where(
+            Document.source == source, Document.cycle_id <= cycle_id))
+        if learned == cycle_id:
+            baseline_loss = val_loss
+        elif learned is not None:
+            baseline_loss = session.scalar(select(EvalResult.val_loss).where(
+                EvalResult.cycle_id == learned, EvalResult.source == source))
+    result = EvalResult(cycle_id=cycle_id, source=source, val_loss=val_loss, n_tokens=n_tokens,
+                        baseline_loss=baseline_loss,
+                        forgetting=None if baseline_loss is None else val_loss - baseline_loss)
+    session.add(result)
+    session.flush()
+    return result
+
+
+def forgetting_by_source(session: Session, *, cycle_id: Optional[int] = None,
+                         source: Optional[str] = None) -> list[dict]:
+    """One dict per (source, cycle) evaluation, ordered by source then cycle: cycle_id,
+    source, val_loss, baseline_loss, forgetting, n_tokens."""
+    q = select(EvalResult).order_by(EvalResult.source, EvalResult.cycle_id)
+    if cycle_id is not None:
+        q = q.where(EvalResult.cycle_id == cycle_id)
+    if source is not None:
+        q = q.where(EvalResult.source == source)
+    return [{"cycle_id": e.cycle_id, "source": e.source, "val_loss": e.val_loss,
+             "baseline_loss": e.baseline_loss, "forgetting": e.forgetting,
+             "n_tokens": e.n_tokens} for e in session.scalars(q)]
+
+
+# ----------------------------------------------------------------------------- documents
+
+def list_documents(session: Session, status: Optional[str] = None,
+                   source: Optional[str] = None, cycle_id: Optional[int] = None,
+                   limit: Optional[int] = None) -> list[Document]:
+    """Documents by id, filtered; their text is not loaded (it loads on access)."""
+    q = select(Document).order_by(Document.id)
+    if status is not None:
+        q = q.where(Document.status == status)
+    if source is not None:
+        q = q.where(Document.source == source)
+    if cycle_id is not None:
+        q = q.where(Document.cycle_id == cycle_id)
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
+
+
+def document_counts(session: Session) -> list[dict]:
+    """[{"source", "status", "documents", "bytes", "tokens"}] ordered by source, status."""
+    q = (select(Document.source, Document.status, func.count(Document.id),
+                func.sum(Document.size_bytes), func.sum(Document.n_tokens))
+         .group_by(Document.source, Document.status).order_by(Document.source, Document.status))
+    return [{"source": s, "status": st, "documents": n, "bytes": int(b or 0),
+             "tokens": int(t or 0)} for s, st, n, b, t in session.execute(q)]
+
+
+# ---------------------------------------------------------------------------- vocabulary
+
+def record_vocab(session: Session, entries: Iterable[Mapping[str, Any]], *,
+                 cycle_id: Optional[int] = None) -> int:
+    """Append vocabulary entries: mappings with token_id, token_bytes and optionally
+    document_id, left_id, right_id. Ids must be new and increasing (the vocabulary is
+    append-only: ids are never reused). Returns how many were added."""
+    allowed = {"token_id", "token_bytes", "document_id", "left_id", "right_id"}
+    last = vocab_size(session) - 1
+    rows = []
+    for e in entries:
+        extra = set(e) - allowed
+        if extra:
+            raise TypeError(f"unknown vocabulary fields: {', '.join(sorted(extra))}")
+        if e["token_id"] <= last:
+            raise ValueError(f"token id {e['token_id']} is not new (the vocabulary ends at"
+                             f" {last}); ids are append-only")
+        last = e["token_id"]
+        rows.append(VocabEntry(cycle_id=cycle_id, **{**e, "token_bytes": bytes(e["token_bytes"])}))
+    session.add_all(rows)
+    session.flush()
+    return len(rows)
+
+
+def vocab_size(session: Session) -> int:
+    """One past the highest token id (0 for an empty vocabulary)."""
+    top = session.scalar(select(func.max(VocabEntry.token_id)))
+    return 0 if top is None else top + 1
+
+
+def load_vocab(session: Session) -> list[VocabEntry]:
+    return list(session.scalars(select(VocabEntry).order_by(VocabEntry.token_id)))
+
+
+def vocab_delta(session: Session, cycle_id: int) -> list[VocabEntry]:
+    """The tokens a cycle added, by id."""
+    return list(session.scalars(select(VocabEntry).where(VocabEntry.cycle_id == cycle_id)
+                                .order_by(VocabEntry.token_id)))
+
+
+def vocab_growth(session: Session) -> list[dict]:
+    """[{"cycle_id", "added", "vocab_size"}]: the base vocabulary (cycle_id None) if any,
+    then every cycle in order, with the size after it."""
+    counts = dict(session.execute(select(VocabEntry.cycle_id, func.count())
+                                  .group_by(VocabEntry.cycle_id)).all())
+    size = counts.pop(None, 0)
+    rows = [{"cycle_id": None, "added": size, "vocab_size": size}] if size else []
+    for cid in session.scalars(select(Cycle.id).order_by(Cycle.id)):
+        size += counts.get(cid, 0)
+        rows.append({"cycle_id": cid, "added": counts.get(cid, 0), "vocab_size": size})
+    return rows
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def record_checkpoint(session: Session, *, path: str, sha256: str, step: int, vocab_size: int,
+                      cycle_id: Optional[int] = None, size_bytes: Optional[int] = None,
+                      latest: bool = True) -> Checkpoint:
+    """Record a written checkpoint file; by default it becomes the latest."""
+    ckpt = Checkpoint(path=str(path), sha256=sha256, step=step, vocab_size=vocab_size,
+                      cycle_id=cycle_id, size_bytes=size_bytes, is_latest=False)
+    session.add(ckpt)
+    session.flush()
+    if latest:
+        set_latest_checkpoint(session, ckpt.id)
+    return ckpt
+
+
+def set_latest_checkpoint(session: Session, checkpoint_id: int) -> Checkpoint:
+    """Make one checkpoint the latest (e.g. fall back after the newest failed its hash)."""
+    ckpt = _get(session, Checkpoint, checkpoint_id)
+    session.execute(update(Checkpoint)
+                    .where(Checkpoint.is_latest.is_(True), Checkpoint.id != checkpoint_id)
+                    .values(is_latest=False).execution_options(synchronize_session="fetch"))
+    ckpt.is_latest = True
+    session.flush()
+    return ckpt
+
+
+def latest_checkpoint(session: Session) -> Optional[Checkpoint]:
+    return session.scalars(select(Checkpoint).where(Checkpoint.is_latest.is_(True))).one_or_none()
+
+
+def list_checkpoints(session: Session, *, cycle_id: Optional[int] = None,
+                     newest_first: bool = False, limit: Optional[int] = None) -> list[Checkpoint]:
+    q = select(Checkpoint).order_by(Checkpoint.id.desc() if newest_first else Checkpoint.id)
+    if cycle_id is not None:
+        q = q.where(Checkpoint.cycle_id == cycle_id)
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
+
+
+def _get(session: Session, model, ident: int):
+    obj = session.get(model, ident)
+    if obj is None:
+        raise LookupError(f"no {model.__tablename__[:-1].replace('_', ' ')} with id {ident}")
+    return obj

@@ -1,0 +1,309 @@
+"""The store's engine factory, migrations and failure modes, on SQLite and PostgreSQL.
+
+Opening: URL precedence, SQLite pragmas read back from live connections, write sessions
+taking the lock at BEGIN. Migrations: upgrade from empty, the models match the migrated
+schema. Refusals: a file that is not a database, a read-only one, a schema newer than the
+code, an unreachable server; each a one-line error naming the database. `cllm db`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner
+from sqlalchemy.exc import IntegrityError
+
+from store import (DatabaseUnavailableError, NotADatabaseError, ReadOnlyDatabaseError,
+                   SchemaTooNewError, StoreError, open_store)
+from store.cli import db
+from store.db import BUSY_TIMEOUT_MS, read_only_engine, sqlite_pragmas
+from store.documents import add_document
+from store.migrate import head_revision
+from store.models import Base, Document
+
+TABLES = {"crawl_targets", "documents", "vocab_entries", "cycles", "step_metrics",
+          "eval_results", "checkpoints", "fetched_urls"}
+
+
+def one_line(e: BaseException) -> str:
+    line = e.one_line()
+    assert "\n" not in line and "hint:" in line
+    return line
+
+
+# --------------------------------------------------------------------------- opening
+
+def test_default_is_a_sqlite_file_in_the_data_dir_created_if_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
+    data_dir = tmp_path / "a" / "b"
+    with open_store(data_dir) as st:
+        assert st.engine.dialect.name == "sqlite"
+        assert st.path == data_dir / "cllm.sqlite3"
+        with st.session() as s:
+            add_document(s, uri="u", source="s", text="kept")
+    assert (data_dir / "cllm.sqlite3").read_bytes().startswith(b"SQLite format 3\x00")
+
+
+def test_url_precedence_explicit_then_env_then_data_dir(store_target, tmp_path, monkeypatch):
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.sqlite3'}"
+    env_url = store_target.url or elsewhere
+    monkeypatch.setenv("CLLM_DATABASE_URL", env_url)
+    with open_store(store_target.data_dir) as st:  # the environment wins over the data dir
+        assert st.engine.dialect.name == store_target.backend
+        assert not store_target.sqlite_file.exists()
+    explicit = tmp_path / "explicit.sqlite3"
+    with open_store(store_target.data_dir, f"sqlite:///{explicit}") as st:  # explicit wins
+        assert st.path == explicit
+    assert explicit.exists()
+
+
+def test_sqlite_pragmas_are_set_on_every_connection(tmp_path):
+    with open_store(tmp_path) as st:
+        expected = {"foreign_keys": 1, "journal_mode": "wal", "synchronous": 1,
+                    "busy_timeout": BUSY_TIMEOUT_MS}
+        readers = read_only_engine(st.engine)  # write connections would queue for the lock
+        with readers.connect() as c1, readers.connect() as c2:  # two live pool members
+            assert sqlite_pragmas(c1) == expected
+            assert sqlite_pragmas(c2) == expected
+        st.engine.dispose()  # a brand-new connection gets them too
+        with st.session(read_only=True) as s:
+            assert sqlite_pragmas(s.connection()) == expected
+
+
+def test_sqlite_write_sessions_take_the_lock_at_begin_read_sessions_do_not(tmp_path):
+    with open_store(tmp_path) as st:
+        other = sqlite3.connect(st.path, timeout=0, isolation_level=None)
+        with st.session() as s:
+            s.execute(sa.select(1))  # BEGIN IMMEDIATE: this transaction holds the write lock
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # released at commit
+        other.execute("ROLLBACK")
+        with st.session(read_only=True) as s:
+            s.execute(sa.select(1))
+            other.execute("BEGIN IMMEDIATE")  # a reader does not block writers
+            other.execute("ROLLBACK")
+        other.close()
+
+
+def test_foreign_keys_are_enforced(store):
+    with pytest.raises(IntegrityError):
+        with store.session() as s:
+            add_document(s, uri="u", source="s", text="x", target_id=12345)
+    with store.session(read_only=True) as s:
+        assert s.scalar(sa.select(sa.func.count(Document.id))) == 0  # rolled back
+
+
+def test_session_commits_on_success_and_rolls_back_on_error(store):
+    with store.session() as s:
+        add_document(s, uri="a", source="s", text="first")
+    with pytest.raises(RuntimeError):
+        with store.session() as s:
+            add_document(s, uri="b", source="s", text="second")
+            raise RuntimeError("boom")
+    with store.session(read_only=True) as s:
+        assert [d.uri for d in s.scalars(sa.select(Document))] == ["a"]
+
+
+# ------------------------------------------------------------------------- migrations
+
+def test_migrations_upgrade_from_empty_and_match_the_models(store_target):
+    with store_target.open(upgrade=False) as st:
+        assert st.schema_state() == ((), head_revision())
+        assert not TABLES & set(sa.inspect(st.engine).get_table_names())
+        assert st.upgrade() == ((), head_revision())
+        assert st.upgrade() == ((head_revision(),), head_revision())  # idempotent
+        assert st.schema_state() == ((head_revision(),), head_revision())
+        assert TABLES <= set(sa.inspect(st.engine).get_table_names())
+        with st.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(ctx, Base.metadata) == []
+            # ... and the comparison does see a drift: a model column missing from the schema
+            drifted = sa.MetaData()
+            for t in Base.metadata.tables.values():
+                t.to_metadata(drifted)
+            drifted.tables["documents"].append_column(sa.Column("extra", sa.Integer))
+            diff = compare_metadata(ctx, drifted)
+            assert [d[0] for d in diff] == ["add_column"] and diff[0][3].name == "extra"
+
+
+def test_open_applies_migrations_and_reopen_keeps_data(store_target):
+    with store_target.open() as st:
+        with st.session() as s:
+            add_document(s, uri="u", source="s", text="survives a reopen")
+    with store_target.open() as st:
+        assert st.schema_state()[0] == (head_revision(),)
+        with st.session(read_only=True) as s:
+            assert s.scalars(sa.select(Document.uri)).all() == ["u"]
+
+
+def test_tables_not_made_by_cllm_are_refused(store_target):
+    with store_target.open(upgrade=False) as st:
+        with st.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE documents (id INTEGER PRIMARY KEY)")
+    with pytest.raises(StoreError, match="no schema version") as e:
+        store_target.open()
+    one_line(e.value)
+
+
+# -------------------------------------------------------------------------- refusals
+
+def stamp(st, revision: str) -> None:
+    with st.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+
+
+def test_schema_newer_than_the_code_is_refused(store_target):
+    with store_target.open() as st:
+        stamp(st, "9999future")
+        where = st.describe()
+    for upgrade in (True, False):
+        with pytest.raises(SchemaTooNewError) as e:
+            store_target.open(upgrade=upgrade)
+        line = one_line(e.value)
+        assert where in line and "9999future" in line and "upgrade cllm" in line
+    if store_target.backend == "postgresql":
+        assert "cllm:cllm@" not in where and "***" in where  # no password in messages
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path):
+    (tmp_path / "cllm.sqlite3").write_bytes(b"these are my notes, not a database\n" * 50)
+    with pytest.raises(NotADatabaseError) as e:
+        open_store(tmp_path)
+    line = one_line(e.value)
+    assert str(tmp_path / "cllm.sqlite3") in line and "move the file aside" in line
+
+
+def test_a_corrupted_database_behind_a_valid_header_is_refused(tmp_path):
+    (tmp_path / "cllm.sqlite3").write_bytes(b"SQLite format 3\x00" + os.urandom(8192))
+    with pytest.raises(NotADatabaseError) as e:
+        open_store(tmp_path)
+    assert str(tmp_path / "cllm.sqlite3") in one_line(e.value)
+
+
+def test_a_directory_in_place_of_the_database_is_refused(tmp_path):
+    (tmp_path / "cllm.sqlite3").mkdir()
+    with pytest.raises(NotADatabaseError, match="is a directory"):
+        open_store(tmp_path)
+
+
+def _as_unprivileged(fn) -> str:
+    """Run fn() where permissions apply: as is for a normal user; in a forked child that
+    drops to nobody when running as root (root ignores file modes). Returns fn's string."""
+    if os.geteuid() != 0:
+        return fn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setuid(65534)
+            out = fn()
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out = f"child raised {e!r}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
+
+
+def _open_error(data_dir) -> str:
+    try:
+        open_store(data_dir).close()
+    except ReadOnlyDatabaseError as e:
+        return "ReadOnlyDatabaseError: " + one_line(e)
+    return "opened"
+
+
+@pytest.fixture
+def world_dir():
+    """A scratch folder that an unprivileged user can reach (pytest's tmp_path is 0700)."""
+    path = tempfile.mkdtemp(prefix="cllm-store-test-")
+    os.chmod(path, 0o755)
+    yield Path(path)
+    shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_a_read_only_database_is_refused(world_dir, monkeypatch, what):
+    monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
+    data_dir = world_dir / "ro"
+    open_store(data_dir).close()
+    db_file = data_dir / "cllm.sqlite3"
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cllm.sqlite3"]  # WAL files gone
+    if what == "file":
+        os.chmod(db_file, 0o444)
+        os.chmod(data_dir, 0o777)
+    else:
+        os.chmod(db_file, 0o666)
+        os.chmod(data_dir, 0o555)
+    try:
+        out = _as_unprivileged(lambda: _open_error(data_dir))
+    finally:
+        os.chmod(data_dir, 0o755)
+        os.chmod(db_file, 0o644)
+    assert out.startswith("ReadOnlyDatabaseError: "), out
+    assert str(db_file) in out and "read-only" in out and "writable" in out
+
+
+def test_an_unreachable_server_is_one_line_without_the_password():
+    with pytest.raises(DatabaseUnavailableError) as e:
+        open_store(url="postgresql+psycopg://me:secret@127.0.0.1:1/nothing")
+    line = one_line(e.value)
+    assert "127.0.0.1:1/nothing" in line and "secret" not in line
+
+
+def test_an_invalid_url_is_one_line():
+    with pytest.raises(StoreError) as e:
+        open_store(url="not a url")
+    assert "invalid database URL" in one_line(e.value)
+
+
+# ------------------------------------------------------------------------------- CLI
+
+def db_args(target) -> list[str]:
+    return ["--data-dir", str(target.data_dir)] + (
+        ["--database-url", target.url] if target.url else [])
+
+
+def test_cli_db_upgrade_and_current(store_target):
+    args = db_args(store_target)
+    r = CliRunner().invoke(db, ["current", *args, "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["revision"] is None and not info["up_to_date"]
+    assert info["backend"] == store_target.backend
+    r = CliRunner().invoke(db, ["upgrade", *args], catch_exceptions=False)
+    assert r.exit_code == 0 and f"to revision {head_revision()}" in r.output
+    r = CliRunner().invoke(db, ["upgrade", *args], catch_exceptions=False)
+    assert r.exit_code == 0 and "already at revision" in r.output
+    r = CliRunner().invoke(db, ["current", *args], catch_exceptions=False)
+    assert r.exit_code == 0 and "up to date" in r.output
+
+
+def test_cli_errors_are_one_line_with_a_hint(store_target):
+    with store_target.open() as st:
+        stamp(st, "9999future")
+    r = CliRunner().invoke(db, ["upgrade", *db_args(store_target)])
+    assert r.exit_code == 2
+    assert r.output.count("\n") == 1 and "hint:" in r.output and "Traceback" not in r.output
+    assert "9999future" in r.output
+
+
+def test_cllm_has_the_db_group():
+    from agent.cli import main
+    assert main.commands["db"] is db
