@@ -88,9 +88,9 @@ def dirs(tmp_path):
 def test_watched_files_become_cycles_with_checkpoint_vocab_and_replay(dirs):
     data, watch = dirs
     watch.mkdir()
-    # two documents are needed for the token trigger; the third one comes in by age
-    a = AgentProc(data, watch, "--cycle-steps", "8", "--min-cycle-tokens", "2000",
-                  "--max-wait", "3")
+    # both documents are needed for the token trigger (~1200 tokens each); the third is
+    # large enough on its own
+    a = AgentProc(data, watch, "--cycle-steps", "8", "--min-cycle-tokens", "2000")
     try:
         a.wait_for(r"agent running")
         drop(watch / "lattice", "a.txt", "the crystal lattice hums a quiet tune. ")
@@ -111,7 +111,7 @@ def test_watched_files_become_cycles_with_checkpoint_vocab_and_replay(dirs):
                                "--json").stdout)
         assert vocab and all(v["cycle_id"] == 1 and v["document_id"] in first_ids for v in vocab)
 
-        drop(watch / "clock", "c.txt", "the clock face holds twelve positions. ")
+        drop(watch / "clock", "c.txt", "the clock face holds twelve positions. ", reps=150)
         a.wait_for(r"cycle 2 completed")
         r = cli("history", "cycles", "--data-dir", str(data), "--json")
         cycles = json.loads(r.stdout)
@@ -157,7 +157,8 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(dirs):
     for i, s in enumerate(["the crystal lattice hums. ", "every sphere touches twelve. ",
                            "primes fall on the clock. "]):
         drop(watch / "notes", f"{i}.txt", s)
-    a = AgentProc(data, watch, "--cycle-steps", "100000")
+    # ~800 tokens each: only all three together start the cycle (no race with the start scan)
+    a = AgentProc(data, watch, "--cycle-steps", "100000", "--min-cycle-tokens", "2000")
     a.wait_for(r"cycle 1: step \d+/100000")
     assert a.stop(signal.SIGKILL) == -signal.SIGKILL
     store = open_store(data)
@@ -171,7 +172,7 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(dirs):
     assert not st["agent_running"] and st["current_cycle"]["stale"]
     assert st["pending_documents"] == 3
 
-    a = AgentProc(data, watch, "--cycle-steps", "6")
+    a = AgentProc(data, watch, "--cycle-steps", "6", "--min-cycle-tokens", "2000")
     try:
         a.wait_for(r"cycle 2 completed")
     finally:
