@@ -184,6 +184,9 @@ class ContinuousTrainer:
                 return self.state
             except CllmError as e:
                 log.warning("refusing checkpoint %s: %s; trying the previous one", path, e.one_line())
+        if rows:
+            log.warning("no recorded checkpoint of %s could be loaded: starting a new model",
+                        self.data_dir)
         self.state = new_state(self.settings.preset, seed=self.settings.seed)
         return self.state
 

@@ -122,6 +122,7 @@ class Agent:
         self.events: queue.Queue = queue.Queue()
         self.errors: list[BaseException] = []
         self.cycles_completed = 0
+        self.target_ids: dict[str, int] = {}
 
     def run(self) -> None:
         cfg = self.cfg
@@ -143,6 +144,7 @@ class Agent:
 
     def _run(self, store) -> None:
         cfg = self.cfg
+        self.target_ids = self._record_targets(store)
         trainer = ContinuousTrainer(store, cfg.data_dir, cfg.trainer, stop=self.stop)
         trainer.recover()
         state = trainer.load_latest()
@@ -182,6 +184,18 @@ class Agent:
                     t.join()
             log.info("agent stopped")
 
+    def _record_targets(self, store) -> dict[str, int]:
+        """Watched roots and crawl targets as rows of the store (re-enabled if known)."""
+        from store.targets import add_target
+
+        ids = {}
+        with store.session() as s:
+            for kind, items in (("watch", self.cfg.watch), ("crawl", self.cfg.crawl)):
+                for t in items:
+                    loc = t if "://" in t else os.path.abspath(t)
+                    ids[t] = add_target(s, kind, loc)[0].id
+        return ids
+
     def _guard(self, fn, *args) -> None:
         try:
             fn(*args)
@@ -216,12 +230,13 @@ class Agent:
                 if self.stop.is_set():
                     return
                 try:
+                    tid = self.target_ids.get(target)
                     if kind == "url":
-                        report = crawler.crawl(target)
+                        report = crawler.crawl(target, target_id=tid)
                     elif kind == "folder":
-                        report = crawler.walk(target)
+                        report = crawler.walk(target, target_id=tid)
                     else:
-                        crawler.ingestor.ingest_file(target)
+                        crawler.ingestor.ingest_file(target, target_id=tid)
                         report = None
                 except CllmError as e:
                     log.error("crawl of %s failed: %s", target, e.one_line())

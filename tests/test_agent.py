@@ -296,3 +296,12 @@ def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
     docs = json.loads(cli("history", "documents", "--data-dir", str(data), "--json").stdout)
     assert sorted((d["uri"].rsplit("/", 1)[1], d["status"]) for d in docs) == [
         ("a.md", "trained"), ("b.md", "trained")]
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            from store.models import CrawlTarget
+            t = s.scalars(select(CrawlTarget)).one()
+            assert (t.kind, t.location) == ("crawl", str(tree))
+            assert {d["target_id"] for d in docs} == {t.id}
+    finally:
+        store.close()
