@@ -25,6 +25,8 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 METRIC_EVERY_S = 1.0          # a step metric row at most this often (live progress for status)
 HELDOUT_CHARS_PER_SOURCE = 6000  # held-out text evaluated per source (keeps evaluation short)
+FAULT_ENV = "CLLM_FAULT_INJECT"  # "after-checkpoint": SIGKILL between checkpoint and commit (tests)
 
 
 def open_store(data_dir):
@@ -317,6 +320,8 @@ class ContinuousTrainer:
                                    "its documents stay pending for the next cycle")
         first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in heads])
         path, sha = save_state(state, self.data_dir, cycle_id)
+        if os.environ.get(FAULT_ENV) == "after-checkpoint":   # crash-window tests only
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             heldout_tokens = {src: len(state.tokenizer.encode(t)) for src, t in heldout.items()}
             forgetting = self._commit(cycle_id, docs, replay, res, path, sha, vocab_before,

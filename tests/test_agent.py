@@ -33,8 +33,8 @@ FAST = ["--preset", "tiny", "--workers", "1", "--min-cycle-tokens", "300", "--ma
 class AgentProc:
     """A `cllm agent` subprocess whose log lines are read by a thread into a queue."""
 
-    def __init__(self, data, watch, *extra, fast=True):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def __init__(self, data, watch, *extra, fast=True, env=None):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         args = (["--watch", str(watch)] if watch else []) + (FAST if fast else [])
         self.p = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--data-dir", str(data),
                                    *args, *extra],
@@ -303,5 +303,38 @@ def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
             t = s.scalars(select(CrawlTarget)).one()
             assert (t.kind, t.location) == ("crawl", str(tree))
             assert {d["target_id"] for d in docs} == {t.id}
+    finally:
+        store.close()
+
+
+def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_removes(dirs):
+    data, watch = dirs
+    drop(watch / "notes", "a.txt", "the crystal lattice hums a quiet tune. ")
+    a = AgentProc(data, watch, "--cycle-steps", "4",
+                  env={"CLLM_FAULT_INJECT": "after-checkpoint"})
+    assert a.p.wait(timeout=TIMEOUT) == -signal.SIGKILL
+    a._reader.join(timeout=10)
+    orphan = data / "checkpoints" / "ckpt-000001.safetensors"
+    assert orphan.exists()                      # written, but its transaction never ran
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            assert s.scalars(select(Document.status)).all() == ["pending"]
+            assert s.scalars(select(Checkpoint)).all() == []
+    finally:
+        store.close()
+    a = AgentProc(data, watch, "--cycle-steps", "4")
+    try:
+        assert "ckpt-000001" in a.wait_for(r"removing checkpoint")
+        a.wait_for(r"cycle 2 completed")
+    finally:
+        assert a.stop() == 0
+    assert not orphan.exists()
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            assert [(d.status, d.cycle_id) for d in s.scalars(select(Document))] == [("trained", 2)]
+            ck = s.scalars(select(Checkpoint)).one()
+            assert ck.cycle_id == 2 and file_sha256(ck.path) == ck.sha256
     finally:
         store.close()
