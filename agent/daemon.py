@@ -23,7 +23,7 @@ import os
 import queue
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -108,7 +108,6 @@ class AgentConfig:
     crawl: tuple[str, ...] = ()
     quiet_period: float = 2.0
     allow_private_hosts: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class Agent:
