@@ -50,5 +50,8 @@ main.add_command(train)
 main.add_command(generate)
 main.add_command(bench)
 main.add_command(neighbours)
+from agent.ingest_cli import crawl, history  # noqa: E402
+main.add_command(crawl)
+main.add_command(history)
 from agent.history_cli import register as _register_agent  # noqa: E402
 _register_agent(main)

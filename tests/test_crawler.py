@@ -1,0 +1,364 @@
+"""The HTTP crawler against a scripted server on 127.0.0.1, and its SSRF guard."""
+from __future__ import annotations
+
+import ipaddress
+
+import httpcore
+import httpx
+import pytest
+from sqlalchemy import select
+
+from agent.crawler import (CrawlError, Crawler, HostPolicy, _GuardedBackend, address_problem,
+                           canonical_url, guarded_transport)
+from agent.ingest import Refused
+from tests.ingest_fixtures import Route, page, rows, site, store  # noqa: F401  (fixtures)
+
+LOCAL = ["127.0.0.1/32"]  # the test server, and nothing else, is let through the guard
+
+
+def urls(store) -> dict[str, tuple[str, int | None, str | None]]:
+    from store.models import FetchedUrl
+
+    with store.session(read_only=True) as s:
+        return {u.url: (u.status, u.http_status, u.reason) for u in s.scalars(select(FetchedUrl))}
+
+
+def crawler(store, **kw) -> Crawler:
+    kw.setdefault("allow_networks", LOCAL)
+    kw.setdefault("delay", 0.0)
+    kw.setdefault("timeout", 2.0)
+    kw.setdefault("retries", 1)
+    kw.setdefault("backoff", 0.05)
+    return Crawler(store, **kw)
+
+
+def test_pages_links_and_user_agent(store, site):
+    b = site.base
+    site.html("/", page("Home", "home page words about herons", (
+        "rel.html", "/abs.html", f"{b}/full.html", f"//{site.host}:{site.port}/proto.html",
+        "mailto:someone@example.org", "javascript:void(0)", "#top")))
+    for name in ("rel", "abs", "full", "proto"):
+        site.html(f"/{name}.html", page(name, f"the {name} page tells about {name} things"))
+    with crawler(store) as c:
+        report = c.crawl(b + "/")
+    assert report.counts["fetched"] == 5
+    for name in ("rel", "abs", "full", "proto"):
+        assert site.count(f"/{name}.html") == 1
+    assert all("CrystallineCLLM" in ua for _, ua, _ in site.hits)
+    docs = {r["uri"]: r for r in rows(store)}
+    assert docs[b + "/rel.html"]["status"] == "pending"
+    assert docs[b + "/rel.html"]["source"] == b
+
+
+def test_robots_txt_is_obeyed(store, site):
+    b = site.base
+    site.routes["/robots.txt"] = Route(200, b"User-agent: *\nDisallow: /private/\n", {"Content-Type": "text/plain"})
+    site.html("/", page("Home", "public words", ("/private/secret.html", "/open.html")))
+    site.html("/private/secret.html", page("Secret", "never fetched"))
+    site.html("/open.html", page("Open", "open words for everyone"))
+    with crawler(store) as c:
+        c.crawl(b + "/")
+    assert site.count("/private/secret.html") == 0
+    assert site.count("/open.html") == 1
+    assert urls(store)[b + "/private/secret.html"][0] == "disallowed"
+
+
+def test_unreachable_robots_txt_means_disallow(store, site):
+    site.routes["/robots.txt"] = Route(503, b"down")
+    site.html("/", page("Home", "words"))
+    with crawler(store, retries=0) as c:
+        c.crawl(site.base + "/")
+    assert site.count("/") == 0
+    status, _, reason = urls(store)[site.base + "/"]
+    assert status == "disallowed" and "robots.txt unavailable" in reason
+
+
+def test_depth_limit(store, site):
+    for i in range(4):
+        site.html(f"/d{i}", page(f"Depth {i}", f"depth {i} words", (f"/d{i + 1}",)))
+    with crawler(store, max_depth=2) as c:
+        c.crawl(site.base + "/d0")
+    assert [site.count(f"/d{i}") for i in range(4)] == [1, 1, 1, 0]
+
+
+def test_page_limit(store, site):
+    site.html("/", page("Hub", "hub words", tuple(f"/p{i}" for i in range(10))))
+    for i in range(10):
+        site.html(f"/p{i}", page(f"P{i}", f"page number {i} words"))
+    with crawler(store, max_pages=3) as c:
+        report = c.crawl(site.base + "/")
+    assert len([h for h in site.hits if h[0] != "/robots.txt"]) == 3
+    assert report.counts["left_unvisited"] == 8
+
+
+def test_per_host_delay(store, site):
+    site.html("/", page("Hub", "hub words", ("/a", "/b")))
+    site.html("/a", page("A", "a words"))
+    site.html("/b", page("B", "b words"))
+    with crawler(store, delay=0.3) as c:
+        c.crawl(site.base + "/")
+    times = sorted(t for p, _, t in site.hits if p != "/robots.txt")
+    assert len(times) == 3
+    assert all(t2 - t1 >= 0.28 for t1, t2 in zip(times, times[1:]))
+
+
+def test_redirects_are_followed_and_recorded(store, site):
+    b = site.base
+    site.routes["/old"] = Route(301, b"", {"Location": "/older"})
+    site.routes["/older"] = Route(302, b"", {"Location": f"{b}/new"})
+    site.html("/new", page("New", "the page that moved"))
+    with crawler(store) as c:
+        c.crawl(b + "/old")
+    assert [r["uri"] for r in rows(store)] == [b + "/new"]
+    u = urls(store)
+    assert u[b + "/old"][0] == "fetched" and u[b + "/new"][0] == "fetched"
+
+
+def test_redirect_loop_and_too_many_redirects(store, site):
+    b = site.base
+    site.routes["/loop-a"] = Route(302, b"", {"Location": "/loop-b"})
+    site.routes["/loop-b"] = Route(302, b"", {"Location": "/loop-a"})
+    for i in range(7):
+        site.routes[f"/chain{i}"] = Route(302, b"", {"Location": f"/chain{i + 1}"})
+    site.html("/chain7", page("End", "end of the chain"))
+    with crawler(store) as c:
+        c.crawl(b + "/loop-a")
+        c.crawl(b + "/chain0")
+    u = urls(store)
+    assert u[b + "/loop-a"][0] == "error" and "redirect loop" in u[b + "/loop-a"][2]
+    assert "more than 5 redirects" in u[b + "/chain0"][2]
+    assert site.count("/chain6") == 0 and site.count("/chain7") == 0
+
+
+@pytest.mark.parametrize("target", ["http://10.0.0.1/x", "http://169.254.169.254/latest/meta-data/",
+                                    "http://[::ffff:10.0.0.1]/", "http://127.0.0.2:9/"])
+def test_redirect_into_a_private_range_is_refused(store, site, target):
+    site.routes["/jump"] = Route(302, b"", {"Location": target})
+    with crawler(store) as c:  # 127.0.0.1/32 allowed, nothing else
+        c.crawl(site.base + "/jump")
+    status, _, reason = urls(store)[site.base + "/jump"]
+    assert status == "refused" and "SSRF guard" in reason
+    assert rows(store) == []
+
+
+def test_http_errors_retries_and_retry_after(store, site):
+    b = site.base
+    site.routes["/missing"] = Route(404, b"nope")
+    site.routes["/flaky"] = [Route(500, b"oops"), Route(200, page("Flaky", "worked the second time").encode(),
+                                                       {"Content-Type": "text/html"})]
+    site.routes["/busy"] = [Route(429, b"slow down", {"Retry-After": "1"}),
+                            Route(200, b"plain text after waiting\n", {"Content-Type": "text/plain"})]
+    site.routes["/down"] = Route(503, b"down")
+    with crawler(store, retries=1) as c:
+        for path in ("/missing", "/flaky", "/busy", "/down"):
+            c.crawl(b + path)
+    u = urls(store)
+    assert u[b + "/missing"][:2] == ("error", 404)
+    assert u[b + "/flaky"][0] == "fetched" and site.count("/flaky") == 2
+    assert u[b + "/busy"][0] == "fetched"
+    t1, t2 = site.times("/busy")
+    assert t2 - t1 >= 0.95  # Retry-After: 1 was honoured
+    assert u[b + "/down"][0] == "failed" and site.count("/down") == 2
+    assert "after 2 attempts" in u[b + "/down"][2]
+
+
+def test_retry_after_beyond_the_limit_gives_up(store, site):
+    site.routes["/later"] = Route(429, b"", {"Retry-After": "3600"})
+    with crawler(store, retries=3, max_retry_after=10) as c:
+        c.crawl(site.base + "/later")
+    status, code, reason = urls(store)[site.base + "/later"]
+    assert (status, code) == ("failed", 429) and "exceeds" in reason
+    assert site.count("/later") == 1
+
+
+def test_slow_response_hits_the_timeout(store, site):
+    site.routes["/slow"] = Route(200, b"too late", {"Content-Type": "text/plain"}, delay=3.0)
+    with crawler(store, timeout=0.3, retries=0) as c:
+        c.crawl(site.base + "/slow")
+    status, _, reason = urls(store)[site.base + "/slow"]
+    assert status == "failed" and "timed out" in reason
+
+
+def test_oversize_body_and_non_text_content_type(store, site):
+    b = site.base
+    site.routes["/big.txt"] = Route(200, b"word " * 2000, {"Content-Type": "text/plain"})
+    site.routes["/big-unsized.txt"] = Route(200, b"word " * 2000, {"Content-Type": "text/plain"})
+    site.routes["/pic.png"] = Route(200, b"\x89PNG\r\n\x1a\n" + bytes(100), {"Content-Type": "image/png"})
+    with crawler(store, max_body_bytes=1000) as c:
+        for path in ("/big.txt", "/pic.png"):
+            c.crawl(b + path)
+    u = urls(store)
+    assert u[b + "/big.txt"][0] == "skipped" and "body too large" in u[b + "/big.txt"][2]
+    assert u[b + "/pic.png"][0] == "skipped" and "non-text content type image/png" in u[b + "/pic.png"][2]
+    reasons = {r["uri"]: (r["status"], r["reason"]) for r in rows(store)}
+    assert reasons[b + "/pic.png"] == ("skipped", "non-text content type image/png")
+
+
+def test_streamed_body_over_the_cap_is_cut(store, site):
+    site.routes["/stream.txt"] = Route(200, b"word " * 2000, {"Content-Type": "text/plain"})
+    with crawler(store, max_body_bytes=1000) as c:
+        c.client.event_hooks["response"] = [lambda r: r.headers.pop("content-length", None)]
+        c.crawl(site.base + "/stream.txt")
+    status, _, reason = urls(store)[site.base + "/stream.txt"]
+    assert status == "skipped" and "more than the cap" in reason
+
+
+def test_malformed_html_and_declared_charset(store, site):
+    b = site.base
+    broken = ("<html><body><div><p>Unclosed paragraph about kingfishers <b>bold <i>nested</div></p>"
+              "<p>Another paragraph with more words about the river and the birds<table><tr><td>cell")
+    site.routes["/broken.html"] = Route(200, broken.encode(), {"Content-Type": "text/html"})
+    latin = page("Caf\xe9", "cr\xe8me br\xfbl\xe9e and caf\xe9 au lait").encode("latin-1")
+    site.routes["/latin.html"] = Route(200, latin, {"Content-Type": "text/html; charset=ISO-8859-1"})
+    with crawler(store) as c:
+        c.crawl(b + "/broken.html")
+        c.crawl(b + "/latin.html")
+    from store.models import Document
+
+    with store.session(read_only=True) as s:
+        docs = {d.uri: d for d in s.scalars(select(Document))}
+        assert "kingfishers" in docs[b + "/broken.html"].text
+        assert "crème brûlée" in docs[b + "/latin.html"].text
+        assert docs[b + "/latin.html"].encoding == "iso8859-1"
+
+
+def test_duplicate_pages_by_content(store, site):
+    b = site.base
+    same = page("Same", "identical words on two addresses")
+    site.html("/", page("Hub", "hub words", ("/one", "/two")))
+    site.html("/one", same)
+    site.html("/two", same)
+    with crawler(store) as c:
+        report = c.crawl(b + "/")
+    assert report.counts["duplicate"] == 1
+    u = urls(store)
+    assert u[b + "/two"][0] == "duplicate" and u[b + "/two"][2] == f"duplicate content of {b}/one"
+
+
+def test_restart_does_not_refetch_but_retries_failures(store, site):
+    b = site.base
+    site.html("/", page("Hub", "hub words", ("/ok", "/flaky")))
+    site.html("/ok", page("Ok", "fine words"))
+    site.routes["/flaky"] = [Route(500, b"no"), Route(500, b"no"),
+                             Route(200, page("Flaky", "finally").encode(), {"Content-Type": "text/html"})]
+    with crawler(store) as c:
+        c.crawl(b + "/")
+    assert urls(store)[b + "/flaky"][0] == "failed"
+    with crawler(store) as c:  # a new crawler, as after a restart
+        c.crawl(b + "/")
+        c.crawl(b + "/flaky")
+    assert site.count("/") == 1 and site.count("/ok") == 1
+    assert urls(store)[b + "/flaky"][0] == "fetched"
+
+
+def test_a_crawl_stopped_by_the_page_limit_resumes_where_it_stopped(store, site):
+    b = site.base
+    site.html("/", page("Hub", "hub words", tuple(f"/p{i}" for i in range(4))))
+    for i in range(4):
+        site.html(f"/p{i}", page(f"P{i}", f"page number {i} words"))
+    with crawler(store, max_pages=2) as c:
+        c.crawl(b + "/")
+    assert [site.count(f"/p{i}") for i in range(4)] == [1, 0, 0, 0]
+    assert urls(store)[b + "/p3"] == ("queued", None, "found at depth 1")
+    with crawler(store, max_pages=5) as c:  # a later run (after a restart) picks the frontier up
+        c.crawl(b + "/")
+    assert site.count("/") == 1
+    assert [site.count(f"/p{i}") for i in range(4)] == [1, 1, 1, 1]
+
+
+def test_stop_event_interrupts_a_crawl(store, site):
+    import threading
+
+    stop = threading.Event()
+    site.html("/", page("Hub", "hub words", ("/a",)))
+    site.html("/a", page("A", "a words"))
+    with crawler(store, delay=30.0, stop_event=stop) as c:
+        threading.Timer(0.2, stop.set).start()
+        report = c.crawl(site.base + "/")
+    assert report.counts["interrupted"] == 1 and site.count("/a") == 0
+
+
+# --- the SSRF guard ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ip,problem", [
+    ("127.0.0.1", "loopback"), ("169.254.169.254", "link-local"), ("::ffff:10.0.0.1", "IPv4-mapped private"),
+    ("10.1.2.3", "private"), ("192.168.1.1", "private"), ("172.16.0.1", "private"),
+    ("100.64.0.1", "carrier-grade NAT"), ("::1", "loopback"), ("fe80::1", "link-local"),
+    ("fd00::1", "private"), ("0.0.0.0", "unspecified"), ("224.0.0.1", "multicast"),
+    ("::ffff:127.0.0.1", "IPv4-mapped loopback"), ("64:ff9b::a00:1", "NAT64 private"),
+])
+def test_address_problems(ip, problem):
+    assert problem in address_problem(ipaddress.ip_address(ip))
+
+
+@pytest.mark.parametrize("ip", ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"])
+def test_public_addresses_pass(ip):
+    assert address_problem(ipaddress.ip_address(ip)) is None
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://[::ffff:10.0.0.1]/",
+                                 "http://localhost:1/", "http://100.64.0.1/"])
+def test_guard_refuses_before_any_connection(store, url):
+    with Crawler(store, delay=0, retries=0) as c:
+        report = c.crawl(url)
+    assert report.counts["refused"] == 1
+    assert "SSRF guard" in urls(store)[canonical_url(url)][2]
+
+
+def test_guard_refuses_the_local_server_unless_allowed(store, site):
+    site.html("/", page("Home", "home words"))
+    with Crawler(store, delay=0) as c:
+        c.crawl(site.base + "/")
+    assert site.hits == []  # nothing reached the server, not even robots.txt
+    assert "loopback address 127.0.0.1" in urls(store)[site.base + "/"][2]
+    with Crawler(store, delay=0, allow_private_hosts=True) as c:
+        c.crawl(site.base + "/")
+    assert urls(store)[site.base + "/"][0] == "fetched"
+
+
+def test_guard_holds_at_connect_time(site):
+    """The transport itself refuses, whatever resolved earlier (DNS rebinding)."""
+    with pytest.raises(httpcore.ConnectError, match="SSRF guard"):
+        _GuardedBackend(HostPolicy()).connect_tcp("127.0.0.1", site.port, timeout=1)
+    with httpx.Client(transport=guarded_transport(HostPolicy())) as client:
+        with pytest.raises(httpx.ConnectError, match="SSRF guard"):
+            client.get(site.base + "/robots.txt")
+    assert site.hits == []
+    with httpx.Client(transport=guarded_transport(HostPolicy.build(allow_networks=LOCAL))) as client:
+        assert client.get(site.base + "/robots.txt").status_code == 404
+
+
+# --- URLs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw,canon", [
+    ("HTTP://Example.COM:80/a/../b/./c?x=1#frag", "http://example.com/b/c?x=1"),
+    ("https://example.com:443", "https://example.com/"),
+    ("https://example.com:8443/p", "https://example.com:8443/p"),
+    ("http://example.com/%7euser/a%2fb", "http://example.com/~user/a%2Fb"),
+    ("http://example.com/a b", "http://example.com/a%20b"),
+    ("http://[::FFFF:10.0.0.1]:80/", "http://[::ffff:a00:1]/"),
+    ("http://bücher.example/", "http://xn--bcher-kva.example/"),
+])
+def test_canonical_url(raw, canon):
+    assert canonical_url(raw) == canon
+
+
+def test_canonical_url_resolves_relative_and_protocol_relative():
+    base = "https://example.com/dir/page.html"
+    assert canonical_url("other.html", base) == "https://example.com/dir/other.html"
+    assert canonical_url("//cdn.example.com/x", base) == "https://cdn.example.com/x"
+    assert canonical_url("/root#a", base) == "https://example.com/root"
+
+
+@pytest.mark.parametrize("bad", ["ftp://example.com/", "file:///etc/passwd", "javascript:alert(1)",
+                                 "http://user:pw@example.com/", "http:///nohost"])
+def test_only_plain_http_urls(bad):
+    with pytest.raises(Refused):
+        canonical_url(bad)
+
+
+def test_crawl_refuses_other_schemes(store):
+    with Crawler(store) as c, pytest.raises(CrawlError, match="only http and https"):
+        c.crawl("ftp://example.com/")

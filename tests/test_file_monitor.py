@@ -1,0 +1,334 @@
+"""The file monitor with a real watchdog observer on temp folders, feeding a real store."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+
+import pytest
+
+from agent import file_monitor
+from agent.file_monitor import FileMonitor, MonitorError
+from agent.ingest import Ingestor, file_uri
+from tests.ingest_fixtures import pump, rows, settle, store  # noqa: F401  (fixture)
+
+QUIET = 0.3
+
+
+def live(store, path):
+    return [r for r in rows(store) if r["uri"] == file_uri(path) and r["status"] not in ("deleted",)]
+
+
+def status_of(store, path, status):
+    return [r for r in rows(store) if r["uri"] == file_uri(path) and r["status"] == status]
+
+
+@pytest.fixture
+def watched(tmp_path, store):
+    """(root, events queue, ingestor, monitor factory); every monitor started is stopped."""
+    root = tmp_path / "watched"
+    root.mkdir()
+    events: queue.Queue = queue.Queue()
+    ingestor = Ingestor(store, max_file_bytes=4096)
+    monitors = []
+
+    def make(**kw):
+        kw.setdefault("quiet_period", QUIET)
+        kw.setdefault("health_interval", 0.2)
+        m = FileMonitor([root], events, **kw)
+        monitors.append(m)
+        return m
+
+    yield root, events, ingestor, make
+    for m in monitors:
+        m.stop()
+
+
+def started(make, events, ingestor, **kw):
+    """Start a monitor and let its reconciliation scan finish."""
+    m = make(**kw).start()
+    seen: list = []
+    pump(events, ingestor, lambda: any(k == "reconciled" for k, _, _ in seen), seen=seen)
+    return m
+
+
+def test_dropped_file_becomes_exactly_one_pending_document(watched, store):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor)
+    f = root / "note.txt"
+    f.write_text("a note about ducks\n")
+    took = pump(events, ingestor, lambda: len(status_of(store, f, "pending")) == 1)
+    assert took <= QUIET + 1.0
+    settle(events, ingestor, 2 * QUIET)
+    assert [r["status"] for r in rows(store)] == ["pending"]
+
+
+def test_slow_writer_is_taken_once_and_complete(watched, store):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor)
+    f = root / "slow.txt"
+    chunks = [f"line {i} of a file written slowly\n" for i in range(6)]
+
+    def writer():  # keeps the file open, pausing longer than the quiet period between writes
+        with open(f, "w") as fh:
+            for c in chunks:
+                fh.write(c)
+                fh.flush()
+                time.sleep(0.4)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    pump(events, ingestor, lambda: len(live(store, f)) >= 1, timeout=6.0)
+    t.join()
+    settle(events, ingestor, 2 * QUIET)
+    got = rows(store)
+    assert len(got) == 1, got
+    from store.models import Document
+
+    with store.session(read_only=True) as s:
+        assert s.get(Document, got[0]["id"]).text == "".join(chunks)
+
+
+@pytest.mark.parametrize("style", ["temp-then-rename", "backup-then-write"])
+def test_editor_save_gives_one_new_version(watched, store, style):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor)
+    f = root / "doc.txt"
+    f.write_text("version one\n")
+    pump(events, ingestor, lambda: len(status_of(store, f, "pending")) == 1)
+    first_sha = rows(store)[0]["sha256"]
+    if style == "temp-then-rename":  # gedit, VS Code, most "atomic save" editors
+        tmp = root / ".goutputstream-X1Y2"
+        tmp.write_text("version two\n")
+        os.replace(tmp, f)
+    else:  # vim with backupcopy=no: original renamed to a backup, the new file written
+        os.rename(f, root / "doc.txt~")
+        f.write_text("version two\n")
+        (root / "doc.txt~").unlink()
+    pump(events, ingestor, lambda: any(r["status"] == "pending" and r["sha256"] != first_sha
+                                       for r in live(store, f)))
+    settle(events, ingestor, 2 * QUIET)
+    got = rows(store)
+    assert all(r["uri"] == file_uri(f) for r in got), got  # nothing for the temp or backup file
+    assert [r["status"] for r in got] == ["skipped", "pending"]  # v1 superseded before training
+    assert got[0]["reason"].startswith("superseded by document")
+
+
+def test_move_is_delete_plus_create(watched, store):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor)
+    a, b = root / "a.txt", root / "sub" / "b.txt"
+    (root / "sub").mkdir()
+    a.write_text("moving content\n")
+    pump(events, ingestor, lambda: len(status_of(store, a, "pending")) == 1)
+    os.rename(a, b)
+    pump(events, ingestor, lambda: len(status_of(store, b, "pending")) == 1)
+    settle(events, ingestor, 2 * QUIET)
+    got = rows(store)
+    assert len(got) == 1 and got[0]["uri"] == file_uri(b)  # one content, one row: re-homed
+    assert got[0]["reason"] == f"content moved here from {file_uri(a)}"
+
+
+def test_delete_is_recorded(watched, store):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor)
+    f = root / "gone.txt"
+    f.write_text("soon deleted\n")
+    pump(events, ingestor, lambda: len(status_of(store, f, "pending")) == 1)
+    f.unlink()
+    pump(events, ingestor, lambda: len(status_of(store, f, "deleted")) == 1)
+
+
+def test_folder_moved_out_deletes_its_files(watched, store, tmp_path):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor)
+    (root / "d").mkdir()
+    f = root / "d" / "x.txt"
+    f.write_text("inside a folder\n")
+    pump(events, ingestor, lambda: len(status_of(store, f, "pending")) == 1)
+    os.rename(root / "d", tmp_path / "elsewhere")  # no per-file events for this
+    pump(events, ingestor, lambda: len(status_of(store, f, "deleted")) == 1)
+
+
+def test_changes_made_while_stopped_are_found_on_start(watched, store):
+    root, events, ingestor, make = watched
+    for name in ("keep", "edit", "drop"):
+        (root / f"{name}.txt").write_text(f"{name} original\n")
+    m = started(make, events, ingestor)
+    pump(events, ingestor, lambda: len([r for r in rows(store) if r["status"] == "pending"]) == 3)
+    m.stop()
+    (root / "edit.txt").write_text("edit changed while the agent was down\n")
+    (root / "drop.txt").unlink()
+    (root / "new.txt").write_text("new while down\n")
+    started(make, events, ingestor)
+
+    def done():
+        return (len(status_of(store, root / "drop.txt", "deleted")) == 1
+                and len(status_of(store, root / "new.txt", "pending")) == 1
+                and len(live(store, root / "edit.txt")) == 2)
+
+    pump(events, ingestor, done)
+    settle(events, ingestor, 2 * QUIET)
+    assert len(rows(store, file_uri(root / "keep.txt"))) == 1  # unchanged: no new row
+
+
+def test_excluded_files_and_folders_are_ignored(watched, store):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor)
+    for rel in (".git/config", "build/out.txt", "node_modules/m/index.js", "__pycache__/x.pyc"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("ignored\n")
+    for rel in ("draft.txt.swp", "x.txt~", "dl.part", ".#lock"):
+        (root / rel).write_text("ignored\n")
+    (root / "real.txt").write_text("the only document\n")
+    pump(events, ingestor, lambda: len(rows(store)) >= 1)
+    settle(events, ingestor, 2 * QUIET)
+    assert [r["uri"] for r in rows(store)] == [file_uri(root / "real.txt")]
+
+
+def test_include_patterns_limit_what_is_taken(watched, store):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor, include=["*.md"])
+    (root / "a.txt").write_text("not included\n")
+    (root / "b.md").write_text("included\n")
+    pump(events, ingestor, lambda: len(rows(store)) >= 1)
+    settle(events, ingestor, 2 * QUIET)
+    assert [r["uri"] for r in rows(store)] == [file_uri(root / "b.md")]
+
+
+def test_refused_inputs_are_recorded_and_the_monitor_keeps_running(watched, store):
+    root, events, ingestor, make = watched
+    m = started(make, events, ingestor, follow_symlinks=True)
+    (root / "image.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    (root / "empty.txt").write_bytes(b"")
+    (root / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    (root / "huge.txt").write_text("x" * 5000 + "\n")  # over the 4096-byte cap of this ingestor
+    os.symlink("loop", root / "loop")  # a link to itself
+    (root / "sub").mkdir()
+    os.symlink("..", root / "sub" / "up")  # a folder link back to an ancestor
+    expected = {
+        "image.bin": "binary content", "empty.txt": "empty", "latin1.txt": "invalid UTF-8",
+        "huge.txt": "too large", "loop": "symlink loop", "sub/up": "symlink loop",
+    }
+
+    def reasons():
+        return {r["uri"]: r["reason"] for r in rows(store) if r["status"] == "skipped"}
+
+    pump(events, ingestor, lambda: len(reasons()) >= len(expected))
+    got = reasons()
+    for rel, why in expected.items():
+        assert why in (got.get(file_uri(root / rel)) or ""), (rel, sorted(got.items()))
+    (root / "fine.txt").write_text("the monitor still works\n")
+    pump(events, ingestor, lambda: len(status_of(store, root / "fine.txt", "pending")) == 1)
+    m.check()
+
+
+def test_permission_denied_and_vanished_files_are_recorded(watched, store, monkeypatch):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor)
+    locked, vanishing = root / "locked.txt", root / "vanishing.txt"
+    locked.write_text("secret\n")
+    vanishing.write_text("here for a moment\n")
+    ready = {}
+    deadline = time.monotonic() + 5
+    while len(ready) < 2 and time.monotonic() < deadline:  # take the ready events, apply them by hand
+        ev = events.get(timeout=5)
+        if ev.kind == "ready":
+            ready[os.path.basename(ev.path)] = ev
+    os.chmod(locked, 0)
+    if os.geteuid() == 0:  # root reads anything: make the open fail as it would for a user
+        real_open = os.open
+
+        def deny(path, flags, *a, **k):
+            if os.fspath(path) == str(locked):
+                raise PermissionError(errno.EACCES, "Permission denied", str(locked))
+            return real_open(path, flags, *a, **k)
+
+        monkeypatch.setattr("agent.ingest.os.open", deny)
+    res = ingestor.handle(ready["locked.txt"])
+    assert (res.outcome, res.reason) == ("refused", "permission denied")
+    vanishing.unlink()  # gone between "ready" and the read
+    res = ingestor.handle(ready["vanishing.txt"])
+    assert (res.outcome, res.reason) == ("refused", "vanished before it could be read")
+    got = {r["uri"]: (r["status"], r["reason"]) for r in rows(store)}
+    assert got[file_uri(locked)] == ("skipped", "permission denied")
+    assert got[file_uri(vanishing)] == ("skipped", "vanished before it could be read")
+    os.chmod(locked, 0o644)
+
+
+def test_symlinks_are_not_followed_by_default(watched, store, tmp_path):
+    root, events, ingestor, make = watched
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside the watched folder\n")
+    started(make, events, ingestor)
+    os.symlink(outside, root / "link.txt")
+    pump(events, ingestor, lambda: len(rows(store)) == 1)
+    r = rows(store)[0]
+    assert (r["uri"], r["status"], r["reason"]) == (file_uri(root / "link.txt"), "skipped",
+                                                    "symbolic link (not followed)")
+
+
+def test_followed_folder_link_is_watched(watched, store, tmp_path):
+    root, events, ingestor, make = watched
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    (ext / "old.txt").write_text("there before\n")
+    os.symlink(ext, root / "ext")
+    started(make, events, ingestor, follow_symlinks=True)
+    pump(events, ingestor, lambda: len(status_of(store, root / "ext" / "old.txt", "pending")) == 1)
+    (ext / "new.txt").write_text("written in the link's target\n")
+    pump(events, ingestor, lambda: len(status_of(store, root / "ext" / "new.txt", "pending")) == 1)
+
+
+def test_falls_back_to_polling_when_inotify_limits_are_hit(watched, store, monkeypatch, caplog):
+    root, events, ingestor, make = watched
+
+    def exhausted(timeout):
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(file_monitor, "_native_observer", exhausted)
+    with caplog.at_level(logging.WARNING, logger="agent.file_monitor"):
+        m = started(make, events, ingestor, poll_interval=0.1)
+    assert m.observer_kind(root) == "polling"
+    assert "falling back to a polling observer" in caplog.text
+    f = root / "polled.txt"
+    f.write_text("seen by polling\n")
+    pump(events, ingestor, lambda: len(status_of(store, f, "pending")) == 1)
+
+
+def test_polling_when_asked(watched, store):
+    root, events, ingestor, make = watched
+    m = started(make, events, ingestor, polling=True, poll_interval=0.1)
+    assert m.observer_kind(root) == "polling"
+    f = root / "p.txt"
+    f.write_text("polled\n")
+    pump(events, ingestor, lambda: len(status_of(store, f, "pending")) == 1)
+
+
+def test_a_dead_observer_is_noticed_and_restarted(watched, store):
+    root, events, ingestor, make = watched
+    m = started(make, events, ingestor)
+    obs = m._watches[str(root)].observer
+    obs.stop()  # the observer thread dies
+    obs.join()
+    f = root / "after.txt"
+    f.write_text("written after the observer died\n")
+    pump(events, ingestor, lambda: len(status_of(store, f, "pending")) == 1)
+    assert m.restarts >= 1
+    assert m._watches[str(root)].observer is not obs
+
+
+def test_stop_joins_every_thread(watched):
+    root, events, ingestor, make = watched
+    before = set(threading.enumerate())
+    m = make().start()
+    m.stop()
+    assert set(threading.enumerate()) <= before
+
+
+def test_monitor_refuses_a_missing_root(tmp_path):
+    with pytest.raises(MonitorError, match="not a folder"):
+        FileMonitor([tmp_path / "nope"], queue.Queue())

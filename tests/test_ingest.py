@@ -1,0 +1,229 @@
+"""Decoding, binary detection, file selection, the Ingestor's rules, and the crawl/history CLI."""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import main
+from agent.ingest import (Ingestor, PathFilter, Refused, content_sha256, decode_text, file_uri,
+                          read_file, sniff_binary, walk_files)
+from tests.ingest_fixtures import page, rows, site  # noqa: F401  (fixtures; `store` is conftest's, both backends)
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data,text,encoding", [
+    (b"plain ascii\n", "plain ascii\n", "utf-8"),
+    ("caf\u00e9 \u2603\n".encode(), "caf\u00e9 \u2603\n", "utf-8"),
+    (codecs.BOM_UTF8 + b"with bom", "with bom", "utf-8"),
+    ("utf sixteen \u00e9".encode("utf-16"), "utf sixteen \u00e9", "utf-16"),
+    ("utf 32".encode("utf-32"), "utf 32", "utf-32"),
+])
+def test_decode_text(data, text, encoding):
+    d = decode_text(data)
+    assert (d.text, d.encoding) == (text, encoding)
+
+
+def test_declared_and_fallback_encodings_are_recorded():
+    latin = "cr\u00e8me br\u00fbl\u00e9e".encode("latin-1")
+    with pytest.raises(Refused, match=r"invalid UTF-8 \(byte 0xe8 at offset 2\)"):
+        decode_text(latin)
+    assert decode_text(latin, declared="ISO-8859-1").encoding == "iso8859-1"
+    assert decode_text(latin, fallback="cp1252").encoding == "cp1252"
+    assert decode_text(latin, declared="no-such-charset", fallback="cp1252").text == "cr\u00e8me br\u00fbl\u00e9e"
+
+
+@pytest.mark.parametrize("data,why", [
+    (b"", "empty (no text)"), (b" \n\t\n", "empty (whitespace only)"),
+    (b"GIF89a\x01\x00\x01\x00\x00\xff", "NUL byte at offset 7"),
+    (bytes(range(1, 32)) * 4, "control bytes"),
+    (codecs.BOM_UTF16_LE + "a\x00b".encode("utf-16-le"), "NUL character after decoding"),
+])
+def test_refused_bytes(data, why):
+    with pytest.raises(Refused, match=why.replace("(", r"\(").replace(")", r"\)")):
+        decode_text(data)
+
+
+def test_sniff_binary_accepts_text_with_escapes_and_tabs():
+    assert sniff_binary(b"\x1b[31mred\x1b[0m\tcolumn\r\n") is None
+
+
+def test_content_hash_is_the_stores():
+    from store.documents import content_sha256 as store_sha
+
+    assert content_sha256("h\u00e9llo") == store_sha("h\u00e9llo")
+
+
+def test_read_file_refusals(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text("x" * 100)
+    with pytest.raises(Refused, match="too large"):
+        read_file(big, max_bytes=10)
+    with pytest.raises(Refused, match="vanished"):
+        read_file(tmp_path / "missing.txt")
+    os.symlink("self", tmp_path / "self")
+    with pytest.raises(Refused, match="not followed"):
+        read_file(tmp_path / "self")
+    with pytest.raises(Refused, match="symlink loop"):
+        read_file(tmp_path / "self", follow_symlinks=True)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(Refused, match="not a regular file"):  # and does not block
+        read_file(tmp_path / "fifo")
+
+
+# --- selection --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rel,taken", [
+    ("notes.txt", True), ("src/mod.py", True), ("a.swp", False), (".a.txt.swp", False),
+    ("x~", False), ("dl.crdownload", False), (".git/HEAD", False), ("pkg/node_modules/x.js", False),
+    ("build/lib/a.py", False), ("a/__pycache__/m.pyc", False), ("data/cllm.sqlite3-wal", False),
+])
+def test_default_excludes(rel, taken):
+    assert PathFilter().accepts(rel) is taken
+
+
+def test_walk_honours_gitignore_and_includes(tmp_path):
+    files = ["keep.py", "notes.md", "app.log", "sub/keep.log", "sub/gen/out.py", "sub/x.py",
+             "vendor/lib.py", ".git/config"]
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    (tmp_path / ".gitignore").write_text("*.log\nvendor/\n")
+    (tmp_path / "sub" / ".gitignore").write_text("!keep.log\ngen/\n")
+    got = {os.path.relpath(i.path, tmp_path) for i in walk_files(tmp_path, gitignore=True)}
+    assert got == {".gitignore", "keep.py", "notes.md", "sub/.gitignore", "sub/keep.log", "sub/x.py"}
+    got = {os.path.relpath(i.path, tmp_path)
+           for i in walk_files(tmp_path, PathFilter(include=["*.py"]), gitignore=True)}
+    assert got == {"keep.py", "sub/x.py"}
+
+
+def test_walk_symlinks(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.txt").write_text("a")
+    os.symlink(tmp_path / "real", tmp_path / "alias")
+    os.symlink("..", tmp_path / "real" / "up")
+    items = {os.path.relpath(i.path, tmp_path): i.reason for i in walk_files(tmp_path)}
+    assert items == {"alias": "symbolic link (not followed)", "real/a.txt": None,
+                     "real/up": "symbolic link (not followed)"}
+    items = {os.path.relpath(i.path, tmp_path): i.reason for i in walk_files(tmp_path, follow_symlinks=True)}
+    # the linked folder is walked once (under its own name), the link upward is a loop
+    assert items["real/up"] == "symlink loop (points to a folder above it)"
+    assert "alias/a.txt" not in items
+    assert sum(1 for k, v in items.items() if k.endswith("a.txt") and v is None) == 1
+
+
+# --- the ingestor's rules ---------------------------------------------------------------
+
+
+def test_new_version_supersedes_pending_one_and_revert_restores(tmp_path, store):
+    ing = Ingestor(store)
+    f = tmp_path / "f.txt"
+    f.write_text("one")
+    assert ing.ingest_file(f).outcome == "added"
+    assert ing.ingest_file(f).outcome == "unchanged"
+    f.write_text("two")
+    assert ing.ingest_file(f).outcome == "added"
+    assert [r["status"] for r in rows(store)] == ["skipped", "pending"]
+    f.write_text("one")
+    assert ing.ingest_file(f).outcome == "restored"
+    assert [r["status"] for r in rows(store)] == ["pending", "skipped"]
+
+
+def test_deleting_the_original_hands_content_to_its_duplicate(tmp_path, store):
+    ing = Ingestor(store)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("shared words")
+    b.write_text("shared words")
+    assert ing.ingest_file(a).outcome == "added"
+    assert ing.ingest_file(b).outcome == "duplicate"
+    a.unlink()
+    ing.delete_path(a)
+    live = [r for r in rows(store) if r["sha256"]]
+    assert [(r["uri"], r["status"]) for r in live] == [(file_uri(b), "pending")]
+
+
+def test_reconcile_marks_only_files_that_are_gone(tmp_path, store):
+    ing = Ingestor(store)
+    for n in ("a", "b", "c"):
+        (tmp_path / f"{n}.txt").write_text(n * 3)
+        ing.ingest_file(tmp_path / f"{n}.txt")
+    (tmp_path / "b.txt").unlink()
+    # "c" was not seen by the scan (say, now excluded) but still exists: kept
+    assert ing.reconcile(tmp_path, [str(tmp_path / "a.txt")]) == 1
+    assert {r["uri"].rsplit("/", 1)[1]: r["status"] for r in rows(store)} == {
+        "a.txt": "pending", "b.txt": "deleted", "c.txt": "pending"}
+
+
+def test_refusal_is_not_recorded_twice(tmp_path, store):
+    ing = Ingestor(store)
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"\x00\x01")
+    ing.ingest_file(f)
+    ing.ingest_file(f)
+    assert len(rows(store)) == 1
+
+
+def test_unknown_fallback_encoding_is_a_config_error(store):
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown fallback encoding"):
+        Ingestor(store, fallback_encoding="klingon-8")
+
+
+# --- the CLI ----------------------------------------------------------------------------
+
+
+def test_cli_crawl_folder_and_history_documents(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha text\n")
+    (src / "b.bin").write_bytes(b"\x00\x01\x02")
+    data = tmp_path / "data"
+    runner = CliRunner()
+    res = runner.invoke(main, ["crawl", str(src), "--data-dir", str(data)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "added 1" in res.output and "refused 1" in res.output
+    res = runner.invoke(main, ["history", "documents", "--data-dir", str(data), "--json"],
+                        catch_exceptions=False)
+    docs = json.loads(res.output)
+    assert {"uri", "status", "sha256", "cycle_id", "reason"} <= set(docs[0])
+    by_name = {d["uri"].rsplit("/", 1)[1]: d for d in docs}
+    assert by_name["a.txt"]["status"] == "pending" and len(by_name["a.txt"]["sha256"]) == 64
+    assert by_name["b.bin"]["status"] == "skipped" and "binary" in by_name["b.bin"]["reason"]
+    res = runner.invoke(main, ["history", "documents", "--data-dir", str(data), "--status", "pending", "--json"])
+    assert [d["uri"] for d in json.loads(res.output)] == [by_name["a.txt"]["uri"]]
+
+
+def test_cli_crawl_url_and_private_host_flag(tmp_path, site, monkeypatch):
+    monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
+    site.html("/", page("Home", "home page words", ("/next",)))
+    site.html("/next", page("Next", "next page words"))
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+    res = runner.invoke(main, ["crawl", site.base + "/", "--data-dir", data, "--delay", "0", "--json"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0
+    assert json.loads(res.output)["targets"][0]["counts"] == {"refused": 1}
+    assert site.hits == []
+    res = runner.invoke(main, ["crawl", site.base + "/", "--data-dir", data, "--delay", "0",
+                               "--max-pages", "1", "--allow-private-hosts"], catch_exceptions=False)
+    assert res.exit_code == 0 and "fetched 1" in res.output
+    assert site.count("/next") == 0
+
+
+def test_cli_bad_target_is_a_one_line_error(tmp_path):
+    res = CliRunner().invoke(main, ["crawl", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d")])
+    assert res.exit_code == 2
+    assert "neither an existing folder or file nor an http(s) URL" in res.output
+
+
+def test_cli_help_has_examples():
+    for args in (["crawl", "-h"], ["history", "-h"], ["history", "documents", "-h"]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0 and "Example:" in res.output
