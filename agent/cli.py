@@ -6,29 +6,11 @@ register themselves below with `main.add_command(...)`.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import sys
 
 import click
 
-from engine.errors import CllmError
-
-CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"], max_content_width=100)
-
-
-def friendly_errors(fn):
-    """Turn CllmError (user mistakes) into a one-line message and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CllmError as e:
-            click.echo(f"Error: {e.one_line()}", err=True)
-            sys.exit(2)
-
-    return wrapper
+from agent.clikit import CONTEXT_SETTINGS, friendly_errors  # noqa: F401  (re-exported)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
