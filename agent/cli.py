@@ -7,6 +7,7 @@ register themselves below with `main.add_command(...)`.
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -15,11 +16,16 @@ from agent.clikit import CONTEXT_SETTINGS, friendly_errors  # noqa: F401  (re-ex
 
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose: int) -> None:
+@click.option("--database-url", metavar="URL", default=None,
+              help="Any SQLAlchemy URL for the store, e.g. postgresql+psycopg://u:p@host/db "
+                   "[$CLLM_DATABASE_URL, else a SQLite file in the data directory].")
+def main(verbose: int, database_url: str | None) -> None:
     """Crystalline CLLM: a continuous-learning crawler agent with its own GPT engine.
 
-    Example: cllm train corpus/ --data-dir ./cllm-data
+    Example: cllm agent   (watches ./cllm-data/inbox and learns the sample corpus)
     """
+    if database_url:   # every command opens the store through $CLLM_DATABASE_URL
+        os.environ["CLLM_DATABASE_URL"] = database_url
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -49,11 +49,9 @@ FAULT_ENV = "CLLM_FAULT_INJECT"  # "after-checkpoint": SIGKILL between checkpoin
 
 
 def open_store(data_dir):
-    """store.open_store, wherever the store package exports it."""
-    try:
-        from store import open_store as _open
-    except ImportError:  # the package __init__ may not re-export it yet
-        from store.core import open_store as _open
+    """The store of a data directory (or of $CLLM_DATABASE_URL), migrated to this code."""
+    from store import open_store as _open
+
     return _open(data_dir)
 
 
@@ -76,7 +74,8 @@ class TrainerSettings:
     max_new_tokens: int = 500          # vocabulary tokens learned per cycle (capped by the preset)
     val_fraction: float = 0.1          # tail of every document held out for evaluation
     max_cycle_docs: int = 1000         # at most this many pending documents per cycle
-    crystalline_weight: float = 0.0
+    crystalline_weight: float = 0.0    # lambda of the crystalline prior (see README's figures)
+    init: Optional[str] = None         # embedding init of a new model: "normal" or "lattice"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +90,11 @@ class TrainerSettings:
                             "e.g. 0.1")
         if self.steps is not None and self.steps < 1:
             raise CllmError("steps per cycle must be >= 1", "e.g. --cycle-steps 100")
+        if self.crystalline_weight < 0:
+            raise CllmError(f"crystalline weight {self.crystalline_weight} is negative",
+                            "e.g. --crystalline-weight 0.05, or 0 to turn the prior off")
+        if self.init not in (None, "normal", "lattice"):
+            raise CllmError(f"init {self.init!r} is not normal or lattice", "e.g. --init normal")
 
     def replace(self, **changes) -> "TrainerSettings":
         return dataclasses.replace(self, **changes)
@@ -190,7 +194,8 @@ class ContinuousTrainer:
         if rows:
             log.warning("no recorded checkpoint of %s could be loaded: starting a new model",
                         self.data_dir)
-        self.state = new_state(self.settings.preset, seed=self.settings.seed)
+        self.state = new_state(self.settings.preset, seed=self.settings.seed,
+                               init=self.settings.init)
         return self.state
 
     # --- when ---------------------------------------------------------------------------------
@@ -331,8 +336,9 @@ class ContinuousTrainer:
             path.unlink(missing_ok=True)
             tokenizer_path(path).unlink(missing_ok=True)
             raise
-        log.info("cycle %s completed: %s steps, loss %.3f -> %.3f, checkpoint %s", cycle_id,
-                 res.steps, res.loss_start or float("nan"), res.loss_end or float("nan"), path)
+        log.info("cycle %s completed: %s steps, loss %.3f -> %.3f, %.0f tok/s, checkpoint %s",
+                 cycle_id, res.steps, res.loss_start or float("nan"), res.loss_end or float("nan"),
+                 res.tokens_per_s, path)
         return CycleReport(cycle_id, trigger, [i for i, _ in docs], [i for i, _ in replay], path,
                            sha, res, vocab_before, len(state.tokenizer), forgetting)
 

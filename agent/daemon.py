@@ -108,6 +108,7 @@ class AgentConfig:
     crawl: tuple[str, ...] = ()
     quiet_period: float = 2.0
     allow_private_hosts: bool = False
+    max_cycles: Optional[int] = None     # stop (exit 0) after this many completed cycles
 
 
 class Agent:
@@ -264,6 +265,9 @@ class Agent:
                          "checkpoint %s", rep.cycle_id, len(rep.doc_ids), len(rep.replay_ids),
                          rep.run.loss_start or float("nan"), rep.run.loss_end or float("nan"),
                          rep.checkpoint_path)
+                if self.cfg.max_cycles is not None and self.cycles_completed >= self.cfg.max_cycles:
+                    log.info("%d cycles completed (--max-cycles): stopping", self.cycles_completed)
+                    self.stop.set()
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -38,6 +38,20 @@ def _iso(v):
     return v.isoformat() if hasattr(v, "isoformat") else v
 
 
+def _cell(column: str, value) -> str:
+    """A table cell: floats to 3 decimals, paths to their file name, token text with its
+    whitespace and control characters visible."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if column == "checkpoint_path":
+        return os.path.basename(str(value))
+    if column == "token":
+        return repr(value)[1:-1].replace(" ", "\u2423")
+    return str(value)
+
+
 def _emit(rows: list[dict], as_json: bool, columns: list[str], title: str) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=_iso))
@@ -47,10 +61,11 @@ def _emit(rows: list[dict], as_json: bool, columns: list[str], title: str) -> No
 
     table = Table(*columns, title=title)
     for r in rows:
-        table.add_row(*("" if r.get(c) is None else
-                        f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r[c])
-                        for c in columns))
-    Console().print(table)
+        table.add_row(*(_cell(c, r.get(c)) for c in columns))
+    console = Console()
+    if not console.is_terminal:        # piped: do not squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
@@ -338,16 +353,24 @@ def status(data_dir, as_json):
 @click.option("--lr", type=float, default=None, help="Peak learning rate, re-warmed per cycle [2e-3].")
 @click.option("--max-new-tokens", type=int, default=None,
               help="Vocabulary tokens learned per cycle at most [500].")
+@click.option("--crystalline-weight", type=float, default=None,
+              help="Weight of the crystalline prior in the loss [0.0].")
+@click.option("--init", type=click.Choice(["normal", "lattice"]), default=None,
+              help="Embedding init of a new model [normal].")
 @click.option("--allow-private-hosts/--no-allow-private-hosts", default=None,
               help="Let the crawler reach private and loopback addresses.")
+@click.option("--max-cycles", type=click.IntRange(min=1), default=None,
+              help="Stop after this many completed cycles [run until stopped].")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML settings file [$CLLM_CONFIG, else DATA_DIR/cllm.toml].")
 @friendly_errors
-def agent(data_dir, config, **flags):
+def agent(data_dir, config, max_cycles, **flags):
     """Run the agent: watch folders, crawl targets, train in cycles; stop with Ctrl-C.
 
     Settings come from flags, then CLLM_* environment variables, then a TOML file.
-    One agent per data directory; it resumes from the latest checkpoint.
+    One agent per data directory; it resumes from the latest checkpoint. With nothing to
+    watch or crawl configured anywhere it runs on embedded defaults: it watches
+    DATA_DIR/inbox (drop text files there) and learns the shipped sample corpus.
 
     Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small
     """
@@ -362,19 +385,40 @@ def agent(data_dir, config, **flags):
     if root.level > logging.INFO:  # the agent reports its cycles unless told to be quieter
         logging.getLogger("agent").setLevel(logging.INFO)
     if not cfg["watch"] and not cfg["crawl"]:
-        click.echo("note: nothing to watch or crawl; training only on documents already pending",
+        cfg["watch"], cfg["crawl"] = embedded_targets(Path(data_dir))
+        click.echo(f"embedded defaults: watching {cfg['watch'][0]} (drop text files there)"
+                   + (f" and learning the sample corpus in {Path(cfg['crawl'][0]).parent}"
+                      if cfg["crawl"] else ""),
                    err=True)
     tset = TrainerSettings(preset=cfg["preset"], workers=cfg["workers"],
                            min_cycle_tokens=cfg["min_cycle_tokens"], max_wait=cfg["max_wait"],
                            replay_fraction=cfg["replay_fraction"], steps=cfg["cycle_steps"],
                            batch_size=cfg["batch_size"], lr=cfg["lr"], min_lr=cfg["lr"] / 10,
-                           max_new_tokens=cfg["max_new_tokens"])
+                           max_new_tokens=cfg["max_new_tokens"],
+                           crystalline_weight=cfg["crystalline_weight"], init=cfg["init"])
     stop = threading.Event()
     install_signal_handlers(stop)
     a = Agent(AgentConfig(Path(data_dir), tset, tuple(cfg["watch"]), tuple(cfg["crawl"]),
-                          cfg["quiet_period"], cfg["allow_private_hosts"]), stop=stop)
+                          cfg["quiet_period"], cfg["allow_private_hosts"], max_cycles),
+              stop=stop)
     a.run()
     click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)
+
+
+def embedded_targets(data_dir: Path) -> tuple[list[str], list[str]]:
+    """The defaults when nothing is configured: watch DATA_DIR/inbox (created), crawl the
+    shipped sample corpus's topic folders when they are installed alongside the code."""
+    from agent.commands import REPO_CORPUS
+
+    inbox = data_dir / "inbox"
+    try:
+        inbox.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CllmError(f"cannot create {inbox}: {e.strerror}",
+                        "choose a writable --data-dir or pass --watch DIR") from None
+    # one crawl target (so one source, with its own validation and forgetting) per topic
+    topics = sorted(p for p in REPO_CORPUS.iterdir() if p.is_dir()) if REPO_CORPUS.is_dir() else []
+    return [str(inbox)], [str(p) for p in topics]
 
 
 def register(main: click.Group) -> None:

@@ -123,7 +123,7 @@ def _record_target(store, kind: str, target: str, **options) -> int:
 
 @click.group(context_settings=CONTEXT_SETTINGS)
 def history() -> None:
-    """What the agent has stored: documents (and, from other modules, cycles and more).
+    """What the agent has done: cycles, documents, vocabulary, checkpoints, forgetting.
 
     Example: cllm history documents --status pending --json
     """

@@ -27,6 +27,8 @@ DEFAULTS: dict[str, tuple[Any, type]] = {
     "batch_size": (8, int),
     "lr": (2e-3, float),
     "max_new_tokens": (500, int),
+    "crystalline_weight": (0.0, float),
+    "init": ("normal", str),
     "allow_private_hosts": (False, bool),
     "watch": ([], list),
     "crawl": ([], list),

@@ -17,9 +17,10 @@ import pytest
 pytest.importorskip("store.models")
 pytest.importorskip("agent.file_monitor")
 
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from agent.continuous_trainer import open_store  # noqa: E402
+from agent.ingest import uri_to_path  # noqa: E402
 from agent.training import load_state  # noqa: E402
 from engine.checkpoint import file_sha256  # noqa: E402
 from store.models import Checkpoint, Cycle, Document  # noqa: E402
@@ -336,5 +337,56 @@ def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_rem
             assert [(d.status, d.cycle_id) for d in s.scalars(select(Document))] == [("trained", 2)]
             ck = s.scalars(select(Checkpoint)).one()
             assert ck.cycle_id == 2 and file_sha256(ck.path) == ck.sha256
+    finally:
+        store.close()
+
+
+def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path):
+    """`cllm agent` with nothing configured: it crawls the shipped corpus, watches
+    DATA_DIR/inbox, and --max-cycles ends it by itself with exit status 0."""
+    from agent.commands import REPO_CORPUS
+
+    data = tmp_path / "data"
+    a = AgentProc(data, None, "--cycle-steps", "3")
+    try:
+        line = a.wait_for(r"embedded defaults: watching")
+        inbox = data / "inbox"
+        assert str(inbox) in line and str(REPO_CORPUS) in line and inbox.is_dir()
+        a.wait_for(r"cycle 1 completed")
+        drop(inbox, "note.txt", "a note dropped into the inbox. ")
+        store = open_store(data)
+        try:
+            def inbox_doc():
+                with store.session() as s:
+                    return s.scalars(select(Document).where(
+                        Document.uri.contains("note.txt"))).one_or_none()
+            doc = inbox_doc()
+            while doc is None or doc.status != "trained":
+                a.wait_for(r"cycle \d+ completed")
+                doc = inbox_doc()
+            with store.session() as s:
+                uris = s.scalars(select(Document.uri)).all()
+            corpus_files = {p.resolve() for p in REPO_CORPUS.rglob("*.txt")}
+            crawled = {Path(uri_to_path(u)).resolve() for u in uris if "note.txt" not in u}
+            assert crawled == corpus_files and len(uris) == len(corpus_files) + 1
+        finally:
+            store.close()
+        assert a.stop() == 0
+    finally:
+        if a.p.poll() is None:
+            a.p.kill()
+
+    # a restart crawls the corpus again (nothing new: deduplicated) and picks up a file
+    # dropped while it was down; --max-cycles 1 stops it after that cycle
+    drop(data / "inbox", "later.txt", "written while the agent was down. ")
+    r = cli("agent", "--data-dir", str(data), *FAST, "--cycle-steps", "3", "--max-cycles", "1")
+    assert r.returncode == 0, r.stderr
+    assert "agent stopped after 1 cycles" in r.stderr
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            later = s.scalars(select(Document).where(Document.uri.contains("later.txt"))).one()
+            assert later.status == "trained"
+            assert s.scalar(select(func.count(Document.id))) == len(corpus_files) + 2
     finally:
         store.close()

@@ -2,6 +2,7 @@
 checkpoint hash checks. In-process, tiny preset, a few steps per cycle."""
 import hashlib
 import logging
+import math
 import threading
 
 import pytest
@@ -11,8 +12,9 @@ pytest.importorskip("store.models")
 from sqlalchemy import select  # noqa: E402
 
 from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,  # noqa: E402
-                                      TrainerSettings, open_store)
+                                      TrainerSettings)
 from engine.checkpoint import file_sha256  # noqa: E402
+from engine.errors import CllmError  # noqa: E402
 from store.models import Checkpoint, Cycle, Document, EvalResult, VocabEntry  # noqa: E402
 
 SETTINGS = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=200, max_wait=3600,
@@ -37,9 +39,12 @@ def add_doc(store, name, source, reps=30):
 
 
 @pytest.fixture
-def env(tmp_path):
-    store = open_store(tmp_path)
-    yield store, tmp_path
+def env(store_target):
+    """A store on each backend (SQLite, and PostgreSQL when the server is there) and the
+    data directory that holds the checkpoints."""
+    store = store_target.open()
+    store_target.data_dir.mkdir(parents=True, exist_ok=True)
+    yield store, store_target.data_dir
     store.close()
 
 
@@ -186,3 +191,17 @@ def test_documents_with_nothing_to_train_on_are_marked_failed_not_retried(env):
         assert d.status == "failed" and "no trainable text" in d.reason
         assert s.scalars(select(Cycle)).all() == []
     assert tr.due() == (None, None)
+
+
+def test_init_and_crystalline_weight_reach_a_new_model_and_its_training(env):
+    store, data = env
+    add_doc(store, "a", "lattice")
+    tr = ContinuousTrainer(store, data, SETTINGS.replace(init="lattice", crystalline_weight=0.1))
+    st = tr.load_latest()
+    assert st.model.config.init == "lattice"
+    assert tr.settings.train_config(6).crystalline_weight == 0.1
+    rep = tr.run_pending("tokens")
+    assert rep is not None and math.isfinite(rep.run.loss_end)
+    for bad in (dict(crystalline_weight=-0.1), dict(init="spiral")):
+        with pytest.raises(CllmError):
+            SETTINGS.replace(**bad)
