@@ -106,9 +106,28 @@ class AgentConfig:
     trainer: TrainerSettings
     watch: tuple[str, ...] = ()
     crawl: tuple[str, ...] = ()
-    quiet_period: float = 2.0
+    quiet_period: float = 1.0
     allow_private_hosts: bool = False
     max_cycles: Optional[int] = None     # stop (exit 0) after this many completed cycles
+    include: tuple[str, ...] = ()        # gitignore-style: only matching files (empty: all)
+    exclude: tuple[str, ...] = ()        # gitignore-style, added to the default excludes
+    polling: bool = False                # a polling observer instead of inotify
+    follow_symlinks: bool = False
+    fallback_encoding: Optional[str] = None  # tried after UTF-8 (recorded on the document)
+    max_pages: int = 100                 # per crawled site
+    max_depth: int = 2
+
+    def path_filter_args(self) -> dict:
+        from agent.ingest import DEFAULT_EXCLUDES
+
+        return {"include": list(self.include) or None,
+                "exclude": DEFAULT_EXCLUDES + tuple(self.exclude)}
+
+    def ingestor(self, store):
+        from agent.ingest import Ingestor
+
+        return Ingestor(store, fallback_encoding=self.fallback_encoding,
+                        follow_symlinks=self.follow_symlinks)
 
 
 class Agent:
@@ -133,6 +152,7 @@ class Agent:
             from agent.crawler import iter_targets
 
             list(iter_targets(cfg.crawl))       # a bad target is a one-line error, now
+        cfg.ingestor(None)                      # ... and so is an unknown fallback encoding
         with DataDirLock(cfg.data_dir):
             store = open_store(cfg.data_dir)
             try:
@@ -162,7 +182,9 @@ class Agent:
             if cfg.watch:
                 from agent.file_monitor import FileMonitor
 
-                monitor = FileMonitor(cfg.watch, self.events, quiet_period=cfg.quiet_period)
+                monitor = FileMonitor(cfg.watch, self.events, quiet_period=cfg.quiet_period,
+                                      polling=cfg.polling, follow_symlinks=cfg.follow_symlinks,
+                                      **cfg.path_filter_args())
                 monitor.start()
             for t in threads:
                 t.start()
@@ -205,9 +227,7 @@ class Agent:
             self.stop.set()
 
     def _ingest_loop(self, store) -> None:
-        from agent.ingest import Ingestor
-
-        ingestor = Ingestor(store)
+        ingestor = self.cfg.ingestor(store)
         while True:
             ev = self.events.get()
             if ev is _STOP:
@@ -224,8 +244,11 @@ class Agent:
     def _crawl_all(self, store) -> None:
         from agent.crawler import Crawler, iter_targets
 
-        with Crawler(store, allow_private_hosts=self.cfg.allow_private_hosts,
-                     stop_event=self.stop) as crawler:
+        cfg = self.cfg
+        with Crawler(store, allow_private_hosts=cfg.allow_private_hosts, stop_event=self.stop,
+                     max_pages=cfg.max_pages, max_depth=cfg.max_depth,
+                     follow_symlinks=cfg.follow_symlinks, ingestor=cfg.ingestor(store),
+                     **cfg.path_filter_args()) as crawler:
             for kind, target in iter_targets(self.cfg.crawl):
                 if self.stop.is_set():
                     return

@@ -344,7 +344,20 @@ def status(data_dir, as_json):
 @click.option("--max-wait", type=float, default=None,
               help="... or when the oldest pending document waited this many seconds [300].")
 @click.option("--quiet-period", type=float, default=None,
-              help="Seconds without events before a changed file is read [2].")
+              help="Seconds without events before a changed file is read [1].")
+@click.option("--include", multiple=True, metavar="PATTERN",
+              help="Only files matching this gitignore-style pattern (repeatable) [all].")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Also skip files matching this pattern (repeatable); VCS, build, temp and "
+                   "swap files are always skipped.")
+@click.option("--polling/--no-polling", default=None,
+              help="Poll folders instead of inotify (network filesystems) [no].")
+@click.option("--follow-symlinks/--no-follow-symlinks", default=None,
+              help="Follow symbolic links in watched and crawled folders (loops detected) [no].")
+@click.option("--fallback-encoding", default=None, metavar="CODEC",
+              help="Decode non-UTF-8 text with this codec, e.g. cp1252 [refuse it].")
+@click.option("--max-pages", type=int, default=None, help="Pages per crawled site [100].")
+@click.option("--max-depth", type=int, default=None, help="Link depth per crawled site [2].")
 @click.option("--replay-fraction", type=float, default=None,
               help="Share of training sequences replayed from earlier documents [0.25].")
 @click.option("--cycle-steps", type=int, default=None,
@@ -399,7 +412,11 @@ def agent(data_dir, config, max_cycles, **flags):
     stop = threading.Event()
     install_signal_handlers(stop)
     a = Agent(AgentConfig(Path(data_dir), tset, tuple(cfg["watch"]), tuple(cfg["crawl"]),
-                          cfg["quiet_period"], cfg["allow_private_hosts"], max_cycles),
+                          cfg["quiet_period"], cfg["allow_private_hosts"], max_cycles,
+                          include=tuple(cfg["include"]), exclude=tuple(cfg["exclude"]),
+                          polling=cfg["polling"], follow_symlinks=cfg["follow_symlinks"],
+                          fallback_encoding=cfg["fallback_encoding"],
+                          max_pages=cfg["max_pages"], max_depth=cfg["max_depth"]),
               stop=stop)
     a.run()
     click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)

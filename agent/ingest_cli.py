@@ -47,11 +47,13 @@ def open_data_store(data_dir: str):
               help="Let the crawler reach loopback, private and link-local addresses.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Extra gitignore-style pattern to skip in folders (repeatable).")
+@click.option("--fallback-encoding", default=None, metavar="CODEC",
+              help="Decode non-UTF-8 text with this codec, e.g. cp1252 (recorded per document).")
 @click.option("--source", default=None, help="Source name for the documents (default: the folder or host).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
 def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_bytes, allow_private_hosts,
-          exclude, source, as_json):
+          exclude, fallback_encoding, source, as_json):
     """Ingest folders, files or web pages once, then exit.
 
     Folders are walked (honouring .gitignore and the default excludes), URLs are crawled
@@ -61,9 +63,10 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
     Example: cllm crawl corpus/ https://docs.python.org/3/reference/ --max-pages 20
     """
     from agent.crawler import CrawlReport, Crawler, iter_targets
-    from agent.ingest import DEFAULT_EXCLUDES
+    from agent.ingest import DEFAULT_EXCLUDES, Ingestor
 
     plan = list(iter_targets(targets))  # validates every target before any work starts
+    Ingestor(None, fallback_encoding=fallback_encoding)   # an unknown codec fails here, not later
     store = open_data_store(data_dir)
     stop = threading.Event()
     total = CrawlReport()
@@ -72,6 +75,8 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
         with Crawler(store, allow_private_hosts=allow_private_hosts, max_pages=max_pages,
                      max_depth=max_depth, delay=delay, timeout=timeout, max_body_bytes=max_file_bytes,
                      max_file_bytes=max_file_bytes, stop_event=stop,
+                     ingestor=Ingestor(store, max_file_bytes=max_file_bytes,
+                                       fallback_encoding=fallback_encoding),
                      exclude=DEFAULT_EXCLUDES + tuple(exclude)) as crawler:
             for kind, target in plan:
                 target_id = _record_target(store, kind, target, max_pages=max_pages, max_depth=max_depth)

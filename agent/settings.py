@@ -21,7 +21,7 @@ DEFAULTS: dict[str, tuple[Any, type]] = {
     "workers": (None, int),
     "min_cycle_tokens": (2000, int),
     "max_wait": (300.0, float),
-    "quiet_period": (2.0, float),
+    "quiet_period": (1.0, float),
     "replay_fraction": (0.25, float),
     "cycle_steps": (None, int),
     "batch_size": (8, int),
@@ -32,6 +32,13 @@ DEFAULTS: dict[str, tuple[Any, type]] = {
     "allow_private_hosts": (False, bool),
     "watch": ([], list),
     "crawl": ([], list),
+    "include": ([], list),
+    "exclude": ([], list),
+    "polling": (False, bool),
+    "follow_symlinks": (False, bool),
+    "fallback_encoding": (None, str),
+    "max_pages": (100, int),
+    "max_depth": (2, int),
 }
 
 

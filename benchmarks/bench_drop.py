@@ -2,7 +2,8 @@
 file into its watched folder and time how long until that file's cycle has its checkpoint
 (the "cycle N completed" line, written after the store transaction commits). Repeats the
 drop a few times (later cycles replay earlier files), then reads the agent's peak RSS
-(VmHWM) and times SIGTERM -> exit.
+(VmHWM) and times SIGTERM -> exit. The quiet period (default 1 s, as the agent's) is
+part of every figure.
 
     python benchmarks/bench_drop.py --presets tiny,small,base --drops 3
 """
@@ -114,7 +115,7 @@ def main() -> None:
     ap.add_argument("--presets", default="tiny,small,base")
     ap.add_argument("--drops", type=int, default=3)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--quiet-period", type=float, default=2.0)
+    ap.add_argument("--quiet-period", type=float, default=1.0)
     ap.add_argument("--json")
     args = ap.parse_args()
     rows = []

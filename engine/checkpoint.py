@@ -22,6 +22,7 @@ from engine.errors import CheckpointError
 from engine.model import Model
 from engine.optim import Optimizer
 from engine.params import ParamLayout
+from engine.prime_math import all_finite
 
 FORMAT = "cllm-checkpoint-1"
 
@@ -74,8 +75,13 @@ def save_checkpoint(path, model: Model, optimizer: Optional[Optimizer] = None,
                     train_config: Optional[TrainConfig] = None, step: int = 0, cycle: int = 0,
                     tokenizer_sha256: Optional[str] = None, extra: Optional[dict] = None
                     ) -> str:
-    """Write a checkpoint atomically; returns the SHA-256 of the file's bytes."""
+    """Write a checkpoint atomically; returns the SHA-256 of the file's bytes. A model with
+    NaN or Inf parameters is refused: a checkpoint is never the place a corruption lands."""
     from safetensors.numpy import save
+
+    if not all_finite(model.params):
+        raise CheckpointError(f"refusing to write {path}: the model has NaN or Inf parameters",
+                              "the previous checkpoint is intact; lower the learning rate")
 
     tensors: dict[str, np.ndarray] = {n: np.ascontiguousarray(model.param(n))
                                       for n in model.param_names()}
@@ -156,6 +162,8 @@ def load_checkpoint(path, expected_tokenizer_sha256: Optional[str] = None,
             raise CheckpointError(f"checkpoint {path}: tensor {name!r} is missing or does not "
                                   f"match the config", hint)
         view[...] = arr
+    if not all_finite(flat):
+        raise CheckpointError(f"checkpoint {path} holds NaN or Inf parameters", hint)
     model = Model(cfg, params=flat)
     optimizer = None
     if tcfg is not None and "optim.m" in tensors:

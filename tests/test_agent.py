@@ -390,3 +390,29 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
             assert s.scalar(select(func.count(Document.id))) == len(corpus_files) + 2
     finally:
         store.close()
+
+
+def test_watch_options_reach_the_monitor_and_the_ingestor(tmp_path):
+    """--polling, --include and --fallback-encoding from the command line: files present at
+    start are found by the reconciliation scan of a polling observer; only included ones
+    become documents; cp1252 text is decoded with the recorded fallback."""
+    data, watch = tmp_path / "data", tmp_path / "watched"
+    watch.mkdir()
+    (watch / "legacy.txt").write_bytes(("caf\xe9 na\xefve r\xe9sum\xe9 " * 60).encode("cp1252"))
+    (watch / "notes.md").write_text("markdown that the include pattern leaves out " * 30)
+    r = cli("agent", "--data-dir", str(data), "--watch", str(watch), *FAST, "--cycle-steps", "3",
+            "--polling", "--include", "*.txt", "--fallback-encoding", "cp1252", "--max-cycles", "1")
+    assert r.returncode == 0, r.stderr
+    assert "with a polling observer" in r.stderr
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            docs = s.scalars(select(Document)).all()
+            assert [(Path(uri_to_path(d.uri)).name, d.status, d.encoding) for d in docs] == [
+                ("legacy.txt", "trained", "cp1252")]
+    finally:
+        store.close()
+    bad = cli("agent", "--data-dir", str(data), "--watch", str(watch), "--fallback-encoding",
+              "klingon-8")
+    assert bad.returncode == 2 and "unknown fallback encoding" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) <= 2

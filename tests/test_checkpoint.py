@@ -78,3 +78,22 @@ def test_error_message_is_one_line_with_hint(trained):
         load_checkpoint(path)
     line = e.value.one_line()
     assert "\n" not in line and "hint:" in line and str(path) in line
+
+
+def test_non_finite_parameters_are_never_written_nor_loaded(trained, monkeypatch):
+    import engine.checkpoint as ck_mod
+
+    m, opt, tcfg, path, sha = trained
+    bad = Model(engine.tiny, params=m.params.copy())
+    bad.params[123] = np.nan
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        save_checkpoint(path, bad, opt, tcfg)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha      # the old file is intact
+    # a file that holds them anyway (written around the guard) is refused on load
+    other = path.with_name("bad.safetensors")
+    monkeypatch.setattr(ck_mod, "all_finite", lambda x: True)
+    save_checkpoint(other, bad, opt, tcfg)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        load_checkpoint(other)
+    assert load_checkpoint(path).model.params[123] == m.params[123]
