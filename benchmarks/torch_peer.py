@@ -24,7 +24,9 @@ class TorchGPT(torch.nn.Module):
     def w(self, name):
         return self.p[name.replace(".", "_")]
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_out=None):
+        """Logits (or the mean loss with targets); with kv_out (a list), each layer's k and
+        v (B, NH, T, hs) are appended to it (the prefill of KV-cache decoding)."""
         cfg = self.cfg
         B, T = idx.shape
         C, NH = cfg.d_model, cfg.n_heads
@@ -35,6 +37,8 @@ class TorchGPT(torch.nn.Module):
             qkv = torch.addmm(self.w(f"{h}.attn.qkv.b"), a.view(B * T, C),
                               self.w(f"{h}.attn.qkv.w")).view(B, T, 3 * C)
             q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in qkv.split(C, dim=2))
+            if kv_out is not None:
+                kv_out.append((k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             y = y.transpose(1, 2).reshape(B * T, C)
             x = x + torch.addmm(self.w(f"{h}.attn.proj.b"), y,
@@ -53,19 +57,22 @@ class TorchGPT(torch.nn.Module):
 
     @torch.no_grad()
     def decode(self, prompt: list[int], n_new: int) -> list[int]:
-        """Greedy batch-1 decoding with a KV cache (the usual eager loop)."""
+        """Greedy batch-1 decoding with a KV cache (the usual eager loop): the prompt is
+        prefilled in one batched forward pass, then one token at a time."""
         cfg = self.cfg
         C, NH, L = cfg.d_model, cfg.n_heads, cfg.n_layers
         hs = C // NH
         kc = torch.zeros(L, NH, cfg.context, hs)
         vc = torch.zeros(L, NH, cfg.context, hs)
-        out: list[int] = []
-        ids = list(prompt)
-        pos = 0
-        tok = None
-        for step in range(len(ids) + n_new - 1):
-            tok = ids[step] if step < len(ids) else out[-1]
-            x = self.w("wte")[tok] + self.w("wpe")[pos]
+        P = len(prompt)
+        kv: list = []
+        logits = self.forward(torch.tensor([prompt]), kv_out=kv)[0, -1]
+        for l, (k, v) in enumerate(kv):
+            kc[l, :, :P] = k[0]
+            vc[l, :, :P] = v[0]
+        out = [int(torch.argmax(logits))]
+        for pos in range(P, P + n_new - 1):
+            x = self.w("wte")[out[-1]] + self.w("wpe")[pos]
             for l in range(L):
                 h = f"h.{l}"
                 a = F.layer_norm(x, (C,), self.w(f"{h}.ln1.w"), self.w(f"{h}.ln1.b"), 1e-5)
@@ -81,9 +88,7 @@ class TorchGPT(torch.nn.Module):
                            approximate="tanh")
                 x = x + torch.addmv(self.w(f"{h}.mlp.proj.b"), self.w(f"{h}.mlp.proj.w").T, f)
             x = F.layer_norm(x, (C,), self.w("lnf.w"), self.w("lnf.b"), 1e-5)
-            pos += 1
-            if step >= len(ids) - 1:
-                out.append(int(torch.argmax(self.w("wte") @ x)))
+            out.append(int(torch.argmax(self.w("wte") @ x)))
         return out
 
 
