@@ -184,66 +184,42 @@ def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--preset", "preset_name", type=click.Choice(["tiny", "small", "base"]),
               default="base", show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--workers", default="1,2", show_default=True, help="Comma-separated counts.")
-@click.option("--steps", type=int, default=3, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved rounds (medians are reported).")
+@click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Training steps per measurement.")
+@click.option("--no-torch", is_flag=True, help="Skip the PyTorch peer even if it is installed.")
 @click.option("--topology", is_flag=True, help="Print the sphere tree with statistics.")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def bench(preset_name, batch_size, workers, steps, topology, as_json):
-    """Measure training tokens/s, scaling and CPU use for several worker counts.
+def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, as_json):
+    """Training tokens/s, scaling, CPU use for several worker counts (and PyTorch eager at the
+    same thread counts when it is installed), interleaved in one run.
 
     Example: cllm bench --preset base --workers 1,2,16 --topology
     """
-    import numpy as np
-
-    import engine
-    from engine import ThreadedTrainingSystem, TrainConfig
+    from agent.benchmark import scaling, table_lines, topology_lines
 
     try:
         counts = [int(c) for c in workers.split(",") if c.strip()]
     except ValueError:
         raise CllmError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
-    cfg = engine.preset(preset_name)
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, cfg.vocab_size, (batch_size, cfg.context))
-    y = rng.integers(0, cfg.vocab_size, (batch_size, cfg.context))
-    rows, topo = [], None
-    for n in counts:
-        with ThreadedTrainingSystem(engine.Model(cfg), TrainConfig(warmup_steps=0),
-                                    n_workers=n) as s:
-            s.train_step(x, y)
-            c0, t0 = time.process_time(), time.perf_counter()
-            for _ in range(steps):
-                s.train_step(x, y)
-            wall = time.perf_counter() - t0
-            cpu = time.process_time() - c0
-            rows.append({"workers": n, "tok_s": batch_size * cfg.context * steps / wall,
-                         "cpu_util": cpu / wall / (os.cpu_count() or 1)})
-            topo = s.topology()
-    for r in rows:
-        r["scaling"] = r["tok_s"] / rows[0]["tok_s"]
+    if not counts or min(counts) < 1:
+        raise CllmError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
+    res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch)
     if as_json:
-        click.echo(json.dumps({"preset": preset_name, "rows": rows,
-                               "topology": topo if topology else None}, indent=1))
+        if not topology:
+            res["topology"] = None
+        click.echo(json.dumps(res, indent=1))
         return
-    click.echo(f"preset {preset_name}, batch {batch_size}x{cfg.context}, {os.cpu_count()} cores")
-    click.echo(f"{'workers':>8} {'tok/s':>9} {'scaling':>8} {'CPU':>7}")
-    for r in rows:
-        click.echo(f"{r['workers']:>8} {r['tok_s']:>9.0f} {r['scaling']:>7.2f}x "
-                   f"{100 * r['cpu_util']:>6.1f}%")
+    for line in table_lines(res):
+        click.echo(line)
     if topology:
-        click.echo(f"\nNode Zero: {topo['steps']} steps, {topo['tokens']} tokens, "
-                   f"waited {topo['wait_s']:.2f}s")
-
-        def show(node, depth):
-            click.echo(f"{'  ' * depth}sphere {node['id']} (level {node['level']}, position "
-                       f"{node['position']}): batches {node['batches']}, tokens "
-                       f"{node['tokens']}, busy {node['busy_s']:.2f}s, idle {node['idle_s']:.2f}s")
-            for c in node["children"]:
-                show(c, depth + 1)
-        for c in topo["children"]:
-            show(c, 1)
+        click.echo("")
+        for line in topology_lines(res["topology"]):
+            click.echo(line)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -61,3 +61,50 @@ def test_train_then_generate_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("every sphere") and len(p.stdout) > len("every sphere")
+
+
+def test_bench_reports_every_worker_count_with_scaling_cpu_and_topology():
+    r = CliRunner().invoke(main, ["bench", "--preset", "tiny", "--workers", "1,2,3", "--rounds",
+                                  "1", "--steps", "1", "--no-torch", "--topology", "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    rows = res["rows"]
+    assert [row["workers"] for row in rows] == [1, 2, 3]
+    assert rows[0]["scaling"] == 1.0 and all(row["tok_s"] > 0 for row in rows)
+    assert all(0.0 < row["cpu_util"] <= 1.0 + 1e-6 for row in rows)
+    assert all("ratio" not in row for row in rows)          # --no-torch: no peer columns
+    spheres = res["topology"]["children"]
+    # three spheres, each ran a micro-batch in the warm-up step and in the measured one
+    assert len(spheres) == 3 and [s["batches"] for s in spheres] == [2, 2, 2]
+    assert sum(s["tokens"] for s in spheres) == 2 * 8 * res["context"]
+    bad = CliRunner().invoke(main, ["bench", "--workers", "1,x"])
+    assert bad.exit_code == 2 and "hint:" in bad.output
+
+
+def test_bench_compares_with_pytorch_when_it_is_installed():
+    pytest.importorskip("torch")
+    r = CliRunner().invoke(main, ["bench", "--preset", "tiny", "--workers", "1", "--rounds",
+                                  "1", "--steps", "1", "--json"], catch_exceptions=False)
+    row = json.loads(r.output)["rows"][0]
+    assert row["torch_tok_s"] > 0 and row["ratio"] == pytest.approx(row["tok_s"] / row["torch_tok_s"])
+
+
+def test_neighbours_lists_twelve_tokens_ranked_by_crystalline_similarity():
+    from engine.prime_math import crystalline_similarity
+
+    r = CliRunner().invoke(main, ["neighbours", "100", "--vocab-size", "500", "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    nb = d["neighbours"]
+    assert len(nb) == 12 and all(n["token"] != 100 for n in nb)
+    sims = [n["similarity"] for n in nb]
+    assert sims == sorted(sims, reverse=True)
+    assert sims[0] == pytest.approx(float(crystalline_similarity(100, nb[0]["token"])), rel=1e-6)
+    assert sum(n["prior"] for n in nb) == pytest.approx(1.0, abs=1e-5)
+    assert d["symmetry_group"] == 100 % 12
+    text = CliRunner().invoke(main, ["neighbours", "100", "--vocab-size", "500"]).output
+    assert "symmetry group 4" in text and len(text.strip().splitlines()) == 2 + 12
+    bad = CliRunner().invoke(main, ["neighbours", "900", "--vocab-size", "500"])
+    assert bad.exit_code == 2 and "outside the vocabulary" in bad.output

@@ -1,0 +1,141 @@
+"""Thread scaling of the ThreadedTrainingSystem, shared by `cllm bench` and
+benchmarks/bench_spheres.py.
+
+For each worker count: tokens/s of full training steps (forward + backward + reduction +
+AdamW), scaling and efficiency against the first count, CPU utilisation (process CPU seconds
+/ wall seconds / cores) while training and, when PyTorch and the repository's
+benchmarks/torch_peer.py are present, PyTorch eager's full training step at the same thread
+count, interleaved round by round (the machine is shared: only same-run ratios mean much).
+PyTorch is never a requirement: without it the peer columns are left out.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def measure(fn: Callable[[], object], steps: int) -> tuple[float, float]:
+    """(wall seconds per call, CPU utilisation as a fraction of all cores), after a warm-up."""
+    fn()
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(steps):
+        fn()
+    wall = time.perf_counter() - t0
+    return wall / steps, (time.process_time() - c0) / wall / (os.cpu_count() or 1)
+
+
+def torch_peer():
+    """(torch, the torch_peer module) or (None, why not)."""
+    try:
+        import torch
+    except ImportError:
+        return None, "PyTorch is not installed (pip install torch to compare with it)"
+    if str(BENCHMARKS_DIR) not in sys.path and (BENCHMARKS_DIR / "torch_peer.py").is_file():
+        sys.path.insert(0, str(BENCHMARKS_DIR))
+    try:
+        import torch_peer
+    except ImportError:
+        return None, "benchmarks/torch_peer.py is not here (run from a checkout to compare)"
+    return (torch, torch_peer), None
+
+
+def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3,
+            steps: int = 3, with_torch: bool = True) -> dict:
+    """Measure; returns {"rows": [...], "topology": tree of the last system, "note": str|None}."""
+    import engine
+    from engine import ThreadedTrainingSystem, TrainConfig
+
+    cfg = engine.preset(preset)
+    tcfg = TrainConfig(lr=1e-4, warmup_steps=0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (batch, cfg.context))
+    y = rng.integers(0, cfg.vocab_size, (batch, cfg.context))
+    peer, note = torch_peer() if with_torch else (None, None)
+    ours = {n: [] for n in counts}
+    cpu = {n: [] for n in counts}
+    theirs = {n: [] for n in counts}
+    systems = {n: ThreadedTrainingSystem(engine.Model(cfg, seed=0), tcfg, n_workers=n)
+               for n in counts}
+    try:
+        peers = {}
+        if peer is not None:
+            torch, tp = peer
+            tx, ty = tp.as_tensor(x), tp.as_tensor(y)
+            for n in counts:
+                m = tp.TorchGPT(engine.Model(cfg, seed=0))
+                peers[n] = (m, tp.torch_adamw(m, tcfg))
+        for _ in range(rounds):
+            for n in counts:
+                s = systems[n]
+                dt, util = measure(lambda: s.train_step(x, y), steps)
+                ours[n].append(batch * cfg.context / dt)
+                cpu[n].append(util)
+                if peers:
+                    torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
+                    m, opt = peers[n]
+
+                    def tstep():
+                        opt.zero_grad(set_to_none=True)
+                        m(tx, ty).backward()
+                        opt.step()
+                    theirs[n].append(batch * cfg.context / measure(tstep, steps)[0])
+        topology = systems[counts[-1]].topology()
+    finally:
+        for s in systems.values():
+            s.close()
+    base = float(np.median(ours[counts[0]]))
+    cores = os.cpu_count() or 1
+    rows = []
+    for n in counts:
+        o = float(np.median(ours[n]))
+        r = {"workers": n, "tok_s": o, "scaling": o / base,
+             "efficiency": o / base / (min(n, cores) / min(counts[0], cores)),
+             "cpu_util": float(np.median(cpu[n]))}
+        if theirs[n]:
+            p = float(np.median(theirs[n]))
+            r.update(torch_tok_s=p, ratio=o / p)
+        rows.append(r)
+    return {"preset": preset, "batch": batch, "context": cfg.context, "rounds": rounds,
+            "steps": steps, "cores": os.cpu_count(), "rows": rows, "topology": topology,
+            "note": note}
+
+
+def table_lines(result: dict) -> list[str]:
+    out = [f"preset {result['preset']}, global batch {result['batch']}x{result['context']}, "
+           f"{result['cores']} cores, median of {result['rounds']} interleaved rounds x "
+           f"{result['steps']} steps (fwd+bwd+AdamW)"]
+    peer = any("ratio" in r for r in result["rows"])
+    hdr = f"{'workers':>8} {'tok/s':>9} {'scaling':>8} {'eff.':>6} {'CPU util':>9}"
+    out.append(hdr + (f" {'torch tok/s':>12} {'ours/torch':>11}" if peer else ""))
+    for r in result["rows"]:
+        line = (f"{r['workers']:>8} {r['tok_s']:>9.0f} {r['scaling']:>7.2f}x "
+                f"{r['efficiency']:>6.2f} {100 * r['cpu_util']:>8.1f}%")
+        if "ratio" in r:
+            line += f" {r['torch_tok_s']:>12.0f} {r['ratio']:>10.2f}x"
+        out.append(line)
+    if result.get("note"):
+        out.append(f"(no PyTorch peer: {result['note']})")
+    return out
+
+
+def topology_lines(topo: dict) -> list[str]:
+    out = [f"Node Zero: {topo['steps']} steps, {topo['tokens']} tokens, "
+           f"waited {topo['wait_s']:.2f}s"]
+
+    def walk(node, depth):
+        kids = node["children"]
+        out.append(f"{'  ' * depth}sphere {node['id']:>3} (level {node['level']}, position "
+                   f"{node['position']:>2}): batches {node['batches']:>3}, tokens "
+                   f"{node['tokens']:>6}, busy {node['busy_s']:.2f}s, idle {node['idle_s']:.2f}s")
+        for c in kids:
+            walk(c, depth + 1)
+    for c in topo["children"]:
+        walk(c, 1)
+    return out
