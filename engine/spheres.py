@@ -134,6 +134,11 @@ class ThreadedTrainingSystem:
         self._hyper: tuple = ()
         self._failure: Optional[tuple[int, BaseException, str]] = None
         self._phase = ["idle"] * self.n
+        # undo log of the update phase: each worker saves its own segment of the parameters
+        # and optimizer moments before updating it, so a failure after Point C can restore
+        # the model (and optimizer) exactly as they were before the step
+        self._undo = [np.empty(P, np.float32) for _ in self._undo_targets()]
+        self._saved = np.zeros(self.n, np.bool_)
 
         parties = self.n + 1
         self._A = threading.Barrier(parties)
@@ -184,6 +189,31 @@ class ThreadedTrainingSystem:
             raise WatchdogTimeout(f"worker threads did not stop: {', '.join(alive)}",
                                   "a worker is stuck inside a kernel; the process must exit")
 
+    def _undo_targets(self) -> list[np.ndarray]:
+        """The flat arrays a step's update writes: parameters and optimizer moments."""
+        opt = self.optimizer
+        return [self.model.params, opt.m] + ([opt.v] if opt.v.size else [])
+
+    def _save_segment(self, w: int, lo: int, hi: int) -> None:
+        for src, dst in zip(self._undo_targets(), self._undo):
+            dst[lo:hi] = src[lo:hi]
+        self._saved[w] = True
+
+    def _roll_back(self) -> bool:
+        """After a failed step: join the workers (the aborted barriers release them), then
+        restore every segment saved before its update. False if a worker is still running
+        (stuck), in which case nothing can be restored safely."""
+        for t in self._threads:
+            t.join(self.watchdog_timeout)
+        if any(t.is_alive() for t in self._threads):
+            return False
+        for w in np.flatnonzero(self._saved):
+            lo, hi = self.segments[w]
+            for dst, src in zip(self._undo_targets(), self._undo):
+                dst[lo:hi] = src[lo:hi]
+        self._saved[:] = False
+        return True
+
     def threads_alive(self) -> int:
         return sum(t.is_alive() for t in self._threads)
 
@@ -207,6 +237,7 @@ class ThreadedTrainingSystem:
         self._active = np.asarray([w for w, (a, b) in enumerate(parts) if b > a], np.int64)
         self._hyper = self.optimizer.hyper(lr)
         self._task = (inputs, targets, parts, 1.0 / max(n_valid, 1), lam)
+        self._saved[:] = False
         t0 = time.perf_counter()
         self._wait(self._A)      # Point A: release the workers
         self._wait(self._B)      # Point B: every gradient row is ready
@@ -252,8 +283,11 @@ class ThreadedTrainingSystem:
                 b.abort()
             if self._failure is not None:
                 w, exc, tb = self._failure
+                restored = self._roll_back()
                 raise WorkerError(f"worker sphere {w} failed: {exc!r}\n{tb}",
-                                  "see the worker traceback above") from exc
+                                  "see the worker traceback above" if restored else
+                                  "a worker is still running: reload the model from its "
+                                  "last checkpoint") from exc
             stuck = [f"{w} ({p})" for w, p in enumerate(self._phase) if p != "waiting"]
             raise WatchdogTimeout(
                 f"workers did not reach the barrier within {self.watchdog_timeout:.1f}s: "
@@ -306,6 +340,7 @@ class ThreadedTrainingSystem:
                 apply, gscale, _, _ = self._decision
                 self._phase[w] = "update"
                 if apply and hi > lo:
+                    self._save_segment(w, lo, hi)
                     self.optimizer.update_segment(self.model.params, self.grad, lo, hi,
                                                   self._hyper, gscale)
                 t_e = time.perf_counter()

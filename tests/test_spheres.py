@@ -46,6 +46,8 @@ def test_n_workers_equal_one_worker(n):
     ref = single_process_reference()
     m1, r1 = run(1)
     mn, rn = run(n)
+    again, _ = run(n)
+    assert again.params.tobytes() == mn.params.tobytes()       # fixed N: bit-identical
     np.testing.assert_allclose(m1.params, ref.params, rtol=0, atol=1e-6)
     np.testing.assert_allclose(mn.params, m1.params, rtol=0, atol=1e-6)
     assert np.abs(mn.params - Model(CFG, seed=0).params).max() > 1e-3   # it did train
@@ -104,6 +106,42 @@ def test_worker_exception_surfaces_quickly_and_threads_are_joined(monkeypatch):
     assert threading.active_count() == baseline
     with pytest.raises(WorkerError):
         s.train_step(*data())
+
+
+def test_worker_exception_in_the_update_phase_rolls_the_step_back(monkeypatch):
+    """Sphere 1 fails while updating its segment after sphere 0 has updated its own: the
+    parameters and AdamW moments are restored to what they were before the step."""
+    adam = TrainConfig(lr=1e-2, warmup_steps=0)
+    m = Model(CFG, seed=0)
+    s = ThreadedTrainingSystem(m, adam, n_workers=3, watchdog_timeout=30)
+    try:
+        for i in range(2):
+            s.train_step(*data(seed=i))
+        opt = s.optimizer
+        before = [m.params.copy(), opt.m.copy(), opt.v.copy()]
+        t_before = opt.t
+        real = opt.update_segment
+        sphere0_done = threading.Event()
+
+        def faulty(params, grad, lo, hi, hyper, grad_scale):
+            name = threading.current_thread().name
+            if name == "cllm-sphere-1":
+                assert sphere0_done.wait(10)
+                raise RuntimeError("injected fault while updating")
+            real(params, grad, lo, hi, hyper, grad_scale)
+            if name == "cllm-sphere-0":
+                sphere0_done.set()
+
+        monkeypatch.setattr(opt, "update_segment", faulty)
+        with pytest.raises(WorkerError, match="injected fault while updating"):
+            s.train_step(*data(seed=5))
+        assert sphere0_done.is_set()                       # a segment had been updated ...
+        after = [m.params, opt.m, opt.v]
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(after, before))   # ... and undone
+        assert opt.t == t_before
+    finally:
+        s.close()
+    assert s.threads_alive() == 0
 
 
 def test_stuck_worker_trips_the_watchdog(monkeypatch):
