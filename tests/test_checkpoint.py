@@ -97,3 +97,27 @@ def test_non_finite_parameters_are_never_written_nor_loaded(trained, monkeypatch
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         load_checkpoint(other)
     assert load_checkpoint(path).model.params[123] == m.params[123]
+
+
+@pytest.mark.parametrize("change", ["drop", "reshape"])
+def test_a_tensor_missing_or_of_the_wrong_shape_is_refused(trained, tmp_path, change):
+    """A well-formed file (payload hash consistent) whose tensors do not match its config."""
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    import engine.checkpoint as ck_mod
+
+    _, _, _, path, _ = trained
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata())
+    if change == "drop":
+        del tensors["lnf.b"]
+    else:
+        tensors["wpe"] = np.ascontiguousarray(tensors["wpe"][:-1])
+    meta["payload_sha256"] = ck_mod._payload_sha256(tensors)
+    bad = tmp_path / f"{change}.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(CheckpointError, match="does not match the config") as e:
+        load_checkpoint(bad)
+    assert str(bad) in e.value.one_line()
