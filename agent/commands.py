@@ -12,7 +12,7 @@ from typing import Optional
 
 import click
 
-from agent.clikit import friendly_errors
+from agent.clikit import data_dir_option, friendly_errors
 from engine.errors import CllmError
 
 REPO_CORPUS = Path(__file__).resolve().parent.parent / "corpus"
@@ -22,11 +22,6 @@ TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".c", ".h", ".cpp", ".js", ".ts",
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("CLLM_DATA_DIR") or "cllm-data")
-
-
-data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Data directory (default: $CLLM_DATA_DIR or ./cllm-data).")
 
 
 def read_docs(paths: list[Path]):

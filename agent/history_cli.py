@@ -14,58 +14,13 @@ from typing import Optional
 
 import click
 
-from agent.clikit import CONTEXT_SETTINGS, friendly_errors
+from agent.clikit import (CONTEXT_SETTINGS, data_dir_option, emit_table, existing_store,
+                          friendly_errors, jsonable)
 from engine.errors import CllmError
 
-data_dir_opt = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="CLLM_DATA_DIR",
-    default=Path("cllm-data"), show_default=True, help="Data directory (env CLLM_DATA_DIR).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects).")
 plot_opt = click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
                         help="Also write a plot to this PNG file.")
-
-
-def _open_existing(data_dir: Path):
-    from agent.continuous_trainer import open_store
-
-    if not (Path(data_dir) / "cllm.sqlite3").exists() and not os.environ.get("CLLM_DATABASE_URL"):
-        raise CllmError(f"no store in {data_dir}",
-                        "start the agent (cllm agent --data-dir DIR) or pass its --data-dir")
-    return open_store(data_dir)
-
-
-def _iso(v):
-    return v.isoformat() if hasattr(v, "isoformat") else v
-
-
-def _cell(column: str, value) -> str:
-    """A table cell: floats to 3 decimals, paths to their file name, token text with its
-    whitespace and control characters visible."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    if column == "checkpoint_path":
-        return os.path.basename(str(value))
-    if column == "token":
-        return repr(value)[1:-1].replace(" ", "\u2423")
-    return str(value)
-
-
-def _emit(rows: list[dict], as_json: bool, columns: list[str], title: str) -> None:
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, default=_iso))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*columns, title=title)
-    for r in rows:
-        table.add_row(*(_cell(c, r.get(c)) for c in columns))
-    console = Console()
-    if not console.is_terminal:        # piped: do not squeeze the table into 80 columns
-        console = Console(width=200)
-    console.print(table)
 
 
 def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
@@ -113,7 +68,7 @@ def cycle_rows(session) -> list[dict]:
 
 
 @click.command("cycles", context_settings=CONTEXT_SETTINGS)
-@data_dir_opt
+@data_dir_option
 @json_opt
 @plot_opt
 @friendly_errors
@@ -122,13 +77,13 @@ def history_cycles(data_dir, as_json, plot):
 
     Example: cllm history cycles --data-dir ./cllm-data --json --plot loss.png
     """
-    store = _open_existing(data_dir)
+    store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
             rows = cycle_rows(s)
     finally:
         store.close()
-    _emit(rows, as_json, ["id", "status", "trigger", "documents", "replayed", "tokens", "steps",
+    emit_table(rows, as_json, ["id", "status", "trigger", "documents", "replayed", "tokens", "steps",
                           "loss", "val_loss", "forgetting_mean", "checkpoint_path"],
           f"{len(rows)} cycles")
     if plot:
@@ -140,7 +95,7 @@ def history_cycles(data_dir, as_json, plot):
 
 
 @click.command("vocab", context_settings=CONTEXT_SETTINGS)
-@data_dir_opt
+@data_dir_option
 @click.option("--cycle", "cycle_id", type=int, default=None, help="Only this cycle's delta.")
 @json_opt
 @plot_opt
@@ -154,7 +109,7 @@ def history_vocab(data_dir, cycle_id, as_json, plot):
 
     from store.models import Document, VocabEntry
 
-    store = _open_existing(data_dir)
+    store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
             q = select(VocabEntry).where(VocabEntry.cycle_id.is_not(None)).order_by(VocabEntry.token_id)
@@ -169,7 +124,7 @@ def history_vocab(data_dir, cycle_id, as_json, plot):
                             .order_by(VocabEntry.token_id.desc()).limit(1))
     finally:
         store.close()
-    _emit(rows, as_json, ["token_id", "token", "cycle_id", "document"],
+    emit_table(rows, as_json, ["token_id", "token", "cycle_id", "document"],
           f"{len(rows)} learned tokens")
     if plot:
         size, xs, ys = (base or -1) + 1, [], []
@@ -184,7 +139,7 @@ def history_vocab(data_dir, cycle_id, as_json, plot):
 
 
 @click.command("checkpoints", context_settings=CONTEXT_SETTINGS)
-@data_dir_opt
+@data_dir_option
 @click.option("--verify", is_flag=True, help="Hash every checkpoint file against its row.")
 @json_opt
 @friendly_errors
@@ -198,7 +153,7 @@ def history_checkpoints(data_dir, verify, as_json):
     from engine.checkpoint import file_sha256
     from store.models import Checkpoint
 
-    store = _open_existing(data_dir)
+    store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
             rows = [{"id": c.id, "cycle_id": c.cycle_id, "path": c.path, "sha256": c.sha256,
@@ -211,12 +166,12 @@ def history_checkpoints(data_dir, verify, as_json):
         r["exists"] = Path(r["path"]).exists()
         if verify:
             r["ok"] = r["exists"] and file_sha256(r["path"]) == r["sha256"]
-    _emit(rows, as_json, ["id", "cycle_id", "step", "vocab_size", "latest", "exists"]
+    emit_table(rows, as_json, ["id", "cycle_id", "step", "vocab_size", "latest", "exists"]
           + (["ok"] if verify else []) + ["path"], f"{len(rows)} checkpoints")
 
 
 @click.command("forgetting", context_settings=CONTEXT_SETTINGS)
-@data_dir_opt
+@data_dir_option
 @click.option("--source", default=None, help="Only this source.")
 @json_opt
 @plot_opt
@@ -231,7 +186,7 @@ def history_forgetting(data_dir, source, as_json, plot):
 
     from store.models import EvalResult
 
-    store = _open_existing(data_dir)
+    store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
             q = select(EvalResult).order_by(EvalResult.cycle_id, EvalResult.source)
@@ -242,7 +197,7 @@ def history_forgetting(data_dir, source, as_json, plot):
                     for e in s.scalars(q)]
     finally:
         store.close()
-    _emit(rows, as_json, ["cycle_id", "source", "val_loss", "baseline_loss", "forgetting"],
+    emit_table(rows, as_json, ["cycle_id", "source", "val_loss", "baseline_loss", "forgetting"],
           f"{len(rows)} evaluations")
     if plot:
         series: dict[str, tuple[list, list]] = {}
@@ -259,7 +214,7 @@ HISTORY_COMMANDS = (history_cycles, history_vocab, history_checkpoints, history_
 # --- status -----------------------------------------------------------------------------------
 
 @click.command("status", context_settings=CONTEXT_SETTINGS)
-@data_dir_opt
+@data_dir_option
 @json_opt
 @friendly_errors
 def status(data_dir, as_json):
@@ -273,7 +228,7 @@ def status(data_dir, as_json):
     from agent.daemon import holder_pid
     from store.models import Checkpoint, Cycle, Document, StepMetric
 
-    store = _open_existing(data_dir)
+    store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
             running = s.scalars(select(Cycle).where(Cycle.status == "running")
@@ -306,7 +261,7 @@ def status(data_dir, as_json):
            "pending_documents": pending, "pending_bytes": pending_bytes or 0,
            "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
     if as_json:
-        click.echo(json.dumps(out, indent=2, default=_iso))
+        click.echo(json.dumps(out, indent=2, default=jsonable))
         return
     click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'} ({data_dir})")
     if current and current["stale"]:
@@ -332,7 +287,7 @@ def status(data_dir, as_json):
 # --- the daemon -------------------------------------------------------------------------------
 
 @click.command("agent", context_settings=CONTEXT_SETTINGS)
-@data_dir_opt
+@data_dir_option
 @click.option("--watch", multiple=True, metavar="DIR", help="Folder to watch (repeatable).")
 @click.option("--crawl", multiple=True, metavar="TARGET",
               help="Folder, file or http(s) URL to ingest at start (repeatable).")

@@ -2,7 +2,7 @@
 
 A thin layer over agent.crawler and store queries. `history` is a click group that other
 modules extend with their own subcommands (`history.add_command(...)` or
-`@history.command()`); `data_dir_option` and `open_data_store` are shared with them.
+`@history.command()`).
 """
 from __future__ import annotations
 
@@ -12,22 +12,8 @@ import threading
 
 import click
 
-from agent.clikit import CONTEXT_SETTINGS, friendly_errors
-
-DEFAULT_DATA_DIR = "./cllm-data"
-
-
-def data_dir_option(fn):
-    """--data-dir DIR, else $CLLM_DATA_DIR, else ./cllm-data."""
-    return click.option("--data-dir", type=click.Path(file_okay=False), envvar="CLLM_DATA_DIR",
-                        default=DEFAULT_DATA_DIR, show_default=True,
-                        help="Data directory holding the store (env CLLM_DATA_DIR).")(fn)
-
-
-def open_data_store(data_dir: str):
-    from store import open_store
-
-    return open_store(data_dir)
+from agent.clikit import (CONTEXT_SETTINGS, data_dir_option, emit_table, existing_store,
+                          friendly_errors, jsonable)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -67,7 +53,9 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
 
     plan = list(iter_targets(targets))  # validates every target before any work starts
     Ingestor(None, fallback_encoding=fallback_encoding)   # an unknown codec fails here, not later
-    store = open_data_store(data_dir)
+    from store import open_store
+
+    store = open_store(data_dir)
     stop = threading.Event()
     total = CrawlReport()
     per_target = []
@@ -152,32 +140,48 @@ def history_documents(data_dir, status, source, cycle_id, limit, as_json):
 
     Example: cllm history documents --data-dir ./cllm-data --status skipped --json
     """
-    if not os.path.exists(os.path.join(data_dir, "cllm.sqlite3")) and not os.environ.get("CLLM_DATABASE_URL"):
-        from store import StoreError
-
-        raise StoreError(f"no store in {data_dir}", "run `cllm crawl TARGET --data-dir DIR` first, "
-                         "or pass the --data-dir the agent uses")
     from store import queries
 
-    store = open_data_store(data_dir)
+    store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
             docs = queries.list_documents(s, status=status, source=source, cycle_id=cycle_id, limit=limit)
-            rows = [{f: _jsonable(getattr(d, f)) for f in DOCUMENT_FIELDS} for d in docs]
+            rows = [{f: jsonable(getattr(d, f)) for f in DOCUMENT_FIELDS} for d in docs]
     finally:
         store.close()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("id", "status", "uri", "sha256", "cycle", "reason", title=f"{len(rows)} documents")
-    for r in rows:
-        table.add_row(str(r["id"]), r["status"], r["uri"], (r["sha256"] or "")[:12],
-                      "" if r["cycle_id"] is None else str(r["cycle_id"]), r["reason"] or "")
-    Console().print(table)
+    emit_table(rows, as_json, ["id", "status", "uri", "sha256", "cycle_id", "reason"],
+               f"{len(rows)} documents")
 
 
-def _jsonable(v):
-    return v.isoformat() if hasattr(v, "isoformat") else v
+URL_FIELDS = ("id", "url", "status", "http_status", "reason", "document_id", "fetched_at")
+
+
+@history.command("urls", context_settings=CONTEXT_SETTINGS)
+@data_dir_option
+@click.option("--status", default=None, help="Only URLs with this status (fetched, skipped, failed, ...).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects).")
+@friendly_errors
+def history_urls(data_dir, status, limit, as_json):
+    """URLs the crawler handled, with the reason for every refusal (robots.txt, private
+    address, size, type, HTTP errors); a restart does not fetch them again.
+
+    Example: cllm history urls --data-dir ./cllm-data --status skipped
+    """
+    from sqlalchemy import select
+
+    from store.models import FetchedUrl
+
+    store = existing_store(data_dir)
+    try:
+        with store.session(read_only=True) as s:
+            q = select(FetchedUrl).order_by(FetchedUrl.id)
+            if status:
+                q = q.where(FetchedUrl.status == status)
+            if limit:
+                q = q.limit(limit)
+            rows = [{f: jsonable(getattr(u, f)) for f in URL_FIELDS} for u in s.scalars(q)]
+    finally:
+        store.close()
+    emit_table(rows, as_json, ["id", "status", "http_status", "url", "reason", "document_id"],
+               f"{len(rows)} URLs")

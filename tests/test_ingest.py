@@ -227,3 +227,20 @@ def test_cli_help_has_examples():
     for args in (["crawl", "-h"], ["history", "-h"], ["history", "documents", "-h"]):
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 0 and "Example:" in res.output
+
+
+def test_history_urls_lists_refused_urls_with_their_reason(tmp_path):
+    """An SSRF refusal is no document, but it is recorded, and `cllm history urls` shows it."""
+    from click.testing import CliRunner
+
+    data = str(tmp_path / "data")
+    r = CliRunner().invoke(main, ["crawl", "http://127.0.0.1:9/", "--data-dir", data])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["history", "urls", "--data-dir", data, "--json"])
+    rows = json.loads(r.output)
+    assert [(u["url"], u["status"]) for u in rows] == [("http://127.0.0.1:9/", "refused")]
+    assert "loopback" in rows[0]["reason"] and "--allow-private-hosts" in rows[0]["reason"]
+    table = CliRunner().invoke(main, ["history", "urls", "--data-dir", data]).output
+    assert "1 URLs" in table and "SSRF guard" in table
+    missing = CliRunner().invoke(main, ["history", "urls", "--data-dir", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "no store in" in missing.output
