@@ -5,31 +5,16 @@ a hint and exit status 2. Registered on the main CLI by agent/cli.py.
 """
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from engine.errors import CllmError
+from agent.clikit import CONTEXT_SETTINGS, friendly_errors  # the CLI layer is shared
 
 from .core import open_store
 from .db import ENV_URL
-
-CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"], max_content_width=100)
-
-
-def _friendly(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except CllmError as e:
-            click.echo(f"Error: {e.one_line()}", err=True)
-            sys.exit(2)
-    return wrapper
 
 
 def _database_options(fn):
@@ -52,7 +37,7 @@ def db() -> None:
 
 @db.command(context_settings=CONTEXT_SETTINGS)
 @_database_options
-@_friendly
+@friendly_errors
 def upgrade(data_dir: Path, database_url: Optional[str]) -> None:
     """Apply pending schema migrations (every command also does this when it opens the store).
 
@@ -70,7 +55,7 @@ def upgrade(data_dir: Path, database_url: Optional[str]) -> None:
 @db.command(context_settings=CONTEXT_SETTINGS)
 @_database_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@_friendly
+@friendly_errors
 def current(data_dir: Path, database_url: Optional[str], as_json: bool) -> None:
     """Show which database the store uses, its schema revision and the newest one known.
 
