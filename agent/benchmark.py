@@ -1,6 +1,10 @@
-"""Thread scaling of the ThreadedTrainingSystem, shared by `cllm bench` and
-benchmarks/bench_spheres.py.
+"""Measurements shared by `cllm bench`, the benchmarks/ scripts and the tests.
 
+Thread scaling of the ThreadedTrainingSystem (`scaling`, for `cllm bench` and
+benchmarks/bench_spheres.py), and continual learning as sources arrive (`continual_run`, for
+benchmarks/bench_agent.py and the forgetting test).
+
+Scaling:
 For each worker count: tokens/s of full training steps (forward + backward + reduction +
 AdamW), scaling and efficiency against the first count, CPU utilisation (process CPU seconds
 / wall seconds / cores) while training and, when PyTorch and the repository's
@@ -139,3 +143,70 @@ def topology_lines(topo: dict) -> list[str]:
     for c in topo["children"]:
         walk(c, 1)
     return out
+
+
+# --- continual learning: forgetting with and without replay -----------------------------
+
+def nats_per_byte(state, texts: list[str]) -> float:
+    """Validation loss in nats per byte of held-out text: comparable across cycles even
+    though the vocabulary (and so the number of tokens per byte) grows."""
+    from engine.data import eval_windows, pack
+
+    stream = pack([state.tokenizer.encode(t) for t in texts], state.tokenizer.eod_id)
+    x, y = eval_windows(stream, state.model.config.context)
+    total = 0.0
+    for i in range(0, len(x), 16):
+        total += state.model.loss(x[i:i + 16], y[i:i + 16])[0]
+    return total / sum(len(t.encode("utf-8")) for t in texts)
+
+
+def continual_run(docs, settings, chunks: int = 1) -> list[dict]:
+    """Sources arrive one after another (each in `chunks` parts, one cycle per part) into a
+    fresh store and data directory; after every cycle, validation loss in nats per byte on
+    the never-trained held-out tails of every source seen so far, and forgetting (that loss
+    now minus right after the source's latest part was learned). One dict per cycle."""
+    import tempfile
+
+    from agent.continuous_trainer import (ContinuousTrainer, open_store, record_documents,
+                                          split_text)
+
+    sources = sorted({d.source for d in docs})
+    replay_fraction = settings.replay_fraction
+    arrivals = []                                 # (source, documents), in arrival order
+    for src in sources:
+        mine = [d for d in docs if d.source == src]
+        k = max(1, min(chunks, len(mine)))
+        arrivals += [(src, mine[i::k]) for i in range(k)]
+    heldout: dict[str, list[str]] = {}            # tails never trained on, fixed per source
+    learned: dict[str, float] = {}                # nats/byte right after a source's last part
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, open_store(tmp) as store:
+        trainer = ContinuousTrainer(store, Path(tmp), settings)
+        trainer.load_latest()
+        for src, part in arrivals:
+            t0 = time.perf_counter()
+            batch = record_documents(store, part)
+            t_ingest = time.perf_counter() - t0
+            heldout.setdefault(src, []).extend(split_text(d.text, settings.val_fraction)[1]
+                                               for d in part)
+            t0 = time.perf_counter()
+            rep = trainer.run_cycle(batch, "bench")
+            wall = time.perf_counter() - t0
+            state = trainer._state()
+            npb = {s: nats_per_byte(state, t) for s, t in heldout.items()}
+            learned[src] = npb[src]
+            rows.append({"replay_fraction": replay_fraction, "cycle": rep.cycle_id,
+                         "source": src, "documents": len(batch),
+                         "replayed": len(rep.replay_ids), "steps": rep.run.steps,
+                         "tokens_per_s": round(rep.run.tokens_per_s),
+                         "train_s": round(rep.run.seconds, 2), "cycle_s": round(wall, 2),
+                         "overhead_s": round(wall - rep.run.seconds, 2),
+                         "ingest_s": round(t_ingest, 3),
+                         "vocab": f"{rep.vocab_before}->{rep.vocab_after}",
+                         "loss_end": round(rep.run.loss_end, 3),
+                         "forgetting": {k: round(v, 3) for k, v in rep.forgetting.items()},
+                         "val_nats_per_byte": {k: round(v, 4) for k, v in npb.items()},
+                         "mean_val_nats_per_byte": round(sum(npb.values()) / len(npb), 4),
+                         "forgetting_nats_per_byte": {k: round(npb[k] - learned[k], 4)
+                                                      for k in npb}})
+    return rows
