@@ -90,6 +90,15 @@ class TrainerSettings:
                             "e.g. 0.1")
         if self.steps is not None and self.steps < 1:
             raise CllmError("steps per cycle must be >= 1", "e.g. --cycle-steps 100")
+        if self.preset not in ("tiny", "small", "base"):
+            raise CllmError(f"preset {self.preset!r} is not tiny, small or base",
+                            "e.g. --preset small")
+        if self.workers is not None and self.workers < 1:
+            raise CllmError(f"workers = {self.workers}: at least one worker sphere is needed",
+                            "e.g. --workers 1, or leave it out for cores - 1")
+        if self.batch_size < 1 or self.lr <= 0 or self.max_new_tokens < 0:
+            raise CllmError("--batch-size must be >= 1, --lr > 0 and --max-new-tokens >= 0",
+                            "e.g. --batch-size 8 --lr 2e-3 --max-new-tokens 500")
         if self.crystalline_weight < 0:
             raise CllmError(f"crystalline weight {self.crystalline_weight} is negative",
                             "e.g. --crystalline-weight 0.05, or 0 to turn the prior off")

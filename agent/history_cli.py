@@ -352,18 +352,18 @@ def agent(data_dir, config, max_cycles, **flags):
     root = logging.getLogger()
     if root.level > logging.INFO:  # the agent reports its cycles unless told to be quieter
         logging.getLogger("agent").setLevel(logging.INFO)
-    if not cfg["watch"] and not cfg["crawl"]:
-        cfg["watch"], cfg["crawl"] = embedded_targets(Path(data_dir))
-        click.echo(f"embedded defaults: watching {cfg['watch'][0]} (drop text files there)"
-                   + (f" and learning the sample corpus in {Path(cfg['crawl'][0]).parent}"
-                      if cfg["crawl"] else ""),
-                   err=True)
     tset = TrainerSettings(preset=cfg["preset"], workers=cfg["workers"],
                            min_cycle_tokens=cfg["min_cycle_tokens"], max_wait=cfg["max_wait"],
                            replay_fraction=cfg["replay_fraction"], steps=cfg["cycle_steps"],
                            batch_size=cfg["batch_size"], lr=cfg["lr"], min_lr=cfg["lr"] / 10,
                            max_new_tokens=cfg["max_new_tokens"],
                            crystalline_weight=cfg["crystalline_weight"], init=cfg["init"])
+    if not cfg["watch"] and not cfg["crawl"]:
+        cfg["watch"], cfg["crawl"] = embedded_targets(Path(data_dir))
+        click.echo(f"embedded defaults: watching {cfg['watch'][0]} (drop text files there)"
+                   + (f" and learning the sample corpus in {Path(cfg['crawl'][0]).parent}"
+                      if cfg["crawl"] else ""),
+                   err=True)
     stop = threading.Event()
     install_signal_handlers(stop)
     a = Agent(AgentConfig(Path(data_dir), tset, tuple(cfg["watch"]), tuple(cfg["crawl"]),

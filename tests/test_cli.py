@@ -108,3 +108,26 @@ def test_neighbours_lists_twelve_tokens_ranked_by_crystalline_similarity():
     assert "symmetry group 4" in text and len(text.strip().splitlines()) == 2 + 12
     bad = CliRunner().invoke(main, ["neighbours", "900", "--vocab-size", "500"])
     assert bad.exit_code == 2 and "outside the vocabulary" in bad.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "at least one worker"),
+    (["--replay-fraction", "1.5"], "outside [0, 1)"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--max-wait", "-1"], "--max-wait >= 0"),
+    (["--crystalline-weight", "-0.5"], "is negative"),
+    (["--watch", "/nonexistent/folder"], "cannot watch"),
+    (["--crawl", "ftp://example.org/"], "http(s) URL"),
+])
+def test_agent_setting_mistakes_are_one_line_errors_and_touch_nothing(tmp_path, args, message):
+    data = tmp_path / "data"
+    r = CliRunner().invoke(main, ["agent", "--data-dir", str(data), *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "hint:" in r.output and "Traceback" not in r.output
+    assert not (data / "cllm.sqlite3").exists() and not (data / "cllm.lock").exists()
+
+
+def test_agent_settings_from_the_environment_are_validated_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLLM_PRESET", "huge")
+    r = CliRunner().invoke(main, ["agent", "--data-dir", str(tmp_path / "data")])
+    assert r.exit_code == 2 and "preset 'huge'" in r.output and "hint:" in r.output
