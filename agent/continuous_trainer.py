@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import logging
 import math
 import os
@@ -161,17 +162,16 @@ class ContinuousTrainer:
     def recover(self) -> list[Path]:
         """Mark cycles left running as interrupted; delete checkpoint files no row names
         (written by a cycle that never committed). Returns the deleted files."""
-        from sqlalchemy import select
-
-        from store.models import Checkpoint, Cycle
+        from store.queries import interrupt_running_cycles, list_checkpoints, list_cycles
 
         with self.store.session() as s:
-            for c in s.scalars(select(Cycle).where(Cycle.status == "running")):
-                c.status, c.finished = "interrupted", _now()
-                c.error = c.error or "the agent stopped during this cycle; its documents stayed pending"
+            for c in list_cycles(s, status="running"):
                 log.warning("cycle %s was interrupted; its documents are still pending", c.id)
-            known = {str(Path(p).resolve()) for p in s.scalars(select(Checkpoint.path))}
-            unfinished = set(s.scalars(select(Cycle.id).where(Cycle.status != "completed")))
+            interrupt_running_cycles(
+                s, "the agent stopped during this cycle; its documents stayed pending",
+                keep_error=True)
+            known = {str(Path(c.path).resolve()) for c in list_checkpoints(s)}
+            unfinished = {c.id for c in list_cycles(s) if c.status != "completed"}
         removed = []
         d = checkpoint_dir(self.data_dir)
         for p in sorted(d.iterdir()) if d.is_dir() else []:
@@ -186,13 +186,12 @@ class ContinuousTrainer:
     def load_latest(self) -> State:
         """The latest recorded checkpoint whose SHA-256 matches its row; a mismatching one is
         refused with a warning and the previous one is used. A new model if there is none."""
-        from sqlalchemy import select
-
-        from store.models import Checkpoint
+        from store.queries import list_checkpoints
 
         with self.store.session(read_only=True) as s:
-            rows = [(c.id, c.path, c.sha256) for c in s.scalars(
-                select(Checkpoint).order_by(Checkpoint.is_latest.desc(), Checkpoint.id.desc()))]
+            # the latest first, then the others newest first (the sort is stable)
+            rows = [(c.id, c.path, c.sha256) for c in sorted(
+                list_checkpoints(s, newest_first=True), key=lambda c: not c.is_latest)]
         for _, path, sha in rows:
             try:
                 self.state = load_state(Path(path), expected_sha256=sha)
@@ -211,21 +210,16 @@ class ContinuousTrainer:
 
     def pending_summary(self) -> tuple[int, int, Optional[dt.datetime]]:
         """(pending documents, their tokens under the current tokenizer, oldest first_seen)."""
-        from sqlalchemy import select
-        from sqlalchemy.orm import undefer
-
-        from store.models import Document
+        from store.queries import list_documents
 
         tok = self._state().tokenizer
         if len(tok) != self._tok_cache_vocab:
             self._tok_cache, self._tok_cache_vocab = {}, len(tok)
         with self.store.session(read_only=True) as s:
-            rows = s.execute(select(Document.id, Document.first_seen).where(
-                Document.status == "pending").order_by(Document.id)).all()
+            rows = [(d.id, d.first_seen) for d in list_documents(s, status="pending")]
             missing = [i for i, _ in rows if i not in self._tok_cache]
             if missing:
-                for d in s.scalars(select(Document).options(undefer(Document.text))
-                                   .where(Document.id.in_(missing))):
+                for d in list_documents(s, ids=missing, with_text=True):
                     self._tok_cache[d.id] = len(tok.encode(d.text or ""))
         ids = {i for i, _ in rows}
         self._tok_cache = {i: n for i, n in self._tok_cache.items() if i in ids}
@@ -255,15 +249,11 @@ class ContinuousTrainer:
 
     def run_pending(self, trigger: str) -> Optional[CycleReport]:
         """One cycle over (up to max_cycle_docs of) the pending documents."""
-        from sqlalchemy import select
-        from sqlalchemy.orm import undefer
-
-        from store.models import Document
+        from store.documents import pending_documents
 
         with self.store.session(read_only=True) as s:
-            docs = [(d.id, Doc(d.uri, d.source, d.text or "")) for d in s.scalars(
-                select(Document).options(undefer(Document.text)).where(Document.status == "pending")
-                .order_by(Document.id).limit(self.settings.max_cycle_docs))]
+            docs = [(d.id, Doc(d.uri, d.source, d.text or ""))
+                    for d in pending_documents(s, limit=self.settings.max_cycle_docs)]
         if not docs:
             return None
         return self.run_cycle(docs, trigger)
@@ -272,7 +262,7 @@ class ContinuousTrainer:
                   steps: Optional[int] = None) -> Optional[CycleReport]:
         """Train one cycle on `docs` (store ids with their text) and record it atomically.
         Documents with nothing to train on are marked failed (with the reason) instead."""
-        from store.models import Cycle
+        from store.queries import start_cycle
 
         st = self.settings
         state = self._state()
@@ -280,11 +270,8 @@ class ContinuousTrainer:
             self._refuse(docs, "no trainable text (too short once the held-out tail is cut)")
             return None
         with self.store.session() as s:
-            cyc = Cycle(trigger=trigger, status="running", docs_new=len(docs),
-                        vocab_size_before=len(state.tokenizer), workers=st.workers)
-            s.add(cyc)
-            s.flush()
-            cycle_id = cyc.id
+            cycle_id = start_cycle(s, trigger=trigger, workers=st.workers, docs_new=len(docs),
+                                   vocab_size_before=len(state.tokenizer)).id
         log.info("cycle %s (%s): %s new documents", cycle_id, trigger, len(docs))
         try:
             return self._train_and_record(cycle_id, docs, trigger, steps)
@@ -356,70 +343,65 @@ class ContinuousTrainer:
                 heldout_tokens: dict[str, int]) -> dict[str, float]:
         """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
         evaluations with forgetting, documents trained."""
-        from sqlalchemy import select, update
-
-        from store.models import Checkpoint, Cycle, Document, EvalResult, VocabEntry
+        from store.documents import mark_trained
+        from store.queries import (finish_cycle, forgetting_by_source, record_checkpoint,
+                                   record_eval, record_vocab, vocab_size)
 
         st, tok = self.settings, self.state.tokenizer
         new_sources = {d.source for _, d in docs}
         doc_ids = [i for i, _ in docs]
         forgetting: dict[str, float] = {}
         with self.store.session() as s:
-            cyc = s.get(Cycle, cycle_id)
-            # vocabulary: the byte tokens (no cycle) once, then this cycle's delta
-            have = set(s.scalars(select(VocabEntry.token_id)))
+            # vocabulary: the byte tokens (no cycle) once, then this cycle's delta; the
+            # stored vocabulary is append-only, so what is missing is what lies past its end
             parts = {z: (a, b) for a, b, z in tok.merges}
             new_ids = set(res.new_token_ids)
-            for tid in range(len(tok)):
-                if tid in have:
-                    continue
+            entries = []
+            for tid in range(vocab_size(s), len(tok)):
                 new = tid in new_ids
                 a, b = parts.get(tid, (None, None))
-                s.add(VocabEntry(token_id=tid, token_bytes=tok.token_bytes(tid), left_id=a,
-                                 right_id=b, cycle_id=cycle_id if new else None,
-                                 document_id=doc_ids[first[tid]] if new and tid in first else None))
-            # evaluations: baseline = loss right after the source was last learned
+                entries.append((new, {"token_id": tid, "token_bytes": tok.token_bytes(tid),
+                                      "left_id": a, "right_id": b,
+                                      "document_id": doc_ids[first[tid]]
+                                      if new and tid in first else None}))
+            for new, group in itertools.groupby(entries, key=lambda e: e[0]):
+                record_vocab(s, [e for _, e in group], cycle_id=cycle_id if new else None)
+            # documents: trained in this cycle (only now, in the same transaction); every one
+            # records this cycle, also one trained before (`cllm train` learns it again)
+            mark_trained(s, doc_ids, cycle_id, retrain=True,
+                         n_tokens={i: len(tok.encode(d.text)) for i, d in docs})
+            # evaluations: baseline = loss right after the source was last learned (by this
+            # cycle's documents, else carried from the source's latest evaluation)
             for source, loss in sorted(res.val_loss.items()):
                 if source in new_sources:
                     base = loss
                 else:
-                    base = s.scalars(select(EvalResult.baseline_loss).where(
-                        EvalResult.source == source).order_by(EvalResult.id.desc()).limit(1)).first()
-                f = None if base is None else loss - base
-                if f is not None:
-                    forgetting[source] = f
-                s.add(EvalResult(cycle_id=cycle_id, source=source, val_loss=loss,
-                                 baseline_loss=base, forgetting=f,
-                                 n_tokens=heldout_tokens.get(source)))
+                    earlier = forgetting_by_source(s, source=source)
+                    base = earlier[-1]["baseline_loss"] if earlier else None
+                e = record_eval(s, cycle_id, source, loss, n_tokens=heldout_tokens.get(source),
+                                baseline_loss=base, derive_baseline=False)
+                if e.forgetting is not None:
+                    forgetting[source] = e.forgetting
             # checkpoint row, the new latest
-            s.execute(update(Checkpoint).where(Checkpoint.is_latest.is_(True)).values(is_latest=False))
-            s.flush()
-            s.add(Checkpoint(path=str(path), sha256=sha, step=self.state.step, cycle_id=cycle_id,
-                             vocab_size=len(tok), size_bytes=path.stat().st_size, is_latest=True))
-            # documents: trained in this cycle (only now, in the same transaction)
-            texts = dict(docs)
-            for d in s.scalars(select(Document).where(Document.id.in_(doc_ids))):
-                d.cycle_id = cycle_id
-                d.n_tokens = len(tok.encode(texts[d.id].text))
-                if d.status == "pending":
-                    d.status, d.reason = "trained", None
+            record_checkpoint(s, path=str(path), sha256=sha, step=self.state.step,
+                              vocab_size=len(tok), cycle_id=cycle_id,
+                              size_bytes=path.stat().st_size)
             vals = list(res.val_loss.values())
-            cyc.status, cyc.finished = "completed", _now()
-            cyc.docs_new, cyc.docs_replayed = len(docs), len(replay)
-            cyc.tokens, cyc.steps, cyc.skipped_steps = res.tokens, res.steps, res.skipped
-            cyc.loss_start, cyc.loss_end = res.loss_start, res.loss_end
-            cyc.val_loss = float(np.mean(vals)) if vals else None
-            cyc.forgetting_mean = float(np.mean(list(forgetting.values()))) if forgetting else None
-            cyc.forgetting_max = max(forgetting.values()) if forgetting else None
-            cyc.tokens_per_s = res.tokens_per_s
-            cyc.workers = st.workers
-            cyc.vocab_size_before, cyc.vocab_size_after = vocab_before, len(tok)
-            cyc.schedule = {"steps": steps, "lr": tcfg.lr, "min_lr": tcfg.min_lr,
-                            "warmup_steps": tcfg.warmup_steps, "decay": "cosine",
-                            "batch_size": tcfg.batch_size, "replay_fraction": st.replay_fraction,
-                            "replay_document_ids": [i for i, _ in replay],
-                            "document_ids": doc_ids, "new_token_ids": list(res.new_token_ids),
-                            "seconds": round(res.seconds, 3)}
+            finish_cycle(
+                s, cycle_id, status="completed", docs_new=len(docs), docs_replayed=len(replay),
+                tokens=res.tokens, steps=res.steps, skipped_steps=res.skipped,
+                loss_start=res.loss_start, loss_end=res.loss_end,
+                val_loss=float(np.mean(vals)) if vals else None,
+                forgetting_mean=float(np.mean(list(forgetting.values()))) if forgetting else None,
+                forgetting_max=max(forgetting.values()) if forgetting else None,
+                tokens_per_s=res.tokens_per_s, workers=st.workers,
+                vocab_size_before=vocab_before, vocab_size_after=len(tok),
+                schedule={"steps": steps, "lr": tcfg.lr, "min_lr": tcfg.min_lr,
+                          "warmup_steps": tcfg.warmup_steps, "decay": "cosine",
+                          "batch_size": tcfg.batch_size, "replay_fraction": st.replay_fraction,
+                          "replay_document_ids": [i for i, _ in replay],
+                          "document_ids": doc_ids, "new_token_ids": list(res.new_token_ids),
+                          "seconds": round(res.seconds, 3)})
         return forgetting
 
     # --- helpers -------------------------------------------------------------------------------
@@ -431,46 +413,35 @@ class ContinuousTrainer:
 
     def _replay_sample(self, cycle_id: int, exclude: set[int]) -> list[tuple[int, Doc]]:
         """A seeded sample of trained documents for replay (their text read from the store)."""
-        from sqlalchemy import select
-        from sqlalchemy.orm import undefer
-
-        from store.models import Document
+        from store.documents import replay_sample
 
         if self.settings.replay_fraction <= 0:
             return []
+        rng = np.random.default_rng(self.settings.seed * 1_000_003 + cycle_id)
+
+        def draw(ids: list[int], k: int) -> list[int]:
+            return rng.choice(ids, size=k, replace=False).tolist()
+
         with self.store.session(read_only=True) as s:
-            ids = [i for i in s.scalars(select(Document.id).where(
-                Document.status == "trained").order_by(Document.id)) if i not in exclude]
-            if not ids:
-                return []
-            rng = np.random.default_rng(self.settings.seed * 1_000_003 + cycle_id)
-            pick = sorted(rng.choice(ids, size=min(len(ids), self.settings.replay_docs),
-                                     replace=False).tolist())
-            return [(d.id, Doc(d.uri, d.source, d.text or "")) for d in s.scalars(
-                select(Document).options(undefer(Document.text)).where(Document.id.in_(pick))
-                .order_by(Document.id))]
+            return [(d.id, Doc(d.uri, d.source, d.text or "")) for d in replay_sample(
+                s, self.settings.replay_docs, exclude_ids=sorted(exclude), draw=draw)]
 
     def _heldout(self, new_by_source: dict[str, list[str]]) -> dict[str, str]:
         """Held-out tails per source: the tails of its earliest trained documents (by id),
         then of this cycle's new ones, up to HELDOUT_CHARS_PER_SOURCE. Earlier documents come
         first so a source's slice stays the same from cycle to cycle once it is full."""
-        from sqlalchemy import select
-        from sqlalchemy.orm import undefer
-
-        from store.models import Document
+        from store.queries import list_documents
 
         vf = self.settings.val_fraction
         budget: dict[str, float] = {}
         chosen: list[int] = []
         with self.store.session(read_only=True) as s:
-            for i, src, size in s.execute(select(Document.id, Document.source, Document.size_bytes)
-                                          .where(Document.status == "trained").order_by(Document.id)):
-                if budget.get(src, 0.0) < HELDOUT_CHARS_PER_SOURCE:
-                    budget[src] = budget.get(src, 0.0) + (size or 0) * vf
-                    chosen.append(i)
+            for d in list_documents(s, status="trained"):
+                if budget.get(d.source, 0.0) < HELDOUT_CHARS_PER_SOURCE:
+                    budget[d.source] = budget.get(d.source, 0.0) + (d.size_bytes or 0) * vf
+                    chosen.append(d.id)
             texts: dict[str, list[str]] = {}
-            for d in s.scalars(select(Document).options(undefer(Document.text))
-                               .where(Document.id.in_(chosen)).order_by(Document.id)):
+            for d in list_documents(s, ids=chosen, with_text=True):
                 texts.setdefault(d.source, []).append(split_text(d.text or "", vf)[1])
         for source, items in new_by_source.items():
             for t in items:
@@ -480,14 +451,14 @@ class ContinuousTrainer:
 
     def _write_metrics(self, cycle_id: int, rows, steps: int) -> None:
         """Sampled step metrics, and the running cycle's progress (steps done / planned)."""
-        from store.models import Cycle, StepMetric
+        from store.queries import get_cycle, record_step_metrics
 
         try:
             with self.store.session() as s:
-                for i, loss, lr in rows:
-                    s.add(StepMetric(cycle_id=cycle_id, step=i,
-                                     loss=loss if math.isfinite(loss) else None, lr=lr))
-                c = s.get(Cycle, cycle_id)
+                record_step_metrics(s, cycle_id, [
+                    {"step": i, "loss": loss if math.isfinite(loss) else None, "lr": lr}
+                    for i, loss, lr in rows])
+                c = get_cycle(s, cycle_id)   # progress of the running cycle, for `cllm status`
                 c.steps = max(i for i, _, _ in rows)
                 if c.schedule is None:
                     c.schedule = {"steps": steps}
@@ -495,25 +466,20 @@ class ContinuousTrainer:
             log.warning("could not record step metrics of cycle %s: %s", cycle_id, e)
 
     def _refuse(self, docs, reason: str) -> None:
-        from sqlalchemy import select
-
-        from store.models import Document
+        from store.documents import mark_failed
 
         with self.store.session() as s:
-            for d in s.scalars(select(Document).where(Document.id.in_([i for i, _ in docs]))):
-                if d.status == "pending":
-                    d.status, d.reason = "failed", reason
+            mark_failed(s, [i for i, _ in docs], reason)
         log.warning("%s documents not trained: %s", len(docs), reason)
 
     def _fail(self, cycle_id: int, e: BaseException) -> None:
-        from store.models import Cycle
+        from store.queries import finish_cycle
 
         status = "interrupted" if isinstance(e, (CycleInterrupted, KeyboardInterrupt)) else "failed"
         try:
             with self.store.session() as s:
-                c = s.get(Cycle, cycle_id)
-                c.status, c.finished = status, _now()
-                c.error = (e.one_line() if isinstance(e, CllmError) else repr(e))[:2000]
+                finish_cycle(s, cycle_id, status=status,
+                             error=(e.one_line() if isinstance(e, CllmError) else repr(e))[:2000])
         except Exception as e2:
             log.error("could not record the end of cycle %s: %s", cycle_id, e2)
         if status == "failed":
@@ -529,12 +495,12 @@ def _now() -> dt.datetime:
 def record_documents(store, docs: Sequence[Doc]) -> list[tuple[int, Doc]]:
     """Store `docs` (deduplicated by content) and return them with their ids, for a one-shot
     cycle such as `cllm train`: a document seen before keeps its row and is trained again."""
-    from store.documents import add_document
+    from store.documents import add_documents
 
     out: dict[int, Doc] = {}
     with store.session() as s:
-        for d in docs:
-            row, _ = add_document(s, uri=d.uri, source=d.source, text=d.text)
-            s.flush()
+        rows = add_documents(s, [{"uri": d.uri, "source": d.source, "text": d.text} for d in docs])
+        s.flush()
+        for (row, _), d in zip(rows, docs):
             out.setdefault(row.id, d)
     return list(out.items())

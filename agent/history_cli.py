@@ -46,13 +46,11 @@ def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel:
 # --- history ----------------------------------------------------------------------------------
 
 def cycle_rows(session) -> list[dict]:
-    from sqlalchemy import select
+    from store.queries import list_checkpoints, list_cycles
 
-    from store.models import Checkpoint, Cycle
-
-    ckpts = {c.cycle_id: c for c in session.scalars(select(Checkpoint).order_by(Checkpoint.id))}
+    ckpts = {c.cycle_id: c for c in list_checkpoints(session)}  # a cycle's last checkpoint
     rows = []
-    for c in session.scalars(select(Cycle).order_by(Cycle.id)):
+    for c in list_cycles(session):
         ck = ckpts.get(c.id)
         rows.append({"id": c.id, "status": c.status, "trigger": c.trigger, "started": c.started,
                      "finished": c.finished, "documents": c.docs_new,
@@ -105,23 +103,21 @@ def history_vocab(data_dir, cycle_id, as_json, plot):
 
     Example: cllm history vocab --data-dir ./cllm-data --cycle 2 --json
     """
-    from sqlalchemy import select
-
-    from store.models import Document, VocabEntry
+    from store.queries import list_documents, load_vocab, vocab_delta
 
     store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
-            q = select(VocabEntry).where(VocabEntry.cycle_id.is_not(None)).order_by(VocabEntry.token_id)
-            if cycle_id is not None:
-                q = q.where(VocabEntry.cycle_id == cycle_id)
-            uris = dict(s.execute(select(Document.id, Document.uri)).all())
+            vocab = load_vocab(s)
+            learned = (vocab_delta(s, cycle_id) if cycle_id is not None
+                       else [v for v in vocab if v.cycle_id is not None])
+            uris = {d.id: d.uri for d in list_documents(
+                s, ids={v.document_id for v in learned if v.document_id is not None})}
             rows = [{"token_id": v.token_id,
                      "token": v.token_bytes.decode("utf-8", "backslashreplace"),
                      "cycle_id": v.cycle_id, "document_id": v.document_id,
-                     "document": uris.get(v.document_id)} for v in s.scalars(q)]
-            base = s.scalar(select(VocabEntry.token_id).where(VocabEntry.cycle_id.is_(None))
-                            .order_by(VocabEntry.token_id.desc()).limit(1))
+                     "document": uris.get(v.document_id)} for v in learned]
+            base = max((v.token_id for v in vocab if v.cycle_id is None), default=None)
     finally:
         store.close()
     emit_table(rows, as_json, ["token_id", "token", "cycle_id", "document"],
@@ -148,10 +144,8 @@ def history_checkpoints(data_dir, verify, as_json):
 
     Example: cllm history checkpoints --data-dir ./cllm-data --verify
     """
-    from sqlalchemy import select
-
     from engine.checkpoint import file_sha256
-    from store.models import Checkpoint
+    from store.queries import list_checkpoints
 
     store = existing_store(data_dir)
     try:
@@ -159,7 +153,7 @@ def history_checkpoints(data_dir, verify, as_json):
             rows = [{"id": c.id, "cycle_id": c.cycle_id, "path": c.path, "sha256": c.sha256,
                      "step": c.step, "vocab_size": c.vocab_size, "size_bytes": c.size_bytes,
                      "latest": c.is_latest, "created": c.created}
-                    for c in s.scalars(select(Checkpoint).order_by(Checkpoint.id))]
+                    for c in list_checkpoints(s)]
     finally:
         store.close()
     for r in rows:
@@ -182,19 +176,14 @@ def history_forgetting(data_dir, source, as_json, plot):
 
     Example: cllm history forgetting --data-dir ./cllm-data --plot forgetting.png
     """
-    from sqlalchemy import select
+    from store.queries import forgetting_by_source
 
-    from store.models import EvalResult
-
+    fields = ("cycle_id", "source", "val_loss", "baseline_loss", "forgetting")
     store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
-            q = select(EvalResult).order_by(EvalResult.cycle_id, EvalResult.source)
-            if source is not None:
-                q = q.where(EvalResult.source == source)
-            rows = [{"cycle_id": e.cycle_id, "source": e.source, "val_loss": e.val_loss,
-                     "baseline_loss": e.baseline_loss, "forgetting": e.forgetting}
-                    for e in s.scalars(q)]
+            rows = [{k: e[k] for k in fields}
+                    for e in forgetting_by_source(s, source=source, by_cycle=True)]
     finally:
         store.close()
     emit_table(rows, as_json, ["cycle_id", "source", "val_loss", "baseline_loss", "forgetting"],
@@ -226,31 +215,34 @@ def status(data_dir, as_json):
     from sqlalchemy import func, select
 
     from agent.daemon import holder_pid
-    from store.models import Checkpoint, Cycle, Document, StepMetric
+    from store.documents import pending_summary
+    from store.models import Cycle
+    from store.queries import document_counts, latest_checkpoint, list_cycles, step_metrics
 
     store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
-            running = s.scalars(select(Cycle).where(Cycle.status == "running")
-                                .order_by(Cycle.id.desc()).limit(1)).first()
+            running = next(iter(list_cycles(s, status="running", limit=1)), None)
             current = None
             if running is not None:
-                last = s.scalars(select(StepMetric).where(StepMetric.cycle_id == running.id)
-                                 .order_by(StepMetric.step.desc()).limit(1)).first()
+                last = next(reversed(step_metrics(s, running.id)), None)
                 current = {"id": running.id, "trigger": running.trigger,
                            "started": running.started, "documents": running.docs_new,
                            "step": last.step if last else 0,
                            "steps": (running.schedule or {}).get("steps"),
                            "loss": last.loss if last else None}
-            pending, pending_bytes = s.execute(select(func.count(Document.id), func.sum(
-                Document.size_bytes)).where(Document.status == "pending")).one()
-            counts = dict(s.execute(select(Document.status, func.count(Document.id))
-                                    .group_by(Document.status)).all())
-            ck = s.scalars(select(Checkpoint).where(Checkpoint.is_latest.is_(True))).first()
+            queue = pending_summary(s)
+            pending, pending_bytes = queue["documents"], queue["bytes"]
+            counts: dict[str, int] = {}
+            for c in document_counts(s):
+                counts[c["status"]] = counts.get(c["status"], 0) + c["documents"]
+            counts = dict(sorted(counts.items()))
+            ck = latest_checkpoint(s)
             last_ckpt = None if ck is None else {"path": ck.path, "sha256": ck.sha256,
                                                   "step": ck.step, "cycle_id": ck.cycle_id,
                                                   "vocab_size": ck.vocab_size,
                                                   "created": ck.created}
+            # a count: list_cycles would load every completed cycle (with its schedule) for it
             completed = s.scalar(select(func.count(Cycle.id)).where(Cycle.status == "completed"))
     finally:
         store.close()

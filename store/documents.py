@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -176,11 +176,17 @@ def pending_summary(session: Session) -> dict:
             "tokens": int(row[2]) if row[2] is not None else None, "oldest": row[3]}
 
 
-def mark_trained(session: Session, doc_ids: Iterable[int], cycle_id: int) -> int:
+def mark_trained(session: Session, doc_ids: Iterable[int], cycle_id: int, *,
+                 retrain: bool = False,
+                 n_tokens: Optional[Mapping[int, int]] = None) -> int:
     """Mark pending documents trained by `cycle_id`; returns how many were marked.
 
     Documents already trained keep the cycle that first trained them (replay does not
     change it). A document deleted while its cycle ran stays deleted, but records the cycle.
+    With `retrain` (a cycle that was given these documents to learn, e.g. `cllm train` on
+    content seen before), every listed document records `cycle_id` whatever its status and
+    earlier cycle; only pending ones change status. `n_tokens`: {document id: tokens} to
+    record with the listed documents (their count under the tokenizer that trained them).
     """
     ids = sorted(set(doc_ids))
     now = utcnow()
@@ -191,11 +197,17 @@ def mark_trained(session: Session, doc_ids: Iterable[int], cycle_id: int) -> int
             update(Document).where(Document.id.in_(chunk), Document.status == "pending")
             .values(status="trained", cycle_id=cycle_id, updated=now)
             .execution_options(synchronize_session="fetch")).rowcount
-        session.execute(
-            update(Document).where(Document.id.in_(chunk), Document.status == "deleted",
-                                   Document.cycle_id.is_(None))
-            .values(cycle_id=cycle_id, updated=now)
-            .execution_options(synchronize_session="fetch"))
+        others = (update(Document).where(Document.id.in_(chunk)) if retrain else
+                  update(Document).where(Document.id.in_(chunk), Document.status == "deleted",
+                                         Document.cycle_id.is_(None)))
+        session.execute(others.values(cycle_id=cycle_id, updated=now)
+                        .execution_options(synchronize_session="fetch"))
+        counted = [d for d in chunk if n_tokens is not None and d in n_tokens]
+        if counted:
+            for doc in session.scalars(select(Document).where(Document.id.in_(counted))):
+                doc.n_tokens = n_tokens[doc.id]
+    if n_tokens is not None:
+        session.flush()
     return marked
 
 
@@ -213,11 +225,14 @@ def mark_failed(session: Session, doc_ids: Iterable[int], reason: str) -> int:
 
 
 def replay_sample(session: Session, n: int, *, exclude_ids: Sequence[int] = (),
-                  seed: Optional[int] = None, source: Optional[str] = None) -> list[Document]:
-    """Up to `n` trained documents drawn uniformly at random (seeded), with their text.
+                  seed: Optional[int] = None, source: Optional[str] = None,
+                  draw: Optional[Callable[[list[int], int], Iterable[int]]] = None
+                  ) -> list[Document]:
+    """Up to `n` trained documents drawn uniformly at random (seeded), with their text, by id.
 
     Deleted documents are never replayed. Ids are drawn in Python so the sample is the same
-    on every backend for the same seed and the same rows.
+    on every backend for the same seed and the same rows. `draw(ids, k)` replaces the
+    drawing (random.Random(seed).sample): it picks k of the candidate ids (ascending).
     """
     q = select(Document.id).where(Document.status == "trained").order_by(Document.id)
     if source is not None:
@@ -226,7 +241,8 @@ def replay_sample(session: Session, n: int, *, exclude_ids: Sequence[int] = (),
     ids = [i for i in session.scalars(q) if i not in skip]
     if n <= 0 or not ids:
         return []
-    chosen = sorted(random.Random(seed).sample(ids, min(n, len(ids))))
+    k = min(n, len(ids))
+    chosen = sorted(draw(ids, k) if draw is not None else random.Random(seed).sample(ids, k))
     out: list[Document] = []
     for i in range(0, len(chosen), _CHUNK):
         out += session.scalars(select(Document).where(Document.id.in_(chosen[i:i + _CHUNK]))

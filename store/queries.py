@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Optional
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
+
+from .documents import _CHUNK
 
 from .models import (CYCLE_STATUSES, Checkpoint, Cycle, Document, EvalResult, StepMetric,
                      VocabEntry, utcnow)
@@ -27,11 +29,12 @@ CYCLE_FIGURES = frozenset({
 
 def start_cycle(session: Session, *, trigger: str, workers: Optional[int] = None,
                 schedule: Optional[Mapping[str, Any]] = None,
-                vocab_size_before: Optional[int] = None) -> Cycle:
-    """A new cycle in status "running" (flushed, so `.id` is set)."""
+                vocab_size_before: Optional[int] = None, docs_new: int = 0) -> Cycle:
+    """A new cycle in status "running" (flushed, so `.id` is set); `docs_new`: the new
+    documents it is about to train on."""
     cycle = Cycle(trigger=trigger, status="running", workers=workers,
                   schedule=dict(schedule) if schedule is not None else None,
-                  vocab_size_before=vocab_size_before)
+                  vocab_size_before=vocab_size_before, docs_new=docs_new)
     session.add(cycle)
     session.flush()
     return cycle
@@ -69,12 +72,15 @@ def finish_cycle(session: Session, cycle_id: int, *, status: str = "completed",
     return cycle
 
 
-def interrupt_running_cycles(session: Session, reason: str = "the agent stopped") -> int:
+def interrupt_running_cycles(session: Session, reason: str = "the agent stopped", *,
+                             keep_error: bool = False) -> int:
     """Mark cycles still "running" (left by a crash or kill) as interrupted; returns how many.
-    Call once at agent start, when no cycle of this data directory can be running."""
+    Call once at agent start, when no cycle of this data directory can be running.
+    `reason` becomes their error; with keep_error, only of those that have none yet."""
+    error = func.coalesce(Cycle.error, reason) if keep_error else reason
     return session.execute(
         update(Cycle).where(Cycle.status == "running")
-        .values(status="interrupted", error=reason, finished=utcnow())
+        .values(status="interrupted", error=error, finished=utcnow())
         .execution_options(synchronize_session="fetch")).rowcount
 
 
@@ -117,16 +123,18 @@ def step_metrics(session: Session, cycle_id: int) -> list[StepMetric]:
 # ------------------------------------------------------------------- evaluation, forgetting
 
 def record_eval(session: Session, cycle_id: int, source: str, val_loss: float, *,
-                n_tokens: Optional[int] = None,
-                baseline_loss: Optional[float] = None) -> EvalResult:
+                n_tokens: Optional[int] = None, baseline_loss: Optional[float] = None,
+                derive_baseline: bool = True) -> EvalResult:
     """Validation loss of one source after a cycle, with its forgetting.
 
     Forgetting = val_loss - baseline_loss, where the baseline is the loss right after the
     source was last learned: this cycle's own loss if this cycle trained documents of that
     source (forgetting 0), else that of the latest earlier cycle that did. Call it after
     mark_trained in the same transaction. Without any such cycle, forgetting is None.
+    A baseline_loss passed is used as it is; with derive_baseline=False, so is None (no
+    baseline, forgetting None): for a caller that decides the baseline by its own rule.
     """
-    if baseline_loss is None:
+    if baseline_loss is None and derive_baseline:
         learned = session.scalar(select(func.max(Document.cycle_id)).where(
             Document.source == source, Document.cycle_id <= cycle_id))
         if learned == cycle_id:
@@ -143,10 +151,12 @@ def record_eval(session: Session, cycle_id: int, source: str, val_loss: float, *
 
 
 def forgetting_by_source(session: Session, *, cycle_id: Optional[int] = None,
-                         source: Optional[str] = None) -> list[dict]:
-    """One dict per (source, cycle) evaluation, ordered by source then cycle: cycle_id,
-    source, val_loss, baseline_loss, forgetting, n_tokens."""
-    q = select(EvalResult).order_by(EvalResult.source, EvalResult.cycle_id)
+                         source: Optional[str] = None, by_cycle: bool = False) -> list[dict]:
+    """One dict per (source, cycle) evaluation, ordered by source then cycle (by_cycle: by
+    cycle then source): cycle_id, source, val_loss, baseline_loss, forgetting, n_tokens."""
+    q = select(EvalResult).order_by(
+        *((EvalResult.cycle_id, EvalResult.source) if by_cycle
+          else (EvalResult.source, EvalResult.cycle_id)))
     if cycle_id is not None:
         q = q.where(EvalResult.cycle_id == cycle_id)
     if source is not None:
@@ -160,8 +170,10 @@ def forgetting_by_source(session: Session, *, cycle_id: Optional[int] = None,
 
 def list_documents(session: Session, status: Optional[str] = None,
                    source: Optional[str] = None, cycle_id: Optional[int] = None,
-                   limit: Optional[int] = None) -> list[Document]:
-    """Documents by id, filtered; their text is not loaded (it loads on access)."""
+                   limit: Optional[int] = None, *, ids: Optional[Iterable[int]] = None,
+                   with_text: bool = False) -> list[Document]:
+    """Documents by id, filtered; their text is not loaded (it loads on access) unless
+    `with_text`. `ids`: only documents with these ids (any number of them)."""
     q = select(Document).order_by(Document.id)
     if status is not None:
         q = q.where(Document.status == status)
@@ -169,9 +181,19 @@ def list_documents(session: Session, status: Optional[str] = None,
         q = q.where(Document.source == source)
     if cycle_id is not None:
         q = q.where(Document.cycle_id == cycle_id)
-    if limit is not None:
-        q = q.limit(limit)
-    return list(session.scalars(q))
+    if with_text:
+        q = q.options(undefer(Document.text))
+    if ids is None:
+        if limit is not None:
+            q = q.limit(limit)
+        return list(session.scalars(q))
+    wanted = sorted(set(ids))
+    out: list[Document] = []
+    for i in range(0, len(wanted), _CHUNK):  # chunks in id order: their rows are too
+        if limit is not None and len(out) >= limit:
+            break
+        out += session.scalars(q.where(Document.id.in_(wanted[i:i + _CHUNK])))
+    return out if limit is None else out[:limit]
 
 
 def document_counts(session: Session) -> list[dict]:

@@ -329,3 +329,99 @@ def test_crawl_targets_and_watched_roots(store):
         assert remove_target(s, w.id) and not remove_target(s, w.id)
     with store.session(read_only=True) as s:
         assert s.get(Document, doc.id).target_id is None  # the document stays
+
+
+# ------------------------------------------------- options the continuous trainer uses
+
+def test_documents_by_id_with_their_text_in_id_order(store, monkeypatch):
+    import store.queries as q
+    monkeypatch.setattr(q, "_CHUNK", 2)  # several IN (...) chunks
+    with store.session() as s:
+        docs = [add_document(s, uri=f"d{i}", source="ab"[i % 2], text=f"text {i}")[0]
+                for i in range(6)]
+        ids = [d.id for d in docs]
+    with store.session(read_only=True) as s:
+        got = queries.list_documents(s, ids=[ids[4], ids[0], ids[2], ids[4], ids[5], 10**9],
+                                     with_text=True)
+        assert [d.uri for d in got] == ["d0", "d2", "d4", "d5"]
+        assert [d.uri for d in queries.list_documents(s, ids=ids, source="b", limit=2)] == \
+            ["d1", "d3"]
+        assert queries.list_documents(s, ids=[]) == []
+    assert [d.text for d in got] == ["text 0", "text 2", "text 4", "text 5"]  # loaded
+
+
+def test_replay_sample_with_its_own_draw(store):
+    with store.session() as s:
+        docs = [add_document(s, uri=f"d{i}", source="s", text=f"text {i}")[0] for i in range(5)]
+        c = queries.start_cycle(s, trigger="tokens")
+        mark_trained(s, [d.id for d in docs], c.id)
+    seen = []
+
+    def draw(ids, k):
+        seen.append((list(ids), k))
+        return [ids[-1], ids[0]]
+    with store.session(read_only=True) as s:
+        got = replay_sample(s, 2, exclude_ids=[docs[1].id], draw=draw)
+        assert [d.uri for d in got] == ["d0", "d4"] and got[1].text == "text 4"
+        assert seen == [([docs[i].id for i in (0, 2, 3, 4)], 2)]
+        assert replay_sample(s, 0, draw=draw) == [] and len(seen) == 1
+
+
+def test_mark_trained_retrain_records_the_cycle_on_every_listed_document(store):
+    with store.session() as s:
+        old, new, gone, bad = (add_document(s, uri=u, source="s", text=u)[0]
+                               for u in ("old", "new", "gone", "bad"))
+        c1 = queries.start_cycle(s, trigger="tokens")
+        mark_trained(s, [old.id, gone.id], c1.id)
+        mark_deleted(s, "gone")
+        mark_failed(s, [bad.id], "nope")
+        c2 = queries.start_cycle(s, trigger="train", docs_new=4)
+        ids = [old.id, new.id, gone.id, bad.id]
+        assert mark_trained(s, ids, c2.id, retrain=True,
+                            n_tokens={old.id: 3, new.id: 4, gone.id: 5, bad.id: 6}) == 1
+    with store.session(read_only=True) as s:
+        assert queries.get_cycle(s, c2.id).docs_new == 4
+        assert [(d.uri, d.status, d.cycle_id, d.n_tokens)
+                for d in queries.list_documents(s, ids=ids)] == [
+            ("old", "trained", c2.id, 3), ("new", "trained", c2.id, 4),
+            ("gone", "deleted", c2.id, 5), ("bad", "failed", c2.id, 6)]
+    with store.session() as s:  # without retrain, an earlier cycle is kept (replay)
+        c3 = queries.start_cycle(s, trigger="tokens")
+        assert mark_trained(s, [old.id], c3.id, n_tokens={old.id: 7}) == 0
+    with store.session(read_only=True) as s:
+        d = queries.list_documents(s, ids=[old.id])[0]
+        assert (d.cycle_id, d.n_tokens) == (c2.id, 7)
+
+
+def test_evaluations_with_a_given_baseline_and_forgetting_by_cycle(store):
+    with store.session() as s:
+        a, _ = add_document(s, uri="a", source="alpha", text="alpha text")
+        c1 = queries.start_cycle(s, trigger="tokens")
+        mark_trained(s, [a.id], c1.id)
+        queries.record_eval(s, c1.id, "beta", 3.0)
+        queries.record_eval(s, c1.id, "alpha", 2.0)
+        c2 = queries.start_cycle(s, trigger="tokens")
+        kept = queries.record_eval(s, c2.id, "alpha", 2.5, derive_baseline=False)
+        given = queries.record_eval(s, c2.id, "beta", 3.5, baseline_loss=3.0,
+                                    derive_baseline=False)
+        assert (kept.baseline_loss, kept.forgetting) == (None, None)  # not derived: 2.0
+        assert given.forgetting == pytest.approx(0.5)
+    with store.session(read_only=True) as s:
+        assert [(r["cycle_id"], r["source"]) for r in
+                queries.forgetting_by_source(s, by_cycle=True)] == [
+            (c1.id, "alpha"), (c1.id, "beta"), (c2.id, "alpha"), (c2.id, "beta")]
+        assert [r["cycle_id"] for r in
+                queries.forgetting_by_source(s, source="beta", by_cycle=True)] == [c1.id, c2.id]
+
+
+def test_interrupting_running_cycles_can_keep_their_error(store):
+    with store.session() as s:
+        c1 = queries.start_cycle(s, trigger="tokens")
+        c2 = queries.start_cycle(s, trigger="tokens")
+        queries.get_cycle(s, c1.id).error = "already explained"
+    with store.session() as s:
+        assert queries.interrupt_running_cycles(s, "stopped", keep_error=True) == 2
+    with store.session(read_only=True) as s:
+        assert [(c.status, c.error) for c in queries.list_cycles(s)] == [
+            ("interrupted", "already explained"), ("interrupted", "stopped")]
+        assert all(c.finished is not None for c in queries.list_cycles(s))
