@@ -126,10 +126,42 @@ def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record) -> None:
     try:
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # first: the others may wait
         cur.execute("PRAGMA foreign_keys = ON")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _ensure_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")
     finally:
         cur.close()
+
+
+def _ensure_wal(cur: sqlite3.Cursor) -> None:
+    """Switch the database file to WAL once. WAL is stored in the file, so this only does
+    work on a new database; there, processes opening it at the same moment would race for
+    the exclusive lock the switch needs, and a loser silently stays in rollback mode (where
+    a later reader and writer can wait on each other until the busy timeout). The switch is
+    therefore serialised across processes by a blocking flock on a sidecar file."""
+    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    path = next((row[2] for row in cur.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not path:                                  # in-memory: WAL does not apply
+        return
+    try:
+        import fcntl
+        lock = open(path + "-setup.lock", "a")
+    except (ImportError, OSError):                # no flock, or a read-only folder
+        cur.execute("PRAGMA journal_mode = WAL")
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)          # blocks until the holder has switched
+        try:
+            mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() == "wal":
+                # done for good (later connections see WAL and never come here); a waiter
+                # still holding the old file just finds WAL already set
+                with contextlib.suppress(OSError):
+                    os.unlink(path + "-setup.lock")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    if str(mode).lower() != "wal":
+        raise sqlite3.OperationalError(f"database is locked (journal mode stayed {mode})")
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
