@@ -226,12 +226,14 @@ class ContinuousTrainer:
         oldest = min((f for _, f in rows), default=None)
         return len(rows), sum(self._tok_cache.values()), oldest
 
-    def due(self, now: Optional[dt.datetime] = None) -> tuple[Optional[str], Optional[float]]:
-        """(trigger or None, seconds until the age trigger fires or None if nothing pends)."""
+    def due(self, now: Optional[dt.datetime] = None, tokens_trigger: bool = True
+            ) -> tuple[Optional[str], Optional[float]]:
+        """(trigger or None, seconds until the age trigger fires or None if nothing pends).
+        With tokens_trigger=False only the age trigger counts (the agent's start-up crawl)."""
         n, tokens, oldest = self.pending_summary()
         if n == 0:
             return None, None
-        if tokens >= self.settings.min_cycle_tokens:
+        if tokens_trigger and tokens >= self.settings.min_cycle_tokens:
             return "tokens", 0.0
         waited = ((now or _now()) - oldest).total_seconds()
         if waited >= self.settings.max_wait:

@@ -142,6 +142,10 @@ class Agent:
         self.errors: list[BaseException] = []
         self.cycles_completed = 0
         self.target_ids: dict[str, int] = {}
+        # set once the start-up crawl has passed over every target: until then the token
+        # trigger waits (the first cycle takes the whole crawl, not its first few files);
+        # the age trigger (--max-wait) still applies
+        self.crawled = threading.Event()
 
     def run(self) -> None:
         cfg = self.cfg
@@ -178,6 +182,8 @@ class Agent:
         if cfg.crawl:
             threads.append(threading.Thread(target=self._guard, args=(self._crawl_all, store),
                                             name="agent-crawl"))
+        else:
+            self.crawled.set()
         try:
             if cfg.watch:
                 from agent.file_monitor import FileMonitor
@@ -242,6 +248,13 @@ class Agent:
                 self.wake.set()
 
     def _crawl_all(self, store) -> None:
+        try:
+            self._crawl_targets(store)
+        finally:
+            self.crawled.set()
+            self.wake.set()
+
+    def _crawl_targets(self, store) -> None:
         from agent.crawler import Crawler, iter_targets
 
         cfg = self.cfg
@@ -271,7 +284,7 @@ class Agent:
         while not self.stop.is_set():
             self.wake.clear()
             try:
-                trigger, wait = trainer.due()
+                trigger, wait = trainer.due(tokens_trigger=self.crawled.is_set())
                 if trigger is None:
                     self.wake.wait(wait)        # an ingest, a stop, or the age trigger
                     continue

@@ -352,7 +352,10 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
         line = a.wait_for(r"embedded defaults: watching")
         inbox = data / "inbox"
         assert str(inbox) in line and str(REPO_CORPUS) in line and inbox.is_dir()
-        a.wait_for(r"cycle 1 completed")
+        line = a.wait_for(r"cycle 1 completed: \d+ documents")
+        # the first cycle waited for the start-up crawl and took all of it
+        n_corpus = len(list(REPO_CORPUS.rglob("*.txt")))
+        assert f"cycle 1 completed: {n_corpus} documents" in line
         drop(inbox, "note.txt", "a note dropped into the inbox. ")
         store = open_store(data)
         try:

@@ -176,6 +176,13 @@ def test_age_trigger_fires_once_the_oldest_pending_document_waited_max_wait(env)
     trigger, wait = tr.due()
     assert trigger is None and 3500 < wait <= 3600
     assert ContinuousTrainer(store, data, SETTINGS.replace(max_wait=0)).due()[0] == "age"
+    # while the agent's start-up crawl runs, enough tokens do not start a cycle; age still does
+    add_doc(store, "b", "spheres")
+    assert tr.due()[0] == "tokens"
+    trigger, wait = tr.due(tokens_trigger=False)
+    assert trigger is None and 3500 < wait <= 3600
+    assert ContinuousTrainer(store, data, SETTINGS.replace(max_wait=0)).due(
+        tokens_trigger=False)[0] == "age"
 
 
 def test_documents_with_nothing_to_train_on_are_marked_failed_not_retried(env):
