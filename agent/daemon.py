@@ -190,14 +190,12 @@ class Agent:
 
                 monitor = FileMonitor(cfg.watch, self.events, quiet_period=cfg.quiet_period,
                                       polling=cfg.polling, follow_symlinks=cfg.follow_symlinks,
-                                      **cfg.path_filter_args())
+                                      on_failure=self._monitor_failed, **cfg.path_filter_args())
                 monitor.start()
             for t in threads:
                 t.start()
             log.info("agent running (pid %s); watching %s", os.getpid(), ", ".join(cfg.watch) or "nothing")
-            while not self.stop.wait(1.0):
-                if monitor is not None:
-                    monitor.check()
+            self.stop.wait()                    # a signal, --max-cycles, or a failed thread
         finally:
             self.stop.set()
             self.wake.set()
@@ -223,6 +221,12 @@ class Agent:
                     loc = t if "://" in t else os.path.abspath(t)
                     ids[t] = add_target(s, kind, loc)[0].id
         return ids
+
+    def _monitor_failed(self, e: BaseException) -> None:
+        """A file-monitor thread died (it has logged the traceback): stop the agent, and
+        let run() raise it."""
+        self.errors.append(e)
+        self.stop.set()
 
     def _guard(self, fn, *args) -> None:
         try:

@@ -28,7 +28,7 @@ import stat
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from watchdog.events import (
     DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
@@ -157,8 +157,10 @@ class FileMonitor:
                  quiet_period: float = 1.0, include: Iterable[str] | None = None,
                  exclude: Iterable[str] | None = None, polling: bool = False,
                  follow_symlinks: bool = False, reconcile: bool = True, poll_interval: float = 1.0,
-                 open_write_timeout: float = 30.0, health_interval: float = 1.0) -> None:
+                 open_write_timeout: float = 30.0, health_interval: float = 1.0,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.roots = [os.path.abspath(r) for r in roots]
+        self.on_failure = on_failure  # called (from the failing thread) when a thread dies
         if not self.roots:
             raise MonitorError("no folder to watch", hint="pass at least one folder")
         for r in self.roots:
@@ -248,6 +250,8 @@ class FileMonitor:
         except BaseException as e:  # surfaces through check()/stop(), never lost
             log.exception("file monitor: %s failed", threading.current_thread().name)
             self._errors.append(e)
+            if self.on_failure is not None:
+                self.on_failure(e)
             self.out.put(MonitorEvent("error", "", "", reason=f"file monitor failed: {e!r}"))
 
     # observers

@@ -419,3 +419,29 @@ def test_watch_options_reach_the_monitor_and_the_ingestor(tmp_path):
               "klingon-8")
     assert bad.returncode == 2 and "unknown fallback encoding" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) <= 2
+
+
+def test_a_dying_monitor_thread_stops_the_agent_and_surfaces_from_run(tmp_path, monkeypatch):
+    """In process: run() blocks on the stop event; a failed file-monitor thread sets it, every
+    agent thread is joined, and run() raises the failure."""
+    from agent.continuous_trainer import TrainerSettings
+    from agent.daemon import Agent, AgentConfig
+    from agent.file_monitor import FileMonitor
+
+    def broken(self, *a):
+        raise RuntimeError("monitor thread broke")
+
+    monkeypatch.setattr(FileMonitor, "_on_raw", broken)
+    watch = tmp_path / "watched"
+    watch.mkdir()
+    (watch / "a.txt").write_text("found by the start-up scan, which trips the broken thread\n")
+    agent = Agent(AgentConfig(tmp_path / "data", TrainerSettings(preset="tiny", workers=1),
+                              watch=(str(watch),), quiet_period=0.1))
+    before = threading.active_count()
+    errors: list = []
+    t = threading.Thread(target=lambda: errors.append(pytest.raises(RuntimeError, agent.run)))
+    t.start()
+    t.join(TIMEOUT)
+    assert not t.is_alive(), "the agent did not stop"
+    assert "monitor thread broke" in str(errors[0].value)
+    assert threading.active_count() == before

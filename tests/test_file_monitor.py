@@ -332,3 +332,27 @@ def test_stop_joins_every_thread(watched):
 def test_monitor_refuses_a_missing_root(tmp_path):
     with pytest.raises(MonitorError, match="not a folder"):
         FileMonitor([tmp_path / "nope"], queue.Queue())
+
+
+def test_a_failed_monitor_thread_is_reported_to_the_owner_at_once(watched, monkeypatch):
+    """The agent blocks on an event instead of polling check(): a dying monitor thread must
+    call on_failure, and check()/stop() still raise it."""
+    root, events, ingestor, make = watched
+    failed = threading.Event()
+    seen: list = []
+
+    def on_failure(e):
+        seen.append(e)
+        failed.set()
+
+    m = make(on_failure=on_failure)
+    monkeypatch.setattr(m, "_on_raw", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    m.start()
+    (root / "a.txt").write_text("trigger the debounce thread\n")
+    assert failed.wait(10)
+    assert isinstance(seen[0], RuntimeError) and "boom" in str(seen[0])
+    with pytest.raises(MonitorError, match="boom"):
+        m.check()
+    with pytest.raises(MonitorError, match="boom"):
+        m.stop()                          # joins every thread, then re-raises
+    m._errors.clear()                     # reported; the fixture's own stop() is a no-op now
