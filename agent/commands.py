@@ -65,7 +65,8 @@ def read_docs(paths: list[Path]):
 @click.option("--crystalline-weight", type=float, default=0.0, show_default=True)
 @click.option("--init", type=click.Choice(["normal", "lattice"]), default=None,
               help="Embedding init for a new model.")
-@click.option("--fresh", is_flag=True, help="Ignore existing checkpoints and start anew.")
+@click.option("--fresh", is_flag=True,
+              help="Start a new model; earlier cycles are rolled back (their documents pending).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
@@ -103,7 +104,7 @@ def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_
         trainer = ContinuousTrainer(store, data_dir, settings)
         trainer.recover()
         if fresh:
-            trainer.state = new_state(preset_name, seed=seed, init=init)
+            trainer.start_fresh(new_state(preset_name, seed=seed, init=init))
         else:
             trainer.load_latest()
             if trainer.state.step == 0 and init:

@@ -36,8 +36,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from agent.training import (CKPT_RE, Doc, RunResult, State, checkpoint_dir, new_state,
-                            load_state, save_state, tokenizer_path, train_run)
+from agent.training import (CKPT_RE, TOKENIZER_RE, Doc, RunResult, State, checkpoint_dir,
+                            load_state, new_state, save_state, tokenizer_path, train_run)
 from engine import TrainConfig
 from engine.errors import CllmError
 from engine.optim import lr_at
@@ -160,8 +160,9 @@ class ContinuousTrainer:
     # --- start-up ---------------------------------------------------------------------------
 
     def recover(self) -> list[Path]:
-        """Mark cycles left running as interrupted; delete checkpoint files no row names
-        (written by a cycle that never committed). Returns the deleted files."""
+        """Mark cycles left running as interrupted; delete checkpoint and tokenizer files no
+        row names (written by a cycle that never committed) and temporary files of writes
+        that were killed. Returns the deleted files."""
         from store.queries import interrupt_running_cycles, list_checkpoints, list_cycles
 
         with self.store.session() as s:
@@ -175,36 +176,91 @@ class ContinuousTrainer:
         removed = []
         d = checkpoint_dir(self.data_dir)
         for p in sorted(d.iterdir()) if d.is_dir() else []:
-            m = CKPT_RE.match(p.name)
-            if m and str(p.resolve()) not in known and int(m.group(1)) in unfinished:
+            if not p.exists():                  # a tokenizer removed with its checkpoint
+                continue
+            m = CKPT_RE.match(p.name) or TOKENIZER_RE.match(p.name)
+            ckpt = p if CKPT_RE.match(p.name) else d / p.name.replace(".tokenizer.json",
+                                                                      ".safetensors")
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                # a write killed before its rename (we hold the data-directory lock, so no
+                # writer is running): never a checkpoint
+                log.warning("removing %s: an unfinished write", p)
+            elif not (m and str(ckpt.resolve()) not in known and int(m.group(1)) in unfinished):
+                continue
+            elif p == ckpt:
                 log.warning("removing checkpoint %s: its cycle never committed", p)
-                p.unlink(missing_ok=True)
                 tokenizer_path(p).unlink(missing_ok=True)
-                removed.append(p)
+            elif ckpt.exists():
+                continue                        # removed with its checkpoint
+            else:
+                log.warning("removing %s: its checkpoint was never written", p)
+            p.unlink(missing_ok=True)
+            removed.append(p)
         return removed
 
     def load_latest(self) -> State:
         """The latest recorded checkpoint whose SHA-256 matches its row; a mismatching one is
-        refused with a warning and the previous one is used. A new model if there is none."""
+        refused with a warning and the previous one is used. A new model if there is none.
+
+        Falling back rolls the store back with the model: the cycles after the checkpoint
+        that loaded are marked failed, their documents return to pending (to be trained
+        again) and the vocabulary they added is removed, so the store keeps describing the
+        model that is actually running."""
         from store.queries import list_checkpoints
 
         with self.store.session(read_only=True) as s:
             # the latest first, then the others newest first (the sort is stable)
-            rows = [(c.id, c.path, c.sha256) for c in sorted(
+            rows = [(c.id, c.path, c.sha256, c.cycle_id) for c in sorted(
                 list_checkpoints(s, newest_first=True), key=lambda c: not c.is_latest)]
-        for _, path, sha in rows:
+        for i, (ckpt_id, path, sha, cycle_id) in enumerate(rows):
             try:
-                self.state = load_state(Path(path), expected_sha256=sha)
-                log.info("resumed from checkpoint %s (step %s)", path, self.state.step)
-                return self.state
+                self.state = load_state(self._checkpoint_file(path), expected_sha256=sha)
             except CllmError as e:
                 log.warning("refusing checkpoint %s: %s; trying the previous one", path, e.one_line())
+                continue
+            log.info("resumed from checkpoint %s (step %s)", path, self.state.step)
+            if i > 0:
+                self._roll_back(cycle_id, ckpt_id, f"rolled back: the agent resumed from "
+                                f"checkpoint {path} of cycle {cycle_id} (a later one failed "
+                                f"to load)")
+            return self.state
         if rows:
             log.warning("no recorded checkpoint of %s could be loaded: starting a new model",
                         self.data_dir)
         self.state = new_state(self.settings.preset, seed=self.settings.seed,
                                init=self.settings.init)
+        if rows:
+            self._roll_back(None, None, "rolled back: no checkpoint could be loaded, the agent "
+                            "started a new model")
         return self.state
+
+    def start_fresh(self, state: State) -> None:
+        """Replace the model with a new one (`cllm train --fresh`); every earlier cycle is
+        rolled back in the store, as when no checkpoint loads."""
+        self.state = state
+        self._roll_back(None, None, "rolled back: a fresh model was started (cllm train --fresh)")
+
+    def _roll_back(self, cycle_id: Optional[int], ckpt_id: Optional[int], reason: str) -> None:
+        from store.queries import roll_back_cycles_after, set_latest_checkpoint
+
+        with self.store.session() as s:
+            done = roll_back_cycles_after(s, cycle_id, reason)
+            if ckpt_id is not None:
+                set_latest_checkpoint(s, ckpt_id)
+        if done["cycles"]:
+            log.warning("rolled back cycles %s: %d documents are pending again, %d vocabulary "
+                        "entries removed", ", ".join(map(str, done["cycles"])), done["documents"],
+                        done["vocab"])
+
+    def _checkpoint_file(self, recorded: str) -> Path:
+        """A recorded checkpoint path; older rows hold paths relative to the directory the
+        agent ran in, so a missing relative path is also looked up in this data directory."""
+        p = Path(recorded)
+        if not p.is_absolute() and not p.exists():
+            alt = checkpoint_dir(self.data_dir) / p.name
+            if alt.exists():
+                return alt
+        return p
 
     # --- when ---------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 CKPT_RE = re.compile(r"^ckpt-(\d{6})\.safetensors$")
+TOKENIZER_RE = re.compile(r"^ckpt-(\d{6})\.tokenizer\.json$")
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def train_run(state: State, docs: Sequence[Doc], tcfg: TrainConfig, steps: int,
 def save_state(state: State, data_dir: Path, cycle: int, extra: Optional[dict] = None
                ) -> tuple[Path, str]:
     """Write tokenizer then checkpoint (both atomic); returns (path, file SHA-256)."""
-    path = checkpoint_path(data_dir, cycle)
+    path = checkpoint_path(Path(data_dir).resolve(), cycle)   # recorded as an absolute path
     path.parent.mkdir(parents=True, exist_ok=True)
     state.tokenizer.save(tokenizer_path(path))
     sha = save_checkpoint(path, state.model, state.optimizer,

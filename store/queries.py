@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, undefer
 
 from .documents import _CHUNK
@@ -271,6 +271,33 @@ def record_checkpoint(session: Session, *, path: str, sha256: str, step: int, vo
     if latest:
         set_latest_checkpoint(session, ckpt.id)
     return ckpt
+
+
+def roll_back_cycles_after(session: Session, cycle_id: Optional[int], reason: str) -> dict:
+    """Undo, in the store, every completed cycle after `cycle_id` (all of them for None): the
+    model was resumed from that cycle's checkpoint, so their training is lost. Their
+    documents return to pending (they will be trained again), the vocabulary they added is
+    removed (the resumed tokenizer does not have it, and the ids will be learned anew), and
+    the cycles are marked failed with `reason`. Returns what was changed."""
+    q = select(Cycle.id).where(Cycle.status == "completed")
+    if cycle_id is not None:
+        q = q.where(Cycle.id > cycle_id)
+    ids = list(session.scalars(q))
+    if not ids:
+        return {"cycles": [], "documents": 0, "vocab": 0}
+    docs = session.execute(update(Document).where(Document.cycle_id.in_(ids),
+                                                  Document.status == "trained")
+                           .values(status="pending", cycle_id=None, reason=None)
+                           .execution_options(synchronize_session=False)).rowcount
+    vocab = session.execute(delete(VocabEntry).where(VocabEntry.cycle_id.in_(ids))
+                            .execution_options(synchronize_session=False)).rowcount
+    session.execute(update(Cycle).where(Cycle.id.in_(ids))
+                    .values(status="failed", error=reason)
+                    .execution_options(synchronize_session=False))
+    session.execute(update(Checkpoint).where(Checkpoint.cycle_id.in_(ids))
+                    .values(is_latest=False).execution_options(synchronize_session=False))
+    session.expire_all()
+    return {"cycles": ids, "documents": docs, "vocab": vocab}
 
 
 def set_latest_checkpoint(session: Session, checkpoint_id: int) -> Checkpoint:

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("store.models")
 
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,  # noqa: E402
                                       TrainerSettings)
@@ -131,11 +131,21 @@ def test_recover_removes_a_checkpoint_whose_cycle_never_committed(env):
         s.flush()
         orphan = data / "checkpoints" / f"ckpt-{c.id:06d}.safetensors"
     orphan.write_bytes(b"half a checkpoint")
-    kept = data / "checkpoints" / "ckpt-000001.safetensors"
-    assert ContinuousTrainer(store, data, SETTINGS).recover() == [orphan]
-    assert not orphan.exists() and kept.exists()
+    orphan_tok = orphan.with_name(orphan.name.replace(".safetensors", ".tokenizer.json"))
+    orphan_tok.write_text("{}")
+    lone_tok = data / "checkpoints" / f"ckpt-{c.id + 1:06d}.tokenizer.json"   # its checkpoint
+    lone_tok.write_text("{}")                   # was never written (e.g. NaN weights refused)
     with store.session() as s:
-        assert sorted(s.scalars(select(Cycle.status))) == ["completed", "interrupted"]
+        s.add(Cycle(id=c.id + 1, trigger="tokens", status="running"))
+    killed = data / "checkpoints" / ".ckpt-000009.safetensors.x1y2.tmp"     # a killed write
+    killed.write_bytes(b"partial")
+    kept = data / "checkpoints" / "ckpt-000001.safetensors"
+    removed = ContinuousTrainer(store, data, SETTINGS).recover()
+    assert sorted(removed) == sorted([orphan, lone_tok, killed])
+    assert not any(p.exists() for p in (orphan, orphan_tok, lone_tok, killed))
+    assert kept.exists() and kept.with_name("ckpt-000001.tokenizer.json").exists()
+    with store.session() as s:
+        assert sorted(s.scalars(select(Cycle.status))) == ["completed", "interrupted", "interrupted"]
 
 
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(env, caplog):
@@ -153,6 +163,38 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(env, caplo
     assert state.path == r1.checkpoint_path and len(state.tokenizer) == r1.vocab_after
     assert any("refusing checkpoint" in r.message and str(r2.checkpoint_path) in r.message
                for r in caplog.records)
+    # the store follows the model back: cycle 2 is undone, its document will be trained
+    # again, and its vocabulary is gone so the next cycle's tokens get consistent ids
+    with store.session() as s:
+        c2 = s.get(Cycle, r2.cycle_id)
+        assert c2.status == "failed" and "rolled back" in c2.error
+        doc_b = s.get(Document, r2.doc_ids[0])
+        assert doc_b.status == "pending" and doc_b.cycle_id is None
+        assert s.get(Document, r1.doc_ids[0]).status == "trained"
+        assert s.scalar(select(func.max(VocabEntry.token_id))) == r1.vocab_after - 1
+        assert s.scalars(select(Checkpoint).where(Checkpoint.is_latest)).one().cycle_id == 1
+    tr2 = ContinuousTrainer(store, data, SETTINGS)
+    tr2.load_latest()
+    r3 = tr2.run_pending("tokens")
+    assert r3.doc_ids == r2.doc_ids
+    with store.session() as s:
+        stored = dict(s.execute(select(VocabEntry.token_id, VocabEntry.token_bytes)).all())
+    tok = tr2.state.tokenizer
+    assert len(stored) == len(tok) and all(stored[i] == tok.token_bytes(i) for i in stored)
+
+
+def test_checkpoints_are_found_from_any_working_directory(env, tmp_path, monkeypatch):
+    store, data = env
+    monkeypatch.chdir(data.parent)
+    add_doc(store, "a", "lattice")
+    rel = ContinuousTrainer(store, data.relative_to(data.parent), SETTINGS)
+    rep = rel.run_pending("tokens")
+    assert rep.checkpoint_path.is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    state = ContinuousTrainer(store, data, SETTINGS).load_latest()
+    assert state.step == rel.state.step and state.step > 0
 
 
 def test_stop_interrupts_at_a_step_boundary_and_keeps_documents_pending(env):
