@@ -117,6 +117,14 @@ class AgentConfig:
     max_pages: int = 100                 # per crawled site
     max_depth: int = 2
 
+    def __post_init__(self) -> None:
+        if self.quiet_period < 0:
+            raise CllmError(f"quiet period {self.quiet_period} is negative",
+                            "e.g. --quiet-period 1")
+        if self.max_pages < 1 or self.max_depth < 0:
+            raise CllmError("--max-pages must be >= 1 and --max-depth >= 0",
+                            "e.g. --max-pages 100 --max-depth 2")
+
     def path_filter_args(self) -> dict:
         from agent.ingest import DEFAULT_EXCLUDES
 
@@ -237,17 +245,27 @@ class Agent:
             self.stop.set()
 
     def _ingest_loop(self, store) -> None:
+        from store import StoreError
+
         ingestor = self.cfg.ingestor(store)
         while True:
             ev = self.events.get()
-            if ev is _STOP:
-                return
-            try:
-                res = ingestor.handle(ev)
-            except Exception as e:  # e.g. the database is locked for too long: log, go on
-                log.error("could not ingest %s: %s", ev.path,
-                          e.one_line() if isinstance(e, CllmError) else repr(e))
-                continue
+            if ev is _STOP or self.stop.is_set():
+                return      # events not handled yet: the next start's reconciliation scan
+            while True:
+                try:
+                    res = ingestor.handle(ev)
+                except StoreError as e:     # e.g. the database stayed locked: keep the event
+                    log.error("could not record %s (%s); retrying in %.0f s", ev.path,
+                              e.one_line(), RETRY_S)
+                    if self.stop.wait(RETRY_S):
+                        return
+                    continue
+                except Exception as e:      # a bug: log it, the next start's scan retries
+                    log.error("could not ingest %s: %s", ev.path,
+                              e.one_line() if isinstance(e, CllmError) else repr(e))
+                    res = None
+                break
             if res is not None and res.outcome in ("added", "restored"):
                 self.wake.set()
 
@@ -280,6 +298,9 @@ class Agent:
                         report = None
                 except CllmError as e:
                     log.error("crawl of %s failed: %s", target, e.one_line())
+                    continue
+                except Exception:   # one bad target never stops the agent (what it stored stays)
+                    log.exception("crawl of %s failed", target)
                     continue
                 log.info("crawled %s: %s", target, getattr(report, "counts", ""))
                 self.wake.set()

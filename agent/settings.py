@@ -1,5 +1,6 @@
 """Agent settings from three places, strongest first: command-line flags, environment
-variables (`CLLM_<NAME>`, e.g. CLLM_MIN_CYCLE_TOKENS=4000; lists separated by os.pathsep),
+variables (`CLLM_<NAME>`, e.g. CLLM_MIN_CYCLE_TOKENS=4000; lists separated by os.pathsep,
+URLs kept whole),
 and a TOML file (`--config FILE`, else $CLLM_CONFIG, else `<data-dir>/cllm.toml` if present;
 keys in an `[agent]` table or at the top level, spelled with - or _).
 
@@ -54,12 +55,27 @@ def config_file(data_dir: Path, explicit: Optional[Path] = None) -> Optional[Pat
     return p if p.is_file() else None
 
 
-def _convert(name: str, value: Any, where: str) -> Any:
+def split_list(value: str) -> list[str]:
+    """A list from one environment variable: items separated by os.pathsep (':' here), except
+    that the ':' of a URL's scheme (http://, https://) or port (host:8080) does not split."""
+    out: list[str] = []
+    for p in value.split(os.pathsep):
+        prev = out[-1] if out else ""
+        scheme = prev.lower() in ("http", "https") and p.startswith("//")
+        port = "://" in prev and "/" not in prev.split("://", 1)[1] and p[:1].isdigit()
+        if scheme or port:
+            out[-1] = prev + os.pathsep + p
+        else:
+            out.append(p)
+    return [p for p in out if p]
+
+
+def _convert(name: str, value: Any, where: str, split: bool = False) -> Any:
     default, typ = DEFAULTS[name]
     try:
         if typ is list:
             if isinstance(value, str):
-                return [v for v in value.split(os.pathsep) if v]
+                return split_list(value) if split else [value]
             if not isinstance(value, (list, tuple)):
                 raise TypeError
             return [str(v) for v in value]
@@ -104,7 +120,7 @@ def resolve(flags: Mapping[str, Any], data_dir: Path, config: Optional[Path] = N
     for name in DEFAULTS:
         env = os.environ.get(f"CLLM_{name.upper()}")
         if env is not None:
-            out[name] = _convert(name, env, f"$CLLM_{name.upper()}")
+            out[name] = _convert(name, env, f"$CLLM_{name.upper()}", split=True)
     for name, value in flags.items():
         if name in DEFAULTS and value is not None and value != () and value != []:
             out[name] = _convert(name, value, f"--{name.replace('_', '-')}")

@@ -278,9 +278,7 @@ class ThreadedTrainingSystem:
         try:
             barrier.wait(timeout=self.watchdog_timeout)
         except threading.BrokenBarrierError:
-            self._broken = True
-            for b in self._barriers:
-                b.abort()
+            self._break()
             if self._failure is not None:
                 w, exc, tb = self._failure
                 restored = self._roll_back()
@@ -293,6 +291,14 @@ class ThreadedTrainingSystem:
                 f"workers did not reach the barrier within {self.watchdog_timeout:.1f}s: "
                 f"{', '.join(stuck) or 'unknown'}",
                 "raise watchdog_timeout for very large batches") from None
+        except BaseException:       # e.g. KeyboardInterrupt in Node Zero: release the workers
+            self._break()
+            raise
+
+    def _break(self) -> None:
+        self._broken = True
+        for b in self._barriers:
+            b.abort()
 
     # ------------------------------------------------------------------ worker spheres
     def _worker(self, w: int) -> None:

@@ -279,6 +279,19 @@ def test_settings_come_from_flags_then_environment_then_toml(tmp_path, monkeypat
         resolve({}, tmp_path)
 
 
+def test_list_settings_from_the_environment_keep_urls_whole(tmp_path, monkeypatch):
+    from agent.settings import resolve
+
+    monkeypatch.delenv("CLLM_CONFIG", raising=False)
+    monkeypatch.setenv("CLLM_CRAWL", os.pathsep.join(
+        ["https://example.org/docs", "/srv/notes", "HTTP://example.com:8080/a"]))
+    assert resolve({}, tmp_path)["crawl"] == [
+        "https://example.org/docs", "/srv/notes", "HTTP://example.com:8080/a"]
+    (tmp_path / "cllm.toml").write_text('crawl = "https://example.org/one"\n')   # a string:
+    monkeypatch.delenv("CLLM_CRAWL")                                         # one item
+    assert resolve({}, tmp_path)["crawl"] == ["https://example.org/one"]
+
+
 def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
     tree, data = tmp_path / "tree", tmp_path / "data"
     drop(tree / "docs", "a.md", "the crystal lattice hums a quiet tune. ")
@@ -445,3 +458,41 @@ def test_a_dying_monitor_thread_stops_the_agent_and_surfaces_from_run(tmp_path, 
     assert not t.is_alive(), "the agent did not stop"
     assert "monitor thread broke" in str(errors[0].value)
     assert threading.active_count() == before
+
+
+def test_a_store_error_while_ingesting_keeps_the_event_and_retries(tmp_path, monkeypatch):
+    """In process: the first attempt to record a watched file fails as if the database had
+    stayed locked; the ingest thread keeps the event, retries, and the file is trained."""
+    from agent import daemon
+    from agent.continuous_trainer import TrainerSettings
+    from agent.daemon import Agent, AgentConfig
+    from agent.ingest import Ingestor
+    from store import StoreError
+
+    monkeypatch.setattr(daemon, "RETRY_S", 0.1)
+    real = Ingestor.handle
+    calls = []
+
+    def flaky(self, ev):
+        calls.append(ev.path)
+        if len(calls) == 1:
+            raise StoreError("cllm.sqlite3 stayed locked for 30 s", "try again")
+        return real(self, ev)
+
+    monkeypatch.setattr(Ingestor, "handle", flaky)
+    watch = tmp_path / "watched"
+    drop(watch, "a.txt", "the lattice keeps its shape. ")
+    agent = Agent(AgentConfig(tmp_path / "data", TrainerSettings(
+        preset="tiny", workers=1, min_cycle_tokens=50, steps=3, batch_size=2, max_new_tokens=5),
+        watch=(str(watch),), quiet_period=0.1, max_cycles=1))
+    t = threading.Thread(target=agent.run)
+    t.start()
+    t.join(TIMEOUT)
+    assert not t.is_alive() and agent.cycles_completed == 1 and not agent.errors
+    assert len(calls) >= 2 and calls[0] == calls[1]
+    store = open_store(tmp_path / "data")
+    try:
+        with store.session() as s:
+            assert [d.status for d in s.scalars(select(Document))] == ["trained"]
+    finally:
+        store.close()

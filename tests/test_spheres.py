@@ -223,3 +223,31 @@ def test_hierarchy_is_one_plus_twelve_plus_one_hundred_forty_four():
     assert sp[12].parent == 0 and sp[23].parent == 0 and sp[24].parent == 1
     deeper = build_hierarchy(157)
     assert deeper[156].level == 3 and deeper[156].parent == 12
+
+
+def test_an_interrupt_in_node_zero_releases_every_worker(monkeypatch):
+    """Ctrl-C while Node Zero waits at a barrier: the barriers are aborted, so the workers
+    leave at once and close() has nothing to wait for."""
+    import _thread
+
+    m = Model(CFG, seed=0)
+    real = m.forward_backward
+    interrupted = threading.Event()
+
+    def slow(ws, x, y, grad, scale=None, crystalline_weight=0.0):
+        if threading.current_thread().name == "cllm-sphere-0" and not interrupted.is_set():
+            interrupted.set()
+            _thread.interrupt_main()          # KeyboardInterrupt in the waiting main thread
+            time.sleep(0.2)                   # (test only) keep this worker busy meanwhile
+        return real(ws, x, y, grad, scale, crystalline_weight)
+
+    monkeypatch.setattr(m, "forward_backward", slow)
+    s = ThreadedTrainingSystem(m, SGD, n_workers=3, watchdog_timeout=60)
+    with pytest.raises(KeyboardInterrupt):
+        s.train_step(*data())
+    for t in s._threads:                      # they return by themselves: barriers aborted
+        t.join(20)
+    assert s.threads_alive() == 0
+    s.close()
+    with pytest.raises(WorkerError):
+        s.train_step(*data())
