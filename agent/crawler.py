@@ -185,6 +185,7 @@ def guarded_transport(policy: HostPolicy) -> httpx.HTTPTransport:
 # --- URLs -----------------------------------------------------------------------------
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?")  # after IDNA; no spaces, controls, %
 _UNRESERVED = re.compile(r"%(2[DdEe]|3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|5[Ff]|6[1-9A-Fa-f]|7[0-9Aa]|7[Ee])")
 
 
@@ -195,12 +196,12 @@ def canonical_url(url: str, base: str | None = None) -> str:
     path, dot segments removed, percent-escapes upper-cased and unreserved ones decoded.
     Only http and https; no credentials in URLs.
     """
-    if base is not None:
-        url = urljoin(base, url.strip())
     try:
+        if base is not None:
+            url = urljoin(base, url.strip())
         parts = urlsplit(url.strip())
         port = parts.port
-    except ValueError as e:
+    except ValueError as e:  # "http://[::1", a port out of range, ...
         raise Refused(f"malformed URL: {e}") from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
@@ -219,11 +220,16 @@ def canonical_url(url: str, base: str | None = None) -> str:
             host = host.rstrip(".").encode("idna").decode("ascii").lower()
         except UnicodeError:
             raise Refused(f"invalid host name {host!r}") from None
+        if not _HOST_NAME.fullmatch(host):
+            raise Refused(f"invalid host name {host!r}")
     if is_ip and ":" in host:
         host = f"[{ipaddress.ip_address(host).compressed}]"
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
-    path = _remove_dot_segments(_norm_escapes(parts.path) or "/")
-    query = _norm_escapes(parts.query)
+    try:
+        path = _remove_dot_segments(_norm_escapes(parts.path) or "/")
+        query = _norm_escapes(parts.query)
+    except UnicodeError:  # lone surrogates cannot be percent-encoded
+        raise Refused("malformed URL: characters that UTF-8 cannot encode") from None
     return urlunsplit((scheme, netloc, path, query, ""))
 
 
@@ -495,7 +501,10 @@ class Crawler:
             if declared is None:
                 m = _META_CHARSET.search(resp.body[:4096])
                 declared = m.group(1).decode("ascii") if m else None
-            decoded = decode_text(resp.body, declared=declared, fallback="cp1252")
+            # HTML without a usable charset: the configured fallback, else cp1252 (what
+            # browsers take for windows-1252 / ISO-8859-1 pages)
+            decoded = decode_text(resp.body, declared=declared,
+                                  fallback=self.ingestor.fallback_encoding or "cp1252")
             parser = _LinkParser()
             try:
                 parser.feed(decoded.text)
@@ -520,7 +529,7 @@ class Crawler:
                 raise Refused("no main text found in the HTML")
             return text, decoded.encoding, list(dict.fromkeys(links)), parser.noindex
         if ctype.startswith("text/") or not ctype:
-            decoded = decode_text(resp.body, declared=resp.charset)
+            decoded = decode_text(resp.body, declared=resp.charset, fallback=self.ingestor.fallback_encoding)
             return decoded.text, decoded.encoding, [], False
         raise Refused(f"non-text content type {ctype}")
 
@@ -580,10 +589,11 @@ class Crawler:
                 parser.allow_all = True  # no robots.txt: everything allowed
             else:
                 text = resp.body[: 512 * 1024].decode("utf-8", errors="replace")
-                parser.parse(text.splitlines())
-                delay = parser.crawl_delay(ROBOTS_AGENT)
-                if delay:
-                    self._crawl_delay[urlsplit(origin).netloc] = min(float(delay), 60.0)
+                parser = _parse_robots(origin + "/robots.txt", text.splitlines())
+                if not isinstance(parser, str):
+                    delay = parser.crawl_delay(ROBOTS_AGENT)
+                    if delay:
+                        self._crawl_delay[urlsplit(origin).netloc] = min(float(delay), 60.0)
             rules = parser
         self._robots[origin] = rules
         return rules
@@ -622,9 +632,19 @@ class Crawler:
             except httpx.TimeoutException as e:
                 failure = _FetchFailed(f"timed out ({type(e).__name__})", "failed")
                 retry_in = self.backoff * 2 ** attempt
+            except httpx.RemoteProtocolError as e:
+                if "location header" in str(e).lower():  # httpx parses Location itself, and gives up
+                    raise _FetchFailed(f"redirect refused: malformed URL ({e})", "refused") from None
+                failure = _FetchFailed(f"network error: {e}", "failed")
+                retry_in = self.backoff * 2 ** attempt
             except httpx.TransportError as e:
                 failure = _FetchFailed(f"network error: {e}", "failed")
                 retry_in = self.backoff * 2 ** attempt
+            except httpx.HTTPError as e:  # e.g. DecodingError: a gzip body that does not inflate
+                failure = _FetchFailed(f"bad response ({type(e).__name__}): {e}", "failed")
+                retry_in = self.backoff * 2 ** attempt
+            except httpx.InvalidURL as e:  # canonical_url should have refused it already
+                raise _FetchFailed(f"malformed URL: {e}", "refused") from None
             else:
                 if resp.status not in RETRY_STATUSES:
                     return resp
@@ -668,7 +688,7 @@ class Crawler:
             if ctype and not (ctype.startswith("text/") or ctype in HTML_TYPES):
                 raise _FetchFailed(f"non-text content type {ctype}", "skipped", r.status_code)
             length = r.headers.get("content-length")
-            if length and length.isdigit() and int(length) > cap:
+            if length and length.isascii() and length.isdigit() and int(length) > cap:
                 raise _FetchFailed(f"body too large (Content-Length {length} > cap of {cap} bytes)",
                                    "skipped", r.status_code)
             chunks, total = [], 0
@@ -682,7 +702,11 @@ class Crawler:
                 chunks.append(chunk)
                 if self.stop_event.is_set():
                     raise Interrupted
-            return _Response(canonical_url(str(r.url)), r.status_code, ctype, charset, b"".join(chunks))
+            try:
+                final = canonical_url(str(r.url))
+            except Refused:
+                final = url
+            return _Response(final, r.status_code, ctype, charset, b"".join(chunks))
 
     def _wait_turn(self, url: str) -> None:
         """The per-host politeness delay, interruptible by stop_event."""
@@ -740,13 +764,35 @@ class Crawler:
         log.info("%s %s%s", status, url, f": {reason}" if reason else "")
 
 
+def _parse_robots(url: str, lines: list[str]) -> "urllib.robotparser.RobotFileParser | str":
+    """Parsed rules, or the reason the site is treated as disallowed.
+
+    RobotFileParser.parse raises ValueError on non-ASCII digits ("Crawl-delay: ²" passes
+    isdigit() and fails int()): such Crawl-delay and Request-rate lines are dropped.
+    """
+    parser = urllib.robotparser.RobotFileParser(url)
+    try:
+        parser.parse(lines)
+        return parser
+    except ValueError:
+        pass
+    kept = [line for line in lines if line.isascii() or line.split("#")[0].partition(":")[0].strip().lower()
+            not in ("crawl-delay", "request-rate")]
+    parser = urllib.robotparser.RobotFileParser(url)
+    try:
+        parser.parse(kept)
+    except ValueError as e:
+        return f"robots.txt unreadable ({e}): the site is treated as disallowed"
+    return parser
+
+
 def _parse_retry_after(value: str) -> float | None:
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true too, and float() refuses it
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None
@@ -755,6 +801,13 @@ def _parse_retry_after(value: str) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
+def _scheme(target: str) -> str:
+    try:
+        return urlsplit(target).scheme.lower()
+    except ValueError:  # "http://[::1": canonical_url refuses it with its reason later
+        return target.partition(":")[0].lower()
 
 
 def iter_targets(targets: Iterable[str]) -> Iterator[tuple[str, str]]:
@@ -766,7 +819,7 @@ def iter_targets(targets: Iterable[str]) -> Iterator[tuple[str, str]]:
             yield "folder", t
         elif os.path.isfile(t):
             yield "file", t
-        elif urlsplit(t).scheme.lower() in ("http", "https"):
+        elif _scheme(t) in ("http", "https"):
             yield "url", t
         else:
             raise CrawlError(f"{t!r} is neither an existing folder or file nor an http(s) URL",

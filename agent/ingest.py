@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import pathspec
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FILE_BYTES = 4 * 1024 * 1024  # per-file cap; larger files are refused unread
+BATCH_INPUTS = 200  # inputs per transaction in Ingestor.batch (a folder walk)
 BINARY_SAMPLE_BYTES = 8192  # how much of the start is sniffed for binary content
 MAX_CONTROL_FRACTION = 0.10  # more control bytes than this in the sample means binary
 
@@ -123,13 +124,60 @@ def sniff_binary(data: bytes) -> str | None:
 
 
 def _codec_name(name: str | None) -> str | None:
+    """The codec's canonical name, or None for an unknown codec or one that is no text
+    encoding (base64, hex, rot13, zlib, ...: bytes-to-bytes or str-to-str transforms)."""
     if not name:
         return None
     try:
-        return codecs.lookup(name.strip().strip("\"'")).name
-    except LookupError:
+        info = codecs.lookup(name.strip().strip("\"'"))
+    except (LookupError, ValueError, UnicodeError):  # unknown, or a name with NUL or surrogates
         log.debug("unknown encoding %r ignored", name)
         return None
+    if not getattr(info, "_is_text_encoding", True):
+        log.debug("encoding %r is not a text encoding: ignored", name)
+        return None
+    return info.name
+
+
+def codec_problem(name: str) -> str | None:
+    """Why `name` cannot be a fallback encoding, or None when it can."""
+    try:
+        info = codecs.lookup(name.strip().strip("\"'"))
+    except (LookupError, ValueError, UnicodeError):
+        return f"unknown fallback encoding {name!r}"
+    if not getattr(info, "_is_text_encoding", True):
+        return f"fallback encoding {name!r} is not a text encoding"
+    return None
+
+
+def utf8_problem(text: str) -> str | None:
+    """Why `text` cannot be stored (UTF-8 cannot hold lone surrogates), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"decoded text holds a lone surrogate (U+{ord(text[e.start]):04X} at character {e.start}) "
+                "that UTF-8 cannot encode")
+    return None
+
+
+def storable(s: str) -> str:
+    """`s` with lone surrogates (os.fsdecode's escapes of non-UTF-8 file names) replaced by
+    U+FFFD, so the store can hold it (its uri keeps the exact bytes, percent-encoded)."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = s.encode("utf-8", "surrogateescape")  # file names: their original bytes
+    except UnicodeEncodeError:
+        raw = s.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def _source(source: str) -> str:
+    """A source name the store takes: storable, and within its 255 characters."""
+    return storable(source)[:255]
 
 
 def decode_text(data: bytes, *, declared: str | None = None, fallback: str | None = None) -> Decoded:
@@ -152,6 +200,8 @@ def decode_text(data: bytes, *, declared: str | None = None, fallback: str | Non
                 decoded = Decoded(data.decode(codec), "utf-8" if codec == "utf-8-sig" else codec)
             except UnicodeDecodeError as e:
                 raise Refused(f"invalid {codec} after its byte-order mark (offset {e.start})", size) from None
+            except UnicodeError as e:
+                raise Refused(f"invalid {codec} after its byte-order mark ({e})", size) from None
             break
     if decoded is None:
         candidates = [_codec_name(declared), "utf-8", _codec_name(fallback)]
@@ -163,6 +213,9 @@ def decode_text(data: bytes, *, declared: str | None = None, fallback: str | Non
             except UnicodeDecodeError as e:
                 if codec == "utf-8":
                     first_error = e
+            except (UnicodeError, LookupError, ValueError, TypeError) as e:
+                # codecs such as idna or punycode fail in their own ways: the next candidate
+                log.debug("decoding as %s failed: %r", codec, e)
         if decoded is None:
             assert first_error is not None
             bad = data[first_error.start]
@@ -171,6 +224,9 @@ def decode_text(data: bytes, *, declared: str | None = None, fallback: str | Non
                 "declared or fallback encoding", size)
     if "\0" in decoded.text:
         raise Refused("binary content (NUL character after decoding)", size)
+    problem = utf8_problem(decoded.text)
+    if problem:
+        raise Refused(f"{problem} (decoded as {decoded.encoding})", size)
     if not decoded.text.strip():
         raise Refused("empty (whitespace only)", size)
     if decoded.encoding == "utf_8":  # codecs.lookup spells it this way
@@ -331,6 +387,8 @@ def walk_files(root: str | os.PathLike, path_filter: PathFilter | None = None, *
             continue
         subdirs = []
         for entry in entries:
+            if stop_event is not None and stop_event.is_set():  # per entry: folders can be huge
+                return
             rel = f"{dir_rel}/{entry.name}" if dir_rel else entry.name
             try:
                 is_link = entry.is_symlink()
@@ -392,14 +450,20 @@ def _is_link(entry: os.DirEntry) -> bool:
 # --- uris ---------------------------------------------------------------------------------
 
 
-def file_uri(path: str | os.PathLike) -> str:
-    """The document uri of a local path: absolute, symlinks kept, percent-encoded."""
-    return Path(os.path.abspath(path)).as_uri()
+def file_uri(path: str | os.PathLike | bytes) -> str:
+    """The document uri of a local path: absolute, symlinks kept, percent-encoded.
+
+    The path's bytes are what gets encoded, so a name that is not UTF-8 (b"bad\\xff.txt",
+    "bad\\udcff.txt" as os.fsdecode gives it) becomes "bad%FF.txt" and uri_to_path gives
+    the same path back.
+    """
+    return Path(os.path.abspath(os.fsdecode(path))).as_uri()
 
 
 def uri_to_path(uri: str) -> str | None:
+    """The local path of a file uri (the inverse of file_uri), None for other schemes."""
     parts = urlsplit(uri)
-    return unquote(parts.path) if parts.scheme == "file" else None
+    return os.fsdecode(unquote_to_bytes(parts.path)) if parts.scheme == "file" else None
 
 
 # --- the ingestor -------------------------------------------------------------------------
@@ -416,11 +480,11 @@ class Ingestor:
                  fallback_encoding: str | None = None, follow_symlinks: bool = False) -> None:
         if max_file_bytes <= 0:
             raise ValueError("max_file_bytes must be positive")
-        if fallback_encoding is not None and _codec_name(fallback_encoding) is None:
+        problem = None if fallback_encoding is None else codec_problem(fallback_encoding)
+        if problem:
             from engine.errors import ConfigError
 
-            raise ConfigError(f"unknown fallback encoding {fallback_encoding!r}",
-                              hint="use a Python codec name such as cp1252 or latin-1")
+            raise ConfigError(problem, hint="use a Python text codec name such as cp1252 or latin-1")
         self.store = store
         self.max_file_bytes = max_file_bytes
         self.fallback_encoding = fallback_encoding
@@ -428,7 +492,7 @@ class Ingestor:
         self._batch: _Batch | None = None
 
     @contextlib.contextmanager
-    def batch(self, every: int = 200) -> Iterator[None]:
+    def batch(self, every: int = BATCH_INPUTS) -> Iterator[None]:
         """Group the calls inside into transactions of up to `every` inputs (much faster for
         walks of many small files). An error rolls back the open transaction and propagates."""
         if self._batch is not None:
@@ -498,6 +562,10 @@ class Ingestor:
 
         if not text.strip():
             return self.refuse(uri, "empty (whitespace only)", source=source, target_id=target_id)
+        problem = utf8_problem(text) or ("binary content (NUL character)" if "\0" in text else None)
+        if problem:
+            return self.refuse(uri, problem, source=source, size_bytes=size_bytes, target_id=target_id)
+        uri, source = storable(uri), _source(source)
         sha = content_sha256(text)
         with self._tx() as s:
             prior = s.execute(_statements()["prior"], {"sha": sha}).first()
@@ -531,6 +599,7 @@ class Ingestor:
     def refuse(self, uri: str, reason: str, *, source: str, size_bytes: int | None = None,
                target_id: int | None = None) -> IngestResult:
         """Record a refused input (status skipped) with its reason."""
+        uri, reason, source = storable(uri), storable(reason), _source(source)
         with self._tx() as s:
             doc_id = self._refuse_in(s, uri, reason, source=source, size_bytes=size_bytes,
                                      target_id=target_id)

@@ -34,7 +34,9 @@ from agent.clikit import (CONTEXT_SETTINGS, data_dir_option, emit_table, existin
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Extra gitignore-style pattern to skip in folders (repeatable).")
 @click.option("--fallback-encoding", default=None, metavar="CODEC",
-              help="Decode non-UTF-8 text with this codec, e.g. cp1252 (recorded per document).")
+              help="Text codec for input that is not UTF-8 and declares no usable charset, e.g. "
+                   "cp1252: files, and pages of URL targets (HTML without it: cp1252). "
+                   "Recorded per document.")
 @click.option("--source", default=None, help="Source name for the documents (default: the folder or host).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
@@ -44,12 +46,13 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
 
     Folders are walked (honouring .gitignore and the default excludes), URLs are crawled
     (robots.txt, per-host delay, depth and page limits). Every refused input is recorded
-    with its reason; none of them stops the run.
+    with its reason; none of them stops the run. Ctrl-C stops after the current file or
+    page and keeps everything stored; a second Ctrl-C aborts at once.
 
     Example: cllm crawl corpus/ https://docs.python.org/3/reference/ --max-pages 20
     """
     from agent.crawler import CrawlReport, Crawler, iter_targets
-    from agent.ingest import DEFAULT_EXCLUDES, Ingestor
+    from agent.ingest import BATCH_INPUTS, DEFAULT_EXCLUDES, Ingestor
 
     plan = list(iter_targets(targets))  # validates every target before any work starts
     Ingestor(None, fallback_encoding=fallback_encoding)   # an unknown codec fails here, not later
@@ -59,6 +62,8 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
     stop = threading.Event()
     total = CrawlReport()
     per_target = []
+    current = None  # (kind, target) being worked on
+    restore_sigint = _sigint_sets(stop)
     try:
         with Crawler(store, allow_private_hosts=allow_private_hosts, max_pages=max_pages,
                      max_depth=max_depth, delay=delay, timeout=timeout, max_body_bytes=max_file_bytes,
@@ -67,6 +72,9 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
                                        fallback_encoding=fallback_encoding),
                      exclude=DEFAULT_EXCLUDES + tuple(exclude)) as crawler:
             for kind, target in plan:
+                if stop.is_set():
+                    break
+                current = (kind, target)
                 target_id = _record_target(store, kind, target, max_pages=max_pages, max_depth=max_depth)
                 if kind == "folder":
                     report = crawler.walk(target, source=source, target_id=target_id)
@@ -78,10 +86,23 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
                     report = crawler.crawl(target, source=source, target_id=target_id)
                 per_target.append((target, report))
                 total.merge(report)
-    except KeyboardInterrupt:
+                current = None
+    except KeyboardInterrupt:  # a second Ctrl-C: the open transaction is rolled back
         stop.set()
-        click.echo("interrupted: what was stored so far is kept", err=True)
+        if current is not None and current[0] == "folder":
+            click.echo(f"aborted: the files of {current[1]} stored since the walk's last commit (at most "
+                       f"{BATCH_INPUTS}) were rolled back; everything else stored is kept (run the crawl "
+                       "again to pick them up)", err=True)
+        else:
+            click.echo("aborted: everything stored before the abort is kept, except the page or file "
+                       "being stored at that moment", err=True)
+    else:
+        if stop.is_set():
+            left = len(plan) - len(per_target)
+            click.echo("interrupted: everything stored before the interrupt is kept"
+                       + (f"; {left} targets not started" if left else ""), err=True)
     finally:
+        restore_sigint()
         store.close()
     if as_json:
         click.echo(json.dumps({
@@ -97,6 +118,25 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
         click.echo(f"  {o}: {u}: {why}")
     if len(refused) > 20:
         click.echo(f"  ... and {len(refused) - 20} more (cllm history documents --status skipped)")
+
+
+def _sigint_sets(stop: threading.Event):
+    """Until the returned function is called, the first Ctrl-C sets `stop` (the walk or crawl
+    ends after its current file or page and commits what it stored) and a second one raises
+    KeyboardInterrupt. A no-op off the main thread, where signals cannot be handled."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):  # prints nothing: a handler may interrupt a write to stderr
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def _record_target(store, kind: str, target: str, **options) -> int:

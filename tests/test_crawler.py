@@ -362,3 +362,148 @@ def test_only_plain_http_urls(bad):
 def test_crawl_refuses_other_schemes(store):
     with Crawler(store) as c, pytest.raises(CrawlError, match="only http and https"):
         c.crawl("ftp://example.com/")
+
+
+# --- bad input is a recorded refusal, never a crash -------------------------------------
+
+
+@pytest.mark.parametrize("location", ["http://h]/",  # urllib refuses it, httpx takes it
+                                      "http://[::1"])  # both refuse it (httpx while reading the response)
+def test_malformed_links_and_redirects_are_refusals(store, site, location):
+    b = site.base
+    site.html("/", page("Home", "home words about herons", ("http://[::1", "/ok", "http://h]/x")))
+    site.html("/ok", page("Ok", "the ok page about egrets"))
+    site.routes["/jump"] = Route(302, b"", {"Location": location})
+    with crawler(store) as c:
+        report = c.crawl(b + "/")
+        c.crawl(b + "/jump")
+    assert report.counts["fetched"] == 2  # the page is kept, its bad links skipped
+    u = urls(store)
+    assert u[b + "/"][0] == "fetched" and u[b + "/ok"][0] == "fetched"
+    status, _, reason = u[b + "/jump"]
+    assert status == "refused" and "malformed URL" in reason
+
+
+@pytest.mark.parametrize("bad", ["http://[::1", "http://a\x00b/", "http://exa mple.com/",
+                                 "http://example.com/\ud800", "http://example.com/?q=\udcff"])
+def test_malformed_urls_are_refused(bad):
+    with pytest.raises(Refused, match="malformed URL|invalid host name"):
+        canonical_url(bad)
+    with pytest.raises(Refused, match="malformed URL|invalid host name"):
+        canonical_url(bad, "http://example.com/dir/")
+
+
+def test_a_malformed_url_target_is_a_crawl_error(store):
+    from agent.crawler import iter_targets
+
+    assert list(iter_targets(["http://[::1"])) == [("url", "http://[::1")]
+    with Crawler(store) as c, pytest.raises(CrawlError, match="malformed URL"):
+        c.crawl("http://[::1")
+
+
+@pytest.mark.parametrize("codec", ["base64", "hex", "rot13", "zlib", "uu", "bz2", "quopri", "no-such",
+                                   "idna"])
+def test_declared_non_text_charsets_are_ignored(store, site, codec):
+    b = site.base
+    site.routes["/t.txt"] = Route(200, b"xn--a- plain words about herons\n",
+                                  {"Content-Type": f"text/plain; charset={codec}"})
+    site.routes["/p.html"] = Route(200, page("P", "words of the page about grebes").encode(),
+                                   {"Content-Type": f"text/html; charset={codec}"})
+    meta = page("M", "words of the meta page about rails").replace(
+        "<head>", f'<head><meta charset="{codec}">').encode()
+    site.routes["/m.html"] = Route(200, meta, {"Content-Type": "text/html"})
+    with crawler(store) as c:
+        for path in ("/t.txt", "/p.html", "/m.html"):
+            c.crawl(b + path)
+    u = urls(store)
+    assert [u[b + p][0] for p in ("/t.txt", "/p.html", "/m.html")] == ["fetched"] * 3
+    encodings = {r["uri"]: r["encoding"] for r in rows(store)}
+    assert encodings[b + "/t.txt"] == "utf-8"  # "xn--a-" does not decode as idna either
+    if codec != "idna":  # a text codec, if a strange one: used where the bytes decode with it
+        assert set(encodings.values()) == {"utf-8"}
+
+
+@pytest.mark.parametrize("codec,body", [("utf-7", b"a lone +2AA- surrogate in words\n"),
+                                        ("unicode_escape", b"an escaped \\udcff surrogate in words\n")])
+def test_charsets_that_decode_to_lone_surrogates_are_refused(store, site, codec, body):
+    b = site.base
+    site.routes["/s.txt"] = Route(200, body, {"Content-Type": f"text/plain; charset={codec}"})
+    with crawler(store) as c:
+        report = c.crawl(b + "/s.txt")
+    assert report.counts["skipped"] == 1
+    status, _, reason = urls(store)[b + "/s.txt"]
+    assert status == "skipped" and "lone surrogate" in reason
+    assert [(r["status"], "lone surrogate" in r["reason"]) for r in rows(store)] == [("skipped", True)]
+
+
+def test_corrupt_gzip_body_is_a_failed_fetch(store, site):
+    b = site.base
+    site.html("/", page("Home", "home words about herons", ("/bad.txt", "/ok")))
+    site.routes["/bad.txt"] = Route(200, b"this is not gzip data at all",
+                                    {"Content-Type": "text/plain", "Content-Encoding": "gzip"})
+    site.html("/ok", page("Ok", "the ok page about egrets"))
+    with crawler(store, retries=1) as c:
+        report = c.crawl(b + "/")
+    u = urls(store)
+    status, _, reason = u[b + "/bad.txt"]
+    assert status == "failed" and "DecodingError" in reason and "after 2 attempts" in reason
+    assert site.count("/bad.txt") == 2  # retried like a network error
+    assert u[b + "/ok"][0] == "fetched" and report.counts["fetched"] == 2
+
+
+def test_non_ascii_digits_in_robots_txt_and_retry_after(store, site):
+    b = site.base
+    site.routes["/robots.txt"] = Route(200, "User-agent: *\nCrawl-delay: \u00b2\nDisallow: /private\n".encode(),
+                                       {"Content-Type": "text/plain"})
+    site.html("/", page("Home", "home words about herons", ("/private", "/busy")))
+    site.html("/private", page("Private", "never fetched"))
+    site.routes["/busy"] = [Route(429, b"", {"Retry-After": "\u00b2"}),
+                            Route(200, b"plain text after waiting\n", {"Content-Type": "text/plain"})]
+    with crawler(store) as c:
+        c.crawl(b + "/")
+    u = urls(store)
+    assert u[b + "/"][0] == "fetched" and u[b + "/busy"][0] == "fetched"
+    assert u[b + "/private"][0] == "disallowed" and site.count("/private") == 0
+
+
+def test_url_targets_use_the_configured_fallback_encoding(store, site):
+    from agent.ingest import Ingestor
+
+    b = site.base
+    words = "\u0441\u0435\u0440\u0430\u044f \u0446\u0430\u043f\u043b\u044f \u043d\u0430 \u0440\u0435\u043a\u0435"
+    site.routes["/ru.html"] = Route(200, page("Ru", words).encode("cp1251"), {"Content-Type": "text/html"})
+    site.routes["/ru.txt"] = Route(200, f"{words}\n".encode("cp1251"), {"Content-Type": "text/plain"})
+    with crawler(store, ingestor=Ingestor(store, fallback_encoding="cp1251")) as c:
+        c.crawl(b + "/ru.html")
+        c.crawl(b + "/ru.txt")
+    from store.models import Document
+
+    with store.session(read_only=True) as s:
+        docs = {d.uri: (d.status, d.encoding, d.text) for d in s.scalars(select(Document))}
+    for path in ("/ru.html", "/ru.txt"):
+        status, encoding, text = docs[b + path]
+        assert (status, encoding) == ("pending", "cp1251") and words in text
+
+
+def test_a_folder_walk_stops_within_a_flat_folder(store, tmp_path):
+    import threading
+
+    from agent.ingest import Ingestor
+
+    for i in range(60):
+        (tmp_path / f"f{i:03d}.txt").write_text(f"file number {i}\n")
+    stop = threading.Event()
+
+    class Stopping(Ingestor):
+        n = 0
+
+        def ingest_file(self, path, **kw):
+            self.n += 1
+            if self.n == 3:
+                stop.set()  # SIGTERM, say, while the third file is read
+            return super().ingest_file(path, **kw)
+
+    with crawler(store, stop_event=stop, ingestor=Stopping(store)) as c:
+        report = c.walk(str(tmp_path))
+    assert report.counts["interrupted"] == 1
+    assert report.counts["added"] == 3 and len(rows(store)) == 3  # committed, and no more read

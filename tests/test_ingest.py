@@ -244,3 +244,141 @@ def test_history_urls_lists_refused_urls_with_their_reason(tmp_path):
     assert "1 URLs" in table and "SSRF guard" in table
     missing = CliRunner().invoke(main, ["history", "urls", "--data-dir", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "no store in" in missing.output
+
+
+# --- bad input is a recorded refusal, never a crash -------------------------------------
+
+
+@pytest.mark.parametrize("codec", ["base64", "hex", "rot13", "zlib", "uu", "bz2", "quopri", "nul\x00",
+                                   "\udcff"])
+def test_non_text_codecs_are_never_used(codec):
+    assert decode_text(b"plain words\n", declared=codec).encoding == "utf-8"
+    latin = "cr\u00e8me br\u00fbl\u00e9e".encode("latin-1")
+    with pytest.raises(Refused, match="no usable declared or fallback encoding"):
+        decode_text(latin, declared=codec, fallback=codec)
+
+
+def test_a_codec_failing_oddly_falls_through_to_utf8():
+    assert decode_text(b"xn--a- words", declared="idna") == decode_text(b"xn--a- words")
+
+
+@pytest.mark.parametrize("data,declared", [(b"a lone +2AA- surrogate", "utf-7"),
+                                           (b"an escaped \\ud800 surrogate", "unicode_escape")])
+def test_decoded_lone_surrogates_are_refused(data, declared):
+    with pytest.raises(Refused, match=r"lone surrogate \(U\+D800 at character \d+\).*decoded as"):
+        decode_text(data, declared=declared)
+
+
+@pytest.mark.parametrize("codec", ["rot13", "base64", "zlib"])
+def test_a_non_text_fallback_encoding_is_a_config_error(store, codec):
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is not a text encoding"):
+        Ingestor(store, fallback_encoding=codec)
+    res = CliRunner().invoke(main, ["crawl", ".", "--fallback-encoding", codec, "--data-dir", "unused"])
+    assert res.exit_code == 2 and "not a text encoding" in res.output
+
+
+def test_ingestor_refuses_text_utf8_cannot_hold(tmp_path, store):
+    ing = Ingestor(store, fallback_encoding="unicode_escape")
+    f = tmp_path / "esc.txt"
+    f.write_bytes(b"caf\xe9 \\ud800 words\n")  # not UTF-8: the fallback makes a lone surrogate
+    res = ing.ingest_file(f)
+    assert res.outcome == "refused" and "lone surrogate" in res.reason
+    res = ing.ingest_text("https://example.com/x", "text with \udcff in it", source="example.com")
+    assert res.outcome == "refused" and "lone surrogate" in res.reason
+    res = ing.ingest_text("https://example.com/y", "text with a NUL \x00 in it", source="example.com")
+    assert res.outcome == "refused" and "NUL" in res.reason
+    assert [r["status"] for r in rows(store)] == ["skipped"] * 3
+
+
+def test_file_uri_round_trips_names_that_are_not_utf8(tmp_path):
+    from agent.ingest import uri_to_path
+
+    raw = os.fsencode(str(tmp_path)) + b"/bad\xff.txt"
+    uri = file_uri(raw)
+    assert uri.endswith("/bad%FF.txt") and file_uri(os.fsdecode(raw)) == uri
+    assert os.fsencode(uri_to_path(uri)) == raw
+
+
+def test_reconcile_deletes_rows_of_files_with_names_that_are_not_utf8(tmp_path, store):
+    ing = Ingestor(store)
+    name = os.fsdecode(b"bad\xff.txt")
+    (tmp_path / name).write_text("words in a file with a latin-1 name\n")
+    (tmp_path / "good.txt").write_text("words in a file with a plain name\n")
+    assert ing.ingest_file(tmp_path / name).outcome == "added"
+    ing.ingest_file(tmp_path / "good.txt")
+    (tmp_path / name).unlink()  # deleted while the agent was down
+    assert ing.reconcile(tmp_path, [str(tmp_path / "good.txt")]) == 1
+    assert {r["uri"].rsplit("/", 1)[1]: r["status"] for r in rows(store)} == {
+        "bad%FF.txt": "deleted", "good.txt": "pending"}
+
+
+def test_files_in_folders_with_names_that_are_not_utf8(tmp_path, store):
+    folder = tmp_path / os.fsdecode(b"dir\xfe")
+    folder.mkdir()
+    (folder / "a.txt").write_text("words in a folder with a latin-1 name\n")
+    (folder / "b.bin").write_bytes(b"\x00\x01")
+    ing = Ingestor(store)
+    assert ing.ingest_file(folder / "a.txt").outcome == "added"  # source: the folder, made storable
+    assert ing.ingest_file(folder / "b.bin").outcome == "refused"
+    assert {r["source"] for r in rows(store)} == {str(tmp_path) + "/dir\ufffd"}
+    assert all("/dir%FE/" in r["uri"] for r in rows(store))
+
+
+def test_walk_checks_the_stop_event_for_every_entry(tmp_path):
+    import threading
+
+    for i in range(50):
+        (tmp_path / f"f{i:02d}.txt").write_text(str(i))
+    stop = threading.Event()
+    got = []
+    for item in walk_files(tmp_path, stop_event=stop):
+        got.append(item)
+        if len(got) == 3:
+            stop.set()
+    assert [os.path.basename(i.path) for i in got] == ["f00.txt", "f01.txt", "f02.txt"]
+
+
+def _cli_crawl_interrupted(tmp_path, monkeypatch, sigints: int):
+    """`cllm crawl` of a folder of 20 files with Ctrl-C pressed `sigints` times at the third."""
+    import signal
+
+    monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i:02d}.txt").write_text(f"file number {i}\n")
+    calls = []
+    real = Ingestor.ingest_file
+
+    def ingest_file(self, path, **kw):
+        calls.append(path)
+        if len(calls) == 3:
+            for _ in range(sigints):
+                signal.raise_signal(signal.SIGINT)
+        return real(self, path, **kw)
+
+    monkeypatch.setattr(Ingestor, "ingest_file", ingest_file)
+    before = signal.getsignal(signal.SIGINT)
+    data = str(tmp_path / "data")
+    res = CliRunner().invoke(main, ["crawl", str(src), "--data-dir", data], catch_exceptions=False)
+    assert signal.getsignal(signal.SIGINT) is before  # the CLI's handler is gone again
+    monkeypatch.undo()
+    docs = json.loads(CliRunner().invoke(main, ["history", "documents", "--data-dir", data, "--json"]).output)
+    return res, docs, calls
+
+
+def test_cli_crawl_ctrl_c_keeps_what_was_stored(tmp_path, monkeypatch):
+    res, docs, calls = _cli_crawl_interrupted(tmp_path, monkeypatch, sigints=1)
+    assert res.exit_code == 0, res.output
+    assert "interrupted: everything stored before the interrupt is kept" in res.output
+    assert len(calls) == 3 and len(docs) == 3  # the walk stopped after the current file, and committed it
+    assert "interrupted 1" in res.output
+
+
+def test_cli_crawl_second_ctrl_c_says_what_is_lost(tmp_path, monkeypatch):
+    res, docs, _ = _cli_crawl_interrupted(tmp_path, monkeypatch, sigints=2)
+    assert res.exit_code == 0, res.output
+    assert "were rolled back" in res.output and "at most 200" in res.output
+    assert docs == []  # exactly as said: the walk's open transaction held them all
