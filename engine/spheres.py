@@ -239,10 +239,15 @@ class ThreadedTrainingSystem:
         self._task = (inputs, targets, parts, 1.0 / max(n_valid, 1), lam)
         self._saved[:] = False
         t0 = time.perf_counter()
-        self._wait(self._A)      # Point A: release the workers
-        self._wait(self._B)      # Point B: every gradient row is ready
-        self._wait(self._C)      # Point C: segments reduced; _node_zero_decide has run
-        self._wait(self._E)      # Point E: segments updated (or left alone)
+        try:
+            self._wait(self._A)      # Point A: release the workers
+            self._wait(self._B)      # Point B: every gradient row is ready
+            self._wait(self._C)      # Point C: segments reduced; _node_zero_decide has run
+            self._wait(self._E)      # Point E: segments updated (or left alone)
+        except BaseException:        # an interrupt between two waits, too: free the workers
+            if not self._broken:
+                self._break()
+            raise
         self.node_zero.idle_s += time.perf_counter() - t0
         self.node_zero.batches += 1
         self.node_zero.tokens += n_valid
@@ -291,9 +296,6 @@ class ThreadedTrainingSystem:
                 f"workers did not reach the barrier within {self.watchdog_timeout:.1f}s: "
                 f"{', '.join(stuck) or 'unknown'}",
                 "raise watchdog_timeout for very large batches") from None
-        except BaseException:       # e.g. KeyboardInterrupt in Node Zero: release the workers
-            self._break()
-            raise
 
     def _break(self) -> None:
         self._broken = True

@@ -228,8 +228,10 @@ def test_hierarchy_is_one_plus_twelve_plus_one_hundred_forty_four():
 def test_an_interrupt_in_node_zero_releases_every_worker(monkeypatch):
     """Ctrl-C while Node Zero waits at a barrier: the barriers are aborted, so the workers
     leave at once and close() has nothing to wait for."""
-    import _thread
+    import signal
 
+    main = threading.main_thread().ident
+    assert threading.get_ident() == main            # the interrupt goes to this thread
     m = Model(CFG, seed=0)
     real = m.forward_backward
     interrupted = threading.Event()
@@ -237,8 +239,8 @@ def test_an_interrupt_in_node_zero_releases_every_worker(monkeypatch):
     def slow(ws, x, y, grad, scale=None, crystalline_weight=0.0):
         if threading.current_thread().name == "cllm-sphere-0" and not interrupted.is_set():
             interrupted.set()
-            _thread.interrupt_main()          # KeyboardInterrupt in the waiting main thread
-            time.sleep(0.2)                   # (test only) keep this worker busy meanwhile
+            signal.pthread_kill(main, signal.SIGINT)   # Ctrl-C, delivered to Node Zero
+            time.sleep(0.5)                   # (test only) keep this worker busy meanwhile
         return real(ws, x, y, grad, scale, crystalline_weight)
 
     monkeypatch.setattr(m, "forward_backward", slow)
