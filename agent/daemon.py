@@ -16,6 +16,7 @@ keeps a second agent out; it records the running agent's pid for `cllm status`.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -331,10 +332,16 @@ class Agent:
                     self.stop.set()
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGINT and SIGTERM set `stop` (the agent finishes the current step and exits)."""
+@contextlib.contextmanager
+def signals_stop(stop: threading.Event):
+    """While inside: SIGINT and SIGTERM set `stop` (the agent finishes the current step and
+    exits). The previous handlers are restored on the way out."""
     def handler(signum, frame):
         log.warning("received %s: stopping at the next step boundary", signal.Signals(signum).name)
         stop.set()
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)

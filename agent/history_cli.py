@@ -337,7 +337,7 @@ def agent(data_dir, config, max_cycles, **flags):
     import threading
 
     from agent.continuous_trainer import TrainerSettings
-    from agent.daemon import Agent, AgentConfig, install_signal_handlers
+    from agent.daemon import Agent, AgentConfig, signals_stop
     from agent.settings import resolve
 
     cfg = resolve(flags, data_dir, config)
@@ -357,7 +357,6 @@ def agent(data_dir, config, max_cycles, **flags):
                       if cfg["crawl"] else ""),
                    err=True)
     stop = threading.Event()
-    install_signal_handlers(stop)
     a = Agent(AgentConfig(Path(data_dir), tset, tuple(cfg["watch"]), tuple(cfg["crawl"]),
                           cfg["quiet_period"], cfg["allow_private_hosts"], max_cycles,
                           include=tuple(cfg["include"]), exclude=tuple(cfg["exclude"]),
@@ -365,7 +364,8 @@ def agent(data_dir, config, max_cycles, **flags):
                           fallback_encoding=cfg["fallback_encoding"],
                           max_pages=cfg["max_pages"], max_depth=cfg["max_depth"]),
               stop=stop)
-    a.run()
+    with signals_stop(stop):
+        a.run()
     click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)
 
 

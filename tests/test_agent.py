@@ -496,3 +496,20 @@ def test_a_store_error_while_ingesting_keeps_the_event_and_retries(tmp_path, mon
             assert [d.status for d in s.scalars(select(Document))] == ["trained"]
     finally:
         store.close()
+
+
+def test_the_agent_command_restores_the_signal_handlers_it_installed(tmp_path):
+    """`cllm agent` turns SIGINT/SIGTERM into a stop request only while it runs."""
+    import signal
+
+    from click.testing import CliRunner
+
+    from agent.cli import main
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    watch = tmp_path / "watched"
+    drop(watch, "a.txt", "one cycle and done. ")
+    r = CliRunner().invoke(main, ["agent", "--data-dir", str(tmp_path / "data"), "--watch",
+                                  str(watch), *FAST, "--cycle-steps", "2", "--max-cycles", "1"])
+    assert r.exit_code == 0, r.output
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

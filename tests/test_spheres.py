@@ -244,9 +244,13 @@ def test_an_interrupt_in_node_zero_releases_every_worker(monkeypatch):
         return real(ws, x, y, grad, scale, crystalline_weight)
 
     monkeypatch.setattr(m, "forward_backward", slow)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # Python's Ctrl-C
     s = ThreadedTrainingSystem(m, SGD, n_workers=3, watchdog_timeout=60)
-    with pytest.raises(KeyboardInterrupt):
-        s.train_step(*data())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            s.train_step(*data())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     for t in s._threads:                      # they return by themselves: barriers aborted
         t.join(20)
     assert s.threads_alive() == 0
