@@ -142,10 +142,12 @@ def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @data_dir_option
 @click.option("--prompt", default="", help="Text to continue.")
-@click.option("--max-new-tokens", type=int, default=120, show_default=True)
-@click.option("--temperature", type=float, default=0.8, show_default=True)
-@click.option("--top-k", type=int, default=40, show_default=True)
-@click.option("--top-p", type=float, default=None)
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=120, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8, show_default=True,
+              help="0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Keep the smallest set of tokens with this much probability (0: greedy).")
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop when this text is produced (repeatable).")
 @friendly_errors

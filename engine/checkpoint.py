@@ -173,9 +173,13 @@ def load_checkpoint(path, expected_tokenizer_sha256: Optional[str] = None,
             optimizer.load_state(state, int(meta.get("optimizer_t", "0")))
         except ValueError as e:
             raise CheckpointError(f"checkpoint {path}: {e}", hint) from None
+    try:   # the payload hash covers the tensors, not these fields: check them too
+        step, cycle = int(meta.get("step", 0)), int(meta.get("cycle", 0))
+        extra = json.loads(meta.get("extra") or "{}")
+    except ValueError as e:               # JSONDecodeError is a ValueError
+        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({e})", hint) from None
     return Checkpoint(path=path, model=model, train_config=tcfg, optimizer=optimizer,
-                      step=int(meta.get("step", 0)), cycle=int(meta.get("cycle", 0)),
-                      tokenizer_sha256=tok, extra=json.loads(meta.get("extra") or "{}"))
+                      step=step, cycle=cycle, tokenizer_sha256=tok, extra=extra)
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -86,20 +86,31 @@ class KVDecoder:
 def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,
                 top_k: Optional[int] = None, top_p: Optional[float] = None) -> int:
     """Draw one id from logits (V,): greedy at temperature 0, else softmax(logits / T)
-    restricted to the top_k largest and to the smallest set with mass >= top_p."""
-    if temperature < 0:
-        raise ValueError("temperature must be >= 0")
-    if temperature == 0:
+    restricted to the top_k largest and to the smallest set with mass >= top_p (top_p 0
+    keeps only the most likely token). Non-finite logits are refused: sampling from them
+    would silently return an arbitrary id."""
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 <= top_p <= 1:
+        raise ValueError(f"top_p must be within [0, 1], got {top_p}")
+    if not np.isfinite(logits).all():
+        raise ValueError("logits hold NaN or Inf: the model's parameters are not finite")
+    if temperature == 0 or top_p == 0 or top_k == 1:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
+    with np.errstate(over="ignore"):
+        z = logits.astype(np.float64) / temperature
+    if not np.isfinite(z).all():          # a temperature so small that z overflows: greedy
+        return int(np.argmax(logits))
     idx = np.arange(z.size)
-    if top_k is not None and 0 < top_k < z.size:
+    if top_k is not None and top_k < z.size:
         idx = np.argpartition(-z, top_k - 1)[:top_k]
         z = z[idx]
     z -= z.max()
     prob = np.exp(z)
     prob /= prob.sum()
-    if top_p is not None and 0 < top_p < 1:
+    if top_p is not None and top_p < 1:
         order = np.argsort(-prob, kind="stable")
         cum = np.cumsum(prob[order])
         keep = order[:int(np.searchsorted(cum, top_p)) + 1]

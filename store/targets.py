@@ -9,6 +9,7 @@ from typing import Any, Mapping, Optional
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .errors import StoreError
 from .models import TARGET_KINDS, CrawlTarget
 
 
@@ -18,6 +19,10 @@ def add_target(session: Session, kind: str, location: str,
     one re-enables it and, when `options` is given, replaces its options."""
     if kind not in TARGET_KINDS:
         raise ValueError(f"kind must be one of {TARGET_KINDS}, not {kind!r}")
+    limit = CrawlTarget.__table__.c.location.type.length
+    if len(location) > limit:     # PostgreSQL would refuse it with a DataError mid-session
+        raise StoreError(f"target {location[:60]}... is {len(location)} characters long",
+                         f"use a path or URL of at most {limit} characters")
     target = session.scalars(select(CrawlTarget).where(
         CrawlTarget.kind == kind, CrawlTarget.location == location)).one_or_none()
     created = target is None

@@ -121,3 +121,22 @@ def test_a_tensor_missing_or_of_the_wrong_shape_is_refused(trained, tmp_path, ch
     with pytest.raises(CheckpointError, match="does not match the config") as e:
         load_checkpoint(bad)
     assert str(bad) in e.value.one_line()
+
+
+@pytest.mark.parametrize("field, value", [("step", "seven"), ("cycle", "1.5"),
+                                          ("extra", "{not json")])
+def test_unreadable_metadata_is_a_checkpoint_error(trained, tmp_path, field, value):
+    """The payload hash covers the tensors only: bad metadata must still be a CheckpointError
+    (so the agent falls back to the previous checkpoint) and never a ValueError."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    _, _, _, path, _ = trained
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata())
+    meta[field] = value
+    bad = tmp_path / "meta.safetensors"
+    save_file(tensors, str(bad), metadata=meta)
+    with pytest.raises(CheckpointError, match="metadata"):
+        load_checkpoint(bad)

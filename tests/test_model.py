@@ -210,3 +210,22 @@ def test_gradient_does_not_depend_on_what_the_buffer_held():
     dirty = np.full(m.num_params, np.nan, np.float32)
     m.forward_backward(m.workspace(2, 8), *m._check_inputs(x, y), dirty)
     assert dirty.tobytes() == ref.tobytes()
+
+
+def test_sampling_edge_cases_are_exact_or_refused():
+    from engine.generate import sample_next
+
+    rng = np.random.default_rng(0)
+    logits = np.array([1.0, 4.0, 2.0, 3.0], np.float32)
+    assert sample_next(logits, rng, temperature=0) == 1
+    assert sample_next(logits, rng, temperature=1e-320) == 1        # z overflows: greedy
+    assert {sample_next(logits, rng, top_p=0.0) for _ in range(20)} == {1}
+    assert {sample_next(logits, rng, top_k=1) for _ in range(20)} == {1}
+    assert {sample_next(logits, rng, top_k=2) for _ in range(200)} == {1, 3}
+    assert len({sample_next(logits, rng, top_k=99) for _ in range(400)}) == 4   # k > V: all
+    for bad in (dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_k=0),
+                dict(top_p=1.5), dict(top_p=-0.1)):
+        with pytest.raises(ValueError):
+            sample_next(logits, rng, **bad)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sample_next(np.array([1.0, np.nan, 2.0], np.float32), rng)

@@ -425,3 +425,15 @@ def test_interrupting_running_cycles_can_keep_their_error(store):
         assert [(c.status, c.error) for c in queries.list_cycles(s)] == [
             ("interrupted", "already explained"), ("interrupted", "stopped")]
         assert all(c.finished is not None for c in queries.list_cycles(s))
+
+
+def test_a_target_longer_than_its_column_is_refused_on_every_backend(store):
+    """PostgreSQL enforces String(2048) (SQLite would not): refuse it the same way on both,
+    with a clear error, and leave the session usable."""
+    from store import StoreError
+
+    with store.session() as s:
+        with pytest.raises(StoreError, match="characters long"):
+            add_target(s, "crawl", "https://example.org/" + "a" * 3000)
+        ok, created = add_target(s, "crawl", "https://example.org/" + "a" * 2000)
+        assert created and len(ok.location) == 2020
