@@ -276,10 +276,14 @@ class Tokenizer:
     @property
     def sha256(self) -> str:
         """Hash of the canonical vocabulary state; checkpoints record it."""
-        return hashlib.sha256(_canonical(self._state()).encode()).hexdigest()
+        with self._lock:                   # never a half-learned vocabulary
+            state = self._state()
+        return hashlib.sha256(_canonical(state).encode()).hexdigest()
 
     def to_json(self) -> str:
-        return _canonical({**self._state(), "max_vocab": self.max_vocab, "vocab_size": len(self)})
+        with self._lock:
+            state = {**self._state(), "max_vocab": self.max_vocab, "vocab_size": len(self)}
+        return _canonical(state)
 
     @classmethod
     def from_json(cls, text: str, source: str = "tokenizer state") -> "Tokenizer":

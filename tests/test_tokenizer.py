@@ -379,3 +379,20 @@ def test_load_refuses_bad_files(tok, tmp_path):
     path.write_text(json.dumps(broken))
     with pytest.raises(TokenizerError, match="merge"):
         Tokenizer.load(path)
+
+
+def test_state_and_hash_are_never_read_in_the_middle_of_learn():
+    """learn() appends merges one by one under the tokenizer's lock; to_json and sha256 take
+    the same lock, so a reader in another thread waits for the whole delta."""
+    import threading
+
+    tok = Tokenizer()
+    tok.learn(["abab abab cdcd cdcd"] * 4, max_new_tokens=3)
+    out = []
+    with tok._lock:                          # what learn() holds while it appends
+        reader = threading.Thread(target=lambda: out.append((tok.to_json(), tok.sha256)))
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive() and not out   # blocked behind the lock
+    reader.join(10)
+    assert out and out[0][1] == tok.sha256
