@@ -36,6 +36,13 @@ class KVDecoder:
         self._tmp = np.empty((1, C), np.float32)
         self._logits = np.empty(cfg.vocab_size, np.float32)
 
+    def _logits_buffer(self) -> np.ndarray:
+        """The logits buffer, resized if the model's vocabulary grew since the last call."""
+        V = self.model.config.vocab_size
+        if self._logits.shape[0] != V:
+            self._logits = np.empty(V, np.float32)
+        return self._logits
+
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         """Reset the cache to `ids` (at most T tokens); returns the last position's logits."""
         m, cfg = self.model, self.cfg
@@ -49,7 +56,7 @@ class KVDecoder:
             self.k[l, :, :P] = qkv[:, C:2 * C].reshape(P, NH, -1).transpose(1, 0, 2)
             self.v[l, :, :P] = qkv[:, 2 * C:].reshape(P, NH, -1).transpose(1, 0, 2)
         self.n = P
-        np.matmul(m.param("wte"), ws.lnf[P - 1], out=self._logits)
+        np.matmul(m.param("wte"), ws.lnf[P - 1], out=self._logits_buffer())
         return self._logits
 
     def step(self, token: int) -> np.ndarray:
@@ -78,7 +85,7 @@ class KVDecoder:
             np.matmul(self._gelu, p[f"{b}.mlp.proj.w"], out=self._tmp)
             K.bias_residual_forward(x, p[f"{b}.mlp.proj.b"], self._tmp)
         K.layernorm_forward(h, self._mean, self._rstd, x, p["lnf.w"], p["lnf.b"])
-        np.matmul(p["wte"], h[0], out=self._logits)
+        np.matmul(p["wte"], h[0], out=self._logits_buffer())
         self.n = pos + 1
         return self._logits
 

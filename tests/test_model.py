@@ -229,3 +229,16 @@ def test_sampling_edge_cases_are_exact_or_refused():
             sample_next(logits, rng, **bad)
     with pytest.raises(ValueError, match="NaN or Inf"):
         sample_next(np.array([1.0, np.nan, 2.0], np.float32), rng)
+
+
+def test_a_decoder_keeps_working_when_the_vocabulary_grows_under_it():
+    from engine.generate import KVDecoder
+
+    m = Model(engine.tiny, seed=0)
+    dec = KVDecoder(m)
+    dec.prefill([1, 2, 3])
+    m.grow_vocab(engine.tiny.vocab_size + 7)
+    logits = dec.step(4)
+    assert logits.shape == (engine.tiny.vocab_size + 7,)
+    full = m.logits(np.array([[1, 2, 3, 4]]))[0, -1]
+    np.testing.assert_allclose(logits, full, rtol=1e-4, atol=1e-5)
