@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -192,7 +192,7 @@ def continual_run(docs, settings, chunks: int = 1) -> list[dict]:
             t0 = time.perf_counter()
             rep = trainer.run_cycle(batch, "bench")
             wall = time.perf_counter() - t0
-            state = trainer._state()
+            state = trainer.state
             npb = {s: nats_per_byte(state, t) for s, t in heldout.items()}
             learned[src] = npb[src]
             rows.append({"replay_fraction": replay_fraction, "cycle": rep.cycle_id,

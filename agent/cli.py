@@ -11,7 +11,7 @@ import os
 
 import click
 
-from agent.clikit import CONTEXT_SETTINGS, friendly_errors  # noqa: F401  (re-exported)
+from agent.clikit import CONTEXT_SETTINGS
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)

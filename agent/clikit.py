@@ -25,8 +25,9 @@ def existing_store(data_dir):
     """The store of `data_dir` (or $CLLM_DATABASE_URL), refusing to create one in a data
     directory where nothing was ever stored (a mistyped --data-dir)."""
     from store import StoreError, open_store
+    from store.db import SQLITE_FILENAME
 
-    if not (Path(data_dir) / "cllm.sqlite3").exists() and not os.environ.get("CLLM_DATABASE_URL"):
+    if not (Path(data_dir) / SQLITE_FILENAME).exists() and not os.environ.get("CLLM_DATABASE_URL"):
         raise StoreError(f"no store in {data_dir}",
                          "start the agent (cllm agent --data-dir DIR), or pass the --data-dir "
                          "it uses")

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
-import time
 from pathlib import Path
-from typing import Optional
 
 import click
 
@@ -18,10 +15,6 @@ from engine.errors import CllmError
 REPO_CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".c", ".h", ".cpp", ".js", ".ts", ".go", ".rs",
                  ".java", ".toml", ".yaml", ".yml", ".json", ".html", ".css", ".sh", ".tex"}
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("CLLM_DATA_DIR") or "cllm-data")
 
 
 def read_docs(paths: list[Path]):
@@ -84,7 +77,6 @@ def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_
     from agent.daemon import DataDirLock
     from agent.training import new_state
 
-    data_dir = data_dir or default_data_dir()
     if not paths:
         if not REPO_CORPUS.is_dir():
             raise CllmError("no PATH given and the sample corpus is not installed",
@@ -158,7 +150,6 @@ def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, 
     """
     from agent.training import latest_state
 
-    data_dir = data_dir or default_data_dir()
     state = latest_state(data_dir)
     if state is None:
         raise CllmError(f"no checkpoint in {data_dir}", "train first: cllm train")
@@ -237,7 +228,7 @@ def neighbours(token, vocab_size, data_dir, as_json):
     if vocab_size is None:
         from agent.training import list_checkpoints
         from engine.checkpoint import load_checkpoint
-        ckpts = list_checkpoints(data_dir or default_data_dir())
+        ckpts = list_checkpoints(data_dir)
         vocab_size = load_checkpoint(ckpts[-1]).model.config.vocab_size if ckpts else 10000
     if not 0 <= token < vocab_size:
         raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",

@@ -38,7 +38,7 @@ import numpy as np
 
 from agent.training import (CKPT_RE, TOKENIZER_RE, Doc, RunResult, State, checkpoint_dir,
                             load_state, new_state, save_state, tokenizer_path, train_run)
-from engine import TrainConfig
+from engine import PRESETS, TrainConfig
 from engine.errors import CllmError
 from engine.optim import lr_at
 
@@ -91,8 +91,8 @@ class TrainerSettings:
                             "e.g. 0.1")
         if self.steps is not None and self.steps < 1:
             raise CllmError("steps per cycle must be >= 1", "e.g. --cycle-steps 100")
-        if self.preset not in ("tiny", "small", "base"):
-            raise CllmError(f"preset {self.preset!r} is not tiny, small or base",
+        if self.preset not in PRESETS:
+            raise CllmError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}",
                             "e.g. --preset small")
         if self.workers is not None and self.workers < 1:
             raise CllmError(f"workers = {self.workers}: at least one worker sphere is needed",
@@ -176,24 +176,23 @@ class ContinuousTrainer:
         removed = []
         d = checkpoint_dir(self.data_dir)
         for p in sorted(d.iterdir()) if d.is_dir() else []:
-            if not p.exists():                  # a tokenizer removed with its checkpoint
-                continue
-            m = CKPT_RE.match(p.name) or TOKENIZER_RE.match(p.name)
-            ckpt = p if CKPT_RE.match(p.name) else d / p.name.replace(".tokenizer.json",
-                                                                      ".safetensors")
             if p.name.startswith(".") and p.name.endswith(".tmp"):
                 # a write killed before its rename (we hold the data-directory lock, so no
                 # writer is running): never a checkpoint
                 log.warning("removing %s: an unfinished write", p)
-            elif not (m and str(ckpt.resolve()) not in known and int(m.group(1)) in unfinished):
-                continue
-            elif p == ckpt:
-                log.warning("removing checkpoint %s: its cycle never committed", p)
-                tokenizer_path(p).unlink(missing_ok=True)
-            elif ckpt.exists():
-                continue                        # removed with its checkpoint
             else:
-                log.warning("removing %s: its checkpoint was never written", p)
+                m = CKPT_RE.match(p.name) or TOKENIZER_RE.match(p.name)
+                ckpt = d / f"ckpt-{m.group(1)}.safetensors" if m else None
+                if (ckpt is None or str(ckpt.resolve()) in known
+                        or int(m.group(1)) not in unfinished or not p.exists()):
+                    continue                    # recorded, not ours, or removed just before
+                if p == ckpt:
+                    log.warning("removing checkpoint %s: its cycle never committed", p)
+                    tokenizer_path(p).unlink(missing_ok=True)
+                elif ckpt.exists():
+                    continue                    # removed with its checkpoint
+                else:
+                    log.warning("removing %s: its checkpoint was never written", p)
             p.unlink(missing_ok=True)
             removed.append(p)
         return removed
@@ -214,7 +213,7 @@ class ContinuousTrainer:
                 list_checkpoints(s, newest_first=True), key=lambda c: not c.is_latest)]
         for i, (ckpt_id, path, sha, cycle_id) in enumerate(rows):
             try:
-                self.state = load_state(self._checkpoint_file(path), expected_sha256=sha)
+                self.state = load_state(Path(path), expected_sha256=sha)
             except CllmError as e:
                 log.warning("refusing checkpoint %s: %s; trying the previous one", path, e.one_line())
                 continue
@@ -251,16 +250,6 @@ class ContinuousTrainer:
             log.warning("rolled back cycles %s: %d documents are pending again, %d vocabulary "
                         "entries removed", ", ".join(map(str, done["cycles"])), done["documents"],
                         done["vocab"])
-
-    def _checkpoint_file(self, recorded: str) -> Path:
-        """A recorded checkpoint path; older rows hold paths relative to the directory the
-        agent ran in, so a missing relative path is also looked up in this data directory."""
-        p = Path(recorded)
-        if not p.is_absolute() and not p.exists():
-            alt = checkpoint_dir(self.data_dir) / p.name
-            if alt.exists():
-                return alt
-        return p
 
     # --- when ---------------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -81,9 +80,9 @@ def history_cycles(data_dir, as_json, plot):
             rows = cycle_rows(s)
     finally:
         store.close()
-    emit_table(rows, as_json, ["id", "status", "trigger", "documents", "replayed", "tokens", "steps",
-                          "loss", "val_loss", "forgetting_mean", "checkpoint_path"],
-          f"{len(rows)} cycles")
+    emit_table(rows, as_json, ["id", "status", "trigger", "documents", "replayed", "tokens",
+                               "steps", "loss", "val_loss", "forgetting_mean", "checkpoint_path"],
+               f"{len(rows)} cycles")
     if plot:
         done = [r for r in rows if r["status"] == "completed"]
         _plot(plot, {"train loss": ([r["id"] for r in done], [r["loss"] for r in done]),
@@ -121,7 +120,7 @@ def history_vocab(data_dir, cycle_id, as_json, plot):
     finally:
         store.close()
     emit_table(rows, as_json, ["token_id", "token", "cycle_id", "document"],
-          f"{len(rows)} learned tokens")
+               f"{len(rows)} learned tokens")
     if plot:
         size, xs, ys = (base or -1) + 1, [], []
         by_cycle: dict[int, int] = {}
@@ -161,7 +160,7 @@ def history_checkpoints(data_dir, verify, as_json):
         if verify:
             r["ok"] = r["exists"] and file_sha256(r["path"]) == r["sha256"]
     emit_table(rows, as_json, ["id", "cycle_id", "step", "vocab_size", "latest", "exists"]
-          + (["ok"] if verify else []) + ["path"], f"{len(rows)} checkpoints")
+               + (["ok"] if verify else []) + ["path"], f"{len(rows)} checkpoints")
 
 
 @click.command("forgetting", context_settings=CONTEXT_SETTINGS)
@@ -186,8 +185,7 @@ def history_forgetting(data_dir, source, as_json, plot):
                     for e in forgetting_by_source(s, source=source, by_cycle=True)]
     finally:
         store.close()
-    emit_table(rows, as_json, ["cycle_id", "source", "val_loss", "baseline_loss", "forgetting"],
-          f"{len(rows)} evaluations")
+    emit_table(rows, as_json, list(fields), f"{len(rows)} evaluations")
     if plot:
         series: dict[str, tuple[list, list]] = {}
         for r in rows:
@@ -217,7 +215,8 @@ def status(data_dir, as_json):
     from agent.daemon import holder_pid
     from store.documents import pending_summary
     from store.models import Cycle
-    from store.queries import document_counts, latest_checkpoint, list_cycles, step_metrics
+    from store.queries import (document_counts, latest_checkpoint, latest_step_metric,
+                               list_cycles)
 
     store = existing_store(data_dir)
     try:
@@ -225,7 +224,7 @@ def status(data_dir, as_json):
             running = next(iter(list_cycles(s, status="running", limit=1)), None)
             current = None
             if running is not None:
-                last = next(reversed(step_metrics(s, running.id)), None)
+                last = latest_step_metric(s, running.id)
                 current = {"id": running.id, "trigger": running.trigger,
                            "started": running.started, "documents": running.docs_new,
                            "step": last.step if last else 0,

@@ -558,7 +558,6 @@ class Ingestor:
                     target_id: int | None = None, size_bytes: int | None = None) -> IngestResult:
         """Store decoded text as a pending document, deduplicated by content."""
         from store import documents
-        from store.models import Document
 
         if not text.strip():
             return self.refuse(uri, "empty (whitespace only)", source=source, target_id=target_id)

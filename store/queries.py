@@ -120,6 +120,12 @@ def step_metrics(session: Session, cycle_id: int) -> list[StepMetric]:
                                 .order_by(StepMetric.step)))
 
 
+def latest_step_metric(session: Session, cycle_id: int) -> Optional[StepMetric]:
+    """The cycle's most recent sampled step (a running cycle's progress)."""
+    return session.scalars(select(StepMetric).where(StepMetric.cycle_id == cycle_id)
+                           .order_by(StepMetric.step.desc()).limit(1)).first()
+
+
 # ------------------------------------------------------------------- evaluation, forgetting
 
 def record_eval(session: Session, cycle_id: int, source: str, val_loss: float, *,
