@@ -14,17 +14,16 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("store.models")
-pytest.importorskip("agent.file_monitor")
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select
 
-from agent.continuous_trainer import open_store  # noqa: E402
-from agent.ingest import uri_to_path  # noqa: E402
-from agent.training import load_state  # noqa: E402
-from engine.checkpoint import file_sha256  # noqa: E402
-from store.models import Checkpoint, Cycle, Document  # noqa: E402
+from agent.continuous_trainer import open_store
+from agent.ingest import uri_to_path
+from agent.training import load_state
+from engine.checkpoint import file_sha256
+from store.models import Checkpoint, Cycle, Document
 
+pytestmark = pytest.mark.slow
 TIMEOUT = 60
 FAST = ["--preset", "tiny", "--workers", "1", "--min-cycle-tokens", "300", "--max-wait", "30",
         "--quiet-period", "0.2", "--batch-size", "4", "--max-new-tokens", "20",

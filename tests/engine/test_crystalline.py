@@ -5,7 +5,7 @@ import pytest
 import engine
 from engine import Model, ThreadedTrainingSystem, TrainConfig
 from engine.prime_math import neighbour_table
-from reference import mean_loss
+from tests.engine.reference import mean_loss
 
 
 def batch(seed=0, B=5, T=10):

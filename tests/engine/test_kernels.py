@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engine import kernels as K
-from reference import gelu, layernorm, softmax, token_losses
+from tests.engine.reference import gelu, layernorm, softmax, token_losses
 
 RNG = np.random.default_rng(1234)
 

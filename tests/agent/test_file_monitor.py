@@ -13,7 +13,7 @@ import pytest
 from agent import file_monitor
 from agent.file_monitor import FileMonitor, MonitorError
 from agent.ingest import Ingestor, file_uri
-from tests.ingest_fixtures import pump, rows, settle, store  # noqa: F401  (fixture)
+from tests.agent.helpers import pump, rows, settle
 
 QUIET = 0.3
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from agent.crawler import (CrawlError, Crawler, HostPolicy, _GuardedBackend, address_problem,
                            canonical_url, guarded_transport)
 from agent.ingest import Refused
-from tests.ingest_fixtures import Route, page, rows, site, store  # noqa: F401  (fixtures)
+from tests.agent.helpers import Route, page, rows
 
 LOCAL = ["127.0.0.1/32"]  # the test server, and nothing else, is let through the guard
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from agent.cli import main
 from agent.ingest import (Ingestor, PathFilter, Refused, content_sha256, decode_text, file_uri,
                           read_file, sniff_binary, walk_files)
-from tests.ingest_fixtures import page, rows, site  # noqa: F401  (fixtures; `store` is conftest's, both backends)
+from tests.agent.helpers import page, rows
 
 # --- decoding ---------------------------------------------------------------------------
 

@@ -1,11 +1,8 @@
-"""Fixtures and helpers shared by the ingest, file-monitor and crawler tests.
-
-A fresh SQLite store per test, a pump that applies monitor events to the store on the test
-thread until a condition holds, and a scripted HTTP server on 127.0.0.1.
-"""
+"""Helpers shared by the ingest, file-monitor and crawler tests: document rows, a pump that
+applies monitor events to the store on the test thread until a condition holds, and the
+routes of the scripted HTTP server (the `site` fixture in conftest.py)."""
 from __future__ import annotations
 
-import http.server
 import queue
 import threading
 import time
@@ -14,16 +11,6 @@ from typing import Callable
 
 import pytest
 from sqlalchemy import select
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    from store import open_store
-
-    monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
-    st = open_store(tmp_path / "data")
-    yield st
-    st.close()
 
 
 def rows(store, uri_prefix: str | None = None) -> list[dict]:
@@ -113,53 +100,3 @@ def page(title: str, words: str, links: tuple[str, ...] = ()) -> str:
     para = " ".join([words] * 8)
     return (f"<!doctype html><html><head><title>{title}</title></head><body><main><h1>{title}</h1>"
             f"<p>{para}</p><ul>{anchors}</ul></main></body></html>")
-
-
-@pytest.fixture
-def site():
-    routes: dict = {}
-    served: dict = {}
-    s = Site("127.0.0.1", 0, routes)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep test output clean
-            pass
-
-        def do_GET(self):
-            path = self.path
-            s.hits.append((path, self.headers.get("User-Agent", ""), time.monotonic()))
-            route = routes.get(path)
-            if isinstance(route, list):
-                i = served.get(path, 0)
-                served[path] = i + 1
-                route = route[min(i, len(route) - 1)]
-            if route is None:
-                route = Route(404, b"not found", {"Content-Type": "text/plain"})
-            if route.delay and s.stop.wait(route.delay):
-                return
-            self.send_response(route.status)
-            for k, v in route.headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(route.body)))
-            self.end_headers()
-            try:
-                self.wfile.write(route.body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-    class Server(http.server.ThreadingHTTPServer):
-        def handle_error(self, request, client_address):  # a client hanging up is normal here
-            pass
-
-    server = Server(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    s.port = server.server_address[1]
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    t.start()
-    yield s
-    s.stop.set()
-    server.shutdown()
-    server.server_close()
-    t.join()

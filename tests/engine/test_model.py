@@ -5,7 +5,7 @@ import pytest
 
 import engine
 from engine import Model, ModelConfig, Optimizer, TrainConfig
-from reference import forward_logits, mean_loss
+from tests.engine.reference import forward_logits, mean_loss
 
 MICRO = ModelConfig(vocab_size=11, context=5, d_model=8, n_layers=2, n_heads=2)
 

@@ -6,16 +6,13 @@ import math
 import threading
 
 import pytest
+from sqlalchemy import func, select
 
-pytest.importorskip("store.models")
-
-from sqlalchemy import func, select  # noqa: E402
-
-from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,  # noqa: E402
+from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,
                                       TrainerSettings)
-from engine.checkpoint import file_sha256  # noqa: E402
-from engine.errors import CllmError  # noqa: E402
-from store.models import Checkpoint, Cycle, Document, EvalResult, VocabEntry  # noqa: E402
+from engine.checkpoint import file_sha256
+from engine.errors import CllmError
+from store.models import Checkpoint, Cycle, Document, EvalResult, VocabEntry
 
 SETTINGS = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=200, max_wait=3600,
                            steps=6, batch_size=4, max_new_tokens=20, replay_fraction=0.3)
@@ -256,26 +253,3 @@ def test_init_and_crystalline_weight_reach_a_new_model_and_its_training(env):
             SETTINGS.replace(**bad)
 
 
-def test_on_the_sample_corpus_loss_falls_and_replay_limits_forgetting():
-    """The shipped corpus (about 440 KB, three sources arriving one after another, each in two
-    parts): validation loss (nats/byte, never-trained tails) falls from the first cycle to
-    the last, and the first source is forgotten less with replay than without."""
-    from agent.benchmark import continual_run
-    from agent.commands import REPO_CORPUS, read_docs
-
-    docs = read_docs([REPO_CORPUS])
-    assert len({d.source for d in docs}) == 3 and sum(len(d.text) for d in docs) > 300_000
-    runs = {}
-    for fraction in (0.25, 0.0):
-        settings = TrainerSettings(preset="tiny", workers=1, steps=400, batch_size=8,
-                                   replay_fraction=fraction, max_new_tokens=60)
-        runs[fraction] = continual_run(docs, settings, chunks=2)
-    for rows in runs.values():
-        assert len(rows) == 6
-        assert rows[-1]["mean_val_nats_per_byte"] < rows[0]["mean_val_nats_per_byte"] - 0.2
-    first = runs[0.25][0]["source"]
-    forgot = {f: [r["forgetting_nats_per_byte"][first] for r in rows[2:]]
-              for f, rows in runs.items()}
-    assert sum(forgot[0.25]) < sum(forgot[0.0]) - 0.1
-    assert all(r["replayed"] > 0 for r in runs[0.25][1:])
-    assert all(r["replayed"] == 0 for r in runs[0.0])
