@@ -10,6 +10,7 @@ documents.py, urls.py and queries.py do the work.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from typing import Any, Optional
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey,
@@ -25,9 +26,47 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-DOCUMENT_STATUSES = ("pending", "trained", "skipped", "failed", "deleted")
-CYCLE_STATUSES = ("running", "completed", "failed", "interrupted")
-TARGET_KINDS = ("watch", "crawl")
+
+
+class DocumentStatus(enum.StrEnum):
+    """A document's place in its life: waiting, learned, refused (with a reason), gone."""
+    PENDING = "pending"
+    TRAINED = "trained"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+class CycleStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class TargetKind(enum.StrEnum):
+    WATCH = "watch"      # a watched folder
+    CRAWL = "crawl"      # a crawled URL, folder or file
+
+
+class UrlStatus(enum.StrEnum):
+    """What the crawler did with a URL. FINAL ones are never fetched again; transient failures
+    and policy outcomes (options and robots.txt can change) are retried."""
+    QUEUED = "queued"            # a link found but not fetched yet (the persisted frontier)
+    FETCHED = "fetched"
+    DUPLICATE = "duplicate"
+    SKIPPED = "skipped"
+    ERROR = "error"              # permanent: 4xx, too many redirects, ...
+    FAILED = "failed"            # transient: 5xx, timeouts (retried)
+    REFUSED = "refused"          # the SSRF guard or a scheme/size/type policy
+    DISALLOWED = "disallowed"    # robots.txt
+
+
+FINAL_URL_STATUSES = frozenset({UrlStatus.FETCHED, UrlStatus.DUPLICATE, UrlStatus.SKIPPED,
+                                UrlStatus.ERROR})
+DOCUMENT_STATUSES = tuple(DocumentStatus)
+CYCLE_STATUSES = tuple(CycleStatus)
+TARGET_KINDS = tuple(TargetKind)
 
 
 def utcnow() -> dt.datetime:
@@ -57,7 +96,7 @@ class UTCDateTime(TypeDecorator):
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
 class Base(DeclarativeBase):
