@@ -141,11 +141,11 @@ class ThreadedTrainingSystem:
         self._saved = np.zeros(self.n, np.bool_)
 
         parties = self.n + 1
-        self._A = threading.Barrier(parties)
-        self._B = threading.Barrier(parties)
-        self._C = threading.Barrier(parties, action=self._node_zero_decide)
-        self._E = threading.Barrier(parties)
-        self._barriers = (self._A, self._B, self._C, self._E)
+        self._released = threading.Barrier(parties)
+        self._grads_ready = threading.Barrier(parties)
+        self._reduced = threading.Barrier(parties, action=self._node_zero_decide)
+        self._updated = threading.Barrier(parties)
+        self._barriers = (self._released, self._grads_ready, self._reduced, self._updated)
         self._closed = False
         self._broken = False
 
@@ -174,7 +174,7 @@ class ThreadedTrainingSystem:
         if not self._broken:
             self._task = None
             try:
-                self._A.wait(timeout=timeout)
+                self._released.wait(timeout=timeout)
             except threading.BrokenBarrierError:
                 pass
         for b in self._barriers:
@@ -240,10 +240,10 @@ class ThreadedTrainingSystem:
         self._saved[:] = False
         t0 = time.perf_counter()
         try:
-            self._wait(self._A)      # Point A: release the workers
-            self._wait(self._B)      # Point B: every gradient row is ready
-            self._wait(self._C)      # Point C: segments reduced; _node_zero_decide has run
-            self._wait(self._E)      # Point E: segments updated (or left alone)
+            self._wait(self._released)     # Point A: release the workers
+            self._wait(self._grads_ready)  # Point B: every gradient row is ready
+            self._wait(self._reduced)      # Point C: segments reduced; _node_zero_decide has run
+            self._wait(self._updated)      # Point E: segments updated (or left alone)
         except BaseException:        # an interrupt between two waits, too: free the workers
             if not self._broken:
                 self._break()
@@ -311,7 +311,7 @@ class ThreadedTrainingSystem:
             while True:
                 t_idle = time.perf_counter()
                 self._phase[w] = "waiting"
-                self._A.wait()
+                self._released.wait()
                 if self._task is None:
                     return
                 t_busy = time.perf_counter()
@@ -332,7 +332,7 @@ class ThreadedTrainingSystem:
                 t_wait = time.perf_counter()
                 stats.busy_s += t_wait - t_busy
                 self._phase[w] = "waiting"
-                self._B.wait()
+                self._grads_ready.wait()
                 t_red = time.perf_counter()
                 self._phase[w] = "reduce"
                 active = self._active
@@ -343,7 +343,7 @@ class ThreadedTrainingSystem:
                     self._seg_sumsq[w] = 0.0
                 t_c = time.perf_counter()
                 self._phase[w] = "waiting"
-                self._C.wait()
+                self._reduced.wait()
                 t_upd = time.perf_counter()
                 apply, gscale, _, _ = self._decision
                 self._phase[w] = "update"
@@ -353,7 +353,7 @@ class ThreadedTrainingSystem:
                                                   self._hyper, gscale)
                 t_e = time.perf_counter()
                 self._phase[w] = "waiting"
-                self._E.wait()
+                self._updated.wait()
                 stats.busy_s += (t_c - t_red) + (t_e - t_upd)
                 stats.idle_s += (t_red - t_wait) + (t_upd - t_c)
         except threading.BrokenBarrierError:
