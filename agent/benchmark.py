@@ -167,8 +167,8 @@ def continual_run(docs, settings, chunks: int = 1) -> list[dict]:
     now minus right after the source's latest part was learned). One dict per cycle."""
     import tempfile
 
-    from agent.continuous_trainer import (ContinuousTrainer, open_store, record_documents,
-                                          split_text)
+    from agent.continuous_trainer import ContinuousTrainer, open_store, record_documents
+    from agent.learn import split_heldout
 
     sources = sorted({d.source for d in docs})
     replay_fraction = settings.replay_fraction
@@ -187,7 +187,7 @@ def continual_run(docs, settings, chunks: int = 1) -> list[dict]:
             t0 = time.perf_counter()
             batch = record_documents(store, part)
             t_ingest = time.perf_counter() - t0
-            heldout.setdefault(src, []).extend(split_text(d.text, settings.val_fraction)[1]
+            heldout.setdefault(src, []).extend(split_heldout(d.text, settings.val_fraction)[1]
                                                for d in part)
             t0 = time.perf_counter()
             rep = trainer.run_cycle(batch, "bench")

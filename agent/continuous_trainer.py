@@ -36,8 +36,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from agent.training import (CKPT_RE, TOKENIZER_RE, Doc, RunResult, State, checkpoint_dir,
-                            load_state, new_state, save_state, tokenizer_path, train_run)
+from agent.learn import Doc, LearnResult, learn, split_heldout
+from agent.model_state import (CKPT_RE, TOKENIZER_RE, ModelState, checkpoint_dir,
+                               load_model_state, new_model_state, save_model_state,
+                               tokenizer_path)
 from engine import PRESETS, TrainConfig
 from engine.errors import CllmError
 from engine.optim import lr_at
@@ -124,7 +126,7 @@ class CycleReport:
     replay_ids: list[int]
     checkpoint_path: Path
     checkpoint_sha256: str
-    run: RunResult
+    run: LearnResult
     vocab_before: int
     vocab_after: int
     forgetting: dict[str, float] = field(default_factory=dict)
@@ -132,13 +134,6 @@ class CycleReport:
 
 class CycleInterrupted(CllmError):
     """A stop was requested during a cycle; its documents stay pending."""
-
-
-def split_text(text: str, val_fraction: float) -> tuple[str, str]:
-    """(training head, held-out tail): the same cut every cycle, so forgetting compares like
-    with like."""
-    cut = int(len(text) * (1.0 - val_fraction))
-    return text[:cut], text[cut:]
 
 
 class ContinuousTrainer:
@@ -153,7 +148,7 @@ class ContinuousTrainer:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.progress = progress          # (cycle_id, step, steps, loss)
-        self.state: Optional[State] = None
+        self.state: Optional[ModelState] = None
         self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
         self._tok_cache_vocab = -1
 
@@ -197,7 +192,7 @@ class ContinuousTrainer:
             removed.append(p)
         return removed
 
-    def load_latest(self) -> State:
+    def load_latest(self) -> ModelState:
         """The latest recorded checkpoint whose SHA-256 matches its row; a mismatching one is
         refused with a warning and the previous one is used. A new model if there is none.
 
@@ -213,7 +208,7 @@ class ContinuousTrainer:
                 list_checkpoints(s, newest_first=True), key=lambda c: not c.is_latest)]
         for i, (ckpt_id, path, sha, cycle_id) in enumerate(rows):
             try:
-                self.state = load_state(Path(path), expected_sha256=sha)
+                self.state = load_model_state(Path(path), expected_sha256=sha)
             except CllmError as e:
                 log.warning("refusing checkpoint %s: %s; trying the previous one", path, e.one_line())
                 continue
@@ -226,14 +221,14 @@ class ContinuousTrainer:
         if rows:
             log.warning("no recorded checkpoint of %s could be loaded: starting a new model",
                         self.data_dir)
-        self.state = new_state(self.settings.preset, seed=self.settings.seed,
+        self.state = new_model_state(self.settings.preset, seed=self.settings.seed,
                                init=self.settings.init)
         if rows:
             self._roll_back(None, None, "rolled back: no checkpoint could be loaded, the agent "
                             "started a new model")
         return self.state
 
-    def start_fresh(self, state: State) -> None:
+    def start_fresh(self, state: ModelState) -> None:
         """Replace the model with a new one (`cllm train --fresh`); every earlier cycle is
         rolled back in the store, as when no checkpoint loads."""
         self.state = state
@@ -313,7 +308,7 @@ class ContinuousTrainer:
 
         st = self.settings
         state = self._state()
-        if sum(len(split_text(d.text, st.val_fraction)[0].strip()) for _, d in docs) < 2:
+        if sum(len(split_heldout(d.text, st.val_fraction)[0].strip()) for _, d in docs) < 2:
             self._refuse(docs, "no trainable text (too short once the held-out tail is cut)")
             return None
         with self.store.session() as s:
@@ -332,9 +327,9 @@ class ContinuousTrainer:
         st = self.settings
         state = self._state()
         vocab_before = len(state.tokenizer)
-        heads = [Doc(d.uri, d.source, split_text(d.text, st.val_fraction)[0]) for _, d in docs]
+        heads = [Doc(d.uri, d.source, split_heldout(d.text, st.val_fraction)[0]) for _, d in docs]
         replay = self._replay_sample(cycle_id, {i for i, _ in docs})
-        replay_docs = [Doc(d.uri, d.source, split_text(d.text, st.val_fraction)[0])
+        replay_docs = [Doc(d.uri, d.source, split_heldout(d.text, st.val_fraction)[0])
                        for _, d in replay]
         by_source: dict[str, list[str]] = {}
         for _, d in docs:
@@ -359,15 +354,15 @@ class ContinuousTrainer:
                 last[0] = time.perf_counter()
                 self._write_metrics(cycle_id, sampled[-1:], steps)
 
-        res = train_run(state, heads, tcfg, steps, workers=st.workers, replay=replay_docs,
-                        replay_fraction=st.replay_fraction if replay_docs else 0.0,
-                        max_new_tokens=st.max_new_tokens, heldout=heldout, seed=st.seed + cycle_id,
-                        progress=on_step, stop=self.stop.is_set)
+        res = learn(state, heads, tcfg, steps, workers=st.workers, replay=replay_docs,
+                   replay_fraction=st.replay_fraction if replay_docs else 0.0,
+                   max_new_tokens=st.max_new_tokens, heldout=heldout, seed=st.seed + cycle_id,
+                   progress=on_step, stop=self.stop.is_set)
         if res.steps < steps:
             raise CycleInterrupted(f"cycle {cycle_id} stopped after {res.steps}/{steps} steps",
                                    "its documents stay pending for the next cycle")
         first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in heads])
-        path, sha = save_state(state, self.data_dir, cycle_id)
+        path, sha = save_model_state(state, self.data_dir, cycle_id)
         if os.environ.get(FAULT_ENV) == "after-checkpoint":   # crash-window tests only
             os.kill(os.getpid(), signal.SIGKILL)
         try:
@@ -385,7 +380,7 @@ class ContinuousTrainer:
         return CycleReport(cycle_id, trigger, [i for i, _ in docs], [i for i, _ in replay], path,
                            sha, res, vocab_before, len(state.tokenizer), forgetting)
 
-    def _commit(self, cycle_id, docs, replay, res: RunResult, path: Path, sha: str,
+    def _commit(self, cycle_id, docs, replay, res: LearnResult, path: Path, sha: str,
                 vocab_before: int, first: dict[int, int], steps: int, tcfg: TrainConfig,
                 heldout_tokens: dict[str, int]) -> dict[str, float]:
         """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
@@ -453,7 +448,7 @@ class ContinuousTrainer:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _state(self) -> State:
+    def _state(self) -> ModelState:
         if self.state is None:
             self.load_latest()
         return self.state
@@ -489,11 +484,11 @@ class ContinuousTrainer:
                     chosen.append(d.id)
             texts: dict[str, list[str]] = {}
             for d in list_documents(s, ids=chosen, with_text=True):
-                texts.setdefault(d.source, []).append(split_text(d.text or "", vf)[1])
+                texts.setdefault(d.source, []).append(split_heldout(d.text or "", vf)[1])
         for source, items in new_by_source.items():
             for t in items:
                 if sum(map(len, texts.get(source, []))) < HELDOUT_CHARS_PER_SOURCE:
-                    texts.setdefault(source, []).append(split_text(t, vf)[1])
+                    texts.setdefault(source, []).append(split_heldout(t, vf)[1])
         return {src: "\n".join(parts) for src, parts in texts.items() if "".join(parts).strip()}
 
     def _write_metrics(self, cycle_id: int, rows, steps: int) -> None:

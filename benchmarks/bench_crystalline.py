@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from agent.commands import REPO_CORPUS, read_docs  # noqa: E402
-from agent.training import new_state, split_validation, train_run  # noqa: E402
+from agent.learn import learn, split_validation  # noqa: E402
+from agent.model_state import new_model_state  # noqa: E402
 from engine import TrainConfig  # noqa: E402
 from engine.data import evaluate, pack  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
@@ -41,7 +42,7 @@ def main() -> None:
     docs = read_docs([Path(p) for p in args.paths])
     train_docs, heldout = split_validation(docs, 0.05)
     # one shared vocabulary so every run sees identical token streams
-    proto = new_state(args.preset)
+    proto = new_model_state(args.preset)
     vocab = Tokenizer.from_json(proto.tokenizer.to_json())
     vocab.learn([d.text for d in train_docs], max_new_tokens=args.max_new_tokens)
     runs = [(float(w), "normal") for w in args.weights.split(",")] + [(0.0, "lattice")]
@@ -50,12 +51,12 @@ def main() -> None:
     for lam, init in runs:
         vals, tok_s, ends, per = [], [], [], []
         for seed in seeds:
-            st = new_state(args.preset, seed=seed, init=init)
+            st = new_model_state(args.preset, seed=seed, init=init)
             st.tokenizer = Tokenizer.from_json(vocab.to_json())
             st.model.grow_vocab(len(st.tokenizer))
             tcfg = TrainConfig(lr=args.lr, min_lr=args.lr / 10, warmup_steps=args.steps // 10,
                                batch_size=args.batch_size, crystalline_weight=lam)
-            res = train_run(st, train_docs, tcfg, args.steps, workers=args.workers,
+            res = learn(st, train_docs, tcfg, args.steps, workers=args.workers,
                             max_new_tokens=0, seed=seed)
             val = {s: evaluate(st.model, pack([st.tokenizer.encode(t)], st.tokenizer.eod_id))
                    for s, t in heldout.items()}

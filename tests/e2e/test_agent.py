@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from agent.continuous_trainer import open_store
 from agent.ingest import uri_to_path
-from agent.training import load_state
+from agent.model_state import load_model_state
 from engine.checkpoint import file_sha256
 from store.models import Checkpoint, Cycle, Document
 
@@ -190,7 +190,7 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(dirs):
             path, sha = ck.path, ck.sha256
     finally:
         store.close()
-    assert load_state(Path(path), expected_sha256=sha).step == 6
+    assert load_model_state(Path(path), expected_sha256=sha).step == 6
     assert not (data / "checkpoints" / "ckpt-000001.safetensors").exists()
 
     # SIGTERM during a long cycle: exit 0 within seconds, the cycle interrupted, nothing lost

@@ -1,0 +1,95 @@
+"""A data directory's model: the state a checkpoint holds (model, tokenizer, optimizer, step,
+cycle) and where its files live: `checkpoints/ckpt-NNNNNN.safetensors` next to the
+tokenizer state it was trained with (`ckpt-NNNNNN.tokenizer.json`, whose SHA-256 the
+checkpoint records).
+
+Files only: which checkpoint is the latest, and whether its hash matches, is the store's
+record (agent/continuous_trainer.py reads it). Training lives in agent/learn.py.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from engine import Model, Optimizer, preset
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.errors import CheckpointError, CllmError
+from engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+CKPT_RE = re.compile(r"^ckpt-(\d{6})\.safetensors$")
+TOKENIZER_RE = re.compile(r"^ckpt-(\d{6})\.tokenizer\.json$")
+
+
+@dataclass
+class ModelState:
+    """What a data directory's latest checkpoint holds, ready to train further."""
+    model: Model
+    tokenizer: Tokenizer
+    optimizer: Optional[Optimizer]
+    cycle: int
+    step: int
+    path: Optional[Path] = None
+
+
+def checkpoint_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "checkpoints"
+
+
+def checkpoint_path(data_dir: Path, cycle: int) -> Path:
+    return checkpoint_dir(data_dir) / f"ckpt-{cycle:06d}.safetensors"
+
+
+def tokenizer_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name.replace(".safetensors", ".tokenizer.json"))
+
+
+def checkpoint_files(data_dir: Path) -> list[Path]:
+    d = checkpoint_dir(data_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if CKPT_RE.match(p.name))
+
+
+def load_model_state(ckpt: Path, expected_sha256: Optional[str] = None) -> ModelState:
+    """Load a checkpoint and the tokenizer saved with it (hash-checked both ways)."""
+    ck = load_checkpoint(ckpt, expected_sha256=expected_sha256)
+    tpath = tokenizer_path(ckpt)
+    if not tpath.exists():
+        raise CheckpointError(f"tokenizer file {tpath} for checkpoint {ckpt} is missing",
+                              "restore it or train from scratch")
+    tok = Tokenizer.load(tpath, expected_sha256=ck.tokenizer_sha256)
+    return ModelState(ck.model, tok, ck.optimizer, ck.cycle, ck.step, ckpt)
+
+
+def latest_model_state(data_dir: Path) -> Optional[ModelState]:
+    """The newest loadable checkpoint of a data directory (files only, no store)."""
+    for ckpt in reversed(checkpoint_files(data_dir)):
+        try:
+            return load_model_state(ckpt)
+        except CllmError as e:
+            log.warning("skipping checkpoint: %s", e.one_line())
+    return None
+
+
+def new_model_state(preset_name: str, seed: int = 0, init: Optional[str] = None) -> ModelState:
+    cfg = preset(preset_name)
+    tok = Tokenizer(max_vocab=cfg.vocab_size)
+    mcfg = cfg.replace(vocab_size=len(tok), **({"init": init} if init else {}))
+    return ModelState(Model(mcfg, seed=seed), tok, None, 0, 0)
+
+
+def save_model_state(state: ModelState, data_dir: Path, cycle: int, extra: Optional[dict] = None
+               ) -> tuple[Path, str]:
+    """Write tokenizer then checkpoint (both atomic); returns (path, file SHA-256)."""
+    path = checkpoint_path(Path(data_dir).resolve(), cycle)   # recorded as an absolute path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state.tokenizer.save(tokenizer_path(path))
+    sha = save_checkpoint(path, state.model, state.optimizer,
+                          state.optimizer.cfg if state.optimizer else None, step=state.step,
+                          cycle=cycle, tokenizer_sha256=state.tokenizer.sha256, extra=extra)
+    state.cycle, state.path = cycle, path
+    return path, sha
