@@ -29,8 +29,10 @@ NAMING_CONVENTION = {
 
 
 class DocumentStatus(enum.StrEnum):
-    """A document's place in its life: waiting, learned, refused (with a reason), gone."""
+    """A document's place in its life: waiting, being learned (part of its training budget
+    trained), learned (its budget reached), refused (with a reason), gone."""
     PENDING = "pending"
+    LEARNING = "learning"
     TRAINED = "trained"
     SKIPPED = "skipped"
     FAILED = "failed"
@@ -151,6 +153,8 @@ class Cycle(Base):
     vocab_size_before: Mapped[Optional[int]]
     vocab_size_after: Mapped[Optional[int]]
     skipped_steps: Mapped[int] = mapped_column(default=0)  # non-finite steps, never applied
+    bytes_new: Mapped[Optional[int]] = mapped_column(BigInteger)     # backlog text trained
+    bytes_replay: Mapped[Optional[int]] = mapped_column(BigInteger)  # replayed text trained
     error: Mapped[Optional[str]] = mapped_column(Text)
 
     def __repr__(self) -> str:
@@ -186,7 +190,11 @@ class Document(Base):
     first_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     cycle_id: Mapped[Optional[int]] = mapped_column(
-        ForeignKey("cycles.id", ondelete="SET NULL"), index=True)  # the cycle that trained it
+        ForeignKey("cycles.id", ondelete="SET NULL"), index=True)  # the last cycle that trained it
+    # the ledger: bytes of the training text (the held-out tail cut off) and how many of them
+    # trained sequences have covered, summed over cycles; passes = trained / trainable
+    trainable_bytes: Mapped[Optional[int]] = mapped_column(BigInteger)
+    trained_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     target_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("crawl_targets.id", ondelete="SET NULL"), index=True)
 
@@ -274,9 +282,25 @@ class Checkpoint(Base):
     size_bytes: Mapped[Optional[int]] = mapped_column(BigInteger)
     is_latest: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    pruned: Mapped[Optional[dt.datetime]]  # when the retention rule deleted its file
 
     def __repr__(self) -> str:
         return f"Checkpoint(id={self.id}, path={self.path!r}, latest={self.is_latest})"
+
+
+class CycleDocument(Base):
+    """What one cycle trained of one document: bytes of its training text covered by the
+    cycle's trained sequences, as backlog (counted toward its passes) and as replay."""
+
+    __tablename__ = "cycle_documents"
+    __table_args__ = (UniqueConstraint("cycle_id", "document_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("cycles.id", ondelete="CASCADE"))
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"),
+                                             index=True)
+    new_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    replay_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class FetchedUrl(Base):

@@ -24,7 +24,8 @@ from .models import (CYCLE_STATUSES, Checkpoint, Cycle, Document, EvalResult, St
 CYCLE_FIGURES = frozenset({
     "docs_new", "docs_replayed", "tokens", "steps", "schedule", "loss_start", "loss_end",
     "val_loss", "forgetting_mean", "forgetting_max", "tokens_per_s", "workers",
-    "vocab_size_before", "vocab_size_after", "skipped_steps", "error"})
+    "vocab_size_before", "vocab_size_after", "skipped_steps", "bytes_new", "bytes_replay",
+    "error"})
 
 
 def start_cycle(session: Session, *, trigger: str, workers: Optional[int] = None,
@@ -284,17 +285,24 @@ def roll_back_cycles_after(session: Session, cycle_id: Optional[int], reason: st
     model was resumed from that cycle's checkpoint, so their training is lost. Their
     documents return to pending (they will be trained again), the vocabulary they added is
     removed (the resumed tokenizer does not have it, and the ids will be learned anew), and
-    the cycles are marked failed with `reason`. Returns what was changed."""
+    the cycles are marked failed with `reason`. What they trained leaves the ledger: their
+    documents count those bytes no more and are pending or learning again. Returns what
+    was changed."""
+    from .ledger import undo_cycle_credits
+
     q = select(Cycle.id).where(Cycle.status == "completed")
     if cycle_id is not None:
         q = q.where(Cycle.id > cycle_id)
     ids = list(session.scalars(q))
     if not ids:
         return {"cycles": [], "documents": 0, "vocab": 0}
-    docs = session.execute(update(Document).where(Document.cycle_id.in_(ids),
-                                                  Document.status == "trained")
-                           .values(status="pending", cycle_id=None, reason=None)
-                           .execution_options(synchronize_session=False)).rowcount
+    docs = undo_cycle_credits(session, ids)
+    # rows trained before the ledger recorded per-cycle shares
+    docs += session.execute(update(Document).where(Document.cycle_id.in_(ids),
+                                                   Document.status.in_(("trained", "learning")))
+                            .values(status="pending", cycle_id=None, reason=None,
+                                    trained_bytes=0)
+                            .execution_options(synchronize_session=False)).rowcount
     vocab = session.execute(delete(VocabEntry).where(VocabEntry.cycle_id.in_(ids))
                             .execution_options(synchronize_session=False)).rowcount
     session.execute(update(Cycle).where(Cycle.id.in_(ids))
@@ -322,8 +330,12 @@ def latest_checkpoint(session: Session) -> Optional[Checkpoint]:
 
 
 def list_checkpoints(session: Session, *, cycle_id: Optional[int] = None,
-                     newest_first: bool = False, limit: Optional[int] = None) -> list[Checkpoint]:
+                     newest_first: bool = False, limit: Optional[int] = None,
+                     with_pruned: bool = True) -> list[Checkpoint]:
+    """Checkpoint rows; `with_pruned=False` leaves out those whose file retention deleted."""
     q = select(Checkpoint).order_by(Checkpoint.id.desc() if newest_first else Checkpoint.id)
+    if not with_pruned:
+        q = q.where(Checkpoint.pruned.is_(None))
     if cycle_id is not None:
         q = q.where(Checkpoint.cycle_id == cycle_id)
     if limit is not None:

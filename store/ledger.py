@@ -1,0 +1,267 @@
+"""The training ledger: how much of each document's training text has been trained.
+
+A document's `trainable_bytes` are the UTF-8 bytes of its training text (the held-out tail
+cut off); `trained_bytes` sums, over cycles, the bytes of that text covered by trained
+sequences (each byte once per pass); passes = trained / trainable, stable while the
+vocabulary grows. A document is `learning` until it reaches its budget (`passes` x
+trainable bytes), then `trained`. Each cycle's share of each document is a CycleDocument row,
+written in the cycle's one transaction, so a crash loses only the cycle in progress.
+
+The backlog is every pending or learning document; this module orders it (new arrivals
+first), sums it for `cllm status`, and applies a changed budget. Functions take a Session
+and do not commit. Retention of checkpoints lives here too: which files the rule keeps.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, undefer
+
+from .models import Checkpoint, CycleDocument, Document, DocumentStatus, utcnow
+
+_CHUNK = 500  # ids per IN (...) list
+BACKLOG_STATUSES = (DocumentStatus.PENDING, DocumentStatus.LEARNING)
+
+
+def budget_bytes(trainable_bytes: int, passes: float) -> int:
+    """Bytes a document must have trained to reach `passes` passes."""
+    return int(math.ceil(passes * trainable_bytes - 1e-9))
+
+
+@dataclass(frozen=True)
+class BacklogEntry:
+    """A document still to learn, without its text (see `document_texts`)."""
+    id: int
+    source: str
+    status: str
+    size_bytes: int
+    trainable_bytes: Optional[int]   # None until a cycle first reads it
+    trained_bytes: int
+    first_seen: dt.datetime
+
+    def left_bytes(self, passes: float, val_fraction: float) -> int:
+        """Bytes still to train to the budget (estimated from its size before first read)."""
+        tb = self.trainable_bytes
+        if tb is None:
+            tb = int(self.size_bytes * (1.0 - val_fraction))
+        return max(0, budget_bytes(tb, passes) - self.trained_bytes)
+
+
+def backlog(session: Session, *, fresh_since: Optional[dt.datetime] = None,
+            ids: Optional[Iterable[int]] = None) -> list[BacklogEntry]:
+    """Pending and learning documents in the order they are learned: those that arrived
+    after `fresh_since` first (new drops go to the front, oldest of them first), then the
+    ones being learned (continued where the last cycle stopped), then the other pending
+    ones, each group by id. `ids` restricts it to those documents, whatever their status."""
+    q = select(Document.id, Document.source, Document.status, Document.size_bytes,
+               Document.trainable_bytes, Document.trained_bytes, Document.first_seen)
+    if ids is None:
+        q = q.where(Document.status.in_(BACKLOG_STATUSES))
+        rows = list(session.execute(q.order_by(Document.id)))
+    else:
+        wanted = sorted(set(ids))
+        rows = []
+        for i in range(0, len(wanted), _CHUNK):
+            rows += session.execute(q.where(Document.id.in_(wanted[i:i + _CHUNK])))
+        rows.sort(key=lambda r: r.id)
+    entries = [BacklogEntry(r.id, r.source, r.status, r.size_bytes or 0, r.trainable_bytes,
+                            r.trained_bytes or 0, r.first_seen) for r in rows]
+
+    def rank(e: BacklogEntry) -> tuple:
+        if e.status == DocumentStatus.PENDING and fresh_since is not None \
+                and e.first_seen > fresh_since:
+            return (0, e.first_seen, e.id)
+        return (1 if e.status == DocumentStatus.LEARNING else 2, e.id)
+
+    return sorted(entries, key=rank)
+
+
+def fresh_documents(session: Session, since: dt.datetime) -> list[int]:
+    """Ids of pending documents that arrived after `since` (the drops a cycle goes first for)."""
+    return list(session.scalars(select(Document.id).where(
+        Document.status == DocumentStatus.PENDING, Document.first_seen > since)
+        .order_by(Document.id)))
+
+
+def document_texts(session: Session, ids: Iterable[int]) -> dict[int, str]:
+    """{id: text} of the given documents (refused ones have none and are left out)."""
+    wanted = sorted(set(ids))
+    out: dict[int, str] = {}
+    for i in range(0, len(wanted), _CHUNK):
+        for d in session.scalars(select(Document).where(Document.id.in_(wanted[i:i + _CHUNK]))
+                                 .options(undefer(Document.text))):
+            if d.text is not None:
+                out[d.id] = d.text
+    return out
+
+
+def record_cycle_credits(session: Session, cycle_id: int,
+                         credits: Mapping[int, tuple[int, int]],
+                         trainable: Mapping[int, int], passes: float) -> dict:
+    """What cycle `cycle_id` trained: {document id: (backlog bytes, replay bytes)}, with the
+    trainable bytes of every document it read. Backlog bytes count toward the document's
+    passes; a pending or learning document that reaches `passes` becomes trained, one
+    below it learning. A document superseded or deleted meanwhile keeps its status but
+    records its share. Returns {"bytes_new", "bytes_replay", "documents", "completed"}."""
+    out = {"bytes_new": 0, "bytes_replay": 0, "documents": 0, "completed": []}
+    ids = sorted(set(credits) | set(trainable))
+    now = utcnow()
+    for i in range(0, len(ids), _CHUNK):
+        for doc in session.scalars(select(Document).where(Document.id.in_(ids[i:i + _CHUNK]))):
+            new, replay = credits.get(doc.id, (0, 0))
+            if doc.id in trainable:
+                doc.trainable_bytes = int(trainable[doc.id])
+            if new or replay:
+                session.add(CycleDocument(cycle_id=cycle_id, document_id=doc.id,
+                                          new_bytes=int(new), replay_bytes=int(replay)))
+                out["documents"] += 1
+                out["bytes_new"] += int(new)
+                out["bytes_replay"] += int(replay)
+            if new:
+                doc.trained_bytes = (doc.trained_bytes or 0) + int(new)
+                doc.cycle_id = cycle_id
+                doc.updated = now
+                if doc.status in BACKLOG_STATUSES and doc.trainable_bytes is not None:
+                    done = doc.trained_bytes >= budget_bytes(doc.trainable_bytes, passes)
+                    if done and doc.status != DocumentStatus.TRAINED:
+                        out["completed"].append(doc.id)
+                    doc.status = DocumentStatus.TRAINED if done else DocumentStatus.LEARNING
+    session.flush()
+    return out
+
+
+def apply_budget(session: Session, passes: float) -> dict:
+    """Make statuses agree with a (changed) `--passes`: trained documents below it learn
+    again, learning ones that already reach it are trained. Returns the counts moved."""
+    need = Document.trained_bytes < passes * Document.trainable_bytes - 1e-9
+    again = session.execute(update(Document).where(
+        Document.status == DocumentStatus.TRAINED, Document.trainable_bytes.is_not(None), need)
+        .values(status=DocumentStatus.LEARNING).execution_options(synchronize_session=False)
+    ).rowcount
+    done = session.execute(update(Document).where(
+        Document.status == DocumentStatus.LEARNING, Document.trainable_bytes.is_not(None), ~need)
+        .values(status=DocumentStatus.TRAINED).execution_options(synchronize_session=False)
+    ).rowcount
+    session.expire_all()
+    return {"learning_again": again, "trained": done}
+
+
+def undo_cycle_credits(session: Session, cycle_ids: Iterable[int]) -> int:
+    """Take back what the given cycles trained (they were rolled back): their backlog bytes
+    leave each document's count, which becomes pending (nothing left) or learning; their
+    CycleDocument rows are removed. Returns the documents changed."""
+    ids = sorted(set(cycle_ids))
+    if not ids:
+        return 0
+    per_doc: dict[int, int] = {}
+    for i in range(0, len(ids), _CHUNK):
+        for cd in session.scalars(select(CycleDocument).where(
+                CycleDocument.cycle_id.in_(ids[i:i + _CHUNK]))):
+            if cd.new_bytes:        # replay alone changed nothing in the ledger
+                per_doc[cd.document_id] = per_doc.get(cd.document_id, 0) + cd.new_bytes
+    doc_ids = sorted(per_doc)
+    for i in range(0, len(doc_ids), _CHUNK):
+        for doc in session.scalars(select(Document).where(
+                Document.id.in_(doc_ids[i:i + _CHUNK]))):
+            doc.trained_bytes = max(0, (doc.trained_bytes or 0) - per_doc[doc.id])
+            if doc.cycle_id in ids:
+                doc.cycle_id = None
+            if doc.status in (DocumentStatus.TRAINED, DocumentStatus.LEARNING):
+                doc.status = (DocumentStatus.LEARNING if doc.trained_bytes > 0
+                              else DocumentStatus.PENDING)
+                doc.reason = None
+    for i in range(0, len(ids), _CHUNK):
+        session.execute(delete(CycleDocument).where(CycleDocument.cycle_id.in_(ids[i:i + _CHUNK]))
+                        .execution_options(synchronize_session=False))
+    session.flush()
+    return len(doc_ids)
+
+
+def summary(session: Session, passes: float, val_fraction: float) -> dict:
+    """The backlog for `cllm status`: documents and bytes still to learn, in all and per
+    source (with the documents already trained), for an ETA at the recent bytes/s."""
+    by_source: dict[str, dict] = {}
+    total = {"documents": 0, "bytes": 0}
+    for e in backlog(session):
+        left = e.left_bytes(passes, val_fraction)
+        src = by_source.setdefault(e.source, {"source": e.source, "documents": 0, "bytes": 0,
+                                              "trained": 0})
+        src["documents"] += 1
+        src["bytes"] += left
+        total["documents"] += 1
+        total["bytes"] += left
+    for source, n in session.execute(select(Document.source, Document.id).where(
+            Document.status == DocumentStatus.TRAINED)).all():
+        by_source.setdefault(source, {"source": source, "documents": 0, "bytes": 0,
+                                      "trained": 0})["trained"] += 1
+    total["sources"] = sorted(by_source.values(), key=lambda r: r["source"])
+    return total
+
+
+def document_cycles(session: Session, document_id: int) -> list[dict]:
+    """Which cycles trained a document, and how much: [{cycle_id, new_bytes, replay_bytes}]."""
+    return [{"cycle_id": c.cycle_id, "new_bytes": c.new_bytes, "replay_bytes": c.replay_bytes}
+            for c in session.scalars(select(CycleDocument).where(
+                CycleDocument.document_id == document_id).order_by(CycleDocument.cycle_id))]
+
+
+# ----------------------------------------------------------------------------- retention
+
+def checkpoints_to_prune(session: Session, keep_latest: int, every_s: float = 3600.0
+                         ) -> list[Checkpoint]:
+    """Checkpoints whose files the retention rule lets go: all but the newest `keep_latest`
+    (and the latest row, always), except the first one of every `every_s` of checkpoint
+    history (one per hour by default), counted from the oldest. Already pruned ones are not
+    listed."""
+    rows = list(session.scalars(select(Checkpoint).where(Checkpoint.pruned.is_(None))
+                                .order_by(Checkpoint.id)))
+    if len(rows) <= keep_latest:
+        return []
+    keep = {c.id for c in rows[-keep_latest:]} if keep_latest > 0 else set()
+    keep |= {c.id for c in rows if c.is_latest}
+    first = rows[0].created
+    seen_slots: set[int] = set()
+    all_rows = list(session.scalars(select(Checkpoint).order_by(Checkpoint.id)))
+    for c in all_rows:        # slots are counted over every checkpoint ever written
+        slot = int((c.created - first).total_seconds() // every_s) if c.created >= first else 0
+        if slot not in seen_slots:
+            seen_slots.add(slot)
+            if c.pruned is None:
+                keep.add(c.id)
+    return [c for c in rows if c.id not in keep]
+
+
+def mark_pruned(session: Session, checkpoint_ids: Iterable[int]) -> int:
+    ids = sorted(set(checkpoint_ids))
+    n = 0
+    for i in range(0, len(ids), _CHUNK):
+        n += session.execute(update(Checkpoint).where(Checkpoint.id.in_(ids[i:i + _CHUNK]))
+                             .values(pruned=utcnow(), is_latest=False)
+                             .execution_options(synchronize_session=False)).rowcount
+    session.expire_all()
+    return n
+
+
+def backlog_status(session: Session, *, default_passes: float = 2.0,
+                   val_fraction: float = 0.1, recent: int = 5) -> dict:
+    """The backlog as `cllm status` shows it: `summary` at the budget of the latest cycle
+    (else `default_passes`), with the learning rate of the recent completed cycles: tokens/s,
+    backlog bytes/s and an ETA in seconds (None until a cycle measured the rate)."""
+    from .models import Cycle, CycleStatus
+
+    cycles = list(session.scalars(select(Cycle).where(Cycle.status == CycleStatus.COMPLETED)
+                                  .order_by(Cycle.id.desc()).limit(recent)))
+    passes = next((c.schedule["passes"] for c in cycles
+                   if c.schedule and c.schedule.get("passes")), default_passes)
+    out = summary(session, passes, val_fraction)
+    timed = [c for c in cycles if c.bytes_new and c.schedule and c.schedule.get("seconds")]
+    seconds = sum(c.schedule["seconds"] for c in timed)
+    bps = sum(c.bytes_new for c in timed) / seconds if seconds > 0 else None
+    out.update(passes=passes, bytes_per_s=bps,
+               tokens_per_s=cycles[0].tokens_per_s if cycles else None,
+               eta_s=(out["bytes"] / bps if bps else None) if out["bytes"] else 0.0)
+    return out
