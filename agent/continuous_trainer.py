@@ -1,19 +1,26 @@
-"""The continuous trainer: pending documents in the store become training cycles.
+"""The continuous trainer: the backlog in the store becomes bounded training cycles.
 
-A cycle starts when at least `min_cycle_tokens` new tokens are pending, or the oldest pending
-document has waited `max_wait` seconds. A cycle learns new tokens from the pending documents
-(the vocabulary delta, the model grown with it), trains on the new documents mixed with a
-replay sample of earlier ones (learning rate re-warmed, then cosine decay) on the
-ThreadedTrainingSystem, evaluates every source's held-out slice (validation loss and
-forgetting: loss now minus loss right after that source was last learned), writes an atomic
-checkpoint, and then commits ONE store transaction that completes the cycle, records the
-checkpoint (path, SHA-256), the vocabulary delta and the evaluations, and marks the documents
-trained.
+Documents wait in a backlog (pending, or learning: part of their budget trained). The ledger
+(store/ledger.py) records per document how many bytes of its training text trained sequences
+have covered; a document is trained once it reaches `passes` passes. A cycle reads the
+backlog in ledger order (agent/backlog.py: parallel streams, each document continued where
+the last cycle stopped, new arrivals first) mixed with a replay sample of trained documents,
+learns new tokens from the documents it reads for the first time (the vocabulary delta, the
+model grown with it), trains on the ThreadedTrainingSystem until `cycle_seconds`, `max_steps`,
+the end of what it was given, a stop, or (for a backlog cycle) a new arrival; then it
+evaluates every source's held-out slice (validation loss and forgetting: loss now minus loss
+right after that source was last learned), writes an atomic checkpoint, and commits ONE store
+transaction: the cycle, its checkpoint (path, SHA-256), the vocabulary delta, the evaluations
+and what it trained of each document. While a backlog remains the next cycle starts at once.
+A cycle that arrivals interrupted is followed by one over the new documents alone, to their
+budget, so a drop reaches a checkpoint within seconds.
 
-Crash safety: documents stay pending until that transaction commits. On start, `recover()`
-marks cycles left "running" as interrupted and deletes their checkpoint files (files that
-never got their row); `load_latest()` refuses a checkpoint whose hash does not match its row
-(with a warning) and uses the previous one.
+Crash safety: nothing is counted until that transaction commits, so a crash loses at most the
+cycle in progress. On start, `recover()` marks cycles left "running" as interrupted and
+deletes their checkpoint files (files that never got their row); `load_latest()` refuses a
+checkpoint whose hash does not match its row (with a warning) and uses the previous one.
+Retention keeps the latest `keep_checkpoints` files plus one per hour; pruned ones are marked
+in the store.
 
 This module does not watch folders, crawl, take the data-directory lock or handle signals:
 that is the daemon's job (agent/daemon.py). Sessions stay inside one call; the trainer
@@ -36,19 +43,26 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from agent.learn import Doc, LearnResult, learn, split_heldout
+from agent.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
 from agent.model_state import (CKPT_RE, TOKENIZER_RE, ModelState, checkpoint_dir,
                                load_model_state, new_model_state, save_model_state,
                                tokenizer_path)
 from engine import PRESETS, TrainConfig
 from engine.errors import CllmError
 from engine.optim import lr_at
+from store.models import DocumentStatus
 
 log = logging.getLogger(__name__)
 
 METRIC_EVERY_S = 1.0          # a step metric row at most this often (live progress for status)
 HELDOUT_CHARS_PER_SOURCE = 6000  # held-out text evaluated per source (keeps evaluation short)
 FAULT_ENV = "CLLM_FAULT_INJECT"  # "after-checkpoint": SIGKILL between checkpoint and commit (tests)
+MAX_TOKEN_BYTES = 16            # pending text past this many bytes per trigger token is due
+MORE_DOCS = 32                  # backlog documents loaded at a time once a cycle's plan runs out
+FIRST_GUESS_BYTES_S = 20_000.0  # backlog bytes/s assumed before any cycle measured it
+BYTES_PER_TOKEN_GUESS = 3.5     # for planning a cycle's steps (the cosine horizon)
+MAX_NEW_SCOPE = 1000            # more new arrivals than this are learned as the backlog
+SCOPES = {"new": "new arrivals, alone", "backlog": "the backlog", "given": "the given documents"}
 
 
 def open_store(data_dir):
@@ -66,10 +80,10 @@ class TrainerSettings:
     max_wait: float = 300.0            # ... or when the oldest pending document waited this long (s)
     replay_fraction: float = 0.25      # share of each batch's sequences drawn from earlier documents
     replay_docs: int = 64              # at most this many earlier documents sampled for replay
-    steps: Optional[int] = None        # steps per cycle; None: from the tokens (see cycle_steps)
-    min_steps: int = 20
-    max_steps: int = 500
-    epochs: float = 2.0                # passes over the new tokens when steps is None
+    passes: float = 2.0                # a document is trained once this many passes of it are
+    cycle_seconds: float = 90.0        # a cycle ends after this long (then checkpoints, commits)
+    max_steps: Optional[int] = None    # ... or after this many steps
+    keep_checkpoints: int = 5          # the latest K checkpoint files kept, plus one per hour
     batch_size: int = 8
     lr: float = 2e-3                   # peak learning rate, re-warmed every cycle
     min_lr: float = 2e-4
@@ -91,8 +105,13 @@ class TrainerSettings:
         if not 0.0 < self.val_fraction < 0.5:
             raise CllmError(f"validation fraction {self.val_fraction} is outside (0, 0.5)",
                             "e.g. 0.1")
-        if self.steps is not None and self.steps < 1:
-            raise CllmError("steps per cycle must be >= 1", "e.g. --cycle-steps 100")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise CllmError("--max-steps must be >= 1", "e.g. --max-steps 500")
+        if not self.passes > 0 or not self.cycle_seconds > 0:
+            raise CllmError("--passes and --cycle-seconds must be > 0",
+                            "e.g. --passes 2 --cycle-seconds 90")
+        if self.keep_checkpoints < 1:
+            raise CllmError("--keep-checkpoints must be >= 1", "e.g. --keep-checkpoints 5")
         if self.preset not in PRESETS:
             raise CllmError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}",
                             "e.g. --preset small")
@@ -130,15 +149,20 @@ class CycleReport:
     vocab_before: int
     vocab_after: int
     forgetting: dict[str, float] = field(default_factory=dict)
+    completed: list[int] = field(default_factory=list)   # documents that reached their budget
+    ended_by: str = ""
 
 
 class CycleInterrupted(CllmError):
-    """A stop was requested during a cycle; its documents stay pending."""
+    """A cycle ended before it trained anything (a stop before its first step); its
+    documents stay as they were."""
 
 
 class ContinuousTrainer:
-    """Turns pending documents into cycles. One thread at a time; `stop` ends a cycle at a
-    step boundary (the cycle is then recorded as interrupted and nothing else changes)."""
+    """Turns the backlog into cycles. One thread at a time; `stop` ends a cycle at a step
+    boundary and commits what it trained (a shorter cycle, not evaluated); `arrivals` (set
+    by whoever ingests a new document) ends a backlog cycle the same way so the next one
+    learns the new text first."""
 
     def __init__(self, store, data_dir: Path, settings: TrainerSettings = TrainerSettings(),
                  stop: Optional[threading.Event] = None,
@@ -147,9 +171,11 @@ class ContinuousTrainer:
         self.data_dir = Path(data_dir)
         self.settings = settings
         self.stop = stop or threading.Event()
-        self.progress = progress          # (cycle_id, step, steps, loss)
+        self.arrivals = threading.Event()
+        self.progress = progress          # (cycle_id, step, planned steps, loss)
         self.state: Optional[ModelState] = None
         self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
+        self._tails: dict[int, str] = {}
         self._tok_cache_vocab = -1
 
     # --- start-up ---------------------------------------------------------------------------
@@ -162,13 +188,20 @@ class ContinuousTrainer:
 
         with self.store.session() as s:
             for c in list_cycles(s, status="running"):
-                log.warning("cycle %s was interrupted; its documents are still pending", c.id)
+                log.warning("cycle %s was interrupted; nothing it trained was counted", c.id)
             interrupt_running_cycles(
-                s, "the agent stopped during this cycle; its documents stayed pending",
+                s, "the agent stopped during this cycle; nothing it trained was counted",
                 keep_error=True)
-            known = {str(Path(c.path).resolve()) for c in list_checkpoints(s)}
+            known = {str(Path(c.path).resolve()) for c in list_checkpoints(s) if c.pruned is None}
+            pruned = [Path(c.path) for c in list_checkpoints(s) if c.pruned is not None]
             unfinished = {c.id for c in list_cycles(s) if c.status != "completed"}
         removed = []
+        for p in pruned:            # retention marked them, a crash came before the delete
+            for f in (p, tokenizer_path(p)):
+                if f.exists():
+                    log.warning("removing %s: pruned by the retention rule", f)
+                    f.unlink()
+                    removed.append(f)
         d = checkpoint_dir(self.data_dir)
         for p in sorted(d.iterdir()) if d.is_dir() else []:
             if p.name.startswith(".") and p.name.endswith(".tmp"):
@@ -205,7 +238,8 @@ class ContinuousTrainer:
         with self.store.session(read_only=True) as s:
             # the latest first, then the others newest first (the sort is stable)
             rows = [(c.id, c.path, c.sha256, c.cycle_id) for c in sorted(
-                list_checkpoints(s, newest_first=True), key=lambda c: not c.is_latest)]
+                list_checkpoints(s, newest_first=True, with_pruned=False),
+                key=lambda c: not c.is_latest)]
         for i, (ckpt_id, path, sha, cycle_id) in enumerate(rows):
             try:
                 self.state = load_model_state(Path(path), expected_sha256=sha)
@@ -249,13 +283,19 @@ class ContinuousTrainer:
     # --- when ---------------------------------------------------------------------------------
 
     def pending_summary(self) -> tuple[int, int, Optional[dt.datetime]]:
-        """(pending documents, their tokens under the current tokenizer, oldest first_seen)."""
+        """(pending documents, their tokens under the current tokenizer, oldest first_seen).
+        Once the pending text is clearly past the token trigger it is not tokenised: the
+        count is then a lower bound (every token holds at most MAX_TOKEN_BYTES bytes)."""
+        from store.documents import pending_summary as store_pending
         from store.queries import list_documents
 
         tok = self._state().tokenizer
         if len(tok) != self._tok_cache_vocab:
             self._tok_cache, self._tok_cache_vocab = {}, len(tok)
         with self.store.session(read_only=True) as s:
+            q = store_pending(s)
+            if q["bytes"] >= MAX_TOKEN_BYTES * self.settings.min_cycle_tokens:
+                return q["documents"], q["bytes"] // MAX_TOKEN_BYTES, q["oldest"]
             rows = [(d.id, d.first_seen) for d in list_documents(s, status="pending")]
             missing = [i for i, _ in rows if i not in self._tok_cache]
             if missing:
@@ -266,10 +306,22 @@ class ContinuousTrainer:
         oldest = min((f for _, f in rows), default=None)
         return len(rows), sum(self._tok_cache.values()), oldest
 
+    def learning(self) -> int:
+        """Documents part-way through their budget: a backlog the next cycle continues."""
+        from store.queries import document_counts
+
+        with self.store.session(read_only=True) as s:
+            return sum(c["documents"] for c in document_counts(s)
+                       if c["status"] == DocumentStatus.LEARNING)
+
     def due(self, now: Optional[dt.datetime] = None, tokens_trigger: bool = True
             ) -> tuple[Optional[str], Optional[float]]:
         """(trigger or None, seconds until the age trigger fires or None if nothing pends).
-        With tokens_trigger=False only the age trigger counts (the agent's start-up crawl)."""
+        A backlog being learned is due at once ("backlog"); otherwise new documents wait for
+        the token trigger (not while the agent's start-up crawl runs: tokens_trigger=False)
+        or the age trigger."""
+        if self.learning():
+            return "backlog", 0.0
         n, tokens, oldest = self.pending_summary()
         if n == 0:
             return None, None
@@ -280,119 +332,227 @@ class ContinuousTrainer:
             return "age", 0.0
         return None, self.settings.max_wait - waited
 
-    def cycle_steps(self, new_tokens: int) -> int:
-        st = self.settings
-        if st.steps is not None:
-            return st.steps
-        per_step = st.batch_size * self._state().model.config.context * (1.0 - st.replay_fraction)
-        return int(min(st.max_steps, max(st.min_steps, math.ceil(st.epochs * new_tokens / per_step))))
-
     # --- a cycle -------------------------------------------------------------------------------
 
     def run_pending(self, trigger: str) -> Optional[CycleReport]:
-        """One cycle over (up to max_cycle_docs of) the pending documents."""
-        from store.documents import pending_documents
+        """One bounded cycle over the backlog. New arrivals come first: documents that
+        arrived since the last cycle started (and those of a previous such cycle not learned
+        yet) are this cycle's only documents, until they reach their budget, so a drop is in
+        a checkpoint soon; otherwise it continues the backlog in ledger order. None if
+        nothing is left to learn."""
+        from store.ledger import BACKLOG_STATUSES, backlog, fresh_documents
+        from store.queries import list_cycles, list_documents
 
+        self.arrivals.clear()
         with self.store.session(read_only=True) as s:
-            docs = [(d.id, Doc(d.uri, d.source, d.text or ""))
-                    for d in pending_documents(s, limit=self.settings.max_cycle_docs)]
-        if not docs:
+            last = next(iter(list_cycles(s, limit=1)), None)
+            fresh = fresh_documents(s, last.started) if last is not None else []
+            done = next(iter(list_cycles(s, status="completed", limit=1)), None)
+            sched = (done.schedule or {}) if done is not None else {}
+            if sched.get("scope") == "new":
+                fresh += [d.id for d in list_documents(s, ids=sched.get("scope_ids", []))
+                          if d.status in BACKLOG_STATUSES]
+            if len(fresh) > MAX_NEW_SCOPE:       # a whole crawl arrived: that is the backlog
+                fresh = []
+            entries = backlog(s, ids=fresh) if fresh else backlog(s)
+        if not entries:
             return None
-        return self.run_cycle(docs, trigger)
+        return self._cycle(entries, trigger, preemptible=not fresh,
+                           scope="new" if fresh else "backlog")
 
     def run_cycle(self, docs: Sequence[tuple[int, Doc]], trigger: str,
                   steps: Optional[int] = None) -> Optional[CycleReport]:
-        """Train one cycle on `docs` (store ids with their text) and record it atomically.
-        Documents with nothing to train on are marked failed (with the reason) instead."""
+        """One cycle on exactly these documents (store ids with their text), whatever their
+        status: `steps` steps (or the settings' bounds), reading them round and round past
+        their budget (`cllm train`). Their ledger records what was trained."""
+        from store.ledger import backlog
+
+        with self.store.session(read_only=True) as s:
+            entries = backlog(s, ids=[i for i, _ in docs])
+        texts = {i: d.text for i, d in docs}
+        return self._cycle(entries, trigger, preemptible=False, scope="given", steps=steps,
+                           wrap=True, texts=texts)
+
+    def _cycle(self, entries, trigger: str, *, preemptible: bool, scope: str,
+               steps: Optional[int] = None, wrap: bool = False,
+               texts: Optional[dict[int, str]] = None) -> Optional[CycleReport]:
         from store.queries import start_cycle
 
         st = self.settings
         state = self._state()
-        if sum(len(split_heldout(d.text, st.val_fraction)[0].strip()) for _, d in docs) < 2:
-            self._refuse(docs, "no trainable text (too short once the held-out tail is cut)")
+        docs, more, refused = self._plan(entries, wrap, texts)
+        if refused:
+            self._refuse(refused, "no trainable text (too short once the held-out tail is cut)")
+        if not docs and more is None:
             return None
         with self.store.session() as s:
-            cycle_id = start_cycle(s, trigger=trigger, workers=st.workers, docs_new=len(docs),
+            cycle_id = start_cycle(s, trigger=trigger, workers=st.workers,
+                                   docs_new=len(entries) - len(refused),
                                    vocab_size_before=len(state.tokenizer)).id
-        log.info("cycle %s (%s): %s new documents", cycle_id, trigger, len(docs))
+        log.info("cycle %s (%s): %s documents to learn (%s)", cycle_id, trigger,
+                 len(entries) - len(refused), SCOPES[scope])
         try:
-            return self._train_and_record(cycle_id, docs, trigger, steps)
+            return self._train_and_record(cycle_id, trigger, docs, more, {e.id for e in entries},
+                                          steps, preemptible, texts, scope)
         except BaseException as e:
             self._fail(cycle_id, e)
             self.state = None           # the in-memory model moved on: reload before the next cycle
             raise
 
-    def _train_and_record(self, cycle_id: int, docs, trigger: str, steps: Optional[int]
-                          ) -> CycleReport:
+    def _plan(self, entries, wrap: bool, texts: Optional[dict[int, str]]):
+        """The documents a cycle starts with (texts loaded for about what it can train, the
+        rest loaded lazily by `more()`); documents with no training text are refused."""
+        from store.ledger import document_texts
+
+        st = self.settings
+        passes = None if wrap else st.passes
+        capacity = self._capacity_bytes()
+        first, rest, planned = [], list(entries), 0
+        while rest and (planned < 1.5 * capacity or not first):
+            e = rest.pop(0)
+            first.append(e)
+            planned += e.left_bytes(st.passes, st.val_fraction) or e.size_bytes
+        refused: list[int] = []
+        tails: dict[int, str] = {}
+
+        def load(chunk) -> list[PlanDoc]:
+            if texts is not None:
+                got = {e.id: texts[e.id] for e in chunk if e.id in texts}
+            else:
+                with self.store.session(read_only=True) as s:
+                    got = document_texts(s, [e.id for e in chunk])
+            out = []
+            for e in chunk:
+                head, tail = split_heldout(got.get(e.id, ""), st.val_fraction)
+                if not head:
+                    refused.append(e.id)
+                    continue
+                out.append(PlanDoc(e.id, e.source, head, e.trained_bytes, passes))
+                tails[e.id] = tail
+            return out
+
+        docs = load(first)
+        self._tails = dict(tails)   # held-out tails of the documents the cycle starts with
+        queue: list[PlanDoc] = []
+
+        def more() -> Optional[PlanDoc]:
+            while not queue and rest:
+                chunk, rest[:] = rest[:MORE_DOCS], rest[MORE_DOCS:]
+                queue.extend(load(chunk))
+            return queue.pop(0) if queue else None
+
+        return docs, (more if rest else None), refused
+
+    def _capacity_bytes(self) -> float:
+        """Backlog bytes a cycle is expected to train: the last cycle's rate times the cycle's
+        length (a first guess before any cycle ran)."""
+        from store.queries import list_cycles
+
+        st = self.settings
+        with self.store.session(read_only=True) as s:
+            done = [c for c in reversed(list_cycles(s, status="completed", limit=5))
+                    if c.bytes_new and (c.schedule or {}).get("seconds")]
+        rate = (done[0].bytes_new / done[0].schedule["seconds"]) if done else FIRST_GUESS_BYTES_S
+        seconds = st.cycle_seconds
+        if st.max_steps is not None:
+            T = self._state().model.config.context
+            seconds = min(seconds, st.max_steps * st.batch_size * T * 4 / max(rate, 1.0))
+        return rate * seconds
+
+    def _train_and_record(self, cycle_id: int, trigger: str, docs: list[PlanDoc], more,
+                          scope_ids: set[int], steps: Optional[int], preemptible: bool,
+                          texts: Optional[dict[int, str]], scope: str) -> Optional[CycleReport]:
         st = self.settings
         state = self._state()
         vocab_before = len(state.tokenizer)
-        heads = [Doc(d.uri, d.source, split_heldout(d.text, st.val_fraction)[0]) for _, d in docs]
-        replay = self._replay_sample(cycle_id, {i for i, _ in docs})
-        replay_docs = [Doc(d.uri, d.source, split_heldout(d.text, st.val_fraction)[0])
-                       for _, d in replay]
+        replay = self._replay_sample(cycle_id, scope_ids)
         by_source: dict[str, list[str]] = {}
-        for _, d in docs:
-            by_source.setdefault(d.source, []).append(d.text)
+        for d in docs:
+            by_source.setdefault(d.source, []).append(self._tails.get(d.id, ""))
         heldout = self._heldout(by_source)
-        if steps is None:
-            steps = self.cycle_steps(sum(len(state.tokenizer.encode(d.text)) for d in heads))
-        tcfg = st.train_config(steps)
+        max_steps = steps if steps is not None else st.max_steps
+        planned = max_steps or max(1, int(self._capacity_bytes() / max(
+            1.0, st.batch_size * state.model.config.context * BYTES_PER_TOKEN_GUESS)))
+        tcfg = st.train_config(planned)
         sampled: list[tuple[int, float, float]] = []
         last = [time.perf_counter()]
         logged = [time.perf_counter()]
 
-        def on_step(i: int, n: int, loss: float) -> None:
+        def on_step(i: int, loss: float) -> None:
             sampled.append((i, loss, lr_at(i - 1, tcfg)))
             if self.progress is not None:
-                self.progress(cycle_id, i, n, loss)
+                self.progress(cycle_id, i, planned, loss)
             now = time.perf_counter()
-            if i == 1 or i == n or i % max(1, n // 10) == 0 or now - logged[0] >= 10.0:
+            if i == 1 or now - last[0] >= METRIC_EVERY_S:     # before the log line says so
+                last[0] = now
+                self._write_metrics(cycle_id, sampled[-1:], planned)
+            if i == 1 or i % max(1, planned // 10) == 0 or now - logged[0] >= 10.0:
                 logged[0] = now
-                log.info("cycle %s: step %s/%s, loss %.3f", cycle_id, i, n, loss)
-            if i == 1 or i == n or time.perf_counter() - last[0] >= METRIC_EVERY_S:
-                last[0] = time.perf_counter()
-                self._write_metrics(cycle_id, sampled[-1:], steps)
+                log.info("cycle %s: step %s, loss %.3f", cycle_id, i, loss)
 
-        res = learn(state, heads, tcfg, steps, workers=st.workers, replay=replay_docs,
-                   replay_fraction=st.replay_fraction if replay_docs else 0.0,
-                   max_new_tokens=st.max_new_tokens, heldout=heldout, seed=st.seed + cycle_id,
-                   progress=on_step, stop=self.stop.is_set)
-        if res.steps < steps:
-            raise CycleInterrupted(f"cycle {cycle_id} stopped after {res.steps}/{steps} steps",
-                                   "its documents stay pending for the next cycle")
-        first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in heads])
+        def why_stop() -> Optional[str]:
+            if self.stop.is_set():
+                return "stop"
+            if preemptible and self.arrivals.is_set():
+                return "preempted"
+            return None
+
+        res = learn(state, docs, tcfg, max_steps=max_steps,
+                    max_seconds=None if steps is not None else st.cycle_seconds,
+                    workers=st.workers, replay=replay,
+                    replay_fraction=st.replay_fraction if replay else 0.0,
+                    max_new_tokens=st.max_new_tokens, more=more, heldout=heldout,
+                    seed=st.seed + cycle_id, progress=on_step, stop=why_stop)
+        if res.steps == 0:
+            if res.ended_by == "stop":
+                raise CycleInterrupted(f"cycle {cycle_id} stopped before its first step",
+                                       "its documents stay as they were for the next cycle")
+            self._end_untrained(cycle_id, "interrupted",
+                                f"ended before its first step ({res.ended_by or 'nothing to read'})")
+            return None
+        if sampled:
+            self._write_metrics(cycle_id, sampled[-1:], planned)
+        first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in docs])
         path, sha = save_model_state(state, self.data_dir, cycle_id)
         if os.environ.get(FAULT_ENV) == "after-checkpoint":   # crash-window tests only
             os.kill(os.getpid(), signal.SIGKILL)
         try:
             heldout_tokens = {src: len(state.tokenizer.encode(t)) for src, t in heldout.items()}
-            forgetting = self._commit(cycle_id, docs, replay, res, path, sha, vocab_before,
-                                      first, steps, tcfg, heldout_tokens)
+            forgetting, credited = self._commit(cycle_id, docs, replay, res, path, sha,
+                                                vocab_before, first, planned, tcfg,
+                                                heldout_tokens, scope, scope_ids)
         except BaseException:
             # the checkpoint never got its row: it must not be mistaken for a trained one
             path.unlink(missing_ok=True)
             tokenizer_path(path).unlink(missing_ok=True)
             raise
-        log.info("cycle %s completed: %s steps, loss %.3f -> %.3f, %.0f tok/s, checkpoint %s",
-                 cycle_id, res.steps, res.loss_start or float("nan"), res.loss_end or float("nan"),
-                 res.tokens_per_s, path)
-        return CycleReport(cycle_id, trigger, [i for i, _ in docs], [i for i, _ in replay], path,
-                           sha, res, vocab_before, len(state.tokenizer), forgetting)
+        log.info("cycle %s completed (%s): %s steps, loss %.3f -> %.3f, %.0f tok/s, %s bytes "
+                 "learned (+%s replayed), %s documents done, checkpoint %s", cycle_id,
+                 res.ended_by, res.steps, res.loss_start or float("nan"),
+                 res.loss_end or float("nan"), res.tokens_per_s, credited["bytes_new"],
+                 credited["bytes_replay"], len(credited["completed"]), path)
+        self.prune_checkpoints()
+        return CycleReport(cycle_id, trigger, sorted(res.new_bytes), [d.id for d in replay],
+                           path, sha, res, vocab_before, len(state.tokenizer), forgetting,
+                           completed=credited["completed"], ended_by=res.ended_by)
 
     def _commit(self, cycle_id, docs, replay, res: LearnResult, path: Path, sha: str,
-                vocab_before: int, first: dict[int, int], steps: int, tcfg: TrainConfig,
-                heldout_tokens: dict[str, int]) -> dict[str, float]:
+                vocab_before: int, first: dict[int, int], planned: int, tcfg: TrainConfig,
+                heldout_tokens: dict[str, int], scope: str, scope_ids: set[int]
+                ) -> tuple[dict[str, float], dict]:
         """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
-        evaluations with forgetting, documents trained."""
-        from store.documents import mark_trained
+        evaluations with forgetting, and the ledger (what it trained of each document)."""
+        from store.ledger import record_cycle_credits
         from store.queries import (finish_cycle, forgetting_by_source, record_checkpoint,
                                    record_eval, record_vocab, vocab_size)
 
         st, tok = self.settings, self.state.tokenizer
-        new_sources = {d.source for _, d in docs}
-        doc_ids = [i for i, _ in docs]
+        trained_ids = set(res.new_bytes)
+        new_sources = {d.source for d in docs if d.id in trained_ids}
+        doc_ids = [d.id for d in docs]
         forgetting: dict[str, float] = {}
+        credits = {i: (res.new_bytes.get(i, 0), res.replay_bytes.get(i, 0))
+                   for i in set(res.new_bytes) | set(res.replay_bytes)}
         with self.store.session() as s:
             # vocabulary: the byte tokens (no cycle) once, then this cycle's delta; the
             # stored vocabulary is append-only, so what is missing is what lies past its end
@@ -408,10 +568,10 @@ class ContinuousTrainer:
                                       if new and tid in first else None}))
             for new, group in itertools.groupby(entries, key=lambda e: e[0]):
                 record_vocab(s, [e for _, e in group], cycle_id=cycle_id if new else None)
-            # documents: trained in this cycle (only now, in the same transaction); every one
-            # records this cycle, also one trained before (`cllm train` learns it again)
-            mark_trained(s, doc_ids, cycle_id, retrain=True,
-                         n_tokens={i: len(tok.encode(d.text)) for i, d in docs})
+            # the ledger: what this cycle trained of each document (only now, in the same
+            # transaction: a crash before this line counts nothing)
+            credited = record_cycle_credits(s, cycle_id, credits, res.trainable_bytes,
+                                            st.passes)
             # evaluations: baseline = loss right after the source was last learned (by this
             # cycle's documents, else carried from the source's latest evaluation)
             for source, loss in sorted(res.val_loss.items()):
@@ -430,21 +590,49 @@ class ContinuousTrainer:
                               size_bytes=path.stat().st_size)
             vals = list(res.val_loss.values())
             finish_cycle(
-                s, cycle_id, status="completed", docs_new=len(docs), docs_replayed=len(replay),
-                tokens=res.tokens, steps=res.steps, skipped_steps=res.skipped,
-                loss_start=res.loss_start, loss_end=res.loss_end,
+                s, cycle_id, status="completed", docs_new=len(trained_ids),
+                docs_replayed=len(replay), tokens=res.tokens, steps=res.steps,
+                skipped_steps=res.skipped, loss_start=res.loss_start, loss_end=res.loss_end,
                 val_loss=float(np.mean(vals)) if vals else None,
                 forgetting_mean=float(np.mean(list(forgetting.values()))) if forgetting else None,
                 forgetting_max=max(forgetting.values()) if forgetting else None,
                 tokens_per_s=res.tokens_per_s, workers=st.workers,
                 vocab_size_before=vocab_before, vocab_size_after=len(tok),
-                schedule={"steps": steps, "lr": tcfg.lr, "min_lr": tcfg.min_lr,
+                bytes_new=credited["bytes_new"], bytes_replay=credited["bytes_replay"],
+                schedule={"steps": planned, "lr": tcfg.lr, "min_lr": tcfg.min_lr,
                           "warmup_steps": tcfg.warmup_steps, "decay": "cosine",
                           "batch_size": tcfg.batch_size, "replay_fraction": st.replay_fraction,
-                          "replay_document_ids": [i for i, _ in replay],
-                          "document_ids": doc_ids, "new_token_ids": list(res.new_token_ids),
+                          "ended_by": res.ended_by, "passes": st.passes, "scope": scope,
+                          "scope_ids": sorted(scope_ids) if scope == "new" else [],
+                          "replay_document_ids": [d.id for d in replay],
+                          "document_ids": sorted(trained_ids),
+                          "new_token_ids": list(res.new_token_ids),
                           "seconds": round(res.seconds, 3)})
-        return forgetting
+        return forgetting, credited
+
+    # --- retention -----------------------------------------------------------------------------
+
+    def prune_checkpoints(self) -> list[Path]:
+        """Apply the retention rule: keep the latest `keep_checkpoints` files plus one per hour
+        of checkpoints; the others are marked pruned in the store first, then deleted (a
+        crash in between leaves files that recover() removes). Returns the deleted files."""
+        from store.ledger import checkpoints_to_prune, mark_pruned
+
+        with self.store.session() as s:
+            gone = [(c.id, Path(c.path)) for c in
+                    checkpoints_to_prune(s, self.settings.keep_checkpoints)]
+            if gone:
+                mark_pruned(s, [i for i, _ in gone])
+        removed = []
+        for _, p in gone:
+            for f in (p, tokenizer_path(p)):
+                if f.exists():
+                    f.unlink()
+                    removed.append(f)
+        if gone:
+            log.info("pruned %s old checkpoints (keeping the latest %s and one per hour)",
+                     len(gone), self.settings.keep_checkpoints)
+        return removed
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -453,8 +641,8 @@ class ContinuousTrainer:
             self.load_latest()
         return self.state
 
-    def _replay_sample(self, cycle_id: int, exclude: set[int]) -> list[tuple[int, Doc]]:
-        """A seeded sample of trained documents for replay (their text read from the store)."""
+    def _replay_sample(self, cycle_id: int, exclude: set[int]) -> list[PlanDoc]:
+        """A seeded sample of trained documents for replay (their training text)."""
         from store.documents import replay_sample
 
         if self.settings.replay_fraction <= 0:
@@ -464,13 +652,15 @@ class ContinuousTrainer:
         def draw(ids: list[int], k: int) -> list[int]:
             return rng.choice(ids, size=k, replace=False).tolist()
 
+        vf = self.settings.val_fraction
         with self.store.session(read_only=True) as s:
-            return [(d.id, Doc(d.uri, d.source, d.text or "")) for d in replay_sample(
-                s, self.settings.replay_docs, exclude_ids=sorted(exclude), draw=draw)]
+            return [PlanDoc(d.id, d.source, split_heldout(d.text or "", vf)[0])
+                    for d in replay_sample(s, self.settings.replay_docs,
+                                           exclude_ids=sorted(exclude), draw=draw)]
 
-    def _heldout(self, new_by_source: dict[str, list[str]]) -> dict[str, str]:
-        """Held-out tails per source: the tails of its earliest trained documents (by id),
-        then of this cycle's new ones, up to HELDOUT_CHARS_PER_SOURCE. Earlier documents come
+    def _heldout(self, new_tails: dict[str, list[str]]) -> dict[str, str]:
+        """Held-out tails per source: the tails of its earliest documents already read (by
+        id), then of this cycle's (`new_tails`), up to HELDOUT_CHARS_PER_SOURCE. Earlier documents come
         first so a source's slice stays the same from cycle to cycle once it is full."""
         from store.queries import list_documents
 
@@ -478,17 +668,18 @@ class ContinuousTrainer:
         budget: dict[str, float] = {}
         chosen: list[int] = []
         with self.store.session(read_only=True) as s:
-            for d in list_documents(s, status="trained"):
-                if budget.get(d.source, 0.0) < HELDOUT_CHARS_PER_SOURCE:
-                    budget[d.source] = budget.get(d.source, 0.0) + (d.size_bytes or 0) * vf
-                    chosen.append(d.id)
+            for status in (DocumentStatus.TRAINED, DocumentStatus.LEARNING):
+                for d in list_documents(s, status=status):
+                    if budget.get(d.source, 0.0) < HELDOUT_CHARS_PER_SOURCE:
+                        budget[d.source] = budget.get(d.source, 0.0) + (d.size_bytes or 0) * vf
+                        chosen.append(d.id)
             texts: dict[str, list[str]] = {}
-            for d in list_documents(s, ids=chosen, with_text=True):
+            for d in list_documents(s, ids=sorted(chosen), with_text=True):
                 texts.setdefault(d.source, []).append(split_heldout(d.text or "", vf)[1])
-        for source, items in new_by_source.items():
+        for source, items in new_tails.items():
             for t in items:
                 if sum(map(len, texts.get(source, []))) < HELDOUT_CHARS_PER_SOURCE:
-                    texts.setdefault(source, []).append(split_heldout(t, vf)[1])
+                    texts.setdefault(source, []).append(t)
         return {src: "\n".join(parts) for src, parts in texts.items() if "".join(parts).strip()}
 
     def _write_metrics(self, cycle_id: int, rows, steps: int) -> None:
@@ -507,12 +698,20 @@ class ContinuousTrainer:
         except Exception as e:  # metrics are for watching; never fail a cycle over them
             log.warning("could not record step metrics of cycle %s: %s", cycle_id, e)
 
-    def _refuse(self, docs, reason: str) -> None:
+    def _refuse(self, doc_ids: Sequence[int], reason: str) -> None:
         from store.documents import mark_failed
 
         with self.store.session() as s:
-            mark_failed(s, [i for i, _ in docs], reason)
-        log.warning("%s documents not trained: %s", len(docs), reason)
+            mark_failed(s, list(doc_ids), reason)
+        log.warning("%s documents not trained: %s", len(doc_ids), reason)
+
+    def _end_untrained(self, cycle_id: int, status: str, reason: str) -> None:
+        """Close a cycle that trained nothing (the next one takes its documents)."""
+        from store.queries import finish_cycle
+
+        with self.store.session() as s:
+            finish_cycle(s, cycle_id, status=status, error=reason)
+        log.info("cycle %s %s: %s", cycle_id, status, reason)
 
     def _fail(self, cycle_id: int, e: BaseException) -> None:
         from store.queries import finish_cycle
@@ -525,9 +724,9 @@ class ContinuousTrainer:
         except Exception as e2:
             log.error("could not record the end of cycle %s: %s", cycle_id, e2)
         if status == "failed":
-            log.error("cycle %s failed: %r; its documents stay pending", cycle_id, e)
+            log.error("cycle %s failed: %r; nothing it trained was counted", cycle_id, e)
         else:
-            log.warning("cycle %s interrupted; its documents stay pending", cycle_id)
+            log.warning("cycle %s interrupted; nothing it trained was counted", cycle_id)
 
 
 def _now() -> dt.datetime:

@@ -147,6 +147,7 @@ class Agent:
         self.cfg = cfg
         self.stop = stop or threading.Event()
         self.wake = threading.Event()
+        self.arrivals = threading.Event()    # a watched file was added: new text goes first
         self.events: queue.Queue = queue.Queue()
         self.errors: list[BaseException] = []
         self.cycles_completed = 0
@@ -179,6 +180,7 @@ class Agent:
         cfg = self.cfg
         self.target_ids = self._record_targets(store)
         trainer = ContinuousTrainer(store, cfg.data_dir, cfg.trainer, stop=self.stop)
+        trainer.arrivals = self.arrivals
         trainer.recover()
         state = trainer.load_latest()
         log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
@@ -268,6 +270,7 @@ class Agent:
                     res = None
                 break
             if res is not None and res.outcome in ("added", "restored"):
+                self.arrivals.set()     # a backlog cycle ends at its next step for it
                 self.wake.set()
 
     def _crawl_all(self, store) -> None:
@@ -307,11 +310,18 @@ class Agent:
                 self.wake.set()
 
     def _trainer_loop(self, trainer: ContinuousTrainer) -> None:
+        """Cycles back to back while a backlog remains; blocked (no CPU) when none does."""
+        learned_since_idle = 0
         while not self.stop.is_set():
             self.wake.clear()
             try:
                 trigger, wait = trainer.due(tokens_trigger=self.crawled.is_set())
                 if trigger is None:
+                    if learned_since_idle:
+                        log.info("backlog learned: every document trained to %s passes (%d "
+                                 "cycles); waiting for new text", trainer.settings.passes,
+                                 learned_since_idle)
+                        learned_since_idle = 0
                     self.wake.wait(wait)        # an ingest, a stop, or the age trigger
                     continue
                 rep = trainer.run_pending(trigger)
@@ -323,6 +333,7 @@ class Agent:
                 continue
             if rep is not None:
                 self.cycles_completed += 1
+                learned_since_idle += 1
                 log.info("cycle %s completed: %s documents, %s replayed, loss %.3f -> %.3f, "
                          "checkpoint %s", rep.cycle_id, len(rep.doc_ids), len(rep.replay_ids),
                          rep.run.loss_start or float("nan"), rep.run.loss_end or float("nan"),

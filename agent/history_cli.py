@@ -57,6 +57,8 @@ def cycle_rows(session) -> list[dict]:
                      "loss_start": c.loss_start, "loss": c.loss_end, "val_loss": c.val_loss,
                      "forgetting_mean": c.forgetting_mean, "forgetting_max": c.forgetting_max,
                      "tokens_per_s": c.tokens_per_s, "workers": c.workers,
+                     "bytes_new": c.bytes_new, "bytes_replay": c.bytes_replay,
+                     "ended_by": (c.schedule or {}).get("ended_by"),
                      "vocab_before": c.vocab_size_before, "vocab_after": c.vocab_size_after,
                      "replay_document_ids": (c.schedule or {}).get("replay_document_ids", []),
                      "checkpoint_path": ck.path if ck else None,
@@ -80,7 +82,7 @@ def history_cycles(data_dir, as_json, plot):
             rows = cycle_rows(s)
     finally:
         store.close()
-    emit_table(rows, as_json, ["id", "status", "trigger", "documents", "replayed", "tokens",
+    emit_table(rows, as_json, ["id", "status", "trigger", "documents", "bytes_new", "bytes_replay",
                                "steps", "loss", "val_loss", "forgetting_mean", "checkpoint_path"],
                f"{len(rows)} cycles")
     if plot:
@@ -151,15 +153,15 @@ def history_checkpoints(data_dir, verify, as_json):
         with store.session(read_only=True) as s:
             rows = [{"id": c.id, "cycle_id": c.cycle_id, "path": c.path, "sha256": c.sha256,
                      "step": c.step, "vocab_size": c.vocab_size, "size_bytes": c.size_bytes,
-                     "latest": c.is_latest, "created": c.created}
+                     "latest": c.is_latest, "created": c.created, "pruned": c.pruned}
                     for c in list_checkpoints(s)]
     finally:
         store.close()
-    for r in rows:
+    for r in rows:      # a pruned file is gone by the retention rule, and says so
         r["exists"] = Path(r["path"]).exists()
         if verify:
             r["ok"] = r["exists"] and file_sha256(r["path"]) == r["sha256"]
-    emit_table(rows, as_json, ["id", "cycle_id", "step", "vocab_size", "latest", "exists"]
+    emit_table(rows, as_json, ["id", "cycle_id", "step", "vocab_size", "latest", "exists", "pruned"]
                + (["ok"] if verify else []) + ["path"], f"{len(rows)} checkpoints")
 
 
@@ -231,6 +233,8 @@ def status(data_dir, as_json):
                            "steps": (running.schedule or {}).get("steps"),
                            "loss": last.loss if last else None}
             queue = pending_summary(s)
+            from store.ledger import backlog_status
+            backlog = backlog_status(s)
             pending, pending_bytes = queue["documents"], queue["bytes"]
             counts: dict[str, int] = {}
             for c in document_counts(s):
@@ -249,6 +253,7 @@ def status(data_dir, as_json):
     if current is not None:
         current["stale"] = pid is None  # left running by an agent that died; recovered on start
     out = {"agent_running": pid is not None, "pid": pid, "current_cycle": current,
+           "backlog": backlog,
            "pending_documents": pending, "pending_bytes": pending_bytes or 0,
            "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
     if as_json:
@@ -264,6 +269,18 @@ def status(data_dir, as_json):
                    f"{current['documents']} documents")
     else:
         click.echo("no cycle running")
+    if backlog["documents"]:
+        eta = backlog["eta_s"]
+        click.echo(f"backlog: {backlog['documents']} documents, {backlog['bytes']:,} bytes to "
+                   f"learn ({backlog['passes']:g} passes each)"
+                   + (f", {backlog['tokens_per_s']:,.0f} tokens/s, ETA {_duration(eta)}"
+                      if eta else ""))
+        for src in backlog["sources"]:
+            if src["documents"]:
+                click.echo(f"  {src['source']}: {src['trained']} trained, {src['documents']} "
+                           f"to learn ({src['bytes']:,} bytes)")
+    else:
+        click.echo("backlog: nothing to learn")
     click.echo(f"pending: {pending} documents ({pending_bytes or 0} bytes); "
                + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     click.echo(f"cycles completed: {completed}")
@@ -273,6 +290,11 @@ def status(data_dir, as_json):
                    f"{last_ckpt['sha256'][:16]}...)")
     else:
         click.echo("last checkpoint: none")
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 # --- the daemon -------------------------------------------------------------------------------
@@ -306,8 +328,14 @@ def status(data_dir, as_json):
 @click.option("--max-depth", type=int, default=None, help="Link depth per crawled site [2].")
 @click.option("--replay-fraction", type=float, default=None,
               help="Share of training sequences replayed from earlier documents [0.25].")
-@click.option("--cycle-steps", type=int, default=None,
-              help="Steps per cycle [from the new tokens, 20..500].")
+@click.option("--passes", type=float, default=None,
+              help="Passes over each document's text before it counts as trained [2].")
+@click.option("--cycle-seconds", type=float, default=None,
+              help="A cycle ends after this long, checkpoints, and the next one starts [90].")
+@click.option("--max-steps", type=int, default=None,
+              help="... or after this many steps [no limit].")
+@click.option("--keep-checkpoints", type=int, default=None,
+              help="Checkpoint files kept: the latest K, plus one per hour [5].")
 @click.option("--batch-size", type=int, default=None, help="Sequences per step [8].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate, re-warmed per cycle [2e-3].")
 @click.option("--max-new-tokens", type=int, default=None,
@@ -345,7 +373,9 @@ def agent(data_dir, config, max_cycles, **flags):
         logging.getLogger("agent").setLevel(logging.INFO)
     tset = TrainerSettings(preset=cfg["preset"], workers=cfg["workers"],
                            min_cycle_tokens=cfg["min_cycle_tokens"], max_wait=cfg["max_wait"],
-                           replay_fraction=cfg["replay_fraction"], steps=cfg["cycle_steps"],
+                           replay_fraction=cfg["replay_fraction"], max_steps=cfg["max_steps"],
+                           passes=cfg["passes"], cycle_seconds=cfg["cycle_seconds"],
+                           keep_checkpoints=cfg["keep_checkpoints"],
                            batch_size=cfg["batch_size"], lr=cfg["lr"], min_lr=cfg["lr"] / 10,
                            max_new_tokens=cfg["max_new_tokens"],
                            crystalline_weight=cfg["crystalline_weight"], init=cfg["init"])

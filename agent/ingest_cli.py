@@ -163,12 +163,13 @@ def history() -> None:
 
 
 DOCUMENT_FIELDS = ("id", "uri", "source", "status", "sha256", "size_bytes", "n_tokens", "encoding",
-                   "reason", "cycle_id", "target_id", "first_seen", "updated")
+                   "reason", "cycle_id", "target_id", "first_seen", "updated", "trainable_bytes",
+                   "trained_bytes")
 
 
 @history.command("documents", context_settings=CONTEXT_SETTINGS)
 @data_dir_option
-@click.option("--status", type=click.Choice(["pending", "trained", "skipped", "failed", "deleted"]),
+@click.option("--status", type=click.Choice(["pending", "learning", "trained", "skipped", "failed", "deleted"]),
               default=None, help="Only documents with this status.")
 @click.option("--source", default=None, help="Only documents from this source.")
 @click.option("--cycle", "cycle_id", type=int, default=None, help="Only documents trained by this cycle.")
@@ -189,7 +190,10 @@ def history_documents(data_dir, status, source, cycle_id, limit, as_json):
             rows = [{f: jsonable(getattr(d, f)) for f in DOCUMENT_FIELDS} for d in docs]
     finally:
         store.close()
-    emit_table(rows, as_json, ["id", "status", "uri", "sha256", "cycle_id", "reason"],
+    for r in rows:     # the ledger: passes over the training text, summed over cycles
+        r["passes"] = (round(r["trained_bytes"] / r["trainable_bytes"], 3)
+                       if r["trainable_bytes"] else 0.0)
+    emit_table(rows, as_json, ["id", "status", "passes", "uri", "sha256", "cycle_id", "reason"],
                f"{len(rows)} documents")
 
 

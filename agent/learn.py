@@ -1,5 +1,6 @@
-"""One learning run over a set of documents: grow the tokenizer and the model, build
-batches, train on the ThreadedTrainingSystem with live progress, evaluate.
+"""One learning run over a backlog of documents: grow the tokenizer and the model, build
+batches in ledger order (agent/backlog.py), train on the ThreadedTrainingSystem until a
+step, time or backlog bound or a stop, with live progress, and evaluate.
 
 The continuous trainer runs one per cycle (`cllm train` is such a cycle); checkpoint files
 are agent/model_state.py's, the record of what was learned is the store's.
@@ -9,15 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from agent.model_state import ModelState
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
-from engine.data import WindowSampler, evaluate, pack
-from engine.errors import CllmError
+from engine.data import evaluate, pack
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +28,41 @@ class Doc:
     text: str
 
 
+@dataclass(frozen=True)
+class PlanDoc:
+    """A document a cycle learns from: its id, its training text (held-out tail cut off),
+    what the ledger counted before, and its budget in passes (None: read it round and round,
+    as `cllm train --steps N` does)."""
+    id: int
+    source: str
+    text: str
+    trained_bytes: int = 0
+    passes: Optional[float] = None
+
+
 @dataclass
 class LearnResult:
     steps: int = 0
     skipped: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    ended_by: str = ""                  # "steps", "time", "backlog", "stop" or "preempted"
     loss_start: Optional[float] = None
     loss_end: Optional[float] = None
     val_loss: dict[str, float] = field(default_factory=dict)
     new_token_ids: list[int] = field(default_factory=list)
-    checkpoint_path: Optional[Path] = None
-    checkpoint_sha256: Optional[str] = None
+    new_bytes: dict[int, int] = field(default_factory=dict)      # doc id -> backlog bytes trained
+    replay_bytes: dict[int, int] = field(default_factory=dict)   # doc id -> replayed bytes
+    trainable_bytes: dict[int, int] = field(default_factory=dict)  # of every document read
     losses: list[float] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def bytes_per_s(self) -> float:
+        return sum(self.new_bytes.values()) / self.seconds if self.seconds > 0 else 0.0
 
 
 def split_heldout(text: str, fraction: float) -> tuple[str, str]:
@@ -66,19 +83,31 @@ def split_validation(docs: Sequence[Doc], fraction: float) -> tuple[list[Doc], d
     return train, {src: "\n".join(parts) for src, parts in held.items()}
 
 
-def learn(state: ModelState, docs: Sequence[Doc], tcfg: TrainConfig, steps: int,
-              workers: Optional[int] = None, replay: Sequence[Doc] = (),
-              replay_fraction: float = 0.0, max_new_tokens: int = 1000,
-              heldout: Optional[dict[str, str]] = None, seed: int = 0,
-              progress: Optional[Callable[[int, int, float], None]] = None,
-              stop: Optional[Callable[[], bool]] = None) -> LearnResult:
-    """Learn vocabulary from `docs`, grow the model, train `steps` steps on `docs` mixed with
-    `replay` (a `replay_fraction` share of sequences), and evaluate on `heldout` per source."""
+def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
+          max_steps: Optional[int] = None, max_seconds: Optional[float] = None,
+          workers: Optional[int] = None, replay: Sequence[PlanDoc] = (),
+          replay_fraction: float = 0.0, max_new_tokens: int = 1000,
+          more: Optional[Callable[[], Optional[PlanDoc]]] = None,
+          lr: Optional[Callable[[int], float]] = None,
+          after_step: Optional[Callable[[], None]] = None,
+          heldout: Optional[dict[str, str]] = None, seed: int = 0,
+          progress: Optional[Callable[[int, float], None]] = None,
+          stop: Optional[Callable[[], Optional[str]]] = None) -> LearnResult:
+    """Learn vocabulary from the documents read for the first time, grow the model, then
+    train on the backlog of `docs` (then `more()`, loaded lazily) in ledger order, mixed
+    with `replay` (a `replay_fraction` share of rows), until `max_steps`, `max_seconds`, the
+    backlog's end or `stop()` (which returns why, e.g. "stop" or "preempted", or None).
+    `lr(step_in_cycle)` gives each step's learning rate (default: tcfg's schedule);
+    `after_step()` runs after each applied step (an EMA of the weights). Evaluates on
+    `heldout` per source unless stopped. Each applied step's targets are credited to the
+    documents they cover (LearnResult.new_bytes / replay_bytes)."""
+    from agent.backlog import BacklogReader, Batcher, ReplayReader, ledger_doc, token_byte_lengths
+
     res = LearnResult()
     model, tok = state.model, state.tokenizer
-    texts = [d.text for d in docs]
-    if max_new_tokens > 0 and texts:
-        res.new_token_ids = tok.learn(texts, max_new_tokens=max_new_tokens)
+    first_read = [d.text for d in docs if d.trained_bytes == 0]
+    if max_new_tokens > 0 and first_read:
+        res.new_token_ids = tok.learn(first_read, max_new_tokens=max_new_tokens)
     if len(tok) > model.config.vocab_size:
         model.grow_vocab(len(tok))
         if state.optimizer is not None:
@@ -90,37 +119,66 @@ def learn(state: ModelState, docs: Sequence[Doc], tcfg: TrainConfig, steps: int,
             for k, arr in old.state().items():
                 state.optimizer.state()[k][...] = arr
             state.optimizer.t = old.t
-    new_stream = pack((tok.encode(t) for t in texts), tok.eod_id)
-    streams, weights = [new_stream], [1.0 - replay_fraction if replay else 1.0]
-    if replay and replay_fraction > 0:
-        streams.append(pack((tok.encode(d.text) for d in replay), tok.eod_id))
-        weights.append(replay_fraction)
-    if len(new_stream) < 2:
-        raise CllmError("the documents hold no trainable text", "add text files with content")
-    sampler = WindowSampler(streams, model.config.context, tcfg.batch_size, weights, seed)
-    tcfg = tcfg.replace(total_steps=steps) if tcfg.total_steps is None else tcfg
+    lengths = token_byte_lengths(tok)
+
+    def tokenised(d: PlanDoc):
+        ld = ledger_doc(d.id, d.source, d.text, tok, lengths, d.trained_bytes, d.passes)
+        res.trainable_bytes[d.id] = ld.trainable_bytes
+        return ld
+
+    def next_more():
+        d = more() if more is not None else None
+        return None if d is None else tokenised(d)
+
+    T, B = model.config.context, tcfg.batch_size
+    reader = BacklogReader([tokenised(d) for d in docs], T, B, tok.eod_id,
+                           more=next_more if more is not None else None)
+    rep = ReplayReader([tokenised(d) for d in replay], T, tok.eod_id, seed + 1) \
+        if replay and replay_fraction > 0 else None
+    for d in replay:
+        res.trainable_bytes.pop(d.id, None)    # replay does not change their ledger
+    batcher = Batcher(reader, rep, B, replay_fraction, seed)
     t0 = time.perf_counter()
     with ThreadedTrainingSystem(model, tcfg, n_workers=workers,
                                 optimizer=state.optimizer) as system:
-        for i in range(steps):
-            if stop is not None and stop():
+        while True:
+            if max_steps is not None and res.steps >= max_steps:
+                res.ended_by = "steps"
                 break
-            r = system.train_step(*sampler.batch())
+            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                res.ended_by = "time"
+                break
+            why = stop() if stop is not None else None
+            if why:
+                res.ended_by = why
+                break
+            batch = batcher.next()
+            if batch is None:
+                res.ended_by = "backlog"
+                break
+            r = system.train_step(batch.inputs, batch.targets,
+                                  lr=None if lr is None else lr(res.steps))
             res.steps += 1
             res.skipped += int(r.skipped)
             res.tokens += r.tokens
-            if not r.skipped:
+            if not r.skipped:               # only applied steps count in the ledger
                 res.losses.append(r.loss)
+                for into, got in ((res.new_bytes, batch.new), (res.replay_bytes, batch.replay)):
+                    for doc, n in got.items():
+                        into[doc] = into.get(doc, 0) + n
+                if after_step is not None:
+                    after_step()
             if progress is not None:
-                progress(i + 1, steps, r.loss)
+                progress(res.steps, r.loss)
     res.seconds = time.perf_counter() - t0
     state.step += res.steps
     if res.losses:
         k = max(1, min(10, len(res.losses) // 5))
         res.loss_start = float(np.mean(res.losses[:k]))
         res.loss_end = float(np.mean(res.losses[-k:]))
-    for source, text in (heldout or {}).items():
-        v = evaluate(model, pack([tok.encode(text)], tok.eod_id))
-        if v is not None:
-            res.val_loss[source] = v
+    if res.ended_by not in ("stop",):
+        for source, text in (heldout or {}).items():
+            v = evaluate(model, pack([tok.encode(text)], tok.eod_id))
+            if v is not None:
+                res.val_loss[source] = v
     return res

@@ -1,5 +1,6 @@
-"""The continuous trainer: cycles recorded in the store in one transaction, crash safety,
-checkpoint hash checks. In-process, tiny preset, a few steps per cycle."""
+"""The continuous trainer: cycles recorded in the store in one transaction, the ledger (a
+backlog learned over bounded cycles to its budget, new arrivals first), crash safety,
+checkpoint hash checks and retention. In-process, tiny preset, small documents."""
 import hashlib
 import logging
 import math
@@ -12,10 +13,11 @@ from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,
                                       TrainerSettings)
 from engine.checkpoint import file_sha256
 from engine.errors import CllmError
-from store.models import Checkpoint, Cycle, Document, EvalResult, VocabEntry
+from store.models import Checkpoint, Cycle, CycleDocument, Document, EvalResult, VocabEntry
 
 SETTINGS = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=200, max_wait=3600,
-                           steps=6, batch_size=4, max_new_tokens=20, replay_fraction=0.3)
+                           batch_size=4, max_new_tokens=20, replay_fraction=0.3,
+                           cycle_seconds=120)
 
 TEXTS = {
     "lattice": "the crystal lattice hums a quiet tune over the prime spiral. ",
@@ -24,7 +26,7 @@ TEXTS = {
 }
 
 
-def add_doc(store, name, source, reps=30):
+def add_doc(store, name, source, reps=10):
     text = f"{name}: " + TEXTS[source] * reps
     with store.session() as s:
         d = Document(uri=f"file:///w/{source}/{name}.txt", source=source, text=text,
@@ -56,13 +58,21 @@ def test_a_cycle_is_recorded_with_its_checkpoint_vocab_delta_and_documents(env):
     assert rep.checkpoint_sha256 == file_sha256(rep.checkpoint_path)
     with store.session() as s:
         cyc = s.get(Cycle, rep.cycle_id)
-        assert cyc.status == "completed" and cyc.steps == 6 and cyc.docs_new == 2
+        assert cyc.status == "completed" and cyc.docs_new == 2 and rep.ended_by == "backlog"
+        assert cyc.steps == rep.run.steps > 0 and cyc.schedule["ended_by"] == "backlog"
         assert cyc.vocab_size_after > cyc.vocab_size_before
         ck = s.scalars(select(Checkpoint).where(Checkpoint.is_latest.is_(True))).one()
         assert (ck.path, ck.sha256, ck.cycle_id) == (str(rep.checkpoint_path),
                                                      rep.checkpoint_sha256, rep.cycle_id)
         docs = s.scalars(select(Document).order_by(Document.id)).all()
         assert [(d.status, d.cycle_id) for d in docs] == [("trained", rep.cycle_id)] * 2
+        for d in docs:      # two passes of the training text, to the byte (a token over)
+            assert d.trainable_bytes == len(d.text[:int(len(d.text) * 0.9)].encode())
+            assert 2 * d.trainable_bytes <= d.trained_bytes < 2 * d.trainable_bytes + 16
+        shares = s.scalars(select(CycleDocument).order_by(CycleDocument.document_id)).all()
+        assert [(c.document_id, c.new_bytes) for c in shares] == \
+            [(d.id, d.trained_bytes) for d in docs]
+        assert cyc.bytes_new == sum(d.trained_bytes for d in docs) and cyc.bytes_replay == 0
         delta = s.scalars(select(VocabEntry).where(VocabEntry.cycle_id == rep.cycle_id)).all()
         assert sorted(v.token_id for v in delta) == sorted(rep.run.new_token_ids)
         assert delta and all(v.document_id in ids for v in delta)
@@ -194,18 +204,132 @@ def test_checkpoints_are_found_from_any_working_directory(env, tmp_path, monkeyp
     assert state.step == rel.state.step and state.step > 0
 
 
-def test_stop_interrupts_at_a_step_boundary_and_keeps_documents_pending(env):
+def test_a_stop_commits_what_the_cycle_trained_as_a_shorter_cycle(env):
+    store, data = env
+    add_doc(store, "a", "lattice", reps=40)
+    stop = threading.Event()
+    tr = ContinuousTrainer(store, data, SETTINGS, stop=stop,
+                           progress=lambda c, i, n, loss: stop.set() if i == 3 else None)
+    rep = tr.run_pending("tokens")
+    assert rep.ended_by == "stop" and rep.run.steps == 3 and rep.checkpoint_path.exists()
+    with store.session() as s:
+        d = s.scalars(select(Document)).one()
+        assert d.status == "learning" and 0 < d.trained_bytes < d.trainable_bytes
+        c = s.scalars(select(Cycle)).one()
+        assert c.status == "completed" and c.steps == 3 and c.bytes_new == d.trained_bytes
+        assert s.scalars(select(EvalResult)).all() == []      # a stop does not wait for it
+
+
+def test_a_stop_before_the_first_step_changes_nothing(env):
     store, data = env
     add_doc(store, "a", "lattice")
     stop = threading.Event()
-    tr = ContinuousTrainer(store, data, SETTINGS.replace(steps=50), stop=stop,
-                           progress=lambda c, i, n, loss: stop.set() if i == 3 else None)
+    stop.set()
+    tr = ContinuousTrainer(store, data, SETTINGS, stop=stop)
     with pytest.raises(CycleInterrupted):
         tr.run_pending("tokens")
     with store.session() as s:
         assert s.scalars(select(Document.status)).all() == ["pending"]
         assert s.scalars(select(Cycle.status)).all() == ["interrupted"]
     assert not list((data / "checkpoints").glob("ckpt-*.safetensors"))
+
+
+def ledger(store):
+    """{document id: (status, trained bytes, trainable bytes, sum of its cycle shares)}."""
+    with store.session() as s:
+        shares = dict(s.execute(select(CycleDocument.document_id,
+                                       func.sum(CycleDocument.new_bytes))
+                                .group_by(CycleDocument.document_id)).all())
+        return {d.id: (d.status, d.trained_bytes, d.trainable_bytes, shares.get(d.id, 0))
+                for d in s.scalars(select(Document).order_by(Document.id))}
+
+
+def test_a_backlog_larger_than_one_cycle_is_learned_over_cycles_to_its_budget(env):
+    store, data = env
+    ids = [add_doc(store, f"d{i}", src, reps=12)
+           for i, src in enumerate(["lattice", "spheres", "clock"] * 2)]
+    tr = ContinuousTrainer(store, data, SETTINGS.replace(max_steps=8, passes=1.5))
+    reports = []
+    while tr.due()[0] is not None:
+        reports.append(tr.run_pending(tr.due()[0]))
+        assert len(reports) < 60
+    assert len(reports) > 3 and all(r.ended_by == "steps" for r in reports[:-1])
+    assert reports[-1].ended_by in ("steps", "backlog")
+    assert [r.cycle_id for r in reports] == list(range(1, len(reports) + 1))
+    led = ledger(store)
+    for i in ids:
+        status, trained, trainable, shares = led[i]
+        assert status == "trained" and trained == shares      # nothing counted twice
+        assert 1.5 * trainable <= trained < 1.5 * trainable + 16
+    # the first cycles left documents part-way: they were learning, continued later
+    with store.session() as s:
+        assert s.scalar(select(func.count(func.distinct(CycleDocument.cycle_id)))) == len(reports)
+        assert max(s.execute(select(func.count(CycleDocument.cycle_id))
+                             .group_by(CycleDocument.document_id)).scalars()) > 1
+
+
+def test_a_document_arriving_during_a_backlog_is_learned_first(env):
+    store, data = env
+    for i in range(4):
+        add_doc(store, f"d{i}", "lattice", reps=20)
+    tr = ContinuousTrainer(store, data, SETTINGS.replace(max_steps=200))
+    drop = []
+
+    def on_step(c, i, n, loss):
+        if i == 4 and not drop:          # a file dropped while the backlog cycle trains
+            drop.append(add_doc(store, "new", "clock", reps=5))
+            tr.arrivals.set()
+    tr.progress = on_step
+    first = tr.run_pending("tokens")
+    assert first.ended_by == "preempted" and first.run.steps == 4
+    tr.progress = None
+    nxt = tr.run_pending(tr.due()[0])
+    assert nxt.doc_ids == drop and nxt.ended_by == "backlog"   # the new text alone, to its budget
+    assert ledger(store)[drop[0]][0] == "trained"
+    assert all(ledger(store)[i][0] != "trained" for i in first.doc_ids)
+    after = tr.run_pending(tr.due()[0])                          # then the backlog goes on
+    assert set(after.doc_ids) <= set(first.doc_ids) and drop[0] in after.replay_ids
+
+
+def test_retention_keeps_the_latest_k_and_one_per_hour_and_the_fallback_still_loads(env):
+    store, data = env
+    tr = ContinuousTrainer(store, data, SETTINGS.replace(keep_checkpoints=2))
+    reps = []
+    for i in range(5):
+        add_doc(store, f"d{i}", "spheres", reps=3 + i)
+        reps.append(tr.run_pending("tokens"))
+    with store.session() as s:
+        rows = {c.cycle_id: c for c in s.scalars(select(Checkpoint))}
+    # the first (hour 0's) and the latest two are kept; the others are pruned, in the store too
+    assert [c for c, r in sorted(rows.items()) if r.pruned is None] == [1, 4, 5]
+    for r in reps:
+        kept = rows[r.cycle_id].pruned is None
+        assert r.checkpoint_path.exists() == kept
+        assert r.checkpoint_path.with_name(
+            r.checkpoint_path.name.replace(".safetensors", ".tokenizer.json")).exists() == kept
+    raw = bytearray(reps[-1].checkpoint_path.read_bytes())
+    raw[-10] ^= 0xFF
+    reps[-1].checkpoint_path.write_bytes(bytes(raw))
+    state = ContinuousTrainer(store, data, SETTINGS).load_latest()
+    assert state.path == reps[3].checkpoint_path
+
+
+def test_retention_keeps_one_checkpoint_per_hour_of_history(env):
+    import datetime as dt
+    from store.ledger import checkpoints_to_prune
+    from store.queries import record_checkpoint
+
+    store, data = env
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    minutes = [0, 20, 50, 65, 70, 130, 131, 132, 133]
+    with store.session() as s:
+        for i, m in enumerate(minutes):
+            c = record_checkpoint(s, path=f"/x/{i}", sha256="0" * 64, step=i, vocab_size=1)
+            c.created = t0 + dt.timedelta(minutes=m)
+        s.flush()
+        gone = sorted(int(c.path.rsplit("/", 1)[1]) for c in checkpoints_to_prune(s, 3))
+    # kept: the first of hour 0 (0), of hour 1 (65), of hour 2 (130) and the latest three
+    assert gone == [1, 2, 4]
 
 
 def test_age_trigger_fires_once_the_oldest_pending_document_waited_max_wait(env):
@@ -235,7 +359,7 @@ def test_documents_with_nothing_to_train_on_are_marked_failed_not_retried(env):
     with store.session() as s:
         d = s.scalars(select(Document)).one()
         assert d.status == "failed" and "no trainable text" in d.reason
-        assert s.scalars(select(Cycle)).all() == []
+        assert s.scalars(select(Cycle)).all() == []       # no cycle for nothing to train
     assert tr.due() == (None, None)
 
 

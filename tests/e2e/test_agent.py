@@ -21,7 +21,7 @@ from agent.continuous_trainer import open_store
 from agent.ingest import uri_to_path
 from agent.model_state import load_model_state
 from engine.checkpoint import file_sha256
-from store.models import Checkpoint, Cycle, Document
+from store.models import Checkpoint, Cycle, CycleDocument, Document
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 60
@@ -90,7 +90,7 @@ def test_watched_files_become_cycles_with_checkpoint_vocab_and_replay(dirs):
     watch.mkdir()
     # both documents are needed for the token trigger (~1200 tokens each); the third is
     # large enough on its own
-    a = AgentProc(data, watch, "--cycle-steps", "8", "--min-cycle-tokens", "2000")
+    a = AgentProc(data, watch, "--min-cycle-tokens", "2000")
     try:
         a.wait_for(r"agent running")
         drop(watch / "lattice", "a.txt", "the crystal lattice hums a quiet tune. ")
@@ -157,34 +157,37 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(dirs):
     for i, s in enumerate(["the crystal lattice hums. ", "every sphere touches twelve. ",
                            "primes fall on the clock. "]):
         drop(watch / "notes", f"{i}.txt", s)
-    # ~800 tokens each: only all three together start the cycle (no race with the start scan)
-    a = AgentProc(data, watch, "--cycle-steps", "100000", "--min-cycle-tokens", "2000")
-    a.wait_for(r"cycle 1: step \d+/100000")
+    # ~800 tokens each: only all three together start the cycle (no race with the start scan);
+    # a budget of 1000 passes keeps the cycle running until it is killed
+    long = ("--passes", "1000")
+    a = AgentProc(data, watch, *long, "--min-cycle-tokens", "2000")
+    a.wait_for(r"cycle 1: step \d+")
     assert a.stop(signal.SIGKILL) == -signal.SIGKILL
     store = open_store(data)
     try:
         with store.session() as s:
             assert set(s.scalars(select(Document.status))) == {"pending"}
+            assert set(s.scalars(select(Document.trained_bytes))) == {0}
             assert s.scalars(select(Cycle.status)).all() == ["running"]
     finally:
         store.close()
     st = json.loads(cli("status", "--data-dir", str(data), "--json").stdout)
     assert not st["agent_running"] and st["current_cycle"]["stale"]
-    assert st["pending_documents"] == 3
+    assert st["pending_documents"] == 3 and st["backlog"]["documents"] == 3
 
-    a = AgentProc(data, watch, "--cycle-steps", "6", "--min-cycle-tokens", "2000")
-    try:
-        a.wait_for(r"cycle 2 completed")
-    finally:
-        assert a.stop() == 0
+    a = AgentProc(data, watch, *long, "--max-steps", "6", "--min-cycle-tokens", "2000",
+                  "--max-cycles", "1")
+    a.wait_for(r"cycle 2 completed")
+    assert a.p.wait(timeout=30) == 0, "".join(a.log)
     store = open_store(data)
     try:
         with store.session() as s:
             cycles = s.scalars(select(Cycle).order_by(Cycle.id)).all()
             assert [c.status for c in cycles] == ["interrupted", "completed"]
             docs = s.scalars(select(Document)).all()
-            assert len(docs) == 3 and {(d.status, d.cycle_id) for d in docs} == {("trained", 2)}
-            assert cycles[1].docs_new == 3          # each document trained once, as new
+            assert len(docs) == 3 and {(d.status, d.cycle_id) for d in docs} == {("learning", 2)}
+            assert cycles[1].docs_new == 3 and cycles[1].bytes_new == sum(
+                d.trained_bytes for d in docs) > 0
             assert sorted(cycles[1].schedule["document_ids"]) == sorted(d.id for d in docs)
             ck = s.scalars(select(Checkpoint).where(Checkpoint.is_latest.is_(True))).one()
             path, sha = ck.path, ck.sha256
@@ -193,27 +196,75 @@ def test_sigkill_mid_cycle_loses_nothing_and_sigterm_exits_cleanly(dirs):
     assert load_model_state(Path(path), expected_sha256=sha).step == 6
     assert not (data / "checkpoints" / "ckpt-000001.safetensors").exists()
 
-    # SIGTERM during a long cycle: exit 0 within seconds, the cycle interrupted, nothing lost
+    # SIGTERM during a long cycle: exit 0 within seconds, what the cycle trained is committed
+    # as a shorter cycle; the late document, new since the last cycle, is the one it learned
     drop(watch / "notes", "3.txt", "a fourth document arrives late. ")
-    a = AgentProc(data, watch, "--cycle-steps", "100000")
-    a.wait_for(r"cycle 3: step \d+/100000")
+    a = AgentProc(data, watch, *long)
+    # the backlog may start before the start-up scan finds 3.txt; its arrival then ends that
+    # cycle, and the next one learns it alone
+    n = int(re.search(r"cycle (\d+)", a.wait_for(r"cycle \d+ .*: 1 documents to learn "
+                                                 r"\(new arrivals, alone\)")).group(1))
+    a.wait_for(rf"cycle {n}: step \d+")
     st = json.loads(cli("status", "--data-dir", str(data), "--json").stdout)
-    assert st["agent_running"] and st["current_cycle"]["id"] == 3
-    assert st["current_cycle"]["steps"] == 100000 and st["current_cycle"]["step"] >= 1
-    assert st["pending_documents"] == 1
+    assert st["agent_running"] and st["current_cycle"]["id"] == n
+    assert st["current_cycle"]["step"] >= 1 and st["pending_documents"] == 1
     assert a.stop(signal.SIGTERM, timeout=15) == 0, "".join(a.log)
     store = open_store(data)
     try:
         with store.session() as s:
-            assert [c.status for c in s.scalars(select(Cycle).order_by(Cycle.id))] == [
-                "interrupted", "completed", "interrupted"]
-            pending = s.scalars(select(Document.uri).where(Document.status == "pending")).all()
-            assert len(pending) == 1 and pending[0].endswith("3.txt")
+            cycles = s.scalars(select(Cycle).order_by(Cycle.id)).all()
+            assert [c.status for c in cycles][:2] == ["interrupted", "completed"]
+            assert len(cycles) == n and cycles[-1].status == "completed"
+            assert cycles[-1].schedule["ended_by"] == "stop" and cycles[-1].val_loss is None
+            late = s.scalars(select(Document).where(Document.uri.endswith("3.txt"))).one()
+            assert late.status == "learning" and late.trained_bytes == cycles[-1].bytes_new > 0
     finally:
         store.close()
 
 
-# --- in-process: cllm train as a cycle, the lock, settings, history plots ---------------------
+def ledger_rows(data):
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            shares = dict(s.execute(select(CycleDocument.document_id,
+                                           func.sum(CycleDocument.new_bytes))
+                                    .group_by(CycleDocument.document_id)).all())
+            return [(d.status, d.trained_bytes, d.trainable_bytes, shares.get(d.id, 0))
+                    for d in s.scalars(select(Document).order_by(Document.id))]
+    finally:
+        store.close()
+
+
+def test_sigkill_in_the_middle_of_a_backlog_loses_only_the_running_cycle(dirs):
+    data, watch = dirs
+    for i, s in enumerate(["the crystal lattice hums. ", "every sphere touches twelve. ",
+                           "primes fall on the clock. ", "a fourth voice. ", "and a fifth. "]):
+        drop(watch / "notes", f"{i}.txt", s, reps=40)
+    bounded = ("--max-steps", "6", "--min-cycle-tokens", "3000")
+    a = AgentProc(data, watch, *bounded)
+    a.wait_for(r"cycle 3 completed")
+    a.wait_for(r"cycle 4: step \d+")
+    assert a.stop(signal.SIGKILL) == -signal.SIGKILL
+    before = ledger_rows(data)
+    assert any(r[0] == "learning" for r in before)
+    assert all(trained == shares for _, trained, _, shares in before)  # cycles 1-3 only
+    a = AgentProc(data, watch, *bounded)
+    try:
+        a.wait_for(r"backlog learned", timeout=120)
+    finally:
+        assert a.stop() == 0, "".join(a.log)
+    after = ledger_rows(data)
+    for status, trained, trainable, shares in after:
+        assert status == "trained" and trained == shares            # nothing counted twice
+        assert 2 * trainable <= trained < 2 * trainable + 16
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            statuses = [c.status for c in s.scalars(select(Cycle).order_by(Cycle.id))]
+    finally:
+        store.close()
+    assert statuses[:4] == ["completed"] * 3 + ["interrupted"] and len(statuses) > 5
+
 
 def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
     from click.testing import CliRunner
@@ -239,7 +290,8 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
     r = CliRunner().invoke(main, ["status", "--data-dir", str(data), "--json"])
     st = json.loads(r.output)
     assert not st["agent_running"] and st["last_checkpoint"]["cycle_id"] == 2
-    assert st["documents"] == {"trained": 1} and st["current_cycle"] is None
+    # 2 x 5 steps cover less than its two passes: the agent would go on learning it
+    assert st["documents"] == {"learning": 1} and st["current_cycle"] is None
     with DataDirLock(data):
         r = CliRunner().invoke(main, args)
     assert r.exit_code == 2 and "already running" in r.output
@@ -298,7 +350,7 @@ def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
     data.mkdir()
     (data / "cllm.toml").write_text(
         f'[agent]\ncrawl = ["{tree}"]\npreset = "tiny"\nworkers = 1\nmin-cycle-tokens = 2000\n'
-        'max-wait = 30\ncycle-steps = 7\nbatch-size = 4\nmax-new-tokens = 10\n')
+        'max-wait = 30\nmax-steps = 7\nbatch-size = 4\nmax-new-tokens = 10\n')
     a = AgentProc(data, None, fast=False)
     try:
         a.wait_for(r"cycle 1 completed")
@@ -307,8 +359,10 @@ def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
     cycles = json.loads(cli("history", "cycles", "--data-dir", str(data), "--json").stdout)
     assert [(c["status"], c["documents"], c["steps"]) for c in cycles] == [("completed", 2, 7)]
     docs = json.loads(cli("history", "documents", "--data-dir", str(data), "--json").stdout)
+    # max-steps = 7 from the TOML bounds the cycle: both are part-way through their passes
     assert sorted((d["uri"].rsplit("/", 1)[1], d["status"]) for d in docs) == [
-        ("a.md", "trained"), ("b.md", "trained")]
+        ("a.md", "learning"), ("b.md", "learning")]
+    assert all(0 < d["passes"] < 2 for d in docs)
     store = open_store(data)
     try:
         with store.session() as s:
@@ -323,7 +377,7 @@ def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
 def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_removes(dirs):
     data, watch = dirs
     drop(watch / "notes", "a.txt", "the crystal lattice hums a quiet tune. ")
-    a = AgentProc(data, watch, "--cycle-steps", "4",
+    a = AgentProc(data, watch, "--max-steps", "4",
                   env={"CLLM_FAULT_INJECT": "after-checkpoint"})
     assert a.p.wait(timeout=TIMEOUT) == -signal.SIGKILL
     a._reader.join(timeout=10)
@@ -336,7 +390,7 @@ def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_rem
             assert s.scalars(select(Checkpoint)).all() == []
     finally:
         store.close()
-    a = AgentProc(data, watch, "--cycle-steps", "4")
+    a = AgentProc(data, watch, "--max-steps", "4")
     try:
         assert "ckpt-000001" in a.wait_for(r"removing checkpoint")
         a.wait_for(r"cycle 2 completed")
@@ -346,7 +400,8 @@ def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_rem
     store = open_store(data)
     try:
         with store.session() as s:
-            assert [(d.status, d.cycle_id) for d in s.scalars(select(Document))] == [("trained", 2)]
+            # four steps cover part of its two passes
+            assert [(d.status, d.cycle_id) for d in s.scalars(select(Document))] == [("learning", 2)]
             ck = s.scalars(select(Checkpoint)).one()
             assert ck.cycle_id == 2 and file_sha256(ck.path) == ck.sha256
     finally:
@@ -359,15 +414,16 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
     from agent.commands import REPO_CORPUS
 
     data = tmp_path / "data"
-    a = AgentProc(data, None, "--cycle-steps", "3")
+    a = AgentProc(data, None, "--max-steps", "3")
     try:
         line = a.wait_for(r"embedded defaults: watching")
         inbox = data / "inbox"
         assert str(inbox) in line and str(REPO_CORPUS) in line and inbox.is_dir()
-        line = a.wait_for(r"cycle 1 completed: \d+ documents")
+        line = a.wait_for(r"cycle 1 \(\w+\): \d+ documents to learn")
         # the first cycle waited for the start-up crawl and took all of it
         n_corpus = len(list(REPO_CORPUS.rglob("*.txt")))
-        assert f"cycle 1 completed: {n_corpus} documents" in line
+        assert f": {n_corpus} documents to learn" in line
+        a.wait_for(r"cycle 1 completed")
         drop(inbox, "note.txt", "a note dropped into the inbox. ")
         store = open_store(data)
         try:
@@ -392,16 +448,20 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
             a.p.kill()
 
     # a restart crawls the corpus again (nothing new: deduplicated) and picks up a file
-    # dropped while it was down; --max-cycles 1 stops it after that cycle
+    # dropped while it was down: a cycle learns it alone (the backlog of the corpus, if it
+    # started before the start-up scan found the file, gives way to it)
     drop(data / "inbox", "later.txt", "written while the agent was down. ")
-    r = cli("agent", "--data-dir", str(data), *FAST, "--cycle-steps", "3", "--max-cycles", "1")
-    assert r.returncode == 0, r.stderr
-    assert "agent stopped after 1 cycles" in r.stderr
+    a = AgentProc(data, None, "--max-steps", "3")
+    try:
+        n = re.search(r"cycle (\d+)", a.wait_for(r"1 documents to learn \(new arrivals")).group(1)
+        a.wait_for(rf"cycle {n} completed")
+    finally:
+        assert a.stop() == 0
     store = open_store(data)
     try:
         with store.session() as s:
             later = s.scalars(select(Document).where(Document.uri.contains("later.txt"))).one()
-            assert later.status == "trained"
+            assert later.status in ("learning", "trained") and later.trained_bytes > 0
             assert s.scalar(select(func.count(Document.id))) == len(corpus_files) + 2
     finally:
         store.close()
@@ -415,7 +475,7 @@ def test_watch_options_reach_the_monitor_and_the_ingestor(tmp_path):
     watch.mkdir()
     (watch / "legacy.txt").write_bytes(("caf\xe9 na\xefve r\xe9sum\xe9 " * 60).encode("cp1252"))
     (watch / "notes.md").write_text("markdown that the include pattern leaves out " * 30)
-    r = cli("agent", "--data-dir", str(data), "--watch", str(watch), *FAST, "--cycle-steps", "3",
+    r = cli("agent", "--data-dir", str(data), "--watch", str(watch), *FAST, "--max-steps", "3",
             "--polling", "--include", "*.txt", "--fallback-encoding", "cp1252", "--max-cycles", "1")
     assert r.returncode == 0, r.stderr
     assert "with a polling observer" in r.stderr
@@ -424,7 +484,7 @@ def test_watch_options_reach_the_monitor_and_the_ingestor(tmp_path):
         with store.session() as s:
             docs = s.scalars(select(Document)).all()
             assert [(Path(uri_to_path(d.uri)).name, d.status, d.encoding) for d in docs] == [
-                ("legacy.txt", "trained", "cp1252")]
+                ("legacy.txt", "learning", "cp1252")]          # three steps: part of it
     finally:
         store.close()
     bad = cli("agent", "--data-dir", str(data), "--watch", str(watch), "--fallback-encoding",
@@ -482,7 +542,7 @@ def test_a_store_error_while_ingesting_keeps_the_event_and_retries(tmp_path, mon
     watch = tmp_path / "watched"
     drop(watch, "a.txt", "the lattice keeps its shape. ")
     agent = Agent(AgentConfig(tmp_path / "data", TrainerSettings(
-        preset="tiny", workers=1, min_cycle_tokens=50, steps=3, batch_size=2, max_new_tokens=5),
+        preset="tiny", workers=1, min_cycle_tokens=50, max_steps=3, batch_size=2, max_new_tokens=5),
         watch=(str(watch),), quiet_period=0.1, max_cycles=1))
     t = threading.Thread(target=agent.run)
     t.start()
@@ -492,7 +552,7 @@ def test_a_store_error_while_ingesting_keeps_the_event_and_retries(tmp_path, mon
     store = open_store(tmp_path / "data")
     try:
         with store.session() as s:
-            assert [d.status for d in s.scalars(select(Document))] == ["trained"]
+            assert [d.status for d in s.scalars(select(Document))] == ["learning"]
     finally:
         store.close()
 
@@ -509,6 +569,6 @@ def test_the_agent_command_restores_the_signal_handlers_it_installed(tmp_path):
     watch = tmp_path / "watched"
     drop(watch, "a.txt", "one cycle and done. ")
     r = CliRunner().invoke(main, ["agent", "--data-dir", str(tmp_path / "data"), "--watch",
-                                  str(watch), *FAST, "--cycle-steps", "2", "--max-cycles", "1"])
+                                  str(watch), *FAST, "--max-steps", "2", "--max-cycles", "1"])
     assert r.exit_code == 0, r.output
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

@@ -1,0 +1,265 @@
+"""Training batches from the backlog, each sequence accounted to the documents it covers.
+
+The backlog is read as `n_streams` parallel token streams (one per batch row, so a batch
+mixes documents). A stream reads documents one after another, each as an end-of-document
+token followed by its tokens from where its ledger says it stopped (its trained bytes
+modulo its trainable bytes) up to its budget, and is cut into consecutive windows of T+1
+tokens with stride T: every token of a pass is a target exactly once. When a stream has
+read a document's pass to its end and the document needs more passes, the document goes
+back to the end of the queue. A replay share of the rows is drawn at random from documents
+already learned.
+
+Nothing is counted until the step that trained it is applied: `Batch.credit` says which
+bytes of which documents the batch's targets cover; the trainer adds them up and records
+them in the cycle's transaction. Nothing here touches the store or trains.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+
+@dataclass
+class LedgerDoc:
+    """A document to learn: its training text's tokens and its ledger."""
+    id: int
+    source: str
+    ids: np.ndarray                 # tokens of the training text (int64)
+    nbytes: np.ndarray              # UTF-8 bytes of each token (int64); sums to trainable
+    trained_bytes: int = 0          # committed before this cycle
+    budget_bytes: Optional[int] = None   # stop once trained_bytes reaches it; None: no end
+
+    @property
+    def trainable_bytes(self) -> int:
+        return int(self.nbytes.sum())
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes of every token id of a tokenizer (int64, by id)."""
+    return np.fromiter((len(tokenizer.token_bytes(i)) for i in range(len(tokenizer))),
+                       np.int64, count=len(tokenizer))
+
+
+def ledger_doc(doc_id: int, source: str, text: str, tokenizer, lengths: np.ndarray,
+               trained_bytes: int = 0, passes: Optional[float] = None) -> LedgerDoc:
+    """Tokenise a document's training text for the backlog (budget = passes x its bytes)."""
+    ids = np.asarray(tokenizer.encode(text), np.int64)
+    nb = lengths[ids] if ids.size else np.zeros(0, np.int64)
+    budget = None if passes is None else int(math.ceil(passes * int(nb.sum()) - 1e-9))
+    return LedgerDoc(doc_id, source, ids, nb, int(trained_bytes), budget)
+
+
+@dataclass
+class Batch:
+    inputs: np.ndarray                          # (B, T) int64
+    targets: np.ndarray                         # (B, T) int64, -1 = no target
+    new: dict[int, int] = field(default_factory=dict)     # doc id -> backlog bytes covered
+    replay: dict[int, int] = field(default_factory=dict)  # doc id -> replayed bytes covered
+
+
+class _Stream:
+    """One row's stream: tokens, the document each target token belongs to (-1 for an
+    end-of-document token) and its bytes; `p` is where the next window starts."""
+
+    def __init__(self) -> None:
+        self.tok = np.zeros(0, np.int64)
+        self.own = np.zeros(0, np.int64)
+        self.nb = np.zeros(0, np.int64)
+        self.p = 0
+        self.ends: deque = deque()      # (absolute end index, doc) of segments not yet read
+
+    def available(self) -> int:
+        return len(self.tok) - self.p
+
+    def append(self, tok: np.ndarray, own: np.ndarray, nb: np.ndarray, doc) -> None:
+        keep = slice(self.p, None)
+        base = self.p
+        self.tok = np.concatenate([self.tok[keep], tok])
+        self.own = np.concatenate([self.own[keep], own])
+        self.nb = np.concatenate([self.nb[keep], nb])
+        self.ends = deque((end - base, d) for end, d in self.ends)
+        self.p = 0
+        self.ends.append((len(self.tok), doc))
+
+
+class BacklogReader:
+    """Windows over the backlog in ledger order (see the module docstring)."""
+
+    def __init__(self, docs: Iterable[LedgerDoc], T: int, n_streams: int, eod: int,
+                 more: Optional[Callable[[], Optional[LedgerDoc]]] = None) -> None:
+        self.T = T
+        self.eod = eod
+        self.queue: deque[LedgerDoc] = deque(d for d in docs if d.ids.size)
+        self.more = more                 # called when the queue runs dry (lazily loaded docs)
+        self.streams = [_Stream() for _ in range(max(1, n_streams))]
+        self.reading: dict[int, int] = {}   # doc id -> bytes handed to streams, this cycle
+        self.docs: dict[int, LedgerDoc] = {d.id: d for d in self.queue}
+        self._rr = 0
+
+    def _next_doc(self) -> Optional[LedgerDoc]:
+        while True:
+            if self.queue:
+                return self.queue.popleft()
+            if self.more is None:
+                return None
+            d = self.more()
+            if d is None:
+                self.more = None
+                return None
+            if d.ids.size:
+                self.docs[d.id] = d
+                return d
+
+    def _segment(self, d: LedgerDoc) -> Optional[tuple[int, int]]:
+        """Tokens [start, stop) of d to read next: from its cursor to the end of the pass or
+        to its budget. None once the budget is reached."""
+        total = d.trainable_bytes
+        done = d.trained_bytes + self.reading.get(d.id, 0)
+        if total == 0 or (d.budget_bytes is not None and done >= d.budget_bytes):
+            return None
+        cum = np.cumsum(d.nbytes)
+        pos = done % total
+        start = int(np.searchsorted(cum, pos, side="right"))
+        if start >= len(cum):
+            start = 0
+        stop = len(cum)
+        if d.budget_bytes is not None:
+            need = d.budget_bytes - done
+            base = cum[start - 1] if start > 0 else 0
+            j = int(np.searchsorted(cum[start:] - base, need, side="left"))
+            stop = min(len(cum), start + j + 1)
+        return start, stop
+
+    def _feed(self, s: _Stream) -> bool:
+        """Append the next document segment to stream s; False if the backlog is read."""
+        while True:
+            d = self._next_doc()
+            if d is None:
+                return False
+            seg = self._segment(d)
+            if seg is None:
+                continue
+            a, b = seg
+            tok = np.concatenate([[self.eod], d.ids[a:b]]).astype(np.int64)
+            own = np.full(len(tok), d.id, np.int64)
+            own[0] = -1
+            nb = np.concatenate([[0], d.nbytes[a:b]]).astype(np.int64)
+            self.reading[d.id] = self.reading.get(d.id, 0) + int(nb.sum())
+            s.append(tok, own, nb, d)
+            return True
+
+    def _done_segments(self, s: _Stream) -> None:
+        """Segments whose every token has been a target: the document may read on."""
+        while s.ends and s.ends[0][0] <= s.p + 1:
+            _, d = s.ends.popleft()
+            if self._segment(d) is not None:
+                self.queue.append(d)
+
+    def window(self) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """The next window of some stream (round robin): inputs, targets, target owners,
+        target bytes; None once every stream and the queue are exhausted."""
+        T = self.T
+        for _ in range(len(self.streams)):
+            s = self.streams[self._rr % len(self.streams)]
+            self._rr += 1
+            while s.available() < T + 1 and self._feed(s):
+                pass
+            n = s.available()
+            if n < 2:
+                continue
+            seg = slice(s.p, s.p + min(T + 1, n))
+            tok, own, nb = s.tok[seg], s.own[seg], s.nb[seg]
+            x = np.zeros(T, np.int64)
+            y = np.full(T, -1, np.int64)
+            o = np.full(T, -1, np.int64)
+            b = np.zeros(T, np.int64)
+            k = len(tok) - 1
+            x[:min(T, len(tok))] = tok[:T]
+            y[:k], o[:k], b[:k] = tok[1:k + 1], own[1:k + 1], nb[1:k + 1]
+            s.p += k
+            self._done_segments(s)
+            return x, y, o, b
+        return None
+
+
+class ReplayReader:
+    """Random windows over documents already learned (packed, each after an EOD token)."""
+
+    def __init__(self, docs: Sequence[LedgerDoc], T: int, eod: int, seed: int) -> None:
+        parts_t, parts_o, parts_b = [], [], []
+        for d in docs:
+            if d.ids.size:
+                parts_t += [np.asarray([eod], np.int64), d.ids]
+                parts_o += [np.asarray([-1], np.int64), np.full(d.ids.size, d.id, np.int64)]
+                parts_b += [np.zeros(1, np.int64), d.nbytes]
+        self.tok = np.concatenate(parts_t) if parts_t else np.zeros(0, np.int64)
+        self.own = np.concatenate(parts_o) if parts_o else np.zeros(0, np.int64)
+        self.nb = np.concatenate(parts_b) if parts_b else np.zeros(0, np.int64)
+        self.T = T
+        self.rng = np.random.default_rng(seed)
+
+    def __bool__(self) -> bool:
+        return len(self.tok) >= 2
+
+    def window(self):
+        T = self.T
+        hi = max(1, len(self.tok) - T)
+        a = int(self.rng.integers(0, hi))
+        seg = slice(a, a + T + 1)
+        tok, own, nb = self.tok[seg], self.own[seg], self.nb[seg]
+        x = np.zeros(T, np.int64)
+        y = np.full(T, -1, np.int64)
+        o = np.full(T, -1, np.int64)
+        b = np.zeros(T, np.int64)
+        k = len(tok) - 1
+        x[:min(T, len(tok))] = tok[:T]
+        y[:k], o[:k], b[:k] = tok[1:k + 1], own[1:k + 1], nb[1:k + 1]
+        return x, y, o, b
+
+
+class Batcher:
+    """(B, T) batches: each row replayed with probability `replay_fraction` (when anything
+    can be replayed), else the backlog's next window. `next()` is None once the backlog
+    is read (a batch with at least one backlog row is still returned before that)."""
+
+    def __init__(self, backlog: BacklogReader, replay: Optional[ReplayReader], B: int,
+                 replay_fraction: float, seed: int) -> None:
+        self.backlog = backlog
+        self.replay = replay if replay else None
+        self.B = B
+        self.f = replay_fraction if self.replay is not None else 0.0
+        self.rng = np.random.default_rng(seed)
+
+    def next(self) -> Optional[Batch]:
+        B, T = self.B, self.backlog.T
+        x = np.zeros((B, T), np.int64)
+        y = np.full((B, T), -1, np.int64)
+        batch = Batch(x, y)
+        use_replay = self.rng.random(B) < self.f
+        backlog_rows = 0
+        for r in range(B):
+            w = self.replay.window() if use_replay[r] else self.backlog.window()
+            if w is None:
+                continue
+            x[r], y[r], owners, nbytes = w
+            into = batch.replay if use_replay[r] else batch.new
+            backlog_rows += int(not use_replay[r])
+            for doc, n in _sum_by_owner(owners, nbytes):
+                into[doc] = into.get(doc, 0) + n
+        if backlog_rows == 0:
+            return None
+        return batch
+
+
+def _sum_by_owner(owners: np.ndarray, nbytes: np.ndarray) -> list[tuple[int, int]]:
+    m = owners >= 0
+    if not m.any():
+        return []
+    o, b = owners[m], nbytes[m]
+    uniq, inv = np.unique(o, return_inverse=True)
+    sums = np.bincount(inv, weights=b).astype(np.int64)
+    return [(int(u), int(s)) for u, s in zip(uniq, sums)]
