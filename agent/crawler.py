@@ -1,7 +1,7 @@
 """The crawler: source trees and web pages in, documents (or recorded refusals) out.
 
 (a) `Crawler.walk(folder)`: a recursive walk honouring include/exclude patterns and
-    `.gitignore` files, with binary detection and the per-file size cap of agent.ingest.
+    `.gitignore` files, with binary detection and the per-file size cap of agent.text.
 (b) `Crawler.crawl(url)`: a breadth-first HTTP/HTTPS crawl that obeys robots.txt, sends an
     identifying user agent, waits a per-host delay between requests, stops at depth and page
     limits, times out, caps bodies, retries 5xx/408/429 with backoff (honouring Retry-After),
@@ -36,8 +36,9 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 import httpcore
 import httpx
 
-from agent.ingest import (DEFAULT_MAX_FILE_BYTES, Ingestor, PathFilter, Refused, decode_text,
-                          file_uri, walk_files)
+from agent.ingest import Ingestor
+from agent.paths import PathFilter, file_uri, walk_files
+from agent.text import DEFAULT_MAX_FILE_BYTES, Refused, decode_text
 from engine.errors import CllmError
 
 if TYPE_CHECKING:  # pragma: no cover
