@@ -10,10 +10,11 @@
     fetched, with their depth), so a crawl stopped by the page limit, a signal or a crash
     resumes where it stopped and a restart does not fetch handled URLs again.
 
-Also holds `iter_targets` (what a CLI target is: folder, file or URL).
+Also holds `iter_targets` (what a CLI target is: folder, file or URL) and `record_target`
+(the one way a target becomes a crawl_targets row: URLs canonical, paths absolute).
 
 Everything interruptible waits on `stop_event`. The crawler does not schedule re-crawls,
-does not run JavaScript, and writes no SQL (store.urls does).
+does not run JavaScript, and writes no SQL (store.urls and store.targets do).
 """
 from __future__ import annotations
 
@@ -33,12 +34,13 @@ from agent.ssrf import HostPolicy
 from agent.text import DEFAULT_MAX_FILE_BYTES, Refused, decode_text
 from agent.urls import canonical_url, origin, scheme_of
 from engine.errors import CllmError
+from store import targets as target_store
 from store import urls as url_store
 from store.documents import Outcome
-from store.models import UrlStatus
+from store.models import TargetKind, UrlStatus
 
 # re-exported for callers outside this change; removed at merge: canonical_url (ingest_cli.py)
-__all__ = ["CrawlError", "CrawlReport", "Crawler", "iter_targets", "canonical_url"]
+__all__ = ["CrawlError", "CrawlReport", "Crawler", "iter_targets", "record_target", "canonical_url"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from store import Store
@@ -296,3 +298,30 @@ def iter_targets(targets: Iterable[str]) -> Iterator[tuple[str, str]]:
     """('folder' | 'file' | 'url', target) for each CLI target; raises CrawlError."""
     for t in targets:
         yield target_kind(t), t
+
+
+def target_location(role: str, target: str) -> str:
+    """How a target is stored: a URL canonical (canonical_url), a path absolute; a watched
+    root (role TargetKind.WATCH) is always a path. Raises CrawlError for a URL we never crawl."""
+    if role == TargetKind.WATCH or not _is_url_target(target):
+        return os.path.abspath(target)
+    try:
+        return canonical_url(target)
+    except Refused as r:
+        raise CrawlError(f"cannot crawl {target!r}: {r.reason}", hint="pass a plain http(s) URL") from None
+
+
+def record_target(store: "Store", role: str, target: str, **options) -> int:
+    """The crawl_targets row id of `target` as typed (a URL, folder or file), recorded the
+    canonical way (target_location), so the same target typed two ways is one row; a known
+    target is re-enabled.
+
+    `role` is TargetKind.WATCH (a watched root) or TargetKind.CRAWL. With `options` (limits
+    such as max_pages) the row's options become them plus the target's kind ("folder",
+    "file" or "url") under "kind"; without, the stored options are kept.
+    """
+    location = target_location(role, target)
+    stored = {"kind": target_kind(target), **options} if options else None
+    with store.session() as s:
+        row, _ = target_store.add_target(s, role, location, options=stored)
+        return row.id

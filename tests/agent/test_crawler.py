@@ -527,3 +527,28 @@ def test_a_folder_walk_stops_within_a_flat_folder(store, tmp_path):
         report = c.walk(str(tmp_path))
     assert report.counts["interrupted"] == 1
     assert report.counts["added"] == 3 and len(rows(store)) == 3  # committed, and no more read
+
+
+# --- crawl targets ----------------------------------------------------------------------
+
+
+def test_a_target_typed_two_ways_is_one_target_row(store, tmp_path, monkeypatch):
+    from agent.crawler import record_target
+    from store.models import CrawlTarget, TargetKind
+
+    first = record_target(store, TargetKind.CRAWL, "HTTP://Docs.Example.COM:80/a/../guide#intro",
+                          max_pages=5, max_depth=1)
+    again = record_target(store, TargetKind.CRAWL, "http://docs.example.com/guide")
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path)
+    folder = record_target(store, TargetKind.CRAWL, "src")
+    assert record_target(store, TargetKind.CRAWL, str(tmp_path / "src") + "/") == folder
+    watched = record_target(store, TargetKind.WATCH, "./src")
+    with store.session(read_only=True) as s:
+        got = {t.id: (t.kind, t.location, t.options) for t in s.scalars(select(CrawlTarget))}
+    assert again == first and len(got) == 3
+    assert got[first] == ("crawl", "http://docs.example.com/guide", {"kind": "url", "max_pages": 5, "max_depth": 1})
+    assert got[folder] == ("crawl", str(tmp_path / "src"), {})
+    assert got[watched] == ("watch", str(tmp_path / "src"), {})
+    with pytest.raises(CrawlError, match="malformed URL"):
+        record_target(store, TargetKind.CRAWL, "http://[::1")
