@@ -19,6 +19,7 @@ reported instead of followed.
 """
 from __future__ import annotations
 
+import enum
 import errno
 import heapq
 import logging
@@ -37,7 +38,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from agent.ingest import PathFilter, walk_files
+from agent.paths import PathFilter, walk_files
 from engine.errors import CllmError
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,19 @@ class MonitorError(CllmError):
     """A watched folder cannot be watched, or a monitor thread failed."""
 
 
+class EventKind(enum.StrEnum):
+    """What a MonitorEvent says about its path."""
+    READY = "ready"            # a stable file to ingest
+    DELETED = "deleted"        # a file or folder is gone
+    REFUSED = "refused"        # not a file we read; `reason` says why
+    RECONCILED = "reconciled"  # a scan of `root` finished: `present` holds every file it saw,
+                               # so rows of any other file under it may be gone
+    ERROR = "error"            # a monitor thread failed; FileMonitor.check() raises it
+
+
 @dataclass(frozen=True)
 class MonitorEvent:
-    """One message for the ingestor.
-
-    kind: "ready" (a stable file to ingest), "deleted" (a file or folder is gone),
-    "refused" (not a file we read; `reason` says why), "reconciled" (a scan of `root`
-    finished: `present` holds every file it saw, so rows of any other file may be gone),
-    "error" (a monitor thread failed; `FileMonitor.check()` raises it).
-    """
+    """One message for the ingestor; `kind` is an EventKind."""
 
     kind: str
     path: str
@@ -252,7 +257,7 @@ class FileMonitor:
             self._errors.append(e)
             if self.on_failure is not None:
                 self.on_failure(e)
-            self.out.put(MonitorEvent("error", "", "", reason=f"file monitor failed: {e!r}"))
+            self.out.put(MonitorEvent(EventKind.ERROR, "", "", reason=f"file monitor failed: {e!r}"))
 
     # observers
     def _start_observer(self, w: _Watch) -> None:
@@ -348,14 +353,14 @@ class FileMonitor:
                                  on_linked_folder=(lambda link, real, r=root: self._add_alias(r, link, real))
                                  if self.follow_symlinks else None):
                 if it.reason is not None:
-                    self.out.put(MonitorEvent("refused", it.path, root, reason=it.reason))
+                    self.out.put(MonitorEvent(EventKind.REFUSED, it.path, root, reason=it.reason))
                     continue
                 present.add(it.path)
                 self._raw.put(("scan", it.path, root, time.monotonic()))
             if self._stopping.is_set():
                 return
             if full:
-                self.out.put(MonitorEvent("reconciled", root, root, present=frozenset(present)))
+                self.out.put(MonitorEvent(EventKind.RECONCILED, root, root, present=frozenset(present)))
                 log.info("scanned %s: %d files", root, len(present))
 
     # the debounce thread
@@ -426,36 +431,36 @@ class FileMonitor:
             if p.from_scan:
                 self._pending.pop(path, None)
             else:
-                emit("deleted")
+                emit(EventKind.DELETED)
             return
         except OSError as e:
-            emit("refused", f"cannot stat: {e.strerror or e}")
+            emit(EventKind.REFUSED, f"cannot stat: {e.strerror or e}")
             return
         if stat.S_ISLNK(st.st_mode):
             if not self.follow_symlinks:
-                emit("refused", "symbolic link (not followed)")
+                emit(EventKind.REFUSED, "symbolic link (not followed)")
                 return
             try:
                 st = os.stat(path)
             except OSError as e:
-                emit("refused", "symlink loop (too many levels of symbolic links)"
+                emit(EventKind.REFUSED, "symlink loop (too many levels of symbolic links)"
                      if e.errno == errno.ELOOP else "dangling symbolic link")
                 return
         if stat.S_ISDIR(st.st_mode):  # a folder appeared (created, moved or linked in): scan it
             if os.path.islink(path):
                 real = os.path.realpath(path)
                 if path.startswith(real + os.sep):
-                    emit("refused", "symlink loop (points to a folder above it)")
+                    emit(EventKind.REFUSED, "symlink loop (points to a folder above it)")
                     return
                 if real == p.root or real.startswith(p.root + os.sep):
-                    emit("refused", "symbolic link to a folder already watched (not followed twice)")
+                    emit(EventKind.REFUSED, "symbolic link to a folder already watched (not followed twice)")
                     return
                 self._add_alias(p.root, path, real)
             self._pending.pop(path, None)
             self._scans.put((p.root, path, False))
             return
         if not stat.S_ISREG(st.st_mode):
-            emit("refused", "not a regular file")
+            emit(EventKind.REFUSED, "not a regular file")
             return
         snap = (st.st_ino, st.st_size, st.st_mtime_ns)
         if snap != p.snap:  # changed without an event: wait for it to settle
@@ -465,7 +470,7 @@ class FileMonitor:
         if p.writing_since is not None and now - p.writing_since < self.open_write_timeout:
             self._arm(path, p, now + self.quiet_period)  # still open for writing
             return
-        emit("ready")
+        emit(EventKind.READY)
 
 
 class _Prefixed(PathFilter):

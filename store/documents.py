@@ -1,4 +1,5 @@
-"""Documents in and out: content-addressed ingest, refusals, deletions, the training queue.
+"""Documents in and out: content-addressed ingest and its lifecycle rules, refusals,
+deletions, the training queue.
 
 Every function takes a Session and neither commits nor opens one: the caller's
 `with store.session() as s:` block is the transaction. Functions return ORM objects, which
@@ -6,21 +7,60 @@ belong to that session and its thread.
 
 Content identity is the SHA-256 of the text's UTF-8 bytes. The same content arriving again
 (another path, a re-scan, a concurrent ingest in another process) returns the existing row.
+On top of that, `record_text` keeps the rules of a uri whose content changes over time:
+
+- a uri has at most one pending row: a new version supersedes the older pending ones;
+- content that comes back (a file restored, moved, or reverted) revives its old row
+  instead of adding one, because content hashes are unique;
+- content live under another uri is recorded as a skipped row that names the row holding
+  it (`duplicate_of_id`); when that row's uri is deleted, `mark_deleted_under` names these
+  duplicates (the heirs), so one that still exists can take the content over.
+
+Reading files and deciding what exists on disk is the agent's job, not the store's.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import random
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
-from .models import Document, utcnow
+from .models import Document, DocumentStatus, utcnow
 
-REFUSED_STATUSES = ("skipped", "failed")
+REFUSED_STATUSES = (DocumentStatus.SKIPPED, DocumentStatus.FAILED)
 _CHUNK = 500  # ids per IN (...) list, well under every backend's parameter limit
+
+
+class Outcome(enum.StrEnum):
+    """What one input became (the agent reports it; it is not stored)."""
+    ADDED = "added"          # a new pending row
+    UNCHANGED = "unchanged"  # the same content as the uri's live row
+    RESTORED = "restored"    # content came back: its old row is live again under this uri
+    DUPLICATE = "duplicate"  # the content is live under another uri: recorded as skipped
+    REFUSED = "refused"      # recorded as skipped with the reason
+    DELETED = "deleted"      # rows marked deleted
+    IGNORED = "ignored"      # nothing to record
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What record_text did: the outcome, the row it concerns, and why (if anything)."""
+    outcome: Outcome
+    document_id: int
+    sha256: str
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What mark_deleted_under did: rows marked deleted, and the uris of their duplicates."""
+    n_rows: int
+    heirs: list[str]
 
 
 def content_sha256(text: str) -> str:
@@ -105,7 +145,7 @@ def _new_document(*, uri: str, source: str, text: str, encoding: str = "utf-8",
         raise ValueError(f"{uri}: text contains NUL characters; record it with record_refused")
     return Document(uri=uri, source=source, sha256=hashlib.sha256(data).hexdigest(),
                     size_bytes=len(data), n_tokens=n_tokens, encoding=encoding,
-                    status="pending", text=text, target_id=target_id)
+                    status=DocumentStatus.PENDING, text=text, target_id=target_id)
 
 
 def _by_sha(session: Session, digest: str) -> Optional[Document]:
@@ -114,23 +154,25 @@ def _by_sha(session: Session, digest: str) -> Optional[Document]:
 
 
 def _revive(doc: Document, uri: str) -> None:
-    if doc.status == "deleted":
-        doc.status = "trained" if doc.cycle_id is not None else "pending"
+    if doc.status == DocumentStatus.DELETED:
+        doc.status = DocumentStatus.TRAINED if doc.cycle_id is not None else DocumentStatus.PENDING
         doc.uri = uri
         doc.reason = None
 
 
 def record_refused(session: Session, *, uri: str, source: str, reason: str,
-                   status: str = "skipped", size_bytes: Optional[int] = None,
-                   target_id: Optional[int] = None) -> Document:
-    """Record an input that was not taken (binary, too large, undecodable...) and why.
+                   status: str = DocumentStatus.SKIPPED, size_bytes: Optional[int] = None,
+                   target_id: Optional[int] = None,
+                   duplicate_of_id: Optional[int] = None) -> Document:
+    """Record an input that was not taken (binary, too large, undecodable, a duplicate...)
+    and why; `duplicate_of_id` names the row that holds the content of a duplicate.
 
     Refused documents have no text and no hash. Refusing the same uri again with the same
-    status updates that row (reason, size, time) instead of adding one, so re-scans do not
-    pile up rows.
+    status updates that row (reason, size, duplicate link, time) instead of adding one, so
+    re-scans do not pile up rows.
     """
     if status not in REFUSED_STATUSES:
-        raise ValueError(f"status must be one of {REFUSED_STATUSES}, not {status!r}")
+        raise ValueError(f"status must be one of {', '.join(REFUSED_STATUSES)}, not {status!r}")
     doc = session.scalars(
         select(Document).where(Document.uri == uri, Document.status == status,
                                Document.sha256.is_(None)).limit(1)).first()
@@ -140,9 +182,60 @@ def record_refused(session: Session, *, uri: str, source: str, reason: str,
     doc.reason = reason
     doc.size_bytes = size_bytes
     doc.target_id = target_id
+    doc.duplicate_of_id = duplicate_of_id
     doc.updated = utcnow()
     session.flush()
     return doc
+
+
+# Run once per input: built once (building a statement costs more than running it).
+_HOLDER_OF = select(Document.uri, Document.status).where(Document.sha256 == bindparam("sha"))
+_SUPERSEDE = (update(Document).where(Document.uri == bindparam("u"),
+                                     Document.status == DocumentStatus.PENDING,
+                                     Document.id != bindparam("keep"))
+              .values(status=DocumentStatus.SKIPPED, reason=bindparam("why"), updated=bindparam("now"))
+              .execution_options(synchronize_session=False))
+
+
+def record_text(session: Session, *, uri: str, source: str, text: str, encoding: str = "utf-8",
+                target_id: Optional[int] = None, size_bytes: Optional[int] = None) -> Recorded:
+    """Record decoded text that arrived under `uri`, by the rules of a changing source.
+
+    - new content: a pending row (ADDED);
+    - the content of the uri's live row again: nothing changes (UNCHANGED);
+    - content that is live nowhere (its row deleted, or skipped as superseded) comes back
+      under this uri: its old row, pending again or trained if a cycle trained it, with the
+      reason "content moved here from <uri>" when it was elsewhere (RESTORED);
+    - content live under another uri: a skipped row for this uri whose `duplicate_of_id`
+      names the row that holds it (DUPLICATE; `document_id` is the skipped row).
+    After ADDED and RESTORED the uri's older pending rows are superseded (skipped with the
+    reason "superseded by document N before training"): a uri has one pending version.
+    Text that UTF-8 cannot hold or with NUL characters raises ValueError (record_refused).
+    """
+    sha = content_sha256(text)
+    holder = session.execute(_HOLDER_OF, {"sha": sha}).first()  # before add_document revives it
+    doc, created = add_document(session, uri=uri, source=source, text=text, encoding=encoding,
+                                target_id=target_id)
+    reason = None
+    if created:
+        outcome = Outcome.ADDED
+    elif holder is not None and holder.status in (DocumentStatus.DELETED, DocumentStatus.SKIPPED):
+        if doc.status == DocumentStatus.SKIPPED:  # add_document revives deleted rows itself
+            doc.status = DocumentStatus.TRAINED if doc.cycle_id is not None else DocumentStatus.PENDING
+        doc.uri, doc.source = uri, source
+        doc.reason = reason = None if holder.uri == uri else f"content moved here from {holder.uri}"
+        outcome = Outcome.RESTORED
+    elif doc.uri == uri:
+        return Recorded(Outcome.UNCHANGED, doc.id, sha)
+    else:
+        reason = f"duplicate content of {doc.uri}"
+        dup = record_refused(session, uri=uri, source=source, reason=reason, size_bytes=size_bytes,
+                             target_id=target_id, duplicate_of_id=doc.id)
+        return Recorded(Outcome.DUPLICATE, dup.id, sha, reason)
+    session.flush()
+    session.execute(_SUPERSEDE, {"u": uri, "keep": doc.id, "now": utcnow(),
+                                 "why": f"superseded by document {doc.id} before training"})
+    return Recorded(outcome, doc.id, sha, reason)
 
 
 def mark_deleted(session: Session, uri: str, *, reason: str = "removed from its source") -> int:
@@ -150,15 +243,54 @@ def mark_deleted(session: Session, uri: str, *, reason: str = "removed from its 
     returns how many rows changed. `cycle_id` is kept: history still shows what a cycle
     trained on. The same content added again later revives the row."""
     result = session.execute(
-        update(Document).where(Document.uri == uri, Document.status != "deleted")
-        .values(status="deleted", reason=reason, updated=utcnow())
+        update(Document).where(Document.uri == uri, Document.status != DocumentStatus.DELETED)
+        .values(status=DocumentStatus.DELETED, reason=reason, updated=utcnow())
         .execution_options(synchronize_session="fetch"))
     return result.rowcount
 
 
+def mark_deleted_under(session: Session, uri: str, *,
+                       reason: str = "removed from its source") -> Deleted:
+    """Mark the rows at `uri`, and every live row under `uri/` (a deleted folder), deleted.
+
+    Returns how many rows changed and the heirs: the uris of skipped duplicates of any row at
+    those uris (`duplicate_of_id`), oldest first, each once. One whose file still exists can
+    take the content over (record_text revives the deleted row under its uri); checking what
+    exists is the caller's part.
+    """
+    uris = {uri} | live_uris_under(session, uri)
+    n = sum(mark_deleted(session, u, reason=reason) for u in sorted(uris))
+    originals: list[int] = []
+    ordered = sorted(uris)
+    for i in range(0, len(ordered), _CHUNK):
+        originals += session.scalars(select(Document.id).where(Document.uri.in_(ordered[i:i + _CHUNK])))
+    heirs: dict[str, None] = {}
+    for i in range(0, len(originals), _CHUNK):
+        heirs.update(dict.fromkeys(session.scalars(
+            select(Document.uri).where(Document.status == DocumentStatus.SKIPPED,
+                                       Document.duplicate_of_id.in_(originals[i:i + _CHUNK]))
+            .order_by(Document.id))))
+    return Deleted(n, list(heirs))
+
+
+def is_duplicate(session: Session, uri: str) -> bool:
+    """Whether the uri's newest row records it as a duplicate of content held elsewhere (so
+    it has nothing of its own that a hand-over would overwrite)."""
+    latest = session.scalars(select(Document.duplicate_of_id).where(Document.uri == uri)
+                             .order_by(Document.updated.desc(), Document.id.desc()).limit(1)).first()
+    return latest is not None
+
+
+def live_uris_under(session: Session, uri: str) -> set[str]:
+    """The uris under `uri/` (a folder) that have a row not marked deleted."""
+    return set(session.scalars(select(Document.uri).where(
+        Document.uri.startswith(uri + "/", autoescape=True),
+        Document.status != DocumentStatus.DELETED)))
+
+
 def pending_documents(session: Session, limit: Optional[int] = None) -> list[Document]:
     """Documents waiting to be trained, oldest first, with their text loaded."""
-    q = (select(Document).where(Document.status == "pending").order_by(Document.id)
+    q = (select(Document).where(Document.status == DocumentStatus.PENDING).order_by(Document.id)
          .options(undefer(Document.text)))
     if limit is not None:
         q = q.limit(limit)
@@ -171,7 +303,7 @@ def pending_summary(session: Session) -> dict:
     row = session.execute(
         select(func.count(Document.id), func.sum(Document.size_bytes),
                func.sum(Document.n_tokens), func.min(Document.first_seen))
-        .where(Document.status == "pending")).one()
+        .where(Document.status == DocumentStatus.PENDING)).one()
     return {"documents": row[0], "bytes": int(row[1] or 0),
             "tokens": int(row[2]) if row[2] is not None else None, "oldest": row[3]}
 
@@ -194,11 +326,11 @@ def mark_trained(session: Session, doc_ids: Iterable[int], cycle_id: int, *,
     for i in range(0, len(ids), _CHUNK):
         chunk = ids[i:i + _CHUNK]
         marked += session.execute(
-            update(Document).where(Document.id.in_(chunk), Document.status == "pending")
-            .values(status="trained", cycle_id=cycle_id, updated=now)
+            update(Document).where(Document.id.in_(chunk), Document.status == DocumentStatus.PENDING)
+            .values(status=DocumentStatus.TRAINED, cycle_id=cycle_id, updated=now)
             .execution_options(synchronize_session="fetch")).rowcount
         others = (update(Document).where(Document.id.in_(chunk)) if retrain else
-                  update(Document).where(Document.id.in_(chunk), Document.status == "deleted",
+                  update(Document).where(Document.id.in_(chunk), Document.status == DocumentStatus.DELETED,
                                          Document.cycle_id.is_(None)))
         session.execute(others.values(cycle_id=cycle_id, updated=now)
                         .execution_options(synchronize_session="fetch"))
@@ -218,8 +350,8 @@ def mark_failed(session: Session, doc_ids: Iterable[int], reason: str) -> int:
     for i in range(0, len(ids), _CHUNK):
         n += session.execute(
             update(Document).where(Document.id.in_(ids[i:i + _CHUNK]),
-                                   Document.status == "pending")
-            .values(status="failed", reason=reason, updated=utcnow())
+                                   Document.status == DocumentStatus.PENDING)
+            .values(status=DocumentStatus.FAILED, reason=reason, updated=utcnow())
             .execution_options(synchronize_session="fetch")).rowcount
     return n
 
@@ -234,7 +366,7 @@ def replay_sample(session: Session, n: int, *, exclude_ids: Sequence[int] = (),
     on every backend for the same seed and the same rows. `draw(ids, k)` replaces the
     drawing (random.Random(seed).sample): it picks k of the candidate ids (ascending).
     """
-    q = select(Document.id).where(Document.status == "trained").order_by(Document.id)
+    q = select(Document.id).where(Document.status == DocumentStatus.TRAINED).order_by(Document.id)
     if source is not None:
         q = q.where(Document.source == source)
     skip = set(exclude_ids)

@@ -5,7 +5,7 @@ for replay), the append-only vocabulary, training cycles with their step metrics
 evaluations and checkpoints, and the crawler's persisted URL dedupe. Times are timezone-aware
 UTC on every backend. Constraint names follow one naming convention so that migrations can
 drop them later. No behaviour lives here beyond column defaults: the functions in
-documents.py, urls.py and queries.py do the work.
+documents.py, urls.py, targets.py and queries.py do the work.
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ class Cycle(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     trigger: Mapped[str] = mapped_column(String(32))  # "tokens", "age", "manual", "train", ...
-    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=CycleStatus.RUNNING, index=True)
     started: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished: Mapped[Optional[dt.datetime]]
     docs_new: Mapped[int] = mapped_column(default=0)
@@ -165,8 +165,9 @@ class Document(Base):
     """A piece of text the agent met: learned, waiting, or refused (with the reason).
 
     `sha256` is the hex SHA-256 of the UTF-8 text and unique: the same content is one row.
-    Refused inputs have no text and no hash. `text` is deferred: it loads on first access
-    inside a session (pending_documents and replay loads undefer it).
+    Refused inputs have no text and no hash; a refused duplicate names the row that holds
+    its content (`duplicate_of_id`). `text` is deferred: it loads on first access inside a
+    session (pending_documents and replay loads undefer it).
     """
 
     __tablename__ = "documents"
@@ -184,7 +185,7 @@ class Document(Base):
     size_bytes: Mapped[Optional[int]] = mapped_column(BigInteger)
     n_tokens: Mapped[Optional[int]]
     encoding: Mapped[Optional[str]] = mapped_column(String(32))  # how the bytes were decoded
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=DocumentStatus.PENDING, index=True)
     reason: Mapped[Optional[str]] = mapped_column(Text)  # why skipped / failed / deleted
     text: Mapped[Optional[str]] = mapped_column(Text, deferred=True)
     first_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -197,6 +198,8 @@ class Document(Base):
     trained_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     target_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("crawl_targets.id", ondelete="SET NULL"), index=True)
+    duplicate_of_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("documents.id", ondelete="SET NULL"), index=True)  # a skipped duplicate: who holds it
 
     cycle: Mapped[Optional[Cycle]] = relationship(lazy="raise")
     target: Mapped[Optional[CrawlTarget]] = relationship(lazy="raise")
@@ -304,7 +307,8 @@ class CycleDocument(Base):
 
 
 class FetchedUrl(Base):
-    """A canonical URL the crawler has handled, so a restart does not fetch it again.
+    """A canonical URL the crawler has handled, so a restart does not fetch it again, or
+    found and not fetched yet (status queued, with its `depth`: the persisted frontier).
 
     Unique by `url_sha256` (the hex SHA-256 of the canonical URL): URLs can be longer than
     a PostgreSQL btree entry allows.
@@ -315,11 +319,12 @@ class FetchedUrl(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     url: Mapped[str] = mapped_column(Text)
     url_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    status: Mapped[str] = mapped_column(String(32))  # "fetched", "skipped", "failed", ...
+    status: Mapped[str] = mapped_column(String(32))  # a UrlStatus
     http_status: Mapped[Optional[int]]
     document_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("documents.id", ondelete="SET NULL"), index=True)
     reason: Mapped[Optional[str]] = mapped_column(Text)
+    depth: Mapped[Optional[int]]  # links from the crawl's start URL, where it was found (the frontier)
     fetched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     def __repr__(self) -> str:

@@ -1,18 +1,25 @@
-"""The crawler's persisted URL dedupe: which canonical URLs were already handled.
+"""The crawler's persisted URLs: the dedupe of what was handled, and the frontier.
 
-Canonicalisation is the crawler's job; these functions take the canonical form as given.
-They take a Session and do not commit.
+A row per canonical URL: what fetching it gave (a UrlStatus, the HTTP status, the reason,
+the document), or status queued with the `depth` it was found at: links a crawl found and
+had not fetched when it stopped, which the next crawl of that origin picks up. FINAL
+statuses are never fetched again; the others are retried.
+
+Canonicalisation is the crawler's job (agent/urls.py); these functions take the canonical
+form as given. They take a Session and do not commit.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+from typing import Iterable, Optional
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .models import FetchedUrl, utcnow
+from .models import FINAL_URL_STATUSES, FetchedUrl, UrlStatus, utcnow
+
+FRONTIER_LIMIT = 100_000  # queued URLs one crawl takes back at most
 
 
 def url_key(canonical_url: str) -> str:
@@ -26,6 +33,15 @@ def url_seen(session: Session, canonical_url: str) -> bool:
         FetchedUrl.url_sha256 == url_key(canonical_url))) is not None
 
 
+def url_handled(session: Session, canonical_url: str) -> bool:
+    """Whether the URL was handled for good (a FINAL status): a crawl does not fetch it again.
+    Transient failures and policy outcomes (refused, disallowed) are retried; queued ones
+    are waiting."""
+    status = session.scalar(select(FetchedUrl.status).where(
+        FetchedUrl.url_sha256 == url_key(canonical_url)))
+    return status in FINAL_URL_STATUSES
+
+
 def get_url(session: Session, canonical_url: str) -> Optional[FetchedUrl]:
     return session.scalars(select(FetchedUrl).where(
         FetchedUrl.url_sha256 == url_key(canonical_url))).one_or_none()
@@ -33,12 +49,14 @@ def get_url(session: Session, canonical_url: str) -> Optional[FetchedUrl]:
 
 def record_url(session: Session, canonical_url: str, *, status: str,
                http_status: Optional[int] = None, document_id: Optional[int] = None,
-               reason: Optional[str] = None) -> FetchedUrl:
-    """Record (or update, when fetched again) the outcome of fetching a canonical URL."""
+               reason: Optional[str] = None, depth: Optional[int] = None) -> FetchedUrl:
+    """Record (or update, when fetched again) the outcome of fetching a canonical URL.
+    `depth` is kept from an earlier record when not given."""
     row = get_url(session, canonical_url)
     if row is None:
         row = FetchedUrl(url=canonical_url, url_sha256=url_key(canonical_url), status=status,
-                         http_status=http_status, document_id=document_id, reason=reason)
+                         http_status=http_status, document_id=document_id, reason=reason,
+                         depth=depth)
         try:
             with session.begin_nested():
                 session.add(row)
@@ -49,6 +67,46 @@ def record_url(session: Session, canonical_url: str, *, status: str,
                 raise
     row.status, row.http_status, row.reason = status, http_status, reason
     row.document_id = document_id
+    if depth is not None:
+        row.depth = depth
     row.fetched_at = utcnow()
     session.flush()
     return row
+
+
+def queue_urls(session: Session, canonical_urls: Iterable[str], depth: int) -> int:
+    """Put links found at `depth` on the persisted frontier (status queued), so a crawl that
+    stops early resumes instead of losing them. URLs already recorded, with any status, are
+    left as they are. Returns how many were queued."""
+    n = 0
+    for url in canonical_urls:
+        if get_url(session, url) is None:
+            record_url(session, url, status=UrlStatus.QUEUED, reason=f"found at depth {depth}",
+                       depth=depth)
+            n += 1
+    return n
+
+
+def queued_under(session: Session, origin: str, *, max_depth: int,
+                 limit: int = FRONTIER_LIMIT) -> list[tuple[str, int]]:
+    """(url, depth) of the queued URLs of `origin` ("https://example.com") found at most
+    `max_depth` links deep, in the order they were found. A queued row without a depth
+    counts as `max_depth` deep."""
+    found = session.execute(
+        select(FetchedUrl.url, FetchedUrl.depth)
+        .where(FetchedUrl.status == UrlStatus.QUEUED,
+               FetchedUrl.url.startswith(origin + "/", autoescape=True),
+               or_(FetchedUrl.depth.is_(None), FetchedUrl.depth <= max_depth))
+        .order_by(FetchedUrl.id).limit(limit)).all()
+    return [(url, max_depth if depth is None else depth) for url, depth in found]
+
+
+def list_urls(session: Session, *, status: Optional[str] = None,
+              limit: Optional[int] = None) -> list[FetchedUrl]:
+    """Recorded URLs in the order they were first recorded, optionally of one status."""
+    q = select(FetchedUrl).order_by(FetchedUrl.id)
+    if status:
+        q = q.where(FetchedUrl.status == status)
+    if limit:
+        q = q.limit(limit)
+    return list(session.scalars(q))

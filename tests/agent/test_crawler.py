@@ -8,9 +8,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from agent.crawler import (CrawlError, Crawler, HostPolicy, _GuardedBackend, address_problem,
-                           canonical_url, guarded_transport)
-from agent.ingest import Refused
+from agent.crawler import CrawlError, Crawler, iter_targets
+from agent.ingest import Ingestor
+from agent.ssrf import HostPolicy, _GuardedBackend, address_problem, guarded_transport
+from agent.text import Refused
+from agent.urls import canonical_url
 from tests.agent.helpers import Route, page, rows
 
 LOCAL = ["127.0.0.1/32"]  # the test server, and nothing else, is let through the guard
@@ -266,6 +268,30 @@ def test_a_crawl_stopped_by_the_page_limit_resumes_where_it_stopped(store, site)
     assert [site.count(f"/p{i}") for i in range(4)] == [1, 1, 1, 1]
 
 
+def test_the_resumed_frontier_goes_by_the_depth_column(store, site):
+    """The depth a link was found at is a column: the reason text is for people only."""
+    from store.models import FetchedUrl
+
+    b = site.base
+    site.html("/", page("Hub", "hub words", ("/p0", "/p1")))
+    site.html("/p0", page("P0", "page zero words", ("/p0/deeper",)))
+    site.html("/p1", page("P1", "page one words"))
+    site.html("/p0/deeper", page("Deeper", "deeper words"))
+    with crawler(store, max_pages=1) as c:
+        c.crawl(b + "/")
+    with store.session() as s:
+        rows_ = {u.url: u for u in s.scalars(select(FetchedUrl))}
+        assert (rows_[b + "/p0"].status, rows_[b + "/p0"].depth) == ("queued", 1)
+        for u in rows_.values():
+            u.reason = None
+    with crawler(store, max_depth=0) as c:  # found one link deep: beyond this crawl's depth
+        c.crawl(b + "/")
+    assert site.count("/p0") == 0 and site.count("/p1") == 0
+    with crawler(store, max_depth=1) as c:
+        c.crawl(b + "/")
+    assert [site.count(p) for p in ("/", "/p0", "/p1", "/p0/deeper")] == [1, 1, 1, 0]
+
+
 def test_stop_event_interrupts_a_crawl(store, site):
     import threading
 
@@ -394,8 +420,6 @@ def test_malformed_urls_are_refused(bad):
 
 
 def test_a_malformed_url_target_is_a_crawl_error(store):
-    from agent.crawler import iter_targets
-
     assert list(iter_targets(["http://[::1"])) == [("url", "http://[::1")]
     with Crawler(store) as c, pytest.raises(CrawlError, match="malformed URL"):
         c.crawl("http://[::1")
@@ -467,8 +491,6 @@ def test_non_ascii_digits_in_robots_txt_and_retry_after(store, site):
 
 
 def test_url_targets_use_the_configured_fallback_encoding(store, site):
-    from agent.ingest import Ingestor
-
     b = site.base
     words = "\u0441\u0435\u0440\u0430\u044f \u0446\u0430\u043f\u043b\u044f \u043d\u0430 \u0440\u0435\u043a\u0435"
     site.routes["/ru.html"] = Route(200, page("Ru", words).encode("cp1251"), {"Content-Type": "text/html"})
@@ -488,8 +510,6 @@ def test_url_targets_use_the_configured_fallback_encoding(store, site):
 def test_a_folder_walk_stops_within_a_flat_folder(store, tmp_path):
     import threading
 
-    from agent.ingest import Ingestor
-
     for i in range(60):
         (tmp_path / f"f{i:03d}.txt").write_text(f"file number {i}\n")
     stop = threading.Event()
@@ -507,3 +527,28 @@ def test_a_folder_walk_stops_within_a_flat_folder(store, tmp_path):
         report = c.walk(str(tmp_path))
     assert report.counts["interrupted"] == 1
     assert report.counts["added"] == 3 and len(rows(store)) == 3  # committed, and no more read
+
+
+# --- crawl targets ----------------------------------------------------------------------
+
+
+def test_a_target_typed_two_ways_is_one_target_row(store, tmp_path, monkeypatch):
+    from agent.crawler import record_target
+    from store.models import CrawlTarget, TargetKind
+
+    first = record_target(store, TargetKind.CRAWL, "HTTP://Docs.Example.COM:80/a/../guide#intro",
+                          max_pages=5, max_depth=1)
+    again = record_target(store, TargetKind.CRAWL, "http://docs.example.com/guide")
+    (tmp_path / "src").mkdir()
+    monkeypatch.chdir(tmp_path)
+    folder = record_target(store, TargetKind.CRAWL, "src")
+    assert record_target(store, TargetKind.CRAWL, str(tmp_path / "src") + "/") == folder
+    watched = record_target(store, TargetKind.WATCH, "./src")
+    with store.session(read_only=True) as s:
+        got = {t.id: (t.kind, t.location, t.options) for t in s.scalars(select(CrawlTarget))}
+    assert again == first and len(got) == 3
+    assert got[first] == ("crawl", "http://docs.example.com/guide", {"kind": "url", "max_pages": 5, "max_depth": 1})
+    assert got[folder] == ("crawl", str(tmp_path / "src"), {})
+    assert got[watched] == ("watch", str(tmp_path / "src"), {})
+    with pytest.raises(CrawlError, match="malformed URL"):
+        record_target(store, TargetKind.CRAWL, "http://[::1")

@@ -12,7 +12,8 @@ import pytest
 
 from agent import file_monitor
 from agent.file_monitor import FileMonitor, MonitorError
-from agent.ingest import Ingestor, file_uri
+from agent.ingest import Ingestor
+from agent.paths import file_uri
 from tests.agent.helpers import pump, rows, settle
 
 QUIET = 0.3
@@ -247,7 +248,7 @@ def test_permission_denied_and_vanished_files_are_recorded(watched, store, monke
                 raise PermissionError(errno.EACCES, "Permission denied", str(locked))
             return real_open(path, flags, *a, **k)
 
-        monkeypatch.setattr("agent.ingest.os.open", deny)
+        monkeypatch.setattr("agent.text.os.open", deny)
     res = ingestor.handle(ready["locked.txt"])
     assert (res.outcome, res.reason) == ("refused", "permission denied")
     vanishing.unlink()  # gone between "ready" and the read

@@ -9,8 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
-from agent.ingest import (Ingestor, PathFilter, Refused, content_sha256, decode_text, file_uri,
-                          read_file, sniff_binary, walk_files)
+from agent.ingest import Ingestor
+from agent.paths import PathFilter, file_uri, uri_to_path, walk_files
+from agent.text import Refused, decode_text, read_file, sniff_binary
+from store.documents import content_sha256
 from tests.agent.helpers import page, rows
 
 # --- decoding ---------------------------------------------------------------------------
@@ -52,10 +54,13 @@ def test_sniff_binary_accepts_text_with_escapes_and_tabs():
     assert sniff_binary(b"\x1b[31mred\x1b[0m\tcolumn\r\n") is None
 
 
-def test_content_hash_is_the_stores():
-    from store.documents import content_sha256 as store_sha
+def test_content_hash_is_the_stores(tmp_path, store):
+    import hashlib
 
-    assert content_sha256("h\u00e9llo") == store_sha("h\u00e9llo")
+    assert content_sha256("h\u00e9llo") == hashlib.sha256("h\u00e9llo".encode("utf-8")).hexdigest()
+    (tmp_path / "f.txt").write_text("h\u00e9llo", encoding="utf-8")
+    res = Ingestor(store).ingest_file(tmp_path / "f.txt")
+    assert res.sha256 == content_sha256("h\u00e9llo") == rows(store)[0]["sha256"]
 
 
 def test_read_file_refusals(tmp_path):
@@ -145,6 +150,26 @@ def test_deleting_the_original_hands_content_to_its_duplicate(tmp_path, store):
     ing.delete_path(a)
     live = [r for r in rows(store) if r["sha256"]]
     assert [(r["uri"], r["status"]) for r in live] == [(file_uri(b), "pending")]
+
+
+def test_the_hand_over_follows_the_duplicate_link_not_the_reason_text(tmp_path, store):
+    from store.models import Document
+
+    ing = Ingestor(store)
+    a, b, c = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
+    for f in (a, b, c):
+        f.write_text("shared words")
+    original = ing.ingest_file(a).document_id
+    dup_b, dup_c = ing.ingest_file(b), ing.ingest_file(c)
+    with store.session() as s:
+        assert s.get(Document, dup_b.document_id).duplicate_of_id == original
+        s.get(Document, dup_b.document_id).reason = "reworded by someone"
+        s.get(Document, dup_c.document_id).duplicate_of_id = None  # no link: no heir
+    a.unlink()
+    ing.delete_path(a)
+    live = [r for r in rows(store) if r["sha256"]]
+    assert [(r["uri"], r["status"], r["reason"]) for r in live] == [
+        (file_uri(b), "pending", f"content moved here from {file_uri(a)}")]
 
 
 def test_reconcile_marks_only_files_that_are_gone(tmp_path, store):
@@ -293,8 +318,6 @@ def test_ingestor_refuses_text_utf8_cannot_hold(tmp_path, store):
 
 
 def test_file_uri_round_trips_names_that_are_not_utf8(tmp_path):
-    from agent.ingest import uri_to_path
-
     raw = os.fsencode(str(tmp_path)) + b"/bad\xff.txt"
     uri = file_uri(raw)
     assert uri.endswith("/bad%FF.txt") and file_uri(os.fsdecode(raw)) == uri

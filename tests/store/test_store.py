@@ -25,7 +25,7 @@ from store import (DatabaseUnavailableError, NotADatabaseError, ReadOnlyDatabase
                    SchemaTooNewError, StoreError, open_store)
 from store.cli import db
 from store.db import BUSY_TIMEOUT_MS, read_only_engine, sqlite_pragmas
-from store.documents import add_document
+from store.documents import add_document, content_sha256
 from store.migrate import head_revision
 from store.models import Base, Document
 
@@ -143,6 +143,56 @@ def test_open_applies_migrations_and_reopen_keeps_data(store_target):
         assert st.schema_state()[0] == (head_revision(),)
         with st.session(read_only=True) as s:
             assert s.scalars(sa.select(Document.uri)).all() == ["u"]
+
+
+def test_a_store_at_0001_with_rows_upgrades_and_keeps_working(store_target):
+    """0002 adds documents.duplicate_of_id and fetched_urls.depth, backfilled from the reasons
+    0001-era code wrote; the rows then behave as rows written by the new code."""
+    from alembic import command
+
+    from store.documents import is_duplicate, mark_deleted_under, record_text
+    from store.migrate import alembic_config
+    from store.urls import queued_under, url_key
+
+    with store_target.open(upgrade=False) as st:
+        with st.engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+            now = "CURRENT_TIMESTAMP"
+            conn.execute(sa.text(
+                "INSERT INTO documents (id, uri, source, sha256, status, reason, first_seen, updated) VALUES"
+                f" (1, 'file:///a', 's', :sha_old, 'skipped', 'superseded by document 2 before training', {now}, {now}),"
+                f" (2, 'file:///a', 's', :sha, 'pending', NULL, {now}, {now}),"
+                f" (3, 'file:///b', 's', NULL, 'skipped', 'duplicate content of file:///a', {now}, {now}),"
+                f" (4, 'file:///c', 's', NULL, 'skipped', 'binary content (NUL byte at offset 0)', {now}, {now}),"
+                f" (5, 'file:///d', 's', NULL, 'skipped', 'duplicate content of file:///gone', {now}, {now})"),
+                {"sha_old": "0" * 64, "sha": content_sha256("shared words")})
+            for i, (url, status, reason) in enumerate([
+                    ("https://a.example/", "fetched", None),
+                    ("https://a.example/p1", "queued", "found at depth 1"),
+                    ("https://a.example/p2", "queued", "found at depth 12"),
+                    ("https://a.example/p3", "failed", "HTTP 503 after 2 attempts")], start=1):
+                conn.execute(sa.text(
+                    "INSERT INTO fetched_urls (id, url, url_sha256, status, reason, fetched_at)"
+                    f" VALUES (:i, :u, :k, :s, :r, {now})"), {"i": i, "u": url, "k": url_key(url), "s": status,
+                                                           "r": reason})
+        assert st.schema_state()[0] == ("0001",)
+    with store_target.open() as st:  # migrates to head
+        assert st.schema_state()[0] == (head_revision(),)
+        with st.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
+                                    Base.metadata) == []
+            assert dict(conn.execute(sa.text("SELECT id, duplicate_of_id FROM documents")).all()) == {
+                1: None, 2: None, 3: 2, 4: None, 5: None}
+            assert dict(conn.execute(sa.text("SELECT id, depth FROM fetched_urls")).all()) == {
+                1: None, 2: 1, 3: 12, 4: None}
+            assert conn.execute(sa.text("SELECT reason FROM fetched_urls WHERE id = 2")).scalar() == (
+                "found at depth 1")  # reasons are kept for history
+        with st.session() as s:
+            assert queued_under(s, "https://a.example", max_depth=2) == [("https://a.example/p1", 1)]
+            assert is_duplicate(s, "file:///b")
+            deleted = mark_deleted_under(s, "file:///a")  # the backfilled link finds the heir
+            assert (deleted.n_rows, deleted.heirs) == (2, ["file:///b"])
+            assert record_text(s, uri="file:///b", source="s", text="shared words").outcome == "restored"
 
 
 def test_tables_not_made_by_cllm_are_refused(store_target):
