@@ -7,7 +7,7 @@ cycle had seen; they become `learning` with nothing counted, so the agent learns
 their budget.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-01 08:56:25.183647
 """
 from typing import Sequence, Union
@@ -21,7 +21,7 @@ NEW_STATUSES = "status IN ('pending', 'learning', 'trained', 'skipped', 'failed'
 
 # revision identifiers, used by Alembic.
 revision: str = '0003'
-down_revision: Union[str, Sequence[str], None] = '0001'
+down_revision: Union[str, Sequence[str], None] = '0002'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
