@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from engine.errors import CllmError
+from store.errors import StoreError
 
 CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
@@ -35,13 +36,13 @@ def existing_store(data_dir):
 
 
 def friendly_errors(fn):
-    """Turn CllmError (user mistakes) into a one-line message and exit status 2."""
+    """Turn CllmError and StoreError (user mistakes) into a one-line message and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except CllmError as e:
+        except (CllmError, StoreError) as e:
             click.echo(f"Error: {e.one_line()}", err=True)
             sys.exit(2)
 

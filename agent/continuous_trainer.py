@@ -41,6 +41,7 @@ from agent.training import (CKPT_RE, TOKENIZER_RE, Doc, RunResult, State, checkp
 from engine import PRESETS, TrainConfig
 from engine.errors import CllmError
 from engine.optim import lr_at
+from store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -526,7 +527,8 @@ class ContinuousTrainer:
         try:
             with self.store.session() as s:
                 finish_cycle(s, cycle_id, status=status,
-                             error=(e.one_line() if isinstance(e, CllmError) else repr(e))[:2000])
+                             error=(e.one_line() if isinstance(e, (CllmError, StoreError))
+                                    else repr(e))[:2000])
         except Exception as e2:
             log.error("could not record the end of cycle %s: %s", cycle_id, e2)
         if status == "failed":

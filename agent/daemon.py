@@ -31,6 +31,7 @@ from typing import Optional
 from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted, TrainerSettings,
                                       open_store)
 from engine.errors import CllmError
+from store.errors import StoreError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "cllm.lock"
@@ -297,7 +298,7 @@ class Agent:
                     else:
                         crawler.ingestor.ingest_file(target, target_id=tid)
                         report = None
-                except CllmError as e:
+                except (CllmError, StoreError) as e:
                     log.error("crawl of %s failed: %s", target, e.one_line())
                     continue
                 except Exception:   # one bad target never stops the agent (what it stored stays)
@@ -317,7 +318,7 @@ class Agent:
                 rep = trainer.run_pending(trigger)
             except CycleInterrupted:
                 return
-            except CllmError as e:              # e.g. the store was locked too long
+            except (CllmError, StoreError) as e:  # e.g. the store was locked too long
                 log.error("cycle failed: %s", e.one_line())
                 self.stop.wait(RETRY_S)         # back off before retrying the same documents
                 continue
