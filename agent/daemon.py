@@ -16,13 +16,11 @@ keeps a second agent out; it records the running agent's pid for `cllm status`.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
 import os
 import queue
-import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -332,17 +330,3 @@ class Agent:
                     log.info("%d cycles completed (--max-cycles): stopping", self.cycles_completed)
                     self.stop.set()
 
-
-@contextlib.contextmanager
-def signals_stop(stop: threading.Event):
-    """While inside: SIGINT and SIGTERM set `stop` (the agent finishes the current step and
-    exits). The previous handlers are restored on the way out."""
-    def handler(signum, frame):
-        log.warning("received %s: stopping at the next step boundary", signal.Signals(signum).name)
-        stop.set()
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)

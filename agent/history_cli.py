@@ -336,7 +336,8 @@ def agent(data_dir, config, max_cycles, **flags):
     import threading
 
     from agent.continuous_trainer import TrainerSettings
-    from agent.daemon import Agent, AgentConfig, signals_stop
+    from agent.daemon import Agent, AgentConfig
+    from agent.signals import stop_on_signals
     from agent.settings import resolve
 
     cfg = resolve(flags, data_dir, config)
@@ -363,7 +364,7 @@ def agent(data_dir, config, max_cycles, **flags):
                           fallback_encoding=cfg["fallback_encoding"],
                           max_pages=cfg["max_pages"], max_depth=cfg["max_depth"]),
               stop=stop)
-    with signals_stop(stop):
+    with stop_on_signals(stop, sigterm=True, announce=True):
         a.run()
     click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)
 

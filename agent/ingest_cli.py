@@ -56,6 +56,7 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
 
     plan = list(iter_targets(targets))  # validates every target before any work starts
     Ingestor(None, fallback_encoding=fallback_encoding)   # an unknown codec fails here, not later
+    from agent.signals import stop_on_signals
     from store import open_store
 
     store = open_store(data_dir)
@@ -63,7 +64,8 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
     total = CrawlReport()
     per_target = []
     current = None  # (kind, target) being worked on
-    restore_sigint = _sigint_sets(stop)
+    interrupts = stop_on_signals(stop, second_interrupt_aborts=True)
+    interrupts.__enter__()
     try:
         with Crawler(store, allow_private_hosts=allow_private_hosts, max_pages=max_pages,
                      max_depth=max_depth, delay=delay, timeout=timeout, max_body_bytes=max_file_bytes,
@@ -102,7 +104,7 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
             click.echo("interrupted: everything stored before the interrupt is kept"
                        + (f"; {left} targets not started" if left else ""), err=True)
     finally:
-        restore_sigint()
+        interrupts.__exit__(None, None, None)
         store.close()
     if as_json:
         click.echo(json.dumps({
@@ -118,25 +120,6 @@ def crawl(targets, data_dir, max_pages, max_depth, delay, timeout, max_file_byte
         click.echo(f"  {o}: {u}: {why}")
     if len(refused) > 20:
         click.echo(f"  ... and {len(refused) - 20} more (cllm history documents --status skipped)")
-
-
-def _sigint_sets(stop: threading.Event):
-    """Until the returned function is called, the first Ctrl-C sets `stop` (the walk or crawl
-    ends after its current file or page and commits what it stored) and a second one raises
-    KeyboardInterrupt. A no-op off the main thread, where signals cannot be handled."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):  # prints nothing: a handler may interrupt a write to stderr
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def _record_target(store, kind: str, target: str, **options) -> int:
