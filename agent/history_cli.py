@@ -210,13 +210,10 @@ def status(data_dir, as_json):
 
     Example: cllm status --data-dir ./cllm-data
     """
-    from sqlalchemy import func, select
-
     from agent.daemon import holder_pid
     from store.documents import pending_summary
-    from store.models import Cycle
-    from store.queries import (document_counts, latest_checkpoint, latest_step_metric,
-                               list_cycles)
+    from store.queries import (count_cycles, document_counts, latest_checkpoint,
+                               latest_step_metric, list_cycles)
 
     store = existing_store(data_dir)
     try:
@@ -241,8 +238,7 @@ def status(data_dir, as_json):
                                                   "step": ck.step, "cycle_id": ck.cycle_id,
                                                   "vocab_size": ck.vocab_size,
                                                   "created": ck.created}
-            # a count: list_cycles would load every completed cycle (with its schedule) for it
-            completed = s.scalar(select(func.count(Cycle.id)).where(Cycle.status == "completed"))
+            completed = count_cycles(s, status="completed")
     finally:
         store.close()
     pid = holder_pid(data_dir)

@@ -191,19 +191,13 @@ def history_urls(data_dir, status, limit, as_json):
 
     Example: cllm history urls --data-dir ./cllm-data --status skipped
     """
-    from sqlalchemy import select
-
-    from store.models import FetchedUrl
+    from store.queries import list_fetched_urls
 
     store = existing_store(data_dir)
     try:
         with store.session(read_only=True) as s:
-            q = select(FetchedUrl).order_by(FetchedUrl.id)
-            if status:
-                q = q.where(FetchedUrl.status == status)
-            if limit:
-                q = q.limit(limit)
-            rows = [{f: jsonable(getattr(u, f)) for f in URL_FIELDS} for u in s.scalars(q)]
+            rows = [{f: jsonable(getattr(u, f)) for f in URL_FIELDS}
+                    for u in list_fetched_urls(s, status=status or None, limit=limit)]
     finally:
         store.close()
     emit_table(rows, as_json, ["id", "status", "http_status", "url", "reason", "document_id"],

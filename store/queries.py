@@ -5,7 +5,8 @@ Every function takes a Session and neither commits nor opens one (the caller own
 transaction). Row-shaped results are ORM objects (Cycle, Document, VocabEntry, StepMetric,
 Checkpoint, EvalResult) belonging to that session; aggregates (vocab_growth,
 forgetting_by_source, document_counts) are lists of plain dicts, safe to hand anywhere.
-Lists come oldest first unless a function says otherwise.
+Also the crawler's URL rows as `cllm history urls` lists them (list_fetched_urls). Lists come
+oldest first unless a function says otherwise.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from sqlalchemy.orm import Session, undefer
 
 from .documents import _CHUNK
 
-from .models import (CYCLE_STATUSES, Checkpoint, Cycle, Document, EvalResult, StepMetric,
-                     VocabEntry, utcnow)
+from .models import (CYCLE_STATUSES, Checkpoint, Cycle, Document, EvalResult, FetchedUrl,
+                     StepMetric, VocabEntry, utcnow)
 
 # ----------------------------------------------------------------------------- cycles
 
@@ -97,6 +98,14 @@ def list_cycles(session: Session, *, status: Optional[str] = None,
     if limit is not None:
         q = q.limit(limit)
     return list(reversed(session.scalars(q).all()))
+
+
+def count_cycles(session: Session, *, status: Optional[str] = None) -> int:
+    """How many cycles (with this status): a count, without loading the rows."""
+    q = select(func.count(Cycle.id))
+    if status is not None:
+        q = q.where(Cycle.status == status)
+    return session.scalar(q)
 
 
 def record_step_metrics(session: Session, cycle_id: int,
@@ -209,6 +218,20 @@ def document_counts(session: Session) -> list[dict]:
          .group_by(Document.source, Document.status).order_by(Document.source, Document.status))
     return [{"source": s, "status": st, "documents": n, "bytes": int(b or 0),
              "tokens": int(t or 0)} for s, st, n, b, t in session.execute(q)]
+
+
+# ---------------------------------------------------------------------------- crawled URLs
+
+def list_fetched_urls(session: Session, *, status: Optional[str] = None,
+                      limit: Optional[int] = None) -> list[FetchedUrl]:
+    """URLs the crawler handled, by id (oldest first), optionally with one status; with
+    `limit`, the first `limit` of them."""
+    q = select(FetchedUrl).order_by(FetchedUrl.id)
+    if status is not None:
+        q = q.where(FetchedUrl.status == status)
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
 
 
 # ---------------------------------------------------------------------------- vocabulary
