@@ -21,7 +21,6 @@ belongs to one thread.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
 import logging
@@ -36,9 +35,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from agent.settings import TrainerSettings
 from agent.training import (CKPT_RE, TOKENIZER_RE, Doc, RunResult, State, checkpoint_dir,
                             load_state, new_state, save_state, tokenizer_path, train_run)
-from engine import PRESETS, TrainConfig
+from engine import TrainConfig
 from engine.errors import CllmError
 from engine.optim import lr_at
 from store.errors import StoreError
@@ -55,65 +55,6 @@ def open_store(data_dir):
     from store import open_store as _open
 
     return _open(data_dir)
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    preset: str = "small"              # model size for a new data directory
-    workers: Optional[int] = None      # worker spheres (None: cores - 1)
-    min_cycle_tokens: int = 2000       # start a cycle when this many new tokens are pending
-    max_wait: float = 300.0            # ... or when the oldest pending document waited this long (s)
-    replay_fraction: float = 0.25      # share of each batch's sequences drawn from earlier documents
-    replay_docs: int = 64              # at most this many earlier documents sampled for replay
-    steps: Optional[int] = None        # steps per cycle; None: from the tokens (see cycle_steps)
-    min_steps: int = 20
-    max_steps: int = 500
-    epochs: float = 2.0                # passes over the new tokens when steps is None
-    batch_size: int = 8
-    lr: float = 2e-3                   # peak learning rate, re-warmed every cycle
-    min_lr: float = 2e-4
-    warmup_steps: int = 10
-    max_new_tokens: int = 500          # vocabulary tokens learned per cycle (capped by the preset)
-    val_fraction: float = 0.1          # tail of every document held out for evaluation
-    max_cycle_docs: int = 1000         # at most this many pending documents per cycle
-    crystalline_weight: float = 0.0    # lambda of the crystalline prior (see README's figures)
-    init: Optional[str] = None         # embedding init of a new model: "normal" or "lattice"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.replay_fraction < 1.0:
-            raise CllmError(f"replay fraction {self.replay_fraction} is outside [0, 1)",
-                            "e.g. --replay-fraction 0.25")
-        if self.min_cycle_tokens < 1 or self.max_wait < 0:
-            raise CllmError("--min-cycle-tokens must be >= 1 and --max-wait >= 0",
-                            "e.g. --min-cycle-tokens 2000 --max-wait 300")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise CllmError(f"validation fraction {self.val_fraction} is outside (0, 0.5)",
-                            "e.g. 0.1")
-        if self.steps is not None and self.steps < 1:
-            raise CllmError("steps per cycle must be >= 1", "e.g. --cycle-steps 100")
-        if self.preset not in PRESETS:
-            raise CllmError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}",
-                            "e.g. --preset small")
-        if self.workers is not None and self.workers < 1:
-            raise CllmError(f"workers = {self.workers}: at least one worker sphere is needed",
-                            "e.g. --workers 1, or leave it out for cores - 1")
-        if self.batch_size < 1 or self.lr <= 0 or self.max_new_tokens < 0:
-            raise CllmError("--batch-size must be >= 1, --lr > 0 and --max-new-tokens >= 0",
-                            "e.g. --batch-size 8 --lr 2e-3 --max-new-tokens 500")
-        if self.crystalline_weight < 0:
-            raise CllmError(f"crystalline weight {self.crystalline_weight} is negative",
-                            "e.g. --crystalline-weight 0.05, or 0 to turn the prior off")
-        if self.init not in (None, "normal", "lattice"):
-            raise CllmError(f"init {self.init!r} is not normal or lattice", "e.g. --init normal")
-
-    def replace(self, **changes) -> "TrainerSettings":
-        return dataclasses.replace(self, **changes)
-
-    def train_config(self, steps: int) -> TrainConfig:
-        return TrainConfig(lr=self.lr, min_lr=self.min_lr, batch_size=self.batch_size,
-                           warmup_steps=min(self.warmup_steps, max(0, steps // 5)),
-                           total_steps=steps, crystalline_weight=self.crystalline_weight)
 
 
 @dataclass

@@ -22,12 +22,11 @@ import logging
 import os
 import queue
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted, TrainerSettings,
-                                      open_store)
+from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted, open_store
+from agent.settings import AgentConfig
 from engine.errors import CllmError
 from store.errors import StoreError
 
@@ -98,44 +97,6 @@ def holder_pid(data_dir: Path) -> Optional[int]:
         return None
     finally:
         os.close(fd)
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    data_dir: Path
-    trainer: TrainerSettings
-    watch: tuple[str, ...] = ()
-    crawl: tuple[str, ...] = ()
-    quiet_period: float = 1.0
-    allow_private_hosts: bool = False
-    max_cycles: Optional[int] = None     # stop (exit 0) after this many completed cycles
-    include: tuple[str, ...] = ()        # gitignore-style: only matching files (empty: all)
-    exclude: tuple[str, ...] = ()        # gitignore-style, added to the default excludes
-    polling: bool = False                # a polling observer instead of inotify
-    follow_symlinks: bool = False
-    fallback_encoding: Optional[str] = None  # tried after UTF-8 (recorded on the document)
-    max_pages: int = 100                 # per crawled site
-    max_depth: int = 2
-
-    def __post_init__(self) -> None:
-        if self.quiet_period < 0:
-            raise CllmError(f"quiet period {self.quiet_period} is negative",
-                            "e.g. --quiet-period 1")
-        if self.max_pages < 1 or self.max_depth < 0:
-            raise CllmError("--max-pages must be >= 1 and --max-depth >= 0",
-                            "e.g. --max-pages 100 --max-depth 2")
-
-    def path_filter_args(self) -> dict:
-        from agent.ingest import DEFAULT_EXCLUDES
-
-        return {"include": list(self.include) or None,
-                "exclude": DEFAULT_EXCLUDES + tuple(self.exclude)}
-
-    def ingestor(self, store):
-        from agent.ingest import Ingestor
-
-        return Ingestor(store, fallback_encoding=self.fallback_encoding,
-                        follow_symlinks=self.follow_symlinks)
 
 
 class Agent:

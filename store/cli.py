@@ -1,74 +1,12 @@
-"""`cllm db`: the store's database from the command line (migrations, where it lives).
+"""Moved: `cllm db` is agent/cli/db.py (the store imports nothing from the agent).
 
-A thin layer over store.open_store and store.migrate; StoreErrors come out as one line with
-a hint and exit status 2. Registered on the main CLI by agent/cli.py.
+A compatibility alias for tests/store/test_store.py (`from store.cli import db`), loaded only
+when this module is imported; delete it once that test imports agent.cli.db.
 """
-from __future__ import annotations
-
-import json
-from pathlib import Path
-from typing import Optional
-
-import click
-
-from agent.clikit import CONTEXT_SETTINGS, friendly_errors  # the CLI layer is shared
-
-from .core import open_store
-from .db import ENV_URL
 
 
-def _database_options(fn):
-    fn = click.option("--database-url", default=None, metavar="URL",
-                      help=f"Any SQLAlchemy URL (default: ${ENV_URL}, else the SQLite file"
-                           " cllm.sqlite3 in the data directory).")(fn)
-    fn = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                      default="cllm-data", show_default=True, envvar="CLLM_DATA_DIR",
-                      help="Data directory (also $CLLM_DATA_DIR).")(fn)
-    return fn
-
-
-@click.group(context_settings=CONTEXT_SETTINGS)
-def db() -> None:
-    """The store's database: schema migrations and where it lives.
-
-    Example: cllm db current --data-dir ./cllm-data
-    """
-
-
-@db.command(context_settings=CONTEXT_SETTINGS)
-@_database_options
-@friendly_errors
-def upgrade(data_dir: Path, database_url: Optional[str]) -> None:
-    """Apply pending schema migrations (every command also does this when it opens the store).
-
-    Example: cllm db upgrade --database-url postgresql+psycopg://me:pw@localhost/cllm
-    """
-    with open_store(data_dir, database_url, upgrade=False) as st:
-        before, head = st.upgrade()
-        if before == (head,):
-            click.echo(f"{st.describe()}: already at revision {head}")
-        else:
-            click.echo(f"{st.describe()}: upgraded from {', '.join(before) or 'an empty database'}"
-                       f" to revision {head}")
-
-
-@db.command(context_settings=CONTEXT_SETTINGS)
-@_database_options
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@friendly_errors
-def current(data_dir: Path, database_url: Optional[str], as_json: bool) -> None:
-    """Show which database the store uses, its schema revision and the newest one known.
-
-    Example: cllm db current --data-dir ./cllm-data --json
-    """
-    with open_store(data_dir, database_url, upgrade=False) as st:
-        revs, head = st.schema_state()
-        info = {"database": st.describe(), "backend": st.engine.dialect.name,
-                "revision": ", ".join(revs) or None, "head": head,
-                "up_to_date": revs == (head,)}
-    if as_json:
-        click.echo(json.dumps(info))
-        return
-    state = "up to date" if info["up_to_date"] else "behind: run `cllm db upgrade`"
-    click.echo(f"database: {info['database']} ({info['backend']})\n"
-               f"revision: {info['revision'] or 'none (empty)'}, newest known {head}, {state}")
+def __getattr__(name):
+    if name == "db":
+        from agent.cli.db import db
+        return db
+    raise AttributeError(name)

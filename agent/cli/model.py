@@ -1,0 +1,237 @@
+"""`cllm train`, `cllm generate`, `cllm neighbours` and `cllm bench`: the model from the
+command line, as thin commands over agent.training, the continuous trainer and the engine.
+
+`train`'s settings come from agent/settings.py (flags only).
+"""
+from __future__ import annotations
+
+import codecs
+import json
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from agent.cli.common import (CONTEXT_SETTINGS, REPO_CORPUS, Invocation, data_dir_option,
+                              one_line_errors, pass_invocation)
+from agent.settings import TrainerSettings, build, options, resolve
+from engine import PRESETS
+from engine.errors import CllmError
+
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".c", ".h", ".cpp", ".js", ".ts", ".go", ".rs",
+                 ".java", ".toml", ".yaml", ".yml", ".json", ".html", ".css", ".sh", ".tex"}
+
+
+def read_docs(paths: list[Path]):
+    """Text files under the given paths as Docs; source = first folder below each root."""
+    from agent.training import Doc
+    docs = []
+    for root in paths:
+        if not root.exists():
+            raise CllmError(f"{root} does not exist", "give a file or folder of text")
+        files = [root] if root.is_file() else sorted(
+            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        for f in files:
+            try:
+                text = f.read_bytes().decode("utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            if not text.strip():
+                continue
+            rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+            source = rel.parts[0] if len(rel.parts) > 1 else (root.name or "root")
+            docs.append(Doc(uri=f.resolve().as_uri(), source=source, text=text))
+    if not docs:
+        raise CllmError(f"no readable text files under {', '.join(map(str, paths))}",
+                        "point at folders holding UTF-8 text files")
+    return docs
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@data_dir_option
+@options("train")
+@click.option("--fresh", is_flag=True,
+              help="Start a new model; earlier cycles are rolled back (their documents pending).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_invocation
+@one_line_errors
+def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool, as_json: bool,
+          **flags) -> None:
+    """Train once on text files (default: the shipped sample corpus) and checkpoint.
+
+    Example: cllm train corpus/ --data-dir ./cllm-data --preset small --steps 300
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from agent.continuous_trainer import ContinuousTrainer, record_documents
+    from agent.daemon import DataDirLock
+    from agent.training import new_state
+    from store import open_store
+
+    values = resolve(flags, data_dir, command="train")
+    steps, preset, seed, init = values["steps"], values["preset"], values["seed"], values["init"]
+    if not paths:
+        if not REPO_CORPUS.is_dir():
+            raise CllmError("no PATH given and the sample corpus is not installed",
+                            "give folders of text: cllm train PATH...")
+        paths = (REPO_CORPUS,)
+    docs = read_docs(list(paths))
+    # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
+    settings = build(TrainerSettings, values, min_lr=values["lr"] / 10,
+                     warmup_steps=min(20, steps // 10), replay_fraction=0.0)
+    console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
+    # one run is one cycle in the store, under the data directory's lock (no agent meanwhile)
+    with DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store:
+        trainer = ContinuousTrainer(store, data_dir, settings)
+        trainer.recover()
+        if fresh:
+            trainer.start_fresh(new_state(preset, seed=seed, init=init))
+        else:
+            trainer.load_latest()
+            if trainer.state.step == 0 and init:
+                trainer.state = new_state(preset, seed=seed, init=init)
+        state = trainer.state
+        with Progress(TextColumn("[bold]training[/]"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} steps"),
+                      TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
+                      console=console) as bar:
+            task = bar.add_task("train", total=steps, loss=float("nan"))
+            trainer.progress = lambda c, i, n, loss: bar.update(task, completed=i, loss=loss)
+            rep = trainer.run_cycle(record_documents(store, docs), "train", steps=steps)
+    if rep is None:
+        raise CllmError("the documents hold no trainable text", "add text files with content")
+    res, path, sha = rep.run, rep.checkpoint_path, rep.checkpoint_sha256
+    summary = {"cycle_id": rep.cycle_id, "checkpoint_path": str(path),
+               "checkpoint_sha256": sha, "steps": res.steps,
+               "skipped": res.skipped, "tokens": res.tokens,
+               "tokens_per_s": round(res.tokens_per_s, 1), "loss_start": res.loss_start,
+               "loss_end": res.loss_end, "val_loss": res.val_loss,
+               "vocab_size": len(state.tokenizer), "new_tokens": len(res.new_token_ids),
+               "documents": len(docs), "model": state.model.config.to_json()}
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    click.echo(f"trained {res.steps} steps on {len(docs)} documents, {res.tokens} tokens at "
+               f"{res.tokens_per_s:.0f} tok/s; vocabulary {len(state.tokenizer)} "
+               f"(+{len(res.new_token_ids)})")
+    click.echo(f"loss {res.loss_start:.3f} -> {res.loss_end:.3f}; validation: " + ", ".join(
+        f"{k} {v:.3f}" for k, v in sorted(res.val_loss.items())))
+    click.echo(f"checkpoint {path}")
+    click.echo(f"next: cllm generate --data-dir {data_dir} --prompt 'The for statement'")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@data_dir_option
+@click.option("--prompt", default="", help="Text to continue.")
+@click.option("--max-new-tokens", type=click.IntRange(min=0), default=120, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8, show_default=True,
+              help="0 is greedy.")
+@click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Keep the smallest set of tokens with this much probability (0: greedy).")
+@click.option("--seed", type=int, default=None)
+@click.option("--stop", multiple=True, help="Stop when this text is produced (repeatable).")
+@one_line_errors
+def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop):
+    """Stream a continuation of --prompt from the latest checkpoint.
+
+    Example: cllm generate --data-dir ./cllm-data --prompt "The while statement" --seed 1
+    """
+    from agent.training import latest_state
+
+    state = latest_state(data_dir)
+    if state is None:
+        raise CllmError(f"no checkpoint in {data_dir}", "train first: cllm train")
+    tok = state.tokenizer
+    ids = list(tok.encode(prompt)) or [tok.eod_id]
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    produced = ""
+    click.echo(prompt, nl=False)
+    for t in state.model.generate_stream(ids, max_new_tokens, temperature=temperature,
+                                         top_k=top_k, top_p=top_p, seed=seed):
+        if t == tok.eod_id:
+            break
+        piece = dec.decode(tok.token_bytes(t))
+        produced += piece
+        click.echo(piece, nl=False)
+        if any(s and s in produced for s in stop):
+            break
+    click.echo(dec.decode(b"", final=True))
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="base",
+              show_default=True, help="Model size to measure.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--workers", default="1,2", show_default=True, help="Comma-separated counts.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved rounds (medians are reported).")
+@click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Training steps per measurement.")
+@click.option("--no-torch", is_flag=True, help="Skip the PyTorch peer even if it is installed.")
+@click.option("--topology", is_flag=True, help="Print the sphere tree with statistics.")
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, as_json):
+    """Training tokens/s, scaling, CPU use for several worker counts (and PyTorch eager at the
+    same thread counts when it is installed), interleaved in one run.
+
+    Example: cllm bench --preset base --workers 1,2,16 --topology
+    """
+    from agent.benchmark import scaling, table_lines, topology_lines
+
+    try:
+        counts = [int(c) for c in workers.split(",") if c.strip()]
+    except ValueError:
+        raise CllmError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
+    if not counts or min(counts) < 1:
+        raise CllmError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
+    res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch)
+    if as_json:
+        if not topology:
+            res["topology"] = None
+        click.echo(json.dumps(res, indent=1))
+        return
+    for line in table_lines(res):
+        click.echo(line)
+    if topology:
+        click.echo("")
+        for line in topology_lines(res["topology"]):
+            click.echo(line)
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("token", type=int)
+@click.option("--vocab-size", type=int, default=None,
+              help="Vocabulary to search (default: the latest checkpoint's, else 10000).")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def neighbours(token, vocab_size, data_dir, as_json):
+    """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position.
+
+    Example: cllm neighbours 100 --vocab-size 10000
+    """
+    from engine.prime_math import describe_token
+
+    if vocab_size is None:
+        from agent.training import list_checkpoints
+        from engine.checkpoint import load_checkpoint
+        ckpts = list_checkpoints(data_dir)
+        vocab_size = load_checkpoint(ckpts[-1]).model.config.vocab_size if ckpts else 10000
+    if not 0 <= token < vocab_size:
+        raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",
+                        "pick a smaller id or a larger --vocab-size")
+    d = describe_token(token, vocab_size)
+    if as_json:
+        click.echo(json.dumps(d, default=float, indent=1))
+        return
+    c = d["clock"]
+    click.echo(f"token {token}: Ulam point {tuple(d['ulam'])}, clock ring {c['ring']} "
+               f"position {c['pos']}/{c['ring_size']}, symmetry group {d['symmetry_group']}")
+    click.echo(f"{'neighbour':>10} {'similarity':>11} {'prior q':>8}")
+    for n in d["neighbours"]:
+        click.echo(f"{n['token']:>10} {n['similarity']:>11.4f} {n['prior']:>8.4f}")
