@@ -8,7 +8,6 @@ from __future__ import annotations
 import codecs
 import json
 from pathlib import Path
-from typing import Optional
 
 import click
 
