@@ -102,6 +102,7 @@ def crawler_limits() -> str:
     return (f"the crawler's: {params['max_file_bytes'].default} bytes a file, "
             f"{params['max_body_bytes'].default} a page")
 
+
 TRAINER, AGENT, CRAWL = ("trainer",), ("agent",), ("crawl",)
 
 SETTINGS: tuple[Setting, ...] = (
