@@ -223,8 +223,8 @@ class ReplayReader:
 
 class Batcher:
     """(B, T) batches: each row replayed with probability `replay_fraction` (when anything
-    can be replayed), else the backlog's next window. `next()` is None once the backlog
-    is read (a batch with at least one backlog row is still returned before that)."""
+    can be replayed), else the backlog's next window; at least one row of every batch is
+    the backlog's. `next()` is None once the backlog is read."""
 
     def __init__(self, backlog: BacklogReader, replay: Optional[ReplayReader], B: int,
                  replay_fraction: float, seed: int) -> None:
@@ -240,6 +240,8 @@ class Batcher:
         y = np.full((B, T), -1, np.int64)
         batch = Batch(x, y)
         use_replay = self.rng.random(B) < self.f
+        if use_replay.all():            # every batch moves the backlog on
+            use_replay[int(self.rng.integers(B))] = False
         backlog_rows = 0
         for r in range(B):
             w = self.replay.window() if use_replay[r] else self.backlog.window()

@@ -167,7 +167,8 @@ def continual_run(docs, settings, chunks: int = 1) -> list[dict]:
     now minus right after the source's latest part was learned). One dict per cycle."""
     import tempfile
 
-    from agent.continuous_trainer import ContinuousTrainer, open_store, record_documents
+    from agent.continuous_trainer import ContinuousTrainer, record_documents
+    from store import open_store
     from agent.learn import split_heldout
 
     sources = sorted({d.source for d in docs})

@@ -28,7 +28,6 @@ belongs to one thread.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
 import logging
@@ -47,9 +46,11 @@ from agent.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
 from agent.model_state import (CKPT_RE, TOKENIZER_RE, ModelState, checkpoint_dir,
                                load_model_state, new_model_state, save_model_state,
                                tokenizer_path)
-from engine import PRESETS, TrainConfig
+from agent.settings import TrainerSettings
+from engine import TrainConfig
 from engine.errors import CllmError
 from engine.optim import lr_at
+from store.errors import StoreError
 from store.models import DocumentStatus
 
 log = logging.getLogger(__name__)
@@ -63,77 +64,6 @@ FIRST_GUESS_BYTES_S = 20_000.0  # backlog bytes/s assumed before any cycle measu
 BYTES_PER_TOKEN_GUESS = 3.5     # for planning a cycle's steps (the cosine horizon)
 MAX_NEW_SCOPE = 1000            # more new arrivals than this are learned as the backlog
 SCOPES = {"new": "new arrivals, alone", "backlog": "the backlog", "given": "the given documents"}
-
-
-def open_store(data_dir):
-    """The store of a data directory (or of $CLLM_DATABASE_URL), migrated to this code."""
-    from store import open_store as _open
-
-    return _open(data_dir)
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    preset: str = "small"              # model size for a new data directory
-    workers: Optional[int] = None      # worker spheres (None: cores - 1)
-    min_cycle_tokens: int = 2000       # start a cycle when this many new tokens are pending
-    max_wait: float = 300.0            # ... or when the oldest pending document waited this long (s)
-    replay_fraction: float = 0.25      # share of each batch's sequences drawn from earlier documents
-    replay_docs: int = 64              # at most this many earlier documents sampled for replay
-    passes: float = 2.0                # a document is trained once this many passes of it are
-    cycle_seconds: float = 90.0        # a cycle ends after this long (then checkpoints, commits)
-    max_steps: Optional[int] = None    # ... or after this many steps
-    keep_checkpoints: int = 5          # the latest K checkpoint files kept, plus one per hour
-    batch_size: int = 8
-    lr: float = 2e-3                   # peak learning rate, re-warmed every cycle
-    min_lr: float = 2e-4
-    warmup_steps: int = 10
-    max_new_tokens: int = 500          # vocabulary tokens learned per cycle (capped by the preset)
-    val_fraction: float = 0.1          # tail of every document held out for evaluation
-    max_cycle_docs: int = 1000         # at most this many pending documents per cycle
-    crystalline_weight: float = 0.0    # lambda of the crystalline prior (see README's figures)
-    init: Optional[str] = None         # embedding init of a new model: "normal" or "lattice"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.replay_fraction < 1.0:
-            raise CllmError(f"replay fraction {self.replay_fraction} is outside [0, 1)",
-                            "e.g. --replay-fraction 0.25")
-        if self.min_cycle_tokens < 1 or self.max_wait < 0:
-            raise CllmError("--min-cycle-tokens must be >= 1 and --max-wait >= 0",
-                            "e.g. --min-cycle-tokens 2000 --max-wait 300")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise CllmError(f"validation fraction {self.val_fraction} is outside (0, 0.5)",
-                            "e.g. 0.1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise CllmError("--max-steps must be >= 1", "e.g. --max-steps 500")
-        if not self.passes > 0 or not self.cycle_seconds > 0:
-            raise CllmError("--passes and --cycle-seconds must be > 0",
-                            "e.g. --passes 2 --cycle-seconds 90")
-        if self.keep_checkpoints < 1:
-            raise CllmError("--keep-checkpoints must be >= 1", "e.g. --keep-checkpoints 5")
-        if self.preset not in PRESETS:
-            raise CllmError(f"preset {self.preset!r} is not one of {', '.join(PRESETS)}",
-                            "e.g. --preset small")
-        if self.workers is not None and self.workers < 1:
-            raise CllmError(f"workers = {self.workers}: at least one worker sphere is needed",
-                            "e.g. --workers 1, or leave it out for cores - 1")
-        if self.batch_size < 1 or self.lr <= 0 or self.max_new_tokens < 0:
-            raise CllmError("--batch-size must be >= 1, --lr > 0 and --max-new-tokens >= 0",
-                            "e.g. --batch-size 8 --lr 2e-3 --max-new-tokens 500")
-        if self.crystalline_weight < 0:
-            raise CllmError(f"crystalline weight {self.crystalline_weight} is negative",
-                            "e.g. --crystalline-weight 0.05, or 0 to turn the prior off")
-        if self.init not in (None, "normal", "lattice"):
-            raise CllmError(f"init {self.init!r} is not normal or lattice", "e.g. --init normal")
-
-    def replace(self, **changes) -> "TrainerSettings":
-        return dataclasses.replace(self, **changes)
-
-    def train_config(self, steps: int) -> TrainConfig:
-        return TrainConfig(lr=self.lr, min_lr=self.min_lr, batch_size=self.batch_size,
-                           warmup_steps=min(self.warmup_steps, max(0, steps // 5)),
-                           total_steps=steps, crystalline_weight=self.crystalline_weight)
 
 
 @dataclass
@@ -340,13 +270,17 @@ class ContinuousTrainer:
         yet) are this cycle's only documents, until they reach their budget, so a drop is in
         a checkpoint soon; otherwise it continues the backlog in ledger order. None if
         nothing is left to learn."""
-        from store.ledger import BACKLOG_STATUSES, backlog, fresh_documents
+        from store.ledger import BACKLOG_STATUSES, backlog, document_horizon, fresh_documents
         from store.queries import list_cycles, list_documents
 
         self.arrivals.clear()
         with self.store.session(read_only=True) as s:
+            # documents recorded after the last cycle's plan are new arrivals (by id, not
+            # time: a row committed just after a plan read must not be missed)
+            horizon = document_horizon(s)
             last = next(iter(list_cycles(s, limit=1)), None)
-            fresh = fresh_documents(s, last.started) if last is not None else []
+            seen = ((last.schedule or {}).get("horizon") if last is not None else None)
+            fresh = fresh_documents(s, seen) if seen is not None else []
             done = next(iter(list_cycles(s, status="completed", limit=1)), None)
             sched = (done.schedule or {}) if done is not None else {}
             if sched.get("scope") == "new":
@@ -358,24 +292,26 @@ class ContinuousTrainer:
         if not entries:
             return None
         return self._cycle(entries, trigger, preemptible=not fresh,
-                           scope="new" if fresh else "backlog")
+                           scope="new" if fresh else "backlog", horizon=horizon)
 
     def run_cycle(self, docs: Sequence[tuple[int, Doc]], trigger: str,
                   steps: Optional[int] = None) -> Optional[CycleReport]:
         """One cycle on exactly these documents (store ids with their text), whatever their
         status: `steps` steps (or the settings' bounds), reading them round and round past
         their budget (`cllm train`). Their ledger records what was trained."""
-        from store.ledger import backlog
+        from store.ledger import backlog, document_horizon
 
         with self.store.session(read_only=True) as s:
             entries = backlog(s, ids=[i for i, _ in docs])
+            horizon = document_horizon(s)
         texts = {i: d.text for i, d in docs}
         return self._cycle(entries, trigger, preemptible=False, scope="given", steps=steps,
-                           wrap=True, texts=texts)
+                           wrap=True, texts=texts, horizon=horizon)
 
     def _cycle(self, entries, trigger: str, *, preemptible: bool, scope: str,
                steps: Optional[int] = None, wrap: bool = False,
-               texts: Optional[dict[int, str]] = None) -> Optional[CycleReport]:
+               texts: Optional[dict[int, str]] = None, horizon: int = 0
+               ) -> Optional[CycleReport]:
         from store.queries import start_cycle
 
         st = self.settings
@@ -388,12 +324,13 @@ class ContinuousTrainer:
         with self.store.session() as s:
             cycle_id = start_cycle(s, trigger=trigger, workers=st.workers,
                                    docs_new=len(entries) - len(refused),
-                                   vocab_size_before=len(state.tokenizer)).id
+                                   vocab_size_before=len(state.tokenizer),
+                                   schedule={"horizon": horizon}).id
         log.info("cycle %s (%s): %s documents to learn (%s)", cycle_id, trigger,
                  len(entries) - len(refused), SCOPES[scope])
         try:
             return self._train_and_record(cycle_id, trigger, docs, more, {e.id for e in entries},
-                                          steps, preemptible, texts, scope)
+                                          steps, preemptible, texts, scope, horizon)
         except BaseException as e:
             self._fail(cycle_id, e)
             self.state = None           # the in-memory model moved on: reload before the next cycle
@@ -461,7 +398,8 @@ class ContinuousTrainer:
 
     def _train_and_record(self, cycle_id: int, trigger: str, docs: list[PlanDoc], more,
                           scope_ids: set[int], steps: Optional[int], preemptible: bool,
-                          texts: Optional[dict[int, str]], scope: str) -> Optional[CycleReport]:
+                          texts: Optional[dict[int, str]], scope: str, horizon: int
+                          ) -> Optional[CycleReport]:
         st = self.settings
         state = self._state()
         vocab_before = len(state.tokenizer)
@@ -520,7 +458,7 @@ class ContinuousTrainer:
             heldout_tokens = {src: len(state.tokenizer.encode(t)) for src, t in heldout.items()}
             forgetting, credited = self._commit(cycle_id, docs, replay, res, path, sha,
                                                 vocab_before, first, planned, tcfg,
-                                                heldout_tokens, scope, scope_ids)
+                                                heldout_tokens, scope, scope_ids, horizon)
         except BaseException:
             # the checkpoint never got its row: it must not be mistaken for a trained one
             path.unlink(missing_ok=True)
@@ -538,8 +476,8 @@ class ContinuousTrainer:
 
     def _commit(self, cycle_id, docs, replay, res: LearnResult, path: Path, sha: str,
                 vocab_before: int, first: dict[int, int], planned: int, tcfg: TrainConfig,
-                heldout_tokens: dict[str, int], scope: str, scope_ids: set[int]
-                ) -> tuple[dict[str, float], dict]:
+                heldout_tokens: dict[str, int], scope: str, scope_ids: set[int],
+                horizon: int) -> tuple[dict[str, float], dict]:
         """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
         evaluations with forgetting, and the ledger (what it trained of each document)."""
         from store.ledger import record_cycle_credits
@@ -603,6 +541,7 @@ class ContinuousTrainer:
                           "warmup_steps": tcfg.warmup_steps, "decay": "cosine",
                           "batch_size": tcfg.batch_size, "replay_fraction": st.replay_fraction,
                           "ended_by": res.ended_by, "passes": st.passes, "scope": scope,
+                          "horizon": horizon,
                           "scope_ids": sorted(scope_ids) if scope == "new" else [],
                           "replay_document_ids": [d.id for d in replay],
                           "document_ids": sorted(trained_ids),
@@ -693,8 +632,8 @@ class ContinuousTrainer:
                     for i, loss, lr in rows])
                 c = get_cycle(s, cycle_id)   # progress of the running cycle, for `cllm status`
                 c.steps = max(i for i, _, _ in rows)
-                if c.schedule is None:
-                    c.schedule = {"steps": steps}
+                if "steps" not in (c.schedule or {}):      # the plan, next to its horizon
+                    c.schedule = {**(c.schedule or {}), "steps": steps}
         except Exception as e:  # metrics are for watching; never fail a cycle over them
             log.warning("could not record step metrics of cycle %s: %s", cycle_id, e)
 
@@ -720,7 +659,8 @@ class ContinuousTrainer:
         try:
             with self.store.session() as s:
                 finish_cycle(s, cycle_id, status=status,
-                             error=(e.one_line() if isinstance(e, CllmError) else repr(e))[:2000])
+                             error=(e.one_line() if isinstance(e, (CllmError, StoreError))
+                                    else repr(e))[:2000])
         except Exception as e2:
             log.error("could not record the end of cycle %s: %s", cycle_id, e2)
         if status == "failed":

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator
 from urllib.parse import urlsplit
 
-from agent.fetch import MAX_REDIRECTS, USER_AGENT, FetchFailed, Fetcher, Interrupted, Response
+from agent.fetch import (MAX_BODY_BYTES, MAX_REDIRECTS, USER_AGENT, FetchFailed, Fetcher, Interrupted,
+                         Response)
 from agent.html import extract_main_text, looks_like_html, meta_charset, page_links
 from agent.ingest import Ingestor
 from agent.paths import PathFilter, file_uri, walk_files
@@ -39,8 +40,7 @@ from store import urls as url_store
 from store.documents import Outcome
 from store.models import TargetKind, UrlStatus
 
-# re-exported for callers outside this change; removed at merge: canonical_url (ingest_cli.py)
-__all__ = ["CrawlError", "CrawlReport", "Crawler", "iter_targets", "record_target", "canonical_url"]
+__all__ = ["CrawlError", "CrawlReport", "Crawler", "iter_targets", "record_target"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from store import Store
@@ -86,7 +86,7 @@ class Crawler:
 
     def __init__(self, store: "Store", *, allow_private_hosts: bool = False,
                  allow_networks: Iterable[str] = (), max_pages: int = 100, max_depth: int = 2,
-                 delay: float = 1.0, timeout: float = 10.0, max_body_bytes: int = 5 * 1024 * 1024,
+                 delay: float = 1.0, timeout: float = 10.0, max_body_bytes: int = MAX_BODY_BYTES,
                  max_file_bytes: int = DEFAULT_MAX_FILE_BYTES, retries: int = 3, backoff: float = 1.0,
                  max_retry_after: float = 120.0, max_redirects: int = MAX_REDIRECTS,
                  user_agent: str = USER_AGENT, stay_on_host: bool = True,

@@ -16,21 +16,20 @@ keeps a second agent out; it records the running agent's pid for `cllm status`.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
 import os
 import queue
-import signal
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted, TrainerSettings,
-                                      open_store)
+from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted
+from agent.settings import AgentConfig
 from engine.errors import CllmError
+from store import open_store
+from store.errors import StoreError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "cllm.lock"
@@ -101,44 +100,6 @@ def holder_pid(data_dir: Path) -> Optional[int]:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class AgentConfig:
-    data_dir: Path
-    trainer: TrainerSettings
-    watch: tuple[str, ...] = ()
-    crawl: tuple[str, ...] = ()
-    quiet_period: float = 1.0
-    allow_private_hosts: bool = False
-    max_cycles: Optional[int] = None     # stop (exit 0) after this many completed cycles
-    include: tuple[str, ...] = ()        # gitignore-style: only matching files (empty: all)
-    exclude: tuple[str, ...] = ()        # gitignore-style, added to the default excludes
-    polling: bool = False                # a polling observer instead of inotify
-    follow_symlinks: bool = False
-    fallback_encoding: Optional[str] = None  # tried after UTF-8 (recorded on the document)
-    max_pages: int = 100                 # per crawled site
-    max_depth: int = 2
-
-    def __post_init__(self) -> None:
-        if self.quiet_period < 0:
-            raise CllmError(f"quiet period {self.quiet_period} is negative",
-                            "e.g. --quiet-period 1")
-        if self.max_pages < 1 or self.max_depth < 0:
-            raise CllmError("--max-pages must be >= 1 and --max-depth >= 0",
-                            "e.g. --max-pages 100 --max-depth 2")
-
-    def path_filter_args(self) -> dict:
-        from agent.ingest import DEFAULT_EXCLUDES
-
-        return {"include": list(self.include) or None,
-                "exclude": DEFAULT_EXCLUDES + tuple(self.exclude)}
-
-    def ingestor(self, store):
-        from agent.ingest import Ingestor
-
-        return Ingestor(store, fallback_encoding=self.fallback_encoding,
-                        follow_symlinks=self.follow_symlinks)
-
-
 class Agent:
     """Wires the monitor, the ingest and crawl threads and the trainer; `run()` blocks until
     `stop` is set (by a signal or the caller) and everything has been joined."""
@@ -168,7 +129,7 @@ class Agent:
             list(iter_targets(cfg.crawl))       # a bad target is a one-line error, now
         cfg.ingestor(None)                      # ... and so is an unknown fallback encoding
         with DataDirLock(cfg.data_dir):
-            store = open_store(cfg.data_dir)
+            store = open_store(cfg.data_dir, cfg.database_url)
             try:
                 self._run(store)
             finally:
@@ -222,15 +183,15 @@ class Agent:
             log.info("agent stopped")
 
     def _record_targets(self, store) -> dict[str, int]:
-        """Watched roots and crawl targets as rows of the store (re-enabled if known)."""
-        from store.targets import add_target
+        """Watched roots and crawl targets as rows of the store, recorded the canonical way
+        (the same target typed two ways is one row; a known one is re-enabled)."""
+        from agent.crawler import record_target
+        from store.models import TargetKind
 
         ids = {}
-        with store.session() as s:
-            for kind, items in (("watch", self.cfg.watch), ("crawl", self.cfg.crawl)):
-                for t in items:
-                    loc = t if "://" in t else os.path.abspath(t)
-                    ids[t] = add_target(s, kind, loc)[0].id
+        for kind, items in ((TargetKind.WATCH, self.cfg.watch), (TargetKind.CRAWL, self.cfg.crawl)):
+            for t in items:
+                ids[t] = record_target(store, kind, t)
         return ids
 
     def _monitor_failed(self, e: BaseException) -> None:
@@ -300,7 +261,7 @@ class Agent:
                     else:
                         crawler.ingestor.ingest_file(target, target_id=tid)
                         report = None
-                except CllmError as e:
+                except (CllmError, StoreError) as e:
                     log.error("crawl of %s failed: %s", target, e.one_line())
                     continue
                 except Exception:   # one bad target never stops the agent (what it stored stays)
@@ -327,7 +288,7 @@ class Agent:
                 rep = trainer.run_pending(trigger)
             except CycleInterrupted:
                 return
-            except CllmError as e:              # e.g. the store was locked too long
+            except (CllmError, StoreError) as e:  # e.g. the store was locked too long
                 log.error("cycle failed: %s", e.one_line())
                 self.stop.wait(RETRY_S)         # back off before retrying the same documents
                 continue
@@ -342,17 +303,3 @@ class Agent:
                     log.info("%d cycles completed (--max-cycles): stopping", self.cycles_completed)
                     self.stop.set()
 
-
-@contextlib.contextmanager
-def signals_stop(stop: threading.Event):
-    """While inside: SIGINT and SIGTERM set `stop` (the agent finishes the current step and
-    exits). The previous handlers are restored on the way out."""
-    def handler(signum, frame):
-        log.warning("received %s: stopping at the next step boundary", signal.Signals(signum).name)
-        stop.set()
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)

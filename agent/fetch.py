@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "CrystallineCLLM/0.1 (continuous-learning crawler; obeys robots.txt)"
 MAX_REDIRECTS = 5
+MAX_BODY_BYTES = 5 * 1024 * 1024  # a page larger than this is refused (recorded)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
 DEADLINE_TIMEOUTS = 3  # a whole response may take this many timeouts (against trickling servers)
@@ -87,7 +88,7 @@ class Fetcher:
     """
 
     def __init__(self, policy: HostPolicy, *, stop_event: threading.Event, user_agent: str = USER_AGENT,
-                 delay: float = 1.0, timeout: float = 10.0, max_body_bytes: int = 5 * 1024 * 1024,
+                 delay: float = 1.0, timeout: float = 10.0, max_body_bytes: int = MAX_BODY_BYTES,
                  retries: int = 3, backoff: float = 1.0, max_retry_after: float = 120.0,
                  max_redirects: int = MAX_REDIRECTS) -> None:
         self.policy = policy

@@ -22,18 +22,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from agent.file_monitor import EventKind
-from agent.paths import DEFAULT_EXCLUDES, file_uri, uri_to_path, walk_files
+from agent.paths import file_uri, uri_to_path
 from agent.text import (DEFAULT_MAX_FILE_BYTES, Refused, codec_problem, decode_text, read_file,
                         storable, utf8_problem)
 from store import documents
-from store.documents import Outcome, content_sha256
+from store.documents import Outcome
 
-# re-exported for callers outside this change; removed at merge: DEFAULT_EXCLUDES (daemon.py,
-# ingest_cli.py), Refused (ingest_cli.py), uri_to_path (tests/e2e/test_agent.py), decode_text,
-# read_file, walk_files, content_sha256 (benchmarks/bench_ingest.py)
-__all__ = ["BATCH_INPUTS", "IngestResult", "Ingestor",
-           "DEFAULT_EXCLUDES", "Refused", "uri_to_path", "decode_text", "read_file", "walk_files",
-           "content_sha256"]
+__all__ = ["BATCH_INPUTS", "IngestResult", "Ingestor"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from store import Store

@@ -1,50 +1,277 @@
-"""Agent settings from three places, strongest first: command-line flags, environment
-variables (`CLLM_<NAME>`, e.g. CLLM_MIN_CYCLE_TOKENS=4000; lists separated by os.pathsep,
-URLs kept whole),
-and a TOML file (`--config FILE`, else $CLLM_CONFIG, else `<data-dir>/cllm.toml` if present;
-keys in an `[agent]` table or at the top level, spelled with - or _).
+"""Every setting of `cllm agent`, `cllm train` and `cllm crawl`, written once in SETTINGS.
 
-It only resolves values; it does not start anything. Unknown keys and values of the wrong
-type are ConfigErrors naming where they came from.
+Each row says a setting's name, default, type, help, check, which commands take it as a flag
+and which settings dataclass holds it. From the table come
+- the click options of a command (`options("agent")`): `--name-with-dashes`, the default
+  shown in the help;
+- for `cllm agent`, the environment (`CLLM_<NAME>`, e.g. CLLM_MIN_CYCLE_TOKENS=4000; lists
+  separated by os.pathsep, URLs kept whole) and a TOML file (`--config FILE`, else
+  $CLLM_CONFIG, else `<data-dir>/cllm.toml` if present; keys in an `[agent]` table or at the
+  top level, spelled with - or _). `cllm train` and `cllm crawl` take flags only;
+- the dataclasses TrainerSettings (the continuous trainer), AgentConfig (the daemon) and
+  CrawlSettings (`cllm crawl`), whose checks are the table's.
+
+Precedence, strongest first: flags, environment, TOML file, the table's default. A value that
+fails its type or check is a ConfigError naming where it came from.
+
+Adding a setting is one Setting(...) row: give it `commands` for a flag (and, for the agent,
+its CLLM_* variable and TOML key) and `into` for the dataclass field the code reads.
+
+This module only resolves values; it starts nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
+from engine import PRESETS, TrainConfig
 from engine.errors import ConfigError
 
-# name -> (default, type); a list type means a repeatable flag
-DEFAULTS: dict[str, tuple[Any, type]] = {
-    "preset": ("small", str),
-    "workers": (None, int),
-    "min_cycle_tokens": (2000, int),
-    "max_wait": (300.0, float),
-    "quiet_period": (1.0, float),
-    "replay_fraction": (0.25, float),
-    "max_steps": (None, int),
-    "passes": (2.0, float),
-    "cycle_seconds": (90.0, float),
-    "keep_checkpoints": (5, int),
-    "batch_size": (8, int),
-    "lr": (2e-3, float),
-    "max_new_tokens": (500, int),
-    "crystalline_weight": (0.0, float),
-    "init": ("normal", str),
-    "allow_private_hosts": (False, bool),
-    "watch": ([], list),
-    "crawl": ([], list),
-    "include": ([], list),
-    "exclude": ([], list),
-    "polling": (False, bool),
-    "follow_symlinks": (False, bool),
-    "fallback_encoding": (None, str),
-    "max_pages": (100, int),
-    "max_depth": (2, int),
-}
+INITS = ("normal", "lattice")          # embedding initialisations of a new model
+CONFIGURED_COMMANDS = frozenset({"agent"})  # also read CLLM_* and the TOML file
 
+# a check returns what is wrong with a value (None: nothing); "{flag}" names the setting's flag
+Check = Callable[[Any], Optional[str]]
+
+
+def at_least(low, *, strict: bool = False) -> Check:
+    """value >= low (value > low if strict); None (unset) passes."""
+    def check(v):
+        if v is None or (v > low if strict else v >= low):
+            return None
+        return f"{{flag}} must be {'>' if strict else '>='} {low}"
+    return check
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str                  # field name; the flag --name-with-dashes, $CLLM_NAME, TOML key
+    default: Any               # the dataclass field's default, and the flag's unless overridden
+    type: type                 # int, float, str, bool (a --x/--no-x flag) or list (repeatable)
+    help: str                  # the help adds "[default: ...]"
+    check: Optional[Check] = None
+    hint: Optional[str] = None  # how to fix a value the check refuses
+    commands: tuple[str, ...] = ()   # commands with a flag for it (none: dataclass-only)
+    command_defaults: Mapping[str, Any] = field(default_factory=dict)  # per-command default
+    into: tuple[str, ...] = ()  # the dataclasses holding it: "trainer", "agent", "crawl"
+    field_name: Optional[str] = None  # the dataclass field, when it is not `name`
+    choices: Optional[tuple[str, ...]] = None
+    metavar: Optional[str] = None
+    shown: Any = None  # the default in words where the value says too little (or a function
+    #                    returning them, called when the help is built)
+    configurable: bool = True    # from CLLM_* and TOML too (for CONFIGURED_COMMANDS)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return f"CLLM_{self.name.upper()}"
+
+    @property
+    def attr(self) -> str:
+        return self.field_name or self.name
+
+    def default_for(self, command: Optional[str]) -> Any:
+        return self.command_defaults.get(command, self.default)
+
+    def problem(self, value: Any) -> Optional[str]:
+        if self.choices is not None and value is not None and value not in self.choices:
+            return f"{self.key} {value!r} is not one of {', '.join(self.choices)}"
+        msg = self.check(value) if self.check is not None else None
+        return None if msg is None else msg.replace("{flag}", self.flag)
+
+
+def crawler_limits() -> str:
+    """The crawler's own size limits (what `cllm agent` uses, and `cllm crawl` without
+    --max-file-bytes), as its help shows them: its constants, not written again here."""
+    from agent.fetch import MAX_BODY_BYTES
+    from agent.text import DEFAULT_MAX_FILE_BYTES
+
+    return f"the crawler's: {DEFAULT_MAX_FILE_BYTES} bytes a file, {MAX_BODY_BYTES} a page"
+
+
+TRAINER, AGENT, CRAWL = ("trainer",), ("agent",), ("crawl",)
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- what the agent watches and crawls
+    Setting("watch", (), list, "Folder to watch (repeatable).", commands=AGENT, into=AGENT,
+            metavar="DIR"),
+    Setting("crawl", (), list, "Folder, file or http(s) URL to ingest at start (repeatable).",
+            commands=AGENT, into=AGENT, metavar="TARGET"),
+    # --- the model and its training (TrainerSettings)
+    Setting("preset", "small", str, "Model size for a new data directory.",
+            choices=tuple(PRESETS), hint="e.g. --preset small",
+            commands=("agent", "train"), into=TRAINER),
+    Setting("workers", None, int, "Worker spheres.", shown="cores - 1",
+            check=lambda v: None if v is None or v >= 1
+            else f"workers = {v}: at least one worker sphere is needed",
+            hint="e.g. --workers 1, or leave it out for cores - 1",
+            commands=("agent", "train"), into=TRAINER),
+    Setting("min_cycle_tokens", 2000, int,
+            "Start a cycle when this many new tokens are pending.",
+            check=at_least(1), hint="e.g. --min-cycle-tokens 2000", commands=AGENT, into=TRAINER),
+    Setting("max_wait", 300.0, float,
+            "... or when the oldest pending document waited this many seconds.",
+            check=at_least(0), hint="e.g. --max-wait 300", commands=AGENT, into=TRAINER),
+    Setting("quiet_period", 1.0, float, "Seconds without events before a changed file is read.",
+            check=lambda v: None if v >= 0 else f"quiet period {v} is negative",
+            hint="e.g. --quiet-period 1", commands=AGENT, into=AGENT),
+    Setting("replay_fraction", 0.25, float,
+            "Share of training sequences replayed from earlier documents.",
+            check=lambda v: None if 0.0 <= v < 1.0 else f"replay fraction {v} is outside [0, 1)",
+            hint="e.g. --replay-fraction 0.25", commands=AGENT, into=TRAINER),
+    Setting("replay_docs", 64, int, "At most this many earlier documents sampled for replay.",
+            into=TRAINER),
+    Setting("steps", 300, int, "Training steps.", check=at_least(1), hint="e.g. --steps 300",
+            commands=("train",)),
+    Setting("passes", 2.0, float,
+            "Passes over each document's training text before it counts as trained.",
+            check=at_least(0, strict=True), hint="e.g. --passes 2", commands=AGENT,
+            into=TRAINER),
+    Setting("cycle_seconds", 90.0, float,
+            "A cycle ends after this long, checkpoints and commits; the next one starts at "
+            "once while a backlog remains.",
+            check=at_least(0, strict=True), hint="e.g. --cycle-seconds 90", commands=AGENT,
+            into=TRAINER),
+    Setting("max_steps", None, int, "... or after this many steps.", shown="no limit",
+            check=at_least(1), hint="e.g. --max-steps 500", commands=AGENT, into=TRAINER),
+    Setting("keep_checkpoints", 5, int,
+            "Checkpoint files kept: the latest K, plus one per hour of checkpoints.",
+            check=at_least(1), hint="e.g. --keep-checkpoints 5", commands=AGENT, into=TRAINER),
+    Setting("batch_size", 8, int, "Sequences per step.", check=at_least(1),
+            hint="e.g. --batch-size 8", commands=("agent", "train"),
+            command_defaults={"train": 16}, into=TRAINER),
+    Setting("lr", 2e-3, float, "Peak learning rate, re-warmed per cycle.",
+            check=at_least(0, strict=True), hint="e.g. --lr 2e-3",
+            commands=("agent", "train"), into=TRAINER),
+    Setting("min_lr", 2e-4, float, "Learning rate at the end of the cosine decay.",
+            into=TRAINER),
+    Setting("warmup_steps", 10, int, "Steps of learning-rate warm-up per cycle.",
+            into=TRAINER),
+    Setting("max_new_tokens", 500, int,
+            "Vocabulary tokens learned per cycle at most (capped by the preset).",
+            check=at_least(0), hint="e.g. --max-new-tokens 500",
+            commands=("agent", "train"), command_defaults={"train": 3000}, into=TRAINER),
+    Setting("val_fraction", 0.1, float, "Tail of every document held out for evaluation.",
+            check=lambda v: None if 0.0 < v < 0.5
+            else f"validation fraction {v} is outside (0, 0.5)",
+            hint="e.g. --val-fraction 0.1", commands=("train",),
+            command_defaults={"train": 0.05}, into=TRAINER),
+    Setting("crystalline_weight", 0.0, float, "Weight of the crystalline prior in the loss.",
+            check=lambda v: None if v >= 0 else f"crystalline weight {v} is negative",
+            hint="e.g. --crystalline-weight 0.05, or 0 to turn the prior off",
+            commands=("agent", "train"), into=TRAINER),
+    Setting("init", None, str, "Embedding init of a new model.", choices=INITS,
+            hint="e.g. --init normal", commands=("agent", "train"),
+            command_defaults={"agent": "normal"}, into=TRAINER),
+    Setting("seed", 0, int, "Seed of a new model and of the data order.",
+            commands=("train",), into=TRAINER),
+    # --- files and folders
+    Setting("include", (), list,
+            "Only files matching this gitignore-style pattern (repeatable).", shown="all",
+            commands=AGENT, into=AGENT, metavar="PATTERN"),
+    Setting("exclude", (), list,
+            "Also skip files matching this gitignore-style pattern (repeatable); VCS, build, "
+            "temp and swap files are always skipped.",
+            commands=("agent", "crawl"), into=AGENT + CRAWL, metavar="PATTERN"),
+    Setting("polling", False, bool, "Poll folders instead of inotify (network filesystems).",
+            commands=AGENT, into=AGENT),
+    Setting("follow_symlinks", False, bool,
+            "Follow symbolic links in watched and crawled folders (loops detected).",
+            commands=AGENT, into=AGENT),
+    Setting("fallback_encoding", None, str,
+            "Text codec for input that is not UTF-8 and declares no usable charset, e.g. "
+            "cp1252: files, and pages of URL targets (HTML without it: cp1252). Recorded per "
+            "document.", shown="refuse it", commands=("agent", "crawl"),
+            into=AGENT + CRAWL, metavar="CODEC"),
+    # --- the crawler
+    Setting("max_pages", 100, int, "Pages to fetch per crawled site at most.",
+            check=at_least(1), hint="e.g. --max-pages 100",
+            commands=("agent", "crawl"), into=AGENT + CRAWL),
+    Setting("max_depth", 2, int, "Link depth from each start URL (0: the start page only).",
+            check=at_least(0), hint="e.g. --max-depth 2",
+            commands=("agent", "crawl"), into=AGENT + CRAWL),
+    Setting("delay", 1.0, float,
+            "Seconds between requests to one host (robots.txt Crawl-delay may raise it).",
+            check=at_least(0), hint="e.g. --delay 1", commands=CRAWL, into=CRAWL),
+    Setting("timeout", 10.0, float, "Seconds to wait for a connection or for data.",
+            check=at_least(0.1), hint="e.g. --timeout 10", commands=CRAWL, into=CRAWL),
+    Setting("max_file_bytes", None, int,
+            "Larger files and pages are refused (recorded).",
+            shown=crawler_limits, check=at_least(1),
+            hint="e.g. --max-file-bytes 4194304", commands=CRAWL, into=CRAWL),
+    Setting("allow_private_hosts", False, bool,
+            "Let the crawler reach loopback, private and link-local addresses.",
+            commands=("agent", "crawl"), into=AGENT + CRAWL),
+    # --- the run
+    Setting("max_cycles", None, int, "Stop after this many completed cycles.",
+            shown="run until stopped", check=at_least(1), hint="e.g. --max-cycles 1",
+            commands=AGENT, into=AGENT, configurable=False),
+    Setting("database_url", None, str,
+            "The store's SQLAlchemy URL (from `cllm --database-url`); None: $CLLM_DATABASE_URL, "
+            "else the SQLite file in the data directory.", into=AGENT, configurable=False),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+
+def settings_of(command: str) -> list[Setting]:
+    """The settings `command` takes as flags, in table order."""
+    return [s for s in SETTINGS if command in s.commands]
+
+
+# ------------------------------------------------------------------------- click options
+
+def _shown_default(s: Setting, command: str) -> Optional[str]:
+    if s.shown is not None:
+        return s.shown() if callable(s.shown) else s.shown
+    value = s.default_for(command)
+    if s.type is bool:
+        return "yes" if value else "no"
+    if value is None or value == ():
+        return None
+    return str(value)
+
+
+def options(command: str):
+    """A decorator adding the flags of `command`'s settings (table order). Every flag
+    defaults to None (a list flag to ()), so `resolve` can tell a given flag from the
+    default; the help shows the default the command resolves to."""
+    import click
+
+    def decorate(fn):
+        for s in reversed(settings_of(command)):
+            shown = _shown_default(s, command)
+            text = s.help + (f"  [default: {shown}]" if shown else "")
+            kwargs: dict[str, Any] = {"help": text, "metavar": s.metavar}
+            if s.type is bool:
+                decls = [f"{s.flag}/--no-{s.key}"]
+                kwargs["default"] = None
+            elif s.type is list:
+                decls = [s.flag]
+                kwargs.update(multiple=True)
+            else:
+                decls = [s.flag]
+                kwargs.update(default=None,
+                              type=click.Choice(s.choices) if s.choices else s.type)
+            fn = click.option(*decls, s.name, **kwargs)(fn)
+        return fn
+
+    return decorate
+
+
+# --------------------------------------------------------------------------- resolution
 
 def config_file(data_dir: Path, explicit: Optional[Path] = None) -> Optional[Path]:
     if explicit is not None:
@@ -73,8 +300,8 @@ def split_list(value: str) -> list[str]:
     return [p for p in out if p]
 
 
-def _convert(name: str, value: Any, where: str, split: bool = False) -> Any:
-    default, typ = DEFAULTS[name]
+def _convert(s: Setting, value: Any, where: str, command: str, split: bool = False) -> Any:
+    typ = s.type
     try:
         if typ is list:
             if isinstance(value, str):
@@ -96,35 +323,131 @@ def _convert(name: str, value: Any, where: str, split: bool = False) -> Any:
             raise ValueError
         return typ(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name.replace('_', '-')} = {value!r} from {where} is not a valid "
-                          f"{typ.__name__}", f"e.g. {name.replace('_', '-')} = {default!r}") from None
+        raise ConfigError(f"{s.key} = {value!r} from {where} is not a valid {typ.__name__}",
+                          f"e.g. {s.key} = {s.default_for(command)!r}") from None
 
 
-def resolve(flags: Mapping[str, Any], data_dir: Path, config: Optional[Path] = None
-            ) -> dict[str, Any]:
-    """Merge defaults < TOML < environment < flags. A flag counts as given unless it is None
-    or an empty tuple/list."""
-    out = {k: (list(v) if isinstance(v, list) else v) for k, (v, _) in DEFAULTS.items()}
-    path = config_file(data_dir, config)
-    if path is not None:
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"cannot read config file {path}: {e}", "fix the TOML syntax") from None
-        table = doc.get("agent", doc)
-        for key, value in table.items():
-            name = key.replace("-", "_")
-            if isinstance(value, dict):
-                continue
-            if name not in DEFAULTS:
-                raise ConfigError(f"unknown setting {key!r} in {path}",
-                                  f"known: {', '.join(k.replace('_', '-') for k in DEFAULTS)}")
-            out[name] = _convert(name, value, str(path))
-    for name in DEFAULTS:
-        env = os.environ.get(f"CLLM_{name.upper()}")
-        if env is not None:
-            out[name] = _convert(name, env, f"$CLLM_{name.upper()}", split=True)
-    for name, value in flags.items():
-        if name in DEFAULTS and value is not None and value != () and value != []:
-            out[name] = _convert(name, value, f"--{name.replace('_', '-')}")
+def _given(value: Any) -> bool:
+    return value is not None and value != () and value != []
+
+
+def resolve(flags: Mapping[str, Any], data_dir: Path,
+            config: Optional[Path] = None, command: str = "agent") -> dict[str, Any]:
+    """The values of `command`'s settings by name: defaults < TOML < environment < flags
+    (TOML and environment only for CONFIGURED_COMMANDS). A flag counts as given unless it is
+    None or an empty tuple/list. Every value is checked; a refused one is a ConfigError
+    naming where it came from."""
+    takes = settings_of(command)
+    out = {s.name: (list(s.default_for(command)) if s.type is list else s.default_for(command))
+           for s in takes}
+    where = {s.name: "the default" for s in takes}
+    if command in CONFIGURED_COMMANDS:
+        configurable = {s.name: s for s in takes if s.configurable}
+        path = config_file(data_dir, config)
+        if path is not None:
+            try:
+                doc = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+                raise ConfigError(f"cannot read config file {path}: {e}",
+                                  "fix the TOML syntax") from None
+            for key, value in doc.get(command, doc).items():
+                if isinstance(value, dict):
+                    continue
+                s = configurable.get(key.replace("-", "_"))
+                if s is None:
+                    raise ConfigError(f"unknown setting {key!r} in {path}", "known: " + ", ".join(
+                        s.key for s in configurable.values()))
+                out[s.name], where[s.name] = _convert(s, value, str(path), command), str(path)
+        for s in configurable.values():
+            env = os.environ.get(s.env)
+            if env is not None:
+                out[s.name] = _convert(s, env, f"${s.env}", command, split=True)
+                where[s.name] = f"${s.env}"
+    for s in takes:
+        value = flags.get(s.name)
+        if _given(value):
+            out[s.name], where[s.name] = _convert(s, value, s.flag, command), s.flag
+    for s in takes:
+        problem = s.problem(out[s.name])
+        if problem is not None:
+            raise ConfigError(f"{problem} (from {where[s.name]})", s.hint)
     return out
+
+
+# ------------------------------------------------------------------- settings dataclasses
+
+def _check_fields(obj, holder: str) -> None:
+    for s in SETTINGS:
+        if holder in s.into:
+            problem = s.problem(getattr(obj, s.attr))
+            if problem is not None:
+                raise ConfigError(problem, s.hint)
+
+
+def _from_table(holder: str):
+    """Make `cls` a frozen dataclass: its own annotated fields first, then one field per
+    SETTINGS row held by `holder` (table order, the table's default), checked on creation."""
+    def make(cls):
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        for s in SETTINGS:
+            if holder in s.into:
+                typ = "tuple[str, ...]" if s.type is list else s.type.__name__
+                annotations[s.attr] = typ if s.default is not None else f"Optional[{typ}]"
+                setattr(cls, s.attr, s.default)
+        cls.__annotations__ = annotations
+        cls.__post_init__ = lambda self: _check_fields(self, holder)
+        cls = dataclass(frozen=True)(cls)
+        cls.holder = holder
+        return cls
+    return make
+
+
+def build(cls, values: Mapping[str, Any], **fields: Any):
+    """A settings dataclass from resolved `values` (by setting name; those `cls` holds),
+    with `fields` (by field name) set as given."""
+    kwargs = {}
+    for s in SETTINGS:
+        if cls.holder in s.into and s.name in values:
+            v = values[s.name]
+            kwargs[s.attr] = tuple(v) if s.type is list else v
+    kwargs.update(fields)
+    return cls(**kwargs)
+
+
+@_from_table("trainer")
+class TrainerSettings:
+    """How the continuous trainer sizes, trains and evaluates its cycles (the "trainer" rows
+    of SETTINGS)."""
+
+    def replace(self, **changes) -> "TrainerSettings":
+        return dataclasses.replace(self, **changes)
+
+    def train_config(self, steps: int) -> TrainConfig:
+        return TrainConfig(lr=self.lr, min_lr=self.min_lr, batch_size=self.batch_size,
+                           warmup_steps=min(self.warmup_steps, max(0, steps // 5)),
+                           total_steps=steps, crystalline_weight=self.crystalline_weight)
+
+
+@_from_table("agent")
+class AgentConfig:
+    """What the daemon watches and crawls, and how (the "agent" rows of SETTINGS)."""
+
+    data_dir: Path
+    trainer: TrainerSettings
+
+    def path_filter_args(self) -> dict:
+        from agent.paths import DEFAULT_EXCLUDES
+
+        return {"include": list(self.include) or None,
+                "exclude": DEFAULT_EXCLUDES + tuple(self.exclude)}
+
+    def ingestor(self, store):
+        from agent.ingest import Ingestor
+
+        return Ingestor(store, fallback_encoding=self.fallback_encoding,
+                        follow_symlinks=self.follow_symlinks)
+
+
+@_from_table("crawl")
+class CrawlSettings:
+    """How `cllm crawl` walks folders and fetches pages (the "crawl" rows of SETTINGS)."""

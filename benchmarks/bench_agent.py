@@ -16,13 +16,13 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agent.benchmark import continual_run  # noqa: E402
-from agent.commands import REPO_CORPUS, read_docs  # noqa: E402
+from agent.corpus import corpus_topics, read_docs  # noqa: E402
 from agent.continuous_trainer import TrainerSettings  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("paths", nargs="*", default=[str(REPO_CORPUS)])
+    ap.add_argument("paths", nargs="*", default=[str(p) for p in corpus_topics()])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--steps", type=int, default=100, help="steps per cycle")
     ap.add_argument("--batch-size", type=int, default=8)

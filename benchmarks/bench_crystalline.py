@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from agent.commands import REPO_CORPUS, read_docs  # noqa: E402
+from agent.corpus import corpus_topics, read_docs  # noqa: E402
 from agent.learn import learn, split_validation  # noqa: E402
 from agent.model_state import new_model_state  # noqa: E402
 from engine import TrainConfig  # noqa: E402
@@ -25,7 +25,7 @@ from engine.tokenizer import Tokenizer  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("paths", nargs="*", default=[str(REPO_CORPUS)])
+    ap.add_argument("paths", nargs="*", default=[str(p) for p in corpus_topics()])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=16)

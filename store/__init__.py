@@ -9,7 +9,8 @@
 
 Modules: `db` (the engine factory; the only SQLite-specific code), `models`, `migrate`
 (Alembic, applied on open), `core` (Store, open_store), `documents`, `urls`, `targets`,
-`queries` (cycles, vocabulary, checkpoints, evaluations, history), `cli` (`cllm db`).
+`queries` (cycles, vocabulary, checkpoints, evaluations, history). The store imports nothing
+from the agent or the engine; `cllm db` is agent/cli/db.py.
 """
 from .core import Store, open_store
 from .errors import (DatabaseUnavailableError, NotADatabaseError, ReadOnlyDatabaseError,

@@ -1,14 +1,24 @@
 """The store's named exceptions: each says which database and what to do about it.
 
-Only the CLI turns them into one-line messages; library code raises them and never exits.
+The store imports nothing from the agent or the engine, so StoreError has its own small base
+(a message and a `hint`, `one_line()`), shaped like engine.errors.CllmError; the CLI turns
+both into one-line messages. Library code raises them and never exits.
 """
 from __future__ import annotations
 
-from engine.errors import CllmError
+from typing import Optional
 
 
-class StoreError(CllmError):
-    """The database cannot be opened or used as a cllm store."""
+class StoreError(Exception):
+    """The database cannot be opened or used as a cllm store. `hint` says what to do."""
+
+    def __init__(self, message: str, hint: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def one_line(self) -> str:
+        msg = str(self).replace("\n", " ")
+        return f"{msg} (hint: {self.hint})" if self.hint else msg
 
 
 class NotADatabaseError(StoreError):

@@ -18,12 +18,12 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, undefer
 
+from .documents import _CHUNK
 from .models import Checkpoint, CycleDocument, Document, DocumentStatus, utcnow
 
-_CHUNK = 500  # ids per IN (...) list
 BACKLOG_STATUSES = (DocumentStatus.PENDING, DocumentStatus.LEARNING)
 
 
@@ -51,12 +51,11 @@ class BacklogEntry:
         return max(0, budget_bytes(tb, passes) - self.trained_bytes)
 
 
-def backlog(session: Session, *, fresh_since: Optional[dt.datetime] = None,
-            ids: Optional[Iterable[int]] = None) -> list[BacklogEntry]:
-    """Pending and learning documents in the order they are learned: those that arrived
-    after `fresh_since` first (new drops go to the front, oldest of them first), then the
-    ones being learned (continued where the last cycle stopped), then the other pending
-    ones, each group by id. `ids` restricts it to those documents, whatever their status."""
+def backlog(session: Session, *, ids: Optional[Iterable[int]] = None) -> list[BacklogEntry]:
+    """Pending and learning documents in the order they are learned: the ones being learned
+    first (continued where the last cycle stopped), then the pending ones, each by id. `ids`
+    restricts it to those documents, whatever their status (the trainer passes new
+    arrivals this way, so they go first)."""
     q = select(Document.id, Document.source, Document.status, Document.size_bytes,
                Document.trainable_bytes, Document.trained_bytes, Document.first_seen)
     if ids is None:
@@ -71,20 +70,20 @@ def backlog(session: Session, *, fresh_since: Optional[dt.datetime] = None,
     entries = [BacklogEntry(r.id, r.source, r.status, r.size_bytes or 0, r.trainable_bytes,
                             r.trained_bytes or 0, r.first_seen) for r in rows]
 
-    def rank(e: BacklogEntry) -> tuple:
-        if e.status == DocumentStatus.PENDING and fresh_since is not None \
-                and e.first_seen > fresh_since:
-            return (0, e.first_seen, e.id)
-        return (1 if e.status == DocumentStatus.LEARNING else 2, e.id)
-
-    return sorted(entries, key=rank)
+    return sorted(entries, key=lambda e: (e.status != DocumentStatus.LEARNING, e.id))
 
 
-def fresh_documents(session: Session, since: dt.datetime) -> list[int]:
-    """Ids of pending documents that arrived after `since` (the drops a cycle goes first for)."""
+def fresh_documents(session: Session, after_id: int) -> list[int]:
+    """Ids of pending documents recorded after document `after_id` (the horizon of the last
+    cycle's plan): the drops the next cycle goes first for."""
     return list(session.scalars(select(Document.id).where(
-        Document.status == DocumentStatus.PENDING, Document.first_seen > since)
+        Document.status == DocumentStatus.PENDING, Document.id > after_id)
         .order_by(Document.id)))
+
+
+def document_horizon(session: Session) -> int:
+    """The newest document id (0 for none): what a cycle's plan could see."""
+    return session.scalar(select(func.max(Document.id))) or 0
 
 
 def document_texts(session: Session, ids: Iterable[int]) -> dict[int, str]:
@@ -177,6 +176,14 @@ def undo_cycle_credits(session: Session, cycle_ids: Iterable[int]) -> int:
     for i in range(0, len(ids), _CHUNK):
         session.execute(delete(CycleDocument).where(CycleDocument.cycle_id.in_(ids[i:i + _CHUNK]))
                         .execution_options(synchronize_session=False))
+    # a document's cycle is again the last one that still counts for it
+    for i in range(0, len(doc_ids), _CHUNK):
+        for doc_id, last in session.execute(
+                select(CycleDocument.document_id, func.max(CycleDocument.cycle_id))
+                .where(CycleDocument.document_id.in_(doc_ids[i:i + _CHUNK]),
+                       CycleDocument.new_bytes > 0)
+                .group_by(CycleDocument.document_id)):
+            session.get(Document, doc_id).cycle_id = last
     session.flush()
     return len(doc_ids)
 

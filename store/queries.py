@@ -5,7 +5,8 @@ Every function takes a Session and neither commits nor opens one (the caller own
 transaction). Row-shaped results are ORM objects (Cycle, Document, VocabEntry, StepMetric,
 Checkpoint, EvalResult) belonging to that session; aggregates (vocab_growth,
 forgetting_by_source, document_counts) are lists of plain dicts, safe to hand anywhere.
-Lists come oldest first unless a function says otherwise.
+Lists come oldest first unless a function says otherwise. The crawler's URL rows are
+store/urls.py's, the ledger is store/ledger.py's.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, undefer
 
 from .documents import _CHUNK
-
 from .models import (CYCLE_STATUSES, Checkpoint, Cycle, Document, EvalResult, StepMetric,
                      VocabEntry, utcnow)
 
@@ -98,6 +98,14 @@ def list_cycles(session: Session, *, status: Optional[str] = None,
     if limit is not None:
         q = q.limit(limit)
     return list(reversed(session.scalars(q).all()))
+
+
+def count_cycles(session: Session, *, status: Optional[str] = None) -> int:
+    """How many cycles (with this status): a count, without loading the rows."""
+    q = select(func.count(Cycle.id))
+    if status is not None:
+        q = q.where(Cycle.status == status)
+    return session.scalar(q)
 
 
 def record_step_metrics(session: Session, cycle_id: int,
@@ -211,6 +219,8 @@ def document_counts(session: Session) -> list[dict]:
     return [{"source": s, "status": st, "documents": n, "bytes": int(b or 0),
              "tokens": int(t or 0)} for s, st, n, b, t in session.execute(q)]
 
+
+# ---------------------------------------------------------------------------- crawled URLs
 
 # ---------------------------------------------------------------------------- vocabulary
 

@@ -85,7 +85,7 @@ def test_neighbours_lists_twelve_tokens_ranked_by_crystalline_similarity():
     (["--workers", "0"], "at least one worker"),
     (["--replay-fraction", "1.5"], "outside [0, 1)"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--max-wait", "-1"], "--max-wait >= 0"),
+    (["--max-wait", "-1"], "--max-wait must be >= 0"),
     (["--crystalline-weight", "-0.5"], "is negative"),
     (["--watch", "/nonexistent/folder"], "cannot watch"),
     (["--crawl", "ftp://example.org/"], "http(s) URL"),

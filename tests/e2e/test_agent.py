@@ -17,8 +17,8 @@ import pytest
 
 from sqlalchemy import func, select
 
-from agent.continuous_trainer import open_store
-from agent.ingest import uri_to_path
+from store import open_store
+from agent.paths import uri_to_path
 from agent.model_state import load_model_state
 from engine.checkpoint import file_sha256
 from store.models import Checkpoint, Cycle, CycleDocument, Document
@@ -28,6 +28,19 @@ TIMEOUT = 60
 FAST = ["--preset", "tiny", "--workers", "1", "--min-cycle-tokens", "300", "--max-wait", "30",
         "--quiet-period", "0.2", "--batch-size", "4", "--max-new-tokens", "20",
         "--replay-fraction", "0.3"]
+
+
+RUNNING: list = []     # AgentProcs of the current test, killed if a failure left them running
+
+
+@pytest.fixture(autouse=True)
+def _no_agent_outlives_its_test():
+    yield
+    while RUNNING:
+        a = RUNNING.pop()
+        if a.p.poll() is None:
+            a.p.kill()
+            a.p.wait(timeout=30)
 
 
 class AgentProc:
@@ -44,6 +57,7 @@ class AgentProc:
         self.log: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        RUNNING.append(self)
 
     def _read(self):
         for line in self.p.stderr:
@@ -411,10 +425,10 @@ def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_rem
 def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path):
     """`cllm agent` with nothing configured: it crawls the shipped corpus, watches
     DATA_DIR/inbox, and --max-cycles ends it by itself with exit status 0."""
-    from agent.commands import REPO_CORPUS
+    from agent.corpus import REPO_CORPUS
 
     data = tmp_path / "data"
-    a = AgentProc(data, None, "--max-steps", "3")
+    a = AgentProc(data, None, "--max-steps", "10")
     try:
         line = a.wait_for(r"embedded defaults: watching")
         inbox = data / "inbox"
@@ -428,7 +442,7 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
         store = open_store(data)
         try:
             def inbox_doc():
-                with store.session() as s:
+                with store.session(read_only=True) as s:
                     return s.scalars(select(Document).where(
                         Document.uri.contains("note.txt"))).one_or_none()
             doc = inbox_doc()

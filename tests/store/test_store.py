@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from store import (DatabaseUnavailableError, NotADatabaseError, ReadOnlyDatabaseError,
                    SchemaTooNewError, StoreError, open_store)
-from store.cli import db
+from agent.cli.db import db
 from store.db import BUSY_TIMEOUT_MS, read_only_engine, sqlite_pragmas
 from store.documents import add_document, content_sha256
 from store.migrate import head_revision

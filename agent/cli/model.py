@@ -1,5 +1,7 @@
-"""`cllm train`, `cllm generate` and `cllm bench`: thin commands over agent.training and the
-engine. User mistakes raise CllmError and come out as one line with a hint.
+"""`cllm train`, `cllm generate`, `cllm neighbours` and `cllm bench`: the model from the
+command line, as thin commands over agent.corpus, the continuous trainer and the engine.
+
+`train`'s settings come from agent/settings.py (flags only).
 """
 from __future__ import annotations
 
@@ -9,62 +11,23 @@ from pathlib import Path
 
 import click
 
-from agent.clikit import data_dir_option, friendly_errors
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
+                              one_line_errors, pass_invocation)
+from agent.settings import TrainerSettings, build, options, resolve
+from engine import PRESETS
 from engine.errors import CllmError
 
-REPO_CORPUS = Path(__file__).resolve().parent.parent / "corpus"
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".c", ".h", ".cpp", ".js", ".ts", ".go", ".rs",
-                 ".java", ".toml", ".yaml", ".yml", ".json", ".html", ".css", ".sh", ".tex"}
-
-
-def read_docs(paths: list[Path]):
-    """Text files under the given paths as Docs; source = first folder below each root."""
-    from agent.training import Doc
-    docs = []
-    for root in paths:
-        if not root.exists():
-            raise CllmError(f"{root} does not exist", "give a file or folder of text")
-        files = [root] if root.is_file() else sorted(
-            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(root).parts))
-        for f in files:
-            try:
-                text = f.read_bytes().decode("utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
-            if not text.strip():
-                continue
-            rel = f.relative_to(root) if root.is_dir() else Path(f.name)
-            source = rel.parts[0] if len(rel.parts) > 1 else (root.name or "root")
-            docs.append(Doc(uri=f.resolve().as_uri(), source=source, text=text))
-    if not docs:
-        raise CllmError(f"no readable text files under {', '.join(map(str, paths))}",
-                        "point at folders holding UTF-8 text files")
-    return docs
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @data_dir_option
-@click.option("--preset", "preset_name", type=click.Choice(["tiny", "small", "base"]),
-              default="small", show_default=True, help="Model size for a new data directory.")
-@click.option("--steps", type=int, default=300, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=2e-3, show_default=True)
-@click.option("--workers", type=int, default=None, help="Worker spheres (default: cores - 1).")
-@click.option("--max-new-tokens", type=int, default=3000, show_default=True,
-              help="Vocabulary tokens to learn from these documents (capped by the preset).")
-@click.option("--val-fraction", type=float, default=0.05, show_default=True)
-@click.option("--crystalline-weight", type=float, default=0.0, show_default=True)
-@click.option("--init", type=click.Choice(["normal", "lattice"]), default=None,
-              help="Embedding init for a new model.")
+@options("train")
 @click.option("--fresh", is_flag=True,
               help="Start a new model; earlier cycles are rolled back (their documents pending).")
-@click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@friendly_errors
-def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_tokens,
-          val_fraction, crystalline_weight, init, fresh, seed, as_json):
+@pass_invocation
+@one_line_errors
+def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool, as_json: bool,
+          **flags) -> None:
     """Train once on text files (default: the shipped sample corpus) and checkpoint.
 
     Example: cllm train corpus/ --data-dir ./cllm-data --preset small --steps 300
@@ -72,35 +35,34 @@ def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from agent.continuous_trainer import (ContinuousTrainer, TrainerSettings, open_store,
-                                          record_documents)
+    from agent.continuous_trainer import ContinuousTrainer, record_documents
     from agent.daemon import DataDirLock
-    from agent.training import new_state
+    from agent.corpus import corpus_topics, read_docs
+    from agent.model_state import new_model_state
+    from store import open_store
 
+    values = resolve(flags, data_dir, command="train")
+    steps, preset, seed, init = values["steps"], values["preset"], values["seed"], values["init"]
     if not paths:
-        if not REPO_CORPUS.is_dir():
+        paths = tuple(corpus_topics())      # one source per topic, as the agent's defaults
+        if not paths:
             raise CllmError("no PATH given and the sample corpus is not installed",
                             "give folders of text: cllm train PATH...")
-        paths = (REPO_CORPUS,)
-    if steps < 1 or batch_size < 1:
-        raise CllmError("--steps and --batch-size must be >= 1", "e.g. --steps 300")
     docs = read_docs(list(paths))
-    settings = TrainerSettings(preset=preset_name, workers=workers, batch_size=batch_size, lr=lr,
-                               min_lr=lr / 10, warmup_steps=min(20, steps // 10),
-                               max_new_tokens=max_new_tokens, val_fraction=val_fraction,
-                               crystalline_weight=crystalline_weight, seed=seed,
-                               replay_fraction=0.0)
+    # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
+    settings = build(TrainerSettings, values, min_lr=values["lr"] / 10,
+                     warmup_steps=min(20, steps // 10), replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
     # one run is one cycle in the store, under the data directory's lock (no agent meanwhile)
-    with DataDirLock(data_dir), open_store(data_dir) as store:
+    with DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store:
         trainer = ContinuousTrainer(store, data_dir, settings)
         trainer.recover()
         if fresh:
-            trainer.start_fresh(new_state(preset_name, seed=seed, init=init))
+            trainer.start_fresh(new_model_state(preset, seed=seed, init=init))
         else:
             trainer.load_latest()
             if trainer.state.step == 0 and init:
-                trainer.state = new_state(preset_name, seed=seed, init=init)
+                trainer.state = new_model_state(preset, seed=seed, init=init)
         state = trainer.state
         with Progress(TextColumn("[bold]training[/]"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} steps"),
@@ -131,7 +93,7 @@ def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_
     click.echo(f"next: cllm generate --data-dir {data_dir} --prompt 'The for statement'")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @data_dir_option
 @click.option("--prompt", default="", help="Text to continue.")
 @click.option("--max-new-tokens", type=click.IntRange(min=0), default=120, show_default=True)
@@ -142,15 +104,15 @@ def train(paths, data_dir, preset_name, steps, batch_size, lr, workers, max_new_
               help="Keep the smallest set of tokens with this much probability (0: greedy).")
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop when this text is produced (repeatable).")
-@friendly_errors
+@one_line_errors
 def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop):
     """Stream a continuation of --prompt from the latest checkpoint.
 
     Example: cllm generate --data-dir ./cllm-data --prompt "The while statement" --seed 1
     """
-    from agent.training import latest_state
+    from agent.model_state import latest_model_state
 
-    state = latest_state(data_dir)
+    state = latest_model_state(data_dir)
     if state is None:
         raise CllmError(f"no checkpoint in {data_dir}", "train first: cllm train")
     tok = state.tokenizer
@@ -170,9 +132,9 @@ def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, 
     click.echo(dec.decode(b"", final=True))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--preset", "preset_name", type=click.Choice(["tiny", "small", "base"]),
-              default="base", show_default=True)
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="base",
+              show_default=True, help="Model size to measure.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--workers", default="1,2", show_default=True, help="Comma-separated counts.")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
@@ -182,7 +144,7 @@ def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, 
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch peer even if it is installed.")
 @click.option("--topology", is_flag=True, help="Print the sphere tree with statistics.")
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors
+@one_line_errors
 def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, as_json):
     """Training tokens/s, scaling, CPU use for several worker counts (and PyTorch eager at the
     same thread counts when it is installed), interleaved in one run.
@@ -211,13 +173,13 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
             click.echo(line)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings=CONTEXT_SETTINGS)
 @click.argument("token", type=int)
 @click.option("--vocab-size", type=int, default=None,
               help="Vocabulary to search (default: the latest checkpoint's, else 10000).")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True)
-@friendly_errors
+@one_line_errors
 def neighbours(token, vocab_size, data_dir, as_json):
     """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position.
 
@@ -226,9 +188,9 @@ def neighbours(token, vocab_size, data_dir, as_json):
     from engine.prime_math import describe_token
 
     if vocab_size is None:
-        from agent.training import list_checkpoints
+        from agent.model_state import checkpoint_files
         from engine.checkpoint import load_checkpoint
-        ckpts = list_checkpoints(data_dir)
+        ckpts = checkpoint_files(data_dir)
         vocab_size = load_checkpoint(ckpts[-1]).model.config.vocab_size if ckpts else 10000
     if not 0 <= token < vocab_size:
         raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",

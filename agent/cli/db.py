@@ -1,7 +1,8 @@
 """`cllm db`: the store's database from the command line (migrations, where it lives).
 
-A thin layer over store.open_store and store.migrate; StoreErrors come out as one line with
-a hint and exit status 2. Registered on the main CLI by agent/cli.py.
+A thin layer over store.open_store; StoreErrors come out as one line with a hint and exit
+status 2. The database is `--database-url` of the subcommand, else that of `cllm
+--database-url`, else $CLLM_DATABASE_URL, else the SQLite file of the data directory.
 """
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ from typing import Optional
 
 import click
 
-from agent.clikit import CONTEXT_SETTINGS, friendly_errors  # the CLI layer is shared
-
-from .core import open_store
-from .db import ENV_URL
+from agent.cli.common import CONTEXT_SETTINGS, Invocation, one_line_errors, pass_invocation
+from store import open_store
+from store.db import ENV_URL, SQLITE_FILENAME
 
 
 def _database_options(fn):
     fn = click.option("--database-url", default=None, metavar="URL",
-                      help=f"Any SQLAlchemy URL (default: ${ENV_URL}, else the SQLite file"
-                           " cllm.sqlite3 in the data directory).")(fn)
+                      help=f"Any SQLAlchemy URL (default: cllm --database-url, ${ENV_URL}, else "
+                           f"the SQLite file {SQLITE_FILENAME} in the data directory).")(fn)
     fn = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
                       default="cllm-data", show_default=True, envvar="CLLM_DATA_DIR",
                       help="Data directory (also $CLLM_DATA_DIR).")(fn)
@@ -37,13 +37,14 @@ def db() -> None:
 
 @db.command(context_settings=CONTEXT_SETTINGS)
 @_database_options
-@friendly_errors
-def upgrade(data_dir: Path, database_url: Optional[str]) -> None:
+@pass_invocation
+@one_line_errors
+def upgrade(inv: Invocation, data_dir: Path, database_url: Optional[str]) -> None:
     """Apply pending schema migrations (every command also does this when it opens the store).
 
     Example: cllm db upgrade --database-url postgresql+psycopg://me:pw@localhost/cllm
     """
-    with open_store(data_dir, database_url, upgrade=False) as st:
+    with open_store(data_dir, database_url or inv.database_url, upgrade=False) as st:
         before, head = st.upgrade()
         if before == (head,):
             click.echo(f"{st.describe()}: already at revision {head}")
@@ -55,13 +56,14 @@ def upgrade(data_dir: Path, database_url: Optional[str]) -> None:
 @db.command(context_settings=CONTEXT_SETTINGS)
 @_database_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@friendly_errors
-def current(data_dir: Path, database_url: Optional[str], as_json: bool) -> None:
+@pass_invocation
+@one_line_errors
+def current(inv: Invocation, data_dir: Path, database_url: Optional[str], as_json: bool) -> None:
     """Show which database the store uses, its schema revision and the newest one known.
 
     Example: cllm db current --data-dir ./cllm-data --json
     """
-    with open_store(data_dir, database_url, upgrade=False) as st:
+    with open_store(data_dir, database_url or inv.database_url, upgrade=False) as st:
         revs, head = st.schema_state()
         info = {"database": st.describe(), "backend": st.engine.dialect.name,
                 "revision": ", ".join(revs) or None, "head": head,

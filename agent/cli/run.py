@@ -1,0 +1,167 @@
+"""`cllm agent` (start the daemon on a data directory) and `cllm status` (what it is doing).
+
+Thin commands: the daemon is agent/daemon.py, its settings come from agent/settings.py.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
+                              existing_store, json_option, jsonable, one_line_errors,
+                              pass_invocation)
+from engine.errors import CllmError
+
+
+@click.command("agent", context_settings=CONTEXT_SETTINGS)
+@data_dir_option
+@options("agent")
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="TOML settings file [$CLLM_CONFIG, else DATA_DIR/cllm.toml].")
+@pass_invocation
+@one_line_errors
+def agent(inv: Invocation, data_dir: Path, config: Optional[Path], **flags) -> None:
+    """Run the agent: watch folders, crawl targets, train in cycles; stop with Ctrl-C.
+
+    Settings come from flags, then CLLM_* environment variables, then a TOML file.
+    One agent per data directory; it resumes from the latest checkpoint. With nothing to
+    watch or crawl configured anywhere it runs on embedded defaults: it watches
+    DATA_DIR/inbox (drop text files there) and learns the shipped sample corpus.
+
+    Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small
+    """
+    import threading
+
+    from agent.daemon import Agent
+    from agent.signals import stop_on_signals
+
+    values = resolve(flags, data_dir, config)
+    root = logging.getLogger()
+    if root.level > logging.INFO:  # the agent reports its cycles unless told to be quieter
+        logging.getLogger("agent").setLevel(logging.INFO)
+    trainer = build(TrainerSettings, values, min_lr=values["lr"] / 10)
+    if not values["watch"] and not values["crawl"]:
+        values["watch"], values["crawl"] = embedded_targets(Path(data_dir))
+        click.echo(f"embedded defaults: watching {values['watch'][0]} (drop text files there)"
+                   + (f" and learning the sample corpus in {Path(values['crawl'][0]).parent}"
+                      if values["crawl"] else ""),
+                   err=True)
+    cfg = build(AgentConfig, values, data_dir=Path(data_dir), trainer=trainer,
+                database_url=inv.database_url)
+    stop = threading.Event()
+    a = Agent(cfg, stop=stop)
+    with stop_on_signals(stop, sigterm=True, announce=True):
+        a.run()
+    click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)
+
+
+def embedded_targets(data_dir: Path) -> tuple[list[str], list[str]]:
+    """The defaults when nothing is configured: watch DATA_DIR/inbox (created), crawl the
+    shipped sample corpus's topic folders when they are installed alongside the code."""
+    inbox = data_dir / "inbox"
+    try:
+        inbox.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CllmError(f"cannot create {inbox}: {e.strerror}",
+                        "choose a writable --data-dir or pass --watch DIR") from None
+    # one crawl target (so one source, with its own validation and forgetting) per topic
+    from agent.corpus import corpus_topics
+
+    return [str(inbox)], [str(p) for p in corpus_topics()]
+
+
+@click.command("status", context_settings=CONTEXT_SETTINGS)
+@data_dir_option
+@json_option
+@pass_invocation
+@one_line_errors
+def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
+    """What the agent of a data directory is doing: running or not, the current cycle and
+    its progress, pending documents, the last checkpoint.
+
+    Example: cllm status --data-dir ./cllm-data
+    """
+    from agent.daemon import holder_pid
+    from store.documents import pending_summary
+    from store.ledger import backlog_status
+    from store.models import CycleStatus
+    from store.queries import (count_cycles, document_counts, latest_checkpoint,
+                               latest_step_metric, list_cycles)
+
+    store = existing_store(data_dir, inv.database_url)
+    try:
+        with store.session(read_only=True) as s:
+            running = next(iter(list_cycles(s, status=CycleStatus.RUNNING, limit=1)), None)
+            current = None
+            if running is not None:
+                last = latest_step_metric(s, running.id)
+                current = {"id": running.id, "trigger": running.trigger,
+                           "started": running.started, "documents": running.docs_new,
+                           "step": last.step if last else 0,
+                           "steps": (running.schedule or {}).get("steps"),
+                           "loss": last.loss if last else None}
+            queue = pending_summary(s)
+            pending, pending_bytes = queue["documents"], queue["bytes"]
+            backlog = backlog_status(s)
+            counts: dict[str, int] = {}
+            for c in document_counts(s):
+                counts[c["status"]] = counts.get(c["status"], 0) + c["documents"]
+            counts = dict(sorted(counts.items()))
+            ck = latest_checkpoint(s)
+            last_ckpt = None if ck is None else {"path": ck.path, "sha256": ck.sha256,
+                                                  "step": ck.step, "cycle_id": ck.cycle_id,
+                                                  "vocab_size": ck.vocab_size,
+                                                  "created": ck.created}
+            completed = count_cycles(s, status=CycleStatus.COMPLETED)
+    finally:
+        store.close()
+    pid = holder_pid(data_dir)
+    if current is not None:
+        current["stale"] = pid is None  # left running by an agent that died; recovered on start
+    out = {"agent_running": pid is not None, "pid": pid, "current_cycle": current,
+           "backlog": backlog, "pending_documents": pending, "pending_bytes": pending_bytes or 0,
+           "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=jsonable))
+        return
+    click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'} ({data_dir})")
+    if current and current["stale"]:
+        click.echo(f"cycle {current['id']} was interrupted at step {current['step']} (the agent "
+                   "died); nothing it trained was counted and the next agent start recovers it")
+    elif current:
+        click.echo(f"cycle {current['id']} ({current['trigger']}): step {current['step']}/"
+                   f"{current['steps'] or '?'}, loss {current['loss'] or float('nan'):.3f}, "
+                   f"{current['documents']} documents")
+    else:
+        click.echo("no cycle running")
+    if backlog["documents"]:
+        eta = backlog["eta_s"]
+        click.echo(f"backlog: {backlog['documents']} documents, {backlog['bytes']:,} bytes to "
+                   f"learn ({backlog['passes']:g} passes each)"
+                   + (f", {backlog['tokens_per_s']:,.0f} tokens/s, ETA {_duration(eta)}"
+                      if eta else ""))
+        for src in backlog["sources"]:
+            if src["documents"]:
+                click.echo(f"  {src['source']}: {src['trained']} trained, {src['documents']} "
+                           f"to learn ({src['bytes']:,} bytes)")
+    else:
+        click.echo("backlog: nothing to learn")
+    click.echo(f"pending: {pending} documents ({pending_bytes or 0} bytes); "
+               + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    click.echo(f"cycles completed: {completed}")
+    if last_ckpt:
+        click.echo(f"last checkpoint: {last_ckpt['path']} (cycle {last_ckpt['cycle_id']}, step "
+                   f"{last_ckpt['step']}, vocabulary {last_ckpt['vocab_size']}, sha256 "
+                   f"{last_ckpt['sha256'][:16]}...)")
+    else:
+        click.echo("last checkpoint: none")
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -1,0 +1,129 @@
+"""The training ledger on SQLite and PostgreSQL: a cycle's credits move documents from
+pending through learning to trained at their budget, rollback takes them back out, a changed
+budget re-sorts statuses, the backlog comes new arrivals first, and the migration to the
+ledger turns old trained rows into learning ones."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+from sqlalchemy import select
+
+from store import ledger, queries
+from store.models import CycleDocument, Document
+
+
+def add(s, name, size=1000, status="pending", first_seen=None):
+    text = name * (size // len(name))
+    d = Document(uri=f"file:///t/{name}", source="t", text=text, size_bytes=len(text),
+                 sha256=hashlib.sha256(text.encode()).hexdigest(), status=status)
+    if first_seen is not None:
+        d.first_seen = first_seen
+    s.add(d)
+    s.flush()
+    return d.id
+
+
+def test_credits_move_documents_to_learning_then_trained_at_the_budget(store):
+    with store.session() as s:
+        a, b = add(s, "a"), add(s, "b")
+        c1 = queries.start_cycle(s, trigger="tokens").id
+        out = ledger.record_cycle_credits(s, c1, {a: (900, 0), b: (2000, 0)},
+                                          {a: 900, b: 900}, passes=2.0)
+        assert out["bytes_new"] == 2900 and out["completed"] == [b]
+    with store.session() as s:
+        da, db = s.get(Document, a), s.get(Document, b)
+        assert (da.status, da.trained_bytes, da.cycle_id) == ("learning", 900, c1)
+        assert (db.status, db.trained_bytes) == ("trained", 2000)
+        c2 = queries.start_cycle(s, trigger="backlog").id
+        out = ledger.record_cycle_credits(s, c2, {a: (900, 0), b: (0, 300)}, {a: 900}, 2.0)
+        assert out == {"bytes_new": 900, "bytes_replay": 300, "documents": 2, "completed": [a]}
+    with store.session() as s:
+        assert s.get(Document, a).status == "trained"
+        assert s.get(Document, b).trained_bytes == 2000            # replay is not a pass
+        assert ledger.document_cycles(s, a) == [
+            {"cycle_id": c1, "new_bytes": 900, "replay_bytes": 0},
+            {"cycle_id": c2, "new_bytes": 900, "replay_bytes": 0}]
+        assert ledger.document_cycles(s, b)[-1] == {"cycle_id": c2, "new_bytes": 0,
+                                                    "replay_bytes": 300}
+
+
+def test_rolling_a_cycle_back_takes_its_share_out_of_the_ledger(store):
+    with store.session() as s:
+        a, b = add(s, "a"), add(s, "b")
+        c1 = queries.start_cycle(s, trigger="tokens").id
+        ledger.record_cycle_credits(s, c1, {a: (500, 0)}, {a: 900, b: 900}, 2.0)
+        queries.finish_cycle(s, c1, status="completed")
+        c2 = queries.start_cycle(s, trigger="backlog").id
+        ledger.record_cycle_credits(s, c2, {a: (1300, 0), b: (400, 0)}, {a: 900, b: 900}, 2.0)
+        queries.finish_cycle(s, c2, status="completed")
+    with store.session() as s:
+        done = queries.roll_back_cycles_after(s, c1, "rolled back")
+        assert done["cycles"] == [c2]
+    with store.session() as s:
+        da, db = s.get(Document, a), s.get(Document, b)
+        assert (da.status, da.trained_bytes, da.cycle_id) == ("learning", 500, c1)
+        assert (db.status, db.trained_bytes, db.cycle_id) == ("pending", 0, None)
+        assert [c.cycle_id for c in s.scalars(select(CycleDocument))] == [c1]
+
+
+def test_a_changed_budget_re_sorts_trained_and_learning(store):
+    with store.session() as s:
+        a, b = add(s, "a"), add(s, "b")
+        c = queries.start_cycle(s, trigger="tokens").id
+        ledger.record_cycle_credits(s, c, {a: (1800, 0), b: (1000, 0)}, {a: 900, b: 900}, 2.0)
+    with store.session() as s:
+        assert ledger.apply_budget(s, 3.0) == {"learning_again": 1, "trained": 0}
+    with store.session() as s:
+        assert s.get(Document, a).status == "learning"
+        assert ledger.apply_budget(s, 1.0) == {"learning_again": 0, "trained": 2}
+    with store.session() as s:
+        assert {s.get(Document, i).status for i in (a, b)} == {"trained"}
+
+
+def test_the_backlog_comes_learning_then_pending_and_new_arrivals_by_id(store):
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    with store.session() as s:
+        old = add(s, "old", first_seen=t0)
+        part = add(s, "part", status="learning", first_seen=t0)
+        new2 = add(s, "new2", first_seen=t0 + dt.timedelta(hours=2))
+        new1 = add(s, "new1", first_seen=t0 + dt.timedelta(hours=1))
+        add(s, "done", status="trained", first_seen=t0)
+    with store.session() as s:
+        assert [e.id for e in ledger.backlog(s)] == [part, old, new2, new1]
+        assert [e.id for e in ledger.backlog(s, ids=[new1, new2])] == [new2, new1]
+        assert ledger.fresh_documents(s, after_id=part) == [new2, new1]
+        assert ledger.document_horizon(s) == new1 + 1        # the trained one came last
+        summ = ledger.summary(s, passes=2.0, val_fraction=0.1)
+        assert summ["documents"] == 4
+        assert summ["bytes"] == sum(e.left_bytes(2.0, 0.1) for e in ledger.backlog(s))
+        assert summ["sources"] == [{"source": "t", "documents": 4, "bytes": summ["bytes"],
+                                    "trained": 1}]
+
+
+def test_the_migration_to_the_ledger_makes_old_trained_rows_learning(store_target):
+    """A store at revision 0002 with a trained row, upgraded: the row is learning with
+    nothing counted (the old agent marked it trained whatever share it had seen)."""
+    from sqlalchemy import text
+
+    from store.db import create_store_engine, resolve_url
+    from store.migrate import alembic_config
+
+    from alembic import command
+
+    url = resolve_url(store_target.data_dir, store_target.url)
+    store_target.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_store_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0002")
+        conn.execute(text("INSERT INTO documents (uri, source, status, first_seen, updated) "
+                          "VALUES ('file:///x', 'x', 'trained', :t, :t)"),
+                     {"t": dt.datetime(2026, 1, 1)})
+    engine.dispose()
+    st = store_target.open()
+    try:
+        with st.session() as s:
+            d = s.scalars(select(Document)).one()
+            assert (d.status, d.trained_bytes, d.trainable_bytes) == ("learning", 0, None)
+    finally:
+        st.close()
