@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+from engine.schedule import ScheduleConfig
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -51,8 +53,11 @@ class TrainConfig:
     optimizer: str = "adamw"           # "adamw" or "sgd" (with momentum)
     lr: float = 3e-4                   # peak learning rate
     min_lr: float = 3e-5               # floor of the cosine decay
-    warmup_steps: int = 10             # linear warmup steps (re-warmed every cycle)
-    total_steps: Optional[int] = None  # cosine horizon; None keeps lr at peak after warmup
+    warmup_steps: int = 10             # linear warmup steps (per cycle for "cosine", else once)
+    total_steps: Optional[int] = None  # cosine horizon of lr_at; None keeps lr at peak after warmup
+    schedule: str = "cosine"           # engine.schedule kind: "cosine", "wsd" or "constant"
+    cooldown: float = 0.2              # "wsd": fraction of each cycle spent cooling to min_lr
+    ema_decay: Optional[float] = None  # decay of the weights' EMA (engine.ema); None keeps none
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -71,6 +76,14 @@ class TrainConfig:
             raise ValueError("grad_clip must be > 0 or None")
         if self.crystalline_weight < 0:
             raise ValueError("crystalline_weight must be >= 0")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        self.schedule_config()               # validates schedule, warmup_steps and cooldown
+
+    def schedule_config(self) -> ScheduleConfig:
+        """The engine.schedule.ScheduleConfig these fields describe."""
+        return ScheduleConfig(kind=self.schedule, lr=self.lr, min_lr=self.min_lr,
+                              warmup_steps=self.warmup_steps, cooldown=self.cooldown)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

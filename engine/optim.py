@@ -1,5 +1,6 @@
 """Optimizers over the flat parameter layout (AdamW, SGD with momentum), gradient-norm
-clipping and the learning-rate schedule (linear warmup, cosine decay, re-warmed per cycle).
+clipping, and `lr_at`, the per-cycle cosine of a TrainConfig (the schedules themselves, with
+the continuous-training ones, live in engine.schedule).
 
 Every update works on a segment [lo, hi) of the flat arrays so the threaded system can
 update disjoint segments in parallel; `step()` is the single-threaded convenience.
@@ -14,17 +15,14 @@ import numpy as np
 from engine import kernels as K
 from engine.config import TrainConfig
 from engine.params import ParamLayout, grow_flat
+from engine.schedule import cosine_lr
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate at `step` (0-based within a cycle): warmup to cfg.lr, cosine to min_lr."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.total_steps is None:
-        return cfg.lr
-    span = max(1, cfg.total_steps - cfg.warmup_steps)
-    progress = min(1.0, max(0.0, (step - cfg.warmup_steps) / span))
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    """Learning rate at `step` (0-based within a cycle): warmup to cfg.lr, cosine to min_lr
+    at cfg.total_steps (the lr held after warmup when it is None). The default of
+    ThreadedTrainingSystem.train_step; a trainer with a schedule passes lr explicitly."""
+    return cosine_lr(cfg.lr, cfg.min_lr, cfg.warmup_steps, step, cfg.total_steps)
 
 
 def clip_scale(grad_norm: float, clip: Optional[float]) -> float:
