@@ -30,9 +30,9 @@ KINDS = ("cosine", "wsd", "constant")
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    kind: str = "cosine"        # one of KINDS
-    lr: float = 2e-3            # peak learning rate
-    min_lr: float = 2e-4        # floor of the cosine decay / the wsd cooldown
+    kind: str = "constant"      # one of KINDS
+    lr: float = 1e-3            # peak learning rate
+    min_lr: float = 1e-4        # floor of the cosine decay / the wsd cooldown
     warmup_steps: int = 100     # linear warmup: per cycle for "cosine", once for the others
     cooldown: float = 0.2       # "wsd": fraction of each cycle's planned steps cooling down
 

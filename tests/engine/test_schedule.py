@@ -54,7 +54,8 @@ def test_cosine_is_rewarmed_every_cycle_and_matches_the_reference():
 
 def test_cosine_equals_lr_at_of_a_train_config():
     cfg = ScheduleConfig("cosine", lr=1e-3, min_lr=1e-4, warmup_steps=7)
-    tcfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=7, total_steps=123)
+    tcfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=7, total_steps=123,
+                       schedule="cosine")
     assert [learning_rate(cfg, 999, s, 123) for s in range(200)] == \
         [lr_at(s, tcfg) for s in range(200)]
 
@@ -123,3 +124,14 @@ def test_a_train_config_names_its_schedule_and_old_configs_still_load():
         TrainConfig(schedule="step")
     with pytest.raises(ValueError):
         TrainConfig(ema_decay=1.0)
+
+
+def test_lr_at_follows_the_train_configs_schedule_with_one_counter():
+    for kind in ("constant", "wsd"):
+        tcfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule=kind,
+                           total_steps=100)
+        assert [lr_at(s, tcfg) for s in range(120)] == \
+            [learning_rate(tcfg.schedule_config(), s, s, 100) for s in range(120)]
+        assert lr_at(500, tcfg.replace(total_steps=None)) == 1e-3     # no plan: no cooldown
+    assert lr_at(99, TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="wsd",
+                                 total_steps=100)) == pytest.approx(1e-4)
