@@ -1,23 +1,27 @@
-"""Checkpoints: safetensors files (never pickle) with weights, optimizer moments and metadata,
-written atomically (temp file in the same directory, fsync, os.replace, fsync directory).
+"""Checkpoints: safetensors files (never pickle) with weights, optimizer moments, an optional
+EMA of the weights, and metadata, written atomically by engine.atomic.
 
-Metadata holds the model and train configs (JSON), step, cycle, vocabulary size, tokenizer
-hash and a SHA-256 of the tensor payload, so truncation, corruption and mismatches are all
-refused with a CheckpointError naming the file and the problem.
+Tensors: one per parameter (by name), `optim.m` / `optim.v` (flat), and `ema` (flat, the
+EMA's shadow weights) when the run keeps one. Metadata holds the model and train configs
+(JSON), step, cycle, optimizer step, vocabulary size, tokenizer hash, `ema` (JSON: decay,
+warmup, t; empty without an EMA) and a SHA-256 of the tensor payload, so truncation,
+corruption and mismatches are all refused with a CheckpointError naming the file and the
+problem. NaN or Inf in the weights or the EMA is refused on writing and on reading. A file
+written before the EMA existed loads with `ema=None`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from engine.atomic import atomic_write_bytes
 from engine.config import ModelConfig, TrainConfig
+from engine.ema import EMA
 from engine.errors import CheckpointError
 from engine.model import Model
 from engine.optim import Optimizer
@@ -28,7 +32,8 @@ FORMAT = "cllm-checkpoint-1"
 
 
 @dataclass
-class Checkpoint:
+class LoadedCheckpoint:
+    """What load_checkpoint read back (named apart from the store's Checkpoint row)."""
     path: Path
     model: Model
     train_config: Optional[TrainConfig]
@@ -37,30 +42,11 @@ class Checkpoint:
     cycle: int
     tokenizer_sha256: Optional[str]
     extra: dict = field(default_factory=dict)
+    ema: Optional[EMA] = None
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path atomically and durably."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    def serving_model(self) -> Model:
+        """The model to generate or evaluate with: the EMA weights when there are any."""
+        return self.ema.model(self.model.config) if self.ema is not None else self.model
 
 
 def _payload_sha256(tensors: dict[str, np.ndarray]) -> str:
@@ -73,21 +59,32 @@ def _payload_sha256(tensors: dict[str, np.ndarray]) -> str:
 
 def save_checkpoint(path, model: Model, optimizer: Optional[Optimizer] = None,
                     train_config: Optional[TrainConfig] = None, step: int = 0, cycle: int = 0,
-                    tokenizer_sha256: Optional[str] = None, extra: Optional[dict] = None
-                    ) -> str:
-    """Write a checkpoint atomically; returns the SHA-256 of the file's bytes. A model with
-    NaN or Inf parameters is refused: a checkpoint is never the place a corruption lands."""
+                    tokenizer_sha256: Optional[str] = None, extra: Optional[dict] = None,
+                    ema: Optional[EMA] = None) -> str:
+    """Write a checkpoint atomically; returns the SHA-256 of the file's bytes. A model (or
+    EMA) with NaN or Inf parameters is refused: a checkpoint is never the place a corruption
+    lands."""
     from safetensors.numpy import save
 
     if not all_finite(model.params):
         raise CheckpointError(f"refusing to write {path}: the model has NaN or Inf parameters",
                               "the previous checkpoint is intact; lower the learning rate")
+    if ema is not None:
+        if ema.shadow.shape != model.params.shape:
+            raise CheckpointError(f"refusing to write {path}: the EMA has {ema.shadow.size} "
+                                  f"weights, the model {model.params.size}",
+                                  "grow the EMA with the model (EMA.grow)")
+        if not all_finite(ema.shadow):
+            raise CheckpointError(f"refusing to write {path}: the EMA has NaN or Inf weights",
+                                  "the previous checkpoint is intact; lower the learning rate")
 
     tensors: dict[str, np.ndarray] = {n: np.ascontiguousarray(model.param(n))
                                       for n in model.param_names()}
     if optimizer is not None:
         for k, arr in optimizer.state().items():
             tensors[f"optim.{k}"] = arr
+    if ema is not None:
+        tensors["ema"] = ema.shadow
     meta = {
         "format": FORMAT,
         "model_config": model.config.to_json(),
@@ -100,6 +97,7 @@ def save_checkpoint(path, model: Model, optimizer: Optional[Optimizer] = None,
         "tokenizer_sha256": tokenizer_sha256 or "",
         "payload_sha256": _payload_sha256(tensors),
         "extra": json.dumps(extra or {}, sort_keys=True),
+        "ema": json.dumps(ema.meta(), sort_keys=True) if ema is not None else "",
     }
     data = save(tensors, metadata=meta)
     atomic_write_bytes(Path(path), data)
@@ -115,7 +113,7 @@ def file_sha256(path) -> str:
 
 
 def load_checkpoint(path, expected_tokenizer_sha256: Optional[str] = None,
-                    expected_sha256: Optional[str] = None) -> Checkpoint:
+                    expected_sha256: Optional[str] = None) -> LoadedCheckpoint:
     """Load and verify a checkpoint; raises CheckpointError naming the file and the problem."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
@@ -176,10 +174,31 @@ def load_checkpoint(path, expected_tokenizer_sha256: Optional[str] = None,
     try:   # the payload hash covers the tensors, not these fields: check them too
         step, cycle = int(meta.get("step", 0)), int(meta.get("cycle", 0))
         extra = json.loads(meta.get("extra") or "{}")
+        ema_meta = json.loads(meta.get("ema") or "{}")
     except ValueError as e:               # JSONDecodeError is a ValueError
         raise CheckpointError(f"checkpoint {path} has unreadable metadata ({e})", hint) from None
-    return Checkpoint(path=path, model=model, train_config=tcfg, optimizer=optimizer,
-                      step=step, cycle=cycle, tokenizer_sha256=tok, extra=extra)
+    ema = _load_ema(path, tensors.get("ema"), ema_meta, flat, layout, hint)
+    return LoadedCheckpoint(path=path, model=model, train_config=tcfg, optimizer=optimizer,
+                            step=step, cycle=cycle, tokenizer_sha256=tok, extra=extra, ema=ema)
+
+
+def _load_ema(path: Path, shadow: Optional[np.ndarray], meta: dict, flat: np.ndarray,
+              layout: ParamLayout, hint: str) -> Optional[EMA]:
+    if shadow is None and not meta:
+        return None                        # written without an EMA (or before it existed)
+    if shadow is None or shadow.shape != flat.shape or shadow.dtype != np.float32:
+        raise CheckpointError(f"checkpoint {path}: the EMA tensor is missing or does not "
+                              "match the config", hint)
+    if not all_finite(shadow):
+        raise CheckpointError(f"checkpoint {path} holds NaN or Inf EMA weights", hint)
+    try:
+        ema = EMA(flat, layout, decay=float(meta["decay"]), warmup=bool(meta["warmup"]),
+                  t=int(meta["t"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has unreadable EMA metadata ({e})", hint
+                              ) from None
+    ema.shadow[...] = shadow
+    return ema
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Optimizers over the flat parameter layout (AdamW, SGD with momentum), gradient-norm
-clipping and the learning-rate schedule (linear warmup, cosine decay, re-warmed per cycle).
+clipping, and `lr_at`, the per-cycle cosine of a TrainConfig (the schedules themselves, with
+the continuous-training ones, live in engine.schedule).
 
 Every update works on a segment [lo, hi) of the flat arrays so the threaded system can
 update disjoint segments in parallel; `step()` is the single-threaded convenience.
@@ -14,17 +15,22 @@ import numpy as np
 from engine import kernels as K
 from engine.config import TrainConfig
 from engine.params import ParamLayout, grow_flat
+from engine.schedule import cosine_lr, learning_rate
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate at `step` (0-based within a cycle): warmup to cfg.lr, cosine to min_lr."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.total_steps is None:
-        return cfg.lr
-    span = max(1, cfg.total_steps - cfg.warmup_steps)
-    progress = min(1.0, max(0.0, (step - cfg.warmup_steps) / span))
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    """Learning rate at `step` of cfg's schedule when `step` is the only counter known (the
+    default of ThreadedTrainingSystem.train_step, whose step restarts with every system):
+    "cosine" warms up and decays to min_lr at cfg.total_steps (held at lr after warmup when
+    it is None); "constant" warms up then holds lr; "wsd" cools down over the end of
+    cfg.total_steps (none without it). A trainer that knows the global step passes lr from
+    engine.schedule.learning_rate instead."""
+    if cfg.schedule == "cosine":
+        return cosine_lr(cfg.lr, cfg.min_lr, cfg.warmup_steps, step, cfg.total_steps)
+    scfg = cfg.schedule_config()
+    if cfg.total_steps is None:                  # no plan, so no cooldown
+        scfg = scfg.replace(kind="constant")
+    return learning_rate(scfg, step, step, cfg.total_steps or 1)
 
 
 def clip_scale(grad_norm: float, clip: Optional[float]) -> float:

@@ -31,9 +31,21 @@ def param_spec(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     return spec
 
 
+def is_layernorm(name: str) -> bool:
+    """LayerNorm gains and biases: h.{i}.ln1.*, h.{i}.ln2.*, lnf.*."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-2].startswith("ln")
+
+
+def is_linear_weight(name: str) -> bool:
+    """The W of a linear layer (attn.qkv.w, attn.proj.w, mlp.fc.w, mlp.proj.w)."""
+    return name.endswith(".w") and not is_layernorm(name)
+
+
 def is_matrix(name: str) -> bool:
-    """Tensors that get decoupled weight decay: embeddings and linear weights."""
-    return name in ("wte", "wpe") or (name.endswith(".w") and ".ln" not in name)
+    """Tensors that get decoupled weight decay: embeddings and linear weights; never a
+    LayerNorm parameter (lnf.w included) nor a bias."""
+    return name in ("wte", "wpe") or is_linear_weight(name)
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ class ParamLayout:
         where adjacent, so zeroing a gradient row before backward is a few small memsets."""
         out: list[tuple[int, int]] = []
         for i, n in enumerate(self.names):
-            if n == "wte" or (n.endswith(".w") and ".ln" not in n and n != "lnf.w"):
+            if n == "wte" or is_linear_weight(n):
                 continue
             lo, hi = self.offsets[i], self.offsets[i + 1]
             if out and out[-1][1] == lo:

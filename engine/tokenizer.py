@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Iterable, NamedTuple, Sequence
 import numpy as np
 
 from engine import bpe, bpe_learn
+from engine.atomic import atomic_write_text
 from engine.errors import CllmError
 
 log = logging.getLogger(__name__)
@@ -327,18 +327,9 @@ class Tokenizer:
         self.__dict__.update(Tokenizer.from_json(state["json"]).__dict__)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write to_json() atomically: temp file in the same folder, fsync, rename."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write to_json() atomically and durably (engine.atomic: `.NAME.<random>.tmp` in the
+        same folder, fsync, rename, fsync the folder)."""
+        atomic_write_text(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_sha256: str | None = None) -> "Tokenizer":

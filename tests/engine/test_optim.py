@@ -7,7 +7,7 @@ from engine import TrainConfig, lr_at
 
 
 def test_warmup_then_cosine_to_min_lr():
-    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=110)
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=110, schedule="cosine")
     assert [lr_at(i, cfg) for i in range(3)] == pytest.approx([1e-4, 2e-4, 3e-4])
     assert lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(10, cfg) == pytest.approx(1e-3)                           # decay starts
