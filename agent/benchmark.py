@@ -152,11 +152,12 @@ def nats_per_byte(state, texts: list[str]) -> float:
     though the vocabulary (and so the number of tokens per byte) grows."""
     from engine.data import eval_windows, pack
 
+    model = state.serving_model()
     stream = pack([state.tokenizer.encode(t) for t in texts], state.tokenizer.eod_id)
-    x, y = eval_windows(stream, state.model.config.context)
+    x, y = eval_windows(stream, model.config.context)
     total = 0.0
     for i in range(0, len(x), 16):
-        total += state.model.loss(x[i:i + 16], y[i:i + 16])[0]
+        total += model.loss(x[i:i + 16], y[i:i + 16])[0]
     return total / sum(len(t.encode("utf-8")) for t in texts)
 
 

@@ -49,7 +49,6 @@ from agent.model_state import (CKPT_RE, TOKENIZER_RE, ModelState, checkpoint_dir
 from agent.settings import TrainerSettings
 from engine import TrainConfig
 from engine.errors import CllmError
-from engine.optim import lr_at
 from store.errors import StoreError
 from store.models import DocumentStatus
 
@@ -416,8 +415,8 @@ class ContinuousTrainer:
         last = [time.perf_counter()]
         logged = [time.perf_counter()]
 
-        def on_step(i: int, loss: float) -> None:
-            sampled.append((i, loss, lr_at(i - 1, tcfg)))
+        def on_step(i: int, loss: float, lr: float) -> None:
+            sampled.append((i, loss, lr))
             if self.progress is not None:
                 self.progress(cycle_id, i, planned, loss)
             now = time.perf_counter()
@@ -538,7 +537,8 @@ class ContinuousTrainer:
                 vocab_size_before=vocab_before, vocab_size_after=len(tok),
                 bytes_new=credited["bytes_new"], bytes_replay=credited["bytes_replay"],
                 schedule={"steps": planned, "lr": tcfg.lr, "min_lr": tcfg.min_lr,
-                          "warmup_steps": tcfg.warmup_steps, "decay": "cosine",
+                          "warmup_steps": tcfg.warmup_steps, "decay": tcfg.schedule,
+                          "ema_decay": tcfg.ema_decay, "global_step": self.state.step,
                           "batch_size": tcfg.batch_size, "replay_fraction": st.replay_fraction,
                           "ended_by": res.ended_by, "passes": st.passes, "scope": scope,
                           "horizon": horizon,

@@ -17,6 +17,8 @@ import numpy as np
 from agent.model_state import ModelState
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
 from engine.data import evaluate, pack
+from engine.ema import EMA
+from engine.schedule import learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +91,17 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
           replay_fraction: float = 0.0, max_new_tokens: int = 1000,
           more: Optional[Callable[[], Optional[PlanDoc]]] = None,
           lr: Optional[Callable[[int], float]] = None,
-          after_step: Optional[Callable[[], None]] = None,
           heldout: Optional[dict[str, str]] = None, seed: int = 0,
-          progress: Optional[Callable[[int, float], None]] = None,
+          progress: Optional[Callable[[int, float, float], None]] = None,
           stop: Optional[Callable[[], Optional[str]]] = None) -> LearnResult:
     """Learn vocabulary from the documents read for the first time, grow the model, then
     train on the backlog of `docs` (then `more()`, loaded lazily) in ledger order, mixed
     with `replay` (a `replay_fraction` share of rows), until `max_steps`, `max_seconds`, the
     backlog's end or `stop()` (which returns why, e.g. "stop" or "preempted", or None).
-    `lr(step_in_cycle)` gives each step's learning rate (default: tcfg's schedule);
-    `after_step()` runs after each applied step (an EMA of the weights). Evaluates on
-    `heldout` per source unless stopped. Each applied step's targets are credited to the
+    `lr(step_in_cycle)` gives each step's learning rate (default: tcfg's schedule over the
+    model's life, engine.schedule); the EMA of the weights (tcfg.ema_decay) follows every
+    applied step. Evaluates the served model (the EMA) on `heldout` per source unless
+    stopped. Each applied step's targets are credited to the
     documents they cover (LearnResult.new_bytes / replay_bytes)."""
     from agent.backlog import BacklogReader, Batcher, ReplayReader, ledger_doc, token_byte_lengths
 
@@ -112,6 +114,14 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
         model.grow_vocab(len(tok))
         if state.optimizer is not None:
             state.optimizer.grow(model.layout)
+        if state.ema is not None:
+            state.ema.grow(model.layout, model.params)
+    if tcfg.ema_decay is None:
+        state.ema = None
+    elif state.ema is None:
+        state.ema = EMA(model.params, model.layout, tcfg.ema_decay)
+    else:
+        state.ema.decay = tcfg.ema_decay
     if state.optimizer is None or state.optimizer.cfg != tcfg:
         old = state.optimizer
         state.optimizer = Optimizer(model.layout, tcfg)
@@ -138,6 +148,11 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     for d in replay:
         res.trainable_bytes.pop(d.id, None)    # replay does not change their ledger
     batcher = Batcher(reader, rep, B, replay_fraction, seed)
+    if lr is None:
+        scfg, start, planned = tcfg.schedule_config(), state.step, tcfg.total_steps or max_steps
+
+        def lr(i: int) -> float:
+            return learning_rate(scfg, start + i, i, planned or i + 1)
     t0 = time.perf_counter()
     with ThreadedTrainingSystem(model, tcfg, n_workers=workers,
                                 optimizer=state.optimizer) as system:
@@ -156,8 +171,7 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
             if batch is None:
                 res.ended_by = "backlog"
                 break
-            r = system.train_step(batch.inputs, batch.targets,
-                                  lr=None if lr is None else lr(res.steps))
+            r = system.train_step(batch.inputs, batch.targets, lr=lr(res.steps))
             res.steps += 1
             res.skipped += int(r.skipped)
             res.tokens += r.tokens
@@ -166,19 +180,20 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
                 for into, got in ((res.new_bytes, batch.new), (res.replay_bytes, batch.replay)):
                     for doc, n in got.items():
                         into[doc] = into.get(doc, 0) + n
-                if after_step is not None:
-                    after_step()
+                if state.ema is not None:
+                    state.ema.update(model.params)
             if progress is not None:
-                progress(res.steps, r.loss)
+                progress(res.steps, r.loss, r.lr)
     res.seconds = time.perf_counter() - t0
     state.step += res.steps
     if res.losses:
         k = max(1, min(10, len(res.losses) // 5))
         res.loss_start = float(np.mean(res.losses[:k]))
         res.loss_end = float(np.mean(res.losses[-k:]))
-    if res.ended_by not in ("stop",):
-        for source, text in (heldout or {}).items():
-            v = evaluate(model, pack([tok.encode(text)], tok.eod_id))
+    if res.ended_by != "stop" and heldout:
+        served = state.serving_model()
+        for source, text in heldout.items():
+            v = evaluate(served, pack([tok.encode(text)], tok.eod_id))
             if v is not None:
                 res.val_loss[source] = v
     return res

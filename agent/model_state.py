@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine import Model, Optimizer, preset
+from engine.ema import EMA
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import CheckpointError, CllmError
 from engine.tokenizer import Tokenizer
@@ -33,6 +34,11 @@ class ModelState:
     cycle: int
     step: int
     path: Optional[Path] = None
+    ema: Optional[EMA] = None        # an EMA of the weights, what generation serves
+
+    def serving_model(self) -> Model:
+        """The model generation and evaluation use: the EMA weights when there are any."""
+        return self.ema.model(self.model.config) if self.ema is not None else self.model
 
 
 def checkpoint_dir(data_dir: Path) -> Path:
@@ -62,7 +68,7 @@ def load_model_state(ckpt: Path, expected_sha256: Optional[str] = None) -> Model
         raise CheckpointError(f"tokenizer file {tpath} for checkpoint {ckpt} is missing",
                               "restore it or train from scratch")
     tok = Tokenizer.load(tpath, expected_sha256=ck.tokenizer_sha256)
-    return ModelState(ck.model, tok, ck.optimizer, ck.cycle, ck.step, ckpt)
+    return ModelState(ck.model, tok, ck.optimizer, ck.cycle, ck.step, ckpt, ck.ema)
 
 
 def latest_model_state(data_dir: Path) -> Optional[ModelState]:
@@ -82,14 +88,15 @@ def new_model_state(preset_name: str, seed: int = 0, init: Optional[str] = None)
     return ModelState(Model(mcfg, seed=seed), tok, None, 0, 0)
 
 
-def save_model_state(state: ModelState, data_dir: Path, cycle: int, extra: Optional[dict] = None
-               ) -> tuple[Path, str]:
+def save_model_state(state: ModelState, data_dir: Path, cycle: int,
+                     extra: Optional[dict] = None) -> tuple[Path, str]:
     """Write tokenizer then checkpoint (both atomic); returns (path, file SHA-256)."""
     path = checkpoint_path(Path(data_dir).resolve(), cycle)   # recorded as an absolute path
     path.parent.mkdir(parents=True, exist_ok=True)
     state.tokenizer.save(tokenizer_path(path))
     sha = save_checkpoint(path, state.model, state.optimizer,
                           state.optimizer.cfg if state.optimizer else None, step=state.step,
-                          cycle=cycle, tokenizer_sha256=state.tokenizer.sha256, extra=extra)
+                          cycle=cycle, tokenizer_sha256=state.tokenizer.sha256, extra=extra,
+                          ema=state.ema)
     state.cycle, state.path = cycle, path
     return path, sha

@@ -32,6 +32,7 @@ from engine import PRESETS, TrainConfig
 from engine.errors import ConfigError
 
 INITS = ("normal", "lattice")          # embedding initialisations of a new model
+SCHEDULES = ("constant", "wsd", "cosine")  # engine.schedule kinds (benchmarks/bench_recipe.py)
 CONFIGURED_COMMANDS = frozenset({"agent"})  # also read CLLM_* and the TOML file
 
 # a check returns what is wrong with a value (None: nothing); "{flag}" names the setting's flag
@@ -151,13 +152,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", 8, int, "Sequences per step.", check=at_least(1),
             hint="e.g. --batch-size 8", commands=("agent", "train"),
             command_defaults={"train": 16}, into=TRAINER),
-    Setting("lr", 2e-3, float, "Peak learning rate, re-warmed per cycle.",
-            check=at_least(0, strict=True), hint="e.g. --lr 2e-3",
+    Setting("lr", 1e-3, float, "Peak learning rate.",
+            check=at_least(0, strict=True), hint="e.g. --lr 1e-3",
             commands=("agent", "train"), into=TRAINER),
-    Setting("min_lr", 2e-4, float, "Learning rate at the end of the cosine decay.",
+    Setting("min_lr", 1e-4, float, "Learning rate at the end of a cosine decay or wsd cooldown.",
             into=TRAINER),
-    Setting("warmup_steps", 10, int, "Steps of learning-rate warm-up per cycle.",
+    Setting("schedule", "constant", str,
+            "Learning-rate schedule: constant (warm up once, then hold; generation and "
+            "evaluation use an EMA of the weights), wsd (warm up once, hold, cool down at "
+            "the end of each cycle) or cosine (re-warmed and decayed every cycle).",
+            choices=SCHEDULES, hint="e.g. --schedule constant", commands=("agent", "train"),
             into=TRAINER),
+    Setting("warmup_steps", 100, int,
+            "Steps of learning-rate warm-up: once for the model's life (per cycle for cosine).",
+            check=at_least(0), hint="e.g. --warmup-steps 100", commands=("agent", "train"),
+            into=TRAINER),
+    Setting("ema_decay", 0.998, float,
+            "Cap of the decay of the weights' EMA, which generation and evaluation use (0: no "
+            "EMA, the raw weights).",
+            check=lambda v: None if v == 0 or 0 < v < 1 else "{flag} must be 0 or in (0, 1)",
+            hint="e.g. --ema-decay 0.998", commands=("agent", "train"), into=TRAINER),
     Setting("max_new_tokens", 500, int,
             "Vocabulary tokens learned per cycle at most (capped by the preset).",
             check=at_least(0), hint="e.g. --max-new-tokens 500",
@@ -423,9 +437,14 @@ class TrainerSettings:
         return dataclasses.replace(self, **changes)
 
     def train_config(self, steps: int) -> TrainConfig:
+        """The engine's config for a cycle of `steps` planned steps (the cosine horizon; the
+        constant and wsd schedules count their warm-up over the model's life)."""
+        warmup = (min(self.warmup_steps, max(0, steps // 5)) if self.schedule == "cosine"
+                  else self.warmup_steps)
         return TrainConfig(lr=self.lr, min_lr=self.min_lr, batch_size=self.batch_size,
-                           warmup_steps=min(self.warmup_steps, max(0, steps // 5)),
-                           total_steps=steps, crystalline_weight=self.crystalline_weight)
+                           warmup_steps=warmup, total_steps=steps, schedule=self.schedule,
+                           ema_decay=self.ema_decay or None,
+                           crystalline_weight=self.crystalline_weight)
 
 
 @_from_table("agent")

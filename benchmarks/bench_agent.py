@@ -41,7 +41,7 @@ def main() -> None:
     fractions = [args.replay_fraction] + ([0.0] if args.compare_replay else [])
     rows = []
     for f in fractions:
-        settings = TrainerSettings(preset=args.preset, workers=args.workers, steps=args.steps,
+        settings = TrainerSettings(preset=args.preset, workers=args.workers, max_steps=args.steps,
                                    batch_size=args.batch_size, replay_fraction=f,
                                    max_new_tokens=args.max_new_tokens, seed=args.seed)
         for row in continual_run(docs, settings, args.chunks):

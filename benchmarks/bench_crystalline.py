@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from agent.corpus import corpus_topics, read_docs  # noqa: E402
-from agent.learn import learn, split_validation  # noqa: E402
+from agent.learn import PlanDoc, learn, split_validation  # noqa: E402
 from agent.model_state import new_model_state  # noqa: E402
 from engine import TrainConfig  # noqa: E402
 from engine.data import evaluate, pack  # noqa: E402
@@ -55,9 +55,12 @@ def main() -> None:
             st.tokenizer = Tokenizer.from_json(vocab.to_json())
             st.model.grow_vocab(len(st.tokenizer))
             tcfg = TrainConfig(lr=args.lr, min_lr=args.lr / 10, warmup_steps=args.steps // 10,
-                               batch_size=args.batch_size, crystalline_weight=lam)
-            res = learn(st, train_docs, tcfg, args.steps, workers=args.workers,
-                            max_new_tokens=0, seed=seed)
+                               batch_size=args.batch_size, crystalline_weight=lam,
+                               schedule="cosine", total_steps=args.steps, ema_decay=None,
+                               beta2=0.95)    # the recipe these figures were measured with
+            docs_ = [PlanDoc(i, d.source, d.text) for i, d in enumerate(train_docs)]
+            res = learn(st, docs_, tcfg, max_steps=args.steps, workers=args.workers,
+                        max_new_tokens=0, seed=seed)
             val = {s: evaluate(st.model, pack([st.tokenizer.encode(t)], st.tokenizer.eod_id))
                    for s, t in heldout.items()}
             vals.append(float(np.mean([v for v in val.values() if v is not None])))

@@ -50,8 +50,7 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
                             "give folders of text: cllm train PATH...")
     docs = read_docs(list(paths))
     # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
-    settings = build(TrainerSettings, values, min_lr=values["lr"] / 10,
-                     warmup_steps=min(20, steps // 10), replay_fraction=0.0)
+    settings = build(TrainerSettings, values, min_lr=values["lr"] / 10, replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
     # one run is one cycle in the store, under the data directory's lock (no agent meanwhile)
     with DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store:
@@ -120,7 +119,7 @@ def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, 
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     produced = ""
     click.echo(prompt, nl=False)
-    for t in state.model.generate_stream(ids, max_new_tokens, temperature=temperature,
+    for t in state.serving_model().generate_stream(ids, max_new_tokens, temperature=temperature,
                                          top_k=top_k, top_p=top_p, seed=seed):
         if t == tok.eod_id:
             break

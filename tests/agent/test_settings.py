@@ -37,9 +37,11 @@ def samples(s: Setting, command: str) -> tuple:
     if s.type is int:
         base = 3 if d is None else d
         return base + 1, base + 2
-    if s.type is float:
+    if s.type is float:      # the first two candidates the row's check accepts
         base = d or 0.2
-        return base * 1.5, base * 1.25
+        ok = [v for v in (base * 1.5, base * 1.25, base / 2, base / 4)
+              if v != d and s.problem(v) is None]
+        return ok[0], ok[1]
     return "cp1252", "latin-1"
 
 

@@ -18,7 +18,7 @@ def test_on_the_sample_corpus_loss_falls_and_replay_limits_forgetting():
     assert len({d.source for d in docs}) == 3 and sum(len(d.text) for d in docs) > 300_000
     runs = {}
     for fraction in (0.25, 0.0):
-        settings = TrainerSettings(preset="tiny", workers=1, steps=400, batch_size=8,
+        settings = TrainerSettings(preset="tiny", workers=1, max_steps=400, batch_size=8,
                                    replay_fraction=fraction, max_new_tokens=60)
         runs[fraction] = continual_run(docs, settings, chunks=2)
     for rows in runs.values():
