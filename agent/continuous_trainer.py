@@ -62,6 +62,8 @@ MORE_DOCS = 32                  # backlog documents loaded at a time once a cycl
 FIRST_GUESS_BYTES_S = 20_000.0  # backlog bytes/s assumed before any cycle measured it
 BYTES_PER_TOKEN_GUESS = 3.5     # for planning a cycle's steps (the cosine horizon)
 MAX_NEW_SCOPE = 1000            # more new arrivals than this are learned as the backlog
+FIRST_CYCLE_S = 10.0            # a backlog's first cycle; each next one twice as long, to
+#                                 cycle_seconds (a first checkpoint soon, then few of them)
 SCOPES = {"new": "new arrivals, alone", "backlog": "the backlog", "given": "the given documents"}
 
 
@@ -105,6 +107,7 @@ class ContinuousTrainer:
         self.state: Optional[ModelState] = None
         self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
         self._tails: dict[int, str] = {}
+        self._ramp = 0                  # cycles since the backlog was last empty
         self._tok_cache_vocab = -1
 
     # --- start-up ---------------------------------------------------------------------------
@@ -253,6 +256,7 @@ class ContinuousTrainer:
             return "backlog", 0.0
         n, tokens, oldest = self.pending_summary()
         if n == 0:
+            self._ramp = 0              # idle: the next backlog starts with a short cycle
             return None, None
         if tokens_trigger and tokens >= self.settings.min_cycle_tokens:
             return "tokens", 0.0
@@ -389,7 +393,7 @@ class ContinuousTrainer:
             done = [c for c in reversed(list_cycles(s, status="completed", limit=5))
                     if c.bytes_new and (c.schedule or {}).get("seconds")]
         rate = (done[0].bytes_new / done[0].schedule["seconds"]) if done else FIRST_GUESS_BYTES_S
-        seconds = st.cycle_seconds
+        seconds = min(st.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)
         if st.max_steps is not None:
             T = self._state().model.config.context
             seconds = min(seconds, st.max_steps * st.batch_size * T * 4 / max(rate, 1.0))
@@ -434,8 +438,10 @@ class ContinuousTrainer:
                 return "preempted"
             return None
 
+        seconds = min(st.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)
+        self._ramp = min(self._ramp + 1, 30)
         res = learn(state, docs, tcfg, max_steps=max_steps,
-                    max_seconds=None if steps is not None else st.cycle_seconds,
+                    max_seconds=None if steps is not None else seconds,
                     workers=st.workers, replay=replay,
                     replay_fraction=st.replay_fraction if replay else 0.0,
                     max_new_tokens=st.max_new_tokens, more=more, heldout=heldout,

@@ -139,10 +139,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Passes over each document's training text before it counts as trained.",
             check=at_least(0, strict=True), hint="e.g. --passes 2", commands=AGENT,
             into=TRAINER),
-    Setting("cycle_seconds", 90.0, float,
+    Setting("cycle_seconds", 60.0, float,
             "A cycle ends after this long, checkpoints and commits; the next one starts at "
-            "once while a backlog remains.",
-            check=at_least(0, strict=True), hint="e.g. --cycle-seconds 90", commands=AGENT,
+            "once while a backlog remains (the first cycles of a backlog are shorter: 10 s, "
+            "doubling, so a first model is there soon).",
+            check=at_least(0, strict=True), hint="e.g. --cycle-seconds 60", commands=AGENT,
             into=TRAINER),
     Setting("max_steps", None, int, "... or after this many steps.", shown="no limit",
             check=at_least(1), hint="e.g. --max-steps 500", commands=AGENT, into=TRAINER),
