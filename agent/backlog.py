@@ -1,13 +1,15 @@
 """Training batches from the backlog, each sequence accounted to the documents it covers.
 
-The backlog is read as `n_streams` parallel token streams (one per batch row, so a batch
-mixes documents). A stream reads documents one after another, each as an end-of-document
-token followed by its tokens from where its ledger says it stopped (its trained bytes
-modulo its trainable bytes) up to its budget, and is cut into consecutive windows of T+1
-tokens with stride T: every token of a pass is a target exactly once. When a stream has
-read a document's pass to its end and the document needs more passes, the document goes
-back to the end of the queue. A replay share of the rows is drawn at random from documents
-already learned.
+The backlog is read as `n_streams` parallel token streams, many more than a batch has rows:
+each row takes the next window of a stream drawn at random, so a batch mixes documents and
+consecutive steps rarely see the same one (close to the i.i.d. windows of a shuffled
+corpus, without giving up exact accounting). A stream reads documents one after another,
+each as an end-of-document token followed by its tokens from where its ledger says it
+stopped (its trained bytes modulo its trainable bytes) up to its budget, cut into
+consecutive windows of T+1 tokens with stride T: every token of a pass is a target exactly
+once. Passes go breadth first: a document that needs another pass waits until every other
+document given to the reader (queued or loaded lazily) has been read. A replay share of the
+rows is drawn at random from documents already learned.
 
 Nothing is counted until the step that trained it is applied: `Batch.credit` says which
 bytes of which documents the batch's targets cover; the trainer adds them up and records
@@ -90,29 +92,35 @@ class BacklogReader:
     """Windows over the backlog in ledger order (see the module docstring)."""
 
     def __init__(self, docs: Iterable[LedgerDoc], T: int, n_streams: int, eod: int,
-                 more: Optional[Callable[[], Optional[LedgerDoc]]] = None) -> None:
+                 more: Optional[Callable[[], Optional[LedgerDoc]]] = None,
+                 seed: Optional[int] = None) -> None:
         self.T = T
         self.eod = eod
         self.queue: deque[LedgerDoc] = deque(d for d in docs if d.ids.size)
+        self.next_pass: deque[LedgerDoc] = deque()   # documents waiting for another pass
         self.more = more                 # called when the queue runs dry (lazily loaded docs)
         self.streams = [_Stream() for _ in range(max(1, n_streams))]
+        self.live = list(range(len(self.streams)))   # streams that may still have windows
         self.reading: dict[int, int] = {}   # doc id -> bytes handed to streams, this cycle
         self.docs: dict[int, LedgerDoc] = {d.id: d for d in self.queue}
+        self.rng = np.random.default_rng(seed) if seed is not None else None
         self._rr = 0
 
     def _next_doc(self) -> Optional[LedgerDoc]:
         while True:
             if self.queue:
                 return self.queue.popleft()
-            if self.more is None:
-                return None
-            d = self.more()
-            if d is None:
-                self.more = None
-                return None
-            if d.ids.size:
-                self.docs[d.id] = d
-                return d
+            if self.more is not None:
+                d = self.more()
+                if d is None:
+                    self.more = None
+                elif d.ids.size:
+                    self.docs[d.id] = d
+                    return d
+                continue
+            if self.next_pass:          # every document read once more: the next pass
+                return self.next_pass.popleft()
+            return None
 
     def _segment(self, d: LedgerDoc) -> Optional[tuple[int, int]]:
         """Tokens [start, stop) of d to read next: from its cursor to the end of the pass or
@@ -157,19 +165,25 @@ class BacklogReader:
         while s.ends and s.ends[0][0] <= s.p + 1:
             _, d = s.ends.popleft()
             if self._segment(d) is not None:
-                self.queue.append(d)
+                self.next_pass.append(d)
 
     def window(self) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """The next window of some stream (round robin): inputs, targets, target owners,
-        target bytes; None once every stream and the queue are exhausted."""
+        """The next window of a stream (drawn at random when seeded, else round robin):
+        inputs, targets, target owners, target bytes; None once every stream and the queue
+        are exhausted."""
         T = self.T
-        for _ in range(len(self.streams)):
-            s = self.streams[self._rr % len(self.streams)]
-            self._rr += 1
+        while self.live:
+            if self.rng is not None:
+                k = int(self.rng.integers(len(self.live)))
+            else:
+                k = self._rr % len(self.live)
+                self._rr += 1
+            s = self.streams[self.live[k]]
             while s.available() < T + 1 and self._feed(s):
                 pass
             n = s.available()
             if n < 2:
+                self.live.pop(k)        # nothing left for it: the queue is empty
                 continue
             seg = slice(s.p, s.p + min(T + 1, n))
             tok, own, nb = s.tok[seg], s.own[seg], s.nb[seg]

@@ -21,6 +21,7 @@ from engine.ema import EMA
 from engine.schedule import learning_rate
 
 log = logging.getLogger(__name__)
+STREAMS = 64    # documents read side by side (a batch's rows are drawn from them at random)
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
         return None if d is None else tokenised(d)
 
     T, B = model.config.context, tcfg.batch_size
-    reader = BacklogReader([tokenised(d) for d in docs], T, B, tok.eod_id,
-                           more=next_more if more is not None else None)
+    reader = BacklogReader([tokenised(d) for d in docs], T, max(B, STREAMS), tok.eod_id,
+                           more=next_more if more is not None else None, seed=seed + 2)
     rep = ReplayReader([tokenised(d) for d in replay], T, tok.eod_id, seed + 1) \
         if replay and replay_fraction > 0 else None
     for d in replay:

@@ -168,12 +168,13 @@ def main(argv=None) -> None:
         else:
             rows.append({"mark_s": m, "checkpoint_s": None, "cycle": None,
                          "cpu_s": round(cpu_at(agent["cpu"], m), 1), "bpb": None})
+    print(f"agent: {json.dumps(rows)}", flush=True)
     twin = []
     if not args.skip_torch:
-        cmd = [sys.executable, str(Path(__file__).with_name("torch_twin.py")), "train",
-               "--src", str(args.src), "--seconds", str(seconds),
-               "--marks", ",".join(str(m) for m in marks), "--lr", str(args.torch_lr),
-               "--heldout-bytes", str(args.heldout_bytes), "--out", str(work / "twin.json"),
+        cmd = [sys.executable, str(Path(__file__).with_name("torch_twin.py")),
+               "--src", str(args.src), "--heldout-bytes", str(args.heldout_bytes), "train",
+               "--seconds", str(seconds), "--marks", ",".join(str(m) for m in marks),
+               "--lr", str(args.torch_lr), "--out", str(work / "twin.json"),
                "--cache", str(work)]
         subprocess.run(cmd, check=True)
         twin = json.loads((work / "twin.json").read_text())["rows"]

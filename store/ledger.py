@@ -52,10 +52,12 @@ class BacklogEntry:
 
 
 def backlog(session: Session, *, ids: Optional[Iterable[int]] = None) -> list[BacklogEntry]:
-    """Pending and learning documents in the order they are learned: the ones being learned
-    first (continued where the last cycle stopped), then the pending ones, each by id. `ids`
-    restricts it to those documents, whatever their status (the trainer passes new
-    arrivals this way, so they go first)."""
+    """Pending and learning documents in the order they are learned: breadth first by
+    passes completed (a second pass of anything only after a first of everything), within
+    that the ones being learned first (continued where the last cycle stopped), then in a
+    fixed pseudo-random order (`shuffle_key`: the first minutes of a large tree cover all of
+    it, not its first folders). `ids` restricts it to those documents, whatever their status
+    (the trainer passes new arrivals this way, so they go first)."""
     q = select(Document.id, Document.source, Document.status, Document.size_bytes,
                Document.trainable_bytes, Document.trained_bytes, Document.first_seen)
     if ids is None:
@@ -70,7 +72,16 @@ def backlog(session: Session, *, ids: Optional[Iterable[int]] = None) -> list[Ba
     entries = [BacklogEntry(r.id, r.source, r.status, r.size_bytes or 0, r.trainable_bytes,
                             r.trained_bytes or 0, r.first_seen) for r in rows]
 
-    return sorted(entries, key=lambda e: (e.status != DocumentStatus.LEARNING, e.id))
+    def rank(e: BacklogEntry) -> tuple:
+        done = e.trained_bytes // e.trainable_bytes if e.trainable_bytes else 0
+        return (done, e.status != DocumentStatus.LEARNING, shuffle_key(e.id))
+
+    return sorted(entries, key=rank)
+
+
+def shuffle_key(document_id: int) -> int:
+    """A fixed pseudo-random rank of a document id (Knuth's multiplicative hash)."""
+    return (document_id * 2654435761) % 2 ** 32
 
 
 def fresh_documents(session: Session, after_id: int) -> list[int]:

@@ -131,3 +131,28 @@ def test_a_batcher_with_only_replay_left_is_done():
     b = Batcher(backlog, ReplayReader([doc(5, 20)], T=4, eod=EOD, seed=0), B=1,
                 replay_fraction=0.9, seed=0)
     assert b.next() is None
+
+
+def test_random_streams_keep_the_order_within_a_document_and_mix_documents():
+    docs = [doc(i, 90, passes=1.0) for i in range(40)]
+    ws = drain(BacklogReader(docs, T=8, n_streams=16, eod=EOD, seed=7))
+    per = {d.id: [] for d in docs}
+    owners = []
+    for _, y, o, _ in ws:
+        valid = (y >= 0) & (o >= 0)
+        for tok, d in zip(y[valid], o[valid]):
+            per[int(d)].append(int(tok))
+        owners.append(int(o[valid][0]) if valid.any() else -1)
+    assert all(per[d.id] == d.ids.tolist() for d in docs)      # still every token, in order
+    same = sum(a == b for a, b in zip(owners, owners[1:]))
+    assert same < 0.25 * len(owners)        # consecutive windows mostly from other documents
+
+
+def test_a_second_pass_waits_for_the_documents_loaded_lazily():
+    extra = iter([doc(10 + i, 20, passes=1.0) for i in range(3)])
+    r = BacklogReader([doc(0, 20, passes=2.0)], T=4, n_streams=1, eod=EOD,
+                      more=lambda: next(extra, None))
+    order = [int(d) for _, _, o, _ in drain(r) for d in o if d >= 0]
+    starts = [order.index(i) for i in (10, 11, 12)]
+    second = [k for k in range(1, len(order)) if order[k] == 0 and order[k - 1] != 0]
+    assert second and second[0] > max(starts)

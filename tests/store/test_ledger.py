@@ -81,7 +81,7 @@ def test_a_changed_budget_re_sorts_trained_and_learning(store):
         assert {s.get(Document, i).status for i in (a, b)} == {"trained"}
 
 
-def test_the_backlog_comes_learning_then_pending_and_new_arrivals_by_id(store):
+def test_the_backlog_goes_breadth_first_learning_first_then_shuffled(store):
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     with store.session() as s:
         old = add(s, "old", first_seen=t0)
@@ -89,15 +89,21 @@ def test_the_backlog_comes_learning_then_pending_and_new_arrivals_by_id(store):
         new2 = add(s, "new2", first_seen=t0 + dt.timedelta(hours=2))
         new1 = add(s, "new1", first_seen=t0 + dt.timedelta(hours=1))
         add(s, "done", status="trained", first_seen=t0)
+        second = add(s, "second", status="learning", first_seen=t0)   # in its second pass
+        d = s.get(Document, second)
+        d.trainable_bytes, d.trained_bytes = 100, 150
     with store.session() as s:
-        assert [e.id for e in ledger.backlog(s)] == [part, old, new2, new1]
-        assert [e.id for e in ledger.backlog(s, ids=[new1, new2])] == [new2, new1]
+        pending = sorted([old, new2, new1], key=ledger.shuffle_key)
+        assert [e.id for e in ledger.backlog(s)] == [part, *pending, second]
+        assert sorted(pending) != pending or len(set(map(ledger.shuffle_key, pending))) == 3
+        assert [e.id for e in ledger.backlog(s, ids=[new1, new2])] == sorted(
+            [new1, new2], key=ledger.shuffle_key)
         assert ledger.fresh_documents(s, after_id=part) == [new2, new1]
-        assert ledger.document_horizon(s) == new1 + 1        # the trained one came last
+        assert ledger.document_horizon(s) == second
         summ = ledger.summary(s, passes=2.0, val_fraction=0.1)
-        assert summ["documents"] == 4
+        assert summ["documents"] == 5
         assert summ["bytes"] == sum(e.left_bytes(2.0, 0.1) for e in ledger.backlog(s))
-        assert summ["sources"] == [{"source": "t", "documents": 4, "bytes": summ["bytes"],
+        assert summ["sources"] == [{"source": "t", "documents": 5, "bytes": summ["bytes"],
                                     "trained": 1}]
 
 
