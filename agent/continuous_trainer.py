@@ -48,9 +48,10 @@ from agent.model_state import (CKPT_RE, TOKENIZER_RE, ModelState, checkpoint_dir
                                tokenizer_path)
 from agent.settings import TrainerSettings
 from engine import TrainConfig
+from engine.atomic import is_temp_file
 from engine.errors import CllmError
 from store.errors import StoreError
-from store.models import DocumentStatus
+from store.models import CycleStatus, DocumentStatus
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +120,14 @@ class ContinuousTrainer:
         from store.queries import interrupt_running_cycles, list_checkpoints, list_cycles
 
         with self.store.session() as s:
-            for c in list_cycles(s, status="running"):
+            for c in list_cycles(s, status=CycleStatus.RUNNING):
                 log.warning("cycle %s was interrupted; nothing it trained was counted", c.id)
             interrupt_running_cycles(
                 s, "the agent stopped during this cycle; nothing it trained was counted",
                 keep_error=True)
             known = {str(Path(c.path).resolve()) for c in list_checkpoints(s) if c.pruned is None}
             pruned = [Path(c.path) for c in list_checkpoints(s) if c.pruned is not None]
-            unfinished = {c.id for c in list_cycles(s) if c.status != "completed"}
+            unfinished = {c.id for c in list_cycles(s) if c.status != CycleStatus.COMPLETED}
         removed = []
         for p in pruned:            # retention marked them, a crash came before the delete
             for f in (p, tokenizer_path(p)):
@@ -136,7 +137,7 @@ class ContinuousTrainer:
                     removed.append(f)
         d = checkpoint_dir(self.data_dir)
         for p in sorted(d.iterdir()) if d.is_dir() else []:
-            if p.name.startswith(".") and p.name.endswith(".tmp"):
+            if is_temp_file(p.name):
                 # a write killed before its rename (we hold the data-directory lock, so no
                 # writer is running): never a checkpoint
                 log.warning("removing %s: an unfinished write", p)
@@ -228,7 +229,7 @@ class ContinuousTrainer:
             q = store_pending(s)
             if q["bytes"] >= MAX_TOKEN_BYTES * self.settings.min_cycle_tokens:
                 return q["documents"], q["bytes"] // MAX_TOKEN_BYTES, q["oldest"]
-            rows = [(d.id, d.first_seen) for d in list_documents(s, status="pending")]
+            rows = [(d.id, d.first_seen) for d in list_documents(s, status=DocumentStatus.PENDING)]
             missing = [i for i, _ in rows if i not in self._tok_cache]
             if missing:
                 for d in list_documents(s, ids=missing, with_text=True):
@@ -284,7 +285,7 @@ class ContinuousTrainer:
             last = next(iter(list_cycles(s, limit=1)), None)
             seen = ((last.schedule or {}).get("horizon") if last is not None else None)
             fresh = fresh_documents(s, seen) if seen is not None else []
-            done = next(iter(list_cycles(s, status="completed", limit=1)), None)
+            done = next(iter(list_cycles(s, status=CycleStatus.COMPLETED, limit=1)), None)
             sched = (done.schedule or {}) if done is not None else {}
             if sched.get("scope") == "new":
                 fresh += [d.id for d in list_documents(s, ids=sched.get("scope_ids", []))
@@ -390,7 +391,7 @@ class ContinuousTrainer:
 
         st = self.settings
         with self.store.session(read_only=True) as s:
-            done = [c for c in reversed(list_cycles(s, status="completed", limit=5))
+            done = [c for c in reversed(list_cycles(s, status=CycleStatus.COMPLETED, limit=5))
                     if c.bytes_new and (c.schedule or {}).get("seconds")]
         rate = (done[0].bytes_new / done[0].schedule["seconds"]) if done else FIRST_GUESS_BYTES_S
         seconds = min(st.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)
@@ -450,7 +451,7 @@ class ContinuousTrainer:
             if res.ended_by == "stop":
                 raise CycleInterrupted(f"cycle {cycle_id} stopped before its first step",
                                        "its documents stay as they were for the next cycle")
-            self._end_untrained(cycle_id, "interrupted",
+            self._end_untrained(cycle_id, CycleStatus.INTERRUPTED,
                                 f"ended before its first step ({res.ended_by or 'nothing to read'})")
             return None
         if sampled:
@@ -533,7 +534,7 @@ class ContinuousTrainer:
                               size_bytes=path.stat().st_size)
             vals = list(res.val_loss.values())
             finish_cycle(
-                s, cycle_id, status="completed", docs_new=len(trained_ids),
+                s, cycle_id, status=CycleStatus.COMPLETED, docs_new=len(trained_ids),
                 docs_replayed=len(replay), tokens=res.tokens, steps=res.steps,
                 skipped_steps=res.skipped, loss_start=res.loss_start, loss_end=res.loss_end,
                 val_loss=float(np.mean(vals)) if vals else None,
@@ -661,7 +662,8 @@ class ContinuousTrainer:
     def _fail(self, cycle_id: int, e: BaseException) -> None:
         from store.queries import finish_cycle
 
-        status = "interrupted" if isinstance(e, (CycleInterrupted, KeyboardInterrupt)) else "failed"
+        status = (CycleStatus.INTERRUPTED if isinstance(e, (CycleInterrupted, KeyboardInterrupt))
+                  else CycleStatus.FAILED)
         try:
             with self.store.session() as s:
                 finish_cycle(s, cycle_id, status=status,
@@ -669,7 +671,7 @@ class ContinuousTrainer:
                                     else repr(e))[:2000])
         except Exception as e2:
             log.error("could not record the end of cycle %s: %s", cycle_id, e2)
-        if status == "failed":
+        if status == CycleStatus.FAILED:
             log.error("cycle %s failed: %r; nothing it trained was counted", cycle_id, e)
         else:
             log.warning("cycle %s interrupted; nothing it trained was counted", cycle_id)

@@ -97,7 +97,7 @@ class Crawler:
             raise CrawlError("max_pages >= 1, max_depth >= 0, delay >= 0, timeout > 0, retries >= 0 required",
                              hint="check the crawl options")
         if max_redirects > MAX_REDIRECTS:
-            raise CrawlError(f"at most {MAX_REDIRECTS} redirects", hint=f"use --max-redirects <= {MAX_REDIRECTS}")
+            raise CrawlError(f"at most {MAX_REDIRECTS} redirects", hint=f"pass max_redirects <= {MAX_REDIRECTS}")
         try:
             self.policy = HostPolicy.build(allow_private_hosts, allow_networks)
         except ValueError as e:

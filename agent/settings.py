@@ -173,8 +173,10 @@ SETTINGS: tuple[Setting, ...] = (
             "EMA, the raw weights).",
             check=lambda v: None if v == 0 or 0 < v < 1 else "{flag} must be 0 or in (0, 1)",
             hint="e.g. --ema-decay 0.998", commands=("agent", "train"), into=TRAINER),
-    Setting("max_new_tokens", 500, int,
-            "Vocabulary tokens learned per cycle at most (capped by the preset).",
+    Setting("max_new_tokens", 4096, int,
+            "Vocabulary tokens learned per cycle at most (capped by the preset's vocabulary). "
+            "Large, so a backlog's first cycle learns most of the vocabulary: tokens learned "
+            "late get few updates and cost held-out loss (docs/benchmarks.md).",
             check=at_least(0), hint="e.g. --max-new-tokens 500",
             commands=("agent", "train"), command_defaults={"train": 3000}, into=TRAINER),
     Setting("val_fraction", 0.1, float, "Tail of every document held out for evaluation.",

@@ -13,8 +13,8 @@ Why numba and not HF `tokenizers` (which could encode with our merge list): the 
 grows while the agent runs, a few hundred merges per cycle, and HF's tokenizer would have to
 be rebuilt from the whole merge list after every `learn`; ours extends its tables in place.
 Learning and encoding share one scanner here, so they cannot drift apart, and ids are ours to
-keep stable. It is also faster on one core in benchmarks/bench_tokenizer.py (19.2 MB/s
-against 1.2 MB/s for HF's BPE on the same 12 MB of source), and one dependency fewer.
+keep stable. It is also faster on one core (benchmarks/bench_tokenizer.py; the figures are in
+docs/benchmarks.md), and one dependency fewer.
 
 Not here: the model's embedding growth (Model.grow_vocab), and recording the vocab delta in
 the store (the agent does that with `learn`'s return value and `first_occurrence`).
