@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=120)
-    cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": ")
+    cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t")
     print(f"\nbacklog {backlog_mb:.1f} MB, {args.workers} workers, {cpu}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu": cpu, "backlog_mb": backlog_mb,

@@ -188,7 +188,7 @@ def main(argv=None) -> None:
     print(f"\nledger after the run: {json.dumps(ledger)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
+        "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
         "setup": {"src": str(args.src), "minutes": args.minutes, "workers": args.workers,
                   "train_files": len(split.train), "train_bytes": size,
                   "agent_args": args.agent_arg, "torch_lr": args.torch_lr},
