@@ -185,18 +185,10 @@ class BacklogReader:
             if n < 2:
                 self.live.pop(k)        # nothing left for it: the queue is empty
                 continue
-            seg = slice(s.p, s.p + min(T + 1, n))
-            tok, own, nb = s.tok[seg], s.own[seg], s.nb[seg]
-            x = np.zeros(T, np.int64)
-            y = np.full(T, -1, np.int64)
-            o = np.full(T, -1, np.int64)
-            b = np.zeros(T, np.int64)
-            k = len(tok) - 1
-            x[:min(T, len(tok))] = tok[:T]
-            y[:k], o[:k], b[:k] = tok[1:k + 1], own[1:k + 1], nb[1:k + 1]
-            s.p += k
+            w = _window(s.tok, s.own, s.nb, s.p, T)
+            s.p += min(T + 1, n) - 1
             self._done_segments(s)
-            return x, y, o, b
+            return w
         return None
 
 
@@ -222,17 +214,7 @@ class ReplayReader:
     def window(self):
         T = self.T
         hi = max(1, len(self.tok) - T)
-        a = int(self.rng.integers(0, hi))
-        seg = slice(a, a + T + 1)
-        tok, own, nb = self.tok[seg], self.own[seg], self.nb[seg]
-        x = np.zeros(T, np.int64)
-        y = np.full(T, -1, np.int64)
-        o = np.full(T, -1, np.int64)
-        b = np.zeros(T, np.int64)
-        k = len(tok) - 1
-        x[:min(T, len(tok))] = tok[:T]
-        y[:k], o[:k], b[:k] = tok[1:k + 1], own[1:k + 1], nb[1:k + 1]
-        return x, y, o, b
+        return _window(self.tok, self.own, self.nb, int(self.rng.integers(0, hi)), T)
 
 
 class Batcher:
@@ -269,6 +251,21 @@ class Batcher:
         if backlog_rows == 0:
             return None
         return batch
+
+
+def _window(tok: np.ndarray, own: np.ndarray, nb: np.ndarray, a: int, T: int):
+    """The window of T+1 tokens from `a`: inputs, targets (-1 past the end), the document
+    of each target and its bytes."""
+    seg = slice(a, a + T + 1)
+    t, o_, n_ = tok[seg], own[seg], nb[seg]
+    x = np.zeros(T, np.int64)
+    y = np.full(T, -1, np.int64)
+    o = np.full(T, -1, np.int64)
+    b = np.zeros(T, np.int64)
+    k = len(t) - 1
+    x[:min(T, len(t))] = t[:T]
+    y[:k], o[:k], b[:k] = t[1:k + 1], o_[1:k + 1], n_[1:k + 1]
+    return x, y, o, b
 
 
 def _sum_by_owner(owners: np.ndarray, nbytes: np.ndarray) -> list[tuple[int, int]]:
