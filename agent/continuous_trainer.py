@@ -43,12 +43,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from agent.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
-from agent.model_state import (CKPT_RE, TOKENIZER_RE, ModelState, checkpoint_dir,
-                               load_model_state, new_model_state, save_model_state,
-                               tokenizer_path)
+from agent.model_state import (ModelState, load_model_state, new_model_state,
+                               remove_checkpoint_files, save_model_state)
+from agent.recovery import prune_checkpoints, recover
 from agent.settings import TrainerSettings
 from engine import TrainConfig
-from engine.atomic import is_temp_file
 from engine.errors import CllmError
 from store.errors import StoreError
 from store.models import CycleStatus, DocumentStatus
@@ -114,49 +113,9 @@ class ContinuousTrainer:
     # --- start-up ---------------------------------------------------------------------------
 
     def recover(self) -> list[Path]:
-        """Mark cycles left running as interrupted; delete checkpoint and tokenizer files no
-        row names (written by a cycle that never committed) and temporary files of writes
-        that were killed. Returns the deleted files."""
-        from store.queries import interrupt_running_cycles, list_checkpoints, list_cycles
-
-        with self.store.session() as s:
-            for c in list_cycles(s, status=CycleStatus.RUNNING):
-                log.warning("cycle %s was interrupted; nothing it trained was counted", c.id)
-            interrupt_running_cycles(
-                s, "the agent stopped during this cycle; nothing it trained was counted",
-                keep_error=True)
-            known = {str(Path(c.path).resolve()) for c in list_checkpoints(s) if c.pruned is None}
-            pruned = [Path(c.path) for c in list_checkpoints(s) if c.pruned is not None]
-            unfinished = {c.id for c in list_cycles(s) if c.status != CycleStatus.COMPLETED}
-        removed = []
-        for p in pruned:            # retention marked them, a crash came before the delete
-            for f in (p, tokenizer_path(p)):
-                if f.exists():
-                    log.warning("removing %s: pruned by the retention rule", f)
-                    f.unlink()
-                    removed.append(f)
-        d = checkpoint_dir(self.data_dir)
-        for p in sorted(d.iterdir()) if d.is_dir() else []:
-            if is_temp_file(p.name):
-                # a write killed before its rename (we hold the data-directory lock, so no
-                # writer is running): never a checkpoint
-                log.warning("removing %s: an unfinished write", p)
-            else:
-                m = CKPT_RE.match(p.name) or TOKENIZER_RE.match(p.name)
-                ckpt = d / f"ckpt-{m.group(1)}.safetensors" if m else None
-                if (ckpt is None or str(ckpt.resolve()) in known
-                        or int(m.group(1)) not in unfinished or not p.exists()):
-                    continue                    # recorded, not ours, or removed just before
-                if p == ckpt:
-                    log.warning("removing checkpoint %s: its cycle never committed", p)
-                    tokenizer_path(p).unlink(missing_ok=True)
-                elif ckpt.exists():
-                    continue                    # removed with its checkpoint
-                else:
-                    log.warning("removing %s: its checkpoint was never written", p)
-            p.unlink(missing_ok=True)
-            removed.append(p)
-        return removed
+        """Mark cycles left running as interrupted and delete the files no committed cycle
+        owns (agent/recovery.py). Returns the deleted files."""
+        return recover(self.store, self.data_dir)
 
     def load_latest(self) -> ModelState:
         """The latest recorded checkpoint whose SHA-256 matches its row; a mismatching one is
@@ -467,8 +426,7 @@ class ContinuousTrainer:
                                                 heldout_tokens, scope, scope_ids, horizon)
         except BaseException:
             # the checkpoint never got its row: it must not be mistaken for a trained one
-            path.unlink(missing_ok=True)
-            tokenizer_path(path).unlink(missing_ok=True)
+            remove_checkpoint_files(path)
             raise
         log.info("cycle %s completed (%s): %s steps, loss %.3f -> %.3f, %.0f tok/s, %s bytes "
                  "learned (+%s replayed), %s documents done, checkpoint %s", cycle_id,
@@ -556,29 +514,9 @@ class ContinuousTrainer:
                           "seconds": round(res.seconds, 3)})
         return forgetting, credited
 
-    # --- retention -----------------------------------------------------------------------------
-
     def prune_checkpoints(self) -> list[Path]:
-        """Apply the retention rule: keep the latest `keep_checkpoints` files plus one per hour
-        of checkpoints; the others are marked pruned in the store first, then deleted (a
-        crash in between leaves files that recover() removes). Returns the deleted files."""
-        from store.ledger import checkpoints_to_prune, mark_pruned
-
-        with self.store.session() as s:
-            gone = [(c.id, Path(c.path)) for c in
-                    checkpoints_to_prune(s, self.settings.keep_checkpoints)]
-            if gone:
-                mark_pruned(s, [i for i, _ in gone])
-        removed = []
-        for _, p in gone:
-            for f in (p, tokenizer_path(p)):
-                if f.exists():
-                    f.unlink()
-                    removed.append(f)
-        if gone:
-            log.info("pruned %s old checkpoints (keeping the latest %s and one per hour)",
-                     len(gone), self.settings.keep_checkpoints)
-        return removed
+        """Apply the retention rule (agent/recovery.py). Returns the deleted files."""
+        return prune_checkpoints(self.store, self.settings.keep_checkpoints)
 
     # --- helpers -------------------------------------------------------------------------------
 

@@ -53,6 +53,16 @@ def tokenizer_path(ckpt: Path) -> Path:
     return ckpt.with_name(ckpt.name.replace(".safetensors", ".tokenizer.json"))
 
 
+def remove_checkpoint_files(ckpt: Path) -> list[Path]:
+    """Delete a checkpoint and the tokenizer file saved with it; returns those that existed."""
+    gone = []
+    for f in (Path(ckpt), tokenizer_path(Path(ckpt))):
+        if f.exists():
+            f.unlink()
+            gone.append(f)
+    return gone
+
+
 def checkpoint_files(data_dir: Path) -> list[Path]:
     d = checkpoint_dir(data_dir)
     if not d.is_dir():
