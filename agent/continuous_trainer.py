@@ -44,7 +44,8 @@ import numpy as np
 
 from agent.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
 from agent.model_state import (ModelState, load_model_state, new_model_state,
-                               remove_checkpoint_files, save_model_state)
+                               recorded_checkpoints, remove_checkpoint_files,
+                               save_model_state)
 from agent.recovery import prune_checkpoints, recover
 from agent.settings import TrainerSettings
 from engine import TrainConfig
@@ -125,16 +126,11 @@ class ContinuousTrainer:
         that loaded are marked failed, their documents return to pending (to be trained
         again) and the vocabulary they added is removed, so the store keeps describing the
         model that is actually running."""
-        from store.queries import list_checkpoints
-
-        with self.store.session(read_only=True) as s:
-            # the latest first, then the others newest first (the sort is stable)
-            rows = [(c.id, c.path, c.sha256, c.cycle_id) for c in sorted(
-                list_checkpoints(s, newest_first=True, with_pruned=False),
-                key=lambda c: not c.is_latest)]
-        for i, (ckpt_id, path, sha, cycle_id) in enumerate(rows):
+        rows = recorded_checkpoints(self.store)
+        for i, row in enumerate(rows):
+            path, ckpt_id, cycle_id = row.path, row.id, row.cycle_id
             try:
-                self.state = load_model_state(Path(path), expected_sha256=sha)
+                self.state = load_model_state(path, expected_sha256=row.sha256)
             except CllmError as e:
                 log.warning("refusing checkpoint %s: %s; trying the previous one", path, e.one_line())
                 continue

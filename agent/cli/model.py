@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, existing_store,
                               one_line_errors, pass_invocation)
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
@@ -103,17 +103,19 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
               help="Keep the smallest set of tokens with this much probability (0: greedy).")
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop when this text is produced (repeatable).")
+@pass_invocation
 @one_line_errors
-def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop):
+def generate(inv: Invocation, data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop):
     """Stream a continuation of --prompt from the latest checkpoint.
 
     Example: cllm generate --data-dir ./cllm-data --prompt "The while statement" --seed 1
     """
-    from agent.model_state import latest_model_state
+    from agent.model_state import load_recorded_model_state
 
-    state = latest_model_state(data_dir)
+    state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
     if state is None:
-        raise CllmError(f"no checkpoint in {data_dir}", "train first: cllm train")
+        raise CllmError(f"no recorded checkpoint of {data_dir} loads",
+                        "train first: cllm train (see cllm history cycles)")
     tok = state.tokenizer
     ids = list(tok.encode(prompt)) or [tok.eod_id]
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -178,8 +180,9 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
               help="Vocabulary to search (default: the latest checkpoint's, else 10000).")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True)
+@pass_invocation
 @one_line_errors
-def neighbours(token, vocab_size, data_dir, as_json):
+def neighbours(inv: Invocation, token, vocab_size, data_dir, as_json):
     """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position.
 
     Example: cllm neighbours 100 --vocab-size 10000
@@ -187,10 +190,13 @@ def neighbours(token, vocab_size, data_dir, as_json):
     from engine.prime_math import describe_token
 
     if vocab_size is None:
-        from agent.model_state import checkpoint_files
-        from engine.checkpoint import load_checkpoint
-        ckpts = checkpoint_files(data_dir)
-        vocab_size = load_checkpoint(ckpts[-1]).model.config.vocab_size if ckpts else 10000
+        from agent.model_state import load_recorded_model_state
+        from store.db import SQLITE_FILENAME
+
+        state = None
+        if inv.database_url or (Path(data_dir) / SQLITE_FILENAME).exists():
+            state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
+        vocab_size = state.model.config.vocab_size if state is not None else 10000
     if not 0 <= token < vocab_size:
         raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",
                         "pick a smaller id or a larger --vocab-size")
