@@ -105,6 +105,9 @@ class ContinuousTrainer:
         self.stop = stop or threading.Event()
         self.arrivals = threading.Event()
         self.progress = progress          # (cycle_id, step, planned steps, loss)
+        # the store's trainer lease this process holds (agent/lease.py): every cycle's
+        # commit checks it in its own transaction, so a process that lost it records nothing
+        self.lease = None
         self.state: Optional[ModelState] = None
         self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
         self._tails: dict[int, str] = {}
@@ -452,6 +455,8 @@ class ContinuousTrainer:
         credits = {i: (res.new_bytes.get(i, 0), res.replay_bytes.get(i, 0))
                    for i in set(res.new_bytes) | set(res.replay_bytes)}
         with self.store.session() as s:
+            if self.lease is not None:
+                self.lease.fence(s)
             # vocabulary: the byte tokens (no cycle) once, then this cycle's delta; the
             # stored vocabulary is append-only, so what is missing is what lies past its end
             parts = {z: (a, b) for a, b, z in tok.merges}

@@ -37,6 +37,7 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
 
     from agent.continuous_trainer import ContinuousTrainer, record_documents
     from agent.daemon import DataDirLock
+    from agent.lease import TrainerLease
     from agent.corpus import corpus_topics, read_docs
     from agent.model_state import new_model_state
     from store import open_store
@@ -52,9 +53,12 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
     # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
     settings = build(TrainerSettings, values, min_lr=values["lr"] / 10, replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
-    # one run is one cycle in the store, under the data directory's lock (no agent meanwhile)
-    with DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store:
+    # one run is one cycle in the store, under the data directory's lock and the store's
+    # trainer lease (no agent meanwhile, on this directory or this database)
+    with (DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store,
+          TrainerLease(store, data_dir) as lease):
         trainer = ContinuousTrainer(store, data_dir, settings)
+        trainer.lease = lease
         trainer.recover()
         if fresh:
             trainer.start_fresh(new_model_state(preset, seed=seed, init=init))
