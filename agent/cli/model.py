@@ -148,9 +148,11 @@ def generate(inv: Invocation, data_dir, prompt, max_new_tokens, temperature, top
               help="Training steps per measurement.")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch peer even if it is installed.")
 @click.option("--topology", is_flag=True, help="Print the sphere tree with statistics.")
+@click.option("--mpi", is_flag=True,
+              help="Under mpiexec: every rank against rank 0 alone, and the allreduce time.")
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
-def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, as_json):
+def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, mpi, as_json):
     """Training tokens/s, scaling, CPU use for several worker counts (and PyTorch eager at the
     same thread counts when it is installed), interleaved in one run.
 
@@ -164,6 +166,16 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
         raise CllmError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
     if not counts or min(counts) < 1:
         raise CllmError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
+    if mpi:
+        from agent.benchmark import mpi_scaling, mpi_table_lines
+        from engine.distributed import world
+
+        if world() is None:
+            raise CllmError("--mpi measures an MPI job, and this is a single process",
+                            "mpiexec -n 2 cllm bench --mpi --workers 1")
+        res = mpi_scaling(preset_name, batch_size, counts[0], rounds, steps)
+        click.echo(json.dumps(res, indent=1) if as_json else "\n".join(mpi_table_lines(res)))
+        return
     res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch)
     if as_json:
         if not topology:
