@@ -5,8 +5,8 @@ site's robots.txt (fetched once per origin, with its own redirects, and its Craw
 kept), waits the per-host delay, retries 5xx/408/429 and network errors with exponential
 backoff (honouring Retry-After up to a limit), follows at most `max_redirects` redirects
 (loops refused), caps bodies by Content-Length and while streaming, refuses non-text
-content types before reading, and gives up on responses that trickle past a total
-deadline. A failure is a `FetchFailed` carrying the UrlStatus to record; `Interrupted`
+content types before reading, and gives up when the attempts at a URL have spent one total
+budget of time (connect, headers and body alike: transport.deadline). A failure is a `FetchFailed` carrying the UrlStatus to record; `Interrupted`
 means the stop event was set (every wait is interruptible).
 
 It parses neither HTML (html.py) nor URLs (urls.py), and records nothing in the store
@@ -27,8 +27,9 @@ import httpx
 
 from agent import robots
 from agent.html import HTML_TYPES
-from agent.ssrf import HostPolicy, guarded_transport
+from agent.ssrf import HostPolicy
 from agent.text import Refused
+from agent.transport import deadline, guarded_transport
 from agent.urls import canonical_url, host_port, origin
 from store.models import UrlStatus
 
@@ -39,7 +40,7 @@ MAX_REDIRECTS = 5
 MAX_BODY_BYTES = 5 * 1024 * 1024  # a page larger than this is refused (recorded)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
-DEADLINE_TIMEOUTS = 3  # a whole response may take this many timeouts (against trickling servers)
+DEADLINE_TIMEOUTS = 3  # all attempts at one URL together may take this many timeouts (against trickling servers)
 
 
 class Interrupted(Exception):
@@ -192,16 +193,25 @@ class Fetcher:
             return resp
 
     def _request(self, url: str, cap: int | None = None) -> Response:
-        """One GET with the per-host delay and retries; redirects come back unread."""
+        """One GET with the per-host delay and retries; redirects come back unread.
+
+        Connecting, sending, the status line, the headers and the body of every attempt
+        share one budget of `timeout * DEADLINE_TIMEOUTS` seconds (the waits between
+        attempts, which are interruptible and bounded on their own, do not count): a server
+        that trickles its headers is cut off when the budget is spent, and not retried."""
         cap = self.max_body_bytes if cap is None else cap
+        budget = self.timeout * DEADLINE_TIMEOUTS
+        spent = 0.0
         attempt = 0
         while True:
             self._wait_turn(url)
             retry_in = self.backoff * 2 ** attempt
+            started = time.monotonic()
             try:
-                resp = self._get_once(url, cap)
+                with deadline(started + budget - spent):
+                    resp = self._get_once(url, cap)
             except httpx.TimeoutException as e:
-                failure = FetchFailed(f"timed out ({type(e).__name__})")
+                failure = FetchFailed(f"timed out ({type(e).__name__}: {e})")
             except httpx.RemoteProtocolError as e:
                 if "location header" in str(e).lower():  # httpx parses Location itself, and gives up
                     raise FetchFailed(f"redirect refused: malformed URL ({e})", UrlStatus.REFUSED) from None
@@ -223,6 +233,12 @@ class Fetcher:
                             failure.reason += f" (Retry-After {after:.0f} s exceeds {self.max_retry_after:.0f} s)"
                             raise failure
                         retry_in = max(after, 0.0)
+            finally:
+                spent += time.monotonic() - started
+            if spent >= budget:
+                failure.reason += (f" after {attempt + 1} attempts: the total time limit of {budget:g} s "
+                                   f"({DEADLINE_TIMEOUTS} x --timeout) was spent")
+                raise failure
             if attempt >= self.retries:
                 failure.reason += f" after {attempt + 1} attempts"
                 raise failure
@@ -232,7 +248,6 @@ class Fetcher:
                 raise Interrupted
 
     def _get_once(self, url: str, cap: int) -> Response:
-        deadline = time.monotonic() + self.timeout * DEADLINE_TIMEOUTS
         with self.client.stream("GET", url) as r:
             host = host_of(url)
             self._next_request[host] = time.monotonic() + max(self.delay, self._crawl_delay.get(host, 0.0))
@@ -258,8 +273,6 @@ class Fetcher:
                 if total > cap:
                     raise FetchFailed(f"body too large (more than the cap of {cap} bytes)", UrlStatus.SKIPPED,
                                       r.status_code)
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout("response took longer than the total time limit")
                 chunks.append(chunk)
                 if self.stop_event.is_set():
                     raise Interrupted

@@ -16,9 +16,6 @@ import socket
 from dataclasses import dataclass
 from typing import Iterable
 
-import httpcore
-import httpx
-
 from agent.text import Refused
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -96,44 +93,3 @@ class HostPolicy:
                 raise HostRefused(f"refused by the SSRF guard: {host} is a {problem} "
                                   "(pass --allow-private-hosts to crawl it)")
         return ips
-
-
-class _GuardedBackend(httpcore.SyncBackend):
-    """Connects only to addresses the policy allows, and to exactly the address checked."""
-
-    def __init__(self, policy: HostPolicy) -> None:
-        self.policy = policy
-
-    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        try:
-            ips = self.policy.resolve(host, port)
-        except Refused as r:
-            raise httpcore.ConnectError(r.reason) from None
-        last: Exception | None = None
-        for ip in ips:
-            try:
-                sock = socket.create_connection((str(ip), port), timeout,
-                                                source_address=None if local_address is None else (local_address, 0))
-            except socket.timeout as e:
-                last = httpcore.ConnectTimeout(str(e))
-                continue
-            except OSError as e:
-                last = httpcore.ConnectError(str(e))
-                continue
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return httpcore._backends.sync.SyncStream(sock)
-        raise last or httpcore.ConnectError(f"no address for {host}")
-
-
-def guarded_transport(policy: HostPolicy) -> httpx.HTTPTransport:
-    """An httpx transport whose every connection goes through the SSRF guard.
-
-    httpx builds its httpcore pool privately; we rebuild it with our network backend (the
-    guard test in tests/agent/test_crawler.py fails if that ever stops working).
-    """
-    transport = httpx.HTTPTransport(trust_env=False)
-    transport._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
-                                              network_backend=_GuardedBackend(policy))
-    return transport

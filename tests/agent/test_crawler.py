@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from agent.crawler import CrawlError, Crawler, iter_targets
 from agent.ingest import Ingestor
-from agent.ssrf import HostPolicy, _GuardedBackend, address_problem, guarded_transport
+from agent.ssrf import HostPolicy, address_problem
+from agent.transport import GuardedBackend as _GuardedBackend, guarded_transport
 from agent.text import Refused
 from agent.urls import canonical_url
 from tests.agent.helpers import Route, page, rows
