@@ -283,19 +283,25 @@ def _is_url_target(target: str) -> bool:
 
 
 def target_kind(target: str) -> str:
-    """'folder', 'file' or 'url' for one CLI target; raises CrawlError for anything else."""
+    """'folder', 'file' or 'url' for one CLI target; raises CrawlError for anything else,
+    and for a URL we never crawl (credentials in it, malformed), so a bad target is a usage
+    error before any work starts."""
     if os.path.isdir(target):
         return "folder"
     if os.path.isfile(target):
         return "file"
     if _is_url_target(target):
+        try:
+            canonical_url(target)
+        except Refused as r:
+            raise CrawlError(f"cannot crawl {target!r}: {r.reason}", hint="pass a plain http(s) URL") from None
         return "url"
     raise CrawlError(f"{target!r} is neither an existing folder or file nor an http(s) URL",
                      hint="pass a folder, a file, or a URL starting with http:// or https://")
 
 
 def iter_targets(targets: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """('folder' | 'file' | 'url', target) for each CLI target; raises CrawlError."""
+    """('folder' | 'file' | 'url', target) for each CLI target; raises CrawlError (target_kind)."""
     for t in targets:
         yield target_kind(t), t
 

@@ -37,7 +37,7 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
 
     Example: cllm crawl corpus/ https://docs.python.org/3/reference/ --max-pages 20
     """
-    from agent.crawler import CrawlReport, Crawler, iter_targets, record_target
+    from agent.crawler import CrawlError, CrawlReport, Crawler, iter_targets, record_target
     from agent.ingest import BATCH_INPUTS, Ingestor
     from agent.paths import DEFAULT_EXCLUDES
     from agent.signals import stop_on_signals
@@ -45,7 +45,7 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
     from store.models import TargetKind
 
     cfg = build(CrawlSettings, resolve(flags, data_dir, command="crawl"))
-    plan = list(iter_targets(targets))  # validates every target before any work starts
+    plan = list(iter_targets(targets))  # a malformed target is a usage error before any work
     Ingestor(None, fallback_encoding=cfg.fallback_encoding)  # an unknown codec fails here
     # without --max-file-bytes the crawler's and the ingestor's own limits apply (as for
     # `cllm agent`); with it, files and pages are both capped at that size
@@ -66,16 +66,20 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
                 if stop.is_set():
                     break
                 current = (kind, target)
-                target_id = record_target(store, TargetKind.CRAWL, target, max_pages=cfg.max_pages,
-                                           max_depth=cfg.max_depth)
-                if kind == "folder":
-                    report = crawler.walk(target, source=source, target_id=target_id)
-                elif kind == "file":
-                    res = crawler.ingestor.ingest_file(target, source=source, target_id=target_id)
+                try:
+                    target_id = record_target(store, TargetKind.CRAWL, target, max_pages=cfg.max_pages,
+                                               max_depth=cfg.max_depth)
+                    if kind == "folder":
+                        report = crawler.walk(target, source=source, target_id=target_id)
+                    elif kind == "file":
+                        res = crawler.ingestor.ingest_file(target, source=source, target_id=target_id)
+                        report = CrawlReport()
+                        report.add(res.uri, res.outcome, res.reason, res.size_bytes or 0)
+                    else:
+                        report = crawler.crawl(target, source=source, target_id=target_id)
+                except CrawlError as e:  # e.g. a folder removed since the run started: the rest still run
                     report = CrawlReport()
-                    report.add(res.uri, res.outcome, res.reason, res.size_bytes or 0)
-                else:
-                    report = crawler.crawl(target, source=source, target_id=target_id)
+                    report.add(target, "failed", e.one_line())
                 per_target.append((target, report))
                 total.merge(report)
                 current = None

@@ -420,10 +420,12 @@ def test_malformed_urls_are_refused(bad):
         canonical_url(bad, "http://example.com/dir/")
 
 
-def test_a_malformed_url_target_is_a_crawl_error(store):
-    assert list(iter_targets(["http://[::1"])) == [("url", "http://[::1")]
-    with Crawler(store) as c, pytest.raises(CrawlError, match="malformed URL"):
-        c.crawl("http://[::1")
+@pytest.mark.parametrize("bad", ["http://[::1", "http://u:p@127.0.0.1:9/"])
+def test_a_malformed_url_target_is_a_crawl_error(store, bad):
+    with pytest.raises(CrawlError, match="malformed URL|credentials"):
+        list(iter_targets([bad]))
+    with Crawler(store) as c, pytest.raises(CrawlError, match="malformed URL|credentials"):
+        c.crawl(bad)
 
 
 @pytest.mark.parametrize("codec", ["base64", "hex", "rot13", "zlib", "uu", "bz2", "quopri", "no-such",

@@ -1,0 +1,61 @@
+"""`cllm crawl` end to end through click: targets checked before any work, reports, exit codes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from agent.cli import main
+
+
+def crawl(tmp_path, *args):
+    return CliRunner().invoke(main, ["crawl", "--data-dir", str(tmp_path / "data"), *args])
+
+
+def documents(tmp_path) -> list[str]:
+    from store import open_store
+    from store.models import Document
+
+    store = open_store(tmp_path / "data")
+    try:
+        with store.session(read_only=True) as s:
+            return [d.uri for d in s.scalars(select(Document))]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("bad", ["http://u:p@127.0.0.1:9/", "http://[::1"])
+def test_a_malformed_target_is_a_usage_error_before_anything_is_stored(tmp_path, bad):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        d.mkdir()
+        (d / "notes.txt").write_text(f"notes of {d.name} about herons and egrets\n")
+    r = crawl(tmp_path, str(one), bad, str(two), "--json")
+    assert r.exit_code == 2, r.output
+    assert "Error:" in r.output and "hint:" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "data").exists() or documents(tmp_path) == []  # nothing stored
+
+
+def test_a_target_that_fails_at_run_time_is_reported_and_the_rest_run(tmp_path, monkeypatch):
+    from agent import crawler as crawler_mod
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for d in (one, two):
+        d.mkdir()
+        (d / "notes.txt").write_text(f"notes of {d.name} about herons and egrets\n")
+    walk = crawler_mod.Crawler.walk
+
+    def walk_or_vanish(self, folder, **kw):
+        if folder == str(one):  # the folder went away between the check and the walk
+            raise crawler_mod.CrawlError(f"{folder} is not a folder", hint="pass an existing folder")
+        return walk(self, folder, **kw)
+
+    monkeypatch.setattr(crawler_mod.Crawler, "walk", walk_or_vanish)
+    r = crawl(tmp_path, str(one), str(two), "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.output)
+    by_target = {t["target"]: t["counts"] for t in report["targets"]}
+    assert by_target[str(one)] == {"failed": 1} and by_target[str(two)] == {"added": 1}
+    assert documents(tmp_path) == [(two / "notes.txt").as_uri()]
