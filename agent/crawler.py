@@ -92,14 +92,14 @@ class Crawler:
                  user_agent: str = USER_AGENT, stay_on_host: bool = True,
                  stop_event: threading.Event | None = None, ingestor: Ingestor | None = None,
                  include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-                 follow_symlinks: bool = False) -> None:
+                 follow_symlinks: bool = False, resolver=None) -> None:
         if max_pages < 1 or max_depth < 0 or delay < 0 or timeout <= 0 or retries < 0:
             raise CrawlError("max_pages >= 1, max_depth >= 0, delay >= 0, timeout > 0, retries >= 0 required",
                              hint="check the crawl options")
         if max_redirects > MAX_REDIRECTS:
             raise CrawlError(f"at most {MAX_REDIRECTS} redirects", hint=f"pass max_redirects <= {MAX_REDIRECTS}")
         try:
-            self.policy = HostPolicy.build(allow_private_hosts, allow_networks)
+            self.policy = HostPolicy.build(allow_private_hosts, allow_networks, resolver)
         except ValueError as e:
             raise CrawlError(str(e), hint="use CIDR, e.g. 10.1.0.0/16") from None
         self.store = store
