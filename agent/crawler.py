@@ -101,7 +101,7 @@ class Crawler:
         try:
             self.policy = HostPolicy.build(allow_private_hosts, allow_networks, resolver)
         except ValueError as e:
-            raise CrawlError(str(e), hint="use CIDR, e.g. 10.1.0.0/16") from None
+            raise CrawlError(str(e), hint="use CIDR, e.g. --allow-network 10.1.0.0/16") from None
         self.store = store
         self.max_pages, self.max_depth = max_pages, max_depth
         self.stay_on_host = stay_on_host

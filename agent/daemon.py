@@ -125,7 +125,13 @@ class Agent:
         if cfg.crawl:
             from agent.crawler import iter_targets
 
+            from agent.ssrf import HostPolicy
+
             list(iter_targets(cfg.crawl))       # a bad target is a one-line error, now
+            try:                                # ... and so is a bad --allow-network
+                HostPolicy.build(cfg.allow_private_hosts, cfg.allow_networks)
+            except ValueError as e:
+                raise CllmError(str(e), "use CIDR, e.g. --allow-network 10.1.0.0/16") from None
         cfg.ingestor(None)                      # ... and so is an unknown fallback encoding
         with DataDirLock(cfg.data_dir):
             store = open_store(cfg.data_dir, cfg.database_url)
@@ -253,7 +259,8 @@ class Agent:
         from agent.crawler import Crawler, iter_targets
 
         cfg = self.cfg
-        with Crawler(store, allow_private_hosts=cfg.allow_private_hosts, stop_event=self.stop,
+        with Crawler(store, allow_private_hosts=cfg.allow_private_hosts,
+                     allow_networks=cfg.allow_networks, stop_event=self.stop,
                      max_pages=cfg.max_pages, max_depth=cfg.max_depth,
                      follow_symlinks=cfg.follow_symlinks, ingestor=cfg.ingestor(store),
                      **cfg.path_filter_args()) as crawler:

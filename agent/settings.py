@@ -228,8 +228,15 @@ SETTINGS: tuple[Setting, ...] = (
             shown=crawler_limits, check=at_least(1),
             hint="e.g. --max-file-bytes 4194304", commands=CRAWL, into=CRAWL),
     Setting("allow_private_hosts", False, bool,
-            "Let the crawler reach loopback, private and link-local addresses.",
+            "Let the crawler reach loopback, private and other non-public addresses (never "
+            "link-local or cloud metadata ones: only --allow-network opens those).",
             commands=("agent", "crawl"), into=AGENT + CRAWL),
+    Setting("allow_network", (), list,
+            "Let the crawler reach this network, e.g. 10.1.0.0/16 or 169.254.169.254/32 "
+            "(repeatable; the only way to open link-local and cloud metadata addresses; checked "
+            "by the crawler: ssrf.HostPolicy.build).",
+            commands=("agent", "crawl"),
+            into=AGENT + CRAWL, field_name="allow_networks", metavar="CIDR"),
     # --- the run
     Setting("max_cycles", None, int, "Stop after this many completed cycles.",
             shown="run until stopped", check=at_least(1), hint="e.g. --max-cycles 1",

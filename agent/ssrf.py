@@ -144,7 +144,7 @@ class HostPolicy:
     def check_ip(self, ip: IP) -> Optional[str]:
         """Why the policy refuses `ip` (with the option that would open it), or None."""
         plain = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
-        if any(plain in n for n in self.allow_networks if n.version == plain.version):
+        if any(a in n for n in self.allow_networks for a in {ip, plain} if n.version == a.version):
             return None
         problem, locked = classify(ip)
         if problem is None or (self.allow_private and not locked):

@@ -59,3 +59,17 @@ def test_a_target_that_fails_at_run_time_is_reported_and_the_rest_run(tmp_path, 
     by_target = {t["target"]: t["counts"] for t in report["targets"]}
     assert by_target[str(one)] == {"failed": 1} and by_target[str(two)] == {"added": 1}
     assert documents(tmp_path) == [(two / "notes.txt").as_uri()]
+
+
+def test_allow_network_opens_exactly_that_network(tmp_path, site):
+    from tests.agent.helpers import page
+
+    site.html("/", page("Home", "home words about herons"))
+    refused = crawl(tmp_path, site.base + "/", "--delay", "0", "--json")
+    assert refused.exit_code != 0 or json.loads(refused.output)["targets"][0]["counts"] == {"refused": 1}
+    assert site.hits == []
+    r = crawl(tmp_path, site.base + "/", "--delay", "0", "--allow-network", "127.0.0.1/32", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["targets"][0]["counts"] == {"fetched": 1}
+    bad = crawl(tmp_path, site.base + "/", "--allow-network", "127.0.0.300/32")
+    assert bad.exit_code == 2 and "bad network" in bad.output and "CIDR" in bad.output

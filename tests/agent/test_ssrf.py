@@ -126,3 +126,54 @@ def test_the_transport_dials_exactly_the_checked_address(site):
     with httpx.Client(transport=guarded_transport(policy)) as client:
         r = client.get(f"http://test.example:{site.port}/robots.txt")
     assert r.status_code == 404 and site.count("/robots.txt") == 1
+
+
+# --- --allow-private-hosts never opens link-local or metadata addresses ------------------
+
+LOCKED = ["169.254.169.254", "169.254.0.1", "fe80::1", "fd00:ec2::254", "100.100.100.200",
+          "::ffff:169.254.169.254", "2002:a9fe:a9fe::1", "64:ff9b::a9fe:a9fe"]
+
+
+@pytest.mark.parametrize("ip", LOCKED)
+def test_private_hosts_allowed_still_refuses_link_local_and_metadata(ip):
+    policy = HostPolicy.build(allow_private=True)
+    assert "--allow-network" in policy.check_ip(ipaddress.ip_address(ip))
+    assert HostPolicy.build(allow_private=True, allow_networks=[ip]).check_ip(ipaddress.ip_address(ip)) is None
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "10.0.0.1", "192.168.1.1", "::1", "fd00::1"])
+def test_private_hosts_allowed_opens_the_private_ranges(ip):
+    assert HostPolicy.build(allow_private=True).check_ip(ipaddress.ip_address(ip)) is None
+    assert HostPolicy.build().check_ip(ipaddress.ip_address(ip)) is not None
+
+
+def test_metadata_names_are_refused_by_the_address_they_resolve_to(no_connect):
+    policy = HostPolicy.build(allow_private=True,
+                              resolver=stub({"metadata.google.internal": ["169.254.169.254"]}))
+    with pytest.raises(HostRefused, match="link-local"):
+        policy.resolve("metadata.google.internal", 80)
+    with pytest.raises(httpcore.ConnectError, match="SSRF guard"):
+        GuardedBackend(policy).connect_tcp("metadata.google.internal", 80, timeout=1)
+    assert no_connect == []
+
+
+def test_a_robots_txt_redirect_to_the_metadata_endpoint_is_not_followed(store, site, monkeypatch):
+    from tests.agent.helpers import Route, page
+
+    dialled = []
+    connect = socket.create_connection
+
+    def record(address, *a, **kw):
+        dialled.append(address[0])
+        if not address[0].startswith("127."):
+            raise AssertionError(f"dialled {address}")
+        return connect(address, *a, **kw)
+
+    monkeypatch.setattr(socket, "create_connection", record)
+    site.routes["/robots.txt"] = Route(302, b"", {"Location": "http://169.254.169.254/latest/meta-data/"})
+    site.html("/", page("Home", "home words about herons"))
+    with Crawler(store, delay=0, retries=0, allow_private_hosts=True) as c:
+        c.crawl(site.base + "/")
+    status, _, reason = urls(store)[site.base + "/"]
+    assert status == "disallowed" and "robots.txt unavailable" in reason and "link-local" in reason
+    assert set(dialled) == {"127.0.0.1"} and site.count("/") == 0
