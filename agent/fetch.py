@@ -64,6 +64,12 @@ class Response:
     body: bytes
     location: str | None = None  # redirects
     retry_after: str | None = None  # 429 / 503
+    etag: str | None = None  # validators of a 2xx, for a conditional re-fetch
+    last_modified: str | None = None
+
+    @property
+    def validators(self) -> tuple[str | None, str | None]:
+        return self.etag, self.last_modified
 
 
 def parse_retry_after(value: str) -> float | None:
@@ -117,14 +123,19 @@ class Fetcher:
             self._client.close()
             self._client = None
 
-    def fetch(self, url: str) -> Response:
+    def fetch(self, url: str, validators: tuple[str | None, str | None] = (None, None)) -> Response:
         """GET with robots, guard, delay, retries and re-checked redirects; a 2xx with content
-        or FetchFailed."""
+        or FetchFailed. With (ETag, Last-Modified) `validators` of a stored copy, the request
+        is conditional (If-None-Match / If-Modified-Since) and a 304 comes back as it is."""
         hops = [url]
         current = url
+        etag, modified = validators
+        conditional = {k: v for k, v in (("If-None-Match", etag), ("If-Modified-Since", modified)) if v}
         while True:
             self._check_allowed(current)
-            resp = self._request(current)
+            resp = self._request(current, headers=conditional if current == url else None)
+            if resp.status == 304 and conditional and current == url:
+                return resp
             if resp.status in REDIRECT_STATUSES:
                 if len(hops) > self.max_redirects:
                     raise FetchFailed(f"more than {self.max_redirects} redirects", UrlStatus.ERROR, resp.status)
@@ -192,7 +203,7 @@ class Fetcher:
                 raise FetchFailed(f"HTTP {resp.status}", UrlStatus.FAILED, resp.status)
             return resp
 
-    def _request(self, url: str, cap: int | None = None) -> Response:
+    def _request(self, url: str, cap: int | None = None, headers: dict | None = None) -> Response:
         """One GET with the per-host delay and retries; redirects come back unread.
 
         Connecting, sending, the status line, the headers and the body of every attempt
@@ -209,7 +220,7 @@ class Fetcher:
             started = time.monotonic()
             try:
                 with deadline(started + budget - spent):
-                    resp = self._get_once(url, cap)
+                    resp = self._get_once(url, cap, headers)
             except httpx.TimeoutException as e:
                 failure = FetchFailed(f"timed out ({type(e).__name__}: {e})")
             except httpx.RemoteProtocolError as e:
@@ -247,8 +258,8 @@ class Fetcher:
             if self.stop_event.wait(retry_in):
                 raise Interrupted
 
-    def _get_once(self, url: str, cap: int) -> Response:
-        with self.client.stream("GET", url) as r:
+    def _get_once(self, url: str, cap: int, headers: dict | None = None) -> Response:
+        with self.client.stream("GET", url, headers=headers) as r:
             host = host_of(url)
             self._next_request[host] = time.monotonic() + max(self.delay, self._crawl_delay.get(host, 0.0))
             if r.status_code in REDIRECT_STATUSES:
@@ -280,7 +291,8 @@ class Fetcher:
                 final = canonical_url(str(r.url))
             except Refused:
                 final = url
-            return Response(final, r.status_code, ctype, charset, b"".join(chunks))
+            return Response(final, r.status_code, ctype, charset, b"".join(chunks),
+                            etag=r.headers.get("etag"), last_modified=r.headers.get("last-modified"))
 
     def _wait_turn(self, url: str) -> None:
         """The per-host politeness delay, interruptible by stop_event."""

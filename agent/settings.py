@@ -218,6 +218,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_depth", 2, int, "Link depth from each start URL (0: the start page only).",
             check=at_least(0), hint="e.g. --max-depth 2",
             commands=("agent", "crawl"), into=AGENT + CRAWL),
+    Setting("recrawl_interval", 86400.0, float,
+            "Seconds after which a crawled URL is fetched again (conditionally: an unchanged "
+            "page costs a 304; a changed one becomes a new version, a removed one is marked "
+            "deleted); the agent re-crawls its URL targets on this schedule. 0: never.",
+            check=at_least(0), hint="e.g. --recrawl-interval 86400 (daily)",
+            commands=("agent", "crawl"), into=AGENT + CRAWL),
     Setting("delay", 1.0, float,
             "Seconds between requests to one host (robots.txt Crawl-delay may raise it).",
             check=at_least(0), hint="e.g. --delay 1", commands=CRAWL, into=CRAWL),

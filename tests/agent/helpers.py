@@ -72,12 +72,14 @@ class Route:
 
 @dataclass
 class Site:
-    """Routes by path; a list of Routes answers in turn (the last one repeats)."""
+    """Routes by path; a list of Routes answers in turn (the last one repeats). A route with
+    an ETag or Last-Modified header answers a request that names it with 304."""
 
     host: str
     port: int
     routes: dict = field(default_factory=dict)
     hits: list = field(default_factory=list)  # (path, user agent, monotonic time)
+    requests: list = field(default_factory=list)  # (path, request headers)
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property

@@ -73,3 +73,15 @@ def test_allow_network_opens_exactly_that_network(tmp_path, site):
     assert json.loads(r.output)["targets"][0]["counts"] == {"fetched": 1}
     bad = crawl(tmp_path, site.base + "/", "--allow-network", "127.0.0.300/32")
     assert bad.exit_code == 2 and "bad network" in bad.output and "CIDR" in bad.output
+
+
+def test_cllm_crawl_fetches_again_what_is_older_than_the_recrawl_interval(tmp_path, site):
+    from tests.agent.helpers import Route, page
+
+    site.routes["/"] = Route(200, page("Home", "home words about herons").encode(),
+                             {"Content-Type": "text/html", "ETag": '"v1"'})
+    args = (site.base + "/", "--delay", "0", "--allow-network", "127.0.0.1/32", "--json")
+    counts = [json.loads(crawl(tmp_path, *args, *extra).output)["targets"][0]["counts"]
+              for extra in ((), (), ("--recrawl-interval", "0.000001"))]
+    assert counts == [{"fetched": 1}, {"seen": 1}, {"unchanged": 1}]  # default: daily
+    assert [h.get("If-None-Match") for p, h in site.requests if p == "/"] == [None, '"v1"']
