@@ -27,6 +27,7 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -60,6 +61,10 @@ _URL_STATUS_OF = {  # what storing a fetched page's text means for its URL
 }
 
 
+FAILURE_OUTCOMES = frozenset({UrlStatus.FAILED, UrlStatus.ERROR, UrlStatus.REFUSED, UrlStatus.DISALLOWED})
+PROGRESS_EVERY_S = 10.0  # a crawl logs its progress at INFO this often (checked between pages)
+
+
 class CrawlError(CllmError):
     """A crawl cannot start (bad target or option)."""
 
@@ -76,6 +81,11 @@ class CrawlReport:
         self.counts[outcome] += 1
         self.bytes_read += nbytes
         self.items.append((uri, outcome, reason))
+
+    @property
+    def failed(self) -> bool:
+        """Nothing came of it but failures and refusals (at least one)."""
+        return bool(self.items) and all(o in FAILURE_OUTCOMES for _, o, _ in self.items)
 
     def merge(self, other: "CrawlReport") -> None:
         self.counts.update(other.counts)
@@ -110,6 +120,8 @@ class Crawler:
             raise CrawlError(str(e), hint="use CIDR, e.g. --allow-network 10.1.0.0/16") from None
         self.store = store
         self.recrawl_interval = recrawl_interval  # seconds; 0: a handled URL is never fetched again
+        self.clock = time.monotonic  # progress is logged at page boundaries, every PROGRESS_EVERY_S
+        self.progress_every = PROGRESS_EVERY_S
         self.max_pages, self.max_depth = max_pages, max_depth
         self.stay_on_host = stay_on_host
         self.stop_event = stop_event or threading.Event()
@@ -176,6 +188,7 @@ class Crawler:
             dict.fromkeys([(start, 0)] + self._frontier_left(start, fresh_after)))
         queued = {u for u, _ in frontier}
         pages = 0
+        last_progress = self.clock()
         try:
             while frontier and pages < self.max_pages:
                 if self.stop_event.is_set():
@@ -186,6 +199,10 @@ class Crawler:
                     continue
                 pages += 1
                 links = self._crawl_one(url_, report, source=source, target_id=target_id)
+                now = self.clock()
+                if now - last_progress >= self.progress_every:
+                    last_progress = now
+                    _log_progress(start, pages, len(frontier), report)
                 if depth >= self.max_depth:
                     continue
                 new = []
@@ -200,6 +217,7 @@ class Crawler:
         if frontier and pages >= self.max_pages:
             log.info("page limit %d reached; %d URLs left unvisited", self.max_pages, len(frontier))
             report.counts["left_unvisited"] += len(frontier)
+        _log_progress(start, pages, len(frontier), report, done=True)
         return report
 
     def _crawl_one(self, url: str, report: CrawlReport, *, source: str, target_id: int | None) -> list[str]:
@@ -300,6 +318,15 @@ class Crawler:
                 url_store.record_url(s, u, status=status, http_status=http_status, document_id=document_id,
                                      reason=reason, validators=validators)
         log.info("%s %s%s", status, url, f": {reason}" if reason else "")
+
+
+def _log_progress(start: str, pages: int, queued: int, report: CrawlReport, done: bool = False) -> None:
+    c = report.counts
+    log.info("crawl of %s%s: %d pages requested (%d fetched, %d unchanged), %d queued, %d refused "
+             "(SSRF guard, robots.txt, policy), %d failed (network, HTTP), %s bytes read",
+             start, " done" if done else "", pages, c[UrlStatus.FETCHED], c["unchanged"], queued,
+             c[UrlStatus.REFUSED] + c[UrlStatus.DISALLOWED] + c[UrlStatus.SKIPPED],
+             c[UrlStatus.FAILED] + c[UrlStatus.ERROR], f"{report.bytes_read:,}")
 
 
 def _hostname(url: str) -> str | None:

@@ -27,7 +27,7 @@ import httpx
 
 from agent import robots
 from agent.html import HTML_TYPES
-from agent.ssrf import HostPolicy
+from agent.ssrf import HostPolicy, HostRefused
 from agent.text import Refused
 from agent.transport import deadline, guarded_transport
 from agent.urls import canonical_url, host_port, origin
@@ -40,6 +40,8 @@ MAX_REDIRECTS = 5
 MAX_BODY_BYTES = 5 * 1024 * 1024  # a page larger than this is refused (recorded)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+ROBOTS_TTL = 24 * 3600.0  # seconds a robots.txt is kept (RFC 9309: not much over 24 hours)
+ROBOTS_FAILURE_TTL = 300.0  # ... and a robots.txt that could not be reached
 DEADLINE_TIMEOUTS = 3  # all attempts at one URL together may take this many timeouts (against trickling servers)
 
 
@@ -106,7 +108,7 @@ class Fetcher:
         self.retries, self.backoff, self.max_retry_after = retries, backoff, max_retry_after
         self.max_redirects = max_redirects
         self._client: httpx.Client | None = None
-        self._robots: dict[str, robots.Rules] = {}  # origin -> its rules
+        self._robots: dict[str, tuple] = {}  # origin -> (its rules, status, monotonic expiry)
         self._next_request: dict[str, float] = {}  # host -> monotonic time of its next request
         self._crawl_delay: dict[str, float] = {}  # host -> its robots.txt Crawl-delay
 
@@ -156,33 +158,46 @@ class Fetcher:
             return resp
 
     def _check_guard(self, url: str) -> None:
+        """The SSRF guard's verdict: refused by it, or failed when the host does not resolve
+        (a network failure, retried later, not a refusal)."""
         try:
             self.policy.resolve(*host_port(url))
-        except Refused as r:
+        except HostRefused as r:
             raise FetchFailed(r.reason, UrlStatus.REFUSED) from None
+        except Refused as r:
+            raise FetchFailed(r.reason, UrlStatus.FAILED) from None
 
     def _check_allowed(self, url: str) -> None:
         self._check_guard(url)
-        reason = robots.disallowed(self._robots_for(url), url)
+        rules, status = self._robots_for(url)
+        reason = robots.disallowed(rules, url)
         if reason:
-            raise FetchFailed(reason, UrlStatus.DISALLOWED)
+            raise FetchFailed(reason, status)
 
-    def _robots_for(self, url: str) -> robots.Rules:
+    def _robots_for(self, url: str) -> tuple[robots.Rules, str]:
+        """The origin's rules, and the status a URL they disallow gets: disallowed, or failed
+        when robots.txt could not be reached over the network (RFC 9309 still says: disallow
+        everything). Kept ROBOTS_TTL seconds (a network failure ROBOTS_FAILURE_TTL)."""
         site = origin(url)
-        if site not in self._robots:
+        now = time.monotonic()
+        if site not in self._robots or self._robots[site][2] <= now:
             robots_url = site + "/robots.txt"
+            status, ttl = UrlStatus.DISALLOWED, ROBOTS_TTL
             try:
                 resp = self._fetch_robots(robots_url)
             except FetchFailed as f:
                 # RFC 9309: an unreachable robots.txt (5xx, network) means "disallow everything"
                 rules = robots.unavailable(f.reason)
+                if f.status == UrlStatus.FAILED and f.http_status is None:  # network, not the server
+                    status, ttl = UrlStatus.FAILED, ROBOTS_FAILURE_TTL
             else:
                 rules = robots.rules_from_response(robots_url, resp.status, resp.body)
                 delay = robots.crawl_delay(rules)
                 if delay:
                     self._crawl_delay[host_of(site)] = delay
-            self._robots[site] = rules
-        return self._robots[site]
+            self._robots[site] = (rules, status, now + ttl)
+        rules, status, _ = self._robots[site]
+        return rules, status
 
     def _fetch_robots(self, url: str) -> Response:
         current, hops = url, [url]

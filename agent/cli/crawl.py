@@ -6,6 +6,7 @@ A thin layer over agent.crawler and agent.ingest; its settings come from agent/s
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
@@ -32,8 +33,9 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
 
     Folders are walked (honouring .gitignore and the default excludes), URLs are crawled
     (robots.txt, per-host delay, depth and page limits). Every refused input is recorded
-    with its reason; none of them stops the run. Ctrl-C stops after the current file or
-    page and keeps everything stored; a second Ctrl-C aborts at once.
+    with its reason; none of them stops the run, but when every target failed (nothing
+    fetched or stored) the exit status is 1. Ctrl-C stops after the current file or page and
+    keeps everything stored; a second Ctrl-C aborts at once.
 
     Example: cllm crawl corpus/ https://docs.python.org/3/reference/ --max-pages 20
     """
@@ -100,12 +102,15 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
                        + (f"; {left} targets not started" if left else ""), err=True)
     finally:
         store.close()
+    every_target_failed = bool(per_target) and all(r.failed for _, r in per_target)
     if as_json:
         click.echo(json.dumps({
-            "targets": [{"target": t, "counts": dict(r.counts), "bytes": r.bytes_read}
+            "targets": [{"target": t, "counts": dict(r.counts), "bytes": r.bytes_read, "failed": r.failed}
                         for t, r in per_target],
             "items": [{"uri": u, "outcome": o, "reason": why} for u, o, why in total.items],
         }, indent=2))
+        if every_target_failed:
+            sys.exit(1)
         return
     for t, r in per_target:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing"
@@ -115,3 +120,6 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
         click.echo(f"  {o}: {u}: {why}")
     if len(refused) > 20:
         click.echo(f"  ... and {len(refused) - 20} more (cllm history documents --status skipped)")
+    if every_target_failed:
+        click.echo("every target failed: nothing was fetched or stored (the reasons are above)", err=True)
+        sys.exit(1)

@@ -66,7 +66,7 @@ def test_allow_network_opens_exactly_that_network(tmp_path, site):
 
     site.html("/", page("Home", "home words about herons"))
     refused = crawl(tmp_path, site.base + "/", "--delay", "0", "--json")
-    assert refused.exit_code != 0 or json.loads(refused.output)["targets"][0]["counts"] == {"refused": 1}
+    assert refused.exit_code == 1 and json.loads(refused.output)["targets"][0]["counts"] == {"refused": 1}
     assert site.hits == []
     r = crawl(tmp_path, site.base + "/", "--delay", "0", "--allow-network", "127.0.0.1/32", "--json")
     assert r.exit_code == 0, r.output
@@ -85,3 +85,27 @@ def test_cllm_crawl_fetches_again_what_is_older_than_the_recrawl_interval(tmp_pa
               for extra in ((), (), ("--recrawl-interval", "0.000001"))]
     assert counts == [{"fetched": 1}, {"seen": 1}, {"unchanged": 1}]  # default: daily
     assert [h.get("If-None-Match") for p, h in site.requests if p == "/"] == [None, '"v1"']
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, never listening, closed: connections are refused
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_crawl_where_every_target_failed_exits_1(tmp_path):
+    url = f"http://127.0.0.1:{closed_port()}/"
+    r = crawl(tmp_path, url, "--allow-network", "127.0.0.1/32", "--json", "--timeout", "1")
+    assert r.exit_code == 1, r.output
+    report = json.loads(r.output)
+    assert report["targets"][0]["failed"] is True
+    assert [(i["outcome"], "network error" in i["reason"]) for i in report["items"]] == [("failed", True)]
+    text = crawl(tmp_path, url, "--allow-network", "127.0.0.1/32", "--timeout", "1")
+    assert text.exit_code == 1 and "every target failed" in text.output
+    folder = tmp_path / "ok"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("notes about herons and egrets\n")
+    mixed = crawl(tmp_path, str(folder), url, "--allow-network", "127.0.0.1/32", "--timeout", "1")
+    assert mixed.exit_code == 0, mixed.output
