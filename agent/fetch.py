@@ -42,6 +42,7 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
 ROBOTS_TTL = 24 * 3600.0  # seconds a robots.txt is kept (RFC 9309: not much over 24 hours)
 ROBOTS_FAILURE_TTL = 300.0  # ... and a robots.txt that could not be reached
+MIN_ATTEMPT_S = 0.05  # a retry needs at least this much of the budget left
 DEADLINE_TIMEOUTS = 3  # all attempts at one URL together may take this many timeouts (against trickling servers)
 
 
@@ -261,7 +262,7 @@ class Fetcher:
                         retry_in = max(after, 0.0)
             finally:
                 spent += time.monotonic() - started
-            if spent >= budget:
+            if spent >= budget - MIN_ATTEMPT_S:  # what is left could not hold an attempt
                 failure.reason += (f" after {attempt + 1} attempts: the total time limit of {budget:g} s "
                                    f"({DEADLINE_TIMEOUTS} x --timeout) was spent")
                 raise failure

@@ -53,6 +53,13 @@ def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+def _timeout_reason(doing: str) -> str:
+    at = _DEADLINE.get()
+    if at is not None and time.monotonic() >= at:
+        return "the request's total time limit ran out"
+    return f"timed out {doing}"
+
+
 class _GuardedStream(httpcore.NetworkStream):
     """A socket whose every operation stays within the deadline."""
 
@@ -64,8 +71,8 @@ class _GuardedStream(httpcore.NetworkStream):
         try:
             self._sock.settimeout(wait)
             return self._sock.recv(max_bytes)
-        except socket.timeout as e:
-            raise httpcore.ReadTimeout(str(e) or "timed out reading") from None
+        except socket.timeout:
+            raise httpcore.ReadTimeout(_timeout_reason("reading")) from None
         except OSError as e:
             raise httpcore.ReadError(str(e)) from None
 
@@ -75,8 +82,8 @@ class _GuardedStream(httpcore.NetworkStream):
             try:
                 self._sock.settimeout(wait)
                 n = self._sock.send(buffer)
-            except socket.timeout as e:
-                raise httpcore.WriteTimeout(str(e) or "timed out writing") from None
+            except socket.timeout:
+                raise httpcore.WriteTimeout(_timeout_reason("writing")) from None
             except OSError as e:
                 raise httpcore.WriteError(str(e)) from None
             buffer = buffer[n:]
