@@ -177,3 +177,16 @@ def test_a_robots_txt_redirect_to_the_metadata_endpoint_is_not_followed(store, s
     status, _, reason = urls(store)[site.base + "/"]
     assert status == "disallowed" and "robots.txt unavailable" in reason and "link-local" in reason
     assert set(dialled) == {"127.0.0.1"} and site.count("/") == 0
+
+
+def test_a_bad_allow_network_is_a_one_line_error_before_the_agent_starts(tmp_path):
+    from agent.daemon import Agent
+    from agent.settings import AgentConfig, TrainerSettings
+    from engine.errors import CllmError
+
+    cfg = AgentConfig(tmp_path / "data", TrainerSettings(preset="tiny", workers=1),
+                      crawl=("http://example.org/",), allow_networks=("10.0.0.300/8",))
+    with pytest.raises(CllmError, match="bad network") as e:
+        Agent(cfg).run()
+    assert "--allow-network" in e.value.one_line()
+    assert not (tmp_path / "data").exists()  # nothing was started or created
