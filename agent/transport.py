@@ -211,8 +211,8 @@ class _ResponseStream(httpx.SyncByteStream):
 class GuardedTransport(httpx.BaseTransport):
     """An httpx transport over an httpcore pool that connects through GuardedBackend."""
 
-    def __init__(self, policy: HostPolicy) -> None:
-        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
+    def __init__(self, policy: HostPolicy, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._pool = httpcore.ConnectionPool(ssl_context=ssl_context or httpx.create_ssl_context(),
                                              network_backend=GuardedBackend(policy))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -232,6 +232,7 @@ class GuardedTransport(httpx.BaseTransport):
         self._pool.close()
 
 
-def guarded_transport(policy: HostPolicy) -> GuardedTransport:
-    """An httpx transport whose every connection goes through the SSRF guard."""
-    return GuardedTransport(policy)
+def guarded_transport(policy: HostPolicy, ssl_context: ssl.SSLContext | None = None) -> GuardedTransport:
+    """An httpx transport whose every connection goes through the SSRF guard (TLS verified
+    against the system's / certifi's roots unless another `ssl_context` is given)."""
+    return GuardedTransport(policy, ssl_context)
