@@ -27,7 +27,7 @@ from typing import Optional
 
 from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted
 from agent.settings import AgentConfig
-from engine.errors import CllmError
+from engine.errors import CllmError, ConfigError
 from store import open_store
 from store.errors import StoreError
 
@@ -122,7 +122,7 @@ class Agent:
         cfg = self.cfg
         for w in cfg.watch:
             if not Path(w).is_dir():
-                raise CllmError(f"cannot watch {w}: not a folder", "create it or fix --watch")
+                raise ConfigError(f"cannot watch {w}: not a folder", "create it or fix --watch")
         if cfg.crawl:
             from agent.crawler import iter_targets
 

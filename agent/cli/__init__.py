@@ -8,7 +8,9 @@
     common.py   shared options, the store opener, one-line errors, tables and JSON
 
 Settings and their flags come from agent/settings.py. Library code raises CllmError and
-StoreError; the commands turn them into one-line messages with a hint (exit status 2).
+StoreError; the commands turn them into one-line messages with a hint and an exit status
+(common.exit_status: 1 a runtime failure, 2 a usage error, 3 another agent holds the data
+directory).
 The main group hands --database-url to the commands in click's context object.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Optional
 
 import click
 
-from engine.errors import CllmError
+from engine.errors import CllmError, ConfigError
 from store.errors import StoreError
 
 CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -55,9 +55,29 @@ def existing_store(data_dir: Path, url: Optional[str] = None):
     return open_store(data_dir, url)
 
 
+# exit statuses of every command: 0 success, EXIT_FAILURE a runtime failure, EXIT_USAGE a
+# usage or configuration error (click's own status for bad options), EXIT_LOCKED another
+# agent (or trainer) holds the data directory, EXIT_INTERRUPTED Ctrl-C before work began
+EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
+
+
+def exit_status(e: BaseException) -> int:
+    """The exit status for an error a command reports in one line."""
+    from agent.crawler import CrawlError
+    from agent.daemon import AgentLocked
+
+    if isinstance(e, AgentLocked):
+        return EXIT_LOCKED
+    if isinstance(e, (ConfigError, CrawlError)):   # a bad option, setting or target
+        return EXIT_USAGE
+    return EXIT_FAILURE
+
+
 def one_line_errors(fn):
-    """Turn CllmError and StoreError (user mistakes) into `Error: message (hint: ...)` on
-    stderr and exit status 2, instead of a traceback."""
+    """Turn CllmError and StoreError (what a user can fix) into `Error: message (hint: ...)`
+    on stderr and the command's exit status (exit_status), instead of a traceback; a Ctrl-C
+    that reaches here (during start-up, before a command installs its own handlers) is one
+    line and status 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -65,7 +85,10 @@ def one_line_errors(fn):
             return fn(*args, **kwargs)
         except (CllmError, StoreError) as e:
             click.echo(f"Error: {e.one_line()}", err=True)
-            sys.exit(2)
+            sys.exit(exit_status(e))
+        except KeyboardInterrupt:
+            click.echo("interrupted before any work was done; nothing was changed", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 

@@ -1,7 +1,7 @@
 """`cllm db`: the store's database from the command line (migrations, where it lives).
 
 A thin layer over store.open_store; StoreErrors come out as one line with a hint and exit
-status 2. The database is `--database-url` of the subcommand, else that of `cllm
+status 1. The database is `--database-url` of the subcommand, else that of `cllm
 --database-url`, else $CLLM_DATABASE_URL, else the SQLite file of the data directory.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ import click
 
 from agent.cli.common import (CONTEXT_SETTINGS, data_dir_option, emit_table, existing_store,
                               json_option, jsonable, one_line_errors, pass_invocation)
-from store.models import CycleStatus, DocumentStatus
+from store.models import CycleStatus, DocumentStatus, UrlStatus
 
 plot_option = click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
                            default=None, help="Also write a plot to this PNG file.")
@@ -136,7 +136,8 @@ URL_FIELDS = ("id", "url", "status", "http_status", "reason", "document_id", "fe
 
 @history.command("urls", context_settings=CONTEXT_SETTINGS)
 @data_dir_option
-@click.option("--status", default=None, help="Only URLs with this status (fetched, skipped, failed, ...).")
+@click.option("--status", type=click.Choice([s.value for s in UrlStatus]), default=None,
+              help="Only URLs with this status.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
 @json_option
 @pass_invocation

@@ -15,10 +15,10 @@ from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
                               one_line_errors, pass_invocation)
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
-from engine.errors import CllmError
+from engine.errors import CllmError, ConfigError
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @data_dir_option
 @options("train")
 @click.option("--fresh", is_flag=True,
@@ -155,9 +155,9 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
     try:
         counts = [int(c) for c in workers.split(",") if c.strip()]
     except ValueError:
-        raise CllmError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
+        raise ConfigError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
     if not counts or min(counts) < 1:
-        raise CllmError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
+        raise ConfigError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
     res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch)
     if as_json:
         if not topology:
@@ -192,7 +192,7 @@ def neighbours(token, vocab_size, data_dir, as_json):
         ckpts = checkpoint_files(data_dir)
         vocab_size = load_checkpoint(ckpts[-1]).model.config.vocab_size if ckpts else 10000
     if not 0 <= token < vocab_size:
-        raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",
+        raise ConfigError(f"token {token} is outside the vocabulary [0, {vocab_size})",
                         "pick a smaller id or a larger --vocab-size")
     d = describe_token(token, vocab_size)
     if as_json:

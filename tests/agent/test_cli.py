@@ -27,7 +27,7 @@ def test_every_command_has_help_with_an_example(path):
 
 def test_user_mistakes_are_one_line_errors_with_a_hint(tmp_path):
     r = CliRunner().invoke(main, ["generate", "--data-dir", str(tmp_path / "none")])
-    assert r.exit_code == 2
+    assert r.exit_code == 1          # a runtime failure: nothing to generate from
     assert r.output.count("\n") == 1 and "hint:" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["train", str(tmp_path / "missing"), "--data-dir",
                                   str(tmp_path)])
@@ -104,3 +104,25 @@ def test_agent_settings_from_the_environment_are_validated_too(tmp_path, monkeyp
     monkeypatch.setenv("CLLM_PRESET", "huge")
     r = CliRunner().invoke(main, ["agent", "--data-dir", str(tmp_path / "data")])
     assert r.exit_code == 2 and "preset 'huge'" in r.output and "hint:" in r.output
+
+
+def test_exit_statuses_tell_usage_runtime_and_locked_apart(tmp_path):
+    """0 success, 1 a runtime failure, 2 a usage error (click's and bad settings), 3 another
+    agent holds the data directory."""
+    from agent.daemon import DataDirLock
+
+    data = tmp_path / "data"
+    assert CliRunner().invoke(main, ["status", "--data-dir", str(data)]).exit_code == 1
+    assert CliRunner().invoke(main, ["agent", "--no-such-flag"]).exit_code == 2
+    r = CliRunner().invoke(main, ["agent", "--data-dir", str(data), "--batch-size", "0"])
+    assert r.exit_code == 2 and "hint:" in r.output
+    with DataDirLock(data):
+        r = CliRunner().invoke(main, ["train", "--data-dir", str(data), "--preset", "tiny",
+                                      "--steps", "1"])
+    assert r.exit_code == 3 and "already running" in r.output and "hint:" in r.output
+
+
+@pytest.mark.parametrize("view", ["documents", "urls"])
+def test_history_status_filters_refuse_unknown_statuses_like_any_bad_choice(tmp_path, view):
+    r = CliRunner().invoke(main, ["history", view, "--data-dir", str(tmp_path), "--status", "bogus"])
+    assert r.exit_code == 2 and "'bogus' is not one of" in r.output

@@ -142,7 +142,7 @@ def test_watched_files_become_cycles_with_checkpoint_vocab_and_replay(dirs):
 
         # one agent per data directory
         r = cli("agent", "--data-dir", str(data), "--preset", "tiny")
-        assert r.returncode == 2 and "already running" in r.stderr and "hint:" in r.stderr
+        assert r.returncode == 3 and "already running" in r.stderr and "hint:" in r.stderr
         st = json.loads(cli("status", "--data-dir", str(data), "--json").stdout)
         assert st["agent_running"] and st["pid"] == a.p.pid and st["cycles_completed"] == 2
         assert st["last_checkpoint"]["cycle_id"] == 2
@@ -308,7 +308,7 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
     assert st["documents"] == {"learning": 1} and st["current_cycle"] is None
     with DataDirLock(data):
         r = CliRunner().invoke(main, args)
-    assert r.exit_code == 2 and "already running" in r.output
+    assert r.exit_code == 3 and "already running" in r.output
     # every history view renders as a table, and the plots are PNG files
     for view in ("cycles", "vocab", "checkpoints", "forgetting"):
         extra = ["--plot", str(tmp_path / f"{view}.png")] if view in ("vocab", "forgetting") else []
@@ -321,7 +321,7 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
                                   "--json"], catch_exceptions=False)
     assert [c["ok"] for c in json.loads(r.output)] == [True, True]
     r = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path / "nowhere")])
-    assert r.exit_code == 2 and "no store" in r.output and "hint:" in r.output
+    assert r.exit_code == 1 and "no store" in r.output and "hint:" in r.output
 
 
 def test_settings_come_from_flags_then_environment_then_toml(tmp_path, monkeypatch):
