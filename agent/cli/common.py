@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -31,9 +32,51 @@ json_option = click.option("--json", "as_json", is_flag=True,
 
 @dataclass
 class Invocation:
-    """What the main group hands its commands as click's context object."""
+    """What the main group hands its commands as click's context object. The options that
+    fill it are taken before the subcommand and after it alike (`global_options`)."""
 
     database_url: Optional[str] = None   # --database-url: the store's URL (None: the default)
+    verbose: int = 0                     # -v count
+    quiet: int = 0                       # -q count
+
+    def log_level(self) -> int:
+        """WARNING by default; each -v one level more (to DEBUG), each -q one less."""
+        return min(logging.CRITICAL, max(logging.DEBUG,
+                                         logging.WARNING + 10 * (self.quiet - self.verbose)))
+
+
+def configure_logging(inv: Invocation) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(inv.log_level())
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value):
+    inv = ctx.ensure_object(Invocation)
+    if param.name == "database_url":
+        if value is not None:
+            inv.database_url = value
+    elif value:
+        setattr(inv, param.name, getattr(inv, param.name) + value)
+    configure_logging(inv)
+    return value
+
+
+def global_options() -> list[click.Option]:
+    """-v, -q and --database-url: the options of the main group, which every subcommand
+    takes too (after its name: `cllm status -v --database-url URL`)."""
+    return [
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_set_global,
+                     help="More log output (-vv for debug)."),
+        click.Option(["-q", "--quiet"], count=True, expose_value=False, callback=_set_global,
+                     help="Less log output: errors only (-qq: critical only)."),
+        click.Option(["--database-url"], metavar="URL", default=None, expose_value=False,
+                     callback=_set_global,
+                     help="Any SQLAlchemy URL for the store, e.g. "
+                          "postgresql+psycopg://u:p@host/db [$CLLM_DATABASE_URL, else a SQLite "
+                          "file in the data directory]."),
+    ]
 
 
 # `@pass_invocation` passes the Invocation first; a command invoked without the main group

@@ -41,9 +41,8 @@ def agent(inv: Invocation, data_dir: Path, config: Optional[Path], **flags) -> N
     from agent.signals import stop_on_signals
 
     values = resolve(flags, data_dir, config)
-    root = logging.getLogger()
-    if root.level > logging.INFO:  # the agent reports its cycles unless told to be quieter
-        logging.getLogger("agent").setLevel(logging.INFO)
+    if not inv.quiet:  # the agent reports its cycles unless told to be quiet (-q)
+        logging.getLogger("agent").setLevel(min(logging.INFO, inv.log_level()))
     trainer = build(TrainerSettings, values, min_lr=values["lr"] / 10)
     if not values["watch"] and not values["crawl"]:
         values["watch"], values["crawl"] = embedded_targets(Path(data_dir))

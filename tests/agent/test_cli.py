@@ -126,3 +126,23 @@ def test_exit_statuses_tell_usage_runtime_and_locked_apart(tmp_path):
 def test_history_status_filters_refuse_unknown_statuses_like_any_bad_choice(tmp_path, view):
     r = CliRunner().invoke(main, ["history", view, "--data-dir", str(tmp_path), "--status", "bogus"])
     assert r.exit_code == 2 and "'bogus' is not one of" in r.output
+
+
+def test_version_and_verbosity_options_work_before_and_after_the_subcommand(tmp_path):
+    import logging
+    from importlib.metadata import version
+
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and r.output == f"cllm {version('crystalline-cllm')}\n"
+    root = logging.getLogger()
+    before = root.level
+    try:
+        for args, level in ((["-q", "neighbours", "1", "--vocab-size", "50"], logging.ERROR),
+                            (["neighbours", "1", "--vocab-size", "50", "-q"], logging.ERROR),
+                            (["neighbours", "1", "--vocab-size", "50", "-vv"], logging.DEBUG),
+                            (["-v", "neighbours", "1", "--vocab-size", "50"], logging.INFO),
+                            (["neighbours", "1", "--vocab-size", "50"], logging.WARNING)):
+            r = CliRunner().invoke(main, args, catch_exceptions=False)
+            assert r.exit_code == 0 and root.level == level, (args, r.output)
+    finally:
+        root.setLevel(before)

@@ -325,6 +325,13 @@ def test_database_url_reaches_the_store_without_touching_the_environment(
     r = runner.invoke(main, ["--database-url", url, "db", "current", "--data-dir", str(data),
                              "--json"], catch_exceptions=False)
     assert json.loads(r.output)["backend"] == store_target.backend
+    # the same after the subcommand
+    r = runner.invoke(main, ["status", "--data-dir", str(data), "--json", "--database-url", url],
+                      catch_exceptions=False)
+    assert r.exit_code == 0 and json.loads(r.output)["cycles_completed"] == 1, r.output
+    r = runner.invoke(main, ["history", "documents", "--database-url", url, "--data-dir",
+                             str(data), "--json"], catch_exceptions=False)
+    assert [d["uri"].rsplit("/", 1)[1] for d in json.loads(r.output)] == ["a.txt"]
     assert environ.writes == [] and "CLLM_DATABASE_URL" not in environ
     assert not (data / "cllm.sqlite3").exists()
 
