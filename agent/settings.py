@@ -5,13 +5,15 @@ and which settings dataclass holds it. From the table come
 - the click options of a command (`options("agent")`): `--name-with-dashes`, the default
   shown in the help;
 - for `cllm agent`, the environment (`CLLM_<NAME>`, e.g. CLLM_MIN_CYCLE_TOKENS=4000; lists
-  separated by os.pathsep, URLs kept whole) and a TOML file (`--config FILE`, else
-  $CLLM_CONFIG, else `<data-dir>/cllm.toml` if present; keys in an `[agent]` table or at the
-  top level, spelled with - or _). `cllm train` and `cllm crawl` take flags only;
+  separated by os.pathsep, URLs kept whole) and TOML files (the user config file,
+  ~/.config/cllm/cllm.toml on Linux, beneath `--config FILE`, else $CLLM_CONFIG, else
+  `<data-dir>/cllm.toml`, each if present; keys in an `[agent]` table or at the top level,
+  spelled with - or _). `cllm train` and `cllm crawl` take flags only;
 - the dataclasses TrainerSettings (the continuous trainer), AgentConfig (the daemon) and
   CrawlSettings (`cllm crawl`), whose checks are the table's.
 
-Precedence, strongest first: flags, environment, TOML file, the table's default. A value that
+Precedence, strongest first: flags, environment, the data directory's TOML file (or
+--config), the user config file, the table's default. A value that
 fails its type or check is a ConfigError naming where it came from.
 
 Adding a setting is one Setting(...) row: give it `commands` for a flag (and, for the agent,
@@ -290,16 +292,22 @@ def options(command: str):
 
 # --------------------------------------------------------------------------- resolution
 
-def config_file(data_dir: Path, explicit: Optional[Path] = None) -> Optional[Path]:
-    if explicit is not None:
-        if not Path(explicit).is_file():
-            raise ConfigError(f"config file {explicit} does not exist", "check the --config path")
-        return Path(explicit)
-    env = os.environ.get("CLLM_CONFIG")
-    if env:
-        return config_file(data_dir, Path(env))
-    p = Path(data_dir) / "cllm.toml"
-    return p if p.is_file() else None
+def config_files(data_dir: Path, explicit: Optional[Path] = None) -> list[Path]:
+    """The TOML files read, weakest first: the user config file (agent/homes.py, if it
+    exists), then `explicit` (--config), else $CLLM_CONFIG, else DATA_DIR/cllm.toml (if it
+    exists). A named file that does not exist is an error."""
+    from agent.homes import user_config_file
+
+    if explicit is None and os.environ.get("CLLM_CONFIG"):
+        explicit = Path(os.environ["CLLM_CONFIG"])
+    if explicit is not None and not Path(explicit).is_file():
+        raise ConfigError(f"config file {explicit} does not exist",
+                          "check the --config path (or $CLLM_CONFIG)")
+    out = [p for p in (user_config_file(),) if p.is_file()]
+    own = Path(explicit) if explicit is not None else Path(data_dir) / "cllm.toml"
+    if own.is_file() and own not in out:
+        out.append(own)
+    return out
 
 
 def split_list(value: str) -> list[str]:
@@ -360,8 +368,7 @@ def resolve(flags: Mapping[str, Any], data_dir: Path,
     where = {s.name: "the default" for s in takes}
     if command in CONFIGURED_COMMANDS:
         configurable = {s.name: s for s in takes if s.configurable}
-        path = config_file(data_dir, config)
-        if path is not None:
+        for path in config_files(data_dir, config):
             try:
                 doc = tomllib.loads(path.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:

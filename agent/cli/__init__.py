@@ -28,7 +28,7 @@ from agent.cli.common import CONTEXT_SETTINGS, Invocation, configure_logging, gl
 def main(ctx: click.Context) -> None:
     """Crystalline CLLM: a continuous-learning crawler agent with its own GPT engine.
 
-    Example: cllm agent   (watches ./cllm-data/inbox and learns the sample corpus)
+    Example: cllm agent   (watches ~/.local/share/cllm/inbox and learns the sample corpus)
     """
     configure_logging(ctx.ensure_object(Invocation))
 

@@ -17,6 +17,7 @@ from typing import Optional
 
 import click
 
+from agent.homes import default_data_dir, shown
 from engine.errors import CllmError, ConfigError
 from store.errors import StoreError
 
@@ -24,7 +25,7 @@ CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"], max_content_width=10
 
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="CLLM_DATA_DIR",
-    default=Path("cllm-data"), show_default=True,
+    default=default_data_dir, show_default=f"{shown(default_data_dir())}, the user data directory",
     help="Data directory: store, checkpoints, inbox (env CLLM_DATA_DIR).")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print JSON (a list of objects).")

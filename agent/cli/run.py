@@ -93,6 +93,7 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
                                latest_step_metric, list_cycles)
 
     store = existing_store(data_dir, inv.database_url)
+    store_name = store.describe()
     try:
         with store.session(read_only=True) as s:
             running = next(iter(list_cycles(s, status=CycleStatus.RUNNING, limit=1)), None)
@@ -122,13 +123,17 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     pid = holder_pid(data_dir)
     if current is not None:
         current["stale"] = pid is None  # left running by an agent that died; recovered on start
-    out = {"agent_running": pid is not None, "pid": pid, "current_cycle": current,
+    out = {"data_dir": str(Path(data_dir).resolve()), "database": store_name,
+           "agent_running": pid is not None, "pid": pid, "current_cycle": current,
            "backlog": backlog, "pending_documents": pending, "pending_bytes": pending_bytes or 0,
            "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
     if as_json:
         click.echo(json.dumps(out, indent=2, default=jsonable))
         return
-    click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'} ({data_dir})")
+    click.echo(f"data directory: {out['data_dir']}"
+               + (f" (store: {store_name})" if store_name != str(Path(out['data_dir'])
+                                                            / "cllm.sqlite3") else ""))
+    click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'}")
     if current and current["stale"]:
         click.echo(f"cycle {current['id']} was interrupted at step {current['step']} (the agent "
                    "died); nothing it trained was counted and the next agent start recovers it")
