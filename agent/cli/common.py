@@ -117,6 +117,38 @@ def exit_status(e: BaseException) -> int:
     return EXIT_FAILURE
 
 
+def preset_of(config) -> str:
+    """The preset a model config was made from (its vocabulary grows), or "custom"."""
+    from engine import PRESETS
+
+    shape = ("context", "d_model", "n_layers", "n_heads")
+    return next((name for name, p in PRESETS.items()
+                 if all(getattr(p, k) == getattr(config, k) for k in shape)), "custom")
+
+
+def warn_if_preset_ignored(values, data_dir: Path, *, fresh_flag: Optional[str] = None) -> None:
+    """A warning line when --preset (or $CLLM_PRESET, or TOML) names a model other than the
+    one the data directory already holds: the directory's model wins."""
+    from agent.model_state import checkpoint_files
+    from engine.checkpoint import read_model_config
+
+    if not values.given("preset"):
+        return
+    ckpts = checkpoint_files(data_dir)
+    if not ckpts:
+        return
+    try:
+        have = preset_of(read_model_config(ckpts[-1]))
+    except CllmError:
+        return                  # an unreadable checkpoint is reported when it is loaded
+    if have != values["preset"]:
+        how = (f"pass {fresh_flag} or another --data-dir" if fresh_flag
+               else "pass another --data-dir (or delete this one)")
+        click.echo(f"warning: preset {values['preset']} (from {values.where['preset']}) is "
+                   f"ignored: {data_dir} already holds a {have} model, which resumes; to start "
+                   f"a fresh {values['preset']} model, {how}", err=True)
+
+
 def one_line_errors(fn):
     """Turn CllmError and StoreError (what a user can fix) into `Error: message (hint: ...)`
     on stderr and the command's exit status (exit_status), instead of a traceback; a Ctrl-C

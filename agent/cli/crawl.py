@@ -1,7 +1,7 @@
 """`cllm crawl`: ingest folders, files and web pages once, then exit.
 
 A thin layer over agent.crawler and agent.ingest; its settings come from agent/settings.py
-(flags only, like `cllm train`).
+(flags, CLLM_*, TOML, as every command).
 """
 from __future__ import annotations
 

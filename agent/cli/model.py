@@ -1,7 +1,7 @@
 """`cllm train`, `cllm generate`, `cllm neighbours` and `cllm bench`: the model from the
 command line, as thin commands over agent.corpus, the continuous trainer and the engine.
 
-`train`'s settings come from agent/settings.py (flags only).
+`train`'s settings come from agent/settings.py (flags, CLLM_*, TOML, as every command).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
-                              one_line_errors, pass_invocation)
+                              one_line_errors, pass_invocation, warn_if_preset_ignored)
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
 from engine.errors import CllmError, ConfigError
@@ -42,6 +42,8 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
     from store import open_store
 
     values = resolve(flags, data_dir, command="train")
+    if not fresh:
+        warn_if_preset_ignored(values, data_dir, fresh_flag="--fresh")
     steps, preset, seed, init = values["steps"], values["preset"], values["seed"], values["init"]
     if not paths:
         paths = tuple(corpus_topics())      # one source per topic, as the agent's defaults
@@ -95,7 +97,10 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
 @click.command(context_settings=CONTEXT_SETTINGS)
 @data_dir_option
 @click.option("--prompt", default="", help="Text to continue.")
-@click.option("--max-new-tokens", type=click.IntRange(min=0), default=120, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=0), default=120, show_default=True,
+              help="Tokens to generate at most.")
+@click.option("--max-new-tokens", "old_max_tokens", type=click.IntRange(min=0), default=None,
+              hidden=True)   # its name until 0.1 (deprecated: agent/train's vocabulary flag too)
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8, show_default=True,
               help="0 is greedy.")
 @click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True)
@@ -104,13 +109,18 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop when this text is produced (repeatable).")
 @one_line_errors
-def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop):
+def generate(data_dir, prompt, max_tokens, old_max_tokens, temperature, top_k, top_p, seed,
+             stop):
     """Stream a continuation of --prompt from the latest checkpoint.
 
     Example: cllm generate --data-dir ./cllm-data --prompt "The while statement" --seed 1
     """
     from agent.model_state import latest_model_state
 
+    if old_max_tokens is not None:
+        click.echo("warning: generate's --max-new-tokens is deprecated, it is --max-tokens now",
+                   err=True)
+        max_tokens = old_max_tokens
     state = latest_model_state(data_dir)
     if state is None:
         raise CllmError(f"no checkpoint in {data_dir}", "train first: cllm train")
@@ -119,7 +129,7 @@ def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, 
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     produced = ""
     click.echo(prompt, nl=False)
-    for t in state.serving_model().generate_stream(ids, max_new_tokens, temperature=temperature,
+    for t in state.serving_model().generate_stream(ids, max_tokens, temperature=temperature,
                                          top_k=top_k, top_p=top_p, seed=seed):
         if t == tok.eod_id:
             break

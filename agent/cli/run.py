@@ -7,28 +7,27 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import click
 
 from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
                               existing_store, json_option, jsonable, one_line_errors,
-                              pass_invocation)
+                              pass_invocation, warn_if_preset_ignored)
 from engine.errors import CllmError
 
 
 @click.command("agent", context_settings=CONTEXT_SETTINGS)
 @data_dir_option
 @options("agent")
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="TOML settings file [$CLLM_CONFIG, else DATA_DIR/cllm.toml].")
 @pass_invocation
 @one_line_errors
-def agent(inv: Invocation, data_dir: Path, config: Optional[Path], **flags) -> None:
+def agent(inv: Invocation, data_dir: Path, **flags) -> None:
     """Run the agent: watch folders, crawl targets, train in cycles; stop with Ctrl-C.
 
-    Settings come from flags, then CLLM_* environment variables, then a TOML file.
+    Settings come from flags, then CLLM_* environment variables, then DATA_DIR/cllm.toml
+    (or --config), then the user config file (~/.config/cllm/cllm.toml), as for every
+    command.
     One agent per data directory; it resumes from the latest checkpoint. With nothing to
     watch or crawl configured anywhere it runs on embedded defaults: it watches
     DATA_DIR/inbox (drop text files there) and learns the shipped sample corpus.
@@ -40,7 +39,8 @@ def agent(inv: Invocation, data_dir: Path, config: Optional[Path], **flags) -> N
     from agent.daemon import Agent
     from agent.signals import stop_on_signals
 
-    values = resolve(flags, data_dir, config)
+    values = resolve(flags, data_dir)
+    warn_if_preset_ignored(values, data_dir)
     if not inv.quiet:  # the agent reports its cycles unless told to be quiet (-q)
         logging.getLogger("agent").setLevel(min(logging.INFO, inv.log_level()))
     trainer = build(TrainerSettings, values, min_lr=values["lr"] / 10)

@@ -26,7 +26,7 @@ from store.models import Checkpoint, Cycle, CycleDocument, Document
 pytestmark = pytest.mark.slow
 TIMEOUT = 60
 FAST = ["--preset", "tiny", "--workers", "1", "--min-cycle-tokens", "300", "--max-wait", "30",
-        "--quiet-period", "0.2", "--batch-size", "4", "--max-new-tokens", "20",
+        "--quiet-period", "0.2", "--batch-size", "4", "--vocab-growth", "20",
         "--replay-fraction", "0.3"]
 
 
@@ -289,7 +289,7 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
     drop(tmp_path / "corpus" / "notes", "a.txt", "the crystal lattice hums a quiet tune. ")
     data = tmp_path / "data"
     args = ["train", str(tmp_path / "corpus"), "--data-dir", str(data), "--preset", "tiny",
-            "--steps", "5", "--batch-size", "4", "--workers", "1", "--max-new-tokens", "10",
+            "--steps", "5", "--batch-size", "4", "--workers", "1", "--vocab-growth", "10",
             "--json"]
     for _ in range(2):
         r = CliRunner().invoke(main, args, catch_exceptions=False)
@@ -364,7 +364,7 @@ def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
     data.mkdir()
     (data / "cllm.toml").write_text(
         f'[agent]\ncrawl = ["{tree}"]\npreset = "tiny"\nworkers = 1\nmin-cycle-tokens = 2000\n'
-        'max-wait = 30\nmax-steps = 7\nbatch-size = 4\nmax-new-tokens = 10\n')
+        'max-wait = 30\nmax-steps = 7\nbatch-size = 4\nvocab-growth = 10\n')
     a = AgentProc(data, None, fast=False)
     try:
         a.wait_for(r"cycle 1 completed")

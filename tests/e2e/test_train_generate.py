@@ -19,7 +19,7 @@ def test_train_then_generate_end_to_end(tmp_path):
     (corpus / "b.txt").write_text("every sphere touches twelve neighbours. " * 40)
     data = tmp_path / "data"
     args = ["train", str(tmp_path / "corpus"), "--data-dir", str(data), "--preset", "tiny",
-            "--steps", "30", "--batch-size", "4", "--workers", "2", "--max-new-tokens", "40",
+            "--steps", "30", "--batch-size", "4", "--workers", "2", "--vocab-growth", "40",
             "--lr", "3e-3", "--json"]
     r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -33,7 +33,7 @@ def test_train_then_generate_end_to_end(tmp_path):
     assert json.loads(r.output[r.output.index("{"):])["checkpoint_path"].endswith("000002.safetensors")
     # generation streams text from the latest checkpoint, in a real subprocess
     p = subprocess.run([sys.executable, "-m", "agent", "generate", "--data-dir", str(data),
-                        "--prompt", "every sphere", "--max-new-tokens", "20", "--seed", "1"],
+                        "--prompt", "every sphere", "--max-tokens", "20", "--seed", "1"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("every sphere") and len(p.stdout) > len("every sphere")
