@@ -85,18 +85,20 @@ def global_options() -> list[click.Option]:
 pass_invocation = click.make_pass_decorator(Invocation, ensure=True)
 
 
-def existing_store(data_dir: Path, url: Optional[str] = None):
-    """The store of `data_dir` (or of `url`), refusing to create the SQLite file of a data
-    directory where nothing was ever stored (a mistyped --data-dir)."""
+def existing_store(data_dir: Path, url: Optional[str] = None, **kwargs):
+    """The store of `data_dir` (or of `url`) for a command that only reads: refusing to
+    create the SQLite file of a data directory where nothing was ever stored (a mistyped
+    --data-dir), or one a sqlite URL names. `kwargs` go to open_store."""
     from store import open_store
-    from store.db import SQLITE_FILENAME, resolve_url, sqlite_path
+    from store.db import resolve_url, sqlite_path
 
-    default_file = Path(data_dir).expanduser().resolve() / SQLITE_FILENAME
-    if sqlite_path(resolve_url(data_dir, url)) == default_file and not default_file.exists():
-        raise StoreError(f"no store in {data_dir}",
-                         "start the agent (cllm agent --data-dir DIR), or pass the --data-dir "
-                         "it uses")
-    return open_store(data_dir, url)
+    path = sqlite_path(resolve_url(data_dir, url))
+    if path is not None and not path.exists():
+        where = (f"no store in {data_dir}" if url is None and not os.environ.get("CLLM_DATABASE_URL")
+                 else f"no store at {path}")
+        raise StoreError(where, "start the agent (cllm agent --data-dir DIR), or pass the "
+                                "--data-dir (or --database-url) it uses")
+    return open_store(data_dir, url, **kwargs)
 
 
 # exit statuses of every command: 0 success, EXIT_FAILURE a runtime failure, EXIT_USAGE a

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, one_line_errors,
-                              pass_invocation)
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, existing_store,
+                              one_line_errors, pass_invocation)
 from store import open_store
 
 
@@ -50,11 +50,12 @@ def upgrade(inv: Invocation, data_dir: Path) -> None:
 @pass_invocation
 @one_line_errors
 def current(inv: Invocation, data_dir: Path, as_json: bool) -> None:
-    """Show which database the store uses, its schema revision and the newest one known.
+    """Show which database the store uses, its schema revision and the newest one known
+    (reads only: a data directory without a store is an error, never a new empty store).
 
     Example: cllm db current --data-dir ./cllm-data --json
     """
-    with open_store(data_dir, inv.database_url, upgrade=False) as st:
+    with existing_store(data_dir, inv.database_url, upgrade=False) as st:
         revs, head = st.schema_state()
         info = {"database": st.describe(), "backend": st.engine.dialect.name,
                 "revision": ", ".join(revs) or None, "head": head,

@@ -146,3 +146,20 @@ def test_version_and_verbosity_options_work_before_and_after_the_subcommand(tmp_
             assert r.exit_code == 0 and root.level == level, (args, r.output)
     finally:
         root.setLevel(before)
+
+
+@pytest.mark.parametrize("args", [
+    ["db", "current"], ["status"], ["history", "cycles"], ["history", "documents"],
+    ["history", "urls"], ["history", "vocab"], ["history", "checkpoints"],
+    ["history", "forgetting"], ["generate", "--prompt", "x"], ["neighbours", "3"]],
+    ids=" ".join)
+def test_reading_commands_never_create_a_store_or_a_data_directory(tmp_path, args):
+    """Regression: `cllm db current --data-dir brand-new-typo` created an empty store and
+    exited 0."""
+    typo = tmp_path / "brand-new-typo"
+    r = CliRunner().invoke(main, [*args, "--data-dir", str(typo)])
+    assert not typo.exists(), r.output
+    if args[0] != "neighbours":          # (neighbours needs no model: the default vocabulary)
+        assert r.exit_code == 1 and r.output.startswith("Error: ") and "hint:" in r.output
+    r = CliRunner().invoke(main, [*args, "--database-url", f"sqlite:///{typo}.sqlite3"])
+    assert not typo.with_suffix(".sqlite3").exists(), r.output
