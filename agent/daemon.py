@@ -49,8 +49,12 @@ class DataDirLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "DataDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CllmError(f"cannot write in the data directory {self.path.parent}: "
+                            f"{e.strerror}", "pass a --data-dir you can write to") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -6,6 +6,7 @@ Imports nothing from the command modules, so each of them can use it.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -105,6 +106,9 @@ def existing_store(data_dir: Path, url: Optional[str] = None, **kwargs):
 # usage or configuration error (click's own status for bad options), EXIT_LOCKED another
 # agent (or trainer) holds the data directory, EXIT_INTERRUPTED Ctrl-C before work began
 EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 1, 2, 3, 130
+# a file system refusing a write (read-only, permissions, full): the user's situation, one line
+FILESYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                               errno.EDQUOT})
 
 
 def exit_status(e: BaseException) -> int:
@@ -164,6 +168,13 @@ def one_line_errors(fn):
         except (CllmError, StoreError) as e:
             click.echo(f"Error: {e.one_line()}", err=True)
             sys.exit(exit_status(e))
+        except OSError as e:
+            if e.errno not in FILESYSTEM_ERRNOS:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            click.echo(f"Error: cannot write{where}: {e.strerror} (hint: check the space and "
+                       "permissions there, or pass another --data-dir)", err=True)
+            sys.exit(EXIT_FAILURE)
         except KeyboardInterrupt:
             click.echo("interrupted before any work was done; nothing was changed", err=True)
             sys.exit(EXIT_INTERRUPTED)
