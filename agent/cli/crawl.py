@@ -35,7 +35,7 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
     with its reason; none of them stops the run. Ctrl-C stops after the current file or
     page and keeps everything stored; a second Ctrl-C aborts at once.
 
-    Example: cllm crawl corpus/ https://docs.python.org/3/reference/ --max-pages 20
+    Example: cllm crawl ~/notes https://docs.python.org/3/reference/ --max-pages 20
     """
     from agent.crawler import CrawlReport, Crawler, iter_targets, record_target
     from agent.ingest import BATCH_INPUTS, Ingestor

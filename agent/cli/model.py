@@ -18,7 +18,7 @@ from engine import PRESETS
 from engine.errors import CllmError, ConfigError
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @data_dir_option
 @options("train")
 @click.option("--fresh", is_flag=True,
@@ -26,11 +26,15 @@ from engine.errors import CllmError, ConfigError
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_invocation
 @one_line_errors
-def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool, as_json: bool,
+def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, as_json: bool,
           **flags) -> None:
     """Train once on text files (default: the shipped sample corpus) and checkpoint.
 
-    Example: cllm train corpus/ --data-dir ./cllm-data --preset small --steps 300
+    PATHs are read as `cllm crawl PATH` reads them (the same files, the same source names:
+    each folder as given), and the run is recorded as a cycle. Ctrl-C stops at the next
+    step and saves what was trained (a checkpoint and an interrupted, committed cycle).
+
+    Example: cllm train ~/notes --preset small --steps 300
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -46,7 +50,7 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
         warn_if_preset_ignored(values, data_dir, fresh_flag="--fresh")
     steps, preset, seed, init = values["steps"], values["preset"], values["seed"], values["init"]
     if not paths:
-        paths = tuple(corpus_topics())      # one source per topic, as the agent's defaults
+        paths = tuple(map(str, corpus_topics()))   # one source per topic, as the agent's
         if not paths:
             raise CllmError("no PATH given and the sample corpus is not installed",
                             "give folders of text: cllm train PATH...")

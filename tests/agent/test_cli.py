@@ -163,3 +163,35 @@ def test_reading_commands_never_create_a_store_or_a_data_directory(tmp_path, arg
         assert r.exit_code == 1 and r.output.startswith("Error: ") and "hint:" in r.output
     r = CliRunner().invoke(main, [*args, "--database-url", f"sqlite:///{typo}.sqlite3"])
     assert not typo.with_suffix(".sqlite3").exists(), r.output
+
+
+def test_train_reads_the_files_crawl_accepts_under_the_same_source_names(tmp_path):
+    """`cllm train DIR` and `cllm crawl DIR` (and so the agent's --crawl DIR): the same files
+    (README, .org, .log included; ignored, binary and empty ones out) and the same sources."""
+    from agent.corpus import read_docs
+    from store import open_store
+    from store.queries import list_documents
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for name, body in (("README", "readme words\n"), ("notes.org", "* an org heading\n"),
+                       ("run.log", "a log line\n"), ("sub/a.md", "deeper text\n"),
+                       ("Makefile", "all:\n\ttrue\n"), ("skipped.txt", "ignored\n"),
+                       (".gitignore", "skipped.txt\n"), ("empty.txt", "  \n")):
+        (tree / name).write_text(body)
+    (tree / "blob.bin").write_bytes(b"\x00\x01\x02" * 100)
+    single = tmp_path / "one.txt"
+    single.write_text("a single file\n")
+    data = tmp_path / "data"
+    for target in (str(tree), str(tree) + "/", str(single)):
+        r = CliRunner().invoke(main, ["crawl", target, "--data-dir", str(data)],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    with open_store(data) as st, st.session(read_only=True) as s:
+        stored = {(d.uri, d.source) for d in list_documents(s) if d.status == "pending"}
+    read = {(d.uri, d.source) for target in (str(tree), str(single))
+            for d in read_docs([target])}
+    assert read == stored
+    names = {u.rsplit("/", 1)[1] for u, _ in read}
+    assert names == {"README", "notes.org", "run.log", "a.md", "Makefile", ".gitignore",
+                     "one.txt"}

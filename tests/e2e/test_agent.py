@@ -428,17 +428,17 @@ def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_rem
 def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path):
     """`cllm agent` with nothing configured: it crawls the shipped corpus, watches
     DATA_DIR/inbox, and --max-cycles ends it by itself with exit status 0."""
-    from agent.corpus import REPO_CORPUS
+    from agent.corpus import SAMPLE_CORPUS
 
     data = tmp_path / "data"
     a = AgentProc(data, None, "--max-steps", "10")
     try:
         line = a.wait_for(r"embedded defaults: watching")
         inbox = data / "inbox"
-        assert str(inbox) in line and str(REPO_CORPUS) in line and inbox.is_dir()
+        assert str(inbox) in line and str(SAMPLE_CORPUS) in line and inbox.is_dir()
         line = a.wait_for(r"cycle 1 \(\w+\): \d+ documents to learn")
         # the first cycle waited for the start-up crawl and took all of it
-        n_corpus = len(list(REPO_CORPUS.rglob("*.txt")))
+        n_corpus = len(list(SAMPLE_CORPUS.rglob("*.txt")))
         assert f": {n_corpus} documents to learn" in line
         a.wait_for(r"cycle 1 completed")
         drop(inbox, "note.txt", "a note dropped into the inbox. ")
@@ -454,7 +454,7 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
                 doc = inbox_doc()
             with store.session() as s:
                 uris = s.scalars(select(Document.uri)).all()
-            corpus_files = {p.resolve() for p in REPO_CORPUS.rglob("*.txt")}
+            corpus_files = {p.resolve() for p in SAMPLE_CORPUS.rglob("*.txt")}
             crawled = {Path(uri_to_path(u)).resolve() for u in uris if "note.txt" not in u}
             assert crawled == corpus_files and len(uris) == len(corpus_files) + 1
         finally:
