@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import sys
 from pathlib import Path
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
+from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, data_dir_option,
                               one_line_errors, pass_invocation, warn_if_preset_ignored)
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
@@ -39,8 +40,11 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from agent.continuous_trainer import ContinuousTrainer, record_documents
+    import threading
+
+    from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted, record_documents
     from agent.daemon import DataDirLock
+    from agent.signals import stop_on_signals
     from agent.corpus import corpus_topics, read_docs
     from agent.model_state import new_model_state
     from store import open_store
@@ -59,8 +63,9 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
     settings = build(TrainerSettings, values, min_lr=values["lr"] / 10, replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
     # one run is one cycle in the store, under the data directory's lock (no agent meanwhile)
+    stop = threading.Event()     # Ctrl-C, SIGTERM, SIGHUP: stop at the next step, save that
     with DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store:
-        trainer = ContinuousTrainer(store, data_dir, settings)
+        trainer = ContinuousTrainer(store, data_dir, settings, stop=stop)
         trainer.recover()
         if fresh:
             trainer.start_fresh(new_model_state(preset, seed=seed, init=init))
@@ -75,11 +80,22 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
                       console=console) as bar:
             task = bar.add_task("train", total=steps, loss=float("nan"))
             trainer.progress = lambda c, i, n, loss: bar.update(task, completed=i, loss=loss)
-            rep = trainer.run_cycle(record_documents(store, docs), "train", steps=steps)
+            try:
+                with stop_on_signals(stop, sigterm=True, second_interrupt_aborts=True):
+                    rep = trainer.run_cycle(record_documents(store, docs), "train", steps=steps)
+            except CycleInterrupted:
+                raise CllmError("interrupted before the first step: nothing was trained or "
+                                "changed", "run it again") from None
+            except KeyboardInterrupt:   # a second Ctrl-C: the cycle was marked interrupted
+                raise CllmError("aborted: nothing of this run was saved",
+                                "one Ctrl-C stops at the next step and saves what was "
+                                "trained") from None
     if rep is None:
         raise CllmError("the documents hold no trainable text", "add text files with content")
     res, path, sha = rep.run, rep.checkpoint_path, rep.checkpoint_sha256
-    summary = {"cycle_id": rep.cycle_id, "checkpoint_path": str(path),
+    interrupted = rep.ended_by == "stop"
+    summary = {"cycle_id": rep.cycle_id, "checkpoint_path": str(path), "interrupted": interrupted,
+               "steps_planned": steps,
                "checkpoint_sha256": sha, "steps": res.steps,
                "skipped": res.skipped, "tokens": res.tokens,
                "tokens_per_s": round(res.tokens_per_s, 1), "loss_start": res.loss_start,
@@ -87,15 +103,20 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
                "vocab_size": len(state.tokenizer), "new_tokens": len(res.new_token_ids),
                "documents": len(docs), "model": state.model.config.to_json()}
     if as_json:
-        click.echo(json.dumps(summary, indent=1))
-        return
-    click.echo(f"trained {res.steps} steps on {len(docs)} documents, {res.tokens} tokens at "
-               f"{res.tokens_per_s:.0f} tok/s; vocabulary {len(state.tokenizer)} "
-               f"(+{len(res.new_token_ids)})")
-    click.echo(f"loss {res.loss_start:.3f} -> {res.loss_end:.3f}; validation: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in sorted(res.val_loss.items())))
-    click.echo(f"checkpoint {path}")
-    click.echo(f"next: cllm generate --data-dir {data_dir} --prompt 'The for statement'")
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        if interrupted:
+            click.echo(f"interrupted after {res.steps} of {steps} steps: what was trained is "
+                       f"saved (cycle {rep.cycle_id}, committed, not evaluated)")
+        click.echo(f"trained {res.steps} steps on {len(docs)} documents, {res.tokens} tokens at "
+                   f"{res.tokens_per_s:.0f} tok/s; vocabulary {len(state.tokenizer)} "
+                   f"(+{len(res.new_token_ids)})")
+        click.echo(f"loss {res.loss_start:.3f} -> {res.loss_end:.3f}; validation: " + (", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(res.val_loss.items())) or "not evaluated"))
+        click.echo(f"checkpoint {path}")
+        click.echo(f"next: cllm generate --data-dir {data_dir} --prompt 'The for statement'")
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
