@@ -201,7 +201,7 @@ def table_cell(column: str, value) -> str:
 def emit_table(rows: list[dict], as_json: bool, columns: list[str], title: str) -> None:
     """Rows as JSON (every field) or as a table of `columns` (rich; full width when piped)."""
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=jsonable))
+        echo_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
@@ -215,6 +215,19 @@ def emit_table(rows: list[dict], as_json: bool, columns: list[str], title: str) 
     console.print(table)
 
 
+JSON_INDENT = 2     # every command's --json output is indented alike
+
+
+def echo_json(obj) -> None:
+    """Print `obj` as the JSON every command prints: indented by JSON_INDENT, datetimes as
+    ISO 8601 (jsonable), numpy scalars as numbers."""
+    click.echo(json.dumps(obj, indent=JSON_INDENT, default=jsonable))
+
+
 def jsonable(v):
     """Datetimes as ISO 8601 strings (for json.dumps(default=...)); other values as they are."""
-    return v.isoformat() if hasattr(v, "isoformat") else v
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if hasattr(v, "item") and hasattr(v, "dtype"):     # numpy scalars
+        return v.item()
+    return v

@@ -5,15 +5,14 @@ A thin layer over agent.crawler and agent.ingest; its settings come from agent/s
 """
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, one_line_errors,
-                              pass_invocation)
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, echo_json,
+                              one_line_errors, pass_invocation)
 from agent.settings import CrawlSettings, build, options, resolve
 
 
@@ -96,11 +95,11 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
     finally:
         store.close()
     if as_json:
-        click.echo(json.dumps({
+        echo_json({
             "targets": [{"target": t, "counts": dict(r.counts), "bytes": r.bytes_read}
                         for t, r in per_target],
             "items": [{"uri": u, "outcome": o, "reason": why} for u, o, why in total.items],
-        }, indent=2))
+        })
         return
     for t, r in per_target:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing"

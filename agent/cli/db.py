@@ -6,13 +6,12 @@ $CLLM_DATABASE_URL, else the SQLite file of the data directory.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, existing_store,
-                              one_line_errors, pass_invocation)
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, echo_json,
+                              existing_store, one_line_errors, pass_invocation)
 from store import open_store
 
 
@@ -61,7 +60,7 @@ def current(inv: Invocation, data_dir: Path, as_json: bool) -> None:
                 "revision": ", ".join(revs) or None, "head": head,
                 "up_to_date": revs == (head,)}
     if as_json:
-        click.echo(json.dumps(info))
+        echo_json(info)
         return
     state = "up to date" if info["up_to_date"] else "behind: run `cllm db upgrade`"
     click.echo(f"database: {info['database']} ({info['backend']})\n"

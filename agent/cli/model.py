@@ -6,14 +6,14 @@ command line, as thin commands over agent.corpus, the continuous trainer and the
 from __future__ import annotations
 
 import codecs
-import json
 import sys
 from pathlib import Path
 
 import click
 
 from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, data_dir_option,
-                              one_line_errors, pass_invocation, warn_if_preset_ignored)
+                              echo_json, one_line_errors, pass_invocation,
+                              warn_if_preset_ignored)
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
 from engine.errors import CllmError, ConfigError
@@ -103,7 +103,7 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
                "vocab_size": len(state.tokenizer), "new_tokens": len(res.new_token_ids),
                "documents": len(docs), "model": state.model.config.to_json()}
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        echo_json(summary)
     else:
         if interrupted:
             click.echo(f"interrupted after {res.steps} of {steps} steps: what was trained is "
@@ -197,7 +197,7 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
     if as_json:
         if not topology:
             res["topology"] = None
-        click.echo(json.dumps(res, indent=1))
+        echo_json(res)
         return
     for line in table_lines(res):
         click.echo(line)
@@ -215,27 +215,50 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
 def neighbours(token, vocab_size, data_dir, as_json):
-    """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position.
+    """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position,
+    each with its text in the data directory's latest vocabulary (when there is a
+    checkpoint; whitespace shown as ␣).
 
     Example: cllm neighbours 100 --vocab-size 10000
     """
+    from agent.cli.common import table_cell
+    from agent.model_state import checkpoint_files, tokenizer_path
+    from engine.checkpoint import read_model_config
     from engine.prime_math import describe_token
+    from engine.tokenizer import Tokenizer
 
+    ckpts = checkpoint_files(data_dir)
+    tok = None
+    if ckpts:
+        if vocab_size is None:
+            vocab_size = read_model_config(ckpts[-1]).vocab_size
+        try:
+            tok = Tokenizer.load(tokenizer_path(ckpts[-1]))
+        except (OSError, CllmError):
+            tok = None                       # ids only: the vocabulary file is unreadable
     if vocab_size is None:
-        from agent.model_state import checkpoint_files
-        from engine.checkpoint import load_checkpoint
-        ckpts = checkpoint_files(data_dir)
-        vocab_size = load_checkpoint(ckpts[-1]).model.config.vocab_size if ckpts else 10000
+        vocab_size = 10000
     if not 0 <= token < vocab_size:
         raise ConfigError(f"token {token} is outside the vocabulary [0, {vocab_size})",
-                        "pick a smaller id or a larger --vocab-size")
+                          "pick a smaller id or a larger --vocab-size")
+
+    def text(t: int):
+        if tok is None or t >= len(tok):
+            return None
+        return tok.token_bytes(t).decode("utf-8", "backslashreplace")
+
     d = describe_token(token, vocab_size)
+    d["text"] = text(token)
+    for n in d["neighbours"]:
+        n["text"] = text(n["token"])
     if as_json:
-        click.echo(json.dumps(d, default=float, indent=1))
+        echo_json(d)
         return
     c = d["clock"]
-    click.echo(f"token {token}: Ulam point {tuple(d['ulam'])}, clock ring {c['ring']} "
+    shown = f" {table_cell('token', d['text'])!r}" if d["text"] is not None else ""
+    click.echo(f"token {token}{shown}: Ulam point {tuple(d['ulam'])}, clock ring {c['ring']} "
                f"position {c['pos']}/{c['ring_size']}, symmetry group {d['symmetry_group']}")
-    click.echo(f"{'neighbour':>10} {'similarity':>11} {'prior q':>8}")
+    click.echo(f"{'neighbour':>10} {'similarity':>11} {'prior q':>8}  text")
     for n in d["neighbours"]:
-        click.echo(f"{n['token']:>10} {n['similarity']:>11.4f} {n['prior']:>8.4f}")
+        click.echo(f"{n['token']:>10} {n['similarity']:>11.4f} {n['prior']:>8.4f}  "
+                   + (table_cell("token", n["text"]) if n["text"] is not None else ""))

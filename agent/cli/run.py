@@ -4,7 +4,6 @@ Thin commands: the daemon is agent/daemon.py, its settings come from agent/setti
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import click
 
 from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
-                              existing_store, json_option, jsonable, one_line_errors,
+                              echo_json, existing_store, json_option, one_line_errors,
                               pass_invocation, warn_if_preset_ignored)
 from engine.errors import CllmError
 
@@ -80,8 +79,19 @@ def embedded_targets(data_dir: Path) -> tuple[list[str], list[str]]:
 @pass_invocation
 @one_line_errors
 def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
-    """What the agent of a data directory is doing: running or not, the current cycle and
-    its progress, pending documents, the last checkpoint.
+    """What the agent of a data directory is doing. Prints, one line each:
+
+    \b
+      data directory  the folder read (and the store, when it lives elsewhere)
+      agent           running (with its pid) or not
+      cycle           the running cycle: step of planned steps, loss, documents
+                      (or that a dead agent left it, to be recovered on the next start)
+      backlog         documents and bytes still to learn, tokens/s and ETA, per source
+      pending         documents waiting for a cycle, and the documents by status
+      cycles          how many completed
+      last checkpoint its file, cycle, step, vocabulary and SHA-256
+
+    --json prints the same as one object.
 
     Example: cllm status --data-dir ./cllm-data
     """
@@ -128,7 +138,7 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
            "backlog": backlog, "pending_documents": pending, "pending_bytes": pending_bytes or 0,
            "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
     if as_json:
-        click.echo(json.dumps(out, indent=2, default=jsonable))
+        echo_json(out)
         return
     click.echo(f"data directory: {out['data_dir']}"
                + (f" (store: {store_name})" if store_name != str(Path(out['data_dir'])

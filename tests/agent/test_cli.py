@@ -195,3 +195,46 @@ def test_train_reads_the_files_crawl_accepts_under_the_same_source_names(tmp_pat
     names = {u.rsplit("/", 1)[1] for u, _ in read}
     assert names == {"README", "notes.org", "run.log", "a.md", "Makefile", ".gitignore",
                      "one.txt"}
+
+
+def test_neighbours_show_each_tokens_text_in_the_data_directorys_vocabulary(tmp_path):
+    from agent.model_state import new_model_state, save_model_state
+
+    state = new_model_state("tiny")
+    save_model_state(state, tmp_path, 1)
+    tok = state.tokenizer
+    r = CliRunner().invoke(main, ["neighbours", "100", "--data-dir", str(tmp_path), "--json"],
+                           catch_exceptions=False)
+    d = json.loads(r.output)
+    assert d["text"] == tok.token_bytes(100).decode() == "d"
+    assert all(n["text"] == tok.token_bytes(n["token"]).decode("utf-8", "backslashreplace")
+               for n in d["neighbours"])
+    table = CliRunner().invoke(main, ["neighbours", "100", "--data-dir", str(tmp_path)]).output
+    from agent.cli.common import table_cell
+
+    first = table.splitlines()[2].split()   # whitespace shown as a visible mark, escapes as such
+    assert first[-1] == table_cell("token", tok.token_bytes(int(first[0])).decode(
+        "utf-8", "backslashreplace"))
+    assert table.startswith("token 100 'd': ")
+
+
+def test_status_help_describes_what_it_prints():
+    text = CliRunner().invoke(main, ["status", "-h"]).output
+    for line in ("data directory", "agent ", "cycle ", "backlog", "pending", "last checkpoint",
+                 "--json"):
+        assert line in text, line
+
+
+def test_every_json_output_is_indented_alike(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("words\n")
+    data = ["--data-dir", str(tmp_path / "data")]
+    outputs = []
+    for args in (["crawl", str(src)], ["status"], ["db", "current"], ["history", "documents"],
+                 ["neighbours", "5", "--vocab-size", "50"]):
+        r = CliRunner().invoke(main, [*args, *data, "--json"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        outputs.append(r.output)
+    for out in outputs:
+        assert out == json.dumps(json.loads(out), indent=2) + "\n", out[:200]
