@@ -25,7 +25,8 @@ def test_train_then_generate_end_to_end(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output[r.output.index("{"):])
     assert out["steps"] == 30 and out["loss_end"] < out["loss_start"]
-    assert out["new_tokens"] > 0 and set(out["val_loss"]) == {"notes"}
+    # one source, the folder as given (as `cllm crawl` and the agent name it)
+    assert out["new_tokens"] > 0 and set(out["val_loss"]) == {str(tmp_path / "corpus")}
     ckpt = data / "checkpoints" / "ckpt-000001.safetensors"
     assert out["checkpoint_path"] == str(ckpt) and ckpt.exists()
     # a second run resumes from the checkpoint and writes the next one
