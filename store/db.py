@@ -114,7 +114,7 @@ def create_store_engine(url: URL) -> Engine:
                              "not installed",
                              "pip install 'crystalline-cllm[postgres]' (psycopg)") from None
         raise StoreError(f"{describe(url)} needs the driver {e.name}, which is not installed",
-                         f"install it, or use sqlite:///... (built in)") from None
+                         "install it, or use sqlite:///... (built in)") from None
     except exc.NoSuchModuleError as e:
         raise StoreError(f"unsupported database URL {describe(url)}: {e}",
                          "use sqlite:///... or postgresql+psycopg://...") from None

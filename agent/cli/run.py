@@ -89,6 +89,7 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
       backlog         documents and bytes still to learn, tokens/s and ETA, per source
       pending         documents waiting for a cycle, and the documents by status
       cycles          how many completed
+      trainer         the process holding the store's trainer lease, when not this agent
       last checkpoint its file, cycle, step, vocabulary and SHA-256
 
     --json prints the same as one object.
@@ -96,6 +97,7 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     Example: cllm status --data-dir ./cllm-data
     """
     from agent.daemon import holder_pid
+    from store import lease as store_lease
     from store.documents import pending_summary
     from store.ledger import backlog_status
     from store.models import CycleStatus
@@ -128,6 +130,7 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
                                                   "vocab_size": ck.vocab_size,
                                                   "created": ck.created}
             completed = count_cycles(s, status=CycleStatus.COMPLETED)
+            trainer = store_lease.current(s)
     finally:
         store.close()
     pid = holder_pid(data_dir)
@@ -136,7 +139,10 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     out = {"data_dir": str(Path(data_dir).resolve()), "database": store_name,
            "agent_running": pid is not None, "pid": pid, "current_cycle": current,
            "backlog": backlog, "pending_documents": pending, "pending_bytes": pending_bytes or 0,
-           "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
+           "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt,
+           "trainer": None if trainer is None else {
+               "host": trainer.host, "pid": trainer.pid, "data_dir": trainer.data_dir,
+               "renewed": trainer.renewed_at, "expired": trainer.expired}}
     if as_json:
         echo_json(out)
         return
@@ -144,6 +150,8 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
                + (f" (store: {store_name})" if store_name != str(Path(out['data_dir'])
                                                             / "cllm.sqlite3") else ""))
     click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'}")
+    if trainer is not None and not trainer.expired and trainer.pid != pid:
+        click.echo(f"trainer of this store: {trainer.describe()}")
     if current and current["stale"]:
         click.echo(f"cycle {current['id']} was interrupted at step {current['step']} (the agent "
                    "died); nothing it trained was counted and the next agent start recovers it")

@@ -198,18 +198,26 @@ def test_train_reads_the_files_crawl_accepts_under_the_same_source_names(tmp_pat
 
 
 def test_neighbours_show_each_tokens_text_in_the_data_directorys_vocabulary(tmp_path):
-    from agent.model_state import new_model_state, save_model_state
+    from agent.model_state import load_recorded_model_state
+    from store import open_store
 
-    state = new_model_state("tiny")
-    save_model_state(state, tmp_path, 1)
-    tok = state.tokenizer
-    r = CliRunner().invoke(main, ["neighbours", "100", "--data-dir", str(tmp_path), "--json"],
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "a.txt").write_text("dd dd dd words words words\n" * 20)
+    data = tmp_path / "data"
+    r = CliRunner().invoke(main, ["train", str(text), "--data-dir", str(data), "--preset", "tiny",
+                                  "--steps", "1", "--batch-size", "2", "--workers", "1"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    with open_store(data) as st:
+        tok = load_recorded_model_state(st)[0].tokenizer
+    r = CliRunner().invoke(main, ["neighbours", "100", "--data-dir", str(data), "--json"],
                            catch_exceptions=False)
     d = json.loads(r.output)
     assert d["text"] == tok.token_bytes(100).decode() == "d"
     assert all(n["text"] == tok.token_bytes(n["token"]).decode("utf-8", "backslashreplace")
                for n in d["neighbours"])
-    table = CliRunner().invoke(main, ["neighbours", "100", "--data-dir", str(tmp_path)]).output
+    table = CliRunner().invoke(main, ["neighbours", "100", "--data-dir", str(data)]).output
     from agent.cli.common import table_cell
 
     first = table.splitlines()[2].split()   # whitespace shown as a visible mark, escapes as such
