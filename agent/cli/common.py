@@ -176,7 +176,8 @@ def one_line_errors(fn):
                        "permissions there, or pass another --data-dir)", err=True)
             sys.exit(EXIT_FAILURE)
         except KeyboardInterrupt:
-            click.echo("interrupted before any work was done; nothing was changed", err=True)
+            click.echo("interrupted (hint: what the store committed is kept; run the command "
+                       "again)", err=True)
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper

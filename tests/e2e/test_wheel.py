@@ -8,6 +8,7 @@ package itself comes from the wheel, which the test checks.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -45,7 +46,9 @@ def wheel_venv(tmp_path_factory):
            if k != "PYTHONPATH" and not k.startswith("CLLM_")}
     env.update(HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"),
                XDG_CONFIG_HOME=str(home / ".config"), PIP_DISABLE_PIP_VERSION_CHECK="1")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    # the installed setuptools builds it offline; without one, pip fetches it (small)
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
          "-w", tmp / "dist", src], tmp, env)
     wheel = next((tmp / "dist").glob("crystalline_cllm-*.whl"))
     venv = tmp / "venv"
