@@ -31,7 +31,7 @@ from typing import Optional
 from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted
 from agent.lease import AgentLocked, TrainerLease
 from agent.settings import AgentConfig
-from engine.errors import CllmError
+from engine.errors import CllmError, ConfigError
 from store import open_store
 from store.errors import LeaseLostError, StoreError
 
@@ -67,8 +67,12 @@ class DataDirLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "DataDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CllmError(f"cannot write in the data directory {self.path.parent}: "
+                            f"{e.strerror}", "pass a --data-dir you can write to") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -140,7 +144,7 @@ class Agent:
         cfg = self.cfg
         for w in cfg.watch:
             if not Path(w).is_dir():
-                raise CllmError(f"cannot watch {w}: not a folder", "create it or fix --watch")
+                raise ConfigError(f"cannot watch {w}: not a folder", "create it or fix --watch")
         if cfg.crawl:
             from agent.crawler import iter_targets
 

@@ -313,7 +313,7 @@ def corruption_trials(c: Campaign) -> None:
         older, latest = ckpts[-2], ckpts[-1]
         corrupt(kind, latest, older)
         g = cllm("generate", "--data-dir", str(data), "--prompt", "the", "--seed", "0",
-                 "--max-new-tokens", "3")
+                 "--max-tokens", "3")
         if g.returncode != 0 or f"refusing checkpoint {latest}" not in g.stderr:
             problems.append(f"generate did not refuse it (exit {g.returncode}): {g.stderr[-200:]}")
         p = Proc(agent_args(data, watch))

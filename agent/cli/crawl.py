@@ -1,11 +1,10 @@
 """`cllm crawl`: ingest folders, files and web pages once, then exit.
 
 A thin layer over agent.crawler and agent.ingest; its settings come from agent/settings.py
-(flags only, like `cllm train`).
+(flags, CLLM_*, TOML, as every command).
 """
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from pathlib import Path
@@ -13,8 +12,8 @@ from typing import Optional
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, one_line_errors,
-                              pass_invocation)
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, echo_json,
+                              one_line_errors, pass_invocation)
 from agent.settings import CrawlSettings, build, options, resolve
 
 
@@ -37,7 +36,7 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
     fetched or stored) the exit status is 1. Ctrl-C stops after the current file or page and
     keeps everything stored; a second Ctrl-C aborts at once.
 
-    Example: cllm crawl corpus/ https://docs.python.org/3/reference/ --max-pages 20
+    Example: cllm crawl ~/notes https://docs.python.org/3/reference/ --max-pages 20
     """
     from agent.crawler import CrawlError, CrawlReport, Crawler, iter_targets, record_target
     from agent.ingest import BATCH_INPUTS, Ingestor
@@ -104,11 +103,11 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
         store.close()
     every_target_failed = bool(per_target) and all(r.failed for _, r in per_target)
     if as_json:
-        click.echo(json.dumps({
-            "targets": [{"target": t, "counts": dict(r.counts), "bytes": r.bytes_read, "failed": r.failed}
-                        for t, r in per_target],
+        echo_json({
+            "targets": [{"target": t, "counts": dict(r.counts), "bytes": r.bytes_read,
+                         "failed": r.failed} for t, r in per_target],
             "items": [{"uri": u, "outcome": o, "reason": why} for u, o, why in total.items],
-        }, indent=2))
+        })
         if every_target_failed:
             sys.exit(1)
         return

@@ -1,24 +1,25 @@
 """`cllm train`, `cllm generate`, `cllm neighbours` and `cllm bench`: the model from the
 command line, as thin commands over agent.corpus, the continuous trainer and the engine.
 
-`train`'s settings come from agent/settings.py (flags only).
+`train`'s settings come from agent/settings.py (flags, CLLM_*, TOML, as every command).
 """
 from __future__ import annotations
 
 import codecs
-import json
+import sys
 from pathlib import Path
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, existing_store,
-                              one_line_errors, pass_invocation)
+from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, data_dir_option,
+                              echo_json, existing_store, one_line_errors, pass_invocation,
+                              warn_if_preset_ignored)
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
-from engine.errors import CllmError
+from engine.errors import CllmError, ConfigError
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @data_dir_option
 @options("train")
 @click.option("--fresh", is_flag=True,
@@ -26,26 +27,35 @@ from engine.errors import CllmError
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_invocation
 @one_line_errors
-def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool, as_json: bool,
+def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, as_json: bool,
           **flags) -> None:
     """Train once on text files (default: the shipped sample corpus) and checkpoint.
 
-    Example: cllm train corpus/ --data-dir ./cllm-data --preset small --steps 300
+    PATHs are read as `cllm crawl PATH` reads them (the same files, the same source names:
+    each folder as given), and the run is recorded as a cycle. Ctrl-C stops at the next
+    step and saves what was trained (a checkpoint and an interrupted, committed cycle).
+
+    Example: cllm train ~/notes --preset small --steps 300
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from agent.continuous_trainer import ContinuousTrainer, record_documents
+    import threading
+
+    from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted, record_documents
     from agent.daemon import DataDirLock
     from agent.lease import TrainerLease
+    from agent.signals import stop_on_signals
     from agent.corpus import corpus_topics, read_docs
     from agent.model_state import new_model_state
     from store import open_store
 
     values = resolve(flags, data_dir, command="train")
+    if not fresh:
+        warn_if_preset_ignored(values, data_dir, fresh_flag="--fresh")
     steps, preset, seed, init = values["steps"], values["preset"], values["seed"], values["init"]
     if not paths:
-        paths = tuple(corpus_topics())      # one source per topic, as the agent's defaults
+        paths = tuple(map(str, corpus_topics()))   # one source per topic, as the agent's
         if not paths:
             raise CllmError("no PATH given and the sample corpus is not installed",
                             "give folders of text: cllm train PATH...")
@@ -55,9 +65,10 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
     # one run is one cycle in the store, under the data directory's lock and the store's
     # trainer lease (no agent meanwhile, on this directory or this database)
+    stop = threading.Event()     # Ctrl-C, SIGTERM, SIGHUP: stop at the next step, save that
     with (DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store,
           TrainerLease(store, data_dir) as lease):
-        trainer = ContinuousTrainer(store, data_dir, settings)
+        trainer = ContinuousTrainer(store, data_dir, settings, stop=stop)
         trainer.lease = lease
         trainer.recover()
         if fresh:
@@ -73,11 +84,22 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
                       console=console) as bar:
             task = bar.add_task("train", total=steps, loss=float("nan"))
             trainer.progress = lambda c, i, n, loss: bar.update(task, completed=i, loss=loss)
-            rep = trainer.run_cycle(record_documents(store, docs), "train", steps=steps)
+            try:
+                with stop_on_signals(stop, sigterm=True, second_interrupt_aborts=True):
+                    rep = trainer.run_cycle(record_documents(store, docs), "train", steps=steps)
+            except CycleInterrupted:
+                raise CllmError("interrupted before the first step: nothing was trained or "
+                                "changed", "run it again") from None
+            except KeyboardInterrupt:   # a second Ctrl-C: the cycle was marked interrupted
+                raise CllmError("aborted: nothing of this run was saved",
+                                "one Ctrl-C stops at the next step and saves what was "
+                                "trained") from None
     if rep is None:
         raise CllmError("the documents hold no trainable text", "add text files with content")
     res, path, sha = rep.run, rep.checkpoint_path, rep.checkpoint_sha256
-    summary = {"cycle_id": rep.cycle_id, "checkpoint_path": str(path),
+    interrupted = rep.ended_by == "stop"
+    summary = {"cycle_id": rep.cycle_id, "checkpoint_path": str(path), "interrupted": interrupted,
+               "steps_planned": steps,
                "checkpoint_sha256": sha, "steps": res.steps,
                "skipped": res.skipped, "tokens": res.tokens,
                "tokens_per_s": round(res.tokens_per_s, 1), "loss_start": res.loss_start,
@@ -85,21 +107,29 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
                "vocab_size": len(state.tokenizer), "new_tokens": len(res.new_token_ids),
                "documents": len(docs), "model": state.model.config.to_json()}
     if as_json:
-        click.echo(json.dumps(summary, indent=1))
-        return
-    click.echo(f"trained {res.steps} steps on {len(docs)} documents, {res.tokens} tokens at "
-               f"{res.tokens_per_s:.0f} tok/s; vocabulary {len(state.tokenizer)} "
-               f"(+{len(res.new_token_ids)})")
-    click.echo(f"loss {res.loss_start:.3f} -> {res.loss_end:.3f}; validation: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in sorted(res.val_loss.items())))
-    click.echo(f"checkpoint {path}")
-    click.echo(f"next: cllm generate --data-dir {data_dir} --prompt 'The for statement'")
+        echo_json(summary)
+    else:
+        if interrupted:
+            click.echo(f"interrupted after {res.steps} of {steps} steps: what was trained is "
+                       f"saved (cycle {rep.cycle_id}, committed, not evaluated)")
+        click.echo(f"trained {res.steps} steps on {len(docs)} documents, {res.tokens} tokens at "
+                   f"{res.tokens_per_s:.0f} tok/s; vocabulary {len(state.tokenizer)} "
+                   f"(+{len(res.new_token_ids)})")
+        click.echo(f"loss {res.loss_start:.3f} -> {res.loss_end:.3f}; validation: " + (", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(res.val_loss.items())) or "not evaluated"))
+        click.echo(f"checkpoint {path}")
+        click.echo(f"next: cllm generate --data-dir {data_dir} --prompt 'The for statement'")
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @data_dir_option
 @click.option("--prompt", default="", help="Text to continue.")
-@click.option("--max-new-tokens", type=click.IntRange(min=0), default=120, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=0), default=120, show_default=True,
+              help="Tokens to generate at most.")
+@click.option("--max-new-tokens", "old_max_tokens", type=click.IntRange(min=0), default=None,
+              hidden=True)   # its name until 0.1 (deprecated: agent/train's vocabulary flag too)
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8, show_default=True,
               help="0 is greedy.")
 @click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True)
@@ -109,13 +139,18 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
 @click.option("--stop", multiple=True, help="Stop when this text is produced (repeatable).")
 @pass_invocation
 @one_line_errors
-def generate(inv: Invocation, data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop):
+def generate(inv: Invocation, data_dir, prompt, max_tokens, old_max_tokens, temperature, top_k,
+             top_p, seed, stop):
     """Stream a continuation of --prompt from the latest checkpoint.
 
     Example: cllm generate --data-dir ./cllm-data --prompt "The while statement" --seed 1
     """
     from agent.model_state import load_recorded_model_state
 
+    if old_max_tokens is not None:
+        click.echo("warning: generate's --max-new-tokens is deprecated, it is --max-tokens now",
+                   err=True)
+        max_tokens = old_max_tokens
     state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
     if state is None:
         raise CllmError(f"no recorded checkpoint of {data_dir} loads",
@@ -125,7 +160,7 @@ def generate(inv: Invocation, data_dir, prompt, max_new_tokens, temperature, top
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     produced = ""
     click.echo(prompt, nl=False)
-    for t in state.serving_model().generate_stream(ids, max_new_tokens, temperature=temperature,
+    for t in state.serving_model().generate_stream(ids, max_tokens, temperature=temperature,
                                          top_k=top_k, top_p=top_p, seed=seed):
         if t == tok.eod_id:
             break
@@ -163,24 +198,27 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, m
     try:
         counts = [int(c) for c in workers.split(",") if c.strip()]
     except ValueError:
-        raise CllmError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
+        raise ConfigError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
     if not counts or min(counts) < 1:
-        raise CllmError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
+        raise ConfigError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
     if mpi:
         from agent.benchmark import mpi_scaling, mpi_table_lines
         from engine.distributed import world
 
         if world() is None:
-            raise CllmError("--mpi measures an MPI job, and this is a single process",
-                            "mpiexec -n 2 cllm bench --mpi --workers 1")
+            raise ConfigError("--mpi measures an MPI job, and this is a single process",
+                              "mpiexec -n 2 cllm bench --mpi --workers 1")
         res = mpi_scaling(preset_name, batch_size, counts[0], rounds, steps)
-        click.echo(json.dumps(res, indent=1) if as_json else "\n".join(mpi_table_lines(res)))
+        if as_json:
+            echo_json(res)
+        else:
+            click.echo("\n".join(mpi_table_lines(res)))
         return
     res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch)
     if as_json:
         if not topology:
             res["topology"] = None
-        click.echo(json.dumps(res, indent=1))
+        echo_json(res)
         return
     for line in table_lines(res):
         click.echo(line)
@@ -199,30 +237,44 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, m
 @pass_invocation
 @one_line_errors
 def neighbours(inv: Invocation, token, vocab_size, data_dir, as_json):
-    """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position.
+    """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position,
+    each with its text in the data directory's latest vocabulary (when there is a
+    checkpoint; whitespace shown as ␣).
 
     Example: cllm neighbours 100 --vocab-size 10000
     """
+    from agent.cli.common import table_cell
+    from agent.model_state import load_recorded_model_state
     from engine.prime_math import describe_token
+    from store.db import SQLITE_FILENAME
 
+    state = None        # the latest recorded checkpoint's model and vocabulary, if any
+    if inv.database_url or (Path(data_dir) / SQLITE_FILENAME).exists():
+        state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
+    tok = state.tokenizer if state is not None else None
     if vocab_size is None:
-        from agent.model_state import load_recorded_model_state
-        from store.db import SQLITE_FILENAME
-
-        state = None
-        if inv.database_url or (Path(data_dir) / SQLITE_FILENAME).exists():
-            state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
         vocab_size = state.model.config.vocab_size if state is not None else 10000
     if not 0 <= token < vocab_size:
-        raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",
-                        "pick a smaller id or a larger --vocab-size")
+        raise ConfigError(f"token {token} is outside the vocabulary [0, {vocab_size})",
+                          "pick a smaller id or a larger --vocab-size")
+
+    def text(t: int):
+        if tok is None or t >= len(tok):
+            return None
+        return tok.token_bytes(t).decode("utf-8", "backslashreplace")
+
     d = describe_token(token, vocab_size)
+    d["text"] = text(token)
+    for n in d["neighbours"]:
+        n["text"] = text(n["token"])
     if as_json:
-        click.echo(json.dumps(d, default=float, indent=1))
+        echo_json(d)
         return
     c = d["clock"]
-    click.echo(f"token {token}: Ulam point {tuple(d['ulam'])}, clock ring {c['ring']} "
+    shown = f" {table_cell('token', d['text'])!r}" if d["text"] is not None else ""
+    click.echo(f"token {token}{shown}: Ulam point {tuple(d['ulam'])}, clock ring {c['ring']} "
                f"position {c['pos']}/{c['ring_size']}, symmetry group {d['symmetry_group']}")
-    click.echo(f"{'neighbour':>10} {'similarity':>11} {'prior q':>8}")
+    click.echo(f"{'neighbour':>10} {'similarity':>11} {'prior q':>8}  text")
     for n in d["neighbours"]:
-        click.echo(f"{n['token']:>10} {n['similarity']:>11.4f} {n['prior']:>8.4f}")
+        click.echo(f"{n['token']:>10} {n['similarity']:>11.4f} {n['prior']:>8.4f}  "
+                   + (table_cell("token", n["text"]) if n["text"] is not None else ""))

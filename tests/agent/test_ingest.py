@@ -268,7 +268,7 @@ def test_history_urls_lists_refused_urls_with_their_reason(tmp_path):
     table = CliRunner().invoke(main, ["history", "urls", "--data-dir", data]).output
     assert "1 URLs" in table and "SSRF guard" in table
     missing = CliRunner().invoke(main, ["history", "urls", "--data-dir", str(tmp_path / "x")])
-    assert missing.exit_code == 2 and "no store in" in missing.output
+    assert missing.exit_code == 1 and "no store in" in missing.output
 
 
 # --- bad input is a recorded refusal, never a crash -------------------------------------
