@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Optional
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, undefer
 
-from .documents import _CHUNK
+from .documents import _CHUNK, superseded_after_training
 from .models import Checkpoint, CycleDocument, Document, DocumentStatus, utcnow
 
 BACKLOG_STATUSES = (DocumentStatus.PENDING, DocumentStatus.LEARNING)
@@ -115,8 +115,9 @@ def record_cycle_credits(session: Session, cycle_id: int,
     """What cycle `cycle_id` trained: {document id: (backlog bytes, replay bytes)}, with the
     trainable bytes of every document it read. Backlog bytes count toward the document's
     passes; a pending or learning document that reaches `passes` becomes trained, one
-    below it learning. A document superseded or deleted meanwhile keeps its status but
-    records its share. Returns {"bytes_new", "bytes_replay", "documents", "completed"}."""
+    below it learning. A document deleted meanwhile keeps its status but records its share;
+    one superseded meanwhile (skipped "before training": the store did not know this cycle
+    was training it) is deleted "superseded by document N after training", since it was. Returns {"bytes_new", "bytes_replay", "documents", "completed"}."""
     out = {"bytes_new": 0, "bytes_replay": 0, "documents": 0, "completed": []}
     ids = sorted(set(credits) | set(trainable))
     now = utcnow()
@@ -135,6 +136,10 @@ def record_cycle_credits(session: Session, cycle_id: int,
                 doc.trained_bytes = (doc.trained_bytes or 0) + int(new)
                 doc.cycle_id = cycle_id
                 doc.updated = now
+                if doc.status == DocumentStatus.SKIPPED and doc.sha256 is not None:
+                    # superseded while this cycle trained it: trained after all, not live
+                    doc.status = DocumentStatus.DELETED
+                    doc.reason = superseded_after_training(doc.reason)
                 if doc.status in BACKLOG_STATUSES and doc.trainable_bytes is not None:
                     done = doc.trained_bytes >= budget_bytes(doc.trainable_bytes, passes)
                     if done and doc.status != DocumentStatus.TRAINED:
