@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from store.documents import (Outcome, is_duplicate, live_uris_under, mark_deleted_under,
                              record_refused, record_text, replay_sample)
 from store.ledger import backlog, record_cycle_credits
-from store.models import Document, DocumentStatus, FetchedUrl, UrlStatus
+from store.models import Document, FetchedUrl, UrlStatus
 from store.queries import start_cycle
 from store.urls import list_urls, queue_urls, queued_under, record_url, url_handled
 
