@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 BATCH_INPUTS = 200  # inputs per transaction in Ingestor.batch (a folder walk)
+REMOVED = "removed from its source"
+REPLACED_BY_FOLDER = "replaced by a folder"
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,9 @@ class Ingestor:
         if event.kind == EventKind.READY:
             return self.ingest_file(event.path, source=source, follow_symlinks=event.follow_symlinks)
         if event.kind == EventKind.DELETED:
-            return self.delete_path(event.path)
+            return self.delete_path(event.path, reason=event.reason or REMOVED)
+        if event.kind == EventKind.FOLDER:  # the files under it come as their own events
+            return self.delete_path(event.path, below=False, reason=REPLACED_BY_FOLDER)
         if event.kind == EventKind.REFUSED:
             return self.refuse(file_uri(event.path), event.reason or "refused", source=source)
         if event.kind == EventKind.ERROR:  # the monitor itself failed; FileMonitor.check() raises it
@@ -172,39 +177,52 @@ class Ingestor:
         log.info("refused %s: %s", uri, reason)
         return IngestResult(uri, Outcome.REFUSED, doc_id, None, reason, size_bytes)
 
-    def delete_path(self, path: str | os.PathLike) -> IngestResult:
-        """Mark the file's rows, or every row under a deleted folder, as deleted.
+    def delete_path(self, path: str | os.PathLike, *, below: bool = True,
+                    reason: str = REMOVED) -> IngestResult:
+        """Mark the file's rows, or every row under a deleted folder, as deleted (with
+        `below=False` only the rows at `path` itself: a folder took the file's place).
 
         A file that duplicated the deleted content and still exists takes the content over.
         """
         uri = file_uri(path)
         with self._tx() as s:
-            deleted = documents.mark_deleted_under(s, uri)
+            deleted = documents.mark_deleted_under(s, uri, reason=reason, below=below)
         for heir in deleted.heirs:
             heir_path = uri_to_path(heir)
             if heir_path and os.path.lexists(heir_path) and self._still_duplicate(heir):
                 self.ingest_file(heir_path)
         if deleted.n_rows:
-            log.info("deleted: %s (%d rows)", uri, deleted.n_rows)
+            log.info("deleted: %s (%d rows): %s", uri, deleted.n_rows, reason)
         return IngestResult(uri, Outcome.DELETED if deleted.n_rows else Outcome.IGNORED,
                             n_deleted=deleted.n_rows)
 
     def reconcile(self, root: str | os.PathLike, present: Iterable[str]) -> int:
-        """After a scan of `root`: rows of files that are gone (not seen, not on disk) are
-        marked deleted. Returns how many rows changed."""
+        """After a scan of `root`: rows of files that are gone (not seen, not on disk, or a
+        folder now) are marked deleted. Returns how many rows changed."""
         seen = {file_uri(p) for p in present}
         with self._tx() as s:
             live = documents.live_uris_under(s, file_uri(root))
         n = 0
         for uri in sorted(live - seen):
             path = uri_to_path(uri)
-            if path and not os.path.lexists(path):
+            if not path:
+                continue
+            if _is_folder(path):    # a folder took the file's place: its files were scanned
+                n += self.delete_path(path, below=False, reason=REPLACED_BY_FOLDER).n_deleted
+            elif not os.path.lexists(path):
                 n += self.delete_path(path).n_deleted
         return n
 
     def _still_duplicate(self, uri: str) -> bool:
         with self._tx() as s:
             return documents.is_duplicate(s, uri)
+
+
+def _is_folder(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class _Batch:

@@ -279,16 +279,18 @@ def mark_deleted(session: Session, uri: str, *, reason: str = "removed from its 
     return result.rowcount
 
 
-def mark_deleted_under(session: Session, uri: str, *,
-                       reason: str = "removed from its source") -> Deleted:
-    """Mark the rows at `uri`, and every live row under `uri/` (a deleted folder), deleted.
+def mark_deleted_under(session: Session, uri: str, *, reason: str = "removed from its source",
+                       below: bool = True) -> Deleted:
+    """Mark the rows at `uri`, and every live row under `uri/` (a deleted folder), deleted;
+    with `below=False` only the rows at `uri` (a file that a folder replaced: the folder's
+    files are live rows under it).
 
     Returns how many rows changed and the heirs: the uris of skipped duplicates of any row at
     those uris (`duplicate_of_id`), oldest first, each once. One whose file still exists can
     take the content over (record_text revives the deleted row under its uri); checking what
     exists is the caller's part.
     """
-    uris = {uri} | live_uris_under(session, uri)
+    uris = {uri} | (live_uris_under(session, uri) if below else set())
     n = sum(mark_deleted(session, u, reason=reason) for u in sorted(uris))
     originals: list[int] = []
     ordered = sorted(uris)
