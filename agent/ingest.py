@@ -164,6 +164,7 @@ class Ingestor:
             log.info("duplicate: %s: %s", uri, rec.reason)
         else:
             log.info("%s: %s", rec.outcome, uri)
+        self._hand_over(rec.heirs)      # the superseded version's content, still in a duplicate
         return IngestResult(uri, rec.outcome, rec.document_id, rec.sha256, rec.reason, size_bytes)
 
     def refuse(self, uri: str, reason: str, *, source: str, size_bytes: int | None = None,
@@ -187,10 +188,7 @@ class Ingestor:
         uri = file_uri(path)
         with self._tx() as s:
             deleted = documents.mark_deleted_under(s, uri, reason=reason, below=below)
-        for heir in deleted.heirs:
-            heir_path = uri_to_path(heir)
-            if heir_path and os.path.lexists(heir_path) and self._still_duplicate(heir):
-                self.ingest_file(heir_path)
+        self._hand_over(deleted.heirs)
         if deleted.n_rows:
             log.info("deleted: %s (%d rows): %s", uri, deleted.n_rows, reason)
         return IngestResult(uri, Outcome.DELETED if deleted.n_rows else Outcome.IGNORED,
@@ -212,6 +210,14 @@ class Ingestor:
             elif not os.path.lexists(path):
                 n += self.delete_path(path).n_deleted
         return n
+
+    def _hand_over(self, heirs: Iterable[str]) -> None:
+        """Duplicates of content that is live nowhere now: the first whose file still
+        exists takes it over (ingesting it revives the content's row under its uri)."""
+        for heir in heirs:
+            heir_path = uri_to_path(heir)
+            if heir_path and os.path.lexists(heir_path) and self._still_duplicate(heir):
+                self.ingest_file(heir_path)
 
     def _still_duplicate(self, uri: str) -> bool:
         with self._tx() as s:

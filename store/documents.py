@@ -56,6 +56,7 @@ class Recorded:
     document_id: int
     sha256: str
     reason: Optional[str] = None
+    heirs: tuple[str, ...] = ()  # uris of duplicates of the versions it superseded (see below)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,8 @@ _SUPERSEDED_BY = re.compile(r"superseded by document (\d+)")
 _HOLDER_OF = select(Document.uri, Document.status).where(Document.sha256 == bindparam("sha"))
 _OLDER_VERSION = (Document.uri == bindparam("u"), Document.id != bindparam("keep"),
                   Document.sha256.is_not(None))
+_LIVE_OLDER = select(Document.id).where(*_OLDER_VERSION, Document.status.in_(
+    (DocumentStatus.PENDING, DocumentStatus.LEARNING, DocumentStatus.TRAINED)))
 _SUPERSEDE_UNTRAINED = (
     update(Document).where(*_OLDER_VERSION, Document.status == DocumentStatus.PENDING,
                            func.coalesce(Document.trained_bytes, 0) == 0)
@@ -236,6 +239,8 @@ def record_text(session: Session, *, uri: str, source: str, text: str, encoding:
     reason "superseded by document N before training"; one (partly) trained is deleted with
     "superseded by document N after training", keeping its cycle for history (a cycle that
     was training it when N arrived makes it so when it commits: ledger.record_cycle_credits).
+    `heirs` names the skipped duplicates of the superseded versions, as mark_deleted_under
+    does: their content is live nowhere now, and one whose file still exists can take it over.
     Text that UTF-8 cannot hold or with NUL characters raises ValueError (record_refused).
     """
     sha = content_sha256(text)
@@ -262,10 +267,13 @@ def record_text(session: Session, *, uri: str, source: str, text: str, encoding:
     params = {"u": uri, "keep": doc.id, "now": utcnow(),
               "before": SUPERSEDED_BEFORE_TRAINING.format(doc.id),
               "after": SUPERSEDED_AFTER_TRAINING.format(doc.id)}
+    older = list(session.scalars(_LIVE_OLDER, params))
+    if not older:
+        return Recorded(outcome, doc.id, sha, reason)
     session.execute(_SUPERSEDE_UNTRAINED, params)
     session.execute(_SUPERSEDE_TRAINED, params)
     session.expire_all()  # rows of this session may have changed status
-    return Recorded(outcome, doc.id, sha, reason)
+    return Recorded(outcome, doc.id, sha, reason, tuple(_heirs_of(session, older)))
 
 
 def mark_deleted(session: Session, uri: str, *, reason: str = "removed from its source") -> int:
@@ -296,13 +304,18 @@ def mark_deleted_under(session: Session, uri: str, *, reason: str = "removed fro
     ordered = sorted(uris)
     for i in range(0, len(ordered), _CHUNK):
         originals += session.scalars(select(Document.id).where(Document.uri.in_(ordered[i:i + _CHUNK])))
+    return Deleted(n, _heirs_of(session, originals))
+
+
+def _heirs_of(session: Session, originals: Sequence[int]) -> list[str]:
+    """Uris of the skipped duplicates of the given rows, oldest first, each once."""
     heirs: dict[str, None] = {}
     for i in range(0, len(originals), _CHUNK):
         heirs.update(dict.fromkeys(session.scalars(
             select(Document.uri).where(Document.status == DocumentStatus.SKIPPED,
                                        Document.duplicate_of_id.in_(originals[i:i + _CHUNK]))
             .order_by(Document.id))))
-    return Deleted(n, list(heirs))
+    return list(heirs)
 
 
 def is_duplicate(session: Session, uri: str) -> bool:

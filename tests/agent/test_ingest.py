@@ -152,6 +152,20 @@ def test_deleting_the_original_hands_content_to_its_duplicate(tmp_path, store):
     assert [(r["uri"], r["status"]) for r in live] == [(file_uri(b), "pending")]
 
 
+def test_a_new_version_of_the_original_hands_its_old_content_to_its_duplicate(tmp_path, store):
+    ing = Ingestor(store)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("shared words")
+    b.write_text("shared words")
+    first = ing.ingest_file(a)
+    assert ing.ingest_file(b).outcome == "duplicate"
+    a.write_text("a has its own words now")
+    assert ing.ingest_file(a).outcome == "added"
+    live = {r["uri"]: r for r in rows(store) if r["status"] not in ("deleted", "skipped")}
+    assert set(live) == {file_uri(a), file_uri(b)}
+    assert live[file_uri(b)]["id"] == first.document_id          # the old content, re-homed
+
+
 def test_the_hand_over_follows_the_duplicate_link_not_the_reason_text(tmp_path, store):
     from store.models import Document
 

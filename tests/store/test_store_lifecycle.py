@@ -100,6 +100,23 @@ def test_a_version_deleted_while_its_cycle_trains_stays_deleted(store):
         assert (old.status, old.reason, old.cycle_id) == ("deleted", "removed from its source", cyc)
 
 
+def test_a_superseded_version_names_the_duplicates_that_can_take_its_content_over(store):
+    """The content of an old version may still live in a duplicate file: that file can take
+    it over (as when the original is deleted), or the content is learned and replayed nowhere."""
+    with store.session() as s:
+        a = record_text(s, uri="file:///a", source="src", text="shared words")
+        record_text(s, uri="file:///b", source="src", text="shared words")     # a duplicate
+        record_text(s, uri="file:///c", source="src", text="other words")
+        assert record_text(s, uri="file:///c", source="src", text="c changed").heirs == ()
+        new = record_text(s, uri="file:///a", source="src", text="a has its own words now")
+        assert new.heirs == ("file:///b",)
+        back = record_text(s, uri="file:///b", source="src", text="shared words")
+        assert (back.outcome, back.document_id) == (Outcome.RESTORED, a.document_id)
+        row = s.get(Document, a.document_id)
+        assert (row.uri, row.status, row.reason) == ("file:///b", "pending",
+                                                     "content moved here from file:///a")
+
+
 def test_content_live_elsewhere_is_a_duplicate_that_names_its_holder(store):
     with store.session() as s:
         a = record_text(s, uri="file:///a", source="src", text="shared words")
