@@ -20,7 +20,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 from agent.file_monitor import EventKind
 from agent.paths import file_uri, uri_to_path
@@ -29,7 +29,7 @@ from agent.text import (DEFAULT_MAX_FILE_BYTES, Refused, codec_problem, decode_t
 from store import documents
 from store.documents import Outcome
 
-__all__ = ["BATCH_INPUTS", "IngestResult", "Ingestor"]
+__all__ = ["BATCH_INPUTS", "IngestResult", "Ingestor", "summarize"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from store import Store
@@ -53,6 +53,13 @@ class IngestResult:
     reason: str | None = None
     size_bytes: int | None = None
     n_deleted: int = 0
+
+
+def summarize(counts: Mapping[str, int]) -> str:
+    """Outcome counts as the one log line of a walk or a batch says them, most first:
+    "24 added, 3 unchanged" ("nothing" when empty). Each input's own line is at DEBUG."""
+    ranked = sorted(((n, str(k)) for k, n in counts.items() if n), key=lambda t: (-t[0], t[1]))
+    return ", ".join(f"{n} {k}" for n, k in ranked) or "nothing"
 
 
 def _source(source: str) -> str:
@@ -161,9 +168,9 @@ class Ingestor:
             rec = documents.record_text(s, uri=uri, source=source, text=text, encoding=encoding,
                                         target_id=target_id, size_bytes=size_bytes)
         if rec.outcome == Outcome.DUPLICATE:
-            log.info("duplicate: %s: %s", uri, rec.reason)
+            log.debug("duplicate: %s: %s", uri, rec.reason)
         else:
-            log.info("%s: %s", rec.outcome, uri)
+            log.debug("%s: %s", rec.outcome, uri)
         self._hand_over(rec.heirs)      # the superseded version's content, still in a duplicate
         return IngestResult(uri, rec.outcome, rec.document_id, rec.sha256, rec.reason, size_bytes)
 
@@ -175,7 +182,7 @@ class Ingestor:
         with self._tx() as s:
             doc_id = documents.record_refused(s, uri=uri, source=source, reason=reason,
                                               size_bytes=size_bytes, target_id=target_id).id
-        log.info("refused %s: %s", uri, reason)
+        log.debug("refused %s: %s", uri, reason)
         return IngestResult(uri, Outcome.REFUSED, doc_id, None, reason, size_bytes)
 
     def delete_path(self, path: str | os.PathLike, *, below: bool = True,
@@ -190,7 +197,7 @@ class Ingestor:
             deleted = documents.mark_deleted_under(s, uri, reason=reason, below=below)
         self._hand_over(deleted.heirs)
         if deleted.n_rows:
-            log.info("deleted: %s (%d rows): %s", uri, deleted.n_rows, reason)
+            log.debug("deleted: %s (%d rows): %s", uri, deleted.n_rows, reason)
         return IngestResult(uri, Outcome.DELETED if deleted.n_rows else Outcome.IGNORED,
                             n_deleted=deleted.n_rows)
 

@@ -6,6 +6,7 @@
     model.py    cllm train, generate, neighbours, bench
     db.py       cllm db upgrade|current
     common.py   shared options, the store opener, one-line errors, tables and JSON
+    logs.py     logging set up once: the project's loggers by -v, other libraries quiet
 
 Settings and their flags come from agent/settings.py. Library code raises CllmError and
 StoreError; the commands turn them into one-line messages with a hint (exit status 2).
@@ -13,13 +14,13 @@ The main group hands --database-url to the commands in click's context object.
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 import click
 
 from agent.cli import crawl, db, history, model, run
 from agent.cli.common import CONTEXT_SETTINGS, Invocation
+from agent.cli.logs import configure_logging
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -34,8 +35,7 @@ def main(ctx: click.Context, verbose: int, database_url: Optional[str]) -> None:
     Example: cllm agent   (watches ./cllm-data/inbox and learns the sample corpus)
     """
     ctx.obj = Invocation(database_url=database_url)
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose)
 
 
 COMMANDS = (

@@ -41,9 +41,8 @@ def agent(inv: Invocation, data_dir: Path, config: Optional[Path], **flags) -> N
     from agent.signals import stop_on_signals
 
     values = resolve(flags, data_dir, config)
-    root = logging.getLogger()
-    if root.level > logging.INFO:  # the agent reports its cycles unless told to be quieter
-        logging.getLogger("agent").setLevel(logging.INFO)
+    if logging.getLogger("agent").getEffectiveLevel() > logging.INFO:
+        logging.getLogger("agent").setLevel(logging.INFO)  # it reports its cycles by default
     trainer = build(TrainerSettings, values, min_lr=values["lr"] / 10)
     if not values["watch"] and not values["crawl"]:
         values["watch"], values["crawl"] = embedded_targets(Path(data_dir))
