@@ -12,7 +12,10 @@ NAMES = ("", *OWN, *NOTICES, "matplotlib", "matplotlib.font_manager", "numba", "
 
 @pytest.fixture(autouse=True)
 def restore_levels():
+    """Levels as in a fresh process (earlier tests in this one may have set them), restored after."""
     before = {n: logging.getLogger(n).level for n in NAMES}
+    for n in NAMES[1:]:
+        logging.getLogger(n).setLevel(logging.NOTSET)
     yield
     for n, level in before.items():
         logging.getLogger(n).setLevel(level)
