@@ -216,6 +216,14 @@ _SUPERSEDE_TRAINED = (
     .execution_options(synchronize_session=False))
 
 
+def superseded_before_training(reason: Optional[str]) -> Optional[str]:
+    """The other way (the training it had was rolled back): None if `reason` is no
+    "superseded ... after training"."""
+    m = _SUPERSEDED_BY.match(reason or "")
+    return (SUPERSEDED_BEFORE_TRAINING.format(m.group(1))
+            if m and (reason or "").endswith(" after training") else None)
+
+
 def superseded_after_training(reason: Optional[str]) -> str:
     """The reason of a version found trained after it was superseded before training (its
     cycle was running when the newer version arrived): the same successor, after training."""

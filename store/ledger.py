@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Optional
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, undefer
 
-from .documents import _CHUNK, superseded_after_training
+from .documents import _CHUNK, superseded_after_training, superseded_before_training
 from .models import Checkpoint, CycleDocument, Document, DocumentStatus, utcnow
 
 BACKLOG_STATUSES = (DocumentStatus.PENDING, DocumentStatus.LEARNING)
@@ -168,7 +168,8 @@ def apply_budget(session: Session, passes: float) -> dict:
 def undo_cycle_credits(session: Session, cycle_ids: Iterable[int]) -> int:
     """Take back what the given cycles trained (they were rolled back): their backlog bytes
     leave each document's count, which becomes pending (nothing left) or learning; their
-    CycleDocument rows are removed. Returns the documents changed."""
+    CycleDocument rows are removed; a version superseded after training that has nothing
+    trained left was superseded before training (skipped). Returns the documents changed."""
     ids = sorted(set(cycle_ids))
     if not ids:
         return 0
@@ -189,6 +190,10 @@ def undo_cycle_credits(session: Session, cycle_ids: Iterable[int]) -> int:
                 doc.status = (DocumentStatus.LEARNING if doc.trained_bytes > 0
                               else DocumentStatus.PENDING)
                 doc.reason = None
+            elif doc.status == DocumentStatus.DELETED and doc.trained_bytes == 0:
+                before = superseded_before_training(doc.reason)
+                if before is not None:      # superseded, and now nothing of it was trained
+                    doc.status, doc.reason = DocumentStatus.SKIPPED, before
     for i in range(0, len(ids), _CHUNK):
         session.execute(delete(CycleDocument).where(CycleDocument.cycle_id.in_(ids[i:i + _CHUNK]))
                         .execution_options(synchronize_session=False))
