@@ -310,8 +310,8 @@ class ThreadedTrainingSystem:
                 f"workers did not reach the barrier within {self.watchdog_timeout:.1f}s: "
                 f"{', '.join(stuck) or 'unknown'}",
                 "raise watchdog_timeout for very large batches") from None
-        except BaseException:   # the Point C action raised on this thread (recorded), or an interrupt
-            self._break()
+        except Exception:   # the Point C action raised on this thread (recorded); an
+            self._break()       # interrupt propagates as itself (train_step frees the workers)
             self._raise_failure()
             raise
 
