@@ -455,6 +455,7 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
             while doc is None or doc.status != "trained":
                 a.wait_for(r"cycle \d+ completed")
                 doc = inbox_doc()
+            assert "watched files: 1 added" in "".join(a.log)    # the batch's summary line
             with store.session() as s:
                 uris = s.scalars(select(Document.uri)).all()
             corpus_files = {p.resolve() for p in REPO_CORPUS.rglob("*.txt")}
