@@ -218,6 +218,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_depth", 2, int, "Link depth from each start URL (0: the start page only).",
             check=at_least(0), hint="e.g. --max-depth 2",
             commands=("agent", "crawl"), into=AGENT + CRAWL),
+    Setting("recrawl_interval", 86400.0, float,
+            "Seconds after which a crawled URL is fetched again (conditionally: an unchanged "
+            "page costs a 304; a changed one becomes a new version, a removed one is marked "
+            "deleted); the agent re-crawls its URL targets on this schedule. 0: never.",
+            check=at_least(0), hint="e.g. --recrawl-interval 86400 (daily)",
+            commands=("agent", "crawl"), into=AGENT + CRAWL),
     Setting("delay", 1.0, float,
             "Seconds between requests to one host (robots.txt Crawl-delay may raise it).",
             check=at_least(0), hint="e.g. --delay 1", commands=CRAWL, into=CRAWL),
@@ -228,8 +234,15 @@ SETTINGS: tuple[Setting, ...] = (
             shown=crawler_limits, check=at_least(1),
             hint="e.g. --max-file-bytes 4194304", commands=CRAWL, into=CRAWL),
     Setting("allow_private_hosts", False, bool,
-            "Let the crawler reach loopback, private and link-local addresses.",
+            "Let the crawler reach loopback, private and other non-public addresses (never "
+            "link-local or cloud metadata ones: only --allow-network opens those).",
             commands=("agent", "crawl"), into=AGENT + CRAWL),
+    Setting("allow_network", (), list,
+            "Let the crawler reach this network, e.g. 10.1.0.0/16 or 169.254.169.254/32 "
+            "(repeatable; the only way to open link-local and cloud metadata addresses; checked "
+            "by the crawler: ssrf.HostPolicy.build).",
+            commands=("agent", "crawl"),
+            into=AGENT + CRAWL, field_name="allow_networks", metavar="CIDR"),
     # --- the run
     Setting("max_cycles", None, int, "Stop after this many completed cycles.",
             shown="run until stopped", check=at_least(1), hint="e.g. --max-cycles 1",

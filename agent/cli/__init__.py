@@ -36,6 +36,21 @@ def main(ctx: click.Context, verbose: int, database_url: Optional[str]) -> None:
     """
     ctx.obj = Invocation(database_url=database_url)
     configure_logging(verbose)
+    _join_mpi_job(ctx)
+
+
+def _join_mpi_job(ctx: click.Context) -> None:
+    """Under `mpiexec -n R cllm ...`: rank 0 runs the command and leads the training; the
+    other ranks follow its cycles and never run the command (nor import the store). A plain
+    run imports no MPI at all."""
+    from engine.distributed import follow, shutdown, world
+
+    group = world()
+    if group is None:
+        return
+    if not group.is_root:
+        ctx.exit(follow(group))
+    ctx.call_on_close(lambda: shutdown(group))
 
 
 COMMANDS = (

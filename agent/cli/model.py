@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, existing_store,
                               one_line_errors, pass_invocation)
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
@@ -37,6 +37,7 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
 
     from agent.continuous_trainer import ContinuousTrainer, record_documents
     from agent.daemon import DataDirLock
+    from agent.lease import TrainerLease
     from agent.corpus import corpus_topics, read_docs
     from agent.model_state import new_model_state
     from store import open_store
@@ -52,9 +53,12 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
     # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
     settings = build(TrainerSettings, values, min_lr=values["lr"] / 10, replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
-    # one run is one cycle in the store, under the data directory's lock (no agent meanwhile)
-    with DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store:
+    # one run is one cycle in the store, under the data directory's lock and the store's
+    # trainer lease (no agent meanwhile, on this directory or this database)
+    with (DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store,
+          TrainerLease(store, data_dir) as lease):
         trainer = ContinuousTrainer(store, data_dir, settings)
+        trainer.lease = lease
         trainer.recover()
         if fresh:
             trainer.start_fresh(new_model_state(preset, seed=seed, init=init))
@@ -103,17 +107,19 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
               help="Keep the smallest set of tokens with this much probability (0: greedy).")
 @click.option("--seed", type=int, default=None)
 @click.option("--stop", multiple=True, help="Stop when this text is produced (repeatable).")
+@pass_invocation
 @one_line_errors
-def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop):
+def generate(inv: Invocation, data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop):
     """Stream a continuation of --prompt from the latest checkpoint.
 
     Example: cllm generate --data-dir ./cllm-data --prompt "The while statement" --seed 1
     """
-    from agent.model_state import latest_model_state
+    from agent.model_state import load_recorded_model_state
 
-    state = latest_model_state(data_dir)
+    state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
     if state is None:
-        raise CllmError(f"no checkpoint in {data_dir}", "train first: cllm train")
+        raise CllmError(f"no recorded checkpoint of {data_dir} loads",
+                        "train first: cllm train (see cllm history cycles)")
     tok = state.tokenizer
     ids = list(tok.encode(prompt)) or [tok.eod_id]
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -142,9 +148,11 @@ def generate(data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed, 
               help="Training steps per measurement.")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch peer even if it is installed.")
 @click.option("--topology", is_flag=True, help="Print the sphere tree with statistics.")
+@click.option("--mpi", is_flag=True,
+              help="Under mpiexec: every rank against rank 0 alone, and the allreduce time.")
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
-def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, as_json):
+def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, mpi, as_json):
     """Training tokens/s, scaling, CPU use for several worker counts (and PyTorch eager at the
     same thread counts when it is installed), interleaved in one run.
 
@@ -158,6 +166,16 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
         raise CllmError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
     if not counts or min(counts) < 1:
         raise CllmError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
+    if mpi:
+        from agent.benchmark import mpi_scaling, mpi_table_lines
+        from engine.distributed import world
+
+        if world() is None:
+            raise CllmError("--mpi measures an MPI job, and this is a single process",
+                            "mpiexec -n 2 cllm bench --mpi --workers 1")
+        res = mpi_scaling(preset_name, batch_size, counts[0], rounds, steps)
+        click.echo(json.dumps(res, indent=1) if as_json else "\n".join(mpi_table_lines(res)))
+        return
     res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch)
     if as_json:
         if not topology:
@@ -178,8 +196,9 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
               help="Vocabulary to search (default: the latest checkpoint's, else 10000).")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True)
+@pass_invocation
 @one_line_errors
-def neighbours(token, vocab_size, data_dir, as_json):
+def neighbours(inv: Invocation, token, vocab_size, data_dir, as_json):
     """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position.
 
     Example: cllm neighbours 100 --vocab-size 10000
@@ -187,10 +206,13 @@ def neighbours(token, vocab_size, data_dir, as_json):
     from engine.prime_math import describe_token
 
     if vocab_size is None:
-        from agent.model_state import checkpoint_files
-        from engine.checkpoint import load_checkpoint
-        ckpts = checkpoint_files(data_dir)
-        vocab_size = load_checkpoint(ckpts[-1]).model.config.vocab_size if ckpts else 10000
+        from agent.model_state import load_recorded_model_state
+        from store.db import SQLITE_FILENAME
+
+        state = None
+        if inv.database_url or (Path(data_dir) / SQLITE_FILENAME).exists():
+            state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
+        vocab_size = state.model.config.vocab_size if state is not None else 10000
     if not 0 <= token < vocab_size:
         raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",
                         "pick a smaller id or a larger --vocab-size")

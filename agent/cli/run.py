@@ -86,6 +86,7 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     Example: cllm status --data-dir ./cllm-data
     """
     from agent.daemon import holder_pid
+    from store import lease as store_lease
     from store.documents import pending_summary
     from store.ledger import backlog_status
     from store.models import CycleStatus
@@ -117,6 +118,7 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
                                                   "vocab_size": ck.vocab_size,
                                                   "created": ck.created}
             completed = count_cycles(s, status=CycleStatus.COMPLETED)
+            trainer = store_lease.current(s)
     finally:
         store.close()
     pid = holder_pid(data_dir)
@@ -124,11 +126,16 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
         current["stale"] = pid is None  # left running by an agent that died; recovered on start
     out = {"agent_running": pid is not None, "pid": pid, "current_cycle": current,
            "backlog": backlog, "pending_documents": pending, "pending_bytes": pending_bytes or 0,
-           "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
+           "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt,
+           "trainer": None if trainer is None else {
+               "host": trainer.host, "pid": trainer.pid, "data_dir": trainer.data_dir,
+               "renewed": trainer.renewed_at, "expired": trainer.expired}}
     if as_json:
         click.echo(json.dumps(out, indent=2, default=jsonable))
         return
     click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'} ({data_dir})")
+    if trainer is not None and not trainer.expired and trainer.pid != pid:
+        click.echo(f"trainer of this store: {trainer.describe()}")
     if current and current["stale"]:
         click.echo(f"cycle {current['id']} was interrupted at step {current['step']} (the agent "
                    "died); nothing it trained was counted and the next agent start recovers it")

@@ -196,8 +196,8 @@ def test_a_store_at_0001_with_rows_upgrades_and_keeps_working(store_target):
             assert record_text(s, uri="file:///b", source="s", text="shared words").outcome == "restored"
 
 
-def test_a_store_at_0003_keeps_one_live_version_per_uri_after_upgrading(store_target):
-    """0004 (issue 14): a version trained by the cycle that ran when a newer one arrived,
+def test_a_store_at_0005_keeps_one_live_version_per_uri_after_upgrading(store_target):
+    """0006 (issue 14): a version trained by the cycle that ran when a newer one arrived,
     left "skipped before training", and older versions left learning or trained beside a
     newer one, become deleted "superseded ... after training"; the rest is untouched."""
     from alembic import command
@@ -207,7 +207,7 @@ def test_a_store_at_0003_keeps_one_live_version_per_uri_after_upgrading(store_ta
 
     with store_target.open(upgrade=False) as st:
         with st.engine.begin() as conn:
-            command.upgrade(alembic_config(conn), "0003")
+            command.upgrade(alembic_config(conn), "0005")
             conn.execute(sa.text("INSERT INTO cycles (id, trigger, status, started, docs_new,"
                                  " docs_replayed, tokens, steps, skipped_steps) VALUES"
                                  " (1, 'tokens', 'completed', CURRENT_TIMESTAMP, 1, 0, 10, 1, 0)"))
