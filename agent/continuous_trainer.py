@@ -611,7 +611,9 @@ class ContinuousTrainer:
         except Exception as e2:
             log.error("could not record the end of cycle %s: %s", cycle_id, e2)
         if status == CycleStatus.FAILED:
-            log.error("cycle %s failed: %r; nothing it trained was counted", cycle_id, e)
+            first = str(e).splitlines()[0] if str(e) else ""   # the traceback goes with the raise
+            log.error("cycle %s failed (%s: %s); nothing it trained was counted", cycle_id,
+                      type(e).__name__, first)
         else:
             log.warning("cycle %s interrupted; nothing it trained was counted", cycle_id)
 

@@ -25,6 +25,7 @@ import logging
 import os
 import queue
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -248,7 +249,10 @@ class Agent:
     def _ingest_loop(self, store) -> None:
         from store import StoreError
 
+        from agent.ingest import summarize
+
         ingestor = self.cfg.ingestor(store)
+        batch: Counter = Counter()     # outcomes since the queue was last empty: one log line
         while True:
             ev = self.events.get()
             if ev is _STOP or self.stop.is_set():
@@ -270,6 +274,11 @@ class Agent:
             if res is not None and res.outcome in ("added", "restored"):
                 self.arrivals.set()     # a backlog cycle ends at its next step for it
                 self.wake.set()
+            if res is not None and res.outcome != "ignored":
+                batch[res.outcome] += 1
+            if batch and self.events.empty():
+                log.info("watched files: %s", summarize(batch))
+                batch.clear()
 
     def _crawl_all(self, store) -> None:
         """Every --crawl target once; then, with --recrawl-interval, the URL targets again
@@ -307,6 +316,9 @@ class Agent:
             self._crawl_targets(crawler, [("url", u) for u in urls])
 
     def _crawl_targets(self, crawler, plan: list[tuple[str, str]]) -> None:
+        from agent.crawler import CrawlReport
+        from agent.ingest import summarize
+
         for kind, target in plan:
             if self.stop.is_set():
                 return
@@ -317,15 +329,17 @@ class Agent:
                 elif kind == "folder":
                     report = crawler.walk(target, target_id=tid)
                 else:
-                    crawler.ingestor.ingest_file(target, target_id=tid)
-                    report = None
+                    one = crawler.ingestor.ingest_file(target, target_id=tid)
+                    report = CrawlReport()
+                    report.add(one.uri, one.outcome, one.reason, one.size_bytes or 0)
             except (CllmError, StoreError) as e:
                 log.error("crawl of %s failed: %s", target, e.one_line())
                 continue
             except Exception:   # one bad target never stops the agent (what it stored stays)
                 log.exception("crawl of %s failed", target)
                 continue
-            log.info("crawled %s: %s", target, getattr(report, "counts", ""))
+            log.info("crawled %s: %s (%s bytes read)", target, summarize(report.counts),
+                     f"{report.bytes_read:,}")
             self.wake.set()
 
     def _trainer_loop(self, trainer: ContinuousTrainer) -> None:

@@ -6,7 +6,9 @@ filters paths and forwards them into a queue. A debounce thread owns all state: 
 ready once no event has arrived for `quiet_period` seconds, its inode, size and mtime have
 not changed since the last event, and (with inotify, which reports closes) no writer still
 has it open. Editor saves (temp file + rename) therefore give one message, moves are a
-delete plus a create, and a path that is gone when its quiet period ends is a delete.
+delete plus a create, and a path that is gone when its quiet period ends is a delete. A
+path that changes type is both: a folder in place of a file says `folder` (the file's rows
+go, the folder is scanned), a file in place of a folder is a delete of the folder first.
 On start, and after an observer has died and been restarted, a scanner thread walks each
 root so changes made while nobody watched are found (the `reconciled` message lets the
 ingestor mark the files that vanished). The debounce thread also notices a dead observer
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from watchdog.events import (
-    DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
+    DirCreatedEvent, DirDeletedEvent, DirModifiedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
     FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
@@ -57,6 +59,8 @@ class EventKind(enum.StrEnum):
     """What a MonitorEvent says about its path."""
     READY = "ready"            # a stable file to ingest
     DELETED = "deleted"        # a file or folder is gone
+    FOLDER = "folder"          # a folder is at `path` (its files come as their own events), so
+                               # a file at that very path is gone (the path changed type)
     REFUSED = "refused"        # not a file we read; `reason` says why
     RECONCILED = "reconciled"  # a scan of `root` finished: `present` holds every file it saw,
                                # so rows of any other file under it may be gone
@@ -93,14 +97,18 @@ class _Forwarder(FileSystemEventHandler):
         try:
             kind = event.event_type
             if kind == "moved":
-                self._forward("gone", event.src_path, event.is_directory)
+                self._forward("gone-dir" if event.is_directory else "gone", event.src_path,
+                              event.is_directory)
                 self._forward("dir" if event.is_directory else "touch", event.dest_path, event.is_directory)
             elif kind == "deleted":
-                self._forward("gone", event.src_path, event.is_directory)
+                self._forward("gone-dir" if event.is_directory else "gone", event.src_path,
+                              event.is_directory)
             elif kind == "created":
                 self._forward("dir" if event.is_directory else "touch", event.src_path, event.is_directory)
             elif kind == "modified" and not event.is_directory:
                 self._forward("write", event.src_path, False)
+            elif kind == "modified":  # polling observers only (see _schedule)
+                self._forward("dir-modified", event.src_path, True)
             elif kind == "closed":
                 self._forward("closed", event.src_path, False)
         except Exception:  # never let a bad path kill the dispatcher thread
@@ -117,7 +125,7 @@ class _Forwarder(FileSystemEventHandler):
             path = link + path[len(real):]
         rel = os.path.relpath(path, self.root)
         if rel == ".":
-            if kind == "gone":  # the root itself was deleted or moved away
+            if kind in ("gone", "gone-dir"):  # the root itself was deleted or moved away
                 self.raw.put((kind, path, self.root, time.monotonic()))
             return
         if rel.startswith(".." + os.sep) or rel == "..":
@@ -138,6 +146,7 @@ class _Pending:
     snap: tuple | None = None  # (inode, size, mtime_ns) at the last event
     writing_since: float | None = None  # a write seen and no close yet (inotify only)
     from_scan: bool = False  # found by a scan, not by an event
+    was_dir: bool = False  # a folder at this path went away (what is there now may be a file)
     seq: int = 0
 
 
@@ -292,12 +301,15 @@ class FileMonitor:
         log.info("watching %s", w.root)
 
     def _schedule(self, obs: BaseObserver, w: _Watch) -> None:
+        # A polling observer reports a folder replaced by a file that got the folder's inode
+        # as the folder modified (watchdog compares by inode): those events tell us too.
+        kinds = _EVENT_FILTER + [DirModifiedEvent] if isinstance(obs, PollingObserver) else _EVENT_FILTER
         obs.schedule(_Forwarder(w.root, self.filter, self._raw), w.root, recursive=True,
-                     event_filter=_EVENT_FILTER)
+                     event_filter=kinds)
         for real, link in sorted(w.aliases):
             if os.path.isdir(real):
                 obs.schedule(_Forwarder(w.root, self.filter, self._raw, alias=(real, link)), real,
-                             recursive=True, event_filter=_EVENT_FILTER)
+                             recursive=True, event_filter=kinds)
 
     def _add_alias(self, root: str, link: str, real: str) -> None:
         """With follow_symlinks: also watch a linked folder's target (outside the root)."""
@@ -386,6 +398,10 @@ class FileMonitor:
                 next_health = time.monotonic() + self.health_interval
 
     def _on_raw(self, kind: str, path: str, root: str, at: float) -> None:
+        if kind == "dir-modified":
+            if _is_dir(path):
+                return  # a folder's contents changed: its files have events of their own
+            kind = "gone-dir"  # the folder is gone, and perhaps a file is in its place
         p = self._pending.get(path)
         if p is None:
             p = self._pending[path] = _Pending(root, 0.0, from_scan=(kind == "scan"))
@@ -395,6 +411,8 @@ class FileMonitor:
             p.writing_since = p.writing_since or at
         elif kind == "closed":
             p.writing_since = None
+        elif kind == "gone-dir":
+            p.was_dir = True
         p.snap = _snapshot(path)
         self._arm(path, p, time.monotonic() + self.quiet_period)
 
@@ -427,7 +445,7 @@ class FileMonitor:
 
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # gone, or a folder above it is now a file
             if p.from_scan:
                 self._pending.pop(path, None)
             else:
@@ -436,6 +454,12 @@ class FileMonitor:
         except OSError as e:
             emit(EventKind.REFUSED, f"cannot stat: {e.strerror or e}")
             return
+        if p.was_dir:  # a folder was here: unless one is again, its files are gone
+            p.was_dir = False
+            if not (stat.S_ISDIR(st.st_mode) or (self.follow_symlinks and os.path.isdir(path))):
+                self.out.put(MonitorEvent(EventKind.DELETED, path, p.root,
+                                          reason="its folder was replaced by a file",
+                                          follow_symlinks=self.follow_symlinks))
         if stat.S_ISLNK(st.st_mode):
             if not self.follow_symlinks:
                 emit(EventKind.REFUSED, "symbolic link (not followed)")
@@ -456,7 +480,7 @@ class FileMonitor:
                     emit(EventKind.REFUSED, "symbolic link to a folder already watched (not followed twice)")
                     return
                 self._add_alias(p.root, path, real)
-            self._pending.pop(path, None)
+            emit(EventKind.FOLDER)  # before its files: a file that was at `path` is gone
             self._scans.put((p.root, path, False))
             return
         if not stat.S_ISREG(st.st_mode):
@@ -487,6 +511,13 @@ class _Prefixed(PathFilter):
 
     def accepts(self, rel: str) -> bool:
         return self.inner.accepts(self._full(rel))
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _snapshot(path: str) -> tuple | None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 from agent.file_monitor import EventKind
 from agent.paths import file_uri, uri_to_path
@@ -28,7 +29,7 @@ from agent.text import (DEFAULT_MAX_FILE_BYTES, Refused, codec_problem, decode_t
 from store import documents
 from store.documents import Outcome
 
-__all__ = ["BATCH_INPUTS", "IngestResult", "Ingestor"]
+__all__ = ["BATCH_INPUTS", "IngestResult", "Ingestor", "summarize"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from store import Store
@@ -36,6 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 BATCH_INPUTS = 200  # inputs per transaction in Ingestor.batch (a folder walk)
+REMOVED = "removed from its source"
+REPLACED_BY_FOLDER = "replaced by a folder"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,13 @@ class IngestResult:
     reason: str | None = None
     size_bytes: int | None = None
     n_deleted: int = 0
+
+
+def summarize(counts: Mapping[str, int]) -> str:
+    """Outcome counts as the one log line of a walk or a batch says them, most first:
+    "24 added, 3 unchanged" ("nothing" when empty). Each input's own line is at DEBUG."""
+    ranked = sorted(((n, str(k)) for k, n in counts.items() if n), key=lambda t: (-t[0], t[1]))
+    return ", ".join(f"{n} {k}" for n, k in ranked) or "nothing"
 
 
 def _source(source: str) -> str:
@@ -114,7 +124,9 @@ class Ingestor:
         if event.kind == EventKind.READY:
             return self.ingest_file(event.path, source=source, follow_symlinks=event.follow_symlinks)
         if event.kind == EventKind.DELETED:
-            return self.delete_path(event.path)
+            return self.delete_path(event.path, reason=event.reason or REMOVED)
+        if event.kind == EventKind.FOLDER:  # the files under it come as their own events
+            return self.delete_path(event.path, below=False, reason=REPLACED_BY_FOLDER)
         if event.kind == EventKind.REFUSED:
             return self.refuse(file_uri(event.path), event.reason or "refused", source=source)
         if event.kind == EventKind.ERROR:  # the monitor itself failed; FileMonitor.check() raises it
@@ -156,9 +168,10 @@ class Ingestor:
             rec = documents.record_text(s, uri=uri, source=source, text=text, encoding=encoding,
                                         target_id=target_id, size_bytes=size_bytes)
         if rec.outcome == Outcome.DUPLICATE:
-            log.info("duplicate: %s: %s", uri, rec.reason)
+            log.debug("duplicate: %s: %s", uri, rec.reason)
         else:
-            log.info("%s: %s", rec.outcome, uri)
+            log.debug("%s: %s", rec.outcome, uri)
+        self._hand_over(rec.heirs)      # the superseded version's content, still in a duplicate
         return IngestResult(uri, rec.outcome, rec.document_id, rec.sha256, rec.reason, size_bytes)
 
     def refuse(self, uri: str, reason: str, *, source: str, size_bytes: int | None = None,
@@ -169,42 +182,60 @@ class Ingestor:
         with self._tx() as s:
             doc_id = documents.record_refused(s, uri=uri, source=source, reason=reason,
                                               size_bytes=size_bytes, target_id=target_id).id
-        log.info("refused %s: %s", uri, reason)
+        log.debug("refused %s: %s", uri, reason)
         return IngestResult(uri, Outcome.REFUSED, doc_id, None, reason, size_bytes)
 
-    def delete_path(self, path: str | os.PathLike) -> IngestResult:
-        """Mark the file's rows, or every row under a deleted folder, as deleted.
+    def delete_path(self, path: str | os.PathLike, *, below: bool = True,
+                    reason: str = REMOVED) -> IngestResult:
+        """Mark the file's rows, or every row under a deleted folder, as deleted (with
+        `below=False` only the rows at `path` itself: a folder took the file's place).
 
         A file that duplicated the deleted content and still exists takes the content over.
         """
         uri = file_uri(path)
         with self._tx() as s:
-            deleted = documents.mark_deleted_under(s, uri)
-        for heir in deleted.heirs:
-            heir_path = uri_to_path(heir)
-            if heir_path and os.path.lexists(heir_path) and self._still_duplicate(heir):
-                self.ingest_file(heir_path)
+            deleted = documents.mark_deleted_under(s, uri, reason=reason, below=below)
+        self._hand_over(deleted.heirs)
         if deleted.n_rows:
-            log.info("deleted: %s (%d rows)", uri, deleted.n_rows)
+            log.debug("deleted: %s (%d rows): %s", uri, deleted.n_rows, reason)
         return IngestResult(uri, Outcome.DELETED if deleted.n_rows else Outcome.IGNORED,
                             n_deleted=deleted.n_rows)
 
     def reconcile(self, root: str | os.PathLike, present: Iterable[str]) -> int:
-        """After a scan of `root`: rows of files that are gone (not seen, not on disk) are
-        marked deleted. Returns how many rows changed."""
+        """After a scan of `root`: rows of files that are gone (not seen, not on disk, or a
+        folder now) are marked deleted. Returns how many rows changed."""
         seen = {file_uri(p) for p in present}
         with self._tx() as s:
             live = documents.live_uris_under(s, file_uri(root))
         n = 0
         for uri in sorted(live - seen):
             path = uri_to_path(uri)
-            if path and not os.path.lexists(path):
+            if not path:
+                continue
+            if _is_folder(path):    # a folder took the file's place: its files were scanned
+                n += self.delete_path(path, below=False, reason=REPLACED_BY_FOLDER).n_deleted
+            elif not os.path.lexists(path):
                 n += self.delete_path(path).n_deleted
         return n
+
+    def _hand_over(self, heirs: Iterable[str]) -> None:
+        """Duplicates of content that is live nowhere now: the first whose file still
+        exists takes it over (ingesting it revives the content's row under its uri)."""
+        for heir in heirs:
+            heir_path = uri_to_path(heir)
+            if heir_path and os.path.lexists(heir_path) and self._still_duplicate(heir):
+                self.ingest_file(heir_path)
 
     def _still_duplicate(self, uri: str) -> bool:
         with self._tx() as s:
             return documents.is_duplicate(s, uri)
+
+
+def _is_folder(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class _Batch:

@@ -21,6 +21,7 @@ from engine.data import evaluate, pack
 from engine.distributed import RANK_TIMEOUT_S, Leader, world
 from engine.ema import EMA
 from engine.schedule import learning_rate
+from engine.warmup import compile_kernels
 
 log = logging.getLogger(__name__)
 STREAMS = 64    # documents read side by side (a batch's rows are drawn from them at random)
@@ -110,6 +111,10 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
 
     res = LearnResult()
     model, tok = state.model, state.tokenizer
+    # numba compiles on first use (tens of seconds on a fresh install): done here, announced
+    # when it lasts, and outside the clock of tokens/s
+    compile_kernels(crystalline=tcfg.crystalline_weight > 0, optimizer=tcfg.optimizer,
+                    ema=tcfg.ema_decay is not None)
     first_read = [d.text for d in docs if d.trained_bytes == 0]
     if max_new_tokens > 0 and first_read:
         res.new_token_ids = tok.learn(first_read, max_new_tokens=max_new_tokens)

@@ -14,7 +14,9 @@ clip, apply or skip), and waits for the segment-wise optimizer update (Point E).
   (the loss is normalised by the global count of valid targets).
 - Threads block on `threading.Barrier`s only: no sleep-polling, no busy-waiting. A worker
   exception aborts every barrier and is raised from `train_step` with the worker's
-  traceback (the model is unchanged: updates happen only after Point C); a stuck worker trips
+  traceback (the model is unchanged: updates happen only after Point C), and so is one in
+  Node Zero's step decision, whichever thread ran it (recorded before the barrier breaks,
+  so it is never mistaken for a timeout; the first failure of a step wins); a stuck worker trips
   the watchdog timeout; a non-finite loss or gradient skips the step (counted) without
   touching parameters or optimizer state. `close()` joins every thread it started.
 - The hierarchy is real bookkeeping: worker i sits at symmetry position i mod 12, level 1
@@ -134,7 +136,8 @@ class ThreadedTrainingSystem:
         self._active = np.zeros(0, np.int64)
         self._decision: tuple[bool, float, float, str] = (True, 1.0, math.nan, "")
         self._hyper: tuple = ()
-        self._failure: Optional[tuple[int, BaseException, str]] = None
+        self._failure: Optional[tuple[str, BaseException, str]] = None  # (who, error, traceback)
+        self._failure_lock = threading.Lock()   # the first failure wins (taken on failure only)
         self._phase = ["idle"] * self.n
         # undo log of the update phase: each worker saves its own segment of the parameters
         # and optimizer moments before updating it, so a failure after Point C can restore
@@ -145,7 +148,7 @@ class ThreadedTrainingSystem:
         parties = self.n + 1
         self._released = threading.Barrier(parties)
         self._grads_ready = threading.Barrier(parties)
-        self._reduced = threading.Barrier(parties, action=self._node_zero_decide)
+        self._reduced = threading.Barrier(parties, action=self._decide_at_point_c)
         self._updated = threading.Barrier(parties)
         self._barriers = (self._released, self._grads_ready, self._reduced, self._updated)
         self._closed = False
@@ -273,6 +276,23 @@ class ThreadedTrainingSystem:
         self.step += 1
         return result
 
+    def _decide_at_point_c(self) -> None:
+        """The Point C barrier action, on whichever thread arrives last. An error is recorded
+        before it leaves: the Barrier breaks when its action raises, and every thread it
+        wakes must find the error, not mistake the broken barrier for a watchdog timeout."""
+        try:
+            self._node_zero_decide()
+        except BaseException as exc:
+            self._record_failure("Node Zero's step decision (Point C)", exc)
+            raise
+
+    def _record_failure(self, who: str, exc: BaseException) -> None:
+        """Keep the first failure of a step with its formatted traceback (call from the
+        except block that caught it)."""
+        with self._failure_lock:
+            if self._failure is None:
+                self._failure = (who, exc, traceback.format_exc())
+
     def _node_zero_decide(self) -> None:
         """Barrier action at Point C (runs once, before anyone passes): finite checks,
         global norm from the per-segment partial sums, clip factor, apply or skip."""
@@ -297,13 +317,7 @@ class ThreadedTrainingSystem:
             barrier.wait(timeout=self.watchdog_timeout)
         except threading.BrokenBarrierError:
             self._break()
-            if self._failure is not None:
-                w, exc, tb = self._failure
-                restored = self._roll_back()
-                raise WorkerError(f"worker sphere {w} failed: {exc!r}\n{tb}",
-                                  "see the worker traceback above" if restored else
-                                  "a worker is still running: reload the model from its "
-                                  "last checkpoint") from exc
+            self._raise_failure()
             stuck = [f"{w} ({p})" for w, p in enumerate(self._phase) if p != "waiting"]
             if self._group is not None:   # a rank died or hangs: stop the whole job
                 self._group.abort(f"rank {self._group.rank}: step {self.step} did not complete "
@@ -315,6 +329,21 @@ class ThreadedTrainingSystem:
                 f"workers did not reach the barrier within {self.watchdog_timeout:.1f}s: "
                 f"{', '.join(stuck) or 'unknown'}",
                 "raise watchdog_timeout for very large batches") from None
+        except Exception:   # the Point C action raised on this thread (recorded); an
+            self._break()       # interrupt propagates as itself (train_step frees the workers)
+            self._raise_failure()
+            raise
+
+    def _raise_failure(self) -> None:
+        """Raise the recorded failure as a WorkerError (after rolling the step back), if any."""
+        if self._failure is None:
+            return
+        who, exc, tb = self._failure
+        restored = self._roll_back()
+        raise WorkerError(f"{who} failed: {exc!r}\n{tb}",
+                          "see the traceback above" if restored else
+                          "a worker is still running: reload the model from its last checkpoint"
+                          ) from exc
 
     def _break(self) -> None:
         self._broken = True
@@ -387,7 +416,7 @@ class ThreadedTrainingSystem:
         except threading.BrokenBarrierError:
             return
         except BaseException as exc:  # surfaces in train_step with this traceback
-            self._failure = (w, exc, traceback.format_exc())
+            self._record_failure(f"worker sphere {w}", exc)
             for bar in self._barriers:
                 bar.abort()
 

@@ -9,7 +9,8 @@ Content identity is the SHA-256 of the text's UTF-8 bytes. The same content arri
 (another path, a re-scan, a concurrent ingest in another process) returns the existing row.
 On top of that, `record_text` keeps the rules of a uri whose content changes over time:
 
-- a uri has at most one pending row: a new version supersedes the older pending ones;
+- a uri has one live version: a new one supersedes the older ones (skipped if never
+  trained, deleted if trained: nothing but the live version is trained or replayed);
 - content that comes back (a file restored, moved, or reverted) revives its old row
   instead of adding one, because content hashes are unique;
 - content live under another uri is recorded as a skipped row that names the row holding
@@ -23,6 +24,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -54,6 +56,7 @@ class Recorded:
     document_id: int
     sha256: str
     reason: Optional[str] = None
+    heirs: tuple[str, ...] = ()  # uris of duplicates of the versions it superseded (see below)
 
 
 @dataclass(frozen=True)
@@ -188,13 +191,44 @@ def record_refused(session: Session, *, uri: str, source: str, reason: str,
     return doc
 
 
+# Why a version left the live set when a newer one arrived under its uri: never trained
+# (skipped: nothing of it is in the model), or after (part of) it was trained (deleted: kept
+# for history with its cycle, never trained or replayed again).
+SUPERSEDED_BEFORE_TRAINING = "superseded by document {} before training"
+SUPERSEDED_AFTER_TRAINING = "superseded by document {} after training"
+_SUPERSEDED_BY = re.compile(r"superseded by document (\d+)")
+
 # Run once per input: built once (building a statement costs more than running it).
 _HOLDER_OF = select(Document.uri, Document.status).where(Document.sha256 == bindparam("sha"))
-_SUPERSEDE = (update(Document).where(Document.uri == bindparam("u"),
-                                     Document.status == DocumentStatus.PENDING,
-                                     Document.id != bindparam("keep"))
-              .values(status=DocumentStatus.SKIPPED, reason=bindparam("why"), updated=bindparam("now"))
-              .execution_options(synchronize_session=False))
+_OLDER_VERSION = (Document.uri == bindparam("u"), Document.id != bindparam("keep"),
+                  Document.sha256.is_not(None))
+_LIVE_OLDER = select(Document.id).where(*_OLDER_VERSION, Document.status.in_(
+    (DocumentStatus.PENDING, DocumentStatus.LEARNING, DocumentStatus.TRAINED)))
+_SUPERSEDE_UNTRAINED = (
+    update(Document).where(*_OLDER_VERSION, Document.status == DocumentStatus.PENDING,
+                           func.coalesce(Document.trained_bytes, 0) == 0)
+    .values(status=DocumentStatus.SKIPPED, reason=bindparam("before"), updated=bindparam("now"))
+    .execution_options(synchronize_session=False))
+_SUPERSEDE_TRAINED = (
+    update(Document).where(*_OLDER_VERSION, Document.status.in_(
+        (DocumentStatus.PENDING, DocumentStatus.LEARNING, DocumentStatus.TRAINED)))
+    .values(status=DocumentStatus.DELETED, reason=bindparam("after"), updated=bindparam("now"))
+    .execution_options(synchronize_session=False))
+
+
+def superseded_before_training(reason: Optional[str]) -> Optional[str]:
+    """The other way (the training it had was rolled back): None if `reason` is no
+    "superseded ... after training"."""
+    m = _SUPERSEDED_BY.match(reason or "")
+    return (SUPERSEDED_BEFORE_TRAINING.format(m.group(1))
+            if m and (reason or "").endswith(" after training") else None)
+
+
+def superseded_after_training(reason: Optional[str]) -> str:
+    """The reason of a version found trained after it was superseded before training (its
+    cycle was running when the newer version arrived): the same successor, after training."""
+    m = _SUPERSEDED_BY.match(reason or "")
+    return SUPERSEDED_AFTER_TRAINING.format(m.group(1)) if m else "superseded after training"
 
 
 def record_text(session: Session, *, uri: str, source: str, text: str, encoding: str = "utf-8",
@@ -208,8 +242,13 @@ def record_text(session: Session, *, uri: str, source: str, text: str, encoding:
       reason "content moved here from <uri>" when it was elsewhere (RESTORED);
     - content live under another uri: a skipped row for this uri whose `duplicate_of_id`
       names the row that holds it (DUPLICATE; `document_id` is the skipped row).
-    After ADDED and RESTORED the uri's older pending rows are superseded (skipped with the
-    reason "superseded by document N before training"): a uri has one pending version.
+    After ADDED and RESTORED the uri's older versions leave the live set, so a uri has one
+    live version (the only one trained or replayed): one never trained is skipped with the
+    reason "superseded by document N before training"; one (partly) trained is deleted with
+    "superseded by document N after training", keeping its cycle for history (a cycle that
+    was training it when N arrived makes it so when it commits: ledger.record_cycle_credits).
+    `heirs` names the skipped duplicates of the superseded versions, as mark_deleted_under
+    does: their content is live nowhere now, and one whose file still exists can take it over.
     Text that UTF-8 cannot hold or with NUL characters raises ValueError (record_refused).
     """
     sha = content_sha256(text)
@@ -233,9 +272,16 @@ def record_text(session: Session, *, uri: str, source: str, text: str, encoding:
                              target_id=target_id, duplicate_of_id=doc.id)
         return Recorded(Outcome.DUPLICATE, dup.id, sha, reason)
     session.flush()
-    session.execute(_SUPERSEDE, {"u": uri, "keep": doc.id, "now": utcnow(),
-                                 "why": f"superseded by document {doc.id} before training"})
-    return Recorded(outcome, doc.id, sha, reason)
+    params = {"u": uri, "keep": doc.id, "now": utcnow(),
+              "before": SUPERSEDED_BEFORE_TRAINING.format(doc.id),
+              "after": SUPERSEDED_AFTER_TRAINING.format(doc.id)}
+    older = list(session.scalars(_LIVE_OLDER, params))
+    if not older:
+        return Recorded(outcome, doc.id, sha, reason)
+    session.execute(_SUPERSEDE_UNTRAINED, params)
+    session.execute(_SUPERSEDE_TRAINED, params)
+    session.expire_all()  # rows of this session may have changed status
+    return Recorded(outcome, doc.id, sha, reason, tuple(_heirs_of(session, older)))
 
 
 def mark_deleted(session: Session, uri: str, *, reason: str = "removed from its source") -> int:
@@ -249,28 +295,35 @@ def mark_deleted(session: Session, uri: str, *, reason: str = "removed from its 
     return result.rowcount
 
 
-def mark_deleted_under(session: Session, uri: str, *,
-                       reason: str = "removed from its source") -> Deleted:
-    """Mark the rows at `uri`, and every live row under `uri/` (a deleted folder), deleted.
+def mark_deleted_under(session: Session, uri: str, *, reason: str = "removed from its source",
+                       below: bool = True) -> Deleted:
+    """Mark the rows at `uri`, and every live row under `uri/` (a deleted folder), deleted;
+    with `below=False` only the rows at `uri` (a file that a folder replaced: the folder's
+    files are live rows under it).
 
     Returns how many rows changed and the heirs: the uris of skipped duplicates of any row at
     those uris (`duplicate_of_id`), oldest first, each once. One whose file still exists can
     take the content over (record_text revives the deleted row under its uri); checking what
     exists is the caller's part.
     """
-    uris = {uri} | live_uris_under(session, uri)
+    uris = {uri} | (live_uris_under(session, uri) if below else set())
     n = sum(mark_deleted(session, u, reason=reason) for u in sorted(uris))
     originals: list[int] = []
     ordered = sorted(uris)
     for i in range(0, len(ordered), _CHUNK):
         originals += session.scalars(select(Document.id).where(Document.uri.in_(ordered[i:i + _CHUNK])))
+    return Deleted(n, _heirs_of(session, originals))
+
+
+def _heirs_of(session: Session, originals: Sequence[int]) -> list[str]:
+    """Uris of the skipped duplicates of the given rows, oldest first, each once."""
     heirs: dict[str, None] = {}
     for i in range(0, len(originals), _CHUNK):
         heirs.update(dict.fromkeys(session.scalars(
             select(Document.uri).where(Document.status == DocumentStatus.SKIPPED,
                                        Document.duplicate_of_id.in_(originals[i:i + _CHUNK]))
             .order_by(Document.id))))
-    return Deleted(n, list(heirs))
+    return list(heirs)
 
 
 def is_duplicate(session: Session, uri: str) -> bool:

@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Optional
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, undefer
 
-from .documents import _CHUNK
+from .documents import _CHUNK, superseded_after_training, superseded_before_training
 from .models import Checkpoint, CycleDocument, Document, DocumentStatus, utcnow
 
 BACKLOG_STATUSES = (DocumentStatus.PENDING, DocumentStatus.LEARNING)
@@ -115,8 +115,9 @@ def record_cycle_credits(session: Session, cycle_id: int,
     """What cycle `cycle_id` trained: {document id: (backlog bytes, replay bytes)}, with the
     trainable bytes of every document it read. Backlog bytes count toward the document's
     passes; a pending or learning document that reaches `passes` becomes trained, one
-    below it learning. A document superseded or deleted meanwhile keeps its status but
-    records its share. Returns {"bytes_new", "bytes_replay", "documents", "completed"}."""
+    below it learning. A document deleted meanwhile keeps its status but records its share;
+    one superseded meanwhile (skipped "before training": the store did not know this cycle
+    was training it) is deleted "superseded by document N after training", since it was. Returns {"bytes_new", "bytes_replay", "documents", "completed"}."""
     out = {"bytes_new": 0, "bytes_replay": 0, "documents": 0, "completed": []}
     ids = sorted(set(credits) | set(trainable))
     now = utcnow()
@@ -135,6 +136,10 @@ def record_cycle_credits(session: Session, cycle_id: int,
                 doc.trained_bytes = (doc.trained_bytes or 0) + int(new)
                 doc.cycle_id = cycle_id
                 doc.updated = now
+                if doc.status == DocumentStatus.SKIPPED and doc.sha256 is not None:
+                    # superseded while this cycle trained it: trained after all, not live
+                    doc.status = DocumentStatus.DELETED
+                    doc.reason = superseded_after_training(doc.reason)
                 if doc.status in BACKLOG_STATUSES and doc.trainable_bytes is not None:
                     done = doc.trained_bytes >= budget_bytes(doc.trainable_bytes, passes)
                     if done and doc.status != DocumentStatus.TRAINED:
@@ -163,7 +168,8 @@ def apply_budget(session: Session, passes: float) -> dict:
 def undo_cycle_credits(session: Session, cycle_ids: Iterable[int]) -> int:
     """Take back what the given cycles trained (they were rolled back): their backlog bytes
     leave each document's count, which becomes pending (nothing left) or learning; their
-    CycleDocument rows are removed. Returns the documents changed."""
+    CycleDocument rows are removed; a version superseded after training that has nothing
+    trained left was superseded before training (skipped). Returns the documents changed."""
     ids = sorted(set(cycle_ids))
     if not ids:
         return 0
@@ -184,6 +190,10 @@ def undo_cycle_credits(session: Session, cycle_ids: Iterable[int]) -> int:
                 doc.status = (DocumentStatus.LEARNING if doc.trained_bytes > 0
                               else DocumentStatus.PENDING)
                 doc.reason = None
+            elif doc.status == DocumentStatus.DELETED and doc.trained_bytes == 0:
+                before = superseded_before_training(doc.reason)
+                if before is not None:      # superseded, and now nothing of it was trained
+                    doc.status, doc.reason = DocumentStatus.SKIPPED, before
     for i in range(0, len(ids), _CHUNK):
         session.execute(delete(CycleDocument).where(CycleDocument.cycle_id.in_(ids[i:i + _CHUNK]))
                         .execution_options(synchronize_session=False))

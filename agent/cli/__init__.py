@@ -6,6 +6,7 @@
     model.py    cllm train, generate, neighbours, bench
     db.py       cllm db upgrade|current
     common.py   shared options, the store opener, one-line errors, tables and JSON
+    logs.py     logging set up once: the project's loggers by -v, other libraries quiet
 
 Settings and their flags come from agent/settings.py. Library code raises CllmError and
 StoreError; the commands turn them into one-line messages with a hint and an exit status

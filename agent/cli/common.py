@@ -48,10 +48,10 @@ class Invocation:
 
 
 def configure_logging(inv: Invocation) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root.setLevel(inv.log_level())
+    """The project's loggers by -v/-q, other libraries quiet (agent/cli/logs.py)."""
+    from agent.cli import logs
+
+    logs.configure_logging(inv.verbose - inv.quiet)
 
 
 def _set_global(ctx: click.Context, param: click.Parameter, value):

@@ -134,8 +134,9 @@ def test_version_and_verbosity_options_work_before_and_after_the_subcommand(tmp_
 
     r = CliRunner().invoke(main, ["--version"])
     assert r.exit_code == 0 and r.output == f"cllm {version('crystalline-cllm')}\n"
-    root = logging.getLogger()
-    before = root.level
+    names = ("", "agent", "engine", "store", "engine.warmup")
+    before = {n: logging.getLogger(n).level for n in names}
+    ours, other = logging.getLogger("agent"), logging.getLogger("matplotlib.font_manager")
     try:
         for args, level in ((["-q", "neighbours", "1", "--vocab-size", "50"], logging.ERROR),
                             (["neighbours", "1", "--vocab-size", "50", "-q"], logging.ERROR),
@@ -143,9 +144,11 @@ def test_version_and_verbosity_options_work_before_and_after_the_subcommand(tmp_
                             (["-v", "neighbours", "1", "--vocab-size", "50"], logging.INFO),
                             (["neighbours", "1", "--vocab-size", "50"], logging.WARNING)):
             r = CliRunner().invoke(main, args, catch_exceptions=False)
-            assert r.exit_code == 0 and root.level == level, (args, r.output)
+            assert r.exit_code == 0 and ours.getEffectiveLevel() == level, (args, r.output)
+            assert other.getEffectiveLevel() == logging.WARNING     # -vv: ours only
     finally:
-        root.setLevel(before)
+        for n, lvl in before.items():
+            logging.getLogger(n).setLevel(lvl)
 
 
 @pytest.mark.parametrize("args", [

@@ -292,6 +292,66 @@ def test_a_document_arriving_during_a_backlog_is_learned_first(env):
     assert set(after.doc_ids) <= set(first.doc_ids) and drop[0] in after.replay_ids
 
 
+def new_version(store, uri, text):
+    """A new version of a file, recorded the way the agent's ingest records it."""
+    from agent.ingest import Ingestor
+
+    return Ingestor(store).ingest_text(uri, text, source="lattice").document_id
+
+
+def test_a_version_superseded_while_its_cycle_trains_ends_superseded_after_training(env):
+    """Issue 14 item 2: a file rewritten while its cycle trains. The old version was
+    trained: its row must say so (deleted, superseded after training, with the cycle), not
+    "superseded before training"; only the live version is learned and replayed after."""
+    store, data = env
+    old = add_doc(store, "f", "lattice", reps=12)
+    uri = "file:///w/lattice/f.txt"
+    tr = ContinuousTrainer(store, data, SETTINGS)
+    newer = []
+
+    def on_step(c, i, n, loss):
+        if i == 2 and not newer:         # the file changes under the running cycle
+            newer.append(new_version(store, uri, "f, rewritten: " + TEXTS["spheres"] * 12))
+    tr.progress = on_step
+    first = tr.run_pending("tokens")
+    tr.progress = None
+    assert first.doc_ids == [old] and newer
+    with store.session() as s:
+        row = s.get(Document, old)
+        assert (row.status, row.reason, row.cycle_id) == (
+            "deleted", f"superseded by document {newer[0]} after training", first.cycle_id)
+        assert row.trained_bytes > 0 and s.get(Document, newer[0]).status == "pending"
+    second = tr.run_pending(tr.due()[0])
+    assert second.doc_ids == newer and old not in second.replay_ids
+    add_doc(store, "c", "clock")
+    third = tr.run_pending(tr.due()[0])
+    assert third.replay_ids == newer                 # the live version only
+    assert ledger(store)[old][0] == "deleted"
+
+
+def test_a_partly_learned_version_is_not_learned_on_or_replayed_once_superseded(env):
+    """Issue 14 item 2: a version left learning by a bounded cycle, then replaced: the
+    backlog continues with the new version only, and replay never reads the old one."""
+    store, data = env
+    old = add_doc(store, "f", "lattice", reps=30)
+    uri = "file:///w/lattice/f.txt"
+    tr = ContinuousTrainer(store, data, SETTINGS.replace(max_steps=2))
+    first = tr.run_pending("tokens")
+    assert first.doc_ids == [old] and ledger(store)[old][0] == "learning"
+    new = new_version(store, uri, "f, rewritten: " + TEXTS["spheres"] * 8)
+    add_doc(store, "c", "clock", reps=8)
+    reports = []
+    while tr.due()[0] is not None:
+        reports.append(tr.run_pending(tr.due()[0]))
+        assert len(reports) < 40
+    assert reports and all(old not in r.doc_ids and old not in r.replay_ids for r in reports)
+    assert any(new in r.doc_ids for r in reports)
+    led = ledger(store)
+    assert led[old][0] == "deleted" and led[new][0] == "trained"
+    with store.session() as s:
+        assert s.get(Document, old).reason == f"superseded by document {new} after training"
+
+
 def test_retention_keeps_the_latest_k_and_one_per_hour_and_the_fallback_still_loads(env):
     store, data = env
     tr = ContinuousTrainer(store, data, SETTINGS.replace(keep_checkpoints=2))

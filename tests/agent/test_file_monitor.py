@@ -5,6 +5,7 @@ import errno
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 
@@ -357,3 +358,104 @@ def test_a_failed_monitor_thread_is_reported_to_the_owner_at_once(watched, monke
     with pytest.raises(MonitorError, match="boom"):
         m.stop()                          # joins every thread, then re-raises
     m._errors.clear()                     # reported; the fixture's own stop() is a no-op now
+
+
+# --- a path that changes type (issue 14 item 8) ----------------------------------------------
+
+def mark_trained(store, path):
+    """As if a cycle had learned the file: the row a stale entry would keep replaying."""
+    from store.models import Document
+
+    with store.session() as s:
+        for d in s.query(Document).filter(Document.uri == file_uri(path)):
+            d.status = "trained"
+
+
+def no_refusals(store):
+    return [r for r in rows(store) if r["status"] == "skipped"] == []
+
+
+OBSERVERS = [pytest.param({}, id="native"), pytest.param({"polling": True, "poll_interval": 0.1}, id="polling")]
+
+
+@pytest.mark.parametrize("kw", OBSERVERS)
+def test_a_file_replaced_by_a_folder_is_deleted_and_the_folder_taken(watched, store, kw):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor, **kw)
+    f = root / "notes"
+    f.write_text("a file called notes\n")
+    pump(events, ingestor, lambda: len(status_of(store, f, "pending")) == 1)
+    mark_trained(store, f)
+    f.unlink()
+    f.mkdir()
+    (f / "a.txt").write_text("now notes is a folder\n")
+    pump(events, ingestor, lambda: len(status_of(store, f / "a.txt", "pending")) == 1
+         and len(status_of(store, f, "deleted")) == 1, timeout=8.0)
+    settle(events, ingestor, 2 * QUIET)
+    assert live(store, f) == [] and len(live(store, f / "a.txt")) == 1 and no_refusals(store)
+
+
+@pytest.mark.parametrize("kw", OBSERVERS)
+def test_a_folder_replaced_by_a_file_deletes_its_files_without_refusals(watched, store, kw):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor, **kw)
+    d = root / "notes"
+    d.mkdir()
+    (d / "a.txt").write_text("first file in the folder\n")
+    (d / "b.txt").write_text("second file in the folder\n")
+    pump(events, ingestor, lambda: len(rows(store)) == 2 and all(r["status"] == "pending" for r in rows(store)))
+    mark_trained(store, d / "a.txt")
+    shutil.rmtree(d)
+    d.write_text("now notes is a file\n")
+    pump(events, ingestor, lambda: len(status_of(store, d, "pending")) == 1
+         and len(status_of(store, d / "a.txt", "deleted")) == 1
+         and len(status_of(store, d / "b.txt", "deleted")) == 1, timeout=8.0)
+    settle(events, ingestor, 2 * QUIET)
+    assert no_refusals(store), rows(store)
+
+
+def test_a_folder_moved_away_and_a_file_put_in_its_place_deletes_its_files(watched, store, tmp_path):
+    root, events, ingestor, make = watched
+    started(make, events, ingestor)
+    d = root / "notes"
+    d.mkdir()
+    (d / "a.txt").write_text("a file in a folder about to move\n")
+    pump(events, ingestor, lambda: len(status_of(store, d / "a.txt", "pending")) == 1)
+    mark_trained(store, d / "a.txt")
+    os.rename(d, tmp_path / "elsewhere")  # one event for the folder, none per file
+    d.write_text("a file where the folder was\n")
+    pump(events, ingestor, lambda: len(status_of(store, d, "pending")) == 1
+         and len(status_of(store, d / "a.txt", "deleted")) == 1)
+    settle(events, ingestor, 2 * QUIET)
+    assert no_refusals(store), rows(store)
+
+
+def test_type_changes_made_while_stopped_are_found_on_start(watched, store):
+    root, events, ingestor, make = watched
+    f, d = root / "was-file", root / "was-folder"
+    f.write_text("a file that becomes a folder\n")
+    d.mkdir()
+    (d / "inner.txt").write_text("a file in a folder that becomes a file\n")
+    m = started(make, events, ingestor)
+    pump(events, ingestor, lambda: len([r for r in rows(store) if r["status"] == "pending"]) == 2)
+    m.stop()
+    mark_trained(store, f)
+    mark_trained(store, d / "inner.txt")
+    f.unlink()
+    f.mkdir()
+    (f / "x.txt").write_text("inside what was a file\n")
+    shutil.rmtree(d)
+    d.write_text("a file where a folder was\n")
+    started(make, events, ingestor)
+
+    def done():
+        return (len(status_of(store, f, "deleted")) == 1
+                and len(status_of(store, f / "x.txt", "pending")) == 1
+                and len(status_of(store, d / "inner.txt", "deleted")) == 1
+                and len(status_of(store, d, "pending")) == 1)
+
+    pump(events, ingestor, done)
+    settle(events, ingestor, 2 * QUIET)
+    assert no_refusals(store), rows(store)
+    assert sorted(r["uri"] for r in rows(store) if r["status"] != "deleted") == \
+        sorted([file_uri(f / "x.txt"), file_uri(d)])

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 import os
+from collections import Counter
 
 import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
-from agent.ingest import Ingestor
+from agent.ingest import Ingestor, summarize
 from agent.paths import PathFilter, file_uri, uri_to_path, walk_files
 from agent.text import Refused, decode_text, read_file, sniff_binary
 from store.documents import content_sha256
@@ -150,6 +152,37 @@ def test_deleting_the_original_hands_content_to_its_duplicate(tmp_path, store):
     ing.delete_path(a)
     live = [r for r in rows(store) if r["sha256"]]
     assert [(r["uri"], r["status"]) for r in live] == [(file_uri(b), "pending")]
+
+
+def test_a_new_version_of_the_original_hands_its_old_content_to_its_duplicate(tmp_path, store):
+    ing = Ingestor(store)
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("shared words")
+    b.write_text("shared words")
+    first = ing.ingest_file(a)
+    assert ing.ingest_file(b).outcome == "duplicate"
+    a.write_text("a has its own words now")
+    assert ing.ingest_file(a).outcome == "added"
+    live = {r["uri"]: r for r in rows(store) if r["status"] not in ("deleted", "skipped")}
+    assert set(live) == {file_uri(a), file_uri(b)}
+    assert live[file_uri(b)]["id"] == first.document_id          # the old content, re-homed
+
+
+def test_each_input_is_logged_at_debug_and_a_batch_is_summarized(tmp_path, store, caplog):
+    """Issue 15: one INFO line per document (every unchanged file again at each start) is
+    a summary per crawl or batch now; the per-input lines are DEBUG."""
+    ing = Ingestor(store)
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text(f"document number {i}")
+    with caplog.at_level(logging.INFO, logger="agent.ingest"):
+        got = [ing.ingest_file(tmp_path / f"{i}.txt").outcome for i in range(3)]
+        got.append(ing.ingest_file(tmp_path / "0.txt").outcome)
+    assert [r for r in caplog.records if r.name == "agent.ingest"] == []
+    with caplog.at_level(logging.DEBUG, logger="agent.ingest"):
+        ing.ingest_file(tmp_path / "1.txt")
+    assert [r.getMessage() for r in caplog.records if r.name == "agent.ingest"] == [
+        f"unchanged: {file_uri(tmp_path / '1.txt')}"]
+    assert summarize(Counter(got)) == "3 added, 1 unchanged" and summarize({}) == "nothing"
 
 
 def test_the_hand_over_follows_the_duplicate_link_not_the_reason_text(tmp_path, store):

@@ -441,6 +441,9 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
         n_corpus = len(list(SAMPLE_CORPUS.rglob("*.txt")))
         assert f": {n_corpus} documents to learn" in line
         a.wait_for(r"cycle 1 completed")
+        log = "".join(a.log)        # issue 15: a summary per crawl, no line per document, no reprs
+        assert sum(map(int, re.findall(r"crawled \S+: (\d+) added", log))) == n_corpus
+        assert "agent.ingest: added" not in log and "Counter(" not in log
         drop(inbox, "note.txt", "a note dropped into the inbox. ")
         store = open_store(data)
         try:
@@ -452,6 +455,7 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
             while doc is None or doc.status != "trained":
                 a.wait_for(r"cycle \d+ completed")
                 doc = inbox_doc()
+            assert "watched files: 1 added" in "".join(a.log)    # the batch's summary line
             with store.session() as s:
                 uris = s.scalars(select(Document.uri)).all()
             corpus_files = {p.resolve() for p in SAMPLE_CORPUS.rglob("*.txt")}

@@ -257,3 +257,29 @@ def test_an_interrupt_in_node_zero_releases_every_worker(monkeypatch):
     s.close()
     with pytest.raises(WorkerError):
         s.train_step(*data())
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 13])
+def test_a_fault_in_the_step_decision_surfaces_with_its_traceback(monkeypatch, n):
+    """Issue 14 item 7: the clip/skip decision runs as the Point C barrier action, on
+    whichever thread arrives last. Its exception must reach the caller with its traceback,
+    for any worker count and whoever ran it, never as a watchdog timeout."""
+    def faulty_decision(self):
+        raise ValueError("injected fault in the step decision")
+
+    monkeypatch.setattr(ThreadedTrainingSystem, "_node_zero_decide", faulty_decision)
+    for repeat in range(5):
+        m = Model(CFG, seed=0)
+        before = m.params.copy()
+        s = ThreadedTrainingSystem(m, SGD, n_workers=n, watchdog_timeout=5.0)
+        try:
+            with pytest.raises(WorkerError) as e:
+                s.train_step(*data(seed=repeat))
+        finally:
+            s.close()
+        assert not isinstance(e.value, WatchdogTimeout)
+        assert isinstance(e.value.__cause__, ValueError)
+        assert "injected fault in the step decision" in str(e.value)
+        assert "Traceback" in str(e.value) and "faulty_decision" in str(e.value)
+        assert m.params.tobytes() == before.tobytes()
+        assert s.threads_alive() == 0

@@ -133,3 +133,24 @@ def test_the_migration_to_the_ledger_makes_old_trained_rows_learning(store_targe
             assert (d.status, d.trained_bytes, d.trainable_bytes) == ("learning", 0, None)
     finally:
         st.close()
+
+
+def test_rolling_back_the_only_training_of_a_superseded_version_makes_it_untrained_again(store):
+    """Issue 14 item 2: "superseded after training" must stay true when the cycle that
+    trained it is rolled back: with nothing of it trained, it was superseded before training."""
+    from store.documents import record_text
+
+    with store.session() as s:
+        one = record_text(s, uri="file:///f", source="t", text="one " * 50).document_id
+        c1 = queries.start_cycle(s, trigger="tokens").id
+        ledger.record_cycle_credits(s, c1, {one: (100, 0)}, {one: 180}, 2.0)
+        queries.finish_cycle(s, c1, status="completed")
+        two = record_text(s, uri="file:///f", source="t", text="two " * 50).document_id
+        assert s.get(Document, one).reason == f"superseded by document {two} after training"
+    with store.session() as s:
+        queries.roll_back_cycles_after(s, None, "rolled back")
+    with store.session() as s:
+        d = s.get(Document, one)
+        assert (d.status, d.reason, d.trained_bytes, d.cycle_id) == (
+            "skipped", f"superseded by document {two} before training", 0, None)
+        assert s.get(Document, two).status == "pending"

@@ -7,6 +7,7 @@ code, an unreachable server; each a one-line error naming the database. `cllm db
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -193,6 +194,49 @@ def test_a_store_at_0001_with_rows_upgrades_and_keeps_working(store_target):
             deleted = mark_deleted_under(s, "file:///a")  # the backfilled link finds the heir
             assert (deleted.n_rows, deleted.heirs) == (2, ["file:///b"])
             assert record_text(s, uri="file:///b", source="s", text="shared words").outcome == "restored"
+
+
+def test_a_store_at_0005_keeps_one_live_version_per_uri_after_upgrading(store_target):
+    """0006 (issue 14): a version trained by the cycle that ran when a newer one arrived,
+    left "skipped before training", and older versions left learning or trained beside a
+    newer one, become deleted "superseded ... after training"; the rest is untouched."""
+    from alembic import command
+
+    from store.documents import replay_sample
+    from store.migrate import alembic_config
+
+    with store_target.open(upgrade=False) as st:
+        with st.engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0005")
+            conn.execute(sa.text("INSERT INTO cycles (id, trigger, status, started, docs_new,"
+                                 " docs_replayed, tokens, steps, skipped_steps) VALUES"
+                                 " (1, 'tokens', 'completed', CURRENT_TIMESTAMP, 1, 0, 10, 1, 0)"))
+            rows = [  # id, uri, status, reason, cycle, trained bytes, minutes ago updated
+                (1, "file:///a", "skipped", "superseded by document 2 before training", 1, 40, 9),
+                (2, "file:///a", "pending", None, None, 0, 8),
+                (3, "file:///b", "trained", None, 1, 90, 7),
+                (4, "file:///b", "learning", None, 1, 20, 6),
+                (5, "file:///b", "pending", None, None, 0, 5),
+                (6, "file:///c", "skipped", "superseded by document 7 before training", None, 0, 4),
+                (7, "file:///c", "trained", None, 1, 50, 3),
+                (8, "file:///d", "trained", None, 1, 50, 2)]
+            for i, uri, status, reason, cyc, tb, ago in rows:
+                conn.execute(sa.text(
+                    "INSERT INTO documents (id, uri, source, sha256, status, reason, cycle_id,"
+                    " trained_bytes, first_seen, updated) VALUES (:i, :u, 's', :sha, :st, :r, :c,"
+                    " :tb, :t, :t)"), {"i": i, "u": uri, "sha": f"{i:064d}", "st": status, "r": reason,
+                                       "c": cyc, "tb": tb,
+                                       "t": dt.datetime(2026, 12, 1, 12, 0) - dt.timedelta(minutes=ago)})
+    with store_target.open() as st:
+        with st.session() as s:
+            got = {d.id: (d.status, d.reason) for d in s.scalars(sa.select(Document))}
+            assert got == {
+                1: ("deleted", "superseded by document 2 after training"), 2: ("pending", None),
+                3: ("deleted", "superseded by document 5 after training"),
+                4: ("deleted", "superseded by document 5 after training"), 5: ("pending", None),
+                6: ("skipped", "superseded by document 7 before training"), 7: ("trained", None),
+                8: ("trained", None)}
+            assert sorted(d.id for d in replay_sample(s, 10, seed=0)) == [7, 8]
 
 
 def test_tables_not_made_by_cllm_are_refused(store_target):

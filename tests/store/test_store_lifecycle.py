@@ -7,8 +7,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from store.documents import (Outcome, is_duplicate, live_uris_under, mark_deleted_under,
-                             record_refused, record_text)
-from store.models import Document, DocumentStatus, FetchedUrl, UrlStatus
+                             record_refused, record_text, replay_sample)
+from store.ledger import backlog, record_cycle_credits
+from store.models import Document, FetchedUrl, UrlStatus
+from store.queries import start_cycle
 from store.urls import list_urls, queue_urls, queued_under, record_url, url_handled
 
 
@@ -36,12 +38,83 @@ def test_a_new_version_supersedes_the_pending_one_and_a_revert_restores_it(store
         assert [d[1] for d in docs(s)] == ["pending", "skipped"]
 
 
-def test_superseding_leaves_trained_rows_alone(store):
+def test_a_new_version_retires_a_trained_or_learning_one_as_superseded_after_training(store):
+    """Issue 14 item 2: an old version that was (partly) trained is neither "skipped before
+    training" nor live: deleted, naming its successor, its cycle kept, and never replayed."""
     with store.session() as s:
+        cyc = start_cycle(s, trigger="test").id
         first = record_text(s, uri="file:///f", source="src", text="one")
-        s.get(Document, first.document_id).status = DocumentStatus.TRAINED
-        record_text(s, uri="file:///f", source="src", text="two")
-        assert [d[1] for d in docs(s)] == ["trained", "pending"]
+        learning = record_text(s, uri="file:///g", source="src", text="gee one")
+        record_cycle_credits(s, cyc, {first.document_id: (30, 0), learning.document_id: (5, 0)},
+                             {first.document_id: 20, learning.document_id: 20}, passes=1.0)
+        assert [d[1] for d in docs(s)] == ["trained", "learning"]
+    with store.session() as s:
+        two = record_text(s, uri="file:///f", source="src", text="two")
+        gee = record_text(s, uri="file:///g", source="src", text="gee two")
+        assert docs(s) == [
+            ("file:///f", "deleted", None, f"superseded by document {two.document_id} after training"),
+            ("file:///g", "deleted", None, f"superseded by document {gee.document_id} after training"),
+            ("file:///f", "pending", None, None), ("file:///g", "pending", None, None)]
+        assert s.get(Document, first.document_id).cycle_id == cyc       # history kept
+        assert replay_sample(s, 10, seed=0) == []                        # never replayed
+        assert sorted(e.id for e in backlog(s)) == sorted([two.document_id, gee.document_id])
+    with store.session() as s:      # a revert brings the trained version back, not to relearn
+        back = record_text(s, uri="file:///f", source="src", text="one")
+        assert (back.outcome, back.document_id) == (Outcome.RESTORED, first.document_id)
+        assert s.get(Document, first.document_id).status == "trained"
+        assert s.get(Document, two.document_id).status == "skipped"     # never trained
+
+
+def test_a_version_superseded_while_its_cycle_trains_is_recorded_as_superseded_after_training(store):
+    """Issue 14 item 2: the cycle that was training a version when a newer one arrived
+    commits its share; the row must not stay "superseded before training" with a cycle."""
+    with store.session() as s:
+        one = record_text(s, uri="file:///f", source="src", text="one")
+        cyc = start_cycle(s, trigger="test").id            # the cycle reads "one"...
+    with store.session() as s:                              # ...while "two" arrives
+        two = record_text(s, uri="file:///f", source="src", text="two")
+        assert s.get(Document, one.document_id).status == "skipped"
+    with store.session() as s:                              # the cycle commits
+        out = record_cycle_credits(s, cyc, {one.document_id: (30, 4)}, {one.document_id: 20},
+                                   passes=1.0)
+        assert out["completed"] == [] and out["bytes_new"] == 30
+        old = s.get(Document, one.document_id)
+        assert (old.status, old.reason, old.cycle_id, old.trained_bytes) == (
+            "deleted", f"superseded by document {two.document_id} after training", cyc, 30)
+        assert s.get(Document, two.document_id).status == "pending"
+        assert replay_sample(s, 10, seed=0) == []
+    with store.session() as s:      # replay alone of a superseded row changes nothing more
+        cyc2 = start_cycle(s, trigger="test").id
+        record_cycle_credits(s, cyc2, {one.document_id: (0, 8)}, {}, passes=1.0)
+        old = s.get(Document, one.document_id)
+        assert (old.status, old.cycle_id) == ("deleted", cyc)
+
+
+def test_a_version_deleted_while_its_cycle_trains_stays_deleted(store):
+    with store.session() as s:
+        one = record_text(s, uri="file:///f", source="src", text="one")
+        cyc = start_cycle(s, trigger="test").id
+        mark_deleted_under(s, "file:///f")
+        record_cycle_credits(s, cyc, {one.document_id: (30, 0)}, {one.document_id: 20}, passes=1.0)
+        old = s.get(Document, one.document_id)
+        assert (old.status, old.reason, old.cycle_id) == ("deleted", "removed from its source", cyc)
+
+
+def test_a_superseded_version_names_the_duplicates_that_can_take_its_content_over(store):
+    """The content of an old version may still live in a duplicate file: that file can take
+    it over (as when the original is deleted), or the content is learned and replayed nowhere."""
+    with store.session() as s:
+        a = record_text(s, uri="file:///a", source="src", text="shared words")
+        record_text(s, uri="file:///b", source="src", text="shared words")     # a duplicate
+        record_text(s, uri="file:///c", source="src", text="other words")
+        assert record_text(s, uri="file:///c", source="src", text="c changed").heirs == ()
+        new = record_text(s, uri="file:///a", source="src", text="a has its own words now")
+        assert new.heirs == ("file:///b",)
+        back = record_text(s, uri="file:///b", source="src", text="shared words")
+        assert (back.outcome, back.document_id) == (Outcome.RESTORED, a.document_id)
+        row = s.get(Document, a.document_id)
+        assert (row.uri, row.status, row.reason) == ("file:///b", "pending",
+                                                     "content moved here from file:///a")
 
 
 def test_content_live_elsewhere_is_a_duplicate_that_names_its_holder(store):
