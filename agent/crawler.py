@@ -241,7 +241,7 @@ class Crawler:
         if resp.status == 304:  # not modified: nothing is read, stored or changed
             with self.store.session() as s:
                 url_store.mark_unchanged(s, url)
-            log.info("unchanged (304) %s", url)
+            log.debug("unchanged (304) %s", url)
             report.add(url, "unchanged")
             return []
         final = resp.url
@@ -317,7 +317,7 @@ class Crawler:
             for u in dict.fromkeys([url, also or url]):
                 url_store.record_url(s, u, status=status, http_status=http_status, document_id=document_id,
                                      reason=reason, validators=validators)
-        log.info("%s %s%s", status, url, f": {reason}" if reason else "")
+        log.debug("%s %s%s", status, url, f": {reason}" if reason else "")
 
 
 def _log_progress(start: str, pages: int, queued: int, report: CrawlReport, done: bool = False) -> None:

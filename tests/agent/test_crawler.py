@@ -596,3 +596,7 @@ def test_progress_is_logged_at_page_boundaries(store, site, caplog):
     assert lines[0].startswith(f"crawl of {site.base}/: 2 pages requested (2 fetched, 0 unchanged), 3 queued")
     assert lines[-1].startswith(f"crawl of {site.base}/ done: 5 pages requested (5 fetched")
     assert "0 refused" in lines[-1] and "0 failed" in lines[-1]
+    # per-page lines are DEBUG: at INFO a crawl is its progress and summary lines only
+    info = [r.getMessage() for r in caplog.records
+            if r.name == "agent.crawler" and r.levelno == logging.INFO]
+    assert info == lines, info
