@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
@@ -29,6 +30,9 @@ class Store:
     def __init__(self, engine: Engine, url: URL) -> None:
         self.engine = engine
         self.url = url
+        # the machine documents recorded through this store come from (several agents on
+        # several machines may feed one store): this host's name unless the agent names it
+        self.origin = socket.gethostname()
         self.sessionmaker = sessionmaker(engine, expire_on_commit=False)
         self._read_sessionmaker = sessionmaker(read_only_engine(engine), expire_on_commit=False)
 
@@ -52,6 +56,7 @@ class Store:
         maker = self._read_sessionmaker if read_only else self.sessionmaker
         try:
             with maker.begin() as s:
+                s.info["origin"] = self.origin
                 yield s
         except exc.OperationalError as e:  # locked, read-only, disk full, connection lost
             raise translate(e, self.url) from e

@@ -13,10 +13,10 @@ import datetime as dt
 import enum
 from typing import Any, Optional
 
-from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey,
+from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, event,
                         Index, LargeBinary, MetaData, String, Text, TypeDecorator, UniqueConstraint)
 from sqlalchemy import text as sql_text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -200,6 +200,8 @@ class Document(Base):
         ForeignKey("crawl_targets.id", ondelete="SET NULL"), index=True)
     duplicate_of_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("documents.id", ondelete="SET NULL"), index=True)  # a skipped duplicate: who holds it
+    # the machine whose agent recorded it (Store.origin, set on insert by the session)
+    origin: Mapped[Optional[str]] = mapped_column(String(255))
 
     cycle: Mapped[Optional[Cycle]] = relationship(lazy="raise")
     target: Mapped[Optional[CrawlTarget]] = relationship(lazy="raise")
@@ -325,12 +327,25 @@ class FetchedUrl(Base):
         ForeignKey("documents.id", ondelete="SET NULL"), index=True)
     reason: Mapped[Optional[str]] = mapped_column(Text)
     depth: Mapped[Optional[int]]  # links from the crawl's start URL, where it was found (the frontier)
+    # a crawler fetching it now (several agents share one frontier): who, and until when the
+    # claim holds unless renewed by recording the outcome (a dead agent's claims expire)
+    claimed_by: Mapped[Optional[str]] = mapped_column(String(200))
+    claim_expires: Mapped[Optional[dt.datetime]]
     fetched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)  # the last fetch (a 304 included)
     etag: Mapped[Optional[str]] = mapped_column(Text)  # validators of the stored page (re-crawls
     last_modified: Mapped[Optional[str]] = mapped_column(Text)  # ask conditionally with them)
 
     def __repr__(self) -> str:
         return f"FetchedUrl(url={self.url!r}, status={self.status!r})"
+
+
+@event.listens_for(Session, "before_flush")
+def _stamp_origin(session: Session, flush_context, instances) -> None:
+    origin = session.info.get("origin")
+    if origin is not None:
+        for obj in session.new:
+            if isinstance(obj, Document) and obj.origin is None:
+                obj.origin = origin
 
 
 class Lease(Base):
