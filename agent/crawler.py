@@ -45,6 +45,7 @@ from engine.errors import CllmError
 from store import targets as target_store
 from store import urls as url_store
 from store.documents import Outcome
+from store.lease import new_holder_id
 from store.models import TargetKind, UrlStatus, utcnow
 
 __all__ = ["CrawlError", "CrawlReport", "Crawler", "iter_targets", "record_target"]
@@ -108,7 +109,8 @@ class Crawler:
                  user_agent: str = USER_AGENT, stay_on_host: bool = True,
                  stop_event: threading.Event | None = None, ingestor: Ingestor | None = None,
                  include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-                 follow_symlinks: bool = False, resolver=None, recrawl_interval: float = 0.0) -> None:
+                 follow_symlinks: bool = False, resolver=None, recrawl_interval: float = 0.0,
+                 claim_ttl: float | None = None) -> None:
         if max_pages < 1 or max_depth < 0 or delay < 0 or timeout <= 0 or retries < 0:
             raise CrawlError("max_pages >= 1, max_depth >= 0, delay >= 0, timeout > 0, retries >= 0 required",
                              hint="check the crawl options")
@@ -119,6 +121,10 @@ class Crawler:
         except ValueError as e:
             raise CrawlError(str(e), hint="use CIDR, e.g. --allow-network 10.1.0.0/16") from None
         self.store = store
+        # the frontier is shared with every crawler on this store: a URL is fetched by the
+        # one that claims it; a claim outlives the longest fetch (3 x timeout) with margin
+        self.holder = new_holder_id()
+        self.claim_ttl = claim_ttl if claim_ttl is not None else 4 * timeout + 60.0
         self.recrawl_interval = recrawl_interval  # seconds; 0: a handled URL is never fetched again
         self.clock = time.monotonic  # progress is logged at page boundaries, every PROGRESS_EVERY_S
         self.progress_every = PROGRESS_EVERY_S
@@ -190,12 +196,18 @@ class Crawler:
         pages = 0
         last_progress = self.clock()
         try:
-            while frontier and pages < self.max_pages:
+            while pages < self.max_pages:
+                if not frontier:            # links other crawlers of this store queued
+                    frontier.extend((u, d) for u, d in self._frontier_left(start, None, True)
+                                    if u not in queued)
+                    queued.update(u for u, _ in frontier)
+                    if not frontier:
+                        break
                 if self.stop_event.is_set():
                     raise Interrupted
                 url_, depth = frontier.popleft()
-                if self._handled(url_, fresh_after):
-                    report.add(url_, "seen")
+                if not self._claim(url_, fresh_after, depth):
+                    report.add(url_, "seen")    # handled, or being fetched by another crawler
                     continue
                 pages += 1
                 links = self._crawl_one(url_, report, source=source, target_id=target_id)
@@ -286,17 +298,21 @@ class Crawler:
         raise Refused(f"non-text content type {ctype}")
 
     # the store: what was handled, and the frontier
-    def _handled(self, url: str, fresh_after) -> bool:
-        """Handled for good by an earlier run, since `fresh_after` if given (failures and
-        policy outcomes are retried)."""
-        with self.store.session(read_only=True) as s:
-            return url_store.url_handled(s, url, fresh_after=fresh_after)
+    def _claim(self, url: str, fresh_after, depth: int) -> bool:
+        """Whether this crawler fetches the URL now: not handled for good by an earlier run
+        (since `fresh_after` if given; failures and policy outcomes are retried) and not
+        being fetched by another crawler of the store (store.urls.claim_url)."""
+        with self.store.session() as s:
+            return url_store.claim_url(s, url, self.holder, self.claim_ttl,
+                                       fresh_after=fresh_after, depth=depth)
 
-    def _frontier_left(self, start: str, fresh_after) -> list[tuple[str, int]]:
-        """URLs of this origin that an earlier crawl found but did not fetch, and (with
-        `fresh_after`) those fetched before it, with their depth."""
+    def _frontier_left(self, start: str, fresh_after, unclaimed: bool = False
+                       ) -> list[tuple[str, int]]:
+        """URLs of this origin that an earlier crawl (or another crawler) found but did not
+        fetch, and (with `fresh_after`) those fetched before it, with their depth."""
         with self.store.session(read_only=True) as s:
-            found = url_store.queued_under(s, origin(start), max_depth=self.max_depth)
+            found = url_store.queued_under(s, origin(start), max_depth=self.max_depth,
+                                           unclaimed=unclaimed)
             if fresh_after is not None:
                 found += url_store.due_under(s, origin(start), max_depth=self.max_depth,
                                              fetched_before=fresh_after)

@@ -7,6 +7,12 @@ statuses are not fetched again until a re-crawl finds them older than its interv
 (`fresh_after`, `due_under`); the others are retried. A stored page keeps its ETag and
 Last-Modified for a conditional re-fetch.
 
+Several crawlers (agents on several machines, one store) share the frontier: before it
+fetches a URL a crawler claims it (`claim_url`: a row lock taken with SKIP LOCKED on
+PostgreSQL, so racing crawlers never wait on each other; SQLite's write transactions are
+serial anyway), and recording the outcome releases the claim. A claim expires, so the URLs
+of a crawler that died pass to the others.
+
 Canonicalisation is the crawler's job (agent/urls.py); these functions take the canonical
 form as given. They take a Session and do not commit.
 """
@@ -63,7 +69,40 @@ def mark_unchanged(session: Session, canonical_url: str) -> None:
     row = get_url(session, canonical_url)
     if row is not None:
         row.fetched_at = utcnow()
+        row.claimed_by = row.claim_expires = None
         session.flush()
+
+
+def claim_url(session: Session, canonical_url: str, holder: str, ttl_s: float, *,
+              fresh_after: Optional[dt.datetime] = None, depth: Optional[int] = None) -> bool:
+    """Take the right to fetch the URL now for `holder` (until `ttl_s` seconds from now, or
+    until its outcome is recorded). False when it was handled for good (since
+    `fresh_after`, if given: see url_handled) or another crawler's claim on it holds."""
+    from .lease import db_now
+
+    now = db_now(session)
+    key = url_key(canonical_url)
+    row = session.scalars(select(FetchedUrl).where(FetchedUrl.url_sha256 == key)
+                          .with_for_update(skip_locked=True)).one_or_none()
+    if row is None:
+        if session.scalar(select(FetchedUrl.id).where(FetchedUrl.url_sha256 == key)) is not None:
+            return False            # locked this instant by a crawler claiming it
+        try:
+            with session.begin_nested():
+                session.add(FetchedUrl(url=canonical_url, url_sha256=key, status=UrlStatus.QUEUED,
+                                       reason="claimed", depth=depth, claimed_by=holder,
+                                       claim_expires=now + dt.timedelta(seconds=ttl_s)))
+        except IntegrityError:      # another crawler recorded it first
+            return False
+        return True
+    if row.status in FINAL_URL_STATUSES and (fresh_after is None or row.fetched_at >= fresh_after):
+        return False
+    if row.claimed_by not in (None, holder) and row.claim_expires is not None \
+            and row.claim_expires > now:
+        return False
+    row.claimed_by, row.claim_expires = holder, now + dt.timedelta(seconds=ttl_s)
+    session.flush()
+    return True
 
 
 def forget_page(session: Session, canonical_url: str, reason: str) -> int:
@@ -128,6 +167,7 @@ def record_url(session: Session, canonical_url: str, *, status: str,
                 raise
     row.status, row.http_status, row.reason = status, http_status, reason
     row.document_id = document_id
+    row.claimed_by = row.claim_expires = None        # the outcome releases a claim
     if depth is not None:
         row.depth = depth
     if validators is not None:
@@ -151,16 +191,19 @@ def queue_urls(session: Session, canonical_urls: Iterable[str], depth: int) -> i
 
 
 def queued_under(session: Session, origin: str, *, max_depth: int,
-                 limit: int = FRONTIER_LIMIT) -> list[tuple[str, int]]:
+                 limit: int = FRONTIER_LIMIT, unclaimed: bool = False) -> list[tuple[str, int]]:
     """(url, depth) of the queued URLs of `origin` ("https://example.com") found at most
-    `max_depth` links deep, in the order they were found. A queued row without a depth
-    counts as `max_depth` deep."""
-    found = session.execute(
-        select(FetchedUrl.url, FetchedUrl.depth)
-        .where(FetchedUrl.status == UrlStatus.QUEUED,
-               FetchedUrl.url.startswith(origin + "/", autoescape=True),
-               or_(FetchedUrl.depth.is_(None), FetchedUrl.depth <= max_depth))
-        .order_by(FetchedUrl.id).limit(limit)).all()
+    `max_depth` links deep, in the order they were found (with `unclaimed`, only those no
+    crawler's live claim holds). A queued row without a depth counts as `max_depth` deep."""
+    q = (select(FetchedUrl.url, FetchedUrl.depth)
+         .where(FetchedUrl.status == UrlStatus.QUEUED,
+                FetchedUrl.url.startswith(origin + "/", autoescape=True),
+                or_(FetchedUrl.depth.is_(None), FetchedUrl.depth <= max_depth)))
+    if unclaimed:
+        from .lease import db_now
+
+        q = q.where(or_(FetchedUrl.claimed_by.is_(None), FetchedUrl.claim_expires <= db_now(session)))
+    found = session.execute(q.order_by(FetchedUrl.id).limit(limit)).all()
     return [(url, max_depth if depth is None else depth) for url, depth in found]
 
 
