@@ -46,6 +46,7 @@ from agent.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
 from agent.model_state import (ModelState, load_model_state, new_model_state,
                                remove_checkpoint_files, save_model_state)
 from agent.recovery import prune_checkpoints, recover
+from agent.serving import announce_checkpoint
 from agent.settings import TrainerSettings
 from engine import TrainConfig
 from engine.errors import CllmError
@@ -428,6 +429,7 @@ class ContinuousTrainer:
             # the checkpoint never got its row: it must not be mistaken for a trained one
             remove_checkpoint_files(path)
             raise
+        announce_checkpoint(self.data_dir, path, sha, cycle_id)   # for servers (agent/serving.py)
         log.info("cycle %s completed (%s): %s steps, loss %.3f -> %.3f, %.0f tok/s, %s bytes "
                  "learned (+%s replayed), %s documents done, checkpoint %s", cycle_id,
                  res.ended_by, res.steps, res.loss_start or float("nan"),
