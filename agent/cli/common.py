@@ -16,6 +16,7 @@ from typing import Optional
 
 import click
 
+from agent.views import jsonable  # noqa: F401  (the commands import it from here)
 from engine.errors import CllmError
 from store.errors import StoreError
 
@@ -101,8 +102,3 @@ def emit_table(rows: list[dict], as_json: bool, columns: list[str], title: str) 
     if not console.is_terminal:        # piped: do not squeeze the table into 80 columns
         console = Console(width=200)
     console.print(table)
-
-
-def jsonable(v):
-    """Datetimes as ISO 8601 strings (for json.dumps(default=...)); other values as they are."""
-    return v.isoformat() if hasattr(v, "isoformat") else v

@@ -86,46 +86,17 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
 
     Example: cllm status --data-dir ./cllm-data
     """
-    from agent.daemon import holder_pid
-    from store.documents import pending_summary
-    from store.ledger import backlog_status
-    from store.models import CycleStatus
-    from store.queries import (count_cycles, document_counts, latest_checkpoint,
-                               latest_step_metric, list_cycles)
+    from agent.views import status_view
 
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
-            running = next(iter(list_cycles(s, status=CycleStatus.RUNNING, limit=1)), None)
-            current = None
-            if running is not None:
-                last = latest_step_metric(s, running.id)
-                current = {"id": running.id, "trigger": running.trigger,
-                           "started": running.started, "documents": running.docs_new,
-                           "step": last.step if last else 0,
-                           "steps": (running.schedule or {}).get("steps"),
-                           "loss": last.loss if last else None}
-            queue = pending_summary(s)
-            pending, pending_bytes = queue["documents"], queue["bytes"]
-            backlog = backlog_status(s)
-            counts: dict[str, int] = {}
-            for c in document_counts(s):
-                counts[c["status"]] = counts.get(c["status"], 0) + c["documents"]
-            counts = dict(sorted(counts.items()))
-            ck = latest_checkpoint(s)
-            last_ckpt = None if ck is None else {"path": ck.path, "sha256": ck.sha256,
-                                                  "step": ck.step, "cycle_id": ck.cycle_id,
-                                                  "vocab_size": ck.vocab_size,
-                                                  "created": ck.created}
-            completed = count_cycles(s, status=CycleStatus.COMPLETED)
+            out = status_view(s, data_dir)
     finally:
         store.close()
-    pid = holder_pid(data_dir)
-    if current is not None:
-        current["stale"] = pid is None  # left running by an agent that died; recovered on start
-    out = {"agent_running": pid is not None, "pid": pid, "current_cycle": current,
-           "backlog": backlog, "pending_documents": pending, "pending_bytes": pending_bytes or 0,
-           "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt}
+    pid, current, backlog = out["pid"], out["current_cycle"], out["backlog"]
+    pending, pending_bytes = out["pending_documents"], out["pending_bytes"]
+    counts, completed, last_ckpt = out["documents"], out["cycles_completed"], out["last_checkpoint"]
     if as_json:
         click.echo(json.dumps(out, indent=2, default=jsonable))
         return
