@@ -29,7 +29,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from agent.server import api
+from agent.server import api, views
 from agent.server.api import ApiError, Limits, Slots
 from agent.server.metrics import ServerMetrics
 from agent.server.reload import CheckpointWatcher, ModelHolder
@@ -60,6 +60,7 @@ class Service:
         self.holder = holder or ModelHolder(store, data_dir, config.cycle)
         self.slots = Slots(config.limits.concurrency)
         self.metrics = ServerMetrics()
+        self.metrics.registry.register(views.StoreCollector(self))
         self.loaded_at = time.time()
         self.holder.listeners.append(self._loaded)
 
@@ -100,7 +101,7 @@ def build_app(service: Service) -> Starlette:
                                      allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                                      allow_headers=["Authorization", "Content-Type"]))
     middleware.append(Middleware(AccessGuard, hosts=hosts, token=cfg.token, cors_origins=cfg.cors))
-    app = Starlette(routes=list(api.ROUTES), middleware=middleware,
+    app = Starlette(routes=[*api.ROUTES, *views.ROUTES], middleware=middleware,
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error,
                                         Exception: _server_error})
     app.state.service = service
