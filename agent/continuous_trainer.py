@@ -110,6 +110,9 @@ class ContinuousTrainer:
         self._tails: dict[int, str] = {}
         self._ramp = 0                  # cycles since the backlog was last empty
         self._tok_cache_vocab = -1
+        # called (on the trainer's thread) after each checkpoint's row is committed: an
+        # in-process server reloads on it (agent/daemon.py)
+        self.checkpoint_listeners: list[Callable[[], None]] = []
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -430,6 +433,8 @@ class ContinuousTrainer:
             remove_checkpoint_files(path)
             raise
         announce_checkpoint(self.data_dir, path, sha, cycle_id)   # for servers (agent/serving.py)
+        for fn in self.checkpoint_listeners:
+            fn()
         log.info("cycle %s completed (%s): %s steps, loss %.3f -> %.3f, %.0f tok/s, %s bytes "
                  "learned (+%s replayed), %s documents done, checkpoint %s", cycle_id,
                  res.ended_by, res.steps, res.loss_start or float("nan"),

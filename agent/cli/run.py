@@ -12,6 +12,7 @@ from typing import Optional
 import click
 
 from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
+from agent.cli.serve import SERVE_OPTIONS, serve_config, serve_options
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
                               existing_store, json_option, jsonable, one_line_errors,
                               pass_invocation)
@@ -23,9 +24,13 @@ from engine.errors import CllmError
 @options("agent")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="TOML settings file [$CLLM_CONFIG, else DATA_DIR/cllm.toml].")
+@click.option("--serve", "serve", is_flag=True,
+              help="Also run the HTTP server of `cllm serve` (its options below).")
+@serve_options
 @pass_invocation
 @one_line_errors
-def agent(inv: Invocation, data_dir: Path, config: Optional[Path], **flags) -> None:
+def agent(inv: Invocation, data_dir: Path, config: Optional[Path], serve: bool,
+          **flags) -> None:
     """Run the agent: watch folders, crawl targets, train in cycles; stop with Ctrl-C.
 
     Settings come from flags, then CLLM_* environment variables, then a TOML file.
@@ -33,13 +38,25 @@ def agent(inv: Invocation, data_dir: Path, config: Optional[Path], **flags) -> N
     watch or crawl configured anywhere it runs on embedded defaults: it watches
     DATA_DIR/inbox (drop text files there) and learns the shipped sample corpus.
 
-    Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small
+    With --serve the agent also answers HTTP (see `cllm serve`), reloading the served model
+    after each committed cycle.
+
+    Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small --serve
     """
     import threading
 
     from agent.daemon import Agent
     from agent.signals import stop_on_signals
 
+    serve_cfg = None
+    server_flags = {k: flags.pop(k) for k in SERVE_OPTIONS}
+    if serve:
+        from agent.server import require_serve_extra
+        from agent.server.security import check_binding
+
+        require_serve_extra()
+        serve_cfg = serve_config(**server_flags)
+        check_binding(serve_cfg.host, serve_cfg.token)
     values = resolve(flags, data_dir, config)
     root = logging.getLogger()
     if root.level > logging.INFO:  # the agent reports its cycles unless told to be quieter
@@ -54,7 +71,7 @@ def agent(inv: Invocation, data_dir: Path, config: Optional[Path], **flags) -> N
     cfg = build(AgentConfig, values, data_dir=Path(data_dir), trainer=trainer,
                 database_url=inv.database_url)
     stop = threading.Event()
-    a = Agent(cfg, stop=stop)
+    a = Agent(cfg, stop=stop, serve=serve_cfg)
     with stop_on_signals(stop, sigterm=True, announce=True):
         a.run()
     click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)

@@ -36,6 +36,10 @@ def serve_options(fn):
     return fn
 
 
+SERVE_OPTIONS = ("host", "port", "token", "cors", "allowed_host", "max_tokens", "concurrency",
+                 "queue_timeout")
+
+
 def serve_config(host, port, token, cors, allowed_host, max_tokens, concurrency, queue_timeout,
                  cycle: Optional[int] = None):
     from agent.server.api import Limits

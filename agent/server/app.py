@@ -130,7 +130,8 @@ def bind(host: str, port: int) -> socket.socket:
 class Server:
     """uvicorn serving `build_app(service)`, with the checkpoint watcher alongside."""
 
-    def __init__(self, service: Service, watch: bool = True, log_level: str = "warning") -> None:
+    def __init__(self, service: Service, watch: bool = True, log_level: str = "warning",
+                 on_failure=None) -> None:
         import uvicorn
 
         cfg = service.config
@@ -146,6 +147,7 @@ class Server:
             access_log=log_level in ("info", "debug")))
         self._thread: Optional[threading.Thread] = None
         self.failure: Optional[BaseException] = None
+        self.on_failure = on_failure          # called with the exception if the thread fails
 
     @property
     def url(self) -> str:
@@ -169,6 +171,8 @@ class Server:
         except BaseException as e:
             self.failure = e
             log.exception("server failed")
+            if self.on_failure is not None:
+                self.on_failure(e)
 
     def start(self) -> "Server":
         self._thread = threading.Thread(target=self._run_thread, name="cllm-serve", daemon=True)

@@ -65,3 +65,30 @@ def test_missing_serve_extra_is_one_line_with_a_pip_hint(monkeypatch):
     with pytest.raises(CllmError) as e:
         require_serve_extra()
     assert "uvicorn" in e.value.one_line() and "pip install" in e.value.one_line()
+
+
+def test_cllm_agent_serve_flags_reach_the_agent(tmp_path, monkeypatch):
+    from agent import daemon
+
+    got = []
+
+    class Stop(Exception):
+        pass
+
+    class Recorder:
+        def __init__(self, cfg, stop=None, serve=None):
+            got.append(serve)
+            raise Stop
+
+    monkeypatch.setattr(daemon, "Agent", Recorder)
+    monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
+    base = ["agent", "--data-dir", str(tmp_path / "data"), "--watch", str(tmp_path)]
+    r = CliRunner().invoke(main, [*base, "--serve", "--port", "0", "--concurrency", "3",
+                                  "--cors", "https://app.example"])
+    assert isinstance(r.exception, Stop), r.output
+    cfg = got.pop()
+    assert (cfg.port, cfg.limits.concurrency, cfg.cors) == (0, 3, ("https://app.example",))
+    r = CliRunner().invoke(main, base)
+    assert isinstance(r.exception, Stop) and got.pop() is None
+    r = CliRunner().invoke(main, [*base, "--serve", "--host", "0.0.0.0"])
+    assert r.exit_code == 2 and "needs a token" in r.output and not got
