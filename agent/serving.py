@@ -191,6 +191,17 @@ class TextStream:
         return "".join(self)
 
 
+CHAT_ROLES = {"system": "System", "developer": "System", "user": "User",
+              "assistant": "Assistant"}
+CHAT_STOPS = ("\nUser:", "\nSystem:")   # the model going on with the conversation by itself
+
+
+def chat_prompt(messages: Sequence[tuple[str, str]]) -> str:
+    """The plain chat template: one "Role: text" line per (role, text) message, then
+    "Assistant:" for the model to continue. Generate with CHAT_STOPS among the stops."""
+    return "\n".join(f"{CHAT_ROLES[role]}: {text}" for role, text in messages) + "\nAssistant:"
+
+
 def _first_stop(text: str, stops: Sequence[str], start: int) -> Optional[int]:
     """Where the earliest stop string begins at or after `start`, if any (text before
     `start` was sent, and what was sent never ends with the start of a stop string)."""

@@ -4,6 +4,7 @@
     crawl.py    cllm crawl
     history.py  cllm history cycles|documents|urls|vocab|checkpoints|forgetting
     model.py    cllm train, generate, neighbours, bench
+    chat.py     cllm chat (interactive, the server's generation code)
     serve.py    cllm serve (the HTTP API, agent/server/)
     db.py       cllm db upgrade|current
     common.py   shared options, the store opener, one-line errors, tables and JSON
@@ -19,7 +20,7 @@ from typing import Optional
 
 import click
 
-from agent.cli import crawl, db, history, model, run, serve
+from agent.cli import chat, crawl, db, history, model, run, serve
 from agent.cli.common import CONTEXT_SETTINGS, Invocation
 
 
@@ -44,6 +45,7 @@ COMMANDS = (
     crawl.crawl,
     history.history,
     model.train, model.generate, model.neighbours, model.bench,
+    chat.chat,
     serve.serve,
     db.db,
 )

@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from agent.serving import Sampling, ServingCheckpoint, TextStream
+from agent.serving import (CHAT_ROLES, CHAT_STOPS, Sampling, ServingCheckpoint, TextStream,
+                           chat_prompt)
 
 
 class ApiError(Exception):
@@ -100,24 +101,17 @@ def _text(v, what: str) -> str:
     raise ApiError(400, f"{what} must be a string (or a list of text parts)")
 
 
-CHAT_ROLES = {"system": "System", "developer": "System", "user": "User",
-              "assistant": "Assistant"}
-
-
-def chat_prompt(messages) -> str:
-    """The plain chat template: "Role: text" lines, then "Assistant:" to continue."""
+def parse_messages(messages) -> list[tuple[str, str]]:
+    """OpenAI's messages as (role, text) pairs for the chat template (agent/serving.py)."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects")
-    lines = []
+    out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in CHAT_ROLES:
             raise ApiError(400, f"messages[{i}] needs a role among "
                            f"{', '.join(sorted(CHAT_ROLES))}")
-        lines.append(f"{CHAT_ROLES[m['role']]}: {_text(m.get('content', ''), f'messages[{i}].content')}")
-    return "\n".join(lines) + "\nAssistant:"
-
-
-CHAT_STOPS = ("\nUser:", "\nSystem:")   # the model continuing the conversation by itself
+        out.append((m["role"], _text(m.get("content", ""), f"messages[{i}].content")))
+    return out
 
 
 @dataclass
@@ -134,7 +128,7 @@ def parse_completion(body: Any, limits: Limits, chat: bool) -> CompletionRequest
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     if chat:
-        prompt = chat_prompt(body.get("messages"))
+        prompt = chat_prompt(parse_messages(body.get("messages")))
     else:
         p = body.get("prompt", "")
         if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
