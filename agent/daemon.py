@@ -202,7 +202,7 @@ class Agent:
 
         self.server = Server(Service(store, self.cfg.data_dir, self.serve), watch=False,
                              on_failure=self._server_failed)
-        trainer.checkpoint_listeners.append(self.server.watcher.notify)
+        trainer.checkpoint_listeners.append(self.server.notify)
         self.server.start()
         log.info("serving on %s", self.server.url)
         self.serving.set()

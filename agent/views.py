@@ -148,3 +148,14 @@ def status_view(session, data_dir: Path) -> dict:
             "pending_bytes": queue["bytes"] or 0, "documents": dict(sorted(counts.items())),
             "cycles_completed": count_cycles(session, status=CycleStatus.COMPLETED),
             "last_checkpoint": last_ckpt}
+
+
+TARGET_FIELDS = ("id", "kind", "location", "options", "enabled", "created", "last_scan")
+
+
+def target_rows(session, include_disabled: bool = False) -> list[dict]:
+    """Watched roots and crawl targets recorded in the store."""
+    from store.targets import list_targets
+
+    return [{f: getattr(t, f) for f in TARGET_FIELDS}
+            for t in list_targets(session, include_disabled=include_disabled)]

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from engine.errors import CllmError
 from agent.serving import (CHAT_ROLES, CHAT_STOPS, Sampling, ServingCheckpoint, TextStream,
                            chat_prompt)
 
@@ -122,6 +123,7 @@ class CompletionRequest:
     include_usage: bool
     echo: bool
     model: Optional[str]
+    checkpoint: Optional[int] = None    # extension: generate from this cycle's checkpoint
 
 
 def parse_completion(body: Any, limits: Limits, chat: bool) -> CompletionRequest:
@@ -171,7 +173,7 @@ def parse_completion(body: Any, limits: Limits, chat: bool) -> CompletionRequest
                         top_k=top_k, top_p=_number(body, "top_p", 0.0, 1.0, None), seed=seed,
                         stop=tuple(stop) + (CHAT_STOPS if chat else ()))
     return CompletionRequest(prompt, sampling, stream, bool(opts.get("include_usage")),
-                             echo and not chat, model)
+                             echo and not chat, model, _integer(body, "checkpoint", 0, None, None))
 
 
 async def read_json(request: Request, limit: int):
@@ -241,7 +243,13 @@ async def _complete(request: Request, chat: bool) -> Response:
     service = request.app.state.service
     req = parse_completion(await read_json(request, service.limits.max_body_bytes),
                            service.limits, chat)
-    ckpt = _ckpt_or_503(service)
+    if req.checkpoint is None:
+        ckpt = _ckpt_or_503(service)
+    else:
+        try:
+            ckpt = await anyio.to_thread.run_sync(service.checkpoint_of, req.checkpoint)
+        except CllmError as e:
+            raise ApiError(400, f"'checkpoint': {e.one_line()}") from None
     if not await _acquire(service.slots, service.limits.queue_timeout):
         service.metrics.rejected()
         raise ApiError(429, f"all {service.slots.n} generation slots are busy; retry shortly",

@@ -29,7 +29,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from agent.server import api, views
+from agent.server import api, dashboard, views
+from agent.server.events import EventHub, StoreWatcher
 from agent.server.api import ApiError, Limits, Slots
 from agent.server.metrics import ServerMetrics
 from agent.server.reload import CheckpointWatcher, ModelHolder
@@ -63,6 +64,28 @@ class Service:
         self.metrics.registry.register(views.StoreCollector(self))
         self.loaded_at = time.time()
         self.holder.listeners.append(self._loaded)
+        self._pinned: dict[int, object] = {}
+        self._pinned_lock = threading.Lock()
+        self.hub = EventHub()                 # the dashboard's live updates
+        self.holder.listeners.append(
+            lambda ckpt: self.hub.publish("model", {"cycle": ckpt.cycle}))
+        self.store_changed = lambda: None     # set by the Server: re-read the store now
+
+    def checkpoint_of(self, cycle: int):
+        """Cycle `cycle`'s checkpoint (the served one, or loaded and kept: the last two)."""
+        from agent.serving import load_serving_checkpoint
+
+        cur = self.holder.current
+        if cur is not None and cur.cycle == cycle:
+            return cur
+        with self._pinned_lock:
+            if cycle in self._pinned:
+                return self._pinned[cycle]
+            ckpt = load_serving_checkpoint(self.store, self.data_dir, cycle)
+            self._pinned[cycle] = ckpt
+            while len(self._pinned) > 2:
+                self._pinned.pop(next(iter(self._pinned)))
+            return ckpt
 
     def _loaded(self, ckpt) -> None:
         self.loaded_at = time.time()
@@ -101,7 +124,7 @@ def build_app(service: Service) -> Starlette:
                                      allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                                      allow_headers=["Authorization", "Content-Type"]))
     middleware.append(Middleware(AccessGuard, hosts=hosts, token=cfg.token, cors_origins=cfg.cors))
-    app = Starlette(routes=[*api.ROUTES, *views.ROUTES], middleware=middleware,
+    app = Starlette(routes=[*api.ROUTES, *views.ROUTES, *dashboard.ROUTES], middleware=middleware,
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error,
                                         Exception: _server_error})
     app.state.service = service
@@ -141,7 +164,16 @@ class Server:
         self.sock = bind(cfg.host, cfg.port)
         self.port = self.sock.getsockname()[1]
         self.watcher = CheckpointWatcher(service.holder, observe=watch)
-        self._uv = uvicorn.Server(uvicorn.Config(
+        self.store_watcher = StoreWatcher(service.store, service.data_dir, service.hub)
+        service.store_changed = self.store_watcher.notify
+        hub = service.hub
+
+        class _Uvicorn(uvicorn.Server):
+            def handle_exit(self, sig, frame) -> None:     # Ctrl-C: end the event streams
+                hub.close()
+                super().handle_exit(sig, frame)
+
+        self._uv = _Uvicorn(uvicorn.Config(
             self.app, host=cfg.host, port=self.port, log_level=log_level, lifespan="off",
             proxy_headers=False, server_header=False, timeout_graceful_shutdown=5,
             access_log=log_level in ("info", "debug")))
@@ -159,9 +191,12 @@ class Server:
     def run(self) -> None:
         """Serve until stopped (should_exit, or Ctrl-C when on the main thread)."""
         self.watcher.start()
+        self.store_watcher.start()
         try:
             self._uv.run(sockets=[self.sock])
         finally:
+            self.service.hub.close()
+            self.store_watcher.stop()
             self.watcher.stop()
             self.sock.close()
 
@@ -179,14 +214,19 @@ class Server:
         self._thread.start()
         return self
 
+    def notify(self) -> None:
+        """A checkpoint was committed in this process: reload, and tell the dashboards."""
+        self.watcher.notify()
+        self.store_watcher.notify()
+
     def stop(self) -> None:
+        self.service.hub.close()           # open event streams end, so shutdown need not wait
         self._uv.should_exit = True
         if self._thread is not None:
             self._thread.join()
-        if self.failure is not None:
-            raise self.failure
-        if self.watcher.failure is not None:
-            raise self.watcher.failure
+        for failure in (self.failure, self.watcher.failure, self.store_watcher.failure):
+            if failure is not None:
+                raise failure
 
     def __enter__(self) -> "Server":
         return self.start()

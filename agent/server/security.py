@@ -6,7 +6,7 @@
 - `AccessGuard` (inside CORS): state-changing requests (POST, PUT, PATCH, DELETE) carrying an
   Origin that is not this server's own or the `--cors` origin are refused with 403; with a
   token, every request but `/health` needs `Authorization: Bearer TOKEN` (or the dashboard's
-  cookie) and gets 401 without it.
+  cookie, set by opening `/?token=TOKEN`) and gets 401 without it.
 - CORS is Starlette's middleware, added only with `--cors ORIGIN` (see app.py).
 
 Binding to anything but loopback without a token is refused before the server starts
@@ -123,6 +123,12 @@ class AccessGuard:
         return parts.scheme in ("http", "https") and (parts.hostname or "") in self.hosts
 
     def token_ok(self, scope) -> bool:
+        if scope["path"] == "/" and scope["method"] == "GET":   # the dashboard's link
+            from urllib.parse import parse_qs
+
+            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+            if given and hmac.compare_digest(given[0].encode(), self.token.encode()):
+                return True
         auth = _header(scope, b"authorization") or ""
         if auth[:7].lower() == "bearer " and hmac.compare_digest(
                 auth[7:].strip().encode(), self.token.encode()):
