@@ -183,3 +183,15 @@ def test_busy_slots_give_429_with_retry_after_and_a_hang_up_frees_its_slot(serve
     assert slots.acquire(30), "the slot of a closed stream was never released"
     slots.release()
     assert ended.wait(30)
+
+
+def test_a_request_can_pick_an_earlier_checkpoint(serve, trained):
+    server = serve(trained)
+    wait_loaded(server)
+    body = {"prompt": "every", "max_tokens": 4, "seed": 1}
+    r = httpx.post(server.url + "/v1/completions", json={**body, "checkpoint": 1})
+    assert r.status_code == 200 and r.json()["model"].endswith("-cycle-1")
+    assert httpx.post(server.url + "/v1/completions", json=body).json()["model"].endswith(
+        "-cycle-2")
+    bad = httpx.post(server.url + "/v1/completions", json={**body, "checkpoint": 9})
+    assert bad.status_code == 400 and "cycles with one: 1, 2" in bad.json()["error"]["message"]
