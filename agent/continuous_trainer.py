@@ -44,7 +44,8 @@ import numpy as np
 
 from agent.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
 from agent.model_state import (ModelState, load_model_state, new_model_state,
-                               remove_checkpoint_files, save_model_state)
+                               recorded_checkpoints, remove_checkpoint_files,
+                               save_model_state)
 from agent.recovery import prune_checkpoints, recover
 from agent.serving import announce_checkpoint
 from agent.settings import TrainerSettings
@@ -105,6 +106,9 @@ class ContinuousTrainer:
         self.stop = stop or threading.Event()
         self.arrivals = threading.Event()
         self.progress = progress          # (cycle_id, step, planned steps, loss)
+        # the store's trainer lease this process holds (agent/lease.py): every cycle's
+        # commit checks it in its own transaction, so a process that lost it records nothing
+        self.lease = None
         self.state: Optional[ModelState] = None
         self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
         self._tails: dict[int, str] = {}
@@ -129,16 +133,11 @@ class ContinuousTrainer:
         that loaded are marked failed, their documents return to pending (to be trained
         again) and the vocabulary they added is removed, so the store keeps describing the
         model that is actually running."""
-        from store.queries import list_checkpoints
-
-        with self.store.session(read_only=True) as s:
-            # the latest first, then the others newest first (the sort is stable)
-            rows = [(c.id, c.path, c.sha256, c.cycle_id) for c in sorted(
-                list_checkpoints(s, newest_first=True, with_pruned=False),
-                key=lambda c: not c.is_latest)]
-        for i, (ckpt_id, path, sha, cycle_id) in enumerate(rows):
+        rows = recorded_checkpoints(self.store)
+        for i, row in enumerate(rows):
+            path, ckpt_id, cycle_id = row.path, row.id, row.cycle_id
             try:
-                self.state = load_model_state(Path(path), expected_sha256=sha)
+                self.state = load_model_state(path, expected_sha256=row.sha256)
             except CllmError as e:
                 log.warning("refusing checkpoint %s: %s; trying the previous one", path, e.one_line())
                 continue
@@ -463,6 +462,8 @@ class ContinuousTrainer:
         credits = {i: (res.new_bytes.get(i, 0), res.replay_bytes.get(i, 0))
                    for i in set(res.new_bytes) | set(res.replay_bytes)}
         with self.store.session() as s:
+            if self.lease is not None:
+                self.lease.fence(s)
             # vocabulary: the byte tokens (no cycle) once, then this cycle's delta; the
             # stored vocabulary is append-only, so what is missing is what lies past its end
             parts = {z: (a, b) for a, b, z in tok.merges}

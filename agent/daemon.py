@@ -13,7 +13,9 @@ The main thread takes SIGINT/SIGTERM and waits for the stop event. A stop ends a
 a step boundary (its documents stay pending), and the store is left consistent.
 
 The data-directory lock (`cllm.lock`, an flock the kernel drops when the process dies)
-keeps a second agent out; it records the running agent's pid for `cllm status`.
+keeps a second agent out of the directory; it records the running agent's pid for `cllm
+status`. The store's trainer lease (agent/lease.py) keeps a second agent from training the
+same database from another directory or machine.
 """
 from __future__ import annotations
 
@@ -27,19 +29,16 @@ from pathlib import Path
 from typing import Optional
 
 from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted
+from agent.lease import AgentLocked, TrainerLease
 from agent.settings import AgentConfig
 from engine.errors import CllmError
 from store import open_store
-from store.errors import StoreError
+from store.errors import LeaseLostError, StoreError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "cllm.lock"
 RETRY_S = 5.0      # wait after a failed cycle before trying again
 _STOP = object()
-
-
-class AgentLocked(CllmError):
-    """Another agent already runs on this data directory."""
 
 
 class DataDirLock:
@@ -143,10 +142,19 @@ class Agent:
             raise self.errors[0]
 
     def _run(self, store) -> None:
+        with TrainerLease(store, self.cfg.data_dir, on_lost=self._lease_lost) as lease:
+            self._run_leased(store, lease)
+
+    def _lease_lost(self, e: BaseException) -> None:
+        self.errors.append(e)
+        self.stop.set()
+
+    def _run_leased(self, store, lease: TrainerLease) -> None:
         cfg = self.cfg
         self.target_ids = self._record_targets(store)
         trainer = ContinuousTrainer(store, cfg.data_dir, cfg.trainer, stop=self.stop)
         trainer.arrivals = self.arrivals
+        trainer.lease = lease
         trainer.recover()
         state = trainer.load_latest()
         log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
@@ -319,6 +327,8 @@ class Agent:
                 rep = trainer.run_pending(trigger)
             except CycleInterrupted:
                 return
+            except LeaseLostError:
+                raise                           # another agent trains now: stop this one
             except (CllmError, StoreError) as e:  # e.g. the store was locked too long
                 log.error("cycle failed: %s", e.one_line())
                 self.stop.wait(RETRY_S)         # back off before retrying the same documents

@@ -3,8 +3,10 @@ cycle) and where its files live: `checkpoints/ckpt-NNNNNN.safetensors` next to t
 tokenizer state it was trained with (`ckpt-NNNNNN.tokenizer.json`, whose SHA-256 the
 checkpoint records).
 
-Files only: which checkpoint is the latest, and whether its hash matches, is the store's
-record (agent/continuous_trainer.py reads it). Training lives in agent/learn.py.
+Which checkpoint is the latest, and whether its file is the one committed, is the store's
+record: every reader (the agent, `cllm generate`, `cllm neighbours`, the server) loads through
+`recorded_checkpoints` / `load_recorded_model_state`, which check the file against the SHA-256
+its row holds. Training lives in agent/learn.py.
 """
 from __future__ import annotations
 
@@ -81,14 +83,45 @@ def load_model_state(ckpt: Path, expected_sha256: Optional[str] = None) -> Model
     return ModelState(ck.model, tok, ck.optimizer, ck.cycle, ck.step, ckpt, ck.ema)
 
 
-def latest_model_state(data_dir: Path) -> Optional[ModelState]:
-    """The newest loadable checkpoint of a data directory (files only, no store)."""
-    for ckpt in reversed(checkpoint_files(data_dir)):
+@dataclass(frozen=True)
+class RecordedCheckpoint:
+    """A checkpoint row of the store: where its file is and the SHA-256 it was committed with."""
+    id: int
+    path: Path
+    sha256: str
+    cycle_id: Optional[int]
+    is_latest: bool
+
+
+def recorded_checkpoints(store) -> list[RecordedCheckpoint]:
+    """The store's checkpoints whose files retention kept: the latest first, then the
+    others newest first (the order a reader falls back in)."""
+    from store.queries import list_checkpoints
+
+    with store.session(read_only=True) as s:
+        rows = [RecordedCheckpoint(c.id, Path(c.path), c.sha256, c.cycle_id, bool(c.is_latest))
+                for c in list_checkpoints(s, newest_first=True, with_pruned=False)]
+    return sorted(rows, key=lambda r: not r.is_latest)  # stable: newest first otherwise
+
+
+def load_recorded_model_state(store, cycle: Optional[int] = None
+                              ) -> tuple[Optional[ModelState], Optional[RecordedCheckpoint]]:
+    """The latest recorded checkpoint whose file matches its row's SHA-256 (or the one of
+    cycle `cycle`), with its row; a file that does not match (edited in place, an older file
+    copied over it, truncated) is refused with a warning and the previous one is tried, as
+    the agent does. (None, None) when nothing recorded loads."""
+    rows = recorded_checkpoints(store)
+    if cycle is not None:
+        rows = [r for r in rows if r.cycle_id == cycle]
+        if not rows:
+            raise CheckpointError(f"no checkpoint of cycle {cycle} is kept",
+                                  "list them with: cllm history cycles")
+    for row in rows:
         try:
-            return load_model_state(ckpt)
+            return load_model_state(row.path, expected_sha256=row.sha256), row
         except CllmError as e:
-            log.warning("skipping checkpoint: %s", e.one_line())
-    return None
+            log.warning("refusing checkpoint %s: %s", row.path, e.one_line())
+    return None, None
 
 
 def new_model_state(preset_name: str, seed: int = 0, init: Optional[str] = None) -> ModelState:

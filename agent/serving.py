@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from agent.model_state import ModelState, checkpoint_dir, load_model_state
+from agent.model_state import (ModelState, RecordedCheckpoint, checkpoint_dir,
+                               load_recorded_model_state, recorded_checkpoints)
 from engine.atomic import atomic_write_bytes
 from engine.errors import CllmError
 
@@ -27,23 +28,12 @@ log = logging.getLogger(__name__)
 COMMIT_MARKER = "committed.json"   # in the checkpoints folder: the last committed checkpoint
 
 
-@dataclass(frozen=True)
-class CheckpointRef:
-    """A checkpoint row as the loader needs it (plain values: rows stay in their session)."""
-    id: int
-    cycle_id: Optional[int]
-    path: str
-    sha256: str
-    step: int
-    is_latest: bool
-
-
 class ServingCheckpoint:
     """A loaded checkpoint ready to generate: the state, its serving model (EMA weights when
-    there are any) and the row it was loaded through. Read-only once built, so any number
-    of generations may share it."""
+    there are any) and the store row it was loaded through. Read-only once built, so any
+    number of generations may share it."""
 
-    def __init__(self, state: ModelState, ref: CheckpointRef) -> None:
+    def __init__(self, state: ModelState, ref: RecordedCheckpoint) -> None:
         self.state, self.ref = state, ref
         self.model = state.serving_model()
         self.tokenizer = state.tokenizer
@@ -52,57 +42,40 @@ class ServingCheckpoint:
     def cycle(self) -> Optional[int]:
         return self.ref.cycle_id
 
-
-def _ref(c) -> CheckpointRef:
-    return CheckpointRef(c.id, c.cycle_id, c.path, c.sha256, c.step, bool(c.is_latest))
-
-
-def checkpoint_refs(store, cycle: Optional[int] = None) -> list[CheckpointRef]:
-    """The loadable candidates, best first: the latest row, then the others newest first
-    (files retention deleted are left out); with `cycle`, that cycle's checkpoints only."""
-    from store.queries import list_checkpoints
-
-    with store.session(read_only=True) as s:
-        rows = list_checkpoints(s, cycle_id=cycle, newest_first=True, with_pruned=False)
-        return [_ref(c) for c in sorted(rows, key=lambda c: not c.is_latest)]
+    @property
+    def step(self) -> int:
+        return self.state.step
 
 
-def latest_ref(store) -> Optional[CheckpointRef]:
+def latest_ref(store) -> Optional[RecordedCheckpoint]:
     """The store's latest checkpoint row (None before the first one)."""
-    from store.queries import latest_checkpoint
-
-    with store.session(read_only=True) as s:
-        c = latest_checkpoint(s)
-        return _ref(c) if c is not None else None
+    rows = recorded_checkpoints(store)
+    return rows[0] if rows and rows[0].is_latest else None
 
 
 def load_serving_checkpoint(store, data_dir: Path, cycle: Optional[int] = None
                             ) -> Optional[ServingCheckpoint]:
     """The latest recorded checkpoint of a data directory whose file matches its row's
     SHA-256 (a mismatching or missing one is refused with a warning and the previous one is
-    tried); None when the store has no checkpoint yet. With `cycle`, the checkpoint that
-    cycle committed, or a CllmError saying which cycles have one.
+    tried: agent/model_state.load_recorded_model_state, the agent's rule); None when the
+    store has no checkpoint yet. With `cycle`, the checkpoint that cycle committed, or a
+    CllmError saying which cycles have one.
 
     Read-only: unlike the trainer's resume (ContinuousTrainer.load_latest), nothing is rolled
     back when a fallback is used; that is the agent's decision at its next start."""
-    refs = checkpoint_refs(store, cycle)
-    if cycle is not None and not refs:
-        have = sorted({r.cycle_id for r in checkpoint_refs(store) if r.cycle_id is not None})
+    rows = recorded_checkpoints(store)
+    if cycle is not None and all(r.cycle_id != cycle for r in rows):
+        have = sorted({r.cycle_id for r in rows if r.cycle_id is not None})
         raise CllmError(f"cycle {cycle} has no checkpoint in {data_dir}",
                         "cycles with one: " + (", ".join(map(str, have)) or "none yet"))
-    errors = []
-    for ref in refs:
-        try:
-            state = load_model_state(Path(ref.path), expected_sha256=ref.sha256)
-        except CllmError as e:
-            log.warning("refusing checkpoint %s: %s", ref.path, e.one_line())
-            errors.append(e)
-            continue
-        return ServingCheckpoint(state, ref)
-    if errors:
-        raise CllmError(f"no recorded checkpoint of {data_dir} could be loaded "
-                        f"({errors[0].one_line()})", "retrain, or restore the checkpoint files")
-    return None
+    if not rows:
+        return None
+    state, row = load_recorded_model_state(store, cycle)
+    if state is None:
+        raise CllmError(f"no recorded checkpoint of {data_dir} could be loaded (each fails "
+                        "its SHA-256 check or is missing)",
+                        "retrain, or restore the checkpoint files (see cllm history checkpoints)")
+    return ServingCheckpoint(state, row)
 
 
 def announce_checkpoint(data_dir: Path, path: Path, sha256: str, cycle_id: Optional[int]) -> None:

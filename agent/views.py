@@ -117,6 +117,7 @@ def status_view(session, data_dir: Path) -> dict:
     """What `cllm status --json` prints: the agent (running or not), the current cycle and
     its progress, the backlog, documents by status, the last checkpoint."""
     from agent.daemon import holder_pid
+    from store import lease as store_lease
     from store.documents import pending_summary
     from store.ledger import backlog_status
     from store.models import CycleStatus
@@ -140,6 +141,7 @@ def status_view(session, data_dir: Path) -> dict:
     last_ckpt = None if ck is None else {"path": ck.path, "sha256": ck.sha256, "step": ck.step,
                                          "cycle_id": ck.cycle_id, "vocab_size": ck.vocab_size,
                                          "created": ck.created}
+    trainer = store_lease.current(session)
     pid = holder_pid(data_dir)
     if current is not None:
         current["stale"] = pid is None  # left running by an agent that died; recovered on start
@@ -147,7 +149,10 @@ def status_view(session, data_dir: Path) -> dict:
             "backlog": backlog_status(session), "pending_documents": queue["documents"],
             "pending_bytes": queue["bytes"] or 0, "documents": dict(sorted(counts.items())),
             "cycles_completed": count_cycles(session, status=CycleStatus.COMPLETED),
-            "last_checkpoint": last_ckpt}
+            "last_checkpoint": last_ckpt,
+            "trainer": None if trainer is None else {   # the store's trainer lease
+                "host": trainer.host, "pid": trainer.pid, "data_dir": trainer.data_dir,
+                "renewed": trainer.renewed_at, "expired": trainer.expired}}
 
 
 TARGET_FIELDS = ("id", "kind", "location", "options", "enabled", "created", "last_scan")

@@ -35,3 +35,12 @@ class SchemaTooNewError(StoreError):
 
 class DatabaseUnavailableError(StoreError):
     """The database server cannot be reached or refused the connection."""
+
+
+class LeaseHeldError(StoreError):
+    """A lease of the store (e.g. "trainer": the one agent that trains) is held by another
+    live process."""
+
+
+class LeaseLostError(StoreError):
+    """This process held a lease and another one took it over (ours expired unrenewed)."""

@@ -329,3 +329,24 @@ class FetchedUrl(Base):
 
     def __repr__(self) -> str:
         return f"FetchedUrl(url={self.url!r}, status={self.status!r})"
+
+
+class Lease(Base):
+    """A named lease of the store held by one process at a time ("trainer": the one agent
+    that trains the model). Kept by heartbeats: `expires_at` moves forward with each
+    renewal, and a lease whose holder stopped renewing can be taken over (store/lease.py).
+    Times come from the database's clock, so agents on several machines agree."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))      # host:pid:random, one per run
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    data_dir: Mapped[Optional[str]] = mapped_column(Text)
+    acquired_at: Mapped[dt.datetime]
+    renewed_at: Mapped[dt.datetime]
+    expires_at: Mapped[dt.datetime]
+
+    def __repr__(self) -> str:
+        return f"Lease(name={self.name!r}, holder={self.holder!r})"

@@ -83,7 +83,7 @@ def chat(inv: Invocation, data_dir: Path, system, max_new_tokens, temperature, t
     ckpt = load_for_generation(inv, data_dir, cycle)
     sp = sampling(max_new_tokens, temperature, top_k, top_p, seed, stop, CHAT_STOPS)
     history = _readline(data_dir)
-    click.echo(f"chatting with cycle {ckpt.cycle} (step {ckpt.ref.step}); Ctrl-C stops a "
+    click.echo(f"chatting with cycle {ckpt.cycle} (step {ckpt.step}); Ctrl-C stops a "
                "reply, Ctrl-D quits", err=True)
     messages: list[tuple[str, str]] = [("system", system)] if system else []
     try:

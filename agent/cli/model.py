@@ -36,6 +36,7 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
 
     from agent.continuous_trainer import ContinuousTrainer, record_documents
     from agent.daemon import DataDirLock
+    from agent.lease import TrainerLease
     from agent.corpus import corpus_topics, read_docs
     from agent.model_state import new_model_state
     from store import open_store
@@ -51,9 +52,12 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
     # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
     settings = build(TrainerSettings, values, min_lr=values["lr"] / 10, replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
-    # one run is one cycle in the store, under the data directory's lock (no agent meanwhile)
-    with DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store:
+    # one run is one cycle in the store, under the data directory's lock and the store's
+    # trainer lease (no agent meanwhile, on this directory or this database)
+    with (DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store,
+          TrainerLease(store, data_dir) as lease):
         trainer = ContinuousTrainer(store, data_dir, settings)
+        trainer.lease = lease
         trainer.recover()
         if fresh:
             trainer.start_fresh(new_model_state(preset, seed=seed, init=init))
@@ -168,7 +172,7 @@ def generate(inv, prompt_arg, data_dir, prompt, max_new_tokens, temperature, top
             "usage": {"prompt_tokens": ts.prompt_tokens,
                       "completion_tokens": ts.completion_tokens,
                       "total_tokens": ts.prompt_tokens + ts.completion_tokens},
-            "cycle": ckpt.cycle, "step": ckpt.ref.step, "checkpoint_path": ckpt.ref.path,
+            "cycle": ckpt.cycle, "step": ckpt.step, "checkpoint_path": str(ckpt.ref.path),
             "checkpoint_sha256": ckpt.ref.sha256, "seed": seed}, indent=1))
         return
     click.echo(text, nl=False)
@@ -228,8 +232,9 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
               help="Vocabulary to search (default: the latest checkpoint's, else 10000).")
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True)
+@pass_invocation
 @one_line_errors
-def neighbours(token, vocab_size, data_dir, as_json):
+def neighbours(inv: Invocation, token, vocab_size, data_dir, as_json):
     """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position.
 
     Example: cllm neighbours 100 --vocab-size 10000
@@ -237,10 +242,13 @@ def neighbours(token, vocab_size, data_dir, as_json):
     from engine.prime_math import describe_token
 
     if vocab_size is None:
-        from agent.model_state import checkpoint_files
-        from engine.checkpoint import load_checkpoint
-        ckpts = checkpoint_files(data_dir)
-        vocab_size = load_checkpoint(ckpts[-1]).model.config.vocab_size if ckpts else 10000
+        from agent.model_state import load_recorded_model_state
+        from store.db import SQLITE_FILENAME
+
+        state = None
+        if inv.database_url or (Path(data_dir) / SQLITE_FILENAME).exists():
+            state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
+        vocab_size = state.model.config.vocab_size if state is not None else 10000
     if not 0 <= token < vocab_size:
         raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",
                         "pick a smaller id or a larger --vocab-size")

@@ -114,10 +114,14 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     pid, current, backlog = out["pid"], out["current_cycle"], out["backlog"]
     pending, pending_bytes = out["pending_documents"], out["pending_bytes"]
     counts, completed, last_ckpt = out["documents"], out["cycles_completed"], out["last_checkpoint"]
+    trainer = out["trainer"]
     if as_json:
         click.echo(json.dumps(out, indent=2, default=jsonable))
         return
     click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'} ({data_dir})")
+    if trainer is not None and not trainer["expired"] and trainer["pid"] != pid:
+        where = f" on {trainer['data_dir']}" if trainer["data_dir"] else ""
+        click.echo(f"trainer of this store: pid {trainer['pid']} on host {trainer['host']}{where}")
     if current and current["stale"]:
         click.echo(f"cycle {current['id']} was interrupted at step {current['step']} (the agent "
                    "died); nothing it trained was counted and the next agent start recovers it")

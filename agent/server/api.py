@@ -214,7 +214,7 @@ async def health(request: Request) -> Response:
         return JSONResponse({"status": "loading", "error": service.holder.error}, 503,
                             {"Retry-After": "5"})
     return JSONResponse({"status": "ok", "model": model_id(service, ckpt), "cycle": ckpt.cycle,
-                         "step": ckpt.ref.step, "checkpoint_sha256": ckpt.ref.sha256})
+                         "step": ckpt.step, "checkpoint_sha256": ckpt.ref.sha256})
 
 
 async def models(request: Request) -> Response:
@@ -224,10 +224,10 @@ async def models(request: Request) -> Response:
     if ckpt is not None:
         data.append({"id": model_id(service, ckpt), "object": "model",
                      "created": int(service.loaded_at), "owned_by": "cllm",
-                     "cycle": ckpt.cycle, "step": ckpt.ref.step,
+                     "cycle": ckpt.cycle, "step": ckpt.step,
                      "vocab_size": len(ckpt.tokenizer),
                      "context": ckpt.model.config.context,
-                     "checkpoint_path": ckpt.ref.path, "checkpoint_sha256": ckpt.ref.sha256})
+                     "checkpoint_path": str(ckpt.ref.path), "checkpoint_sha256": ckpt.ref.sha256})
     return JSONResponse({"object": "list", "data": data})
 
 

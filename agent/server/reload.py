@@ -59,7 +59,7 @@ class ModelHolder:
             self.current, self.error = new, None
             self.loads += 1
         log.info("serving checkpoint %s (cycle %s, step %s)", new.ref.path, new.cycle,
-                 new.ref.step)
+                 new.step)
         for fn in list(self.listeners):
             try:
                 fn(new)

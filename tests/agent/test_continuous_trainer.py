@@ -5,6 +5,7 @@ import hashlib
 import logging
 import math
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -377,3 +378,36 @@ def test_init_and_crystalline_weight_reach_a_new_model_and_its_training(env):
             SETTINGS.replace(**bad)
 
 
+
+
+def test_a_tokenizer_write_killed_midway_leaves_nothing_after_the_next_start(env, monkeypatch):
+    """Issue 14 item 1: the tokenizer is written by the one atomic-write helper, so the temp
+    file a SIGKILL leaves mid-write carries the name recovery removes."""
+    import os
+    import shutil
+
+    store, data = env
+    add_doc(store, "a", "lattice")
+    tr = ContinuousTrainer(store, data, SETTINGS)
+    tr.run_pending("tokens")
+    left = []
+    real_replace = os.replace
+
+    def killed_before_rename(src, dst):
+        if str(dst).endswith(".tokenizer.json"):      # what a SIGKILL leaves: the temp file
+            shutil.copyfile(src, str(src) + ".kept")
+            left.append(Path(src))
+            raise KeyboardInterrupt                   # the write never finishes
+        return real_replace(src, dst)
+
+    add_doc(store, "b", "spheres")
+    monkeypatch.setattr(os, "replace", killed_before_rename)
+    with pytest.raises(KeyboardInterrupt):
+        ContinuousTrainer(store, data, SETTINGS).run_pending("tokens")
+    monkeypatch.setattr(os, "replace", real_replace)
+    [tmp] = left
+    os.rename(str(tmp) + ".kept", tmp)
+    assert tmp.parent == data / "checkpoints" and tmp.name.endswith(".tmp")
+    removed = ContinuousTrainer(store, data, SETTINGS).recover()
+    assert tmp in removed and not tmp.exists()
+    assert not [p for p in (data / "checkpoints").iterdir() if p.name.endswith(".tmp")]
