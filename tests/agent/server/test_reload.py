@@ -71,3 +71,49 @@ def test_a_checkpoint_failing_its_hash_is_refused_for_the_previous(corpus, tmp_p
         (data / "checkpoints" / "ckpt-000001.safetensors").write_bytes(b"junk")
         with pytest.raises(CllmError, match="could be loaded"):
             load_serving_checkpoint(store, data)
+
+
+def test_reload_and_views_on_each_store_backend(store_target, corpus):
+    """On PostgreSQL too (no database file to watch): the trainer's commit marker wakes
+    the server, which confirms the new checkpoint with the store."""
+    import json
+
+    from click.testing import CliRunner
+
+    from agent.cli import main
+    from agent.server.app import ServeConfig, Server, Service
+
+    data, url = store_target.data_dir, store_target.url
+
+    def train():
+        args = (["--database-url", url] if url else []) + [
+            "train", str(corpus), "--data-dir", str(data), "--preset", "tiny", "--steps", "4",
+            "--batch-size", "4", "--workers", "1", "--json"]
+        r = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output[r.output.index("{"):])
+
+    train()
+    store = store_target.open()
+    server = Server(Service(store, data, ServeConfig(port=0)))
+    loads, loaded = [], threading.Condition()
+
+    def on_load(ckpt):
+        with loaded:
+            loads.append(ckpt.cycle)
+            loaded.notify_all()
+    server.service.holder.listeners.append(on_load)
+    server.start()
+    try:
+        with loaded:
+            assert loaded.wait_for(lambda: 1 in loads, timeout=60)
+        second = train()
+        with loaded:
+            assert loaded.wait_for(lambda: second["cycle_id"] in loads, timeout=60), loads
+        cycles = httpx.get(server.url + "/api/cycles").json()
+        assert [c["id"] for c in cycles] == [1, second["cycle_id"]]
+        assert httpx.get(server.url + "/health").json()["checkpoint_sha256"] == \
+            second["checkpoint_sha256"]
+    finally:
+        server.stop()
+        store.close()
