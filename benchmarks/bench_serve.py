@@ -218,6 +218,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "serve.json")
     args = ap.parse_args(argv)
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cllm-bench-serve-") as tmp:
         data = Path(tmp) / "data"
         make_data_dir(data, args.preset, args.steps)
@@ -240,6 +241,7 @@ def main(argv=None) -> None:
         "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                      if ln.startswith("model name")), "unknown CPU"),
         "cores": os.cpu_count(),
+        "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "serve_stream": {"ttft_s": med(streamed, "ttft_s"), "tok_s": med(streamed, "tok_s"),
                          "tokens": streamed[-1]["tokens"]},
         "cllm_generate": {"ttft_s": med(generated, "ttft_s"),
@@ -251,7 +253,8 @@ def main(argv=None) -> None:
     args.out.write_text(json.dumps(res, indent=1))
     s, g, e, t = res["serve_stream"], res["cllm_generate"], res["engine"], res["torch"]
     print(f"preset {args.preset}, {args.tokens} new tokens, greedy, median of {args.rounds}; "
-          f"{res['cores']} cores, {res['cpu']}")
+          f"{res['cores']} cores, {res['cpu']}; load average {load_before:.1f} before, "
+          f"{res['load_avg_1min']['after']:.1f} after")
     print(f"{'':34} {'first token':>12} {'tokens/s':>9}")
     print(f"{'cllm serve, streamed':34} {1000 * s['ttft_s']:>9.1f} ms {s['tok_s']:>9.0f}")
     print(f"{'cllm generate (new process)':34} {1000 * g['ttft_s']:>9.1f} ms "

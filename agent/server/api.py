@@ -1,14 +1,15 @@
 """The OpenAI-compatible routes: /health, /v1/models, /v1/completions, /v1/chat/completions.
 
 Requests are checked field by field (`parse_completion`); a bad one gets 400 with one JSON
-error body naming the field. Generation runs on worker threads, one token per hop
-(anyio.to_thread), so the event loop never blocks and a client that hangs up stops its
-generation before the next token; at most `concurrency` generations run at once, and a
-request that finds every slot taken waits up to `queue_timeout` seconds for one, else gets
-429 with Retry-After.
+error body naming the field. Each generation runs on a thread of a bounded executor (one
+per slot), handing its pieces to the event loop as they come, so the loop never blocks and
+a client that hangs up stops its generation at the next token; at most `concurrency`
+generations run at once, and a request that finds every slot taken waits up to
+`queue_timeout` seconds for one, else gets 429 with Retry-After.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -270,6 +271,7 @@ async def _complete(request: Request, chat: bool) -> Response:
         text = "".join([p async for p in run.pieces()])
     finally:
         run.close()
+    await run.finished()
     if req.echo:
         text = req.prompt + text
     usage = _usage(ts)
@@ -319,40 +321,76 @@ def _usage(ts: TextStream) -> dict:
             "total_tokens": ts.prompt_tokens + ts.completion_tokens}
 
 
+_END = object()
+LOOKAHEAD = 8      # pieces a generation may run ahead of its client
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class _Run:
-    """One generation holding a slot: pieces come from worker threads, one token's work per
-    hop; close() (always called) cancels it if unfinished and frees the slot."""
+    """One generation holding a slot. It runs whole on one thread of the service's bounded
+    executor, handing pieces to the event loop as they come (at most LOOKAHEAD ahead of the
+    client, so a slow reader holds the generation back); the slot is freed when that thread
+    is done. close() (always called) cancels it if unfinished."""
 
     def __init__(self, service, ts: TextStream, cancel: threading.Event) -> None:
         self.service, self.ts, self.cancel = service, ts, cancel
-        self._it = iter(ts)
-        self._closed = False
         self.t0 = time.perf_counter()
         self.first: Optional[float] = None
+        self._credit = threading.Semaphore(LOOKAHEAD)
+        self._queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self._future = loop.run_in_executor(service.executor, self._produce, loop)
+        self._future.add_done_callback(self._done)
+        service.runs.add(self)
 
-    async def pieces(self):
-        done = object()
-        while True:
-            piece = await anyio.to_thread.run_sync(next, self._it, done)
-            if piece is done:
-                return
-            if self.first is None:
-                self.first = time.perf_counter() - self.t0
-            yield piece
+    def _produce(self, loop) -> None:                  # on the executor's thread
+        def put(item) -> None:
+            loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        try:
+            for piece in self.ts:
+                put(piece)
+                self._credit.acquire()       # wait while the client is LOOKAHEAD behind
+                if self.cancel.is_set():
+                    break
+        except BaseException as e:
+            put(_Failure(e))
+        finally:
+            put(_END)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        finished = self.ts.finish_reason in ("stop", "length")
-        self.cancel.set()
-        try:        # runs the generator's cleanup now (no worker is inside it: hops are shielded)
-            self._it.close()
-        except ValueError:      # still executing on a worker: it sees `cancel` at its next token
-            pass
+    def _done(self, future) -> None:                   # on the event loop, once
+        self.service.runs.discard(self)
         self.service.slots.release()
+        finished = self.ts.finish_reason in ("stop", "length")
         self.service.metrics.generated(self.ts.completion_tokens, self.ts.prompt_tokens,
                                        time.perf_counter() - self.t0, self.first, finished)
+
+    async def pieces(self):
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            self._credit.release()
+            if self.first is None:
+                self.first = time.perf_counter() - self.t0
+            yield item
+
+    async def finished(self) -> None:
+        """Wait for the thread's end (and the slot's release and the metrics after it)."""
+        try:
+            await self._future
+        except Exception:          # already raised through pieces()
+            pass
+
+    def close(self) -> None:
+        """Stop the generation at its next token (a no-op once it has ended)."""
+        self.cancel.set()
+        self._credit.release()           # a thread waiting for credit sees the cancel
 
 
 def _event(obj) -> bytes:
@@ -379,6 +417,7 @@ async def _sse(run: _Run, meta: dict, req: CompletionRequest, chat: bool):
             yield _event(chunk(req.prompt, None))
         async for piece in run.pieces():
             yield _event(chunk(piece, None))
+        await run.finished()
         yield _event(chunk(None, ts.finish_reason))
         if req.include_usage:
             yield _event({**meta, "object": obj, "choices": [], "usage": _usage(ts)})

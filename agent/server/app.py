@@ -18,6 +18,7 @@ import logging
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -60,6 +61,10 @@ class Service:
         self.limits = config.limits
         self.holder = holder or ModelHolder(store, data_dir, config.cycle)
         self.slots = Slots(config.limits.concurrency)
+        # one thread per generation slot; shut down (joined) with the server
+        self.executor = ThreadPoolExecutor(config.limits.concurrency,
+                                           thread_name_prefix="cllm-generate")
+        self.runs: set = set()                # generations under way (api._Run)
         self.metrics = ServerMetrics()
         self.metrics.registry.register(views.StoreCollector(self))
         self.loaded_at = time.time()
@@ -86,6 +91,12 @@ class Service:
             while len(self._pinned) > 2:
                 self._pinned.pop(next(iter(self._pinned)))
             return ckpt
+
+    def close(self) -> None:
+        """Cancel the generations under way and join the executor's threads."""
+        for run in list(self.runs):
+            run.close()
+        self.executor.shutdown(wait=True)
 
     def _loaded(self, ckpt) -> None:
         self.loaded_at = time.time()
@@ -196,6 +207,7 @@ class Server:
             self._uv.run(sockets=[self.sock])
         finally:
             self.service.hub.close()
+            self.service.close()
             self.store_watcher.stop()
             self.watcher.stop()
             self.sock.close()
