@@ -89,3 +89,17 @@ def test_host_header_names_parse():
     assert host_name("127.0.0.1:8765") == "127.0.0.1"
     assert host_name("[::1]:8765") == "::1"
     assert host_name("LocalHost") == "localhost"
+
+
+def test_the_dashboard_link_with_the_token_sets_its_cookie(serve, trained):
+    server = serve(trained, host="0.0.0.0", token="s3cret")
+    u = server.url
+    assert httpx.get(u + "/").status_code == 401
+    assert httpx.get(u + "/?token=wrong").status_code == 401
+    page = httpx.get(u + "/?token=s3cret")
+    assert page.status_code == 200 and page.cookies["cllm_token"] == "s3cret"
+    assert "httponly" in page.headers["set-cookie"].lower()
+    with httpx.Client(cookies=page.cookies) as c:         # what the page's requests send
+        assert c.get(u + "/api/status").status_code == 200
+        assert c.get(u + "/static/app.js").status_code == 200
+    assert httpx.get(u + "/api/status?token=s3cret").status_code == 401   # only the page link
