@@ -244,6 +244,29 @@ async def _complete(request: Request, chat: bool) -> Response:
     service = request.app.state.service
     req = parse_completion(await read_json(request, service.limits.max_body_bytes),
                            service.limits, chat)
+    ckpt, ts, run = await start_generation(service, req)
+    meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
+            "created": int(time.time()), "model": model_id(service, ckpt)}
+    if req.stream:
+        return RunResponse(run, _sse(run, meta, req, chat), media_type="text/event-stream",
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    text = await run.text()
+    if req.echo:
+        text = req.prompt + text
+    usage = _usage(ts)
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                  "finish_reason": ts.finish_reason}
+        return JSONResponse({**meta, "object": "chat.completion", "choices": [choice],
+                             "usage": usage})
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": ts.finish_reason}
+    return JSONResponse({**meta, "object": "text_completion", "choices": [choice],
+                         "usage": usage})
+
+
+async def start_generation(service, req: CompletionRequest):
+    """(checkpoint, text stream, run) of a validated request: the checkpoint it names (or
+    503), a generation slot (or 429), the prompt tokenised off the loop, the run started."""
     if req.checkpoint is None:
         ckpt = _ckpt_or_503(service)
     else:
@@ -261,28 +284,7 @@ async def _complete(request: Request, chat: bool) -> Response:
     except BaseException:
         service.slots.release()
         raise
-    meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
-            "created": int(time.time()), "model": model_id(service, ckpt)}
-    run = _Run(service, ts, cancel)
-    if req.stream:
-        return _RunResponse(run, _sse(run, meta, req, chat), media_type="text/event-stream",
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    try:
-        text = "".join([p async for p in run.pieces()])
-    finally:
-        run.close()
-    await run.finished()
-    if req.echo:
-        text = req.prompt + text
-    usage = _usage(ts)
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                  "finish_reason": ts.finish_reason}
-        return JSONResponse({**meta, "object": "chat.completion", "choices": [choice],
-                             "usage": usage})
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": ts.finish_reason}
-    return JSONResponse({**meta, "object": "text_completion", "choices": [choice],
-                         "usage": usage})
+    return ckpt, ts, _Run(service, ts, cancel)
 
 
 async def _acquire(slots: Slots, timeout: float) -> bool:
@@ -301,7 +303,7 @@ async def _acquire(slots: Slots, timeout: float) -> bool:
         raise
 
 
-class _RunResponse(StreamingResponse):
+class RunResponse(StreamingResponse):
     """A streamed generation whose run is closed when the response ends, however it ends
     (finished, the client hung up, the server stopped)."""
 
@@ -379,6 +381,15 @@ class _Run:
             if self.first is None:
                 self.first = time.perf_counter() - self.t0
             yield item
+
+    async def text(self) -> str:
+        """The whole text (a response that is not streamed)."""
+        try:
+            text = "".join([p async for p in self.pieces()])
+        finally:
+            self.close()
+        await self.finished()
+        return text
 
     async def finished(self) -> None:
         """Wait for the thread's end (and the slot's release and the metrics after it)."""

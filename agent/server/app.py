@@ -30,7 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from agent.server import api, dashboard, views
+from agent.server import api, dashboard, ollama, views
 from agent.server.events import EventHub, StoreWatcher
 from agent.server.api import ApiError, Limits, Slots
 from agent.server.metrics import ServerMetrics
@@ -135,7 +135,7 @@ def build_app(service: Service) -> Starlette:
                                      allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                                      allow_headers=["Authorization", "Content-Type"]))
     middleware.append(Middleware(AccessGuard, hosts=hosts, token=cfg.token, cors_origins=cfg.cors))
-    app = Starlette(routes=[*api.ROUTES, *views.ROUTES, *dashboard.ROUTES], middleware=middleware,
+    app = Starlette(routes=[*api.ROUTES, *ollama.ROUTES, *views.ROUTES, *dashboard.ROUTES], middleware=middleware,
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error,
                                         Exception: _server_error})
     app.state.service = service
