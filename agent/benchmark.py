@@ -145,6 +145,68 @@ def topology_lines(topo: dict) -> list[str]:
     return out
 
 
+# --- across MPI ranks (`mpiexec -n R cllm bench --mpi`) ------------------------------------
+
+def mpi_scaling(preset: str = "base", batch: int = 8, workers: int = 1, rounds: int = 3,
+                steps: int = 3) -> dict:
+    """On rank 0 of an MPI job: tokens/s of full training steps on every rank (the global
+    batch split across them, gradients allreduced) against rank 0 alone with the same
+    workers, interleaved round by round, and the time worker 0 spent in the gradient
+    collectives per step. The other ranks follow (engine.distributed.follow)."""
+    import engine
+    from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
+    from engine.distributed import RANK_TIMEOUT_S, Leader, world
+
+    group = world()
+    cfg = engine.preset(preset)
+    tcfg = TrainConfig(lr=1e-4, warmup_steps=0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, cfg.vocab_size, (batch, cfg.context))
+    y = rng.integers(0, cfg.vocab_size, (batch, cfg.context))
+    alone = ThreadedTrainingSystem(engine.Model(cfg, seed=0), tcfg, n_workers=workers)
+    model = engine.Model(cfg, seed=0)
+    opt = Optimizer(model.layout, tcfg)
+    leader = Leader(group, model, tcfg, opt, workers)
+    spread = ThreadedTrainingSystem(model, tcfg, n_workers=workers, optimizer=opt, group=group,
+                                    watchdog_timeout=RANK_TIMEOUT_S)
+    one, many, coll = [], [], []
+
+    def step():
+        leader.step(x, y, 1e-4)
+        spread.train_step(x, y, lr=1e-4)
+    try:
+        for _ in range(rounds):
+            one.append(batch * cfg.context / measure(lambda: alone.train_step(x, y), steps)[0])
+            c0 = group.collective_s
+            dt, _ = measure(step, steps)
+            many.append(batch * cfg.context / dt)
+            coll.append((group.collective_s - c0) / (steps + 1))   # measure() warms up once
+    finally:
+        alone.close()
+        spread.close()
+    leader.end()
+    base = float(np.median(one))
+    rows = [{"ranks": 1, "workers": workers, "tok_s": base, "scaling": 1.0,
+             "collective_ms": 0.0},
+            {"ranks": group.size, "workers": workers, "tok_s": float(np.median(many)),
+             "scaling": float(np.median(many)) / base,
+             "collective_ms": 1000 * float(np.median(coll))}]
+    return {"preset": preset, "batch": batch, "context": cfg.context, "rounds": rounds,
+            "steps": steps, "cores": os.cpu_count(), "rows": rows,
+            "grad_bytes": 4 * model.layout.size}
+
+
+def mpi_table_lines(result: dict) -> list[str]:
+    out = [f"preset {result['preset']}, global batch {result['batch']}x{result['context']}, "
+           f"gradient {result['grad_bytes'] / 1e6:.1f} MB per step, median of "
+           f"{result['rounds']} interleaved rounds x {result['steps']} steps",
+           f"{'ranks':>6} {'workers':>8} {'tok/s':>9} {'scaling':>8} {'allreduce ms/step':>18}"]
+    for r in result["rows"]:
+        out.append(f"{r['ranks']:>6} {r['workers']:>8} {r['tok_s']:>9.0f} {r['scaling']:>7.2f}x "
+                   f"{r['collective_ms']:>18.2f}")
+    return out
+
+
 # --- continual learning: forgetting with and without replay -----------------------------
 
 def nats_per_byte(state, texts: list[str]) -> float:

@@ -13,14 +13,21 @@
 Also holds `iter_targets` (what a CLI target is: folder, file or URL) and `record_target`
 (the one way a target becomes a crawl_targets row: URLs canonical, paths absolute).
 
-Everything interruptible waits on `stop_event`. The crawler does not schedule re-crawls,
-does not run JavaScript, and writes no SQL (store.urls and store.targets do).
+A crawl with `recrawl_interval` fetches again the handled URLs last fetched longer ago than
+that, conditionally (If-None-Match / If-Modified-Since with the stored validators): a 304
+changes nothing, a changed page becomes a new version of its document (record_text), a 404
+or 410 marks its document deleted. Scheduling re-crawls is the caller's (the agent's timer).
+
+Everything interruptible waits on `stop_event`. The crawler does not run JavaScript, and
+writes no SQL (store.urls and store.targets do).
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -38,7 +45,7 @@ from engine.errors import CllmError
 from store import targets as target_store
 from store import urls as url_store
 from store.documents import Outcome
-from store.models import TargetKind, UrlStatus
+from store.models import TargetKind, UrlStatus, utcnow
 
 __all__ = ["CrawlError", "CrawlReport", "Crawler", "iter_targets", "record_target"]
 
@@ -52,6 +59,10 @@ _URL_STATUS_OF = {  # what storing a fetched page's text means for its URL
     Outcome.RESTORED: UrlStatus.FETCHED, Outcome.DUPLICATE: UrlStatus.DUPLICATE,
     Outcome.REFUSED: UrlStatus.SKIPPED,
 }
+
+
+FAILURE_OUTCOMES = frozenset({UrlStatus.FAILED, UrlStatus.ERROR, UrlStatus.REFUSED, UrlStatus.DISALLOWED})
+PROGRESS_EVERY_S = 10.0  # a crawl logs its progress at INFO this often (checked between pages)
 
 
 class CrawlError(CllmError):
@@ -70,6 +81,11 @@ class CrawlReport:
         self.counts[outcome] += 1
         self.bytes_read += nbytes
         self.items.append((uri, outcome, reason))
+
+    @property
+    def failed(self) -> bool:
+        """Nothing came of it but failures and refusals (at least one)."""
+        return bool(self.items) and all(o in FAILURE_OUTCOMES for _, o, _ in self.items)
 
     def merge(self, other: "CrawlReport") -> None:
         self.counts.update(other.counts)
@@ -92,17 +108,20 @@ class Crawler:
                  user_agent: str = USER_AGENT, stay_on_host: bool = True,
                  stop_event: threading.Event | None = None, ingestor: Ingestor | None = None,
                  include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-                 follow_symlinks: bool = False) -> None:
+                 follow_symlinks: bool = False, resolver=None, recrawl_interval: float = 0.0) -> None:
         if max_pages < 1 or max_depth < 0 or delay < 0 or timeout <= 0 or retries < 0:
             raise CrawlError("max_pages >= 1, max_depth >= 0, delay >= 0, timeout > 0, retries >= 0 required",
                              hint="check the crawl options")
         if max_redirects > MAX_REDIRECTS:
             raise CrawlError(f"at most {MAX_REDIRECTS} redirects", hint=f"pass max_redirects <= {MAX_REDIRECTS}")
         try:
-            self.policy = HostPolicy.build(allow_private_hosts, allow_networks)
+            self.policy = HostPolicy.build(allow_private_hosts, allow_networks, resolver)
         except ValueError as e:
-            raise CrawlError(str(e), hint="use CIDR, e.g. 10.1.0.0/16") from None
+            raise CrawlError(str(e), hint="use CIDR, e.g. --allow-network 10.1.0.0/16") from None
         self.store = store
+        self.recrawl_interval = recrawl_interval  # seconds; 0: a handled URL is never fetched again
+        self.clock = time.monotonic  # progress is logged at page boundaries, every PROGRESS_EVERY_S
+        self.progress_every = PROGRESS_EVERY_S
         self.max_pages, self.max_depth = max_pages, max_depth
         self.stay_on_host = stay_on_host
         self.stop_event = stop_event or threading.Event()
@@ -161,20 +180,29 @@ class Crawler:
             raise CrawlError(f"cannot crawl {url!r}: {r.reason}", hint="pass an http(s) URL") from None
         source = source or origin(start)
         start_host = _hostname(start)
-        # links found by an earlier run that stopped (page limit, interrupt, crash) come back
-        frontier: deque[tuple[str, int]] = deque([(start, 0)] + self._frontier_left(start))
+        fresh_after = (utcnow() - dt.timedelta(seconds=self.recrawl_interval)
+                       if self.recrawl_interval > 0 else None)
+        # links found by an earlier run that stopped (page limit, interrupt, crash) come back,
+        # and so do the pages due for a re-crawl (a page answering 304 gives no links)
+        frontier: deque[tuple[str, int]] = deque(
+            dict.fromkeys([(start, 0)] + self._frontier_left(start, fresh_after)))
         queued = {u for u, _ in frontier}
         pages = 0
+        last_progress = self.clock()
         try:
             while frontier and pages < self.max_pages:
                 if self.stop_event.is_set():
                     raise Interrupted
                 url_, depth = frontier.popleft()
-                if self._handled(url_):
+                if self._handled(url_, fresh_after):
                     report.add(url_, "seen")
                     continue
                 pages += 1
                 links = self._crawl_one(url_, report, source=source, target_id=target_id)
+                now = self.clock()
+                if now - last_progress >= self.progress_every:
+                    last_progress = now
+                    _log_progress(start, pages, len(frontier), report)
                 if depth >= self.max_depth:
                     continue
                 new = []
@@ -189,18 +217,32 @@ class Crawler:
         if frontier and pages >= self.max_pages:
             log.info("page limit %d reached; %d URLs left unvisited", self.max_pages, len(frontier))
             report.counts["left_unvisited"] += len(frontier)
+        _log_progress(start, pages, len(frontier), report, done=True)
         return report
 
     def _crawl_one(self, url: str, report: CrawlReport, *, source: str, target_id: int | None) -> list[str]:
         """Fetch, extract, store and record one URL; returns the links to follow."""
+        with self.store.session(read_only=True) as s:
+            stored = url_store.validators(s, url)  # a stored page is re-fetched conditionally
         try:
-            resp = self.fetcher.fetch(url)
+            resp = self.fetcher.fetch(url, stored)
         except FetchFailed as f:
             doc_id = None
             if f.status == UrlStatus.SKIPPED:  # the content itself was refused: a document row says why
                 doc_id = self.ingestor.refuse(url, f.reason, source=source, target_id=target_id).document_id
+            if f.http_status in (404, 410):  # gone from its site: its document is deleted
+                with self.store.session() as s:
+                    gone = url_store.forget_page(s, url, reason=f"removed from its site ({f.reason})")
+                if gone:
+                    report.add(url, "deleted", f.reason)
             self._record(url, f.status, http_status=f.http_status, reason=f.reason, document_id=doc_id)
             report.add(url, f.status, f.reason)
+            return []
+        if resp.status == 304:  # not modified: nothing is read, stored or changed
+            with self.store.session() as s:
+                url_store.mark_unchanged(s, url)
+            log.info("unchanged (304) %s", url)
+            report.add(url, "unchanged")
             return []
         final = resp.url
         try:
@@ -220,7 +262,7 @@ class Crawler:
                                         target_id=target_id, size_bytes=len(resp.body))
         status = _URL_STATUS_OF[res.outcome]
         self._record(url, status, http_status=resp.status, reason=res.reason, document_id=res.document_id,
-                     also=final)
+                     also=final, validators=resp.validators if status == UrlStatus.FETCHED else (None, None))
         report.add(final, status, res.reason, len(resp.body))
         return links
 
@@ -244,15 +286,20 @@ class Crawler:
         raise Refused(f"non-text content type {ctype}")
 
     # the store: what was handled, and the frontier
-    def _handled(self, url: str) -> bool:
-        """Handled for good by an earlier run (failures and policy outcomes are retried)."""
+    def _handled(self, url: str, fresh_after) -> bool:
+        """Handled for good by an earlier run, since `fresh_after` if given (failures and
+        policy outcomes are retried)."""
         with self.store.session(read_only=True) as s:
-            return url_store.url_handled(s, url)
+            return url_store.url_handled(s, url, fresh_after=fresh_after)
 
-    def _frontier_left(self, start: str) -> list[tuple[str, int]]:
-        """URLs of this origin that an earlier crawl found but did not fetch, with their depth."""
+    def _frontier_left(self, start: str, fresh_after) -> list[tuple[str, int]]:
+        """URLs of this origin that an earlier crawl found but did not fetch, and (with
+        `fresh_after`) those fetched before it, with their depth."""
         with self.store.session(read_only=True) as s:
             found = url_store.queued_under(s, origin(start), max_depth=self.max_depth)
+            if fresh_after is not None:
+                found += url_store.due_under(s, origin(start), max_depth=self.max_depth,
+                                             fetched_before=fresh_after)
         return [(u, depth) for u, depth in found if u != start]
 
     def _queue(self, links: list[str], depth: int) -> None:
@@ -262,13 +309,24 @@ class Crawler:
                 url_store.queue_urls(s, links, depth)
 
     def _record(self, url: str, status: str, *, http_status: int | None = None, reason: str | None = None,
-                document_id: int | None = None, also: str | None = None) -> None:
-        """Record the outcome for `url` and, after redirects, for the final URL `also`."""
+                document_id: int | None = None, also: str | None = None,
+                validators: tuple[str | None, str | None] = (None, None)) -> None:
+        """Record the outcome for `url` and, after redirects, for the final URL `also`, with
+        the validators of the page stored (none: a later re-fetch is unconditional)."""
         with self.store.session() as s:
             for u in dict.fromkeys([url, also or url]):
                 url_store.record_url(s, u, status=status, http_status=http_status, document_id=document_id,
-                                     reason=reason)
+                                     reason=reason, validators=validators)
         log.info("%s %s%s", status, url, f": {reason}" if reason else "")
+
+
+def _log_progress(start: str, pages: int, queued: int, report: CrawlReport, done: bool = False) -> None:
+    c = report.counts
+    log.info("crawl of %s%s: %d pages requested (%d fetched, %d unchanged), %d queued, %d refused "
+             "(SSRF guard, robots.txt, policy), %d failed (network, HTTP), %s bytes read",
+             start, " done" if done else "", pages, c[UrlStatus.FETCHED], c["unchanged"], queued,
+             c[UrlStatus.REFUSED] + c[UrlStatus.DISALLOWED] + c[UrlStatus.SKIPPED],
+             c[UrlStatus.FAILED] + c[UrlStatus.ERROR], f"{report.bytes_read:,}")
 
 
 def _hostname(url: str) -> str | None:
@@ -283,19 +341,25 @@ def _is_url_target(target: str) -> bool:
 
 
 def target_kind(target: str) -> str:
-    """'folder', 'file' or 'url' for one CLI target; raises CrawlError for anything else."""
+    """'folder', 'file' or 'url' for one CLI target; raises CrawlError for anything else,
+    and for a URL we never crawl (credentials in it, malformed), so a bad target is a usage
+    error before any work starts."""
     if os.path.isdir(target):
         return "folder"
     if os.path.isfile(target):
         return "file"
     if _is_url_target(target):
+        try:
+            canonical_url(target)
+        except Refused as r:
+            raise CrawlError(f"cannot crawl {target!r}: {r.reason}", hint="pass a plain http(s) URL") from None
         return "url"
     raise CrawlError(f"{target!r} is neither an existing folder or file nor an http(s) URL",
                      hint="pass a folder, a file, or a URL starting with http:// or https://")
 
 
 def iter_targets(targets: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """('folder' | 'file' | 'url', target) for each CLI target; raises CrawlError."""
+    """('folder' | 'file' | 'url', target) for each CLI target; raises CrawlError (target_kind)."""
     for t in targets:
         yield target_kind(t), t
 

@@ -6,7 +6,8 @@ Threads (all joined on shutdown):
 - the file monitor's own threads, which put MonitorEvents into `events`;
 - "ingest": takes events off the queue, writes documents through the Ingestor, wakes the
   trainer;
-- "crawl": walks / crawls each --crawl target once at start (then exits);
+- "crawl": walks / crawls each --crawl target once at start, then re-crawls the URL targets
+  whenever they are due (--recrawl-interval; it waits on the stop event until then);
 - "trainer": waits (on an Event, with the age trigger's timeout) until a cycle is due,
   then runs it through the ContinuousTrainer.
 The main thread takes SIGINT/SIGTERM and waits for the stop event. A stop ends a cycle at
@@ -31,14 +32,32 @@ from typing import Optional
 from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted
 from agent.lease import AgentLocked, TrainerLease
 from agent.settings import AgentConfig
-from engine.errors import CllmError
+from engine.errors import CllmError, ConfigError
 from store import open_store
 from store.errors import LeaseLostError, StoreError
 
 log = logging.getLogger(__name__)
 LOCK_NAME = "cllm.lock"
 RETRY_S = 5.0      # wait after a failed cycle before trying again
+MIN_RECRAWL_WAIT_S = 60.0  # re-crawl passes start at least this far apart (or the interval)
 _STOP = object()
+
+
+def recrawl_wait(store, urls: list[str], interval: float) -> float:
+    """Seconds until the first of the URL targets is due again (its last fetch + interval),
+    never less than min(interval, MIN_RECRAWL_WAIT_S): a target that cannot be fetched does
+    not make the re-crawl spin."""
+    import datetime as dt
+
+    from agent.urls import canonical_url
+    from store import urls as url_store
+    from store.models import utcnow
+
+    now = utcnow()
+    with store.session(read_only=True) as s:
+        last = [url_store.last_fetched(s, canonical_url(u)) or now for u in urls]
+    due = min(last) + dt.timedelta(seconds=interval)
+    return max((due - now).total_seconds(), min(interval, MIN_RECRAWL_WAIT_S))
 
 
 class DataDirLock:
@@ -49,8 +68,12 @@ class DataDirLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> "DataDirLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CllmError(f"cannot write in the data directory {self.path.parent}: "
+                            f"{e.strerror}", "pass a --data-dir you can write to") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -126,11 +149,17 @@ class Agent:
         cfg = self.cfg
         for w in cfg.watch:
             if not Path(w).is_dir():
-                raise CllmError(f"cannot watch {w}: not a folder", "create it or fix --watch")
+                raise ConfigError(f"cannot watch {w}: not a folder", "create it or fix --watch")
         if cfg.crawl:
             from agent.crawler import iter_targets
 
+            from agent.ssrf import HostPolicy
+
             list(iter_targets(cfg.crawl))       # a bad target is a one-line error, now
+            try:                                # ... and so is a bad --allow-network
+                HostPolicy.build(cfg.allow_private_hosts, cfg.allow_networks)
+            except ValueError as e:
+                raise CllmError(str(e), "use CIDR, e.g. --allow-network 10.1.0.0/16") from None
         cfg.ingestor(None)                      # ... and so is an unknown fallback encoding
         with DataDirLock(cfg.data_dir):
             store = open_store(cfg.data_dir, cfg.database_url)
@@ -274,40 +303,61 @@ class Agent:
                 self.wake.set()
 
     def _crawl_all(self, store) -> None:
+        """Every --crawl target once; then, with --recrawl-interval, the URL targets again
+        whenever they are due (a wait on the stop event until the next due time)."""
+        from agent.crawler import Crawler, iter_targets
+
+        cfg = self.cfg
         try:
-            self._crawl_targets(store)
+            with Crawler(store, allow_private_hosts=cfg.allow_private_hosts,
+                         allow_networks=cfg.allow_networks, stop_event=self.stop,
+                         max_pages=cfg.max_pages, max_depth=cfg.max_depth,
+                         recrawl_interval=cfg.recrawl_interval,
+                         follow_symlinks=cfg.follow_symlinks, ingestor=cfg.ingestor(store),
+                         **cfg.path_filter_args()) as crawler:
+                plan = list(iter_targets(cfg.crawl))
+                try:
+                    self._crawl_targets(crawler, plan)
+                finally:
+                    self.crawled.set()
+                    self.wake.set()
+                self._recrawl(store, crawler, [t for kind, t in plan if kind == "url"])
         finally:
             self.crawled.set()
             self.wake.set()
 
-    def _crawl_targets(self, store) -> None:
-        from agent.crawler import Crawler, iter_targets
+    def _recrawl(self, store, crawler, urls: list[str]) -> None:
+        interval = self.cfg.recrawl_interval
+        if not urls or interval <= 0:
+            return
+        while True:
+            wait = recrawl_wait(store, urls, interval)
+            log.info("next re-crawl of %d URL targets in %.0f s", len(urls), wait)
+            if self.stop.wait(wait):
+                return
+            self._crawl_targets(crawler, [("url", u) for u in urls])
 
-        cfg = self.cfg
-        with Crawler(store, allow_private_hosts=cfg.allow_private_hosts, stop_event=self.stop,
-                     max_pages=cfg.max_pages, max_depth=cfg.max_depth,
-                     follow_symlinks=cfg.follow_symlinks, ingestor=cfg.ingestor(store),
-                     **cfg.path_filter_args()) as crawler:
-            for kind, target in iter_targets(self.cfg.crawl):
-                if self.stop.is_set():
-                    return
-                try:
-                    tid = self.target_ids.get(target)
-                    if kind == "url":
-                        report = crawler.crawl(target, target_id=tid)
-                    elif kind == "folder":
-                        report = crawler.walk(target, target_id=tid)
-                    else:
-                        crawler.ingestor.ingest_file(target, target_id=tid)
-                        report = None
-                except (CllmError, StoreError) as e:
-                    log.error("crawl of %s failed: %s", target, e.one_line())
-                    continue
-                except Exception:   # one bad target never stops the agent (what it stored stays)
-                    log.exception("crawl of %s failed", target)
-                    continue
-                log.info("crawled %s: %s", target, getattr(report, "counts", ""))
-                self.wake.set()
+    def _crawl_targets(self, crawler, plan: list[tuple[str, str]]) -> None:
+        for kind, target in plan:
+            if self.stop.is_set():
+                return
+            try:
+                tid = self.target_ids.get(target)
+                if kind == "url":
+                    report = crawler.crawl(target, target_id=tid)
+                elif kind == "folder":
+                    report = crawler.walk(target, target_id=tid)
+                else:
+                    crawler.ingestor.ingest_file(target, target_id=tid)
+                    report = None
+            except (CllmError, StoreError) as e:
+                log.error("crawl of %s failed: %s", target, e.one_line())
+                continue
+            except Exception:   # one bad target never stops the agent (what it stored stays)
+                log.exception("crawl of %s failed", target)
+                continue
+            log.info("crawled %s: %s", target, getattr(report, "counts", ""))
+            self.wake.set()
 
     def _trainer_loop(self, trainer: ContinuousTrainer) -> None:
         """Cycles back to back while a backlog remains; blocked (no CPU) when none does."""

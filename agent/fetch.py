@@ -5,8 +5,8 @@ site's robots.txt (fetched once per origin, with its own redirects, and its Craw
 kept), waits the per-host delay, retries 5xx/408/429 and network errors with exponential
 backoff (honouring Retry-After up to a limit), follows at most `max_redirects` redirects
 (loops refused), caps bodies by Content-Length and while streaming, refuses non-text
-content types before reading, and gives up on responses that trickle past a total
-deadline. A failure is a `FetchFailed` carrying the UrlStatus to record; `Interrupted`
+content types before reading, and gives up when the attempts at a URL have spent one total
+budget of time (connect, headers and body alike: transport.deadline). A failure is a `FetchFailed` carrying the UrlStatus to record; `Interrupted`
 means the stop event was set (every wait is interruptible).
 
 It parses neither HTML (html.py) nor URLs (urls.py), and records nothing in the store
@@ -27,8 +27,9 @@ import httpx
 
 from agent import robots
 from agent.html import HTML_TYPES
-from agent.ssrf import HostPolicy, guarded_transport
+from agent.ssrf import HostPolicy, HostRefused
 from agent.text import Refused
+from agent.transport import deadline, guarded_transport
 from agent.urls import canonical_url, host_port, origin
 from store.models import UrlStatus
 
@@ -39,7 +40,10 @@ MAX_REDIRECTS = 5
 MAX_BODY_BYTES = 5 * 1024 * 1024  # a page larger than this is refused (recorded)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
-DEADLINE_TIMEOUTS = 3  # a whole response may take this many timeouts (against trickling servers)
+ROBOTS_TTL = 24 * 3600.0  # seconds a robots.txt is kept (RFC 9309: not much over 24 hours)
+ROBOTS_FAILURE_TTL = 300.0  # ... and a robots.txt that could not be reached
+MIN_ATTEMPT_S = 0.05  # a retry needs at least this much of the budget left
+DEADLINE_TIMEOUTS = 3  # all attempts at one URL together may take this many timeouts (against trickling servers)
 
 
 class Interrupted(Exception):
@@ -63,6 +67,12 @@ class Response:
     body: bytes
     location: str | None = None  # redirects
     retry_after: str | None = None  # 429 / 503
+    etag: str | None = None  # validators of a 2xx, for a conditional re-fetch
+    last_modified: str | None = None
+
+    @property
+    def validators(self) -> tuple[str | None, str | None]:
+        return self.etag, self.last_modified
 
 
 def parse_retry_after(value: str) -> float | None:
@@ -99,7 +109,7 @@ class Fetcher:
         self.retries, self.backoff, self.max_retry_after = retries, backoff, max_retry_after
         self.max_redirects = max_redirects
         self._client: httpx.Client | None = None
-        self._robots: dict[str, robots.Rules] = {}  # origin -> its rules
+        self._robots: dict[str, tuple] = {}  # origin -> (its rules, status, monotonic expiry)
         self._next_request: dict[str, float] = {}  # host -> monotonic time of its next request
         self._crawl_delay: dict[str, float] = {}  # host -> its robots.txt Crawl-delay
 
@@ -116,14 +126,19 @@ class Fetcher:
             self._client.close()
             self._client = None
 
-    def fetch(self, url: str) -> Response:
+    def fetch(self, url: str, validators: tuple[str | None, str | None] = (None, None)) -> Response:
         """GET with robots, guard, delay, retries and re-checked redirects; a 2xx with content
-        or FetchFailed."""
+        or FetchFailed. With (ETag, Last-Modified) `validators` of a stored copy, the request
+        is conditional (If-None-Match / If-Modified-Since) and a 304 comes back as it is."""
         hops = [url]
         current = url
+        etag, modified = validators
+        conditional = {k: v for k, v in (("If-None-Match", etag), ("If-Modified-Since", modified)) if v}
         while True:
             self._check_allowed(current)
-            resp = self._request(current)
+            resp = self._request(current, headers=conditional if current == url else None)
+            if resp.status == 304 and conditional and current == url:
+                return resp
             if resp.status in REDIRECT_STATUSES:
                 if len(hops) > self.max_redirects:
                     raise FetchFailed(f"more than {self.max_redirects} redirects", UrlStatus.ERROR, resp.status)
@@ -144,33 +159,46 @@ class Fetcher:
             return resp
 
     def _check_guard(self, url: str) -> None:
+        """The SSRF guard's verdict: refused by it, or failed when the host does not resolve
+        (a network failure, retried later, not a refusal)."""
         try:
             self.policy.resolve(*host_port(url))
-        except Refused as r:
+        except HostRefused as r:
             raise FetchFailed(r.reason, UrlStatus.REFUSED) from None
+        except Refused as r:
+            raise FetchFailed(r.reason, UrlStatus.FAILED) from None
 
     def _check_allowed(self, url: str) -> None:
         self._check_guard(url)
-        reason = robots.disallowed(self._robots_for(url), url)
+        rules, status = self._robots_for(url)
+        reason = robots.disallowed(rules, url)
         if reason:
-            raise FetchFailed(reason, UrlStatus.DISALLOWED)
+            raise FetchFailed(reason, status)
 
-    def _robots_for(self, url: str) -> robots.Rules:
+    def _robots_for(self, url: str) -> tuple[robots.Rules, str]:
+        """The origin's rules, and the status a URL they disallow gets: disallowed, or failed
+        when robots.txt could not be reached over the network (RFC 9309 still says: disallow
+        everything). Kept ROBOTS_TTL seconds (a network failure ROBOTS_FAILURE_TTL)."""
         site = origin(url)
-        if site not in self._robots:
+        now = time.monotonic()
+        if site not in self._robots or self._robots[site][2] <= now:
             robots_url = site + "/robots.txt"
+            status, ttl = UrlStatus.DISALLOWED, ROBOTS_TTL
             try:
                 resp = self._fetch_robots(robots_url)
             except FetchFailed as f:
                 # RFC 9309: an unreachable robots.txt (5xx, network) means "disallow everything"
                 rules = robots.unavailable(f.reason)
+                if f.status == UrlStatus.FAILED and f.http_status is None:  # network, not the server
+                    status, ttl = UrlStatus.FAILED, ROBOTS_FAILURE_TTL
             else:
                 rules = robots.rules_from_response(robots_url, resp.status, resp.body)
                 delay = robots.crawl_delay(rules)
                 if delay:
                     self._crawl_delay[host_of(site)] = delay
-            self._robots[site] = rules
-        return self._robots[site]
+            self._robots[site] = (rules, status, now + ttl)
+        rules, status, _ = self._robots[site]
+        return rules, status
 
     def _fetch_robots(self, url: str) -> Response:
         current, hops = url, [url]
@@ -191,17 +219,26 @@ class Fetcher:
                 raise FetchFailed(f"HTTP {resp.status}", UrlStatus.FAILED, resp.status)
             return resp
 
-    def _request(self, url: str, cap: int | None = None) -> Response:
-        """One GET with the per-host delay and retries; redirects come back unread."""
+    def _request(self, url: str, cap: int | None = None, headers: dict | None = None) -> Response:
+        """One GET with the per-host delay and retries; redirects come back unread.
+
+        Connecting, sending, the status line, the headers and the body of every attempt
+        share one budget of `timeout * DEADLINE_TIMEOUTS` seconds (the waits between
+        attempts, which are interruptible and bounded on their own, do not count): a server
+        that trickles its headers is cut off when the budget is spent, and not retried."""
         cap = self.max_body_bytes if cap is None else cap
+        budget = self.timeout * DEADLINE_TIMEOUTS
+        spent = 0.0
         attempt = 0
         while True:
             self._wait_turn(url)
             retry_in = self.backoff * 2 ** attempt
+            started = time.monotonic()
             try:
-                resp = self._get_once(url, cap)
+                with deadline(started + budget - spent):
+                    resp = self._get_once(url, cap, headers)
             except httpx.TimeoutException as e:
-                failure = FetchFailed(f"timed out ({type(e).__name__})")
+                failure = FetchFailed(f"timed out ({type(e).__name__}: {e})")
             except httpx.RemoteProtocolError as e:
                 if "location header" in str(e).lower():  # httpx parses Location itself, and gives up
                     raise FetchFailed(f"redirect refused: malformed URL ({e})", UrlStatus.REFUSED) from None
@@ -223,6 +260,12 @@ class Fetcher:
                             failure.reason += f" (Retry-After {after:.0f} s exceeds {self.max_retry_after:.0f} s)"
                             raise failure
                         retry_in = max(after, 0.0)
+            finally:
+                spent += time.monotonic() - started
+            if spent >= budget - MIN_ATTEMPT_S:  # what is left could not hold an attempt
+                failure.reason += (f" after {attempt + 1} attempts: the total time limit of {budget:g} s "
+                                   f"({DEADLINE_TIMEOUTS} x --timeout) was spent")
+                raise failure
             if attempt >= self.retries:
                 failure.reason += f" after {attempt + 1} attempts"
                 raise failure
@@ -231,9 +274,8 @@ class Fetcher:
             if self.stop_event.wait(retry_in):
                 raise Interrupted
 
-    def _get_once(self, url: str, cap: int) -> Response:
-        deadline = time.monotonic() + self.timeout * DEADLINE_TIMEOUTS
-        with self.client.stream("GET", url) as r:
+    def _get_once(self, url: str, cap: int, headers: dict | None = None) -> Response:
+        with self.client.stream("GET", url, headers=headers) as r:
             host = host_of(url)
             self._next_request[host] = time.monotonic() + max(self.delay, self._crawl_delay.get(host, 0.0))
             if r.status_code in REDIRECT_STATUSES:
@@ -258,8 +300,6 @@ class Fetcher:
                 if total > cap:
                     raise FetchFailed(f"body too large (more than the cap of {cap} bytes)", UrlStatus.SKIPPED,
                                       r.status_code)
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout("response took longer than the total time limit")
                 chunks.append(chunk)
                 if self.stop_event.is_set():
                     raise Interrupted
@@ -267,7 +307,8 @@ class Fetcher:
                 final = canonical_url(str(r.url))
             except Refused:
                 final = url
-            return Response(final, r.status_code, ctype, charset, b"".join(chunks))
+            return Response(final, r.status_code, ctype, charset, b"".join(chunks),
+                            etag=r.headers.get("etag"), last_modified=r.headers.get("last-modified"))
 
     def _wait_turn(self, url: str) -> None:
         """The per-host politeness delay, interruptible by stop_event."""

@@ -16,7 +16,9 @@ import numpy as np
 
 from agent.model_state import ModelState
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
+from engine.spheres import default_workers
 from engine.data import evaluate, pack
+from engine.distributed import RANK_TIMEOUT_S, Leader, world
 from engine.ema import EMA
 from engine.schedule import learning_rate
 
@@ -155,36 +157,51 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
         def lr(i: int) -> float:
             return learning_rate(scfg, start + i, i, planned or i + 1)
     t0 = time.perf_counter()
-    with ThreadedTrainingSystem(model, tcfg, n_workers=workers,
-                                optimizer=state.optimizer) as system:
-        while True:
-            if max_steps is not None and res.steps >= max_steps:
-                res.ended_by = "steps"
-                break
-            if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
-                res.ended_by = "time"
-                break
-            why = stop() if stop is not None else None
-            if why:
-                res.ended_by = why
-                break
-            batch = batcher.next()
-            if batch is None:
-                res.ended_by = "backlog"
-                break
-            r = system.train_step(batch.inputs, batch.targets, lr=lr(res.steps))
-            res.steps += 1
-            res.skipped += int(r.skipped)
-            res.tokens += r.tokens
-            if not r.skipped:               # only applied steps count in the ledger
-                res.losses.append(r.loss)
-                for into, got in ((res.new_bytes, batch.new), (res.replay_bytes, batch.replay)):
-                    for doc, n in got.items():
-                        into[doc] = into.get(doc, 0) + n
-                if state.ema is not None:
-                    state.ema.update(model.params)
-            if progress is not None:
-                progress(res.steps, r.loss, r.lr)
+    # under mpiexec, rank 0 (this process) leads the other ranks through the cycle
+    group = world()
+    n_workers = workers if workers is not None else default_workers()
+    leader = Leader(group, model, tcfg, state.optimizer, n_workers) if group else None
+    extra = {"group": group, "watchdog_timeout": RANK_TIMEOUT_S} if group else {}
+    with ThreadedTrainingSystem(model, tcfg, n_workers=n_workers, optimizer=state.optimizer,
+                                **extra) as system:
+        try:
+            while True:
+                if max_steps is not None and res.steps >= max_steps:
+                    res.ended_by = "steps"
+                    break
+                if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                    res.ended_by = "time"
+                    break
+                why = stop() if stop is not None else None
+                if why:
+                    res.ended_by = why
+                    break
+                batch = batcher.next()
+                if batch is None:
+                    res.ended_by = "backlog"
+                    break
+                step_lr = lr(res.steps)
+                if leader is not None:
+                    leader.step(batch.inputs, batch.targets, step_lr)
+                r = system.train_step(batch.inputs, batch.targets, lr=step_lr)
+                res.steps += 1
+                res.skipped += int(r.skipped)
+                res.tokens += r.tokens
+                if not r.skipped:               # only applied steps count in the ledger
+                    res.losses.append(r.loss)
+                    for into, got in ((res.new_bytes, batch.new), (res.replay_bytes, batch.replay)):
+                        for doc, n in got.items():
+                            into[doc] = into.get(doc, 0) + n
+                    if state.ema is not None:
+                        state.ema.update(model.params)
+                if progress is not None:
+                    progress(res.steps, r.loss, r.lr)
+        except BaseException as e:
+            if group is not None:   # the other ranks wait in this cycle's collectives
+                group.abort(f"rank 0 failed in step {res.steps} of the cycle: {e!r}")
+            raise
+    if leader is not None:
+        leader.end()                        # and every rank's parameters agree with ours
     res.seconds = time.perf_counter() - t0
     state.step += res.steps
     if res.losses:

@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Sequence
 from agent.model_state import (ModelState, RecordedCheckpoint, checkpoint_dir,
                                load_recorded_model_state, recorded_checkpoints)
 from engine.atomic import atomic_write_bytes
-from engine.errors import CllmError
+from engine.errors import CllmError, ConfigError
 
 log = logging.getLogger(__name__)
 COMMIT_MARKER = "committed.json"   # in the checkpoints folder: the last committed checkpoint
@@ -66,7 +66,7 @@ def load_serving_checkpoint(store, data_dir: Path, cycle: Optional[int] = None
     rows = recorded_checkpoints(store)
     if cycle is not None and all(r.cycle_id != cycle for r in rows):
         have = sorted({r.cycle_id for r in rows if r.cycle_id is not None})
-        raise CllmError(f"cycle {cycle} has no checkpoint in {data_dir}",
+        raise ConfigError(f"cycle {cycle} has no checkpoint in {data_dir}",
                         "cycles with one: " + (", ".join(map(str, have)) or "none yet"))
     if not rows:
         return None

@@ -4,18 +4,23 @@ Each row says a setting's name, default, type, help, check, which commands take 
 and which settings dataclass holds it. From the table come
 - the click options of a command (`options("agent")`): `--name-with-dashes`, the default
   shown in the help;
-- for `cllm agent`, the environment (`CLLM_<NAME>`, e.g. CLLM_MIN_CYCLE_TOKENS=4000; lists
-  separated by os.pathsep, URLs kept whole) and a TOML file (`--config FILE`, else
-  $CLLM_CONFIG, else `<data-dir>/cllm.toml` if present; keys in an `[agent]` table or at the
-  top level, spelled with - or _). `cllm train` and `cllm crawl` take flags only;
+- for every command with a row (CONFIGURED_COMMANDS: agent, train, crawl), the
+  environment (`CLLM_<NAME>`, e.g. CLLM_MIN_CYCLE_TOKENS=4000; lists separated by
+  os.pathsep, URLs kept whole) and TOML files (the user config file,
+  ~/.config/cllm/cllm.toml on Linux, beneath `--config FILE`, else $CLLM_CONFIG, else
+  `<data-dir>/cllm.toml`, each if present). Keys at the top level apply to every command
+  taking them; a command's own table (`[agent]`, `[train]`, `[crawl]`) wins over them; keys
+  are spelled with - or _. An unknown table or key is an error;
 - the dataclasses TrainerSettings (the continuous trainer), AgentConfig (the daemon) and
   CrawlSettings (`cllm crawl`), whose checks are the table's.
 
-Precedence, strongest first: flags, environment, TOML file, the table's default. A value that
+Precedence, strongest first: flags, environment, the data directory's TOML file (or
+--config), the user config file, the table's default. A value that
 fails its type or check is a ConfigError naming where it came from.
 
-Adding a setting is one Setting(...) row: give it `commands` for a flag (and, for the agent,
-its CLLM_* variable and TOML key) and `into` for the dataclass field the code reads.
+Adding a setting is one Setting(...) row: give it `commands` for a flag (and its CLLM_*
+variable and TOML key) and `into` for the dataclass field the code reads. Renaming one keeps
+the old name in `old_name`: its flag (hidden), variable and key still work, with a warning.
 
 This module only resolves values; it starts nothing.
 """
@@ -33,7 +38,6 @@ from engine.errors import ConfigError
 
 INITS = ("normal", "lattice")          # embedding initialisations of a new model
 SCHEDULES = ("constant", "wsd", "cosine")  # engine.schedule kinds (benchmarks/bench_recipe.py)
-CONFIGURED_COMMANDS = frozenset({"agent"})  # also read CLLM_* and the TOML file
 
 # a check returns what is wrong with a value (None: nothing); "{flag}" names the setting's flag
 Check = Callable[[Any], Optional[str]]
@@ -65,6 +69,8 @@ class Setting:
     shown: Any = None  # the default in words where the value says too little (or a function
     #                    returning them, called when the help is built)
     configurable: bool = True    # from CLLM_* and TOML too (for CONFIGURED_COMMANDS)
+    old_name: Optional[str] = None  # the setting's name before a rename: its flag, key and
+    #                                 variable still work for one release, with a warning
 
     @property
     def flag(self) -> str:
@@ -173,12 +179,13 @@ SETTINGS: tuple[Setting, ...] = (
             "EMA, the raw weights).",
             check=lambda v: None if v == 0 or 0 < v < 1 else "{flag} must be 0 or in (0, 1)",
             hint="e.g. --ema-decay 0.998", commands=("agent", "train"), into=TRAINER),
-    Setting("max_new_tokens", 4096, int,
-            "Vocabulary tokens learned per cycle at most (capped by the preset's vocabulary). "
-            "Large, so a backlog's first cycle learns most of the vocabulary: tokens learned "
-            "late get few updates and cost held-out loss (docs/benchmarks.md).",
-            check=at_least(0), hint="e.g. --max-new-tokens 500",
-            commands=("agent", "train"), command_defaults={"train": 3000}, into=TRAINER),
+    Setting("vocab_growth", 4096, int,
+            "New vocabulary (BPE) tokens learned per cycle at most (capped by the preset's "
+            "vocabulary). Large, so a backlog's first cycle learns most of the vocabulary: "
+            "tokens learned late get few updates and cost held-out loss (docs/benchmarks.md).",
+            check=at_least(0), hint="e.g. --vocab-growth 500",
+            commands=("agent", "train"), command_defaults={"train": 3000}, into=TRAINER,
+            field_name="max_new_tokens", old_name="max_new_tokens"),
     Setting("val_fraction", 0.1, float, "Tail of every document held out for evaluation.",
             check=lambda v: None if 0.0 < v < 0.5
             else f"validation fraction {v} is outside (0, 0.5)",
@@ -218,6 +225,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_depth", 2, int, "Link depth from each start URL (0: the start page only).",
             check=at_least(0), hint="e.g. --max-depth 2",
             commands=("agent", "crawl"), into=AGENT + CRAWL),
+    Setting("recrawl_interval", 86400.0, float,
+            "Seconds after which a crawled URL is fetched again (conditionally: an unchanged "
+            "page costs a 304; a changed one becomes a new version, a removed one is marked "
+            "deleted); the agent re-crawls its URL targets on this schedule. 0: never.",
+            check=at_least(0), hint="e.g. --recrawl-interval 86400 (daily)",
+            commands=("agent", "crawl"), into=AGENT + CRAWL),
     Setting("delay", 1.0, float,
             "Seconds between requests to one host (robots.txt Crawl-delay may raise it).",
             check=at_least(0), hint="e.g. --delay 1", commands=CRAWL, into=CRAWL),
@@ -228,8 +241,15 @@ SETTINGS: tuple[Setting, ...] = (
             shown=crawler_limits, check=at_least(1),
             hint="e.g. --max-file-bytes 4194304", commands=CRAWL, into=CRAWL),
     Setting("allow_private_hosts", False, bool,
-            "Let the crawler reach loopback, private and link-local addresses.",
+            "Let the crawler reach loopback, private and other non-public addresses (never "
+            "link-local or cloud metadata ones: only --allow-network opens those).",
             commands=("agent", "crawl"), into=AGENT + CRAWL),
+    Setting("allow_network", (), list,
+            "Let the crawler reach this network, e.g. 10.1.0.0/16 or 169.254.169.254/32 "
+            "(repeatable; the only way to open link-local and cloud metadata addresses; checked "
+            "by the crawler: ssrf.HostPolicy.build).",
+            commands=("agent", "crawl"),
+            into=AGENT + CRAWL, field_name="allow_networks", metavar="CIDR"),
     # --- the run
     Setting("max_cycles", None, int, "Stop after this many completed cycles.",
             shown="run until stopped", check=at_least(1), hint="e.g. --max-cycles 1",
@@ -240,7 +260,8 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
-
+# every command with a row reads CLLM_* and the TOML files too, the same way
+CONFIGURED_COMMANDS = frozenset(c for s in SETTINGS for c in s.commands)
 
 
 def settings_of(command: str) -> list[Setting]:
@@ -262,13 +283,21 @@ def _shown_default(s: Setting, command: str) -> Optional[str]:
 
 
 def options(command: str):
-    """A decorator adding the flags of `command`'s settings (table order). Every flag
-    defaults to None (a list flag to ()), so `resolve` can tell a given flag from the
-    default; the help shows the default the command resolves to."""
+    """A decorator adding the flags of `command`'s settings (table order), and --config.
+    Every flag defaults to None (a list flag to ()), so `resolve` can tell a given flag from
+    the default; the help shows the default the command resolves to. A renamed setting's
+    old flag is hidden and passed as `<old_name>__old`."""
     import click
 
     def decorate(fn):
+        fn = click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
+                          default=None,
+                          help="TOML settings file [$CLLM_CONFIG, else DATA_DIR/cllm.toml; the "
+                               "user config file beneath it].")(fn)
         for s in reversed(settings_of(command)):
+            if s.old_name:
+                fn = click.option("--" + s.old_name.replace("_", "-"), s.old_name + "__old",
+                                  type=s.type, default=None, hidden=True)(fn)
             shown = _shown_default(s, command)
             text = s.help + (f"  [default: {shown}]" if shown else "")
             kwargs: dict[str, Any] = {"help": text, "metavar": s.metavar}
@@ -290,16 +319,22 @@ def options(command: str):
 
 # --------------------------------------------------------------------------- resolution
 
-def config_file(data_dir: Path, explicit: Optional[Path] = None) -> Optional[Path]:
-    if explicit is not None:
-        if not Path(explicit).is_file():
-            raise ConfigError(f"config file {explicit} does not exist", "check the --config path")
-        return Path(explicit)
-    env = os.environ.get("CLLM_CONFIG")
-    if env:
-        return config_file(data_dir, Path(env))
-    p = Path(data_dir) / "cllm.toml"
-    return p if p.is_file() else None
+def config_files(data_dir: Path, explicit: Optional[Path] = None) -> list[Path]:
+    """The TOML files read, weakest first: the user config file (agent/homes.py, if it
+    exists), then `explicit` (--config), else $CLLM_CONFIG, else DATA_DIR/cllm.toml (if it
+    exists). A named file that does not exist is an error."""
+    from agent.homes import user_config_file
+
+    if explicit is None and os.environ.get("CLLM_CONFIG"):
+        explicit = Path(os.environ["CLLM_CONFIG"])
+    if explicit is not None and not Path(explicit).is_file():
+        raise ConfigError(f"config file {explicit} does not exist",
+                          "check the --config path (or $CLLM_CONFIG)")
+    out = [p for p in (user_config_file(),) if p.is_file()]
+    own = Path(explicit) if explicit is not None else Path(data_dir) / "cllm.toml"
+    if own.is_file() and own not in out:
+        out.append(own)
+    return out
 
 
 def split_list(value: str) -> list[str]:
@@ -348,39 +383,102 @@ def _given(value: Any) -> bool:
     return value is not None and value != () and value != []
 
 
+def _read_toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}", "fix the TOML syntax") from None
+
+
+def _by_key(key: str) -> Optional[Setting]:
+    name = key.replace("-", "_")
+    s = BY_NAME.get(name) or next((s for s in SETTINGS if s.old_name == name), None)
+    return s if s is not None and s.configurable and s.commands else None
+
+
+def _toml_values(doc: dict, path: Path, command: str) -> dict[str, tuple[Setting, str, Any]]:
+    """The raw values a TOML document gives `command`: top-level keys (for every command
+    taking them), then its own table ([agent], [train], [crawl]) over them. A table of no
+    command, or a key no command (or not this table's command) takes, is a ConfigError."""
+    out: dict[str, tuple[Setting, str, Any]] = {}
+    tables = {k: v for k, v in doc.items() if isinstance(v, dict)}
+    for name in tables:
+        if name not in CONFIGURED_COMMANDS:
+            raise ConfigError(f"unknown table [{name}] in {path}",
+                              "known: " + ", ".join(f"[{c}]" for c in sorted(CONFIGURED_COMMANDS))
+                              + ", or keys at the top level")
+    for key, value in doc.items():
+        if key in tables:
+            continue
+        s = _by_key(key)
+        if s is None:
+            raise ConfigError(f"unknown setting {key!r} in {path}", "known: " + ", ".join(
+                sorted({s.key for s in SETTINGS if s.configurable and s.commands})))
+        if command in s.commands:
+            out[s.name] = (s, key, value)
+    for table, entries in tables.items():   # every table checked, whichever command runs
+        for key, value in entries.items():
+            s = _by_key(key)
+            if s is None or table not in s.commands:
+                raise ConfigError(f"unknown setting {key!r} in [{table}] of {path}",
+                                  f"`cllm {table}` takes: " + ", ".join(
+                                      s.key for s in settings_of(table) if s.configurable))
+            if table == command:
+                out[s.name] = (s, key, value)
+    return out
+
+
+def _deprecated(s: Setting, used: str) -> None:
+    import click
+
+    click.echo(f"warning: {used} is deprecated, it is {s.flag.removeprefix('--')} now "
+               f"({s.flag}, {s.env}, TOML {s.key})", err=True)
+
+
+class Resolved(dict):
+    """Resolved values by setting name; `where[name]` says where each came from ("the
+    default", a file, $CLLM_X or --flag)."""
+
+    where: dict[str, str]
+
+    def given(self, name: str) -> bool:
+        return self.where.get(name) != "the default"
+
+
 def resolve(flags: Mapping[str, Any], data_dir: Path,
-            config: Optional[Path] = None, command: str = "agent") -> dict[str, Any]:
-    """The values of `command`'s settings by name: defaults < TOML < environment < flags
-    (TOML and environment only for CONFIGURED_COMMANDS). A flag counts as given unless it is
-    None or an empty tuple/list. Every value is checked; a refused one is a ConfigError
-    naming where it came from."""
+            config: Optional[Path] = None, command: str = "agent") -> Resolved:
+    """The values of `command`'s settings by name: defaults < the user config file <
+    DATA_DIR/cllm.toml (or --config / $CLLM_CONFIG) < environment < flags. A flag counts as
+    given unless it is None or an empty tuple/list. Every value is checked; a refused one is
+    a ConfigError naming where it came from."""
+    flags = dict(flags)
+    if config is None:
+        config = flags.pop("config", None)
     takes = settings_of(command)
-    out = {s.name: (list(s.default_for(command)) if s.type is list else s.default_for(command))
-           for s in takes}
-    where = {s.name: "the default" for s in takes}
+    out = Resolved({s.name: (list(s.default_for(command)) if s.type is list
+                             else s.default_for(command)) for s in takes})
+    where = out.where = {s.name: "the default" for s in takes}
     if command in CONFIGURED_COMMANDS:
         configurable = {s.name: s for s in takes if s.configurable}
-        path = config_file(data_dir, config)
-        if path is not None:
-            try:
-                doc = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-                raise ConfigError(f"cannot read config file {path}: {e}",
-                                  "fix the TOML syntax") from None
-            for key, value in doc.get(command, doc).items():
-                if isinstance(value, dict):
-                    continue
-                s = configurable.get(key.replace("-", "_"))
-                if s is None:
-                    raise ConfigError(f"unknown setting {key!r} in {path}", "known: " + ", ".join(
-                        s.key for s in configurable.values()))
+        for path in config_files(data_dir, config):
+            for s, key, value in _toml_values(_read_toml(path), path, command).values():
+                if s.old_name and key.replace("-", "_") == s.old_name:
+                    _deprecated(s, f"{key} in {path}")
                 out[s.name], where[s.name] = _convert(s, value, str(path), command), str(path)
         for s in configurable.values():
-            env = os.environ.get(s.env)
-            if env is not None:
-                out[s.name] = _convert(s, env, f"${s.env}", command, split=True)
-                where[s.name] = f"${s.env}"
+            for env in ([f"CLLM_{s.old_name.upper()}"] if s.old_name else []) + [s.env]:
+                value = os.environ.get(env)
+                if value is not None:
+                    if env != s.env:
+                        _deprecated(s, f"${env}")
+                    out[s.name] = _convert(s, value, f"${env}", command, split=True)
+                    where[s.name] = f"${env}"
     for s in takes:
+        old = flags.get(f"{s.old_name}__old") if s.old_name else None
+        if _given(old) and not _given(flags.get(s.name)):
+            old_flag = "--" + s.old_name.replace("_", "-")
+            _deprecated(s, old_flag)
+            out[s.name], where[s.name] = _convert(s, old, old_flag, command), old_flag
         value = flags.get(s.name)
         if _given(value):
             out[s.name], where[s.name] = _convert(s, value, s.flag, command), s.flag

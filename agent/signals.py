@@ -1,6 +1,7 @@
-"""Ctrl-C and SIGTERM as a stop request: the one place the commands install signal handlers.
+"""Ctrl-C, SIGTERM and SIGHUP as a stop request: the one place the commands install signal
+handlers.
 
-`cllm crawl` and `cllm agent` both turn a signal into `stop.set()`, so the work ends at its
+`cllm crawl`, `cllm train` and `cllm agent` turn a signal into `stop.set()`, so the work ends at its
 next boundary (a file, a page, a training step) with everything stored so far committed.
 Handlers are installed only for the `with` block and the previous ones restored after it;
 off the main thread, where Python cannot handle signals, the block runs without them.
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 def stop_on_signals(stop: threading.Event, *, sigterm: bool = False,
                     second_interrupt_aborts: bool = False,
                     announce: bool = False) -> Iterator[threading.Event]:
-    """While inside: SIGINT (and SIGTERM if `sigterm`) sets `stop`.
+    """While inside: SIGINT (and SIGTERM and SIGHUP if `sigterm`: a closed terminal stops the
+    work as SIGTERM does, instead of killing it) sets `stop`.
 
     second_interrupt_aborts: a signal arriving when `stop` is already set raises
     KeyboardInterrupt (abort now; the open transaction is rolled back).
@@ -39,7 +41,8 @@ def stop_on_signals(stop: threading.Event, *, sigterm: bool = False,
                         signal.Signals(signum).name)
         stop.set()
 
-    signums = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
+    signums = ((signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if sigterm
+               else (signal.SIGINT,))
     previous = {sig: signal.signal(sig, handler) for sig in signums}
     try:
         yield stop

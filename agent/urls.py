@@ -1,7 +1,7 @@
 """URL canonicalisation: the one form URLs are deduplicated, stored and compared by.
 
 Holds `canonical_url` (http and https only, no credentials; lower-case scheme and IDNA
-host, no default port or fragment, dot segments removed, percent-escapes normalised; what
+host, IPv4 shorthand such as 127.1 as the dotted address, no default port or fragment, dot segments removed, percent-escapes normalised; what
 we never fetch raises Refused), `origin` and `host_port` of a canonical URL, and
 `scheme_of` for telling URL targets from paths.
 
@@ -47,6 +47,10 @@ def canonical_url(url: str, base: str | None = None) -> str:
         is_ip = True
     except ValueError:
         is_ip = False
+    shorthand = None if is_ip else ipv4_shorthand(host.rstrip("."))
+    if shorthand is not None:  # "127.1", "0x7f.0.0.1": the address browsers and libc read
+        host, is_ip = str(shorthand), True
+    if not is_ip:
         try:
             host = host.rstrip(".").encode("idna").decode("ascii").lower()
         except UnicodeError:
@@ -62,6 +66,41 @@ def canonical_url(url: str, base: str | None = None) -> str:
     except UnicodeError:  # lone surrogates cannot be percent-encoded
         raise Refused("malformed URL: characters that UTF-8 cannot encode") from None
     return urlunsplit((scheme, netloc, path, query, ""))
+
+
+def ipv4_shorthand(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a host written the inet_aton / WHATWG way stands for ("127.1",
+    "2130706433", "0x7f.1", "0177.0.0.1"), or None for a name. A host whose last label is a
+    number but that is no valid address raises Refused (browsers refuse it too)."""
+    parts = host.split(".")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()
+    last_label = parts[-1] if parts else ""
+    ends_in_number = (last_label.isascii() and last_label.isdigit()) or _number(last_label) is not None
+    if not ends_in_number:
+        return None  # a name (its last label is not a number)
+    values = [_number(p) for p in parts]
+    if len(parts) > 4 or any(v is None for v in values):
+        raise Refused(f"invalid host name {host!r}: numeric, but not an IPv4 address")
+    *head, last = values
+    if any(v > 255 for v in head) or last >= 256 ** (5 - len(values)):
+        raise Refused(f"invalid host name {host!r}: an IPv4 number out of range")
+    n = last
+    for i, v in enumerate(head):
+        n += v << (8 * (3 - i))
+    return ipaddress.IPv4Address(n)
+
+
+def _number(label: str) -> int | None:
+    """A label read as inet_aton reads it: 0x hex, leading-0 octal, else decimal; or None."""
+    try:
+        if label[:2].lower() == "0x":
+            return int(label[2:] or "0", 16) if all(c in "0123456789abcdefABCDEF" for c in label[2:]) else None
+        if len(label) > 1 and label[0] == "0":
+            return int(label, 8) if all(c in "01234567" for c in label) else None
+        return int(label) if label.isascii() and label.isdigit() else None
+    except ValueError:
+        return None
 
 
 def _norm_escapes(s: str) -> str:

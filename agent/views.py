@@ -18,8 +18,13 @@ FORGETTING_FIELDS = ("cycle_id", "source", "val_loss", "baseline_loss", "forgett
 
 
 def jsonable(v):
-    """Datetimes as ISO 8601 strings (for json.dumps(default=...)); other values as they are."""
-    return v.isoformat() if hasattr(v, "isoformat") else v
+    """Datetimes as ISO 8601 strings, numpy scalars as numbers (for json.dumps(default=...));
+    other values as they are."""
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if hasattr(v, "item") and hasattr(v, "dtype"):     # numpy scalars
+        return v.item()
+    return v
 
 
 def cycle_rows(session) -> list[dict]:
@@ -113,9 +118,10 @@ def step_rows(session, cycle_id: Optional[int] = None) -> list[dict]:
              "recorded": m.recorded} for cid in ids for m in step_metrics(session, cid)]
 
 
-def status_view(session, data_dir: Path) -> dict:
-    """What `cllm status --json` prints: the agent (running or not), the current cycle and
-    its progress, the backlog, documents by status, the last checkpoint."""
+def status_view(session, data_dir: Path, database: str) -> dict:
+    """What `cllm status --json` prints: the data directory and the store (`database`, as
+    Store.describe() names it), the agent (running or not), the current cycle and its
+    progress, the backlog, documents by status, the last checkpoint, the trainer lease."""
     from agent.daemon import holder_pid
     from store import lease as store_lease
     from store.documents import pending_summary
@@ -145,7 +151,8 @@ def status_view(session, data_dir: Path) -> dict:
     pid = holder_pid(data_dir)
     if current is not None:
         current["stale"] = pid is None  # left running by an agent that died; recovered on start
-    return {"agent_running": pid is not None, "pid": pid, "current_cycle": current,
+    return {"data_dir": str(Path(data_dir).resolve()), "database": database,
+            "agent_running": pid is not None, "pid": pid, "current_cycle": current,
             "backlog": backlog_status(session), "pending_documents": queue["documents"],
             "pending_bytes": queue["bytes"] or 0, "documents": dict(sorted(counts.items())),
             "cycles_completed": count_cycles(session, status=CycleStatus.COMPLETED),

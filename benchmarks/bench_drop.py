@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.corpus import REPO_CORPUS  # noqa: E402
+from agent.corpus import SAMPLE_CORPUS  # noqa: E402
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -36,7 +36,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def texts_of_10kb(n: int) -> list[str]:
-    files = sorted(REPO_CORPUS.rglob("*.txt"), key=lambda p: -p.stat().st_size)
+    files = sorted(SAMPLE_CORPUS.rglob("*.txt"), key=lambda p: -p.stat().st_size)
     out = []
     for p in files:
         t = p.read_text(encoding="utf-8")

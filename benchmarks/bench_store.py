@@ -31,7 +31,7 @@ from store import open_store  # noqa: E402
 from store.documents import add_document, add_documents, pending_documents  # noqa: E402
 from store.models import Base  # noqa: E402
 
-CORPUS = Path(__file__).resolve().parent.parent / "corpus"
+CORPUS = Path(__file__).resolve().parent.parent / "agent" / "sample_corpus"
 MB = 1024 * 1024
 
 

@@ -201,6 +201,21 @@ def _load_ema(path: Path, shadow: Optional[np.ndarray], meta: dict, flat: np.nda
     return ema
 
 
+def read_model_config(path) -> ModelConfig:
+    """The model config a checkpoint was saved with, from its header alone (no tensors read,
+    nothing verified: for messages, not for loading)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            meta = _read_metadata(head + f.read(n)) if 0 < n < (1 << 26) else {}
+        return ModelConfig.from_json(meta["model_config"])
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot read the header of checkpoint {path} ({e})",
+                              "use an earlier checkpoint or retrain") from None
+
+
 def _read_metadata(data: bytes) -> dict[str, str]:
     if len(data) < 8:
         raise ValueError("file shorter than the safetensors header")

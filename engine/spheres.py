@@ -104,7 +104,9 @@ class ThreadedTrainingSystem:
 
     def __init__(self, model, train_config: TrainConfig, n_workers: Optional[int] = None,
                  optimizer: Optional[Optimizer] = None, watchdog_timeout: float = 300.0,
-                 limit_blas_threads: bool = True) -> None:
+                 limit_blas_threads: bool = True, group=None) -> None:
+        """`group` (engine.distributed.RankGroup): train across MPI ranks; every rank calls
+        train_step with the same global batch and trains its shard of rows."""
         self.model = model
         self.cfg = train_config
         self.n = int(n_workers) if n_workers is not None else default_workers()
@@ -148,6 +150,11 @@ class ThreadedTrainingSystem:
         self._barriers = (self._released, self._grads_ready, self._reduced, self._updated)
         self._closed = False
         self._broken = False
+        # across ranks: one communicator per worker segment, and the step's global
+        # [loss sum, valid targets] that worker 0 sums over the ranks
+        self._group = group
+        self._comms = group.worker_comms(self.n) if group is not None else None
+        self._global = np.zeros(2, np.float64)
 
         self._limiter = None
         if limit_blas_threads:
@@ -228,8 +235,11 @@ class ThreadedTrainingSystem:
             raise WorkerError("the training system is closed or broken",
                               "create a new ThreadedTrainingSystem")
         inputs, targets = self.model._check_inputs(inputs, targets)
+        n_valid = int((targets >= 0).sum())       # of the global batch: the loss's normaliser
+        if self._group is not None:               # this rank's contiguous shard of rows
+            a, b = self._group.shard(inputs.shape[0])
+            inputs, targets = inputs[a:b], targets[a:b]
         B, T = inputs.shape
-        n_valid = int((targets >= 0).sum())
         lr = lr_at(self.step, self.cfg) if lr is None else float(lr)
         lam = float(self.cfg.crystalline_weight)
         self.model._neighbour_tables(lam)          # build shared read-only tables once, here
@@ -252,7 +262,7 @@ class ThreadedTrainingSystem:
         self.node_zero.batches += 1
         self.node_zero.tokens += n_valid
         apply, _, norm, reason = self._decision
-        loss_sum = float(self._losses.sum())
+        loss_sum = float(self._global[0] if self._group is not None else self._losses.sum())
         loss = loss_sum / n_valid if n_valid else 0.0
         result = StepResult(loss=loss, grad_norm=norm, skipped=not apply, tokens=n_valid,
                             lr=lr, step=self.step, reason=reason)
@@ -268,9 +278,12 @@ class ThreadedTrainingSystem:
         global norm from the per-segment partial sums, clip factor, apply or skip."""
         active = self._active
         losses = self._losses[active]
+        count = int(self._counts[active].sum())
+        if self._group is not None:               # every rank decides on the global values
+            losses, count = self._global[:1], int(self._global[1])
         sumsq = float(self._seg_sumsq.sum())
         norm = math.sqrt(sumsq) if math.isfinite(sumsq) else math.nan
-        if self._task is not None and int(self._counts[active].sum()) == 0:
+        if self._task is not None and count == 0:
             self._decision = (False, 1.0, 0.0, "no valid targets")
         elif not np.isfinite(losses).all():
             self._decision = (False, 1.0, norm, "non-finite loss")
@@ -292,6 +305,12 @@ class ThreadedTrainingSystem:
                                   "a worker is still running: reload the model from its "
                                   "last checkpoint") from exc
             stuck = [f"{w} ({p})" for w, p in enumerate(self._phase) if p != "waiting"]
+            if self._group is not None:   # a rank died or hangs: stop the whole job
+                self._group.abort(f"rank {self._group.rank}: step {self.step} did not complete "
+                                  f"within {self.watchdog_timeout:.0f} s (workers "
+                                  f"{', '.join(stuck) or 'unknown'}): another rank died or "
+                                  f"hangs; stopping every rank (hint: restart the job; it "
+                                  f"resumes from the latest checkpoint)")
             raise WatchdogTimeout(
                 f"workers did not reach the barrier within {self.watchdog_timeout:.1f}s: "
                 f"{', '.join(stuck) or 'unknown'}",
@@ -336,8 +355,17 @@ class ThreadedTrainingSystem:
                 t_red = time.perf_counter()
                 self._phase[w] = "reduce"
                 active = self._active
+                if self._comms is not None and w == 0:
+                    self._global[0] = self._losses[active].sum()
+                    self._global[1] = self._counts[active].sum()
+                    self._group.allreduce_(self._comms[0], self._global)
                 if hi > lo:
                     K.sum_rows_indexed(self.grad, self.grads, active, lo, hi)
+                    if self._comms is not None:    # segment w of every rank, summed in place
+                        t_mpi = time.perf_counter()
+                        self._group.allreduce_(self._comms[w], self.grad[lo:hi])
+                        if w == 0:                 # worker 0's view of the collectives
+                            self._group.collective_s += time.perf_counter() - t_mpi
                     self._seg_sumsq[w] = K.sumsq(self.grad, lo, hi)
                 else:
                     self._seg_sumsq[w] = 0.0

@@ -108,7 +108,14 @@ def create_store_engine(url: URL) -> Engine:
             event.listen(engine, "begin", _sqlite_on_begin)
             return engine
         return create_engine(url, pool_pre_ping=True)
-    except (exc.NoSuchModuleError, ModuleNotFoundError) as e:
+    except ModuleNotFoundError as e:     # a known dialect whose driver is not installed
+        if url.get_backend_name() == "postgresql":
+            raise StoreError(f"{describe(url)} needs the PostgreSQL driver {e.name}, which is "
+                             "not installed",
+                             "pip install 'crystalline-cllm[postgres]' (psycopg)") from None
+        raise StoreError(f"{describe(url)} needs the driver {e.name}, which is not installed",
+                         "install it, or use sqlite:///... (built in)") from None
+    except exc.NoSuchModuleError as e:
         raise StoreError(f"unsupported database URL {describe(url)}: {e}",
                          "use sqlite:///... or postgresql+psycopg://...") from None
 

@@ -325,7 +325,9 @@ class FetchedUrl(Base):
         ForeignKey("documents.id", ondelete="SET NULL"), index=True)
     reason: Mapped[Optional[str]] = mapped_column(Text)
     depth: Mapped[Optional[int]]  # links from the crawl's start URL, where it was found (the frontier)
-    fetched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    fetched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)  # the last fetch (a 304 included)
+    etag: Mapped[Optional[str]] = mapped_column(Text)  # validators of the stored page (re-crawls
+    last_modified: Mapped[Optional[str]] = mapped_column(Text)  # ask conditionally with them)
 
     def __repr__(self) -> str:
         return f"FetchedUrl(url={self.url!r}, status={self.status!r})"

@@ -3,13 +3,16 @@
 A row per canonical URL: what fetching it gave (a UrlStatus, the HTTP status, the reason,
 the document), or status queued with the `depth` it was found at: links a crawl found and
 had not fetched when it stopped, which the next crawl of that origin picks up. FINAL
-statuses are never fetched again; the others are retried.
+statuses are not fetched again until a re-crawl finds them older than its interval
+(`fresh_after`, `due_under`); the others are retried. A stored page keeps its ETag and
+Last-Modified for a conditional re-fetch.
 
 Canonicalisation is the crawler's job (agent/urls.py); these functions take the canonical
 form as given. They take a Session and do not commit.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from typing import Iterable, Optional
 
@@ -33,13 +36,68 @@ def url_seen(session: Session, canonical_url: str) -> bool:
         FetchedUrl.url_sha256 == url_key(canonical_url))) is not None
 
 
-def url_handled(session: Session, canonical_url: str) -> bool:
-    """Whether the URL was handled for good (a FINAL status): a crawl does not fetch it again.
-    Transient failures and policy outcomes (refused, disallowed) are retried; queued ones
-    are waiting."""
-    status = session.scalar(select(FetchedUrl.status).where(
-        FetchedUrl.url_sha256 == url_key(canonical_url)))
-    return status in FINAL_URL_STATUSES
+def url_handled(session: Session, canonical_url: str, *,
+                fresh_after: Optional[dt.datetime] = None) -> bool:
+    """Whether the URL was handled for good (a FINAL status), and, with `fresh_after`, last
+    fetched at or after it: a crawl does not fetch it (again). Transient failures and policy
+    outcomes (refused, disallowed) are retried; queued ones are waiting; with `fresh_after`
+    a handled URL fetched before it is due for a re-crawl."""
+    row = session.execute(select(FetchedUrl.status, FetchedUrl.fetched_at).where(
+        FetchedUrl.url_sha256 == url_key(canonical_url))).first()
+    if row is None or row.status not in FINAL_URL_STATUSES:
+        return False
+    return fresh_after is None or row.fetched_at >= fresh_after
+
+
+def validators(session: Session, canonical_url: str) -> tuple[Optional[str], Optional[str]]:
+    """(ETag, Last-Modified) of the URL's stored page, for a conditional re-fetch; (None,
+    None) unless its content is stored (status fetched)."""
+    row = get_url(session, canonical_url)
+    if row is None or row.status != UrlStatus.FETCHED or row.document_id is None:
+        return None, None
+    return row.etag, row.last_modified
+
+
+def mark_unchanged(session: Session, canonical_url: str) -> None:
+    """A conditional re-fetch answered 304: only the time of the last fetch moves."""
+    row = get_url(session, canonical_url)
+    if row is not None:
+        row.fetched_at = utcnow()
+        session.flush()
+
+
+def forget_page(session: Session, canonical_url: str, reason: str) -> int:
+    """The page at the URL is gone from its site (404/410): its document is marked deleted
+    (store.documents.mark_deleted). Returns how many rows changed."""
+    from .documents import mark_deleted
+    from .models import Document
+
+    row = get_url(session, canonical_url)
+    if row is None or row.document_id is None:
+        return 0
+    doc = session.get(Document, row.document_id)
+    return 0 if doc is None else mark_deleted(session, doc.uri, reason=reason)
+
+
+def due_under(session: Session, origin: str, *, max_depth: int, fetched_before: dt.datetime,
+              limit: int = FRONTIER_LIMIT) -> list[tuple[str, int]]:
+    """(url, depth) of the handled URLs of `origin` last fetched before `fetched_before`, at
+    most `max_depth` deep (no depth: `max_depth`), oldest fetch first: what a re-crawl
+    revisits (a page answering 304 gives no links to reach them by)."""
+    found = session.execute(
+        select(FetchedUrl.url, FetchedUrl.depth)
+        .where(FetchedUrl.status.in_(sorted(FINAL_URL_STATUSES)),
+               FetchedUrl.fetched_at < fetched_before,
+               FetchedUrl.url.startswith(origin + "/", autoescape=True),
+               or_(FetchedUrl.depth.is_(None), FetchedUrl.depth <= max_depth))
+        .order_by(FetchedUrl.fetched_at, FetchedUrl.id).limit(limit)).all()
+    return [(url, max_depth if depth is None else depth) for url, depth in found]
+
+
+def last_fetched(session: Session, canonical_url: str) -> Optional[dt.datetime]:
+    """When the URL was last fetched (any outcome), or None if it never was."""
+    return session.scalar(select(FetchedUrl.fetched_at).where(
+        FetchedUrl.url_sha256 == url_key(canonical_url), FetchedUrl.status != UrlStatus.QUEUED))
 
 
 def get_url(session: Session, canonical_url: str) -> Optional[FetchedUrl]:
@@ -49,14 +107,17 @@ def get_url(session: Session, canonical_url: str) -> Optional[FetchedUrl]:
 
 def record_url(session: Session, canonical_url: str, *, status: str,
                http_status: Optional[int] = None, document_id: Optional[int] = None,
-               reason: Optional[str] = None, depth: Optional[int] = None) -> FetchedUrl:
+               reason: Optional[str] = None, depth: Optional[int] = None,
+               validators: Optional[tuple[Optional[str], Optional[str]]] = None) -> FetchedUrl:
     """Record (or update, when fetched again) the outcome of fetching a canonical URL.
-    `depth` is kept from an earlier record when not given."""
+    `depth` is kept from an earlier record when not given; so are the page's (ETag,
+    Last-Modified) `validators`, which a fetch that stored content sets."""
     row = get_url(session, canonical_url)
+    etag, modified = validators if validators is not None else (None, None)
     if row is None:
         row = FetchedUrl(url=canonical_url, url_sha256=url_key(canonical_url), status=status,
                          http_status=http_status, document_id=document_id, reason=reason,
-                         depth=depth)
+                         depth=depth, etag=etag, last_modified=modified)
         try:
             with session.begin_nested():
                 session.add(row)
@@ -69,6 +130,8 @@ def record_url(session: Session, canonical_url: str, *, status: str,
     row.document_id = document_id
     if depth is not None:
         row.depth = depth
+    if validators is not None:
+        row.etag, row.last_modified = etag, modified
     row.fetched_at = utcnow()
     session.flush()
     return row

@@ -18,6 +18,20 @@ import pytest
 PG_ENV = "CLLM_TEST_POSTGRES_URL"
 
 
+@pytest.fixture(autouse=True)
+def _no_real_home(tmp_path_factory, monkeypatch):
+    """No test reads or writes the real home: HOME and the XDG data and config homes (where
+    the default data directory and the user config file live, agent/homes.py) are empty
+    temporary folders, and no CLLM_* location from the caller's environment leaks in."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    for name in ("CLLM_DATA_DIR", "CLLM_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    yield home
+
+
 @dataclasses.dataclass
 class StoreTarget:
     """An empty database for one test: `data_dir` always, `url` for PostgreSQL."""

@@ -10,34 +10,44 @@
     common.py   shared options, the store opener, one-line errors, tables and JSON
 
 Settings and their flags come from agent/settings.py. Library code raises CllmError and
-StoreError; the commands turn them into one-line messages with a hint (exit status 2).
+StoreError; the commands turn them into one-line messages with a hint and an exit status
+(common.exit_status: 1 a runtime failure, 2 a usage error, 3 another agent holds the data
+directory).
 The main group hands --database-url to the commands in click's context object.
 """
 from __future__ import annotations
 
-import logging
-from typing import Optional
-
 import click
 
 from agent.cli import chat, crawl, db, history, model, run, serve
-from agent.cli.common import CONTEXT_SETTINGS, Invocation
+from agent.cli.common import CONTEXT_SETTINGS, Invocation, configure_logging, global_options
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.option("--database-url", metavar="URL", default=None,
-              help="Any SQLAlchemy URL for the store, e.g. postgresql+psycopg://u:p@host/db "
-                   "[$CLLM_DATABASE_URL, else a SQLite file in the data directory].")
+@click.version_option(package_name="crystalline-cllm", prog_name="cllm",
+                      message="%(prog)s %(version)s")
 @click.pass_context
-def main(ctx: click.Context, verbose: int, database_url: Optional[str]) -> None:
+def main(ctx: click.Context) -> None:
     """Crystalline CLLM: a continuous-learning crawler agent with its own GPT engine.
 
-    Example: cllm agent   (watches ./cllm-data/inbox and learns the sample corpus)
+    Example: cllm agent   (watches ~/.local/share/cllm/inbox and learns the sample corpus)
     """
-    ctx.obj = Invocation(database_url=database_url)
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(ctx.ensure_object(Invocation))
+    _join_mpi_job(ctx)
+
+
+def _join_mpi_job(ctx: click.Context) -> None:
+    """Under `mpiexec -n R cllm ...`: rank 0 runs the command and leads the training; the
+    other ranks follow its cycles and never run the command (nor import the store). A plain
+    run imports no MPI at all."""
+    from engine.distributed import follow, shutdown, world
+
+    group = world()
+    if group is None:
+        return
+    if not group.is_root:
+        ctx.exit(follow(group))
+    ctx.call_on_close(lambda: shutdown(group))
 
 
 COMMANDS = (
@@ -51,3 +61,17 @@ COMMANDS = (
 )
 for _command in COMMANDS:
     main.add_command(_command)
+
+
+def _leaves(group: click.Group):
+    for cmd in group.commands.values():
+        if isinstance(cmd, click.Group):
+            yield from _leaves(cmd)
+        else:
+            yield cmd
+
+
+# -v, -q and --database-url before the subcommand (the group's) and after it (each command's)
+main.params.extend(global_options())
+for _command in _leaves(main):
+    _command.params.extend(global_options())

@@ -15,7 +15,8 @@ import click
 
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, one_line_errors,
                               pass_invocation)
-from agent.cli.model import load_for_generation, sampling, sampling_options
+from agent.cli.model import (deprecated_max_tokens, load_for_generation, sampling,
+                             sampling_options)
 
 log = logging.getLogger(__name__)
 HISTORY_FILE = "chat_history"
@@ -70,8 +71,8 @@ def _save_history(path: Optional[Path]) -> None:
 @sampling_options
 @pass_invocation
 @one_line_errors
-def chat(inv: Invocation, data_dir: Path, system, max_new_tokens, temperature, top_k, top_p,
-         seed, stop, cycle) -> None:
+def chat(inv: Invocation, data_dir: Path, system, max_tokens, old_max_tokens, temperature,
+         top_k, top_p, seed, stop, cycle) -> None:
     """Chat with the latest checkpoint (or --checkpoint N's) in the terminal.
 
     Ctrl-C stops a reply, Ctrl-D quits.
@@ -81,7 +82,8 @@ def chat(inv: Invocation, data_dir: Path, system, max_new_tokens, temperature, t
     from agent.serving import CHAT_STOPS
 
     ckpt = load_for_generation(inv, data_dir, cycle)
-    sp = sampling(max_new_tokens, temperature, top_k, top_p, seed, stop, CHAT_STOPS)
+    max_tokens = deprecated_max_tokens(max_tokens, old_max_tokens, "chat")
+    sp = sampling(max_tokens, temperature, top_k, top_p, seed, stop, CHAT_STOPS)
     history = _readline(data_dir)
     click.echo(f"chatting with cycle {ckpt.cycle} (step {ckpt.step}); Ctrl-C stops a "
                "reply, Ctrl-D quits", err=True)

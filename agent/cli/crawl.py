@@ -1,19 +1,19 @@
 """`cllm crawl`: ingest folders, files and web pages once, then exit.
 
 A thin layer over agent.crawler and agent.ingest; its settings come from agent/settings.py
-(flags only, like `cllm train`).
+(flags, CLLM_*, TOML, as every command).
 """
 from __future__ import annotations
 
-import json
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, one_line_errors,
-                              pass_invocation)
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, echo_json,
+                              one_line_errors, pass_invocation)
 from agent.settings import CrawlSettings, build, options, resolve
 
 
@@ -32,12 +32,13 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
 
     Folders are walked (honouring .gitignore and the default excludes), URLs are crawled
     (robots.txt, per-host delay, depth and page limits). Every refused input is recorded
-    with its reason; none of them stops the run. Ctrl-C stops after the current file or
-    page and keeps everything stored; a second Ctrl-C aborts at once.
+    with its reason; none of them stops the run, but when every target failed (nothing
+    fetched or stored) the exit status is 1. Ctrl-C stops after the current file or page and
+    keeps everything stored; a second Ctrl-C aborts at once.
 
-    Example: cllm crawl corpus/ https://docs.python.org/3/reference/ --max-pages 20
+    Example: cllm crawl ~/notes https://docs.python.org/3/reference/ --max-pages 20
     """
-    from agent.crawler import CrawlReport, Crawler, iter_targets, record_target
+    from agent.crawler import CrawlError, CrawlReport, Crawler, iter_targets, record_target
     from agent.ingest import BATCH_INPUTS, Ingestor
     from agent.paths import DEFAULT_EXCLUDES
     from agent.signals import stop_on_signals
@@ -45,7 +46,7 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
     from store.models import TargetKind
 
     cfg = build(CrawlSettings, resolve(flags, data_dir, command="crawl"))
-    plan = list(iter_targets(targets))  # validates every target before any work starts
+    plan = list(iter_targets(targets))  # a malformed target is a usage error before any work
     Ingestor(None, fallback_encoding=cfg.fallback_encoding)  # an unknown codec fails here
     # without --max-file-bytes the crawler's and the ingestor's own limits apply (as for
     # `cllm agent`); with it, files and pages are both capped at that size
@@ -58,7 +59,8 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
     current = None  # (kind, target) being worked on
     try:
         with stop_on_signals(stop, second_interrupt_aborts=True), Crawler(
-                store, allow_private_hosts=cfg.allow_private_hosts, max_pages=cfg.max_pages,
+                store, allow_private_hosts=cfg.allow_private_hosts, allow_networks=cfg.allow_networks,
+                max_pages=cfg.max_pages, recrawl_interval=cfg.recrawl_interval,
                 max_depth=cfg.max_depth, delay=cfg.delay, timeout=cfg.timeout, stop_event=stop,
                 ingestor=Ingestor(store, fallback_encoding=cfg.fallback_encoding, **file_cap),
                 exclude=DEFAULT_EXCLUDES + cfg.exclude, **body_cap) as crawler:
@@ -66,16 +68,20 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
                 if stop.is_set():
                     break
                 current = (kind, target)
-                target_id = record_target(store, TargetKind.CRAWL, target, max_pages=cfg.max_pages,
-                                           max_depth=cfg.max_depth)
-                if kind == "folder":
-                    report = crawler.walk(target, source=source, target_id=target_id)
-                elif kind == "file":
-                    res = crawler.ingestor.ingest_file(target, source=source, target_id=target_id)
+                try:
+                    target_id = record_target(store, TargetKind.CRAWL, target, max_pages=cfg.max_pages,
+                                               max_depth=cfg.max_depth)
+                    if kind == "folder":
+                        report = crawler.walk(target, source=source, target_id=target_id)
+                    elif kind == "file":
+                        res = crawler.ingestor.ingest_file(target, source=source, target_id=target_id)
+                        report = CrawlReport()
+                        report.add(res.uri, res.outcome, res.reason, res.size_bytes or 0)
+                    else:
+                        report = crawler.crawl(target, source=source, target_id=target_id)
+                except CrawlError as e:  # e.g. a folder removed since the run started: the rest still run
                     report = CrawlReport()
-                    report.add(res.uri, res.outcome, res.reason, res.size_bytes or 0)
-                else:
-                    report = crawler.crawl(target, source=source, target_id=target_id)
+                    report.add(target, "failed", e.one_line())
                 per_target.append((target, report))
                 total.merge(report)
                 current = None
@@ -95,12 +101,15 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
                        + (f"; {left} targets not started" if left else ""), err=True)
     finally:
         store.close()
+    every_target_failed = bool(per_target) and all(r.failed for _, r in per_target)
     if as_json:
-        click.echo(json.dumps({
-            "targets": [{"target": t, "counts": dict(r.counts), "bytes": r.bytes_read}
-                        for t, r in per_target],
+        echo_json({
+            "targets": [{"target": t, "counts": dict(r.counts), "bytes": r.bytes_read,
+                         "failed": r.failed} for t, r in per_target],
             "items": [{"uri": u, "outcome": o, "reason": why} for u, o, why in total.items],
-        }, indent=2))
+        })
+        if every_target_failed:
+            sys.exit(1)
         return
     for t, r in per_target:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing"
@@ -110,3 +119,6 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
         click.echo(f"  {o}: {u}: {why}")
     if len(refused) > 20:
         click.echo(f"  ... and {len(refused) - 20} more (cllm history documents --status skipped)")
+    if every_target_failed:
+        click.echo("every target failed: nothing was fetched or stored (the reasons are above)", err=True)
+        sys.exit(1)

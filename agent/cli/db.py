@@ -1,30 +1,20 @@
 """`cllm db`: the store's database from the command line (migrations, where it lives).
 
 A thin layer over store.open_store; StoreErrors come out as one line with a hint and exit
-status 2. The database is `--database-url` of the subcommand, else that of `cllm
---database-url`, else $CLLM_DATABASE_URL, else the SQLite file of the data directory.
+status 1. The database is `--database-url` (before or after the subcommand), else
+$CLLM_DATABASE_URL, else the SQLite file of the data directory.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Optional
 
 import click
 
-from agent.cli.common import CONTEXT_SETTINGS, Invocation, one_line_errors, pass_invocation
+from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, echo_json,
+                              existing_store, one_line_errors, pass_invocation)
 from store import open_store
-from store.db import ENV_URL, SQLITE_FILENAME
 
 
-def _database_options(fn):
-    fn = click.option("--database-url", default=None, metavar="URL",
-                      help=f"Any SQLAlchemy URL (default: cllm --database-url, ${ENV_URL}, else "
-                           f"the SQLite file {SQLITE_FILENAME} in the data directory).")(fn)
-    fn = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-                      default="cllm-data", show_default=True, envvar="CLLM_DATA_DIR",
-                      help="Data directory (also $CLLM_DATA_DIR).")(fn)
-    return fn
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -36,15 +26,15 @@ def db() -> None:
 
 
 @db.command(context_settings=CONTEXT_SETTINGS)
-@_database_options
+@data_dir_option
 @pass_invocation
 @one_line_errors
-def upgrade(inv: Invocation, data_dir: Path, database_url: Optional[str]) -> None:
+def upgrade(inv: Invocation, data_dir: Path) -> None:
     """Apply pending schema migrations (every command also does this when it opens the store).
 
     Example: cllm db upgrade --database-url postgresql+psycopg://me:pw@localhost/cllm
     """
-    with open_store(data_dir, database_url or inv.database_url, upgrade=False) as st:
+    with open_store(data_dir, inv.database_url, upgrade=False) as st:
         before, head = st.upgrade()
         if before == (head,):
             click.echo(f"{st.describe()}: already at revision {head}")
@@ -54,22 +44,23 @@ def upgrade(inv: Invocation, data_dir: Path, database_url: Optional[str]) -> Non
 
 
 @db.command(context_settings=CONTEXT_SETTINGS)
-@_database_options
+@data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_invocation
 @one_line_errors
-def current(inv: Invocation, data_dir: Path, database_url: Optional[str], as_json: bool) -> None:
-    """Show which database the store uses, its schema revision and the newest one known.
+def current(inv: Invocation, data_dir: Path, as_json: bool) -> None:
+    """Show which database the store uses, its schema revision and the newest one known
+    (reads only: a data directory without a store is an error, never a new empty store).
 
     Example: cllm db current --data-dir ./cllm-data --json
     """
-    with open_store(data_dir, database_url or inv.database_url, upgrade=False) as st:
+    with existing_store(data_dir, inv.database_url, upgrade=False) as st:
         revs, head = st.schema_state()
         info = {"database": st.describe(), "backend": st.engine.dialect.name,
                 "revision": ", ".join(revs) or None, "head": head,
                 "up_to_date": revs == (head,)}
     if as_json:
-        click.echo(json.dumps(info))
+        echo_json(info)
         return
     state = "up to date" if info["up_to_date"] else "behind: run `cllm db upgrade`"
     click.echo(f"database: {info['database']} ({info['backend']})\n"

@@ -12,10 +12,12 @@ import click
 from agent import views
 from agent.cli.common import (CONTEXT_SETTINGS, data_dir_option, emit_table, existing_store,
                               json_option, one_line_errors, pass_invocation)
-from store.models import CycleStatus, DocumentStatus
+from engine.errors import CllmError, ConfigError
+from store.models import CycleStatus, DocumentStatus, UrlStatus
 
 plot_option = click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
-                           default=None, help="Also write a plot to this PNG file.")
+                           default=None, help="Also write a plot to this file (.png, .svg, .pdf, "
+                                              "...; needs the [plot] extra: matplotlib).")
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -26,24 +28,90 @@ def history() -> None:
     """
 
 
+def _matplotlib():
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise CllmError("--plot needs matplotlib, which is not installed",
+                        "pip install 'crystalline-cllm[plot]'") from None
+    matplotlib.use("Agg")
+    return matplotlib
+
+
+def check_plot_path(path: Path | None) -> None:
+    """Refuse a plot file that cannot be written before any work: matplotlib missing, a
+    suffix it cannot write, a missing or unwritable folder."""
+    if path is None:
+        return
+    _matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    kinds = FigureCanvasAgg.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in kinds:
+        raise ConfigError(f"--plot {path}: cannot write {'.' + suffix if suffix else 'a file without a suffix'}",
+                          "end the name in one of " + ", ".join("." + k for k in sorted(kinds)))
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ConfigError(f"--plot {path}: the folder {folder} does not exist",
+                          "create it first, or write the plot elsewhere")
+    existed = path.exists()
+    try:                                   # the one true test of writability (root, ACLs, ...)
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--plot {path}: cannot write it: {e.strerror}",
+                          "write the plot to a folder you own") from None
+    if not existed:
+        path.unlink()
+
+
+def short_names(names) -> dict[str, str]:
+    """Legend labels for source names: a path by its last components, as few as keep the
+    labels apart (`/home/me/corpus/statements` -> `statements`); URLs and others as they are."""
+    names = list(dict.fromkeys(names))
+    paths = [n for n in names if n.startswith("/")]
+    out = {n: n for n in names}
+    for depth in range(1, max((len(Path(p).parts) for p in paths), default=1) + 1):
+        labels = {p: "/".join(Path(p).parts[-depth:]).lstrip("/") or p for p in paths}
+        if len(set(labels.values())) == len(labels):
+            out.update(labels)
+            break
+    return out
+
+
 def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
           title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig = figure(series, xlabel, ylabel, title)
+    try:
+        fig.savefig(path)
+    except OSError as e:
+        raise CllmError(f"cannot write the plot {path}: {e.strerror or e}",
+                        "write it to a folder you own") from None
+    finally:
+        plt.close(fig)
+    click.echo(f"plot written to {path}", err=True)
+
+
+def figure(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str):
+    """One line per series against whole-numbered x ticks (cycles)."""
+    _matplotlib()
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # cycles are whole numbers
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if series:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    click.echo(f"plot written to {path}", err=True)
+    return fig
 
 
 @history.command("cycles", context_settings=CONTEXT_SETTINGS)
@@ -57,6 +125,7 @@ def history_cycles(inv, data_dir, as_json, plot):
 
     Example: cllm history cycles --data-dir ./cllm-data --json --plot loss.png
     """
+    check_plot_path(plot)
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
@@ -102,7 +171,8 @@ def history_documents(inv, data_dir, status, source, cycle_id, limit, as_json):
 
 @history.command("urls", context_settings=CONTEXT_SETTINGS)
 @data_dir_option
-@click.option("--status", default=None, help="Only URLs with this status (fetched, skipped, failed, ...).")
+@click.option("--status", type=click.Choice([s.value for s in UrlStatus]), default=None,
+              help="Only URLs with this status.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many rows.")
 @json_option
 @pass_invocation
@@ -133,6 +203,7 @@ def history_vocab(inv, data_dir, cycle_id, as_json, plot):
 
     Example: cllm history vocab --data-dir ./cllm-data --cycle 2 --json
     """
+    check_plot_path(plot)
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
@@ -187,6 +258,7 @@ def history_forgetting(inv, data_dir, source, as_json, plot):
 
     Example: cllm history forgetting --data-dir ./cllm-data --plot forgetting.png
     """
+    check_plot_path(plot)
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
@@ -196,8 +268,9 @@ def history_forgetting(inv, data_dir, source, as_json, plot):
     emit_table(rows, as_json, list(views.FORGETTING_FIELDS), f"{len(rows)} evaluations")
     if plot:
         series: dict[str, tuple[list, list]] = {}
+        label = short_names(r["source"] for r in rows)
         for r in rows:
-            xs, ys = series.setdefault(r["source"], ([], []))
+            xs, ys = series.setdefault(label[r["source"]], ([], []))
             xs.append(r["cycle_id"])
             ys.append(r["val_loss"])
         _plot(plot, series, "cycle", "validation loss", "validation loss per source")

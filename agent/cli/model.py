@@ -1,23 +1,24 @@
 """`cllm train`, `cllm generate`, `cllm neighbours` and `cllm bench`: the model from the
 command line, as thin commands over agent.corpus, the continuous trainer and the engine.
 
-`train`'s settings come from agent/settings.py (flags only).
+`train`'s settings come from agent/settings.py (flags, CLLM_*, TOML, as every command).
 """
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import click
 
-from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, existing_store,
-                              one_line_errors, pass_invocation)
+from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, data_dir_option,
+                              echo_json, existing_store, one_line_errors, pass_invocation,
+                              warn_if_preset_ignored)
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
-from engine.errors import CllmError
+from engine.errors import CllmError, ConfigError
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True))
 @data_dir_option
 @options("train")
 @click.option("--fresh", is_flag=True,
@@ -25,26 +26,35 @@ from engine.errors import CllmError
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_invocation
 @one_line_errors
-def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool, as_json: bool,
+def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, as_json: bool,
           **flags) -> None:
     """Train once on text files (default: the shipped sample corpus) and checkpoint.
 
-    Example: cllm train corpus/ --data-dir ./cllm-data --preset small --steps 300
+    PATHs are read as `cllm crawl PATH` reads them (the same files, the same source names:
+    each folder as given), and the run is recorded as a cycle. Ctrl-C stops at the next
+    step and saves what was trained (a checkpoint and an interrupted, committed cycle).
+
+    Example: cllm train ~/notes --preset small --steps 300
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from agent.continuous_trainer import ContinuousTrainer, record_documents
+    import threading
+
+    from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted, record_documents
     from agent.daemon import DataDirLock
     from agent.lease import TrainerLease
+    from agent.signals import stop_on_signals
     from agent.corpus import corpus_topics, read_docs
     from agent.model_state import new_model_state
     from store import open_store
 
     values = resolve(flags, data_dir, command="train")
+    if not fresh:
+        warn_if_preset_ignored(values, data_dir, fresh_flag="--fresh")
     steps, preset, seed, init = values["steps"], values["preset"], values["seed"], values["init"]
     if not paths:
-        paths = tuple(corpus_topics())      # one source per topic, as the agent's defaults
+        paths = tuple(map(str, corpus_topics()))   # one source per topic, as the agent's
         if not paths:
             raise CllmError("no PATH given and the sample corpus is not installed",
                             "give folders of text: cllm train PATH...")
@@ -54,9 +64,10 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
     # one run is one cycle in the store, under the data directory's lock and the store's
     # trainer lease (no agent meanwhile, on this directory or this database)
+    stop = threading.Event()     # Ctrl-C, SIGTERM, SIGHUP: stop at the next step, save that
     with (DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store,
           TrainerLease(store, data_dir) as lease):
-        trainer = ContinuousTrainer(store, data_dir, settings)
+        trainer = ContinuousTrainer(store, data_dir, settings, stop=stop)
         trainer.lease = lease
         trainer.recover()
         if fresh:
@@ -72,11 +83,22 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
                       console=console) as bar:
             task = bar.add_task("train", total=steps, loss=float("nan"))
             trainer.progress = lambda c, i, n, loss: bar.update(task, completed=i, loss=loss)
-            rep = trainer.run_cycle(record_documents(store, docs), "train", steps=steps)
+            try:
+                with stop_on_signals(stop, sigterm=True, second_interrupt_aborts=True):
+                    rep = trainer.run_cycle(record_documents(store, docs), "train", steps=steps)
+            except CycleInterrupted:
+                raise CllmError("interrupted before the first step: nothing was trained or "
+                                "changed", "run it again") from None
+            except KeyboardInterrupt:   # a second Ctrl-C: the cycle was marked interrupted
+                raise CllmError("aborted: nothing of this run was saved",
+                                "one Ctrl-C stops at the next step and saves what was "
+                                "trained") from None
     if rep is None:
         raise CllmError("the documents hold no trainable text", "add text files with content")
     res, path, sha = rep.run, rep.checkpoint_path, rep.checkpoint_sha256
-    summary = {"cycle_id": rep.cycle_id, "checkpoint_path": str(path),
+    interrupted = rep.ended_by == "stop"
+    summary = {"cycle_id": rep.cycle_id, "checkpoint_path": str(path), "interrupted": interrupted,
+               "steps_planned": steps,
                "checkpoint_sha256": sha, "steps": res.steps,
                "skipped": res.skipped, "tokens": res.tokens,
                "tokens_per_s": round(res.tokens_per_s, 1), "loss_start": res.loss_start,
@@ -84,22 +106,29 @@ def train(inv: Invocation, paths: tuple[Path, ...], data_dir: Path, fresh: bool,
                "vocab_size": len(state.tokenizer), "new_tokens": len(res.new_token_ids),
                "documents": len(docs), "model": state.model.config.to_json()}
     if as_json:
-        click.echo(json.dumps(summary, indent=1))
-        return
-    click.echo(f"trained {res.steps} steps on {len(docs)} documents, {res.tokens} tokens at "
-               f"{res.tokens_per_s:.0f} tok/s; vocabulary {len(state.tokenizer)} "
-               f"(+{len(res.new_token_ids)})")
-    click.echo(f"loss {res.loss_start:.3f} -> {res.loss_end:.3f}; validation: " + ", ".join(
-        f"{k} {v:.3f}" for k, v in sorted(res.val_loss.items())))
-    click.echo(f"checkpoint {path}")
-    click.echo(f"next: cllm generate --data-dir {data_dir} --prompt 'The for statement'")
+        echo_json(summary)
+    else:
+        if interrupted:
+            click.echo(f"interrupted after {res.steps} of {steps} steps: what was trained is "
+                       f"saved (cycle {rep.cycle_id}, committed, not evaluated)")
+        click.echo(f"trained {res.steps} steps on {len(docs)} documents, {res.tokens} tokens at "
+                   f"{res.tokens_per_s:.0f} tok/s; vocabulary {len(state.tokenizer)} "
+                   f"(+{len(res.new_token_ids)})")
+        click.echo(f"loss {res.loss_start:.3f} -> {res.loss_end:.3f}; validation: " + (", ".join(
+            f"{k} {v:.3f}" for k, v in sorted(res.val_loss.items())) or "not evaluated"))
+        click.echo(f"checkpoint {path}")
+        click.echo(f"next: cllm generate --data-dir {data_dir} --prompt 'The for statement'")
+    if interrupted:
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def sampling_options(fn):
     """The sampling options `cllm generate` and `cllm chat` share."""
     for opt in reversed([
-        click.option("--max-new-tokens", type=click.IntRange(min=0), default=120,
-                     show_default=True),
+        click.option("--max-tokens", type=click.IntRange(min=0), default=120,
+                     show_default=True, help="Tokens to generate at most."),
+        click.option("--max-new-tokens", "old_max_tokens", type=click.IntRange(min=0),
+                     default=None, hidden=True),  # its name until 0.1 (deprecated)
         click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8,
                      show_default=True, help="0 is greedy."),
         click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True),
@@ -130,10 +159,18 @@ def load_for_generation(inv: Invocation, data_dir: Path, cycle):
     return ckpt
 
 
-def sampling(max_new_tokens, temperature, top_k, top_p, seed, stop, extra_stops=()):
+def deprecated_max_tokens(max_tokens, old_max_tokens, command: str):
+    if old_max_tokens is None:
+        return max_tokens
+    click.echo(f"warning: {command}'s --max-new-tokens is deprecated, it is --max-tokens now",
+               err=True)
+    return old_max_tokens
+
+
+def sampling(max_tokens, temperature, top_k, top_p, seed, stop, extra_stops=()):
     from agent.serving import Sampling
 
-    return Sampling(max_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+    return Sampling(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop=tuple(stop) + tuple(extra_stops))
 
 
@@ -147,8 +184,8 @@ def sampling(max_new_tokens, temperature, top_k, top_p, seed, stop, extra_stops=
               help="Print one JSON object (text, usage, checkpoint) instead of streaming.")
 @pass_invocation
 @one_line_errors
-def generate(inv, prompt_arg, data_dir, prompt, max_new_tokens, temperature, top_k, top_p, seed,
-             stop, cycle, as_json):
+def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temperature, top_k,
+             top_p, seed, stop, cycle, as_json):
     """Stream a continuation of PROMPT from the latest checkpoint (or --checkpoint N's).
 
     Example: echo "def f(" | cllm generate --data-dir ./cllm-data --seed 1
@@ -158,22 +195,23 @@ def generate(inv, prompt_arg, data_dir, prompt, max_new_tokens, temperature, top
     from agent.serving import TextStream
 
     if prompt_arg is not None and prompt is not None:
-        raise CllmError("the prompt is given twice (PROMPT and --prompt)", "give one of them")
+        raise ConfigError("the prompt is given twice (PROMPT and --prompt)", "give one of them")
     text = prompt_arg if prompt_arg is not None else prompt
     if text is None:
         # piped text: without the final newline(s) `echo` adds
         text = "" if sys.stdin.isatty() else sys.stdin.read().rstrip("\n")
+    max_tokens = deprecated_max_tokens(max_tokens, old_max_tokens, "generate")
     ckpt = load_for_generation(inv, data_dir, cycle)
-    ts = TextStream(ckpt, text, sampling(max_new_tokens, temperature, top_k, top_p, seed, stop))
+    ts = TextStream(ckpt, text, sampling(max_tokens, temperature, top_k, top_p, seed, stop))
     if as_json:
         out = ts.run()
-        click.echo(json.dumps({
+        echo_json({
             "prompt": text, "text": out, "finish_reason": ts.finish_reason,
             "usage": {"prompt_tokens": ts.prompt_tokens,
                       "completion_tokens": ts.completion_tokens,
                       "total_tokens": ts.prompt_tokens + ts.completion_tokens},
             "cycle": ckpt.cycle, "step": ckpt.step, "checkpoint_path": str(ckpt.ref.path),
-            "checkpoint_sha256": ckpt.ref.sha256, "seed": seed}, indent=1))
+            "checkpoint_sha256": ckpt.ref.sha256, "seed": seed})
         return
     click.echo(text, nl=False)
     try:
@@ -181,7 +219,7 @@ def generate(inv, prompt_arg, data_dir, prompt, max_new_tokens, temperature, top
             click.echo(piece, nl=False)
     except KeyboardInterrupt:        # Ctrl-C ends the stream, not with a traceback
         click.echo("")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo("")
 
 
@@ -196,9 +234,11 @@ def generate(inv, prompt_arg, data_dir, prompt, max_new_tokens, temperature, top
               help="Training steps per measurement.")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch peer even if it is installed.")
 @click.option("--topology", is_flag=True, help="Print the sphere tree with statistics.")
+@click.option("--mpi", is_flag=True,
+              help="Under mpiexec: every rank against rank 0 alone, and the allreduce time.")
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
-def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, as_json):
+def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, mpi, as_json):
     """Training tokens/s, scaling, CPU use for several worker counts (and PyTorch eager at the
     same thread counts when it is installed), interleaved in one run.
 
@@ -209,14 +249,27 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
     try:
         counts = [int(c) for c in workers.split(",") if c.strip()]
     except ValueError:
-        raise CllmError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
+        raise ConfigError(f"--workers {workers!r} is not a list of numbers", "e.g. 1,2,4") from None
     if not counts or min(counts) < 1:
-        raise CllmError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
+        raise ConfigError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
+    if mpi:
+        from agent.benchmark import mpi_scaling, mpi_table_lines
+        from engine.distributed import world
+
+        if world() is None:
+            raise ConfigError("--mpi measures an MPI job, and this is a single process",
+                              "mpiexec -n 2 cllm bench --mpi --workers 1")
+        res = mpi_scaling(preset_name, batch_size, counts[0], rounds, steps)
+        if as_json:
+            echo_json(res)
+        else:
+            click.echo("\n".join(mpi_table_lines(res)))
+        return
     res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch)
     if as_json:
         if not topology:
             res["topology"] = None
-        click.echo(json.dumps(res, indent=1))
+        echo_json(res)
         return
     for line in table_lines(res):
         click.echo(line)
@@ -235,30 +288,44 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, a
 @pass_invocation
 @one_line_errors
 def neighbours(inv: Invocation, token, vocab_size, data_dir, as_json):
-    """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position.
+    """Show a token's 12 crystalline "kissing" neighbours, its Ulam point and clock position,
+    each with its text in the data directory's latest vocabulary (when there is a
+    checkpoint; whitespace shown as ␣).
 
     Example: cllm neighbours 100 --vocab-size 10000
     """
+    from agent.cli.common import table_cell
+    from agent.model_state import load_recorded_model_state
     from engine.prime_math import describe_token
+    from store.db import SQLITE_FILENAME
 
+    state = None        # the latest recorded checkpoint's model and vocabulary, if any
+    if inv.database_url or (Path(data_dir) / SQLITE_FILENAME).exists():
+        state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
+    tok = state.tokenizer if state is not None else None
     if vocab_size is None:
-        from agent.model_state import load_recorded_model_state
-        from store.db import SQLITE_FILENAME
-
-        state = None
-        if inv.database_url or (Path(data_dir) / SQLITE_FILENAME).exists():
-            state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
         vocab_size = state.model.config.vocab_size if state is not None else 10000
     if not 0 <= token < vocab_size:
-        raise CllmError(f"token {token} is outside the vocabulary [0, {vocab_size})",
-                        "pick a smaller id or a larger --vocab-size")
+        raise ConfigError(f"token {token} is outside the vocabulary [0, {vocab_size})",
+                          "pick a smaller id or a larger --vocab-size")
+
+    def text(t: int):
+        if tok is None or t >= len(tok):
+            return None
+        return tok.token_bytes(t).decode("utf-8", "backslashreplace")
+
     d = describe_token(token, vocab_size)
+    d["text"] = text(token)
+    for n in d["neighbours"]:
+        n["text"] = text(n["token"])
     if as_json:
-        click.echo(json.dumps(d, default=float, indent=1))
+        echo_json(d)
         return
     c = d["clock"]
-    click.echo(f"token {token}: Ulam point {tuple(d['ulam'])}, clock ring {c['ring']} "
+    shown = f" {table_cell('token', d['text'])!r}" if d["text"] is not None else ""
+    click.echo(f"token {token}{shown}: Ulam point {tuple(d['ulam'])}, clock ring {c['ring']} "
                f"position {c['pos']}/{c['ring_size']}, symmetry group {d['symmetry_group']}")
-    click.echo(f"{'neighbour':>10} {'similarity':>11} {'prior q':>8}")
+    click.echo(f"{'neighbour':>10} {'similarity':>11} {'prior q':>8}  text")
     for n in d["neighbours"]:
-        click.echo(f"{n['token']:>10} {n['similarity']:>11.4f} {n['prior']:>8.4f}")
+        click.echo(f"{n['token']:>10} {n['similarity']:>11.4f} {n['prior']:>8.4f}  "
+                   + (table_cell("token", n["text"]) if n["text"] is not None else ""))

@@ -4,36 +4,33 @@ Thin commands: the daemon is agent/daemon.py, its settings come from agent/setti
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import click
 
 from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
 from agent.cli.serve import SERVE_OPTIONS, serve_config, serve_options
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
-                              existing_store, json_option, jsonable, one_line_errors,
-                              pass_invocation)
+                              echo_json, existing_store, json_option, one_line_errors,
+                              pass_invocation, warn_if_preset_ignored)
 from engine.errors import CllmError
 
 
 @click.command("agent", context_settings=CONTEXT_SETTINGS)
 @data_dir_option
 @options("agent")
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="TOML settings file [$CLLM_CONFIG, else DATA_DIR/cllm.toml].")
 @click.option("--serve", "serve", is_flag=True,
               help="Also run the HTTP server of `cllm serve` (its options below).")
 @serve_options
 @pass_invocation
 @one_line_errors
-def agent(inv: Invocation, data_dir: Path, config: Optional[Path], serve: bool,
-          **flags) -> None:
+def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
     """Run the agent: watch folders, crawl targets, train in cycles; stop with Ctrl-C.
 
-    Settings come from flags, then CLLM_* environment variables, then a TOML file.
+    Settings come from flags, then CLLM_* environment variables, then DATA_DIR/cllm.toml
+    (or --config), then the user config file (~/.config/cllm/cllm.toml), as for every
+    command.
     One agent per data directory; it resumes from the latest checkpoint. With nothing to
     watch or crawl configured anywhere it runs on embedded defaults: it watches
     DATA_DIR/inbox (drop text files there) and learns the shipped sample corpus.
@@ -57,10 +54,10 @@ def agent(inv: Invocation, data_dir: Path, config: Optional[Path], serve: bool,
         require_serve_extra()
         serve_cfg = serve_config(**server_flags)
         check_binding(serve_cfg.host, serve_cfg.token)
-    values = resolve(flags, data_dir, config)
-    root = logging.getLogger()
-    if root.level > logging.INFO:  # the agent reports its cycles unless told to be quieter
-        logging.getLogger("agent").setLevel(logging.INFO)
+    values = resolve(flags, data_dir)
+    warn_if_preset_ignored(values, data_dir)
+    if not inv.quiet:  # the agent reports its cycles unless told to be quiet (-q)
+        logging.getLogger("agent").setLevel(min(logging.INFO, inv.log_level()))
     trainer = build(TrainerSettings, values, min_lr=values["lr"] / 10)
     if not values["watch"] and not values["crawl"]:
         values["watch"], values["crawl"] = embedded_targets(Path(data_dir))
@@ -98,17 +95,30 @@ def embedded_targets(data_dir: Path) -> tuple[list[str], list[str]]:
 @pass_invocation
 @one_line_errors
 def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
-    """What the agent of a data directory is doing: running or not, the current cycle and
-    its progress, pending documents, the last checkpoint.
+    """What the agent of a data directory is doing. Prints, one line each:
+
+    \b
+      data directory  the folder read (and the store, when it lives elsewhere)
+      agent           running (with its pid) or not
+      cycle           the running cycle: step of planned steps, loss, documents
+                      (or that a dead agent left it, to be recovered on the next start)
+      backlog         documents and bytes still to learn, tokens/s and ETA, per source
+      pending         documents waiting for a cycle, and the documents by status
+      cycles          how many completed
+      trainer         the process holding the store's trainer lease, when not this agent
+      last checkpoint its file, cycle, step, vocabulary and SHA-256
+
+    --json prints the same as one object.
 
     Example: cllm status --data-dir ./cllm-data
     """
     from agent.views import status_view
 
     store = existing_store(data_dir, inv.database_url)
+    store_name = store.describe()
     try:
         with store.session(read_only=True) as s:
-            out = status_view(s, data_dir)
+            out = status_view(s, data_dir, store_name)
     finally:
         store.close()
     pid, current, backlog = out["pid"], out["current_cycle"], out["backlog"]
@@ -116,9 +126,12 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     counts, completed, last_ckpt = out["documents"], out["cycles_completed"], out["last_checkpoint"]
     trainer = out["trainer"]
     if as_json:
-        click.echo(json.dumps(out, indent=2, default=jsonable))
+        echo_json(out)
         return
-    click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'} ({data_dir})")
+    click.echo(f"data directory: {out['data_dir']}"
+               + (f" (store: {store_name})" if store_name != str(Path(out['data_dir'])
+                                                            / "cllm.sqlite3") else ""))
+    click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'}")
     if trainer is not None and not trainer["expired"] and trainer["pid"] != pid:
         where = f" on {trainer['data_dir']}" if trainer["data_dir"] else ""
         click.echo(f"trainer of this store: pid {trainer['pid']} on host {trainer['host']}{where}")

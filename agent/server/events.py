@@ -64,12 +64,12 @@ class EventHub:
                 self.unsubscribe((loop, q))
 
 
-def store_digest(session, data_dir: Path) -> dict[str, str]:
+def store_digest(session, data_dir: Path, database: str) -> dict[str, str]:
     """A hash per part of the store the dashboard shows."""
     def h(obj) -> str:
         return hashlib.sha256(json.dumps(obj, default=views.jsonable, sort_keys=True)
                               .encode()).hexdigest()[:16]
-    st = views.status_view(session, data_dir)
+    st = views.status_view(session, data_dir, database)
     return {"status": h(st), "targets": h(views.target_rows(session)),
             "urls": h(len(views.url_rows(session)))}
 
@@ -128,7 +128,7 @@ class StoreWatcher:
                 self._wake.clear()
                 try:
                     with self.store.session(read_only=True) as s:
-                        digest = store_digest(s, self.data_dir)
+                        digest = store_digest(s, self.data_dir, self.store.describe())
                 except Exception as e:     # a locked or unreachable store: the next change retries
                     log.warning("dashboard: cannot read the store: %s", e)
                     continue

@@ -22,7 +22,7 @@ from http.cookies import SimpleCookie
 from typing import Iterable, Optional
 from urllib.parse import urlsplit
 
-from engine.errors import CllmError
+from engine.errors import ConfigError
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -46,7 +46,7 @@ def is_wildcard(host: str) -> bool:
 def check_binding(host: str, token: Optional[str]) -> None:
     """Refuse to listen beyond this machine without a token."""
     if not is_loopback(host) and not token:
-        raise CllmError(f"binding to {host} makes the server reachable from other machines; "
+        raise ConfigError(f"binding to {host} makes the server reachable from other machines; "
                         "that needs a token", "pass --token SECRET (clients send "
                         "'Authorization: Bearer SECRET'), or bind to 127.0.0.1")
 

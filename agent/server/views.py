@@ -57,7 +57,8 @@ async def _read(request: Request, fn, *args, **kwargs) -> Response:
 
 
 async def status(request: Request) -> Response:
-    return await _read(request, views.status_view, request.app.state.service.data_dir)
+    service = request.app.state.service
+    return await _read(request, views.status_view, service.data_dir, service.store.describe())
 
 
 async def cycles(request: Request) -> Response:
@@ -111,7 +112,7 @@ class StoreCollector:
 
         svc = self.service
         with svc.store.session(read_only=True) as s:
-            st = views.status_view(s, svc.data_dir)
+            st = views.status_view(s, svc.data_dir, svc.store.describe())
             by_status: dict[str, int] = {}
             for c in views.cycle_rows(s):
                 by_status[c["status"]] = by_status.get(c["status"], 0) + 1

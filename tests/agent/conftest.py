@@ -26,6 +26,7 @@ def site():
         def do_GET(self):
             path = self.path
             s.hits.append((path, self.headers.get("User-Agent", ""), time.monotonic()))
+            s.requests.append((path, dict(self.headers)))
             route = routes.get(path)
             if isinstance(route, list):
                 i = served.get(path, 0)
@@ -34,6 +35,13 @@ def site():
             if route is None:
                 route = Route(404, b"not found", {"Content-Type": "text/plain"})
             if route.delay and s.stop.wait(route.delay):
+                return
+            etag, modified = route.headers.get("ETag"), route.headers.get("Last-Modified")
+            if ((etag and self.headers.get("If-None-Match") == etag)
+                    or (modified and self.headers.get("If-Modified-Since") == modified)):
+                self.send_response(304)  # a conditional request for what the client has
+                self.send_header("ETag", etag or "")
+                self.end_headers()
                 return
             self.send_response(route.status)
             for k, v in route.headers.items():

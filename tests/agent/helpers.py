@@ -72,12 +72,14 @@ class Route:
 
 @dataclass
 class Site:
-    """Routes by path; a list of Routes answers in turn (the last one repeats)."""
+    """Routes by path; a list of Routes answers in turn (the last one repeats). A route with
+    an ETag or Last-Modified header answers a request that names it with 304."""
 
     host: str
     port: int
     routes: dict = field(default_factory=dict)
     hits: list = field(default_factory=list)  # (path, user agent, monotonic time)
+    requests: list = field(default_factory=list)  # (path, request headers)
     stop: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -100,3 +102,60 @@ def page(title: str, words: str, links: tuple[str, ...] = ()) -> str:
     para = " ".join([words] * 8)
     return (f"<!doctype html><html><head><title>{title}</title></head><body><main><h1>{title}</h1>"
             f"<p>{para}</p><ul>{anchors}</ul></main></body></html>")
+
+
+class DripServer:
+    """A 127.0.0.1 server that answers each connection with a status line and then one
+    header line every `interval` seconds, up to `max_lines` (then it ends the headers and
+    sends a short body); /robots.txt is a plain 404. `lines` counts the header lines sent,
+    `connections` the connections accepted for other paths. A context manager: its thread is joined on exit."""
+
+    def __init__(self, interval: float = 0.05, max_lines: int = 100) -> None:
+        import socket
+
+        self.interval, self.max_lines = interval, max_lines
+        self.lines = self.connections = 0
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)  # accept() wakes up to see `stop`
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, name="drip-server")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "DripServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+    def _serve(self) -> None:
+        import socket
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                request = conn.recv(65536)
+                try:
+                    if request.startswith(b"GET /robots.txt "):  # no robots.txt: all allowed
+                        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
+                                     b"Connection: close\r\n\r\n")
+                        continue
+                    self.connections += 1
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n")
+                    for i in range(self.max_lines):
+                        if self.stop.wait(self.interval):
+                            return
+                        conn.sendall(f"X-Drip-{i}: {'x' * 20}\r\n".encode())
+                        self.lines += 1
+                    conn.sendall(b"Content-Length: 6\r\n\r\nslow!\n")
+                except OSError:  # the client gave up and closed the connection
+                    continue

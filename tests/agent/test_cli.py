@@ -27,7 +27,7 @@ def test_every_command_has_help_with_an_example(path):
 
 def test_user_mistakes_are_one_line_errors_with_a_hint(tmp_path):
     r = CliRunner().invoke(main, ["generate", "--data-dir", str(tmp_path / "none")])
-    assert r.exit_code == 2
+    assert r.exit_code == 1          # a runtime failure: nothing to generate from
     assert r.output.count("\n") == 1 and "hint:" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["train", str(tmp_path / "missing"), "--data-dir",
                                   str(tmp_path)])
@@ -104,3 +104,145 @@ def test_agent_settings_from_the_environment_are_validated_too(tmp_path, monkeyp
     monkeypatch.setenv("CLLM_PRESET", "huge")
     r = CliRunner().invoke(main, ["agent", "--data-dir", str(tmp_path / "data")])
     assert r.exit_code == 2 and "preset 'huge'" in r.output and "hint:" in r.output
+
+
+def test_exit_statuses_tell_usage_runtime_and_locked_apart(tmp_path):
+    """0 success, 1 a runtime failure, 2 a usage error (click's and bad settings), 3 another
+    agent holds the data directory."""
+    from agent.daemon import DataDirLock
+
+    data = tmp_path / "data"
+    assert CliRunner().invoke(main, ["status", "--data-dir", str(data)]).exit_code == 1
+    assert CliRunner().invoke(main, ["agent", "--no-such-flag"]).exit_code == 2
+    r = CliRunner().invoke(main, ["agent", "--data-dir", str(data), "--batch-size", "0"])
+    assert r.exit_code == 2 and "hint:" in r.output
+    with DataDirLock(data):
+        r = CliRunner().invoke(main, ["train", "--data-dir", str(data), "--preset", "tiny",
+                                      "--steps", "1"])
+    assert r.exit_code == 3 and "already running" in r.output and "hint:" in r.output
+
+
+@pytest.mark.parametrize("view", ["documents", "urls"])
+def test_history_status_filters_refuse_unknown_statuses_like_any_bad_choice(tmp_path, view):
+    r = CliRunner().invoke(main, ["history", view, "--data-dir", str(tmp_path), "--status", "bogus"])
+    assert r.exit_code == 2 and "'bogus' is not one of" in r.output
+
+
+def test_version_and_verbosity_options_work_before_and_after_the_subcommand(tmp_path):
+    import logging
+    from importlib.metadata import version
+
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0 and r.output == f"cllm {version('crystalline-cllm')}\n"
+    root = logging.getLogger()
+    before = root.level
+    try:
+        for args, level in ((["-q", "neighbours", "1", "--vocab-size", "50"], logging.ERROR),
+                            (["neighbours", "1", "--vocab-size", "50", "-q"], logging.ERROR),
+                            (["neighbours", "1", "--vocab-size", "50", "-vv"], logging.DEBUG),
+                            (["-v", "neighbours", "1", "--vocab-size", "50"], logging.INFO),
+                            (["neighbours", "1", "--vocab-size", "50"], logging.WARNING)):
+            r = CliRunner().invoke(main, args, catch_exceptions=False)
+            assert r.exit_code == 0 and root.level == level, (args, r.output)
+    finally:
+        root.setLevel(before)
+
+
+@pytest.mark.parametrize("args", [
+    ["db", "current"], ["status"], ["history", "cycles"], ["history", "documents"],
+    ["history", "urls"], ["history", "vocab"], ["history", "checkpoints"],
+    ["history", "forgetting"], ["generate", "--prompt", "x"], ["neighbours", "3"]],
+    ids=" ".join)
+def test_reading_commands_never_create_a_store_or_a_data_directory(tmp_path, args):
+    """Regression: `cllm db current --data-dir brand-new-typo` created an empty store and
+    exited 0."""
+    typo = tmp_path / "brand-new-typo"
+    r = CliRunner().invoke(main, [*args, "--data-dir", str(typo)])
+    assert not typo.exists(), r.output
+    if args[0] != "neighbours":          # (neighbours needs no model: the default vocabulary)
+        assert r.exit_code == 1 and r.output.startswith("Error: ") and "hint:" in r.output
+    r = CliRunner().invoke(main, [*args, "--database-url", f"sqlite:///{typo}.sqlite3"])
+    assert not typo.with_suffix(".sqlite3").exists(), r.output
+
+
+def test_train_reads_the_files_crawl_accepts_under_the_same_source_names(tmp_path):
+    """`cllm train DIR` and `cllm crawl DIR` (and so the agent's --crawl DIR): the same files
+    (README, .org, .log included; ignored, binary and empty ones out) and the same sources."""
+    from agent.corpus import read_docs
+    from store import open_store
+    from store.queries import list_documents
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    for name, body in (("README", "readme words\n"), ("notes.org", "* an org heading\n"),
+                       ("run.log", "a log line\n"), ("sub/a.md", "deeper text\n"),
+                       ("Makefile", "all:\n\ttrue\n"), ("skipped.txt", "ignored\n"),
+                       (".gitignore", "skipped.txt\n"), ("empty.txt", "  \n")):
+        (tree / name).write_text(body)
+    (tree / "blob.bin").write_bytes(b"\x00\x01\x02" * 100)
+    single = tmp_path / "one.txt"
+    single.write_text("a single file\n")
+    data = tmp_path / "data"
+    for target in (str(tree), str(tree) + "/", str(single)):
+        r = CliRunner().invoke(main, ["crawl", target, "--data-dir", str(data)],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    with open_store(data) as st, st.session(read_only=True) as s:
+        stored = {(d.uri, d.source) for d in list_documents(s) if d.status == "pending"}
+    read = {(d.uri, d.source) for target in (str(tree), str(single))
+            for d in read_docs([target])}
+    assert read == stored
+    names = {u.rsplit("/", 1)[1] for u, _ in read}
+    assert names == {"README", "notes.org", "run.log", "a.md", "Makefile", ".gitignore",
+                     "one.txt"}
+
+
+def test_neighbours_show_each_tokens_text_in_the_data_directorys_vocabulary(tmp_path):
+    from agent.model_state import load_recorded_model_state
+    from store import open_store
+
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "a.txt").write_text("dd dd dd words words words\n" * 20)
+    data = tmp_path / "data"
+    r = CliRunner().invoke(main, ["train", str(text), "--data-dir", str(data), "--preset", "tiny",
+                                  "--steps", "1", "--batch-size", "2", "--workers", "1"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    with open_store(data) as st:
+        tok = load_recorded_model_state(st)[0].tokenizer
+    r = CliRunner().invoke(main, ["neighbours", "100", "--data-dir", str(data), "--json"],
+                           catch_exceptions=False)
+    d = json.loads(r.output)
+    assert d["text"] == tok.token_bytes(100).decode() == "d"
+    assert all(n["text"] == tok.token_bytes(n["token"]).decode("utf-8", "backslashreplace")
+               for n in d["neighbours"])
+    table = CliRunner().invoke(main, ["neighbours", "100", "--data-dir", str(data)]).output
+    from agent.cli.common import table_cell
+
+    first = table.splitlines()[2].split()   # whitespace shown as a visible mark, escapes as such
+    assert first[-1] == table_cell("token", tok.token_bytes(int(first[0])).decode(
+        "utf-8", "backslashreplace"))
+    assert table.startswith("token 100 'd': ")
+
+
+def test_status_help_describes_what_it_prints():
+    text = CliRunner().invoke(main, ["status", "-h"]).output
+    for line in ("data directory", "agent ", "cycle ", "backlog", "pending", "last checkpoint",
+                 "--json"):
+        assert line in text, line
+
+
+def test_every_json_output_is_indented_alike(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("words\n")
+    data = ["--data-dir", str(tmp_path / "data")]
+    outputs = []
+    for args in (["crawl", str(src)], ["status"], ["db", "current"], ["history", "documents"],
+                 ["neighbours", "5", "--vocab-size", "50"]):
+        r = CliRunner().invoke(main, [*args, *data, "--json"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        outputs.append(r.output)
+    for out in outputs:
+        assert out == json.dumps(json.loads(out), indent=2) + "\n", out[:200]

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from agent.crawler import CrawlError, Crawler, iter_targets
 from agent.ingest import Ingestor
-from agent.ssrf import HostPolicy, _GuardedBackend, address_problem, guarded_transport
+from agent.ssrf import HostPolicy, address_problem
+from agent.transport import GuardedBackend as _GuardedBackend, guarded_transport
 from agent.text import Refused
 from agent.urls import canonical_url
 from tests.agent.helpers import Route, page, rows
@@ -419,10 +420,12 @@ def test_malformed_urls_are_refused(bad):
         canonical_url(bad, "http://example.com/dir/")
 
 
-def test_a_malformed_url_target_is_a_crawl_error(store):
-    assert list(iter_targets(["http://[::1"])) == [("url", "http://[::1")]
-    with Crawler(store) as c, pytest.raises(CrawlError, match="malformed URL"):
-        c.crawl("http://[::1")
+@pytest.mark.parametrize("bad", ["http://[::1", "http://u:p@127.0.0.1:9/"])
+def test_a_malformed_url_target_is_a_crawl_error(store, bad):
+    with pytest.raises(CrawlError, match="malformed URL|credentials"):
+        list(iter_targets([bad]))
+    with Crawler(store) as c, pytest.raises(CrawlError, match="malformed URL|credentials"):
+        c.crawl(bad)
 
 
 @pytest.mark.parametrize("codec", ["base64", "hex", "rot13", "zlib", "uu", "bz2", "quopri", "no-such",
@@ -552,3 +555,44 @@ def test_a_target_typed_two_ways_is_one_target_row(store, tmp_path, monkeypatch)
     assert got[watched] == ("watch", str(tmp_path / "src"), {})
     with pytest.raises(CrawlError, match="malformed URL"):
         record_target(store, TargetKind.CRAWL, "http://[::1")
+
+
+# --- failures are "failed", refusals "refused"; progress is logged ----------------------
+
+
+def test_network_failures_are_failed_not_refused(store):
+    import socket
+
+    def no_such_host(host, port):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with crawler(store, resolver=no_such_host, retries=0) as c:
+        c.crawl("http://nowhere.example/")
+        c.crawl(f"http://127.0.0.1:{closed}/")
+    u = urls(store)
+    status, _, reason = u["http://nowhere.example/"]
+    assert status == "failed" and "cannot resolve host" in reason
+    status, _, reason = u[f"http://127.0.0.1:{closed}/"]
+    assert status == "failed" and "robots.txt unavailable (network error" in reason
+
+
+def test_progress_is_logged_at_page_boundaries(store, site, caplog):
+    import itertools
+    import logging
+
+    site.html("/", page("Hub", "hub words", tuple(f"/p{i}" for i in range(4))))
+    for i in range(4):
+        site.html(f"/p{i}", page(f"P{i}", f"page number {i} words"))
+    ticks = itertools.count(0, 6)  # every page boundary is 6 s later
+    with crawler(store) as c, caplog.at_level(logging.INFO, logger="agent.crawler"):
+        c.clock = lambda: next(ticks)
+        c.progress_every = 10
+        c.crawl(site.base + "/")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("crawl of ")]
+    assert len(lines) == 3  # after pages 2 and 4 (12 s, 24 s), and when done
+    assert lines[0].startswith(f"crawl of {site.base}/: 2 pages requested (2 fetched, 0 unchanged), 3 queued")
+    assert lines[-1].startswith(f"crawl of {site.base}/ done: 5 pages requested (5 fetched")
+    assert "0 refused" in lines[-1] and "0 failed" in lines[-1]

@@ -233,7 +233,7 @@ def test_cli_crawl_url_and_private_host_flag(tmp_path, site, monkeypatch):
     runner = CliRunner()
     res = runner.invoke(main, ["crawl", site.base + "/", "--data-dir", data, "--delay", "0", "--json"],
                         catch_exceptions=False)
-    assert res.exit_code == 0
+    assert res.exit_code == 1  # its only target was refused: every target failed
     assert json.loads(res.output)["targets"][0]["counts"] == {"refused": 1}
     assert site.hits == []
     res = runner.invoke(main, ["crawl", site.base + "/", "--data-dir", data, "--delay", "0",
@@ -260,7 +260,7 @@ def test_history_urls_lists_refused_urls_with_their_reason(tmp_path):
 
     data = str(tmp_path / "data")
     r = CliRunner().invoke(main, ["crawl", "http://127.0.0.1:9/", "--data-dir", data])
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1, r.output  # its only target was refused: every target failed
     r = CliRunner().invoke(main, ["history", "urls", "--data-dir", data, "--json"])
     rows = json.loads(r.output)
     assert [(u["url"], u["status"]) for u in rows] == [("http://127.0.0.1:9/", "refused")]
@@ -268,7 +268,7 @@ def test_history_urls_lists_refused_urls_with_their_reason(tmp_path):
     table = CliRunner().invoke(main, ["history", "urls", "--data-dir", data]).output
     assert "1 URLs" in table and "SSRF guard" in table
     missing = CliRunner().invoke(main, ["history", "urls", "--data-dir", str(tmp_path / "x")])
-    assert missing.exit_code == 2 and "no store in" in missing.output
+    assert missing.exit_code == 1 and "no store in" in missing.output
 
 
 # --- bad input is a recorded refusal, never a crash -------------------------------------

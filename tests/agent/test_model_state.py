@@ -56,7 +56,7 @@ def test_generate_uses_the_checkpoint_the_agent_would_use(tmp_path, caplog):
     store.close()
     shutil.copyfile(first, latest)        # the agent would refuse this file
     r = CliRunner().invoke(main, ["generate", "--data-dir", str(data_dir), "--prompt", "a",
-                                  "--max-new-tokens", "3", "--seed", "0"])
+                                  "--max-tokens", "3", "--seed", "0"])
     assert r.exit_code == 0, r.output
     assert f"refusing checkpoint {latest}" in caplog.text
     first.unlink()                        # nothing the store recorded loads any more

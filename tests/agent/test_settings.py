@@ -198,8 +198,10 @@ def test_an_invalid_agent_setting_is_one_line_naming_where_it_came_from(
 
 
 @pytest.mark.parametrize("command, cls", [("train", TrainerSettings), ("crawl", CrawlSettings)])
-def test_train_and_crawl_settings_reach_their_dataclass_from_flags_only(
+def test_train_and_crawl_settings_reach_their_dataclass_from_toml_env_and_flag_strongest_first(
         command, cls, clean_env, tmp_path):
+    """Regression: `cllm crawl` and `cllm train` took flags only (a fallback-encoding in
+    cllm.toml did not reach `cllm crawl`)."""
     from agent.cli import crawl as crawl_cli
     from agent.cli import model as model_cli
     from agent.settings import build
@@ -216,9 +218,12 @@ def test_train_and_crawl_settings_reach_their_dataclass_from_flags_only(
     text.mkdir()
     (text / "a.txt").write_text("some words to train on\n")
 
+    data = tmp_path / "d"
+    data.mkdir()
+
     def run(*args, env=None):
-        r = CliRunner().invoke(main, [command, str(text), "--data-dir", str(tmp_path / "d"),
-                                      *args], env=env)
+        r = CliRunner().invoke(main, [command, str(text), "--data-dir", str(data), *args],
+                               env=env)
         assert isinstance(r.exception, Stop), r.output
         return got.pop()
 
@@ -226,17 +231,60 @@ def test_train_and_crawl_settings_reach_their_dataclass_from_flags_only(
         if cls.holder not in s.into:
             continue
         a, b = samples(s, command)
+        (data / "cllm.toml").unlink(missing_ok=True)
         assert getattr(run(), s.attr) == as_field(s, s.default_for(command)), s.name
         assert getattr(run(*flag_args(s, a)), s.attr) == as_field(s, a), s.name
-        # not configured from the environment, as before the table
-        assert getattr(run(env={s.env: env_text(s, b)}), s.attr) == as_field(
-            s, s.default_for(command)), s.name
+        for toml in (f"[{command}]\n" + toml_text(s, a), toml_text(s, a)):  # table, top level
+            (data / "cllm.toml").write_text(toml)
+            assert getattr(run(), s.attr) == as_field(s, a), (s.name, toml)
+        assert getattr(run(env={s.env: env_text(s, b)}), s.attr) == as_field(s, b), s.name
+        assert getattr(run(*flag_args(s, a), env={s.env: env_text(s, b)}), s.attr) == as_field(
+            s, a), s.name
+        (data / "cllm.toml").unlink()
         bad = invalid(s, command)
         if bad is not None and not s.choices:   # (click itself refuses a choice it lacks)
             r = CliRunner().invoke(main, [command, str(text), "--data-dir", str(tmp_path / "d"),
                                           *flag_args(s, bad)])
             assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
             assert f"(from {s.flag})" in r.output and "hint:" in r.output, r.output
+
+
+def test_a_misspelled_table_or_a_key_of_another_command_is_an_error(clean_env, tmp_path):
+    from agent.settings import resolve
+    from engine.errors import ConfigError
+
+    data = tmp_path / "d"
+    data.mkdir()
+    for toml, message in (('[agnet]\npreset = "tiny"\n', "unknown table [agnet]"),
+                          ('[crawl]\npreset = "tiny"\n', "unknown setting 'preset' in [crawl]"),
+                          ("prest = 'tiny'\n", "unknown setting 'prest'")):
+        (data / "cllm.toml").write_text(toml)
+        for command in ("agent", "crawl", "train"):
+            with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+                resolve({}, data, command=command)
+    # a top-level key applies to every command taking it, and is no error for the others
+    (data / "cllm.toml").write_text('fallback-encoding = "cp1252"\nwatch = ["/srv"]\n')
+    assert resolve({}, data, command="crawl")["fallback_encoding"] == "cp1252"
+    assert resolve({}, data, command="agent")["watch"] == ["/srv"]
+    r = CliRunner().invoke(main, ["crawl", str(tmp_path), "--data-dir", str(data), "--config",
+                                  str(tmp_path / "none.toml")])
+    assert r.exit_code == 2 and "config file" in r.output and "hint:" in r.output
+
+
+def test_the_renamed_vocabulary_flag_keeps_its_old_name_for_a_release_with_a_warning(
+        clean_env, tmp_path):
+    from agent.settings import resolve
+
+    data = tmp_path / "d"
+    assert resolve({"vocab_growth": 7}, data, command="train")["vocab_growth"] == 7
+    v = resolve({"max_new_tokens__old": 9}, data, command="train")
+    assert v["vocab_growth"] == 9 and v.where["vocab_growth"] == "--max-new-tokens"
+    clean_env.setenv("CLLM_MAX_NEW_TOKENS", "11")
+    assert resolve({}, data)["vocab_growth"] == 11
+    help_text = " ".join(CliRunner().invoke(main, ["agent", "-h"]).output.split())
+    assert "--vocab-growth" in help_text and "--max-new-tokens" not in help_text
+    gen = " ".join(CliRunner().invoke(main, ["generate", "-h"]).output.split())
+    assert "--max-tokens" in gen and "--max-new-tokens" not in gen
 
 
 def test_train_steps_are_checked_before_any_work(clean_env, tmp_path):
@@ -325,6 +373,13 @@ def test_database_url_reaches_the_store_without_touching_the_environment(
     r = runner.invoke(main, ["--database-url", url, "db", "current", "--data-dir", str(data),
                              "--json"], catch_exceptions=False)
     assert json.loads(r.output)["backend"] == store_target.backend
+    # the same after the subcommand
+    r = runner.invoke(main, ["status", "--data-dir", str(data), "--json", "--database-url", url],
+                      catch_exceptions=False)
+    assert r.exit_code == 0 and json.loads(r.output)["cycles_completed"] == 1, r.output
+    r = runner.invoke(main, ["history", "documents", "--database-url", url, "--data-dir",
+                             str(data), "--json"], catch_exceptions=False)
+    assert [d["uri"].rsplit("/", 1)[1] for d in json.loads(r.output)] == ["a.txt"]
     assert environ.writes == [] and "CLLM_DATABASE_URL" not in environ
     assert not (data / "cllm.sqlite3").exists()
 
@@ -333,3 +388,31 @@ def test_database_url_reaches_the_agents_config(agent_config):
     cfg = agent_config(obj_args=("--database-url", "sqlite:////tmp/x.sqlite3"))
     assert cfg.database_url == "sqlite:////tmp/x.sqlite3"
     assert agent_config().database_url is None
+
+
+def test_a_preset_other_than_the_data_directorys_model_is_a_warning_naming_the_way_out(
+        agent_config, clean_env):
+    from agent.cli import model as model_cli
+    from agent.model_state import new_model_state, save_model_state
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    clean_env.setattr(model_cli, "build", stop)
+    data = agent_config.data
+    save_model_state(new_model_state("tiny"), data, 1)
+    agent = ["agent", "--data-dir", str(data), "--watch", str(data)]
+    r = CliRunner().invoke(main, agent + ["--preset", "base"])
+    assert isinstance(r.exception, Stop), r.output      # it goes on, with the directory's model
+    assert ("warning: preset base (from --preset) is ignored: " in r.output
+            and "already holds a tiny model, which resumes" in r.output
+            and "another --data-dir" in r.output), r.output
+    for args in (["--preset", "tiny"], []):   # the same preset, or none given: no warning
+        r = CliRunner().invoke(main, agent + args)
+        assert isinstance(r.exception, Stop) and "warning" not in r.output, r.output
+    train = ["train", str(data), "--data-dir", str(data)]
+    r = CliRunner().invoke(main, train, env={"CLLM_PRESET": "small"})
+    assert isinstance(r.exception, Stop), r.output
+    assert "preset small (from $CLLM_PRESET) is ignored" in r.output and "--fresh" in r.output
+    r = CliRunner().invoke(main, train + ["--fresh"], env={"CLLM_PRESET": "small"})
+    assert isinstance(r.exception, Stop) and "warning" not in r.output, r.output

@@ -26,7 +26,7 @@ from store.models import Checkpoint, Cycle, CycleDocument, Document
 pytestmark = pytest.mark.slow
 TIMEOUT = 60
 FAST = ["--preset", "tiny", "--workers", "1", "--min-cycle-tokens", "300", "--max-wait", "30",
-        "--quiet-period", "0.2", "--batch-size", "4", "--max-new-tokens", "20",
+        "--quiet-period", "0.2", "--batch-size", "4", "--vocab-growth", "20",
         "--replay-fraction", "0.3"]
 
 
@@ -142,7 +142,7 @@ def test_watched_files_become_cycles_with_checkpoint_vocab_and_replay(dirs):
 
         # one agent per data directory
         r = cli("agent", "--data-dir", str(data), "--preset", "tiny")
-        assert r.returncode == 2 and "already running" in r.stderr and "hint:" in r.stderr
+        assert r.returncode == 3 and "already running" in r.stderr and "hint:" in r.stderr
         st = json.loads(cli("status", "--data-dir", str(data), "--json").stdout)
         assert st["agent_running"] and st["pid"] == a.p.pid and st["cycles_completed"] == 2
         assert st["last_checkpoint"]["cycle_id"] == 2
@@ -289,7 +289,7 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
     drop(tmp_path / "corpus" / "notes", "a.txt", "the crystal lattice hums a quiet tune. ")
     data = tmp_path / "data"
     args = ["train", str(tmp_path / "corpus"), "--data-dir", str(data), "--preset", "tiny",
-            "--steps", "5", "--batch-size", "4", "--workers", "1", "--max-new-tokens", "10",
+            "--steps", "5", "--batch-size", "4", "--workers", "1", "--vocab-growth", "10",
             "--json"]
     for _ in range(2):
         r = CliRunner().invoke(main, args, catch_exceptions=False)
@@ -308,7 +308,7 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
     assert st["documents"] == {"learning": 1} and st["current_cycle"] is None
     with DataDirLock(data):
         r = CliRunner().invoke(main, args)
-    assert r.exit_code == 2 and "already running" in r.output
+    assert r.exit_code == 3 and "already running" in r.output
     # every history view renders as a table, and the plots are PNG files
     for view in ("cycles", "vocab", "checkpoints", "forgetting"):
         extra = ["--plot", str(tmp_path / f"{view}.png")] if view in ("vocab", "forgetting") else []
@@ -321,7 +321,7 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
                                   "--json"], catch_exceptions=False)
     assert [c["ok"] for c in json.loads(r.output)] == [True, True]
     r = CliRunner().invoke(main, ["status", "--data-dir", str(tmp_path / "nowhere")])
-    assert r.exit_code == 2 and "no store" in r.output and "hint:" in r.output
+    assert r.exit_code == 1 and "no store" in r.output and "hint:" in r.output
 
 
 def test_settings_come_from_flags_then_environment_then_toml(tmp_path, monkeypatch):
@@ -364,7 +364,7 @@ def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
     data.mkdir()
     (data / "cllm.toml").write_text(
         f'[agent]\ncrawl = ["{tree}"]\npreset = "tiny"\nworkers = 1\nmin-cycle-tokens = 2000\n'
-        'max-wait = 30\nmax-steps = 7\nbatch-size = 4\nmax-new-tokens = 10\n')
+        'max-wait = 30\nmax-steps = 7\nbatch-size = 4\nvocab-growth = 10\n')
     a = AgentProc(data, None, fast=False)
     try:
         a.wait_for(r"cycle 1 completed")
@@ -428,17 +428,17 @@ def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_rem
 def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path):
     """`cllm agent` with nothing configured: it crawls the shipped corpus, watches
     DATA_DIR/inbox, and --max-cycles ends it by itself with exit status 0."""
-    from agent.corpus import REPO_CORPUS
+    from agent.corpus import SAMPLE_CORPUS
 
     data = tmp_path / "data"
     a = AgentProc(data, None, "--max-steps", "10")
     try:
         line = a.wait_for(r"embedded defaults: watching")
         inbox = data / "inbox"
-        assert str(inbox) in line and str(REPO_CORPUS) in line and inbox.is_dir()
+        assert str(inbox) in line and str(SAMPLE_CORPUS) in line and inbox.is_dir()
         line = a.wait_for(r"cycle 1 \(\w+\): \d+ documents to learn")
         # the first cycle waited for the start-up crawl and took all of it
-        n_corpus = len(list(REPO_CORPUS.rglob("*.txt")))
+        n_corpus = len(list(SAMPLE_CORPUS.rglob("*.txt")))
         assert f": {n_corpus} documents to learn" in line
         a.wait_for(r"cycle 1 completed")
         drop(inbox, "note.txt", "a note dropped into the inbox. ")
@@ -454,7 +454,7 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
                 doc = inbox_doc()
             with store.session() as s:
                 uris = s.scalars(select(Document.uri)).all()
-            corpus_files = {p.resolve() for p in REPO_CORPUS.rglob("*.txt")}
+            corpus_files = {p.resolve() for p in SAMPLE_CORPUS.rglob("*.txt")}
             crawled = {Path(uri_to_path(u)).resolve() for u in uris if "note.txt" not in u}
             assert crawled == corpus_files and len(uris) == len(corpus_files) + 1
         finally:

@@ -19,13 +19,14 @@ def test_train_then_generate_end_to_end(tmp_path):
     (corpus / "b.txt").write_text("every sphere touches twelve neighbours. " * 40)
     data = tmp_path / "data"
     args = ["train", str(tmp_path / "corpus"), "--data-dir", str(data), "--preset", "tiny",
-            "--steps", "30", "--batch-size", "4", "--workers", "2", "--max-new-tokens", "40",
+            "--steps", "30", "--batch-size", "4", "--workers", "2", "--vocab-growth", "40",
             "--lr", "3e-3", "--json"]
     r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     out = json.loads(r.output[r.output.index("{"):])
     assert out["steps"] == 30 and out["loss_end"] < out["loss_start"]
-    assert out["new_tokens"] > 0 and set(out["val_loss"]) == {"notes"}
+    # one source, the folder as given (as `cllm crawl` and the agent name it)
+    assert out["new_tokens"] > 0 and set(out["val_loss"]) == {str(tmp_path / "corpus")}
     ckpt = data / "checkpoints" / "ckpt-000001.safetensors"
     assert out["checkpoint_path"] == str(ckpt) and ckpt.exists()
     # a second run resumes from the checkpoint and writes the next one
@@ -33,7 +34,7 @@ def test_train_then_generate_end_to_end(tmp_path):
     assert json.loads(r.output[r.output.index("{"):])["checkpoint_path"].endswith("000002.safetensors")
     # generation streams text from the latest checkpoint, in a real subprocess
     p = subprocess.run([sys.executable, "-m", "agent", "generate", "--data-dir", str(data),
-                        "--prompt", "every sphere", "--max-new-tokens", "20", "--seed", "1"],
+                        "--prompt", "every sphere", "--max-tokens", "20", "--seed", "1"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("every sphere") and len(p.stdout) > len("every sphere")

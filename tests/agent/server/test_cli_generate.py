@@ -26,7 +26,7 @@ def run(*args, input=None):
 
 def test_generate_prompt_from_argument_option_or_stdin(trained, ckpts, monkeypatch):
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
-    opts = ["--data-dir", str(trained), "--seed", "4", "--max-new-tokens", "12"]
+    opts = ["--data-dir", str(trained), "--seed", "4", "--max-tokens", "12"]
     expected = TextStream(ckpts[2], "every sphere", Sampling(max_tokens=12, seed=4)).run()
     outs = [run("generate", "every sphere", *opts).output,
             run("generate", "--prompt", "every sphere", *opts).output,
@@ -38,7 +38,7 @@ def test_generate_prompt_from_argument_option_or_stdin(trained, ckpts, monkeypat
 
 def test_generate_json_checkpoint_and_stop(trained, ckpts, monkeypatch):
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
-    opts = ["--data-dir", str(trained), "--seed", "2", "--max-new-tokens", "20"]
+    opts = ["--data-dir", str(trained), "--seed", "2", "--max-tokens", "20"]
     out = json.loads(run("generate", "the crystal", *opts, "--checkpoint", "1", "--json").output)
     ts = TextStream(ckpts[1], "the crystal", Sampling(max_tokens=20, seed=2))
     assert out["text"] == ts.run() and out["cycle"] == 1
@@ -57,7 +57,7 @@ def test_generate_json_checkpoint_and_stop(trained, ckpts, monkeypatch):
 
 def test_chat_turns_use_the_chat_template_and_ctrl_d_quits(trained, ckpts, monkeypatch):
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
-    r = run("chat", "--data-dir", str(trained), "--temperature", "0", "--max-new-tokens", "6",
+    r = run("chat", "--data-dir", str(trained), "--temperature", "0", "--max-tokens", "6",
             "--system", "be brief", input="hello\n\nagain\n")
     assert r.exit_code == 0
     sp = Sampling(max_tokens=6, temperature=0, top_k=40, stop=CHAT_STOPS)

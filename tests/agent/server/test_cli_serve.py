@@ -47,7 +47,7 @@ def test_cllm_serve_subprocess_serves_and_stops_on_ctrl_c(trained):
 
 def test_cllm_serve_refusals_are_one_line(tmp_path, trained):
     r = CliRunner().invoke(main, ["serve", "--data-dir", str(tmp_path / "nothing")])
-    assert r.exit_code == 2 and "no store in" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "no store in" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["serve", "--data-dir", str(trained), "--host", "0.0.0.0",
                                   "--port", "0"])
     assert r.exit_code == 2 and "needs a token" in r.output

