@@ -103,7 +103,7 @@ def stream_once(url: str, tokens: int) -> dict:
 def generate_once(data: Path, tokens: int) -> dict:
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "agent", "generate", PROMPT, "--data-dir",
-                          str(data), "--temperature", "0", "--max-new-tokens", str(tokens)],
+                          str(data), "--temperature", "0", "--max-tokens", str(tokens)],
                          stdout=subprocess.PIPE, env=env())
     head = p.stdout.read(len(PROMPT.encode()))         # the prompt is echoed first
     assert head == PROMPT.encode(), head
