@@ -47,6 +47,7 @@ from agent.model_state import (ModelState, load_model_state, new_model_state,
                                recorded_checkpoints, remove_checkpoint_files,
                                save_model_state)
 from agent.recovery import prune_checkpoints, recover
+from agent.serving import announce_checkpoint
 from agent.settings import TrainerSettings
 from engine import TrainConfig
 from engine.errors import CllmError
@@ -113,6 +114,9 @@ class ContinuousTrainer:
         self._tails: dict[int, str] = {}
         self._ramp = 0                  # cycles since the backlog was last empty
         self._tok_cache_vocab = -1
+        # called (on the trainer's thread) after each checkpoint's row is committed: an
+        # in-process server reloads on it (agent/daemon.py)
+        self.checkpoint_listeners: list[Callable[[], None]] = []
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -427,6 +431,9 @@ class ContinuousTrainer:
             # the checkpoint never got its row: it must not be mistaken for a trained one
             remove_checkpoint_files(path)
             raise
+        announce_checkpoint(self.data_dir, path, sha, cycle_id)   # for servers (agent/serving.py)
+        for fn in self.checkpoint_listeners:
+            fn()
         log.info("cycle %s completed (%s): %s steps, loss %.3f -> %.3f, %.0f tok/s, %s bytes "
                  "learned (+%s replayed), %s documents done, checkpoint %s", cycle_id,
                  res.ended_by, res.steps, res.loss_start or float("nan"),

@@ -2,6 +2,7 @@
 model learning from what arrives.
 
 Threads (all joined on shutdown):
+- with `serve`, the HTTP server (agent/server/) and its checkpoint watcher;
 - the file monitor's own threads, which put MonitorEvents into `events`;
 - "ingest": takes events off the queue, writes documents through the Ingestor, wakes the
   trainer;
@@ -127,8 +128,12 @@ class Agent:
     """Wires the monitor, the ingest and crawl threads and the trainer; `run()` blocks until
     `stop` is set (by a signal or the caller) and everything has been joined."""
 
-    def __init__(self, cfg: AgentConfig, stop: Optional[threading.Event] = None) -> None:
+    def __init__(self, cfg: AgentConfig, stop: Optional[threading.Event] = None,
+                 serve=None) -> None:
         self.cfg = cfg
+        self.serve = serve                   # a ServeConfig: run `cllm serve` inside the agent
+        self.server = None
+        self.serving = threading.Event()     # set once the server listens (server.url)
         self.stop = stop or threading.Event()
         self.wake = threading.Event()
         self.arrivals = threading.Event()    # a watched file was added: new text goes first
@@ -195,6 +200,8 @@ class Agent:
         else:
             self.crawled.set()
         try:
+            if self.serve is not None:
+                self._start_server(store, trainer)
             if cfg.watch:
                 from agent.file_monitor import FileMonitor
 
@@ -218,7 +225,31 @@ class Agent:
             for t in threads:
                 if t.ident is not None:
                     t.join()
+            if self.server is not None:
+                try:
+                    self.server.stop()           # uvicorn and the checkpoint watcher, joined
+                except BaseException as e:
+                    if e not in self.errors:
+                        self.errors.append(e)
             log.info("agent stopped")
+
+    def _start_server(self, store, trainer: ContinuousTrainer) -> None:
+        """The HTTP server on its own thread, over the agent's store; it reloads on the
+        trainer's in-process event after each commit (no file watching)."""
+        from agent.server.app import Server, Service
+
+        self.server = Server(Service(store, self.cfg.data_dir, self.serve), watch=False,
+                             on_failure=self._server_failed)
+        trainer.checkpoint_listeners.append(self.server.notify)
+        self.server.start()
+        log.info("serving on %s", self.server.url)
+        self.serving.set()
+
+    def _server_failed(self, e: BaseException) -> None:
+        """The server thread died (it has logged the traceback): stop the agent, and let
+        run() raise the failure."""
+        self.errors.append(e)
+        self.stop.set()
 
     def _record_targets(self, store) -> dict[str, int]:
         """Watched roots and crawl targets as rows of the store, recorded the canonical way

@@ -4,6 +4,8 @@
     crawl.py    cllm crawl
     history.py  cllm history cycles|documents|urls|vocab|checkpoints|forgetting
     model.py    cllm train, generate, neighbours, bench
+    chat.py     cllm chat (interactive, the server's generation code)
+    serve.py    cllm serve (the HTTP API, agent/server/)
     db.py       cllm db upgrade|current
     common.py   shared options, the store opener, one-line errors, tables and JSON
     logs.py     logging set up once: the project's loggers by -v, other libraries quiet
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import click
 
-from agent.cli import crawl, db, history, model, run
+from agent.cli import chat, crawl, db, history, model, run, serve
 from agent.cli.common import CONTEXT_SETTINGS, Invocation, configure_logging, global_options
 
 
@@ -54,6 +56,8 @@ COMMANDS = (
     crawl.crawl,
     history.history,
     model.train, model.generate, model.neighbours, model.bench,
+    chat.chat,
+    serve.serve,
     db.db,
 )
 for _command in COMMANDS:

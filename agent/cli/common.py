@@ -19,6 +19,7 @@ from typing import Optional
 import click
 
 from agent.homes import default_data_dir, shown
+from agent.views import jsonable  # noqa: F401  (the commands import it from here)
 from engine.errors import CllmError, ConfigError
 from store.errors import StoreError
 
@@ -221,14 +222,5 @@ JSON_INDENT = 2     # every command's --json output is indented alike
 
 def echo_json(obj) -> None:
     """Print `obj` as the JSON every command prints: indented by JSON_INDENT, datetimes as
-    ISO 8601 (jsonable), numpy scalars as numbers."""
+    ISO 8601 (jsonable, agent/views.py), numpy scalars as numbers."""
     click.echo(json.dumps(obj, indent=JSON_INDENT, default=jsonable))
-
-
-def jsonable(v):
-    """Datetimes as ISO 8601 strings (for json.dumps(default=...)); other values as they are."""
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    if hasattr(v, "item") and hasattr(v, "dtype"):     # numpy scalars
-        return v.item()
-    return v

@@ -1,7 +1,7 @@
 """`cllm history`: what the agent has done, read from the store: cycles, documents, crawled
 URLs, vocabulary, checkpoints, forgetting. Tables, --json, and loss plots to PNG.
 
-Thin commands over store.queries; they open an existing store only (never create one).
+Thin commands over the rows of agent/views.py (shared with the server's /api/*); they open an existing store only (never create one).
 """
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
+from agent import views
 from agent.cli.common import (CONTEXT_SETTINGS, data_dir_option, emit_table, existing_store,
-                              json_option, jsonable, one_line_errors, pass_invocation)
+                              json_option, one_line_errors, pass_invocation)
 from engine.errors import CllmError, ConfigError
 from store.models import CycleStatus, DocumentStatus, UrlStatus
 
@@ -113,28 +114,6 @@ def figure(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title
     return fig
 
 
-def cycle_rows(session) -> list[dict]:
-    from store.queries import list_checkpoints, list_cycles
-
-    ckpts = {c.cycle_id: c for c in list_checkpoints(session)}  # a cycle's last checkpoint
-    rows = []
-    for c in list_cycles(session):
-        ck = ckpts.get(c.id)
-        rows.append({"id": c.id, "status": c.status, "trigger": c.trigger, "started": c.started,
-                     "finished": c.finished, "documents": c.docs_new,
-                     "replayed": c.docs_replayed, "tokens": c.tokens, "steps": c.steps,
-                     "loss_start": c.loss_start, "loss": c.loss_end, "val_loss": c.val_loss,
-                     "forgetting_mean": c.forgetting_mean, "forgetting_max": c.forgetting_max,
-                     "tokens_per_s": c.tokens_per_s, "workers": c.workers,
-                     "bytes_new": c.bytes_new, "bytes_replay": c.bytes_replay,
-                     "ended_by": (c.schedule or {}).get("ended_by"),
-                     "vocab_before": c.vocab_size_before, "vocab_after": c.vocab_size_after,
-                     "replay_document_ids": (c.schedule or {}).get("replay_document_ids", []),
-                     "checkpoint_path": ck.path if ck else None,
-                     "checkpoint_sha256": ck.sha256 if ck else None, "error": c.error})
-    return rows
-
-
 @history.command("cycles", context_settings=CONTEXT_SETTINGS)
 @data_dir_option
 @json_option
@@ -150,7 +129,7 @@ def history_cycles(inv, data_dir, as_json, plot):
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
-            rows = cycle_rows(s)
+            rows = views.cycle_rows(s)
     finally:
         store.close()
     emit_table(rows, as_json, ["id", "status", "trigger", "documents", "bytes_new", "bytes_replay",
@@ -162,11 +141,6 @@ def history_cycles(inv, data_dir, as_json, plot):
                      "validation loss": ([r["id"] for r in done if r["val_loss"] is not None],
                                          [r["val_loss"] for r in done if r["val_loss"] is not None])},
               "cycle", "loss", "loss per cycle")
-
-
-DOCUMENT_FIELDS = ("id", "uri", "source", "status", "sha256", "size_bytes", "n_tokens",
-                   "trainable_bytes", "trained_bytes", "encoding",
-                   "reason", "cycle_id", "target_id", "first_seen", "updated")
 
 
 @history.command("documents", context_settings=CONTEXT_SETTINGS)
@@ -184,23 +158,15 @@ def history_documents(inv, data_dir, status, source, cycle_id, limit, as_json):
 
     Example: cllm history documents --data-dir ./cllm-data --status skipped --json
     """
-    from store import queries
-
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
-            docs = queries.list_documents(s, status=status, source=source, cycle_id=cycle_id, limit=limit)
-            rows = [{f: jsonable(getattr(d, f)) for f in DOCUMENT_FIELDS} for d in docs]
+            rows = views.document_rows(s, status=status, source=source, cycle_id=cycle_id,
+                                       limit=limit)
     finally:
         store.close()
-    for r in rows:     # the ledger: passes over the training text, summed over cycles
-        r["passes"] = (round(r["trained_bytes"] / r["trainable_bytes"], 3)
-                       if r["trainable_bytes"] else 0.0)
     emit_table(rows, as_json, ["id", "status", "passes", "uri", "sha256", "cycle_id", "reason"],
                f"{len(rows)} documents")
-
-
-URL_FIELDS = ("id", "url", "status", "http_status", "reason", "document_id", "fetched_at")
 
 
 @history.command("urls", context_settings=CONTEXT_SETTINGS)
@@ -217,13 +183,10 @@ def history_urls(inv, data_dir, status, limit, as_json):
 
     Example: cllm history urls --data-dir ./cllm-data --status skipped
     """
-    from store.urls import list_urls
-
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
-            rows = [{f: jsonable(getattr(u, f)) for f in URL_FIELDS}
-                    for u in list_urls(s, status=status or None, limit=limit)]
+            rows = views.url_rows(s, status=status, limit=limit)
     finally:
         store.close()
     emit_table(rows, as_json, ["id", "status", "http_status", "url", "reason", "document_id"],
@@ -241,21 +204,10 @@ def history_vocab(inv, data_dir, cycle_id, as_json, plot):
     Example: cllm history vocab --data-dir ./cllm-data --cycle 2 --json
     """
     check_plot_path(plot)
-    from store.queries import list_documents, load_vocab, vocab_delta
-
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
-            vocab = load_vocab(s)
-            learned = (vocab_delta(s, cycle_id) if cycle_id is not None
-                       else [v for v in vocab if v.cycle_id is not None])
-            uris = {d.id: d.uri for d in list_documents(
-                s, ids={v.document_id for v in learned if v.document_id is not None})}
-            rows = [{"token_id": v.token_id,
-                     "token": v.token_bytes.decode("utf-8", "backslashreplace"),
-                     "cycle_id": v.cycle_id, "document_id": v.document_id,
-                     "document": uris.get(v.document_id)} for v in learned]
-            base = max((v.token_id for v in vocab if v.cycle_id is None), default=None)
+            rows, base = views.vocab_rows(s, cycle_id)
     finally:
         store.close()
     emit_table(rows, as_json, ["token_id", "token", "cycle_id", "document"],
@@ -283,22 +235,12 @@ def history_checkpoints(inv, data_dir, verify, as_json):
 
     Example: cllm history checkpoints --data-dir ./cllm-data --verify
     """
-    from engine.checkpoint import file_sha256
-    from store.queries import list_checkpoints
-
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
-            rows = [{"id": c.id, "cycle_id": c.cycle_id, "path": c.path, "sha256": c.sha256,
-                     "step": c.step, "vocab_size": c.vocab_size, "size_bytes": c.size_bytes,
-                     "latest": c.is_latest, "created": c.created, "pruned": c.pruned}
-                    for c in list_checkpoints(s)]
+            rows = views.checkpoint_rows(s, verify=verify)
     finally:
         store.close()
-    for r in rows:
-        r["exists"] = Path(r["path"]).exists()     # False for a pruned one, which says so
-        if verify:
-            r["ok"] = r["exists"] and file_sha256(r["path"]) == r["sha256"]
     emit_table(rows, as_json, ["id", "cycle_id", "step", "vocab_size", "latest", "exists", "pruned"]
                + (["ok"] if verify else []) + ["path"], f"{len(rows)} checkpoints")
 
@@ -317,17 +259,13 @@ def history_forgetting(inv, data_dir, source, as_json, plot):
     Example: cllm history forgetting --data-dir ./cllm-data --plot forgetting.png
     """
     check_plot_path(plot)
-    from store.queries import forgetting_by_source
-
-    fields = ("cycle_id", "source", "val_loss", "baseline_loss", "forgetting")
     store = existing_store(data_dir, inv.database_url)
     try:
         with store.session(read_only=True) as s:
-            rows = [{k: e[k] for k in fields}
-                    for e in forgetting_by_source(s, source=source, by_cycle=True)]
+            rows = views.forgetting_rows(s, source=source)
     finally:
         store.close()
-    emit_table(rows, as_json, list(fields), f"{len(rows)} evaluations")
+    emit_table(rows, as_json, list(views.FORGETTING_FIELDS), f"{len(rows)} evaluations")
     if plot:
         series: dict[str, tuple[list, list]] = {}
         label = short_names(r["source"] for r in rows)

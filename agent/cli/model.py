@@ -5,7 +5,6 @@ command line, as thin commands over agent.corpus, the continuous trainer and the
 """
 from __future__ import annotations
 
-import codecs
 import sys
 from pathlib import Path
 
@@ -123,53 +122,105 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
         sys.exit(EXIT_INTERRUPTED)
 
 
+def sampling_options(fn):
+    """The sampling options `cllm generate` and `cllm chat` share."""
+    for opt in reversed([
+        click.option("--max-tokens", type=click.IntRange(min=0), default=120,
+                     show_default=True, help="Tokens to generate at most."),
+        click.option("--max-new-tokens", "old_max_tokens", type=click.IntRange(min=0),
+                     default=None, hidden=True),  # its name until 0.1 (deprecated)
+        click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8,
+                     show_default=True, help="0 is greedy."),
+        click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True),
+        click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=None,
+                     help="Keep the smallest set of tokens with this much probability "
+                          "(0: greedy)."),
+        click.option("--seed", type=int, default=None),
+        click.option("--stop", multiple=True,
+                     help="Stop before this text (repeatable; it is not printed)."),
+        click.option("--checkpoint", "cycle", type=int, default=None, metavar="N",
+                     help="Use cycle N's checkpoint (default: the latest)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def load_for_generation(inv: Invocation, data_dir: Path, cycle):
+    """The checkpoint to generate from, through the store's record (agent/serving.py)."""
+    from agent.serving import load_serving_checkpoint
+
+    store = existing_store(data_dir, inv.database_url)
+    try:
+        ckpt = load_serving_checkpoint(store, data_dir, cycle)
+    finally:
+        store.close()
+    if ckpt is None:
+        raise CllmError(f"no checkpoint in {data_dir}", "train first: cllm train")
+    return ckpt
+
+
+def deprecated_max_tokens(max_tokens, old_max_tokens, command: str):
+    if old_max_tokens is None:
+        return max_tokens
+    click.echo(f"warning: {command}'s --max-new-tokens is deprecated, it is --max-tokens now",
+               err=True)
+    return old_max_tokens
+
+
+def sampling(max_tokens, temperature, top_k, top_p, seed, stop, extra_stops=()):
+    from agent.serving import Sampling
+
+    return Sampling(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                    top_p=top_p, seed=seed, stop=tuple(stop) + tuple(extra_stops))
+
+
 @click.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("prompt_arg", metavar="[PROMPT]", required=False)
 @data_dir_option
-@click.option("--prompt", default="", help="Text to continue.")
-@click.option("--max-tokens", type=click.IntRange(min=0), default=120, show_default=True,
-              help="Tokens to generate at most.")
-@click.option("--max-new-tokens", "old_max_tokens", type=click.IntRange(min=0), default=None,
-              hidden=True)   # its name until 0.1 (deprecated: agent/train's vocabulary flag too)
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8, show_default=True,
-              help="0 is greedy.")
-@click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True)
-@click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Keep the smallest set of tokens with this much probability (0: greedy).")
-@click.option("--seed", type=int, default=None)
-@click.option("--stop", multiple=True, help="Stop when this text is produced (repeatable).")
+@click.option("--prompt", default=None, help="Text to continue (or give it as PROMPT, or on "
+                                             "standard input).")
+@sampling_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (text, usage, checkpoint) instead of streaming.")
 @pass_invocation
 @one_line_errors
-def generate(inv: Invocation, data_dir, prompt, max_tokens, old_max_tokens, temperature, top_k,
-             top_p, seed, stop):
-    """Stream a continuation of --prompt from the latest checkpoint.
+def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temperature, top_k,
+             top_p, seed, stop, cycle, as_json):
+    """Stream a continuation of PROMPT from the latest checkpoint (or --checkpoint N's).
 
-    Example: cllm generate --data-dir ./cllm-data --prompt "The while statement" --seed 1
+    Example: echo "def f(" | cllm generate --data-dir ./cllm-data --seed 1
     """
-    from agent.model_state import load_recorded_model_state
+    import sys
 
-    if old_max_tokens is not None:
-        click.echo("warning: generate's --max-new-tokens is deprecated, it is --max-tokens now",
-                   err=True)
-        max_tokens = old_max_tokens
-    state, _ = load_recorded_model_state(existing_store(data_dir, inv.database_url))
-    if state is None:
-        raise CllmError(f"no recorded checkpoint of {data_dir} loads",
-                        "train first: cllm train (see cllm history cycles)")
-    tok = state.tokenizer
-    ids = list(tok.encode(prompt)) or [tok.eod_id]
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    produced = ""
-    click.echo(prompt, nl=False)
-    for t in state.serving_model().generate_stream(ids, max_tokens, temperature=temperature,
-                                         top_k=top_k, top_p=top_p, seed=seed):
-        if t == tok.eod_id:
-            break
-        piece = dec.decode(tok.token_bytes(t))
-        produced += piece
-        click.echo(piece, nl=False)
-        if any(s and s in produced for s in stop):
-            break
-    click.echo(dec.decode(b"", final=True))
+    from agent.serving import TextStream
+
+    if prompt_arg is not None and prompt is not None:
+        raise ConfigError("the prompt is given twice (PROMPT and --prompt)", "give one of them")
+    text = prompt_arg if prompt_arg is not None else prompt
+    if text is None:
+        # piped text: without the final newline(s) `echo` adds
+        text = "" if sys.stdin.isatty() else sys.stdin.read().rstrip("\n")
+    max_tokens = deprecated_max_tokens(max_tokens, old_max_tokens, "generate")
+    ckpt = load_for_generation(inv, data_dir, cycle)
+    ts = TextStream(ckpt, text, sampling(max_tokens, temperature, top_k, top_p, seed, stop))
+    if as_json:
+        out = ts.run()
+        echo_json({
+            "prompt": text, "text": out, "finish_reason": ts.finish_reason,
+            "usage": {"prompt_tokens": ts.prompt_tokens,
+                      "completion_tokens": ts.completion_tokens,
+                      "total_tokens": ts.prompt_tokens + ts.completion_tokens},
+            "cycle": ckpt.cycle, "step": ckpt.step, "checkpoint_path": str(ckpt.ref.path),
+            "checkpoint_sha256": ckpt.ref.sha256, "seed": seed})
+        return
+    click.echo(text, nl=False)
+    try:
+        for piece in ts:
+            click.echo(piece, nl=False)
+    except KeyboardInterrupt:        # Ctrl-C ends the stream, not with a traceback
+        click.echo("")
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo("")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
+from agent.cli.serve import SERVE_OPTIONS, serve_config, serve_options
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
                               echo_json, existing_store, json_option, one_line_errors,
                               pass_invocation, warn_if_preset_ignored)
@@ -19,9 +20,12 @@ from engine.errors import CllmError
 @click.command("agent", context_settings=CONTEXT_SETTINGS)
 @data_dir_option
 @options("agent")
+@click.option("--serve", "serve", is_flag=True,
+              help="Also run the HTTP server of `cllm serve` (its options below).")
+@serve_options
 @pass_invocation
 @one_line_errors
-def agent(inv: Invocation, data_dir: Path, **flags) -> None:
+def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
     """Run the agent: watch folders, crawl targets, train in cycles; stop with Ctrl-C.
 
     Settings come from flags, then CLLM_* environment variables, then DATA_DIR/cllm.toml
@@ -31,13 +35,25 @@ def agent(inv: Invocation, data_dir: Path, **flags) -> None:
     watch or crawl configured anywhere it runs on embedded defaults: it watches
     DATA_DIR/inbox (drop text files there) and learns the shipped sample corpus.
 
-    Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small
+    With --serve the agent also answers HTTP (see `cllm serve`), reloading the served model
+    after each committed cycle.
+
+    Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small --serve
     """
     import threading
 
     from agent.daemon import Agent
     from agent.signals import stop_on_signals
 
+    serve_cfg = None
+    server_flags = {k: flags.pop(k) for k in SERVE_OPTIONS}
+    if serve:
+        from agent.server import require_serve_extra
+        from agent.server.security import check_binding
+
+        require_serve_extra()
+        serve_cfg = serve_config(**server_flags)
+        check_binding(serve_cfg.host, serve_cfg.token)
     values = resolve(flags, data_dir)
     warn_if_preset_ignored(values, data_dir)
     if not inv.quiet:  # the agent reports its cycles unless told to be quiet (-q)
@@ -52,7 +68,7 @@ def agent(inv: Invocation, data_dir: Path, **flags) -> None:
     cfg = build(AgentConfig, values, data_dir=Path(data_dir), trainer=trainer,
                 database_url=inv.database_url)
     stop = threading.Event()
-    a = Agent(cfg, stop=stop)
+    a = Agent(cfg, stop=stop, serve=serve_cfg)
     with stop_on_signals(stop, sigterm=True, announce=True):
         a.run()
     click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)
@@ -96,53 +112,19 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
 
     Example: cllm status --data-dir ./cllm-data
     """
-    from agent.daemon import holder_pid
-    from store import lease as store_lease
-    from store.documents import pending_summary
-    from store.ledger import backlog_status
-    from store.models import CycleStatus
-    from store.queries import (count_cycles, document_counts, latest_checkpoint,
-                               latest_step_metric, list_cycles)
+    from agent.views import status_view
 
     store = existing_store(data_dir, inv.database_url)
     store_name = store.describe()
     try:
         with store.session(read_only=True) as s:
-            running = next(iter(list_cycles(s, status=CycleStatus.RUNNING, limit=1)), None)
-            current = None
-            if running is not None:
-                last = latest_step_metric(s, running.id)
-                current = {"id": running.id, "trigger": running.trigger,
-                           "started": running.started, "documents": running.docs_new,
-                           "step": last.step if last else 0,
-                           "steps": (running.schedule or {}).get("steps"),
-                           "loss": last.loss if last else None}
-            queue = pending_summary(s)
-            pending, pending_bytes = queue["documents"], queue["bytes"]
-            backlog = backlog_status(s)
-            counts: dict[str, int] = {}
-            for c in document_counts(s):
-                counts[c["status"]] = counts.get(c["status"], 0) + c["documents"]
-            counts = dict(sorted(counts.items()))
-            ck = latest_checkpoint(s)
-            last_ckpt = None if ck is None else {"path": ck.path, "sha256": ck.sha256,
-                                                  "step": ck.step, "cycle_id": ck.cycle_id,
-                                                  "vocab_size": ck.vocab_size,
-                                                  "created": ck.created}
-            completed = count_cycles(s, status=CycleStatus.COMPLETED)
-            trainer = store_lease.current(s)
+            out = status_view(s, data_dir, store_name)
     finally:
         store.close()
-    pid = holder_pid(data_dir)
-    if current is not None:
-        current["stale"] = pid is None  # left running by an agent that died; recovered on start
-    out = {"data_dir": str(Path(data_dir).resolve()), "database": store_name,
-           "agent_running": pid is not None, "pid": pid, "current_cycle": current,
-           "backlog": backlog, "pending_documents": pending, "pending_bytes": pending_bytes or 0,
-           "documents": counts, "cycles_completed": completed, "last_checkpoint": last_ckpt,
-           "trainer": None if trainer is None else {
-               "host": trainer.host, "pid": trainer.pid, "data_dir": trainer.data_dir,
-               "renewed": trainer.renewed_at, "expired": trainer.expired}}
+    pid, current, backlog = out["pid"], out["current_cycle"], out["backlog"]
+    pending, pending_bytes = out["pending_documents"], out["pending_bytes"]
+    counts, completed, last_ckpt = out["documents"], out["cycles_completed"], out["last_checkpoint"]
+    trainer = out["trainer"]
     if as_json:
         echo_json(out)
         return
@@ -150,8 +132,9 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
                + (f" (store: {store_name})" if store_name != str(Path(out['data_dir'])
                                                             / "cllm.sqlite3") else ""))
     click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'}")
-    if trainer is not None and not trainer.expired and trainer.pid != pid:
-        click.echo(f"trainer of this store: {trainer.describe()}")
+    if trainer is not None and not trainer["expired"] and trainer["pid"] != pid:
+        where = f" on {trainer['data_dir']}" if trainer["data_dir"] else ""
+        click.echo(f"trainer of this store: pid {trainer['pid']} on host {trainer['host']}{where}")
     if current and current["stale"]:
         click.echo(f"cycle {current['id']} was interrupted at step {current['step']} (the agent "
                    "died); nothing it trained was counted and the next agent start recovers it")

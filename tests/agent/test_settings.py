@@ -105,7 +105,7 @@ def agent_config(clean_env, tmp_path):
     got = []
 
     class Recorder:
-        def __init__(self, cfg, stop=None):
+        def __init__(self, cfg, stop=None, serve=None):
             got.append(cfg)
             raise Stop
 

@@ -1,0 +1,247 @@
+"""The Starlette application and the uvicorn server that runs it.
+
+Starlette + uvicorn: a small, well-kept ASGI stack; streaming responses give Server-Sent
+Events without more libraries, and uvicorn runs on a socket bound here (so the port is known,
+and connections queue, before the server thread even starts).
+
+    service = Service(store, data_dir, ServeConfig(port=0))
+    server = Server(service)
+    server.start()          # a thread; server.url is ready at once
+    ...
+    server.stop()           # uvicorn exits, the checkpoint watcher stops, both joined
+
+`Server.run()` blocks instead (the CLI; Ctrl-C stops it).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from agent.server import api, dashboard, ollama, views
+from agent.server.events import EventHub, StoreWatcher
+from agent.server.api import ApiError, Limits, Slots
+from agent.server.metrics import ServerMetrics
+from agent.server.reload import CheckpointWatcher, ModelHolder
+from agent.server.security import AccessGuard, HostGuard, allowed_hosts, check_binding
+from engine.errors import CllmError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: Optional[str] = None
+    cors: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    cycle: Optional[int] = None          # serve this cycle's checkpoint (no reloading)
+    limits: Limits = field(default_factory=Limits)
+
+
+class Service:
+    """What the routes share: the store, the held checkpoint, generation slots, metrics."""
+
+    def __init__(self, store, data_dir: Path, config: ServeConfig,
+                 holder: Optional[ModelHolder] = None) -> None:
+        self.store, self.data_dir, self.config = store, Path(data_dir), config
+        self.limits = config.limits
+        self.holder = holder or ModelHolder(store, data_dir, config.cycle)
+        self.slots = Slots(config.limits.concurrency)
+        # one thread per generation slot; shut down (joined) with the server
+        self.executor = ThreadPoolExecutor(config.limits.concurrency,
+                                           thread_name_prefix="cllm-generate")
+        self.runs: set = set()                # generations under way (api._Run)
+        self.metrics = ServerMetrics()
+        self.metrics.registry.register(views.StoreCollector(self))
+        self.loaded_at = time.time()
+        self.holder.listeners.append(self._loaded)
+        self._pinned: dict[int, object] = {}
+        self._pinned_lock = threading.Lock()
+        self.hub = EventHub()                 # the dashboard's live updates
+        self.holder.listeners.append(
+            lambda ckpt: self.hub.publish("model", {"cycle": ckpt.cycle}))
+        self.store_changed = lambda: None     # set by the Server: re-read the store now
+
+    def checkpoint_of(self, cycle: int):
+        """Cycle `cycle`'s checkpoint (the served one, or loaded and kept: the last two)."""
+        from agent.serving import load_serving_checkpoint
+
+        cur = self.holder.current
+        if cur is not None and cur.cycle == cycle:
+            return cur
+        with self._pinned_lock:
+            if cycle in self._pinned:
+                return self._pinned[cycle]
+            ckpt = load_serving_checkpoint(self.store, self.data_dir, cycle)
+            self._pinned[cycle] = ckpt
+            while len(self._pinned) > 2:
+                self._pinned.pop(next(iter(self._pinned)))
+            return ckpt
+
+    def close(self) -> None:
+        """Cancel the generations under way and join the executor's threads."""
+        for run in list(self.runs):
+            run.close()
+        self.executor.shutdown(wait=True)
+
+    def _loaded(self, ckpt) -> None:
+        self.loaded_at = time.time()
+        self.metrics.reloads.inc()
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code,
+                                                                       "invalid_request_error")
+    if exc.status_code == 404:
+        msg = f"no route {request.url.path}"
+    elif exc.status_code == 405:
+        msg = (f"{request.method} is not allowed on {request.url.path} (allowed: "
+               f"{(exc.headers or {}).get('Allow', '?')})")
+    else:
+        msg = str(exc.detail)
+    return ApiError(exc.status_code, msg, kind, dict(exc.headers or {})).response()
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
+    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"
+                    ).response()
+
+
+def build_app(service: Service) -> Starlette:
+    cfg = service.config
+    hosts = allowed_hosts(cfg.host, cfg.allowed_hosts)
+    middleware = [Middleware(HostGuard, hosts=hosts)]
+    if cfg.cors:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cfg.cors),
+                                     allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                                     allow_headers=["Authorization", "Content-Type"]))
+    middleware.append(Middleware(AccessGuard, hosts=hosts, token=cfg.token, cors_origins=cfg.cors))
+    app = Starlette(routes=[*api.ROUTES, *ollama.ROUTES, *views.ROUTES, *dashboard.ROUTES], middleware=middleware,
+                    exception_handlers={ApiError: _api_error, HTTPException: _http_error,
+                                        Exception: _server_error})
+    app.state.service = service
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on host:port (port 0: a free one)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise CllmError(f"cannot listen on {host}:{port}: {e}", "check --host") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)          # connections queue from now on, before uvicorn runs
+    except OSError as e:
+        sock.close()
+        raise CllmError(f"cannot listen on {host}:{port}: {e.strerror}",
+                        "pick another --port, or stop what uses it") from None
+    return sock
+
+
+class Server:
+    """uvicorn serving `build_app(service)`, with the checkpoint watcher alongside."""
+
+    def __init__(self, service: Service, watch: bool = True, log_level: str = "warning",
+                 on_failure=None) -> None:
+        import uvicorn
+
+        cfg = service.config
+        check_binding(cfg.host, cfg.token)
+        self.service = service
+        self.app = build_app(service)
+        self.sock = bind(cfg.host, cfg.port)
+        self.port = self.sock.getsockname()[1]
+        self.watcher = CheckpointWatcher(service.holder, observe=watch)
+        self.store_watcher = StoreWatcher(service.store, service.data_dir, service.hub)
+        service.store_changed = self.store_watcher.notify
+        hub = service.hub
+
+        class _Uvicorn(uvicorn.Server):
+            def handle_exit(self, sig, frame) -> None:     # Ctrl-C: end the event streams
+                hub.close()
+                super().handle_exit(sig, frame)
+
+        self._uv = _Uvicorn(uvicorn.Config(
+            self.app, host=cfg.host, port=self.port, log_level=log_level, lifespan="off",
+            proxy_headers=False, server_header=False, timeout_graceful_shutdown=5,
+            access_log=log_level in ("info", "debug")))
+        self._thread: Optional[threading.Thread] = None
+        self.failure: Optional[BaseException] = None
+        self.on_failure = on_failure          # called with the exception if the thread fails
+
+    @property
+    def url(self) -> str:
+        host = self.service.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    def run(self) -> None:
+        """Serve until stopped (should_exit, or Ctrl-C when on the main thread)."""
+        self.watcher.start()
+        self.store_watcher.start()
+        try:
+            self._uv.run(sockets=[self.sock])
+        finally:
+            self.service.hub.close()
+            self.service.close()
+            self.store_watcher.stop()
+            self.watcher.stop()
+            self.sock.close()
+
+    def _run_thread(self) -> None:
+        try:
+            self.run()
+        except BaseException as e:
+            self.failure = e
+            log.exception("server failed")
+            if self.on_failure is not None:
+                self.on_failure(e)
+
+    def start(self) -> "Server":
+        self._thread = threading.Thread(target=self._run_thread, name="cllm-serve", daemon=True)
+        self._thread.start()
+        return self
+
+    def notify(self) -> None:
+        """A checkpoint was committed in this process: reload, and tell the dashboards."""
+        self.watcher.notify()
+        self.store_watcher.notify()
+
+    def stop(self) -> None:
+        self.service.hub.close()           # open event streams end, so shutdown need not wait
+        self._uv.should_exit = True
+        if self._thread is not None:
+            self._thread.join()
+        for failure in (self.failure, self.watcher.failure, self.store_watcher.failure):
+            if failure is not None:
+                raise failure
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

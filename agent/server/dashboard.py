@@ -1,0 +1,157 @@
+"""The dashboard: the page at `/` with its assets (package data under static/, nothing from
+the internet), the live event stream, and the routes only the page needs: crawl targets
+(list, add, remove: rows of the store's targets table), a token's crystalline neighbours,
+and running the engine benchmark.
+
+Control actions write the store, never the agent's memory, so they work whether the
+server runs inside the agent or beside it.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from agent import views
+from agent.server.api import ApiError, read_json
+from agent.server.events import events
+from agent.server.security import TOKEN_COOKIE
+from agent.server.views import _int, json_response
+from engine.errors import CllmError
+
+STATIC = Path(__file__).parent / "static"
+BENCH_PRESETS = ("tiny", "small", "base")
+
+
+async def index(request: Request) -> Response:
+    resp = FileResponse(STATIC / "index.html", media_type="text/html")
+    token = request.query_params.get("token")
+    if token and request.app.state.service.config.token:   # AccessGuard checked it
+        resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
+async def list_targets(request: Request) -> Response:
+    service = request.app.state.service
+
+    def read():
+        with service.store.session(read_only=True) as s:
+            return views.target_rows(s)
+    return json_response(await anyio.to_thread.run_sync(read))
+
+
+async def add_target(request: Request) -> Response:
+    from agent.crawler import record_target
+    from store import StoreError
+    from store.models import TargetKind
+
+    service = request.app.state.service
+    body = await read_json(request, service.limits.max_body_bytes)
+    kinds = [k.value for k in TargetKind]
+    if not isinstance(body, dict) or body.get("kind") not in kinds:
+        raise ApiError(400, f"'kind' must be one of {', '.join(kinds)}")
+    location = body.get("location")
+    if not isinstance(location, str) or not location.strip():
+        raise ApiError(400, "'location' must be a folder, file or http(s) URL")
+    try:
+        tid = await anyio.to_thread.run_sync(record_target, service.store, body["kind"],
+                                             location.strip())
+    except (CllmError, StoreError, ValueError) as e:
+        msg = e.one_line() if hasattr(e, "one_line") else str(e)
+        raise ApiError(400, f"cannot add {location!r}: {msg}") from None
+    service.store_changed()
+    resp = json_response({"id": tid})
+    resp.status_code = 201
+    return resp
+
+
+async def remove_target(request: Request) -> Response:
+    from store.targets import remove_target as remove
+
+    service = request.app.state.service
+    try:
+        tid = int(request.path_params["id"])
+    except ValueError:
+        raise ApiError(400, "the target id must be an integer") from None
+
+    def run():
+        with service.store.session() as s:
+            return remove(s, tid)
+    if not await anyio.to_thread.run_sync(run):
+        raise ApiError(404, f"no target with id {tid}", "not_found_error")
+    service.store_changed()
+    return Response(status_code=204)
+
+
+async def neighbours(request: Request) -> Response:
+    from engine.prime_math import describe_token
+
+    service = request.app.state.service
+    token = _int(request, "token")
+    if token is None:
+        raise ApiError(400, "query parameter 'token' is required")
+    ckpt = service.holder.current
+    vocab = len(ckpt.tokenizer) if ckpt is not None else 10000
+    if token >= vocab:
+        raise ApiError(400, f"token {token} is outside the vocabulary [0, {vocab})")
+    d = await anyio.to_thread.run_sync(describe_token, token, vocab)
+    if ckpt is not None:
+        def text(t: int) -> str:
+            return ckpt.tokenizer.token_bytes(t).decode("utf-8", "backslashreplace")
+        d["text"] = text(token)
+        for n in d["neighbours"]:
+            n["text"] = text(n["token"])
+    return json_response(d)
+
+
+_bench_lock = threading.Lock()
+
+
+async def bench(request: Request) -> Response:
+    """Run `cllm bench` (agent/benchmark.py) on a worker thread; one at a time (409)."""
+    from agent.benchmark import scaling, table_lines
+
+    service = request.app.state.service
+    body = await read_json(request, service.limits.max_body_bytes)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    preset = body.get("preset", "tiny")
+    if preset not in BENCH_PRESETS:
+        raise ApiError(400, f"'preset' must be one of {', '.join(BENCH_PRESETS)}")
+    workers = body.get("workers", [1, 2])
+    if (not isinstance(workers, list) or not workers or len(workers) > 8
+            or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 64
+                       for w in workers)):
+        raise ApiError(400, "'workers' must be a list of 1 to 8 counts within [1, 64]")
+    rounds, steps = body.get("rounds", 1), body.get("steps", 2)
+    for k, v in (("rounds", rounds), ("steps", steps)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10:
+            raise ApiError(400, f"'{k}' must be an integer within [1, 10]")
+    if not _bench_lock.acquire(blocking=False):
+        raise ApiError(409, "a benchmark is already running", "conflict_error")
+    try:
+        res = await anyio.to_thread.run_sync(
+            lambda: scaling(preset, 8, workers, rounds, steps, with_torch=False))
+    finally:
+        _bench_lock.release()
+    res.pop("topology", None)
+    res["lines"] = table_lines(res)
+    return json_response(res)
+
+
+ROUTES = [
+    Route("/", index, methods=["GET"]),
+    Route("/api/events", events, methods=["GET"]),
+    Route("/api/targets", list_targets, methods=["GET"]),
+    Route("/api/targets", add_target, methods=["POST"]),
+    Route("/api/targets/{id}", remove_target, methods=["DELETE"]),
+    Route("/api/neighbours", neighbours, methods=["GET"]),
+    Route("/api/bench", bench, methods=["POST"]),
+    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+]

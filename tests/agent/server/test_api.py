@@ -1,0 +1,197 @@
+"""The OpenAI-compatible API against a real uvicorn server on a free port (httpx, and the
+openai client): models, health, completions (plain and streamed), chat, validation, the
+generation slots."""
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+
+from agent.serving import Sampling, TextStream
+from tests.agent.server.conftest import wait_loaded
+
+
+def test_health_and_models_name_the_data_directory_and_cycle(serve, trained):
+    server = serve(trained)
+    ckpt = wait_loaded(server)
+    h = httpx.get(server.url + "/health")
+    assert h.status_code == 200 and h.json()["cycle"] == ckpt.cycle == 2
+    m = httpx.get(server.url + "/v1/models").json()
+    assert m["object"] == "list" and len(m["data"]) == 1
+    assert m["data"][0]["id"] == f"cllm-{trained.name}-cycle-2"
+    assert m["data"][0]["checkpoint_sha256"] == ckpt.ref.sha256
+
+
+def test_completion_is_the_shared_generation_with_usage_counts(serve, trained):
+    server = serve(trained)
+    ckpt = wait_loaded(server)
+    body = {"model": "any", "prompt": "every sphere", "max_tokens": 12, "seed": 7,
+            "temperature": 0.9, "top_k": 20, "top_p": 0.95}
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    expected = TextStream(ckpt, "every sphere", Sampling(max_tokens=12, temperature=0.9,
+                                                         top_k=20, top_p=0.95, seed=7))
+    text = expected.run()
+    assert out["object"] == "text_completion" and out["choices"][0]["text"] == text
+    assert out["usage"] == {"prompt_tokens": expected.prompt_tokens,
+                            "completion_tokens": expected.completion_tokens,
+                            "total_tokens": expected.prompt_tokens + expected.completion_tokens}
+    assert out["usage"]["prompt_tokens"] == len(ckpt.tokenizer.encode("every sphere"))
+    assert out["choices"][0]["finish_reason"] in ("stop", "length")
+    echo = httpx.post(server.url + "/v1/completions", json={**body, "echo": True}, timeout=60)
+    assert echo.json()["choices"][0]["text"] == "every sphere" + text
+
+
+def test_stream_chunks_arrive_one_by_one_and_end_with_done(serve, trained):
+    server = serve(trained)
+    ckpt = wait_loaded(server)
+    # the served model yields five byte tokens "e", the second one only once the client has
+    # read the first chunk: so chunks are sent as they are generated, not at the end
+    first_read = threading.Event()
+    fixed = _fixed_ids([ord("e")] * 5)
+
+    def gated(*args, **kwargs):
+        for i, t in enumerate(fixed(*args, **kwargs)):
+            if i == 1:
+                assert first_read.wait(30), "the first chunk never reached the client"
+            yield t
+    ckpt.model.generate_stream = gated
+    events = []
+    with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
+                      json={"prompt": "every", "max_tokens": 5, "stream": True,
+                            "stream_options": {"include_usage": True}}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                events.append(data if data == "[DONE]" else json.loads(data))
+                first_read.set()
+    assert events[-1] == "[DONE]"
+    chunks = [e for e in events[:-1] if e["choices"]]
+    assert [c["choices"][0]["text"] for c in chunks[:-1]] == ["e"] * 5
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert events[-2]["usage"]["completion_tokens"] == 5
+
+
+def _fixed_ids(ids):
+    """A stand-in for generate_stream that yields `ids` (to know the text in advance)."""
+    def gen(prompt_ids, max_new_tokens, **kw):
+        yield from ids[:max_new_tokens]
+    return gen
+
+
+def test_chat_stream_with_the_openai_client(serve, trained):
+    openai = pytest.importorskip("openai")   # the [test] extra installs it
+    server = serve(trained)
+    wait_loaded(server)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    listed = [m.id for m in client.models.list()]
+    assert listed == [f"cllm-{trained.name}-cycle-2"]
+    c = client.completions.create(model=listed[0], prompt="the crystal", max_tokens=6, seed=3)
+    assert c.usage.completion_tokens <= 6 and c.choices[0].finish_reason in ("stop", "length")
+    stream = client.chat.completions.create(
+        model=listed[0], messages=[{"role": "system", "content": "be brief"},
+                                   {"role": "user", "content": "hello"}],
+        max_tokens=8, temperature=0, stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
+    whole = client.chat.completions.create(
+        model=listed[0], messages=[{"role": "system", "content": "be brief"},
+                                   {"role": "user", "content": "hello"}],
+        max_tokens=8, temperature=0)
+    assert whole.choices[0].message.content == text      # greedy: the same reply
+    assert whole.usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"prompt": 3}, "'prompt'"),
+    ({"prompt": "x", "max_tokens": -1}, "'max_tokens'"),
+    ({"prompt": "x", "max_tokens": 10 ** 6}, "'max_tokens'"),
+    ({"prompt": "x", "temperature": "hot"}, "'temperature'"),
+    ({"prompt": "x", "temperature": 9}, "'temperature'"),
+    ({"prompt": "x", "top_p": 1.5}, "'top_p'"),
+    ({"prompt": "x", "top_k": True}, "'top_k'"),
+    ({"prompt": "x", "seed": 1.5}, "'seed'"),
+    ({"prompt": "x", "stop": [1]}, "'stop'"),
+    ({"prompt": "x", "stop": ["a"] * 5}, "'stop'"),
+    ({"prompt": "x", "n": 2}, "'n'"),
+    ({"prompt": "x", "stream": "yes"}, "'stream'"),
+    ({"prompt": "x" * 70000}, "characters"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_completion_requests_get_400_json(serve, trained, body, fragment):
+    server = serve(trained)
+    r = httpx.post(server.url + "/v1/completions", json=body)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert fragment in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_bad_chat_and_transport_errors_get_json(serve, trained):
+    server = serve(trained)
+    u = server.url
+    for messages in (None, [], [{"role": "robot", "content": "x"}], [{"role": "user",
+                                                                     "content": 5}]):
+        r = httpx.post(u + "/v1/chat/completions", json={"messages": messages})
+        assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+    r = httpx.post(u + "/v1/completions", content=b"{not json")
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(u + "/v1/completions", content=b"x" * (2 << 20))
+    assert r.status_code == 413 and r.json()["error"]["message"]
+    r = httpx.get(u + "/v1/completions")
+    assert r.status_code == 405 and "POST" in r.json()["error"]["message"]
+    r = httpx.get(u + "/v2/nothing")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+def test_busy_slots_give_429_with_retry_after_and_a_hang_up_frees_its_slot(serve, trained):
+    from agent.server.api import Limits
+
+    server = serve(trained, limits=Limits(concurrency=1, queue_timeout=0))
+    ckpt = wait_loaded(server)
+    slots = server.service.slots
+    assert slots.acquire(0)                    # every slot busy
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    slots.release()
+    assert httpx.post(server.url + "/v1/completions",
+                      json={"prompt": "x", "max_tokens": 2}).status_code == 200
+    # a client that hangs up mid-stream: its generation ends and the slot comes back
+    hang_up = threading.Event()
+    ended = threading.Event()
+
+    def endless(prompt_ids, max_new_tokens, **kw):
+        try:
+            yield ord("a")
+            hang_up.wait(30)
+            while True:
+                yield ord("a")
+        finally:
+            ended.set()
+    ckpt.model.generate_stream = endless
+    with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
+                      json={"prompt": "x", "max_tokens": 1000, "stream": True}) as r:
+        next(line for line in r.iter_lines() if line.startswith("data: "))
+    hang_up.set()
+    assert slots.acquire(30), "the slot of a closed stream was never released"
+    slots.release()
+    assert ended.wait(30)
+
+
+def test_a_request_can_pick_an_earlier_checkpoint(serve, trained):
+    server = serve(trained)
+    wait_loaded(server)
+    body = {"prompt": "every", "max_tokens": 4, "seed": 1}
+    r = httpx.post(server.url + "/v1/completions", json={**body, "checkpoint": 1})
+    assert r.status_code == 200 and r.json()["model"].endswith("-cycle-1")
+    assert httpx.post(server.url + "/v1/completions", json=body).json()["model"].endswith(
+        "-cycle-2")
+    bad = httpx.post(server.url + "/v1/completions", json={**body, "checkpoint": 9})
+    assert bad.status_code == 400 and "cycles with one: 1, 2" in bad.json()["error"]["message"]
