@@ -148,6 +148,10 @@ class Agent:
 
     def run(self) -> None:
         cfg = self.cfg
+        if cfg.role == "train" and (cfg.watch or cfg.crawl):
+            raise ConfigError("--role train learns what other agents record: it neither "
+                              "watches nor crawls",
+                              "give --watch/--crawl to an agent with --role ingest or all")
         for w in cfg.watch:
             if not Path(w).is_dir():
                 raise ConfigError(f"cannot watch {w}: not a folder", "create it or fix --watch")
@@ -164,6 +168,8 @@ class Agent:
         cfg.ingestor(None)                      # ... and so is an unknown fallback encoding
         with DataDirLock(cfg.data_dir):
             store = open_store(cfg.data_dir, cfg.database_url)
+            if cfg.machine:
+                store.origin = cfg.machine      # what the documents it records say they came from
             try:
                 self._run(store)
             finally:
@@ -172,28 +178,40 @@ class Agent:
             raise self.errors[0]
 
     def _run(self, store) -> None:
-        with TrainerLease(store, self.cfg.data_dir, on_lost=self._lease_lost) as lease:
-            self._run_leased(store, lease)
+        if self.cfg.role == "ingest":           # no lease: any number of ingest agents
+            self._run_agent(store, None)
+            return
+        # the heartbeat also wakes the trainer: documents other agents (other processes,
+        # other machines) record reach it within a third of the lease's time
+        with TrainerLease(store, self.cfg.data_dir, ttl_s=self.cfg.lease_ttl,
+                          on_lost=self._lease_lost, on_beat=self.wake.set) as lease:
+            self._run_agent(store, lease)
 
     def _lease_lost(self, e: BaseException) -> None:
         self.errors.append(e)
         self.stop.set()
 
-    def _run_leased(self, store, lease: TrainerLease) -> None:
+    def _run_agent(self, store, lease: Optional[TrainerLease]) -> None:
+        """The agent's threads; without a lease (--role ingest) there is no trainer."""
         cfg = self.cfg
         self.target_ids = self._record_targets(store)
-        trainer = ContinuousTrainer(store, cfg.data_dir, cfg.trainer, stop=self.stop)
-        trainer.arrivals = self.arrivals
-        trainer.lease = lease
-        trainer.recover()
-        state = trainer.load_latest()
-        log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
-                 len(state.tokenizer))
-        monitor = None
+        trainer = None
         threads = [threading.Thread(target=self._guard, args=(self._ingest_loop, store),
-                                    name="agent-ingest"),
-                   threading.Thread(target=self._guard, args=(self._trainer_loop, trainer),
-                                    name="agent-trainer")]
+                                    name="agent-ingest")]
+        if lease is not None:
+            trainer = ContinuousTrainer(store, cfg.data_dir, cfg.trainer, stop=self.stop)
+            trainer.arrivals = self.arrivals
+            trainer.lease = lease
+            trainer.recover()
+            state = trainer.load_latest()
+            log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
+                     len(state.tokenizer))
+            threads.append(threading.Thread(target=self._guard, args=(self._trainer_loop, trainer),
+                                            name="agent-trainer"))
+        else:
+            log.info("agent on %s: ingest only (as %s); the store's trainer learns what it "
+                     "records", cfg.data_dir, store.origin)
+        monitor = None
         if cfg.crawl:
             threads.append(threading.Thread(target=self._guard, args=(self._crawl_all, store),
                                             name="agent-crawl"))
@@ -233,14 +251,16 @@ class Agent:
                         self.errors.append(e)
             log.info("agent stopped")
 
-    def _start_server(self, store, trainer: ContinuousTrainer) -> None:
+    def _start_server(self, store, trainer: Optional[ContinuousTrainer]) -> None:
         """The HTTP server on its own thread, over the agent's store; it reloads on the
-        trainer's in-process event after each commit (no file watching)."""
+        trainer's in-process event after each commit (no file watching; an ingest-only
+        agent's server watches the checkpoints folder as `cllm serve` does)."""
         from agent.server.app import Server, Service
 
-        self.server = Server(Service(store, self.cfg.data_dir, self.serve), watch=False,
-                             on_failure=self._server_failed)
-        trainer.checkpoint_listeners.append(self.server.notify)
+        self.server = Server(Service(store, self.cfg.data_dir, self.serve),
+                             watch=trainer is None, on_failure=self._server_failed)
+        if trainer is not None:
+            trainer.checkpoint_listeners.append(self.server.notify)
         self.server.start()
         log.info("serving on %s", self.server.url)
         self.serving.set()

@@ -29,11 +29,13 @@ class AgentLocked(CllmError):
 
 class TrainerLease:
     def __init__(self, store, data_dir: Optional[Path] = None, ttl_s: float = LEASE_TTL_S,
-                 on_lost: Optional[Callable[[BaseException], None]] = None) -> None:
+                 on_lost: Optional[Callable[[BaseException], None]] = None,
+                 on_beat: Optional[Callable[[], None]] = None) -> None:
         self.store = store
         self.data_dir = str(data_dir) if data_dir is not None else None
         self.ttl_s = ttl_s
         self.on_lost = on_lost
+        self.on_beat = on_beat            # after each renewal (the agent wakes its trainer)
         self.holder = store_lease.new_holder_id()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -77,3 +79,6 @@ class TrainerLease:
                 return
             except StoreError as e:     # e.g. the database locked for a moment: next beat
                 log.warning("could not renew the trainer lease: %s", e.one_line())
+                continue
+            if self.on_beat is not None:
+                self.on_beat()

@@ -250,6 +250,19 @@ SETTINGS: tuple[Setting, ...] = (
             "by the crawler: ssrf.HostPolicy.build).",
             commands=("agent", "crawl"),
             into=AGENT + CRAWL, field_name="allow_networks", metavar="CIDR"),
+    # --- several agents on one store
+    Setting("role", "all", str,
+            "What this agent does: 'ingest' watches and crawls into the store, 'train' learns "
+            "what the store holds (one trainer per store: the store's lease), 'all' both.",
+            choices=("all", "ingest", "train"), hint="e.g. --role ingest",
+            commands=AGENT, into=AGENT),
+    Setting("machine", None, str,
+            "The name the documents this agent records carry as their origin.",
+            shown="this host's name", hint="e.g. --machine laptop", commands=AGENT, into=AGENT),
+    Setting("lease_ttl", 30.0, float,
+            "Seconds the trainer lease and crawl claims last without a heartbeat: how soon "
+            "another agent can take over from one that died or hangs.",
+            check=at_least(1.0), hint="e.g. --lease-ttl 30", commands=AGENT, into=AGENT),
     # --- the run
     Setting("max_cycles", None, int, "Stop after this many completed cycles.",
             shown="run until stopped", check=at_least(1), hint="e.g. --max-cycles 1",
