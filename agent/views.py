@@ -12,7 +12,7 @@ from typing import Optional
 
 DOCUMENT_FIELDS = ("id", "uri", "source", "status", "sha256", "size_bytes", "n_tokens",
                    "trainable_bytes", "trained_bytes", "encoding",
-                   "reason", "cycle_id", "target_id", "first_seen", "updated")
+                   "reason", "cycle_id", "target_id", "origin", "first_seen", "updated")
 URL_FIELDS = ("id", "url", "status", "http_status", "reason", "document_id", "fetched_at")
 FORGETTING_FIELDS = ("cycle_id", "source", "val_loss", "baseline_loss", "forgetting")
 

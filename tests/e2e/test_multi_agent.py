@@ -4,7 +4,10 @@ ingest agent costs nothing; a killed trainer's lease passes to the next trainer,
 resumes from the store's latest checkpoint. On SQLite and on the real PostgreSQL server."""
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 
 from sqlalchemy import select
 
@@ -68,6 +71,10 @@ def test_two_ingest_agents_and_a_trainer_then_a_killed_trainer_is_taken_over(sto
     assert "resumed from checkpoint" in line and str(tmp_path / "trainer") in line
     second.wait_for(r"backlog learned")
     assert beta.stop() == 0 and second.stop() == 0
+    listed = json.loads(subprocess.run(
+        [sys.executable, "-m", "agent", "history", "documents", "--data-dir", str(tmp_path / "x"),
+         "--database-url", url, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert sorted(r["origin"] for r in listed) == ["alpha", "beta", "beta", "beta"]
     docs = documents(store_target)
     assert {d.status for d in docs} == {"trained"} and len(docs) == 4
     st = store_target.open()
