@@ -181,10 +181,10 @@ def mpi_scaling(preset: str = "base", batch: int = 8, workers: int = 1, rounds: 
             dt, _ = measure(step, steps)
             many.append(batch * cfg.context / dt)
             coll.append((group.collective_s - c0) / (steps + 1))   # measure() warms up once
+        leader.end(spread)
     finally:
         alone.close()
         spread.close()
-    leader.end()
     base = float(np.median(one))
     rows = [{"ranks": 1, "workers": workers, "tok_s": base, "scaling": 1.0,
              "collective_ms": 0.0},

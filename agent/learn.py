@@ -205,8 +205,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
             if group is not None:   # the other ranks wait in this cycle's collectives
                 group.abort(f"rank 0 failed in step {res.steps} of the cycle: {e!r}")
             raise
-    if leader is not None:
-        leader.end()                        # and every rank's parameters agree with ours
+        if leader is not None:
+            leader.end(system)              # and every rank's parameters agree with ours
     res.seconds = time.perf_counter() - t0
     state.step += res.steps
     if res.losses:

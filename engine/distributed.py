@@ -132,6 +132,79 @@ class RankGroup:
         self.comm.Abort(code)
 
 
+# ---------------------------------------------------------------------------- combining
+
+MODES = ("shard", "allreduce")
+DEFAULT_MODE = os.environ.get("CLLM_MPI_COMBINE", "shard")
+
+
+class SegmentCombiner:
+    """How worker w of every rank combines gradient segment w (on its own communicator):
+
+    - "shard" (the default; measured faster, see README): Reduce_scatter, so each rank holds
+      the summed gradient of its 1/R share of the segment and updates only that share
+      (parameters and AdamW moments), then Allgatherv of the updated parameters; the
+      moments stay sharded during a cycle and are gathered at its end (`gather_all`);
+    - "allreduce": one in-place Allreduce and the same whole-segment update on every rank.
+    Both give every rank the same parameters after each step."""
+
+    def __init__(self, group: RankGroup, segments: list[tuple[int, int]],
+                 mode: Optional[str] = None) -> None:
+        self.group = group
+        self.mode = mode or DEFAULT_MODE
+        if self.mode not in MODES:
+            raise CllmError(f"CLLM_MPI_COMBINE={self.mode!r} is not one of {', '.join(MODES)}",
+                            "unset it (shard) or set allreduce")
+        self.segments = segments
+        self.comms = group.worker_comms(len(segments))
+        R, r = group.size, group.rank
+        # each segment cut into R contiguous shards: counts and offsets within the segment
+        self.counts = [[(k + 1) * (hi - lo) // R - k * (hi - lo) // R for k in range(R)]
+                       for lo, hi in segments]
+        self.offsets = [[k * (hi - lo) // R for k in range(R)] for lo, hi in segments]
+        self._recv = [np.empty(c[r], np.float32) for c in self.counts]
+        self._part = [np.zeros(1, np.float64) for _ in segments]
+
+    def combine_stats(self, buf: np.ndarray) -> None:
+        self.group.allreduce_(self.comms[0], buf)
+
+    def reduce(self, w: int, grad: np.ndarray, lo: int, hi: int) -> tuple[int, int, float]:
+        """Sum segment w of the gradient over the ranks; returns the range this rank updates
+        and the squared norm of the whole summed segment."""
+        from engine import kernels as K
+
+        comm = self.comms[w]
+        if self.mode == "allreduce":
+            self.group.allreduce_(comm, grad[lo:hi])
+            return lo, hi, float(K.sumsq(grad, lo, hi))
+        r, MPI = self.group.rank, self.group.MPI
+        comm.Reduce_scatter(grad[lo:hi], self._recv[w], recvcounts=self.counts[w], op=MPI.SUM)
+        slo = lo + self.offsets[w][r]
+        shi = slo + self.counts[w][r]
+        grad[slo:shi] = self._recv[w]
+        self._part[w][0] = K.sumsq(grad, slo, shi) if shi > slo else 0.0
+        self.group.allreduce_(comm, self._part[w])
+        return slo, shi, float(self._part[w][0])
+
+    def gather(self, w: int, flat: np.ndarray, lo: int, hi: int) -> None:
+        """After each rank updated its shard of segment w: every rank gets all of it."""
+        if self.mode == "shard":
+            self.comms[w].Allgatherv(self.group.MPI.IN_PLACE,
+                                     [flat[lo:hi], (self.counts[w], self.offsets[w]),
+                                      self.group.MPI.FLOAT])
+
+    def gather_all(self, arrays) -> None:
+        """Every rank's shards of `arrays` (the AdamW moments) to every rank: at the end of
+        a cycle, before the checkpoint and the agreement check."""
+        if self.mode != "shard":
+            return
+        for w, (lo, hi) in enumerate(self.segments):
+            if hi > lo:
+                for a in arrays:
+                    if a.size:
+                        self.gather(w, a, lo, hi)
+
+
 # ---------------------------------------------------------------------------- the plan
 #
 # Rank 0 alone reads the store, learns the tokenizer and writes checkpoints. Per cycle it
@@ -156,8 +229,11 @@ class Leader:
         self.group.bcast_array_(inputs)
         self.group.bcast_array_(targets)
 
-    def end(self) -> str:
+    def end(self, system) -> str:
+        """The cycle's end: the followers are told, the optimizer state is made whole on
+        every rank, and every rank's parameters and moments must agree with rank 0's."""
         self.group.bcast(("end",))
+        system.gather_state()
         return self.group.check_agreement(self.model.params, *self.optimizer.state().values())
 
 
@@ -205,6 +281,7 @@ def follow(group: RankGroup) -> int:
             while True:
                 ctl = group.bcast()
                 if ctl[0] == "end":
+                    system.gather_state()
                     break
                 _, lr, shape = ctl
                 inputs = np.empty(shape, np.int64)

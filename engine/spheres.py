@@ -156,7 +156,11 @@ class ThreadedTrainingSystem:
         # across ranks: one communicator per worker segment, and the step's global
         # [loss sum, valid targets] that worker 0 sums over the ranks
         self._group = group
-        self._comms = group.worker_comms(self.n) if group is not None else None
+        self._combiner = None
+        if group is not None:
+            from engine.distributed import SegmentCombiner
+            self._combiner = SegmentCombiner(group, self.segments)
+        self._update_range = list(self.segments)   # what each worker updates (its shard)
         self._global = np.zeros(2, np.float64)
 
         self._limiter = None
@@ -218,11 +222,18 @@ class ThreadedTrainingSystem:
         if any(t.is_alive() for t in self._threads):
             return False
         for w in np.flatnonzero(self._saved):
-            lo, hi = self.segments[w]
+            lo, hi = self._update_range[w]      # the part it saved (its shard across ranks)
             for dst, src in zip(self._undo_targets(), self._undo):
                 dst[lo:hi] = src[lo:hi]
         self._saved[:] = False
         return True
+
+    def gather_state(self) -> None:
+        """Across ranks with sharded combining, each rank's AdamW moments are current only
+        in its shards during a cycle: make them whole on every rank (collective: every rank
+        calls it, at the end of a cycle)."""
+        if self._combiner is not None:
+            self._combiner.gather_all(list(self.optimizer.state().values()))
 
     def threads_alive(self) -> int:
         return sum(t.is_alive() for t in self._threads)
@@ -384,18 +395,21 @@ class ThreadedTrainingSystem:
                 t_red = time.perf_counter()
                 self._phase[w] = "reduce"
                 active = self._active
-                if self._comms is not None and w == 0:
+                comb = self._combiner
+                if comb is not None and w == 0:
                     self._global[0] = self._losses[active].sum()
                     self._global[1] = self._counts[active].sum()
-                    self._group.allreduce_(self._comms[0], self._global)
+                    comb.combine_stats(self._global)
                 if hi > lo:
                     K.sum_rows_indexed(self.grad, self.grads, active, lo, hi)
-                    if self._comms is not None:    # segment w of every rank, summed in place
+                    if comb is not None:           # segment w of every rank combined
                         t_mpi = time.perf_counter()
-                        self._group.allreduce_(self._comms[w], self.grad[lo:hi])
+                        ulo, uhi, self._seg_sumsq[w] = comb.reduce(w, self.grad, lo, hi)
+                        self._update_range[w] = (ulo, uhi)
                         if w == 0:                 # worker 0's view of the collectives
                             self._group.collective_s += time.perf_counter() - t_mpi
-                    self._seg_sumsq[w] = K.sumsq(self.grad, lo, hi)
+                    else:
+                        self._seg_sumsq[w] = K.sumsq(self.grad, lo, hi)
                 else:
                     self._seg_sumsq[w] = 0.0
                 t_c = time.perf_counter()
@@ -404,10 +418,13 @@ class ThreadedTrainingSystem:
                 t_upd = time.perf_counter()
                 apply, gscale, _, _ = self._decision
                 self._phase[w] = "update"
-                if apply and hi > lo:
-                    self._save_segment(w, lo, hi)
-                    self.optimizer.update_segment(self.model.params, self.grad, lo, hi,
+                ulo, uhi = self._update_range[w]
+                if apply and uhi > ulo:
+                    self._save_segment(w, ulo, uhi)
+                    self.optimizer.update_segment(self.model.params, self.grad, ulo, uhi,
                                                   self._hyper, gscale)
+                if apply and comb is not None and hi > lo:
+                    comb.gather(w, self.model.params, lo, hi)   # every rank's shard of it
                 t_e = time.perf_counter()
                 self._phase[w] = "waiting"
                 self._updated.wait()

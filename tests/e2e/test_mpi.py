@@ -51,7 +51,7 @@ def test_two_ranks_train_the_model_one_process_trains(tmp_path):
     assert np.abs(a.model.params - b.model.params).max() <= np.abs(a.model.params).max()
     # rank 0 alone wrote the store: one cycle, one checkpoint file pair
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
-        "ckpt-000001.safetensors", "ckpt-000001.tokenizer.json"]
+        "ckpt-000001.safetensors", "ckpt-000001.tokenizer.json", "committed.json"]
     with open_store(two) as st, st.session() as s:
         assert [c.status for c in s.scalars(select(Cycle))] == ["completed"]
 

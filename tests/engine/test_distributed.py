@@ -29,9 +29,9 @@ def mpiexec(*args, n=2, timeout=180, env=None):
     return p, (json.loads(lines[0][7:]) if lines else None)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_ranks_times_workers_equal_the_single_process_run(workers):
-    p, out = mpiexec("equality", str(workers))
+@pytest.mark.parametrize("mode,workers", [("shard", 1), ("shard", 2), ("allreduce", 2)])
+def test_ranks_times_workers_equal_the_single_process_run(mode, workers):
+    p, out = mpiexec("equality", str(workers), env={"CLLM_MPI_COMBINE": mode})
     assert p.returncode == 0 and out, p.stderr[-3000:]
     for name in ("sgd", "adamw"):
         r = out[name]
@@ -41,6 +41,7 @@ def test_ranks_times_workers_equal_the_single_process_run(workers):
         assert r["max_abs_diff"] < (1e-6 if name == "sgd" else 1e-5), (name, r["max_abs_diff"])
         assert r["skipped"] == r["ref_skipped"] and r["skipped"][-3] is True   # no targets
         assert r["tokens"] == r["ref_tokens"] and r["t"] == r["ref_t"]
+        assert r["moments_diff"] < 1e-5        # the sharded moments, gathered, are whole
         for a, b in zip(r["losses"], r["ref_losses"]):
             assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
 

@@ -46,6 +46,7 @@ def train(tcfg, workers, group):
     m = Model(CFG, seed=0)
     with ThreadedTrainingSystem(m, tcfg, n_workers=workers, group=group) as s:
         results = [s.train_step(x, y) for x, y in batches()]
+        s.gather_state()
     return m, s, results
 
 
@@ -55,6 +56,8 @@ def equality(workers: int) -> dict:
     for name, tcfg in (("sgd", SGD), ("adamw", ADAMW)):
         m, s, res = train(tcfg, workers, group)
         digest = group.check_agreement(m.params, *s.optimizer.state().values())
+        if group.is_root:       # moments: rank 0's are whole, as a checkpoint needs them
+            out_state = {k: v.copy() for k, v in s.optimizer.state().items()}
         if group.is_root:       # the single-process reference, computed on rank 0 alone
             ref, rs, ref_res = train(tcfg, 1, None)
             out[name] = {
@@ -63,7 +66,9 @@ def equality(workers: int) -> dict:
                 "losses": [r.loss for r in res], "ref_losses": [r.loss for r in ref_res],
                 "skipped": [r.skipped for r in res], "ref_skipped": [r.skipped for r in ref_res],
                 "tokens": [r.tokens for r in res], "ref_tokens": [r.tokens for r in ref_res],
-                "t": s.optimizer.t, "ref_t": rs.optimizer.t, "digest": digest}
+                "t": s.optimizer.t, "ref_t": rs.optimizer.t, "digest": digest,
+                "moments_diff": max(float(np.abs(out_state[k] - v).max())
+                                    for k, v in rs.optimizer.state().items())}
     return out
 
 
