@@ -367,3 +367,15 @@ class Lease(Base):
 
     def __repr__(self) -> str:
         return f"Lease(name={self.name!r}, holder={self.holder!r})"
+
+
+class Control(Base):
+    """A control a user set for the agents of a store, e.g. "paused" (training paused from the
+    dashboard or `cllm pause`): rows of the store, so they reach the agent whether the
+    server runs inside it or beside it, and outlive restarts."""
+
+    __tablename__ = "controls"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[dict[str, Any]]
+    updated: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
