@@ -105,6 +105,7 @@ class ContinuousTrainer:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.arrivals = threading.Event()
+        self.paused = threading.Event()    # set by the agent: end the cycle at a step boundary
         self.progress = progress          # (cycle_id, step, planned steps, loss)
         # the store's trainer lease this process holds (agent/lease.py): every cycle's
         # commit checks it in its own transaction, so a process that lost it records nothing
@@ -399,6 +400,8 @@ class ContinuousTrainer:
                 return "stop"
             if preemptible and self.arrivals.is_set():
                 return "preempted"
+            if self.paused.is_set():       # a user paused training: commit what it learned
+                return "paused"
             return None
 
         seconds = min(st.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)

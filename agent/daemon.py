@@ -145,6 +145,11 @@ class Agent:
         # trigger waits (the first cycle takes the whole crawl, not its first few files);
         # the age trigger (--max-wait) still applies
         self.crawled = threading.Event()
+        # training paused by a user (a row of the store: the dashboard, the API); read at
+        # start, at every lease heartbeat, and at once when the server runs in this process
+        self.paused = threading.Event()
+        self.crawl_wake = threading.Event()  # a crawl target was added to the store
+        self._crawl_targets_known: set[str] = set()
 
     def run(self) -> None:
         cfg = self.cfg
@@ -184,8 +189,25 @@ class Agent:
         # the heartbeat also wakes the trainer: documents other agents (other processes,
         # other machines) record reach it within a third of the lease's time
         with TrainerLease(store, self.cfg.data_dir, ttl_s=self.cfg.lease_ttl,
-                          on_lost=self._lease_lost, on_beat=self.wake.set) as lease:
+                          on_lost=self._lease_lost, on_beat=lambda: self._controls(store)) as lease:
             self._run_agent(store, lease)
+
+    def _controls(self, store) -> None:
+        """Read what users set in the store: training paused or not, crawl targets added.
+        Then wake the trainer (it also looks for documents other agents recorded)."""
+        from store import controls
+        from store.models import TargetKind
+        from store.targets import list_targets
+
+        with store.session(read_only=True) as s:
+            paused = controls.paused(s)
+            crawl = [t.location for t in list_targets(s, TargetKind.CRAWL)]
+        if paused != self.paused.is_set():
+            log.info("training %s (a control of the store)", "paused" if paused else "resumed")
+            (self.paused.set if paused else self.paused.clear)()
+        if self.cfg.role != "train" and set(crawl) - self._crawl_targets_known:
+            self.crawl_wake.set()
+        self.wake.set()
 
     def _lease_lost(self, e: BaseException) -> None:
         self.errors.append(e)
@@ -201,7 +223,9 @@ class Agent:
         if lease is not None:
             trainer = ContinuousTrainer(store, cfg.data_dir, cfg.trainer, stop=self.stop)
             trainer.arrivals = self.arrivals
+            trainer.paused = self.paused
             trainer.lease = lease
+            self._controls(store)
             trainer.recover()
             state = trainer.load_latest()
             log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
@@ -212,7 +236,7 @@ class Agent:
             log.info("agent on %s: ingest only (as %s); the store's trainer learns what it "
                      "records", cfg.data_dir, store.origin)
         monitor = None
-        if cfg.crawl:
+        if cfg.role != "train":             # also for targets users add to the store later
             threads.append(threading.Thread(target=self._guard, args=(self._crawl_all, store),
                                             name="agent-crawl"))
         else:
@@ -234,6 +258,7 @@ class Agent:
         finally:
             self.stop.set()
             self.wake.set()
+            self.crawl_wake.set()
             if monitor is not None:
                 try:
                     monitor.stop()
@@ -257,8 +282,9 @@ class Agent:
         agent's server watches the checkpoints folder as `cllm serve` does)."""
         from agent.server.app import Server, Service
 
-        self.server = Server(Service(store, self.cfg.data_dir, self.serve),
-                             watch=trainer is None, on_failure=self._server_failed)
+        service = Service(store, self.cfg.data_dir, self.serve)
+        service.control_listeners.append(lambda: self._controls(store))
+        self.server = Server(service, watch=trainer is None, on_failure=self._server_failed)
         if trainer is not None:
             trainer.checkpoint_listeners.append(self.server.notify)
         self.server.start()
@@ -345,6 +371,7 @@ class Agent:
                          follow_symlinks=cfg.follow_symlinks, ingestor=cfg.ingestor(store),
                          **cfg.path_filter_args()) as crawler:
                 plan = list(iter_targets(cfg.crawl))
+                self._crawl_targets_known.update(self._stored_crawl_targets(store))
                 try:
                     self._crawl_targets(crawler, plan)
                 finally:
@@ -355,15 +382,43 @@ class Agent:
             self.crawled.set()
             self.wake.set()
 
+    def _stored_crawl_targets(self, store) -> set[str]:
+        from store.models import TargetKind
+        from store.targets import list_targets
+
+        with store.session(read_only=True) as s:
+            return {t.location for t in list_targets(s, TargetKind.CRAWL)}
+
     def _recrawl(self, store, crawler, urls: list[str]) -> None:
+        """Re-crawl the URL targets when due, and crawl the targets users add to the store
+        (the dashboard) when they appear; a removed target is not crawled again. Waits on
+        `crawl_wake` (a new target, or the stop) until the next due time."""
+        from agent.crawler import iter_targets
+
         interval = self.cfg.recrawl_interval
-        if not urls or interval <= 0:
-            return
-        while True:
-            wait = recrawl_wait(store, urls, interval)
-            log.info("next re-crawl of %d URL targets in %.0f s", len(urls), wait)
-            if self.stop.wait(wait):
-                return
+        urls = list(urls)
+        while not self.stop.is_set():
+            stored = self._stored_crawl_targets(store)
+            added = sorted(stored - self._crawl_targets_known)
+            self._crawl_targets_known |= set(added)
+            urls = [u for u in urls if u in stored or u in self.cfg.crawl]
+            if added:
+                plan = []
+                for t in added:
+                    try:
+                        plan += list(iter_targets([t]))
+                    except CllmError as e:
+                        log.error("cannot crawl the added target %s: %s", t, e.one_line())
+                log.info("crawling %d targets added to the store", len(plan))
+                self._crawl_targets(crawler, plan)
+                urls += [t for kind, t in plan if kind == "url"]
+                continue
+            wait = recrawl_wait(store, urls, interval) if urls and interval > 0 else None
+            if wait is not None:
+                log.info("next re-crawl of %d URL targets in %.0f s", len(urls), wait)
+            if self.crawl_wake.wait(wait):
+                self.crawl_wake.clear()
+                continue
             self._crawl_targets(crawler, [("url", u) for u in urls])
 
     def _crawl_targets(self, crawler, plan: list[tuple[str, str]]) -> None:
@@ -399,6 +454,9 @@ class Agent:
         while not self.stop.is_set():
             self.wake.clear()
             try:
+                if self.paused.is_set():        # a user paused training: wait for resume
+                    self.wake.wait()
+                    continue
                 trigger, wait = trainer.due(tokens_trigger=self.crawled.is_set())
                 if trigger is None:
                     if learned_since_idle:
