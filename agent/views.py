@@ -122,6 +122,7 @@ def status_view(session, data_dir: Path, database: str) -> dict:
     """What `cllm status --json` prints: the data directory and the store (`database`, as
     Store.describe() names it), the agent (running or not), the current cycle and its
     progress, the backlog, documents by status, the last checkpoint, the trainer lease."""
+    from store import controls
     from agent.daemon import holder_pid
     from store import lease as store_lease
     from store.documents import pending_summary
@@ -157,6 +158,7 @@ def status_view(session, data_dir: Path, database: str) -> dict:
             "pending_bytes": queue["bytes"] or 0, "documents": dict(sorted(counts.items())),
             "cycles_completed": count_cycles(session, status=CycleStatus.COMPLETED),
             "last_checkpoint": last_ckpt,
+            "training_paused": controls.paused(session),
             "trainer": None if trainer is None else {   # the store's trainer lease
                 "host": trainer.host, "pid": trainer.pid, "data_dir": trainer.data_dir,
                 "renewed": trainer.renewed_at, "expired": trainer.expired}}

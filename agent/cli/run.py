@@ -132,6 +132,8 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
                + (f" (store: {store_name})" if store_name != str(Path(out['data_dir'])
                                                             / "cllm.sqlite3") else ""))
     click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'}")
+    if out.get("training_paused"):
+        click.echo("training is paused (resume it from the dashboard or POST /api/training)")
     if trainer is not None and not trainer["expired"] and trainer["pid"] != pid:
         where = f" on {trainer['data_dir']}" if trainer["data_dir"] else ""
         click.echo(f"trainer of this store: pid {trainer['pid']} on host {trainer['host']}{where}")

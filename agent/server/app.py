@@ -75,6 +75,14 @@ class Service:
         self.holder.listeners.append(
             lambda ckpt: self.hub.publish("model", {"cycle": ckpt.cycle}))
         self.store_changed = lambda: None     # set by the Server: re-read the store now
+        # called after a control is written (pause, a target added): an agent running this
+        # server reads the store's controls at once instead of at its next heartbeat
+        self.control_listeners: list = []
+
+    def controls_changed(self) -> None:
+        for listener in self.control_listeners:
+            listener()
+        self.store_changed()
 
     def checkpoint_of(self, cycle: int):
         """Cycle `cycle`'s checkpoint (the served one, or loaded and kept: the last two)."""

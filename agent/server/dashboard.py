@@ -65,7 +65,7 @@ async def add_target(request: Request) -> Response:
     except (CllmError, StoreError, ValueError) as e:
         msg = e.one_line() if hasattr(e, "one_line") else str(e)
         raise ApiError(400, f"cannot add {location!r}: {msg}") from None
-    service.store_changed()
+    service.controls_changed()
     resp = json_response({"id": tid})
     resp.status_code = 201
     return resp
@@ -85,8 +85,26 @@ async def remove_target(request: Request) -> Response:
             return remove(s, tid)
     if not await anyio.to_thread.run_sync(run):
         raise ApiError(404, f"no target with id {tid}", "not_found_error")
-    service.store_changed()
+    service.controls_changed()
     return Response(status_code=204)
+
+
+async def training(request: Request) -> Response:
+    """Pause or resume training: {"paused": true|false}. A row of the store, so the agent
+    obeys whether this server runs inside it or beside it."""
+    from store import controls
+
+    service = request.app.state.service
+    body = await read_json(request, service.limits.max_body_bytes)
+    if not isinstance(body, dict) or not isinstance(body.get("paused"), bool):
+        raise ApiError(400, "send {\"paused\": true} or {\"paused\": false}")
+
+    def run():
+        with service.store.session() as s:
+            controls.set_paused(s, body["paused"], by="dashboard")
+    await anyio.to_thread.run_sync(run)
+    service.controls_changed()
+    return json_response({"paused": body["paused"]})
 
 
 async def neighbours(request: Request) -> Response:
@@ -151,6 +169,7 @@ ROUTES = [
     Route("/api/targets", list_targets, methods=["GET"]),
     Route("/api/targets", add_target, methods=["POST"]),
     Route("/api/targets/{id}", remove_target, methods=["DELETE"]),
+    Route("/api/training", training, methods=["POST"]),
     Route("/api/neighbours", neighbours, methods=["GET"]),
     Route("/api/bench", bench, methods=["POST"]),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -122,6 +122,10 @@ async function training() {
   const [st, cycles, steps] = await Promise.all([getJSON("/api/status"), getJSON("/api/cycles"), getJSON("/api/steps")]);
   $("#agent-state").replaceChildren(st.agent_running ? `running (pid ${st.pid})` : "not running",
     el("br"), `${st.cycles_completed} cycles completed`);
+  const pause = $("#pause-training");
+  pause.dataset.paused = st.training_paused ? "1" : "0";
+  pause.textContent = st.training_paused ? "Resume training" : "Pause training";
+  if (st.training_paused) $("#agent-state").append(el("br"), "training paused");
   const c = st.current_cycle;
   $("#current-cycle").textContent = c ? `cycle ${c.id} (${c.trigger}): step ${c.step}/${c.steps ?? "?"}, loss ${fmt(c.loss)}` +
     (c.stale ? " (interrupted)" : "") : "none";
@@ -133,6 +137,13 @@ async function training() {
     ["documents", "documents"], ["steps", "steps"], ["loss", "loss"], ["val_loss", "validation"],
     ["forgetting_mean", "forgetting"], ["tokens_per_s", "tokens/s"], ["vocab_after", "vocabulary"]]);
 }
+
+$("#pause-training").addEventListener("click", async () => {
+  const paused = $("#pause-training").dataset.paused !== "1";
+  await fetch("/api/training", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ paused }) });
+  training();
+});
 
 async function crawler() {
   const [targets, st, docs, urls] = await Promise.all([getJSON("/api/targets"), getJSON("/api/status"),

@@ -183,6 +183,31 @@ def test_adding_a_crawl_target_from_the_page_records_it_in_the_store(serve, trai
     assert targets() == before
 
 
+def test_pausing_training_from_the_page_sets_the_stores_control(serve, trained, browser):
+    from selenium.webdriver.common.by import By
+
+    from store import controls, open_store
+
+    def paused():
+        with open_store(trained) as store, store.session(read_only=True) as s:
+            return controls.paused(s)
+
+    server = serve(trained)
+    d = browser
+    open_tab(d, server.url, "training")
+    wait_js(d, "document.querySelector('#pause-training').textContent === 'Pause training'",
+            "pause button")
+    assert not paused()
+    d.find_element(By.ID, "pause-training").click()
+    wait_js(d, "document.querySelector('#pause-training').textContent === 'Resume training'",
+            "resume button")
+    assert paused()
+    d.find_element(By.ID, "pause-training").click()
+    wait_js(d, "document.querySelector('#pause-training').textContent === 'Pause training'",
+            "pause button again")
+    assert not paused()
+
+
 def test_a_cycle_committed_while_the_page_is_open_appears_live(serve, corpus, browser,
                                                                tmp_path):
     data = tmp_path / "data"
