@@ -149,6 +149,9 @@ class Agent:
         # start, at every lease heartbeat, and at once when the server runs in this process
         self.paused = threading.Event()
         self.crawl_wake = threading.Event()  # a crawl target was added to the store
+        self.monitor = None                  # the file monitor, once a folder is watched
+        self._controls_lock = threading.Lock()
+        self._watch_known: Optional[set[str]] = None   # watch roots in the store at start
         self._crawl_targets_known: set[str] = set()
 
     def run(self) -> None:
@@ -202,6 +205,10 @@ class Agent:
         with store.session(read_only=True) as s:
             paused = controls.paused(s)
             crawl = [t.location for t in list_targets(s, TargetKind.CRAWL)]
+            watch = [t.location for t in list_targets(s, TargetKind.WATCH)]
+        if self.cfg.role != "train" and not self.stop.is_set():
+            with self._controls_lock:
+                self._follow_watch_roots(watch)
         if paused != self.paused.is_set():
             log.info("training %s (a control of the store)", "paused" if paused else "resumed")
             (self.paused.set if paused else self.paused.clear)()
@@ -213,10 +220,45 @@ class Agent:
         self.errors.append(e)
         self.stop.set()
 
+    def _follow_watch_roots(self, roots: list[str]) -> None:
+        """Watch the folders users added to the store as watch roots; stop watching removed
+        ones (their documents stay)."""
+        from agent.file_monitor import FileMonitor, MonitorError
+
+        stored = {os.path.abspath(r) for r in roots}
+        if self._watch_known is None:         # at start: the roots given to this run count
+            self._watch_known = stored
+            return
+        added = stored - self._watch_known
+        self._watch_known |= added
+        watched = set(self.monitor.roots) if self.monitor is not None else set()
+        for r in sorted(watched - stored):    # removed from the store: stop watching
+            if len(self.monitor.roots) > 1:
+                self.monitor.remove_root(r)
+                self._watch_known.discard(r)
+        if not added:
+            return
+        if self.monitor is None:
+            first = sorted(added)[0]
+            self.monitor = FileMonitor([first], self.events, quiet_period=self.cfg.quiet_period,
+                                       polling=self.cfg.polling,
+                                       follow_symlinks=self.cfg.follow_symlinks,
+                                       on_failure=self._monitor_failed,
+                                       **self.cfg.path_filter_args())
+            self.monitor.start()
+            log.info("watching %s (a root added to the store)", first)
+        for r in sorted(added - set(self.monitor.roots)):
+            try:
+                if self.monitor.add_root(r):
+                    log.info("watching %s (a root added to the store)", r)
+            except MonitorError as e:
+                log.error("cannot watch the added root %s: %s", r, e.one_line())
+
     def _run_agent(self, store, lease: Optional[TrainerLease]) -> None:
         """The agent's threads; without a lease (--role ingest) there is no trainer."""
         cfg = self.cfg
         self.target_ids = self._record_targets(store)
+        self._controls(store)                # what users set: paused, roots already known
         trainer = None
         threads = [threading.Thread(target=self._guard, args=(self._ingest_loop, store),
                                     name="agent-ingest")]
@@ -225,7 +267,6 @@ class Agent:
             trainer.arrivals = self.arrivals
             trainer.paused = self.paused
             trainer.lease = lease
-            self._controls(store)
             trainer.recover()
             state = trainer.load_latest()
             log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
@@ -235,7 +276,6 @@ class Agent:
         else:
             log.info("agent on %s: ingest only (as %s); the store's trainer learns what it "
                      "records", cfg.data_dir, store.origin)
-        monitor = None
         if cfg.role != "train":             # also for targets users add to the store later
             threads.append(threading.Thread(target=self._guard, args=(self._crawl_all, store),
                                             name="agent-crawl"))
@@ -247,10 +287,14 @@ class Agent:
             if cfg.watch:
                 from agent.file_monitor import FileMonitor
 
-                monitor = FileMonitor(cfg.watch, self.events, quiet_period=cfg.quiet_period,
-                                      polling=cfg.polling, follow_symlinks=cfg.follow_symlinks,
-                                      on_failure=self._monitor_failed, **cfg.path_filter_args())
-                monitor.start()
+                with self._controls_lock:
+                    self.monitor = FileMonitor(cfg.watch, self.events,
+                                               quiet_period=cfg.quiet_period,
+                                               polling=cfg.polling,
+                                               follow_symlinks=cfg.follow_symlinks,
+                                               on_failure=self._monitor_failed,
+                                               **cfg.path_filter_args())
+                    self.monitor.start()
             for t in threads:
                 t.start()
             log.info("agent running (pid %s); watching %s", os.getpid(), ", ".join(cfg.watch) or "nothing")
@@ -259,6 +303,8 @@ class Agent:
             self.stop.set()
             self.wake.set()
             self.crawl_wake.set()
+            with self._controls_lock:
+                monitor, self.monitor = self.monitor, None
             if monitor is not None:
                 try:
                     monitor.stop()

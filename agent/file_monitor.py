@@ -227,6 +227,36 @@ class FileMonitor:
                 self._scans.put((r, r, True))
         return self
 
+    def add_root(self, root: str | os.PathLike) -> bool:
+        """Watch one more folder while running (a root added to the store): its observer,
+        then a reconciliation scan. False if it is watched already."""
+        root = os.path.abspath(root)
+        with self._lock:
+            if root in self._watches:
+                return False
+        w = _Watch(root)
+        self._start_observer(w)              # raises MonitorError if it is not a folder
+        with self._lock:
+            self._watches[root] = w
+            self.roots.append(root)
+        if self.reconcile:
+            self._scans.put((root, root, True))
+        return True
+
+    def remove_root(self, root: str | os.PathLike) -> bool:
+        """Stop watching a folder (a root removed from the store); its documents stay."""
+        root = os.path.abspath(root)
+        with self._lock:
+            w = self._watches.pop(root, None)
+            if w is None:
+                return False
+            self.roots.remove(root)
+            obs, w.observer = w.observer, None
+        if obs is not None:
+            _stop_observer(obs)
+        log.info("stopped watching %s", root)
+        return True
+
     def stop(self) -> None:
         """Stop observers and threads, join them all; re-raise a thread's failure."""
         self._stopping.set()
@@ -325,7 +355,9 @@ class FileMonitor:
                              recursive=True, event_filter=_EVENT_FILTER)
 
     def _check_health(self) -> None:
-        for w in self._watches.values():
+        with self._lock:                     # roots come and go while running
+            watches = list(self._watches.values())
+        for w in watches:
             if self._stopping.is_set():
                 return
             obs = w.observer
@@ -398,6 +430,9 @@ class FileMonitor:
                 next_health = time.monotonic() + self.health_interval
 
     def _on_raw(self, kind: str, path: str, root: str, at: float) -> None:
+        watch = self._watches.get(root)
+        if watch is None:                    # a root removed while its events were queued
+            return
         if kind == "dir-modified":
             if _is_dir(path):
                 return  # a folder's contents changed: its files have events of their own
@@ -407,7 +442,7 @@ class FileMonitor:
             p = self._pending[path] = _Pending(root, 0.0, from_scan=(kind == "scan"))
         elif kind != "scan":
             p.from_scan = False
-        if kind == "write" and not self._watches[root].polling:
+        if kind == "write" and not watch.polling:
             p.writing_since = p.writing_since or at
         elif kind == "closed":
             p.writing_since = None

@@ -459,3 +459,29 @@ def test_type_changes_made_while_stopped_are_found_on_start(watched, store):
     assert no_refusals(store), rows(store)
     assert sorted(r["uri"] for r in rows(store) if r["status"] != "deleted") == \
         sorted([file_uri(f / "x.txt"), file_uri(d)])
+
+
+def test_roots_added_and_removed_while_running(tmp_path):
+    """add_root watches a folder from then on (after its scan); remove_root stops it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (b / "before.txt").write_text("already there when the root was added")
+    events: queue.Queue = queue.Queue()
+    with FileMonitor([str(a)], events, quiet_period=0.05) as m:
+        assert m.add_root(str(b)) and not m.add_root(str(b))
+        seen = []
+
+        def next_file():
+            while True:
+                ev = events.get(timeout=10)
+                if ev.kind.value not in ("reconciled", "refused", "folder"):
+                    seen.append(os.path.basename(ev.path))
+                    return seen[-1]
+        assert next_file() == "before.txt"               # the added root's scan
+        (b / "new.txt").write_text("written after it was added")
+        assert next_file() == "new.txt"
+        assert m.remove_root(str(b)) and m.roots == [str(a)]
+        (b / "ignored.txt").write_text("written after it was removed")
+        (a / "marker.txt").write_text("written last, in the root still watched")
+        assert next_file() == "marker.txt" and "ignored.txt" not in seen
