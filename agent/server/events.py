@@ -17,12 +17,12 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Optional
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from agent import views
+from agent.server.wake import WakeThread
 
 log = logging.getLogger(__name__)
 _CLOSE = object()
@@ -74,81 +74,38 @@ def store_digest(session, data_dir: Path, database: str) -> dict[str, str]:
             "urls": h(len(views.url_rows(session)))}
 
 
-class StoreWatcher:
+class StoreWatcher(WakeThread):
+    """Publishes which parts of the store changed, on each wake-up (module docstring)."""
+
+    name = "cllm-store-watcher"
+
     def __init__(self, store, data_dir: Path, hub: EventHub, observe: bool = True) -> None:
+        super().__init__()
         self.store, self.data_dir, self.hub = store, Path(data_dir), hub
         self.observe = observe
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._observer = None
         self._last: dict[str, str] = {}
-        self.failure: Optional[BaseException] = None
-
-    def notify(self) -> None:
-        self._wake.set()
 
     def start(self) -> None:
         db = self.store.path
         if self.observe and db is not None and db.parent.is_dir():
-            self._observer = self._start_observer(db)
-        self._thread = threading.Thread(target=self._run, name="cllm-store-watcher",
-                                        daemon=True)
-        self._wake.set()                           # the first digest
-        self._thread.start()
+            names = {db.name, db.name + "-wal", db.name + "-journal"}
+            super().start(db.parent, names.__contains__,
+                          ("modified", "created", "moved", "closed"))
+        else:
+            super().start()
 
-    def _start_observer(self, db: Path):
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        names = {db.name, db.name + "-wal", db.name + "-journal"}
-        wake = self._wake
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event) -> None:
-                if event.event_type not in ("modified", "created", "moved", "closed"):
-                    return
-                for p in (getattr(event, "dest_path", ""), event.src_path):
-                    if p and Path(str(p)).name in names:
-                        wake.set()
-                        return
-
-        obs = Observer()
-        obs.schedule(Handler(), str(db.parent), recursive=False)
-        obs.daemon = True
-        obs.start()
-        return obs
-
-    def _run(self) -> None:
+    def work(self) -> None:
         try:
-            while True:
-                self._wake.wait()
-                if self._stop.is_set():
-                    return
-                self._wake.clear()
-                try:
-                    with self.store.session(read_only=True) as s:
-                        digest = store_digest(s, self.data_dir, self.store.describe())
-                except Exception as e:     # a locked or unreachable store: the next change retries
-                    log.warning("dashboard: cannot read the store: %s", e)
-                    continue
-                changed = sorted(k for k, v in digest.items() if self._last.get(k) != v)
-                first = not self._last
-                self._last = digest
-                if changed and not first:
-                    self.hub.publish("store", {"changed": changed})
-        except BaseException as e:
-            self.failure = e
-            log.exception("store watcher failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join()
-        if self._thread is not None:
-            self._thread.join()
+            with self.store.session(read_only=True) as s:
+                digest = store_digest(s, self.data_dir, self.store.describe())
+        except Exception as e:     # a locked or unreachable store: the next change retries
+            log.warning("dashboard: cannot read the store: %s", e)
+            return
+        changed = sorted(k for k, v in digest.items() if self._last.get(k) != v)
+        first = not self._last
+        self._last = digest
+        if changed and not first:
+            self.hub.publish("store", {"changed": changed})
 
 
 async def events(request: Request) -> StreamingResponse:

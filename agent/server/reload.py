@@ -18,6 +18,7 @@ from typing import Callable, Optional
 from agent.model_state import CKPT_RE, checkpoint_dir
 from agent.serving import (COMMIT_MARKER, ServingCheckpoint, latest_ref,
                            load_serving_checkpoint)
+from agent.server.wake import WakeThread
 from engine.errors import CllmError
 
 log = logging.getLogger(__name__)
@@ -68,73 +69,27 @@ class ModelHolder:
         return True
 
 
-class CheckpointWatcher:
+class CheckpointWatcher(WakeThread):
     """Reload `holder` whenever the checkpoints folder says something was committed.
 
     start() loads the first checkpoint on the watcher's thread (a server answers 503 on
     /health meanwhile) and starts a watchdog observer; stop() ends both and joins them.
     A failure in the thread is kept in `failure` and logged with its traceback."""
 
+    name = "cllm-checkpoint-watcher"
+
     def __init__(self, holder: ModelHolder, observe: bool = True) -> None:
+        super().__init__()
         self.holder = holder
         self.observe = observe and holder.cycle is None   # a pinned checkpoint never changes
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._observer = None
-        self.failure: Optional[BaseException] = None
-
-    def notify(self) -> None:
-        """Check the store now (called in-process after a checkpoint was committed)."""
-        self._wake.set()
 
     def start(self) -> None:
-        if self.observe:
-            self._observer = self._start_observer()
-        self._wake.set()                   # the first load
-        self._thread = threading.Thread(target=self._run, name="cllm-checkpoint-watcher",
-                                        daemon=True)
-        self._thread.start()
-
-    def _start_observer(self):
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
-        wake = self._wake
-
-        class Handler(FileSystemEventHandler):
-            def on_any_event(self, event) -> None:
-                for p in (getattr(event, "dest_path", ""), event.src_path):
-                    name = Path(str(p)).name if p else ""
-                    if name == COMMIT_MARKER or CKPT_RE.match(name):
-                        wake.set()
-                        return
-
+        if not self.observe:
+            super().start()
+            return
         d = checkpoint_dir(self.holder.data_dir)
         d.mkdir(parents=True, exist_ok=True)
-        obs = Observer()
-        obs.schedule(Handler(), str(d), recursive=False)
-        obs.daemon = True
-        obs.start()
-        return obs
+        super().start(d, lambda name: name == COMMIT_MARKER or bool(CKPT_RE.match(name)))
 
-    def _run(self) -> None:
-        try:
-            while True:
-                self._wake.wait()
-                if self._stop.is_set():
-                    return
-                self._wake.clear()
-                self.holder.reload()
-        except BaseException as e:    # keep it for stop() and the log, with its traceback
-            self.failure = e
-            log.exception("checkpoint watcher failed")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join()
-        if self._thread is not None:
-            self._thread.join()
+    def work(self) -> None:
+        self.holder.reload()
