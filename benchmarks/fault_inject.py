@@ -40,26 +40,22 @@ def arm(moment: str, nth: int) -> None:
         if seen[0] == nth:
             _die()
 
-    if moment == "ingest":
-        from store import documents
+    def after(owner, attr: str) -> None:
+        """owner.attr calls the real one, then counts the moment (SIGKILL the nth time)."""
+        real = getattr(owner, attr)
 
-        real = documents.record_text
-
-        def record_text(*a, **kw):
+        def wrapped(*a, **kw):
             out = real(*a, **kw)
             reached()
             return out
-        documents.record_text = record_text
+        setattr(owner, attr, wrapped)
+
+    if moment == "ingest":
+        from store import documents
+        after(documents, "record_text")
     elif moment == "step":
         from engine.spheres import ThreadedTrainingSystem
-
-        real_step = ThreadedTrainingSystem.train_step
-
-        def train_step(self, *a, **kw):
-            out = real_step(self, *a, **kw)
-            reached()
-            return out
-        ThreadedTrainingSystem.train_step = train_step
+        after(ThreadedTrainingSystem, "train_step")
     elif moment in ("checkpoint-temp", "tokenizer-temp", "renamed"):
         real_replace = os.replace
         suffix = ".tokenizer.json" if moment == "tokenizer-temp" else ".safetensors"
@@ -75,14 +71,7 @@ def arm(moment: str, nth: int) -> None:
         os.replace = replace
     elif moment == "in-commit":
         from store import ledger
-
-        real_credit = ledger.record_cycle_credits
-
-        def record_cycle_credits(*a, **kw):
-            out = real_credit(*a, **kw)
-            reached()
-            return out
-        ledger.record_cycle_credits = record_cycle_credits
+        after(ledger, "record_cycle_credits")
     elif moment == "after-commit":
         from agent.continuous_trainer import ContinuousTrainer
 
