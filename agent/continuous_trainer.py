@@ -382,6 +382,7 @@ class ContinuousTrainer:
         sampled: list[tuple[int, float, float]] = []
         last = [time.perf_counter()]
         logged = [time.perf_counter()]
+        written = [0]                      # the last step whose metrics are in the store
 
         def on_step(i: int, loss: float, lr: float) -> None:
             sampled.append((i, loss, lr))
@@ -390,6 +391,7 @@ class ContinuousTrainer:
             now = time.perf_counter()
             if i == 1 or now - last[0] >= METRIC_EVERY_S:     # before the log line says so
                 last[0] = now
+                written[0] = i
                 self._write_metrics(cycle_id, sampled[-1:], planned)
             if i == 1 or i % max(1, planned // 10) == 0 or now - logged[0] >= 10.0:
                 logged[0] = now
@@ -419,7 +421,7 @@ class ContinuousTrainer:
             self._end_untrained(cycle_id, CycleStatus.INTERRUPTED,
                                 f"ended before its first step ({res.ended_by or 'nothing to read'})")
             return None
-        if sampled:
+        if sampled and sampled[-1][0] != written[0]:    # the last step, unless it is there
             self._write_metrics(cycle_id, sampled[-1:], planned)
         first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in docs])
         path, sha = save_model_state(state, self.data_dir, cycle_id)

@@ -471,3 +471,21 @@ def test_a_tokenizer_write_killed_midway_leaves_nothing_after_the_next_start(env
     removed = ContinuousTrainer(store, data, SETTINGS).recover()
     assert tmp in removed and not tmp.exists()
     assert not [p for p in (data / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_last_step_metrics_are_recorded_once(env, caplog):
+    """A cycle whose last step was already sampled does not record it twice (it logged a
+    UNIQUE-constraint warning and lost nothing, but said something was wrong)."""
+    from dataclasses import replace
+
+    from store.models import StepMetric
+
+    store, data = env
+    add_doc(store, "a", "lattice")
+    with caplog.at_level(logging.WARNING):
+        rep = ContinuousTrainer(store, data, replace(SETTINGS, max_steps=1)).run_pending("tokens")
+    assert rep is not None and rep.run.steps == 1
+    assert not [r for r in caplog.records if "step metrics" in r.getMessage()]
+    with store.session() as s:
+        assert list(s.scalars(select(StepMetric.step).where(
+            StepMetric.cycle_id == rep.cycle_id))) == [1]
