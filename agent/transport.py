@@ -165,7 +165,9 @@ class GuardedBackend(httpcore.NetworkBackend):
         raise httpcore.ConnectError("the crawler does not connect to Unix sockets")
 
     def sleep(self, seconds: float) -> None:  # pragma: no cover - httpcore's retries are off
-        time.sleep(seconds)
+        # the NetworkBackend interface has it for httpcore's own retries, which the pool
+        # runs with retries=0: the Fetcher retries, waiting on its stop event
+        raise RuntimeError("httpcore retries are off: agent.fetch.Fetcher does the retrying")
 
 
 _EXCEPTIONS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
