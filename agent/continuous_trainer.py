@@ -31,17 +31,16 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
-import math
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from agent.cycle_progress import CycleProgress
 from agent.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
 from agent.model_state import (ModelState, load_model_state, new_model_state,
                                recorded_checkpoints, remove_checkpoint_files,
@@ -56,7 +55,6 @@ from store.models import CycleStatus, DocumentStatus
 
 log = logging.getLogger(__name__)
 
-METRIC_EVERY_S = 1.0          # a step metric row at most this often (live progress for status)
 HELDOUT_CHARS_PER_SOURCE = 6000  # held-out text evaluated per source (keeps evaluation short)
 FAULT_ENV = "CLLM_FAULT_INJECT"  # "after-checkpoint": SIGKILL between checkpoint and commit (tests)
 MAX_TOKEN_BYTES = 16            # pending text past this many bytes per trigger token is due
@@ -379,23 +377,7 @@ class ContinuousTrainer:
         planned = max_steps or max(1, int(self._capacity_bytes() / max(
             1.0, st.batch_size * state.model.config.context * BYTES_PER_TOKEN_GUESS)))
         tcfg = st.train_config(planned)
-        sampled: list[tuple[int, float, float]] = []
-        last = [time.perf_counter()]
-        logged = [time.perf_counter()]
-        written = [0]                      # the last step whose metrics are in the store
-
-        def on_step(i: int, loss: float, lr: float) -> None:
-            sampled.append((i, loss, lr))
-            if self.progress is not None:
-                self.progress(cycle_id, i, planned, loss)
-            now = time.perf_counter()
-            if i == 1 or now - last[0] >= METRIC_EVERY_S:     # before the log line says so
-                last[0] = now
-                written[0] = i
-                self._write_metrics(cycle_id, sampled[-1:], planned)
-            if i == 1 or i % max(1, planned // 10) == 0 or now - logged[0] >= 10.0:
-                logged[0] = now
-                log.info("cycle %s: step %s, loss %.3f", cycle_id, i, loss)
+        progress = CycleProgress(self.store, cycle_id, planned, self.progress)
 
         def why_stop() -> Optional[str]:
             if self.stop.is_set():
@@ -413,7 +395,7 @@ class ContinuousTrainer:
                     workers=st.workers, replay=replay,
                     replay_fraction=st.replay_fraction if replay else 0.0,
                     max_new_tokens=st.max_new_tokens, more=more, heldout=heldout,
-                    seed=st.seed + cycle_id, progress=on_step, stop=why_stop)
+                    seed=st.seed + cycle_id, progress=progress.step, stop=why_stop)
         if res.steps == 0:
             if res.ended_by == "stop":
                 raise CycleInterrupted(f"cycle {cycle_id} stopped before its first step",
@@ -421,8 +403,7 @@ class ContinuousTrainer:
             self._end_untrained(cycle_id, CycleStatus.INTERRUPTED,
                                 f"ended before its first step ({res.ended_by or 'nothing to read'})")
             return None
-        if sampled and sampled[-1][0] != written[0]:    # the last step, unless it is there
-            self._write_metrics(cycle_id, sampled[-1:], planned)
+        progress.finish()
         first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in docs])
         path, sha = save_model_state(state, self.data_dir, cycle_id)
         if os.environ.get(FAULT_ENV) == "after-checkpoint":   # crash-window tests only
@@ -578,22 +559,6 @@ class ContinuousTrainer:
                 if sum(map(len, texts.get(source, []))) < HELDOUT_CHARS_PER_SOURCE:
                     texts.setdefault(source, []).append(t)
         return {src: "\n".join(parts) for src, parts in texts.items() if "".join(parts).strip()}
-
-    def _write_metrics(self, cycle_id: int, rows, steps: int) -> None:
-        """Sampled step metrics, and the running cycle's progress (steps done / planned)."""
-        from store.queries import get_cycle, record_step_metrics
-
-        try:
-            with self.store.session() as s:
-                record_step_metrics(s, cycle_id, [
-                    {"step": i, "loss": loss if math.isfinite(loss) else None, "lr": lr}
-                    for i, loss, lr in rows])
-                c = get_cycle(s, cycle_id)   # progress of the running cycle, for `cllm status`
-                c.steps = max(i for i, _, _ in rows)
-                if "steps" not in (c.schedule or {}):      # the plan, next to its horizon
-                    c.schedule = {**(c.schedule or {}), "steps": steps}
-        except Exception as e:  # metrics are for watching; never fail a cycle over them
-            log.warning("could not record step metrics of cycle %s: %s", cycle_id, e)
 
     def _refuse(self, doc_ids: Sequence[int], reason: str) -> None:
         from store.documents import mark_failed
