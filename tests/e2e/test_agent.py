@@ -30,17 +30,7 @@ FAST = ["--preset", "tiny", "--workers", "1", "--min-cycle-tokens", "300", "--ma
         "--replay-fraction", "0.3"]
 
 
-RUNNING: list = []     # AgentProcs of the current test, killed if a failure left them running
-
-
-@pytest.fixture(autouse=True)
-def _no_agent_outlives_its_test():
-    yield
-    while RUNNING:
-        a = RUNNING.pop()
-        if a.p.poll() is None:
-            a.p.kill()
-            a.p.wait(timeout=30)
+RUNNING: list = []     # AgentProcs of the current test, killed after it (tests/e2e/conftest.py)
 
 
 class AgentProc:

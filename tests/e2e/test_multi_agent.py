@@ -12,7 +12,7 @@ import sys
 from sqlalchemy import select
 
 from store.models import Cycle, Document
-from tests.e2e.test_agent import FAST, AgentProc, drop
+from tests.e2e.test_agent import AgentProc, drop
 
 ROLE_ARGS = ["--lease-ttl", "3"]       # heartbeats every second: the trainer wakes fast
 

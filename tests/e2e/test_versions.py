@@ -11,19 +11,9 @@ from sqlalchemy import select
 
 from store import open_store
 from store.models import CycleDocument, Document
-from tests.e2e.test_agent import RUNNING, AgentProc
+from tests.e2e.test_agent import AgentProc
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _no_agent_outlives_its_test():
-    yield
-    while RUNNING:
-        a = RUNNING.pop()
-        if a.p.poll() is None:
-            a.p.kill()
-            a.p.wait(timeout=30)
 
 
 def test_a_file_appended_to_while_its_cycles_train_keeps_one_live_version(tmp_path):
