@@ -156,6 +156,17 @@ def warn_if_preset_ignored(values, data_dir: Path, *, fresh_flag: Optional[str] 
                    f"a fresh {values['preset']} model, {how}", err=True)
 
 
+def read_view(inv: "Invocation", data_dir: Path, view, *args, **kwargs):
+    """`view(session, *args, **kwargs)` (an agent/views.py row builder) in a read-only
+    session of the data directory's existing store, which is closed afterwards."""
+    store = existing_store(data_dir, inv.database_url)
+    try:
+        with store.session(read_only=True) as s:
+            return view(s, *args, **kwargs)
+    finally:
+        store.close()
+
+
 def one_line_errors(fn):
     """Turn CllmError and StoreError (what a user can fix) into `Error: message (hint: ...)`
     on stderr and the command's exit status (exit_status), instead of a traceback; a Ctrl-C

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from agent import views
-from agent.cli.common import (CONTEXT_SETTINGS, data_dir_option, emit_table, existing_store,
-                              json_option, one_line_errors, pass_invocation)
+from agent.cli.common import (CONTEXT_SETTINGS, data_dir_option, emit_table,
+                              json_option, one_line_errors, pass_invocation, read_view)
 from engine.errors import CllmError, ConfigError
 from store.models import CycleStatus, DocumentStatus, UrlStatus
 
@@ -126,12 +126,7 @@ def history_cycles(inv, data_dir, as_json, plot):
     Example: cllm history cycles --data-dir ./cllm-data --json --plot loss.png
     """
     check_plot_path(plot)
-    store = existing_store(data_dir, inv.database_url)
-    try:
-        with store.session(read_only=True) as s:
-            rows = views.cycle_rows(s)
-    finally:
-        store.close()
+    rows = read_view(inv, data_dir, views.cycle_rows)
     emit_table(rows, as_json, ["id", "status", "trigger", "documents", "bytes_new", "bytes_replay",
                                "steps", "loss", "val_loss", "forgetting_mean", "checkpoint_path"],
                f"{len(rows)} cycles")
@@ -158,13 +153,8 @@ def history_documents(inv, data_dir, status, source, cycle_id, limit, as_json):
 
     Example: cllm history documents --data-dir ./cllm-data --status skipped --json
     """
-    store = existing_store(data_dir, inv.database_url)
-    try:
-        with store.session(read_only=True) as s:
-            rows = views.document_rows(s, status=status, source=source, cycle_id=cycle_id,
-                                       limit=limit)
-    finally:
-        store.close()
+    rows = read_view(inv, data_dir, views.document_rows, status=status, source=source,
+                     cycle_id=cycle_id, limit=limit)
     emit_table(rows, as_json, ["id", "status", "passes", "uri", "sha256", "cycle_id", "reason"],
                f"{len(rows)} documents")
 
@@ -183,12 +173,7 @@ def history_urls(inv, data_dir, status, limit, as_json):
 
     Example: cllm history urls --data-dir ./cllm-data --status skipped
     """
-    store = existing_store(data_dir, inv.database_url)
-    try:
-        with store.session(read_only=True) as s:
-            rows = views.url_rows(s, status=status, limit=limit)
-    finally:
-        store.close()
+    rows = read_view(inv, data_dir, views.url_rows, status=status, limit=limit)
     emit_table(rows, as_json, ["id", "status", "http_status", "url", "reason", "document_id"],
                f"{len(rows)} URLs")
 @history.command("vocab", context_settings=CONTEXT_SETTINGS)
@@ -204,12 +189,7 @@ def history_vocab(inv, data_dir, cycle_id, as_json, plot):
     Example: cllm history vocab --data-dir ./cllm-data --cycle 2 --json
     """
     check_plot_path(plot)
-    store = existing_store(data_dir, inv.database_url)
-    try:
-        with store.session(read_only=True) as s:
-            rows, base = views.vocab_rows(s, cycle_id)
-    finally:
-        store.close()
+    rows, base = read_view(inv, data_dir, views.vocab_rows, cycle_id)
     emit_table(rows, as_json, ["token_id", "token", "cycle_id", "document"],
                f"{len(rows)} learned tokens")
     if plot:
@@ -235,12 +215,7 @@ def history_checkpoints(inv, data_dir, verify, as_json):
 
     Example: cllm history checkpoints --data-dir ./cllm-data --verify
     """
-    store = existing_store(data_dir, inv.database_url)
-    try:
-        with store.session(read_only=True) as s:
-            rows = views.checkpoint_rows(s, verify=verify)
-    finally:
-        store.close()
+    rows = read_view(inv, data_dir, views.checkpoint_rows, verify=verify)
     emit_table(rows, as_json, ["id", "cycle_id", "step", "vocab_size", "latest", "exists", "pruned"]
                + (["ok"] if verify else []) + ["path"], f"{len(rows)} checkpoints")
 
@@ -259,12 +234,7 @@ def history_forgetting(inv, data_dir, source, as_json, plot):
     Example: cllm history forgetting --data-dir ./cllm-data --plot forgetting.png
     """
     check_plot_path(plot)
-    store = existing_store(data_dir, inv.database_url)
-    try:
-        with store.session(read_only=True) as s:
-            rows = views.forgetting_rows(s, source=source)
-    finally:
-        store.close()
+    rows = read_view(inv, data_dir, views.forgetting_rows, source=source)
     emit_table(rows, as_json, list(views.FORGETTING_FIELDS), f"{len(rows)} evaluations")
     if plot:
         series: dict[str, tuple[list, list]] = {}
