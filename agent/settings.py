@@ -236,6 +236,11 @@ SETTINGS: tuple[Setting, ...] = (
             check=at_least(0), hint="e.g. --delay 1", commands=CRAWL, into=CRAWL),
     Setting("timeout", 10.0, float, "Seconds to wait for a connection or for data.",
             check=at_least(0.1), hint="e.g. --timeout 10", commands=CRAWL, into=CRAWL),
+    Setting("retries", 3, int,
+            "Times a request failing with a network error, 5xx, 408 or 429 is tried again, "
+            "waiting 1, 2, 4 ... s (or the server's Retry-After) in between.",
+            check=at_least(0), hint="e.g. --retries 3 (0: never retry)",
+            commands=CRAWL, into=CRAWL),
     Setting("max_file_bytes", None, int,
             "Larger files and pages are refused (recorded).",
             shown=crawler_limits, check=at_least(1),
