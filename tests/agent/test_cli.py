@@ -53,6 +53,7 @@ def test_bench_reports_every_worker_count_with_scaling_cpu_and_topology():
     assert bad.exit_code == 2 and "hint:" in bad.output
 
 
+@pytest.mark.slow   # importing PyTorch takes seconds
 def test_bench_compares_with_pytorch_when_it_is_installed():
     pytest.importorskip("torch")
     r = CliRunner().invoke(main, ["bench", "--preset", "tiny", "--workers", "1", "--rounds",

@@ -9,10 +9,13 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import select
 
 from store.models import Cycle, Document
 from tests.e2e.test_agent import AgentProc, drop
+
+pytestmark = pytest.mark.slow
 
 ROLE_ARGS = ["--lease-ttl", "3"]       # heartbeats every second: the trainer wakes fast
 
