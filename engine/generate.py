@@ -1,7 +1,9 @@
 """Incremental decoding with a KV cache, and token sampling (temperature, top-k, top-p).
 
-The decoder shares the model's parameters (read-only) and keeps its own cache, so several
-decoders may run at once. Its logits equal a full recompute of the same prefix.
+Decoders share the model's parameters (read-only) and keep their own caches, so several
+may run at once. With float32 decode weights their logits equal a full recompute of the same
+prefix up to summation order; with int8 ones (the default) they are close to it
+(tests/engine/test_decode.py bounds the difference).
 """
 from __future__ import annotations
 
@@ -10,84 +12,103 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from engine import kernels as K
+from engine.decode import DecodeWeights, decode_tokens
+
+
+class BatchDecoder:
+    """Decoding state of B sequences at once: per-sequence keys and values of every position
+    so far, each sequence at its own position. Each `step` is one numba call for all
+    layers and all B sequences (engine.decode), over `weights`: "int8" (the default: a
+    quarter of the bytes to stream per token; see docs/benchmarks.md#decoding for how close
+    its logits are) or "float32" (exact up to summation order), or a prepared
+    DecodeWeights. The prompt is prefilled through the training forward, in float32.
+
+    The decoder reads the model's parameters; it follows a vocabulary growth (or any
+    replacement of the parameter array) by re-copying them at the next step.
+    """
+
+    def __init__(self, model, batch: int = 1, weights="int8") -> None:
+        cfg = model.config
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.model, self.cfg, self.batch = model, cfg, int(batch)
+        self._weights = (weights if isinstance(weights, DecodeWeights)
+                         else model.decode_weights(weights))
+        L, NH, T, hs, C = cfg.n_layers, cfg.n_heads, cfg.context, cfg.head_size, cfg.d_model
+        B = self.batch
+        self.k = np.zeros((B, L, NH, T, hs), np.float32)
+        self.v = np.zeros((B, L, NH, T, hs), np.float32)
+        self.n = np.zeros(B, np.int64)              # positions filled, per sequence
+        f = np.float32
+        self._x, self._h = np.empty((B, C), f), np.empty((B, C), f)
+        self._att, self._tmp = np.empty((B, C), f), np.empty((B, C), f)
+        self._qkv, self._fc = np.empty((B, 3 * C), f), np.empty((B, 4 * C), f)
+        self._scratch = np.empty((4, 4 * C), f)
+        self._probs = np.empty(T, f)
+        self._tokens = np.empty(B, np.int64)
+        self._logits = np.empty((B, cfg.vocab_size), f)
+
+    def _current_weights(self) -> DecodeWeights:
+        w, m = self._weights, self.model
+        if m.params is not w._params or m.config.vocab_size != w.vocab_size:
+            w = self._weights = m.decode_weights(w.kind)
+            if self._logits.shape[1] != m.config.vocab_size:
+                self._logits = np.empty((self.batch, m.config.vocab_size), np.float32)
+        return w
+
+    def prefill(self, ids: Sequence[int], row: int = 0) -> np.ndarray:
+        """Reset sequence `row` to `ids` (1..T tokens); returns its next-position logits (V,)."""
+        m, cfg = self.model, self.cfg
+        P = len(ids)
+        if not 1 <= P <= cfg.context:
+            raise ValueError(f"a prefill needs 1..{cfg.context} tokens, got {P}")
+        C, NH = cfg.d_model, cfg.n_heads
+        ws = m.workspace(1, P)
+        m._forward_trunk(ws, np.asarray([ids], dtype=np.int64))
+        for l in range(cfg.n_layers):
+            qkv = ws.qkv[l]                                   # (P, 3C)
+            self.k[row, l, :, :P] = qkv[:, C:2 * C].reshape(P, NH, -1).transpose(1, 0, 2)
+            self.v[row, l, :, :P] = qkv[:, 2 * C:].reshape(P, NH, -1).transpose(1, 0, 2)
+        self.n[row] = P
+        self._current_weights()
+        out = self._logits[row]
+        np.matmul(m.param("wte"), ws.lnf[P - 1], out=out)
+        return out
+
+    def step(self, tokens) -> np.ndarray:
+        """Append tokens[b] to sequence b at its position; returns the logits (B, V) of every
+        sequence's next position (a buffer reused by the next call)."""
+        w = self._current_weights()
+        self._tokens[:] = tokens
+        if int(self.n.max()) >= self.cfg.context:
+            raise ValueError(f"a sequence is at the context length ({self.cfg.context}): "
+                             "prefill it again with a shorter window")
+        decode_tokens(self._logits, self._x, self.k, self.v, self._tokens, self.n,
+                      *w.tensors(), self._h, self._qkv, self._att, self._fc, self._tmp,
+                      self._scratch, self._probs)
+        self.n += 1
+        return self._logits
 
 
 class KVDecoder:
-    """Batch-1 decoding state: per-layer keys and values of every position so far."""
+    """Batch-1 decoding: a BatchDecoder of one sequence with (V,) logits."""
 
-    def __init__(self, model) -> None:
-        cfg = model.config
-        self.model = model
-        self.cfg = cfg
-        L, NH, T, hs, C = cfg.n_layers, cfg.n_heads, cfg.context, cfg.head_size, cfg.d_model
-        self.k = np.zeros((L, NH, T, hs), np.float32)   # (L, NH, T, hs)
-        self.v = np.zeros((L, NH, T, hs), np.float32)
-        self.n = 0
-        self._x = np.empty((1, C), np.float32)
-        self._h = np.empty((1, C), np.float32)
-        self._mean = np.empty(1, np.float32)
-        self._rstd = np.empty(1, np.float32)
-        self._qkv = np.empty((1, 3 * C), np.float32)
-        self._att = np.empty((NH, hs), np.float32)
-        self._fc = np.empty((1, 4 * C), np.float32)
-        self._th = np.empty((1, 4 * C), np.float32)
-        self._gelu = np.empty((1, 4 * C), np.float32)
-        self._tmp = np.empty((1, C), np.float32)
-        self._logits = np.empty(cfg.vocab_size, np.float32)
+    def __init__(self, model, weights="int8") -> None:
+        self._dec = BatchDecoder(model, 1, weights)
+        self._token = np.zeros(1, np.int64)
 
-    def _logits_buffer(self) -> np.ndarray:
-        """The logits buffer, resized if the model's vocabulary grew since the last call."""
-        V = self.model.config.vocab_size
-        if self._logits.shape[0] != V:
-            self._logits = np.empty(V, np.float32)
-        return self._logits
+    @property
+    def n(self) -> int:
+        return int(self._dec.n[0])
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         """Reset the cache to `ids` (at most T tokens); returns the last position's logits."""
-        m, cfg = self.model, self.cfg
-        P = len(ids)
-        C, NH = cfg.d_model, cfg.n_heads
-        inputs = np.asarray([ids], dtype=np.int64)
-        ws = m.workspace(1, P)
-        m._forward_trunk(ws, inputs)
-        for l in range(cfg.n_layers):
-            qkv = ws.qkv[l]                                   # (P, 3C)
-            self.k[l, :, :P] = qkv[:, C:2 * C].reshape(P, NH, -1).transpose(1, 0, 2)
-            self.v[l, :, :P] = qkv[:, 2 * C:].reshape(P, NH, -1).transpose(1, 0, 2)
-        self.n = P
-        np.matmul(m.param("wte"), ws.lnf[P - 1], out=self._logits_buffer())
-        return self._logits
+        return self._dec.prefill(ids, 0)
 
     def step(self, token: int) -> np.ndarray:
         """Append one token at position n; returns the logits for position n + 1."""
-        m, cfg = self.model, self.cfg
-        p = m._views
-        C, NH, pos = cfg.d_model, cfg.n_heads, self.n
-        scale = 1.0 / math.sqrt(cfg.head_size)
-        x, h, qkv, att = self._x, self._h, self._qkv, self._att
-        np.add(p["wte"][token], p["wpe"][pos], out=x[0])
-        for l in range(cfg.n_layers):
-            b = f"h.{l}"
-            K.layernorm_forward(h, self._mean, self._rstd, x, p[f"{b}.ln1.w"], p[f"{b}.ln1.b"])
-            np.matmul(h, p[f"{b}.attn.qkv.w"], out=qkv)
-            K.bias_forward(qkv, p[f"{b}.attn.qkv.b"])
-            self.k[l, :, pos] = qkv[0, C:2 * C].reshape(NH, -1)
-            self.v[l, :, pos] = qkv[0, 2 * C:].reshape(NH, -1)
-            K.attention_decode(att, qkv[0, :C].reshape(NH, -1), self.k[l], self.v[l], pos + 1,
-                               scale)
-            np.matmul(att.reshape(1, C), p[f"{b}.attn.proj.w"], out=self._tmp)
-            K.bias_residual_forward(x, p[f"{b}.attn.proj.b"], self._tmp)
-            K.layernorm_forward(h, self._mean, self._rstd, x, p[f"{b}.ln2.w"], p[f"{b}.ln2.b"])
-            np.matmul(h, p[f"{b}.mlp.fc.w"], out=self._fc)
-            K.bias_forward(self._fc, p[f"{b}.mlp.fc.b"])
-            K.gelu_forward(self._gelu, self._th, self._fc)
-            np.matmul(self._gelu, p[f"{b}.mlp.proj.w"], out=self._tmp)
-            K.bias_residual_forward(x, p[f"{b}.mlp.proj.b"], self._tmp)
-        K.layernorm_forward(h, self._mean, self._rstd, x, p["lnf.w"], p["lnf.b"])
-        np.matmul(p["wte"], h[0], out=self._logits_buffer())
-        self.n = pos + 1
-        return self._logits
+        self._token[0] = token
+        return self._dec.step(self._token)[0]
 
 
 def sample_next(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,

@@ -82,6 +82,7 @@ class Model:
         self._zero_ranges = self.layout.accumulated_ranges()
         self._tls = threading.local()
         self._neighbours: Optional[tuple[int, np.ndarray, np.ndarray]] = None
+        self._decode_weights: dict = {}
 
     # ------------------------------------------------------------------ parameters
     def _init_params(self, seed: int) -> np.ndarray:
@@ -334,18 +335,31 @@ class Model:
         return out.reshape(B, T, -1)
 
     # ------------------------------------------------------------------ generation
+    def decode_weights(self, kind: str = "int8"):
+        """The weights laid out for decoding (engine.decode.DecodeWeights), copied once per
+        set of parameter values: reused while the parameters are unchanged (checked by a
+        fingerprint of their bits), made again after any update."""
+        from engine.decode import DecodeWeights
+        w = self._decode_weights.get(kind)
+        if w is None or not w.matches(self):
+            w = self._decode_weights[kind] = DecodeWeights(self, kind)
+        return w
+
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 seed: Optional[int] = None, stop: Sequence[Sequence[int]] = ()) -> np.ndarray:
+                 seed: Optional[int] = None, stop: Sequence[Sequence[int]] = (),
+                 weights: str = "int8") -> np.ndarray:
         """Sample up to max_new_tokens after prompt_ids; returns the new ids (int32)."""
         return np.fromiter(self.generate_stream(prompt_ids, max_new_tokens, temperature, top_k,
-                                                top_p, seed, stop), dtype=np.int32)
+                                                top_p, seed, stop, weights), dtype=np.int32)
 
     def generate_stream(self, prompt_ids: Sequence[int], max_new_tokens: int,
                         temperature: float = 1.0, top_k: Optional[int] = None,
                         top_p: Optional[float] = None, seed: Optional[int] = None,
-                        stop: Sequence[Sequence[int]] = ()) -> Iterator[int]:
-        """Yield sampled token ids one at a time, decoding incrementally with a KV cache.
+                        stop: Sequence[Sequence[int]] = (), weights: str = "int8"
+                        ) -> Iterator[int]:
+        """Yield sampled token ids one at a time, decoding incrementally with a KV cache
+        over `weights` ("int8" or "float32": engine.generate.BatchDecoder).
 
         temperature 0 is greedy. When the context fills up, the cache is rebuilt from the
         last T/2 tokens (a sliding window). Generation stops early when the produced ids end
@@ -357,7 +371,7 @@ class Model:
             raise ValueError("generation needs a prompt of at least one token")
         _, _ = self._check_inputs(np.asarray([ids[-self.config.context:]]))
         rng = np.random.default_rng(seed)
-        dec = KVDecoder(self)
+        dec = KVDecoder(self, weights)
         logits = dec.prefill(ids[-self.config.context:])
         produced: list[int] = []
         stops = [list(s) for s in stop if len(s)]

@@ -1,0 +1,253 @@
+"""Decoding kernels: one numba call per generated token for all layers and all sequences of
+a batch, over weight copies laid out for matrix-vector products.
+
+Why a separate path from training's forward: at batch 1 a token is a chain of tiny
+matrix-vector products, so the time goes to per-call overhead (about 14 kernel and BLAS
+calls per layer) and to streaming the weights. Here one call runs LayerNorm, the fused qkv
+product, attention against the KV cache, the projections, GELU and the residuals of every
+layer, then the tied head, and the weights stream as int8 (a quarter of float32's bytes)
+with one float32 scale per output column, converted to float32 in registers and
+accumulated in float32.
+
+`DecodeWeights(model, "int8")` quantises a model's weights (symmetric, per output column:
+q = round(w / s), s = max|w| / 127); `"float32"` keeps exact copies and computes what the
+training forward computes up to summation order. LayerNorm parameters, biases and the
+embedding rows that are looked up (wte, wpe) are always float32.
+
+Shape legend: B sequences, L layers, C channels, NH heads, hs head size, T context,
+V vocabulary.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine._jit import kernel
+from engine.kernels import F32_HALF, F32_NEG_INF, F32_ONE, F32_TWO, GELU_CUBIC, GELU_SCALE
+
+KINDS = ("int8", "float32")
+
+
+@kernel
+def quantize_columns(q, s, w):
+    """q (R,D) int8, s (D,) float32 = per-column symmetric int8 of w (R,D) float32."""
+    R, D = w.shape
+    mx = np.zeros(D, np.float32)
+    for r in range(R):
+        for j in range(D):
+            a = abs(w[r, j])
+            if a > mx[j]:
+                mx[j] = a
+    for j in range(D):
+        s[j] = mx[j] / np.float32(127.0) if mx[j] > 0 else F32_ONE
+    for r in range(R):
+        for j in range(D):
+            q[r, j] = np.int8(round(w[r, j] / s[j]))
+
+
+@kernel
+def fingerprint(x):
+    """A 64-bit position-dependent hash of a float32 array's bits (stale-copy detection)."""
+    u = x.view(np.uint32)
+    acc = np.uint64(0)
+    for i in range(u.size):
+        v = np.uint64(u[i]) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(i)
+        acc += v ^ (v >> np.uint64(29))
+    return acc
+
+
+@kernel
+def _matvec(y, x, w, s, bias, scratch):
+    """y (B,D) = (x (B,R) @ w (R,D)) * s (D,) + bias (D,); w int8 or float32.
+
+    Four rows of w per pass keep y's traffic low; for B > 1 the four rows are converted once
+    into scratch (4,D) float32 and reused by every sequence."""
+    B, R = x.shape
+    D = w.shape[1]
+    for b in range(B):
+        for j in range(D):
+            y[b, j] = 0.0
+    r = 0
+    while r + 4 <= R:
+        if B == 1:
+            x0, x1, x2, x3 = x[0, r], x[0, r + 1], x[0, r + 2], x[0, r + 3]
+            for j in range(D):
+                y[0, j] += ((x0 * np.float32(w[r, j]) + x1 * np.float32(w[r + 1, j]))
+                            + (x2 * np.float32(w[r + 2, j]) + x3 * np.float32(w[r + 3, j])))
+        else:
+            for k in range(4):
+                for j in range(D):
+                    scratch[k, j] = np.float32(w[r + k, j])
+            for b in range(B):
+                x0, x1, x2, x3 = x[b, r], x[b, r + 1], x[b, r + 2], x[b, r + 3]
+                for j in range(D):
+                    y[b, j] += ((x0 * scratch[0, j] + x1 * scratch[1, j])
+                                + (x2 * scratch[2, j] + x3 * scratch[3, j]))
+        r += 4
+    while r < R:
+        for b in range(B):
+            xr = x[b, r]
+            for j in range(D):
+                y[b, j] += xr * np.float32(w[r, j])
+        r += 1
+    for b in range(B):
+        for j in range(D):
+            y[b, j] = y[b, j] * s[j] + bias[j]
+
+
+@kernel
+def _layernorm_rows(out, x, w, b):
+    """out (B,C) = LayerNorm(x) * w + b, row by row (statistics in float64, as training)."""
+    B, C = x.shape
+    for i in range(B):
+        m = 0.0
+        for c in range(C):
+            m += x[i, c]
+        m /= C
+        v = 0.0
+        for c in range(C):
+            d = x[i, c] - m
+            v += d * d
+        v /= C
+        rs = 1.0 / math.sqrt(v + 1e-5)
+        for c in range(C):
+            out[i, c] = (x[i, c] - m) * rs * w[c] + b[c]
+
+
+@kernel
+def decode_tokens(logits, x, kc, vc, tokens, pos, wte, wpe, ln1_w, ln1_b, qkv_w, qkv_s,
+                  qkv_b, proj_w, proj_s, proj_b, ln2_w, ln2_b, fc_w, fc_s, fc_b, mp_w, mp_s,
+                  mp_b, lnf_w, lnf_b, head_w, head_s, h, qkv, att, fc, tmp, scratch, probs):
+    """One decoding step of B sequences: sequence b appends tokens[b] at position pos[b]
+    (its KV cache kc, vc (B,L,NH,T,hs) holds positions < pos[b]) and gets the logits
+    (B,V) of the next position. x, h, att, tmp (B,C), qkv (B,3C), fc (B,4C), scratch
+    (4,4C), probs (T,) are workspace."""
+    B, C = x.shape
+    L, NH, hs = kc.shape[1], kc.shape[2], kc.shape[4]
+    V = logits.shape[1]
+    sc = np.float32(1.0 / math.sqrt(hs))
+    for b in range(B):
+        for c in range(C):
+            x[b, c] = wte[tokens[b], c] + wpe[pos[b], c]
+    for l in range(L):
+        _layernorm_rows(h, x, ln1_w[l], ln1_b[l])
+        _matvec(qkv, h, qkv_w[l], qkv_s[l], qkv_b[l], scratch)
+        for b in range(B):
+            p = pos[b]
+            for hd in range(NH):
+                for c in range(hs):
+                    kc[b, l, hd, p, c] = qkv[b, C + hd * hs + c]
+                    vc[b, l, hd, p, c] = qkv[b, 2 * C + hd * hs + c]
+            for hd in range(NH):
+                kk = kc[b, l, hd]
+                vv = vc[b, l, hd]
+                mx = F32_NEG_INF
+                for j in range(p + 1):
+                    d = np.float32(0.0)
+                    for c in range(hs):
+                        d += qkv[b, hd * hs + c] * kk[j, c]
+                    d *= sc
+                    probs[j] = d
+                    if d > mx:
+                        mx = d
+                tot = np.float32(0.0)
+                for j in range(p + 1):
+                    e = math.exp(probs[j] - mx)
+                    probs[j] = e
+                    tot += e
+                inv = F32_ONE / tot
+                for c in range(hs):
+                    att[b, hd * hs + c] = 0.0
+                for j in range(p + 1):
+                    pj = probs[j] * inv
+                    for c in range(hs):
+                        att[b, hd * hs + c] += pj * vv[j, c]
+        _matvec(tmp, att, proj_w[l], proj_s[l], proj_b[l], scratch)
+        for b in range(B):
+            for c in range(C):
+                x[b, c] += tmp[b, c]
+        _layernorm_rows(h, x, ln2_w[l], ln2_b[l])
+        _matvec(fc, h, fc_w[l], fc_s[l], fc_b[l], scratch)
+        for b in range(B):
+            for j in range(fc.shape[1]):
+                u = fc[b, j]
+                t = F32_ONE - F32_TWO / (math.exp(F32_TWO * GELU_SCALE * (u + GELU_CUBIC * u * u * u))
+                                         + F32_ONE)
+                fc[b, j] = F32_HALF * u * (F32_ONE + t)
+        _matvec(tmp, fc, mp_w[l], mp_s[l], mp_b[l], scratch)
+        for b in range(B):
+            for c in range(C):
+                x[b, c] += tmp[b, c]
+    _layernorm_rows(h, x, lnf_w, lnf_b)
+    row = scratch[0]
+    for v in range(V):
+        for c in range(C):
+            row[c] = np.float32(head_w[v, c])
+        for b in range(B):
+            acc = np.float32(0.0)
+            for c in range(C):
+                acc += row[c] * h[b, c]
+            logits[b, v] = acc * head_s[v]
+
+
+class DecodeWeights:
+    """A model's weights laid out for `decode_tokens`: per-layer tensors stacked along a
+    leading L axis, matrices as int8 + per-column scales ("int8") or float32 ("float32").
+    Built once per set of weights (about 30 ms for `base`); read-only, shared by decoders.
+    `matches(model)` says whether the model's parameters are still the ones copied."""
+
+    def __init__(self, model, kind: str = "int8") -> None:
+        if kind not in KINDS:
+            raise ValueError(f"decode weights must be one of {KINDS}, got {kind!r}")
+        cfg = model.config
+        self.kind, self.vocab_size = kind, cfg.vocab_size
+        self._params = model.params
+        self._fingerprint = int(fingerprint(model.params))
+        p = model.param
+        L = cfg.n_layers
+
+        def stack(name):
+            return np.ascontiguousarray(np.stack([p(f"h.{l}.{name}") for l in range(L)]))
+
+        def matrices(name):
+            w = stack(name)
+            if kind == "float32":
+                return w, np.ones(w.shape[::2], np.float32)
+            q = np.empty(w.shape, np.int8)
+            s = np.empty(w.shape[::2], np.float32)
+            for l in range(L):
+                quantize_columns(q[l], s[l], w[l])
+            return q, s
+
+        self.wte = p("wte")                 # float32 rows looked up by token (a view)
+        self.wpe = p("wpe")
+        self.ln1_w, self.ln1_b = stack("ln1.w"), stack("ln1.b")
+        self.ln2_w, self.ln2_b = stack("ln2.w"), stack("ln2.b")
+        self.qkv_w, self.qkv_s = matrices("attn.qkv.w")
+        self.proj_w, self.proj_s = matrices("attn.proj.w")
+        self.fc_w, self.fc_s = matrices("mlp.fc.w")
+        self.mp_w, self.mp_s = matrices("mlp.proj.w")
+        self.qkv_b, self.proj_b = stack("attn.qkv.b"), stack("attn.proj.b")
+        self.fc_b, self.mp_b = stack("mlp.fc.b"), stack("mlp.proj.b")
+        self.lnf_w, self.lnf_b = p("lnf.w"), p("lnf.b")
+        wte = self.wte
+        if kind == "float32":
+            self.head_w, self.head_s = wte, np.ones(cfg.vocab_size, np.float32)
+        else:   # per-row scales of wte (V,C): its rows are the head's output columns
+            qt = np.empty(wte.shape[::-1], np.int8)
+            st = np.empty(wte.shape[0], np.float32)
+            quantize_columns(qt, st, np.ascontiguousarray(wte.T))
+            self.head_w, self.head_s = np.ascontiguousarray(qt.T), st
+
+    def matches(self, model) -> bool:
+        """True while `model` still has the parameters these copies were made from."""
+        return (model.params is self._params and model.config.vocab_size == self.vocab_size
+                and int(fingerprint(model.params)) == self._fingerprint)
+
+    def tensors(self) -> tuple:
+        """The weight arguments of decode_tokens, in its order."""
+        return (self.wte, self.wpe, self.ln1_w, self.ln1_b, self.qkv_w, self.qkv_s,
+                self.qkv_b, self.proj_w, self.proj_s, self.proj_b, self.ln2_w, self.ln2_b,
+                self.fc_w, self.fc_s, self.fc_b, self.mp_w, self.mp_s, self.mp_b,
+                self.lnf_w, self.lnf_b, self.head_w, self.head_s)
