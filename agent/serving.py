@@ -23,6 +23,7 @@ from agent.model_state import (ModelState, RecordedCheckpoint, checkpoint_dir,
                                load_recorded_model_state, recorded_checkpoints)
 from engine.atomic import atomic_write_bytes
 from engine.errors import CllmError, ConfigError
+from engine.warmup import compile_decoding
 
 log = logging.getLogger(__name__)
 COMMIT_MARKER = "committed.json"   # in the checkpoints folder: the last committed checkpoint
@@ -37,6 +38,8 @@ class ServingCheckpoint:
         self.state, self.ref = state, ref
         self.model = state.serving_model()
         self.tokenizer = state.tokenizer
+        compile_decoding()                  # first run only: before the first request
+        self.model.decode_weights()         # the int8 copies, made once per checkpoint
 
     @property
     def cycle(self) -> Optional[int]:

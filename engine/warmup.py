@@ -9,6 +9,8 @@ lasts (a timer: nothing is logged when the cache is warm) and is not counted in 
 tokens/s. numba compiles per argument types, not shapes, so the tiny model's calls cover
 models of any size.
 
+`compile_decoding` does the same for the decoding kernels (engine.decode), for servers.
+
 It does not time training, and it holds no model state: the tiny model is thrown away.
 """
 from __future__ import annotations
@@ -36,6 +38,16 @@ def compile_kernels(*, crystalline: bool = False, optimizer: str = "adamw", ema:
     Past `announce_after` seconds it logs that it is compiling, and how long it took at the
     end. `warm` replaces the tiny training step (tests)."""
     key = (bool(crystalline), str(optimizer), bool(ema))
+    return _once(key, lambda: (warm or _tiny_step)(*key), announce_after)
+
+
+def compile_decoding(announce_after: float = ANNOUNCE_AFTER_S) -> float:
+    """The same for the decoding kernels (engine.decode, int8 and float32 weights): called
+    when a model is loaded to serve, so a server's first request does not wait for them."""
+    return _once("decode", _tiny_decode, announce_after)
+
+
+def _once(key, warm: Callable[[], None], announce_after: float) -> float:
     with _lock:
         if key in _done:
             return 0.0
@@ -51,7 +63,7 @@ def compile_kernels(*, crystalline: bool = False, optimizer: str = "adamw", ema:
         t0 = time.perf_counter()
         timer.start()
         try:
-            (warm or _tiny_step)(*key)
+            warm()
         finally:
             timer.cancel()
             timer.join()
@@ -62,15 +74,30 @@ def compile_kernels(*, crystalline: bool = False, optimizer: str = "adamw", ema:
     return seconds
 
 
+def _tiny_model():
+    from engine.config import ModelConfig
+    from engine.model import Model
+
+    global _WARM
+    if _WARM is None:
+        _WARM = ModelConfig(vocab_size=16, context=4, d_model=8, n_layers=1, n_heads=2)
+    return Model(_WARM, seed=0)
+
+
+def _tiny_decode() -> None:
+    """Two greedy tokens of a throw-away tiny model with each kind of decode weights."""
+    model = _tiny_model()
+    for kind in ("int8", "float32"):
+        model.generate([1, 2], 2, temperature=0, weights=kind)
+
+
 def _tiny_step(crystalline: bool, optimizer: str, ema: bool) -> None:
     """One threaded training step of a throw-away tiny model, and the tokenizer's kernels."""
-    from engine.config import ModelConfig, TrainConfig
+    from engine.config import TrainConfig
     from engine.ema import EMA
-    from engine.model import Model
     from engine.spheres import ThreadedTrainingSystem
     from engine.tokenizer import Tokenizer
 
-    global _WARM
     tok = Tokenizer()
     quiet = _NotFromThisThread()
     logging.getLogger("engine.tokenizer").addFilter(quiet)   # no "learned 4 new tokens" line
@@ -79,12 +106,10 @@ def _tiny_step(crystalline: bool, optimizer: str, ema: bool) -> None:
     finally:
         logging.getLogger("engine.tokenizer").removeFilter(quiet)
     tok.decode(tok.encode("warm up"))
-    if _WARM is None:
-        _WARM = ModelConfig(vocab_size=16, context=4, d_model=8, n_layers=1, n_heads=2)
-    model = Model(_WARM, seed=0)
+    model = _tiny_model()
     tcfg = TrainConfig(optimizer=optimizer, warmup_steps=0,
                        crystalline_weight=0.1 if crystalline else 0.0)
-    x = np.arange(8, dtype=np.int64).reshape(2, 4) % _WARM.vocab_size
+    x = np.arange(8, dtype=np.int64).reshape(2, 4) % model.config.vocab_size
     with ThreadedTrainingSystem(model, tcfg, n_workers=1, limit_blas_threads=False) as system:
         system.train_step(x, x)
     if ema:

@@ -1,5 +1,6 @@
 """compile_kernels: numba's first-run compilation happens before a run's clock starts, is
-announced only when it lasts, and covers every kernel a training step uses (issue 15)."""
+announced only when it lasts, and covers every kernel a training step uses (issue 15);
+compile_decoding covers every decoding kernel."""
 import json
 import logging
 import subprocess
@@ -18,7 +19,8 @@ import engine
 from engine import Model, ThreadedTrainingSystem, TrainConfig
 from engine.ema import EMA
 from engine.tokenizer import Tokenizer
-from engine.warmup import compile_kernels
+from engine.generate import BatchDecoder
+from engine.warmup import compile_decoding, compile_kernels
 
 def compiled():
     return sum(len(obj.signatures) for name, mod in list(sys.modules.items())
@@ -44,13 +46,23 @@ for opts in ((False, "adamw", True), (True, "sgd", False)):
     before = compiled()
     real_step(*opts)
     out.append([before, compiled()])
+compile_decoding()
+before = compiled()
+m = Model(engine.tiny, seed=2)
+for kind in ("int8", "float32"):                      # batch 1 and a batch of 3
+    m.generate([5, 6, 7], 3, temperature=0.8, top_k=5, seed=1, weights=kind)
+    dec = BatchDecoder(m, 3, kind)
+    dec.prefill([1, 2], row=1)
+    dec.step(np.array([3, 4, 5]))
+out.append([before, compiled()])
 print(json.dumps(out))
 """
 
 
 def test_the_warm_up_compiles_every_kernel_a_training_step_uses():
     """In a fresh process: after compile_kernels, a real step of another model size (3
-    workers, the tokenizer learning and encoding) compiles nothing more."""
+    workers, the tokenizer learning and encoding) compiles nothing more; after
+    compile_decoding, neither does generation (int8 and float32 weights, batches of 1 and 3)."""
     r = subprocess.run([sys.executable, "-c", COUNT_SIGNATURES], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
