@@ -33,6 +33,39 @@ F32_HALF = np.float32(0.5)
 F32_TWO = np.float32(2.0)
 F32_NEG_INF = np.float32(-np.inf)
 
+# exp in float32 (Cephes' expf): k = round(x log2 e), r = x - k ln 2 in two parts
+# (Cody-Waite), exp(r) by a degree-7 polynomial, 2^k built in the exponent bits
+LOG2E = np.float32(1.4426950408889634)
+EXP_C1 = np.float32(0.693359375)
+EXP_C2 = np.float32(-2.12194440e-4)
+EXP_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                      4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+EXP_LO, EXP_HI = np.float32(-87.0), np.float32(88.0)   # 2^k stays a normal float32
+
+
+# --------------------------------------------------------------------------------- exp
+
+@kernel(fastmath={"nsz", "arcp", "contract", "afn"})     # no reassoc: keeps Cody-Waite exact
+def exp_affine(x, shift, scale, bits):
+    """x (n,) = exp(scale * (x - shift)) in place, to about 1e-7 relative; arguments are
+    clamped to [-87, 88] (below: ~1e-38 instead of 0; above: ~1.6e38, never inf).
+
+    Vectorised: LLVM has no vector exp of its own here (numba's math.exp is a scalar call
+    per element), so this is the polynomial above in plain loops, two passes over x, with
+    2^k written as int32 exponent bits into `bits` (n,) and read back as float32.
+    """
+    n = x.shape[0]
+    pow2 = bits.view(np.float32)
+    p0, p1, p2, p3, p4, p5 = EXP_P
+    for j in range(n):
+        v = min(max(scale * (x[j] - shift), EXP_LO), EXP_HI)
+        k = np.floor(v * LOG2E + F32_HALF)      # float32 (math.floor would be an int64)
+        r = v - k * EXP_C1 - k * EXP_C2
+        x[j] = (((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5) * r * r + r + F32_ONE
+        bits[j] = (np.int32(k) + np.int32(127)) << np.int32(23)
+    for j in range(n):
+        x[j] *= pow2[j]
+
 
 # ----------------------------------------------------------------------------- encoder
 
@@ -150,17 +183,21 @@ def bias_backward(db, dout):
 def gelu_forward(out, th, inp):
     """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); caches th = tanh(.) for backward.
 
-    tanh(u) is evaluated as 1 - 2 / (exp(2u) + 1) (LLVM's exp), which is exact to float32
-    round-off, saturates correctly at +-1 and is several times faster than scalar tanh.
+    tanh(u) is evaluated as 1 - 2 / (exp(2u) + 1) with the vectorised exp_affine, row by
+    row (th holds exp(2u) in between): exact to float32 round-off and saturating at +-1.
     """
     N, D = inp.shape
+    bits = np.empty(D, np.int32)
     for i in range(N):
+        t = th[i]
         for j in range(D):
             x = inp[i, j]
-            u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)
-            t = F32_ONE - F32_TWO / (math.exp(F32_TWO * u) + F32_ONE)
-            th[i, j] = t
-            out[i, j] = F32_HALF * x * (F32_ONE + t)
+            t[j] = GELU_SCALE * (x + GELU_CUBIC * x * x * x)
+        exp_affine(t, np.float32(0.0), F32_TWO, bits)
+        for j in range(D):
+            tj = F32_ONE - F32_TWO / (t[j] + F32_ONE)
+            t[j] = tj
+            out[i, j] = F32_HALF * inp[i, j] * (F32_ONE + tj)
 
 
 @kernel
@@ -186,6 +223,7 @@ def attention_softmax_forward(att, scale):
     """
     B, NH, T, _ = att.shape
     sc = np.float32(scale)
+    bits = np.empty(T, np.int32)
     for b in range(B):
         for h in range(NH):
             for t in range(T):
@@ -194,11 +232,10 @@ def attention_softmax_forward(att, scale):
                 for j in range(t + 1):
                     if row[j] > mx:
                         mx = row[j]
+                exp_affine(row[:t + 1], mx, sc, bits)
                 s = np.float32(0.0)
                 for j in range(t + 1):
-                    e = math.exp(sc * (row[j] - mx))
-                    row[j] = e
-                    s += e
+                    s += row[j]
                 inv = F32_ONE / s
                 for j in range(t + 1):
                     row[j] *= inv
@@ -260,17 +297,21 @@ def attention_decode(out, q, kcache, vcache, n, scale):
 # ---------------------------------------------------------------- fused cross-entropy
 
 @kernel
-def crossentropy_prepare(stats, logits, targets, nbr_idx, nbr_q, lam):
-    """First pass of the fused softmax cross-entropy, IN PLACE on logits (N,V).
+def crossentropy_forward(losses, logits, targets, nbr_idx, nbr_q, lam, as_grad=False,
+                         grad_scale=1.0):
+    """Fused softmax + cross-entropy (+ crystalline prior), IN PLACE on logits (N,V).
 
-    Valid rows (target >= 0) are shifted by their max; rows with target < 0 are zeroed
-    (they carry no loss or gradient). stats (N,3) records, per row, [max, shifted target
-    logit, sum_k q_k (log q_k - shifted logit_k)] (the crystalline part is 0 when lam == 0).
-    The caller then exponentiates the whole buffer (numpy's SIMD exp) and calls
-    crossentropy_finish. Returns the number of valid rows.
+    Valid rows (target >= 0) get
+        losses[i] = -log p[target] + lam * KL(q(.|target) || p);
+    rows with target < 0 are zeroed and get loss 0. Returns the count of valid rows. Valid
+    rows become their softmax probabilities (crossentropy_backward's input), or with
+    as_grad what crossentropy_backward(..., grad_scale) would make of those,
+    d(grad_scale * sum of losses) / d logits, in the same pass. One row at a time
+    while it is in cache: max, shifted exp (exp_affine), sum, normalise.
     """
     N, V = logits.shape
     K = nbr_idx.shape[1]
+    bits = np.empty(V, np.int32)
     n_valid = 0
     for i in range(N):
         t = targets[i]
@@ -278,72 +319,44 @@ def crossentropy_prepare(stats, logits, targets, nbr_idx, nbr_q, lam):
         if t < 0:
             for j in range(V):
                 row[j] = 0.0
-            stats[i, 0] = 0.0
-            stats[i, 1] = 0.0
-            stats[i, 2] = 0.0
+            losses[i] = 0.0
             continue
         n_valid += 1
         mx = F32_NEG_INF
         for j in range(V):
             if row[j] > mx:
                 mx = row[j]
-        for j in range(V):
-            row[j] -= mx
-        stats[i, 0] = mx
-        stats[i, 1] = row[t]
-        acc = 0.0
+        shifted_t = row[t] - mx
+        kl = 0.0                               # sum_k q_k (log q_k - shifted_k)
+        qsum = 0.0
         if lam != 0.0:
             for k in range(K):
                 qk = nbr_q[t, k]
+                qsum += qk
                 if qk > 0.0:
-                    acc += qk * (math.log(qk) - row[nbr_idx[t, k]])
-        stats[i, 2] = acc
-    return n_valid
-
-
-@kernel
-def crossentropy_finish(losses, probs, stats, targets, nbr_q, lam):
-    """Last pass: probs (N,V) holds exp(shifted logits); normalise IN PLACE to softmax
-    probabilities (the cache for backward: no second V-wide copy exists) and write
-        losses[i] = -log p[target] + lam * KL(q(.|target) || p)      (0 for target < 0).
-    """
-    N, V = probs.shape
-    K = nbr_q.shape[1]
-    for i in range(N):
-        t = targets[i]
-        if t < 0:
-            losses[i] = 0.0
-            continue
-        row = probs[i]
+                    kl += qk * (math.log(qk) - (row[nbr_idx[t, k]] - mx))
+        exp_affine(row, mx, F32_ONE, bits)
         s = 0.0
         for j in range(V):
             s += row[j]
         lse = math.log(s)                      # log-sum-exp of the shifted row
-        loss = lse - stats[i, 1]
+        loss = lse - shifted_t
         if lam != 0.0:
-            qsum = 0.0
-            for k in range(K):
-                qsum += nbr_q[t, k]
-            # KL(q || p) = sum_k q_k (log q_k - shifted_k + lse)
-            loss += lam * (stats[i, 2] + qsum * lse)
+            loss += lam * (kl + qsum * lse)    # KL(q || p) = sum_k q_k (log q_k - shifted_k + lse)
         losses[i] = loss
-        inv = np.float32(1.0 / s)
+        if not as_grad:
+            inv = np.float32(1.0 / s)
+            for j in range(V):
+                row[j] *= inv
+            continue
+        a = np.float32(grad_scale * (1.0 + lam * qsum) / s)     # see crossentropy_backward
         for j in range(V):
-            row[j] *= inv
-
-
-def crossentropy_forward(losses, logits, targets, nbr_idx, nbr_q, lam):
-    """Fused softmax + cross-entropy (+ crystalline prior), IN PLACE on logits (N,V).
-
-    Valid rows of logits become softmax probabilities; rows with target < 0 get loss 0
-    (their buffer contents are unspecified and backward zeroes them). Returns the count of
-    valid rows. Three passes: numba shift, numpy SIMD exp (GIL released), numba normalise.
-    """
-    stats = np.empty((logits.shape[0], 3), np.float64)
-    n = crossentropy_prepare(stats, logits, targets, nbr_idx, nbr_q, lam)
-    np.exp(logits, out=logits)
-    crossentropy_finish(losses, logits, stats, targets, nbr_q, lam)
-    return n
+            row[j] *= a
+        row[t] -= grad_scale
+        if lam != 0.0:
+            for k in range(K):
+                row[nbr_idx[t, k]] -= grad_scale * lam * nbr_q[t, k]
+    return n_valid
 
 
 @kernel

@@ -158,6 +158,27 @@ def test_crossentropy_forward_backward(lam, targets, normalised):
             num[i, j] = scale * (token_losses(lp, t, idx, q, lam).sum()
                                  - token_losses(lm, t, idx, q, lam).sum()) / (2 * eps)
     close(buf, num, rtol=1e-3, atol=1e-5)
+    # the training path: the same gradient written by the forward pass itself
+    fused, fused_losses = logits.copy(), np.empty(N, np.float32)
+    assert K.crossentropy_forward(fused_losses, fused, t, idx, q, lam, True, scale) == n
+    np.testing.assert_array_equal(fused_losses, losses)
+    close(fused, buf, rtol=1e-5, atol=1e-7)
+
+
+def test_exp_affine_against_float64():
+    x = np.concatenate([np.linspace(-90, 90, 20001), RNG.standard_normal(5000) * 30,
+                        [0.0, -0.0, 1e-30, -1e-30]]).astype(np.float32)
+    for shift, scale in ((0.0, 1.0), (3.5, 0.25), (-2.0, 2.0)):
+        got = x.copy()
+        K.exp_affine(got, np.float32(shift), np.float32(scale), np.empty(x.size, np.int32))
+        v = np.clip(scale * (x.astype(np.float64) - shift), -87.0, 88.0)
+        # about 2 ulp, plus the float32 rounding of the argument itself (|v| ulp)
+        rel = np.abs(got / np.exp(v) - 1)
+        assert (rel <= 2.5e-7 + np.abs(v) * 1.2e-7 * (scale != 1.0 or shift != 0.0)).all()
+        assert np.isfinite(got).all()
+    nan = np.array([1.0, np.nan, 2.0], np.float32)
+    K.exp_affine(nan, np.float32(0.0), np.float32(1.0), np.empty(3, np.int32))
+    assert np.isnan(nan[1]) and np.isfinite(nan[[0, 2]]).all()    # NaN is kept, not hidden
 
 
 def test_crossentropy_lambda_zero_is_plain_ce_bitwise():
