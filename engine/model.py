@@ -245,20 +245,20 @@ class Model:
         nbr_idx, nbr_q = self._neighbour_tables(crystalline_weight)
         lam = float(crystalline_weight)
 
-        # ---- forward
+        # ---- forward; the loss's softmax turns the logits into d logits in the same pass
+        if scale is None:
+            scale = 1.0 / max(int(np.count_nonzero(tflat >= 0)), 1)
         self._forward_trunk(ws, inputs)
         np.matmul(ws.lnf, p["wte"].T, out=ws.logits)                          # (N, V)
-        n_valid = K.crossentropy_forward(ws.losses, ws.logits, tflat, nbr_idx, nbr_q, lam)
+        n_valid = K.crossentropy_forward(ws.losses, ws.logits, tflat, nbr_idx, nbr_q, lam,
+                                         True, float(scale))
         loss_sum = float(ws.losses.sum(dtype=np.float64))
-        if scale is None:
-            scale = 1.0 / max(n_valid, 1)
 
         # ---- backward, layers in exact reverse order. wte and the linear weights are written
         # whole by their matmuls (out=); only the accumulated tensors need zeroing first.
         for lo, hi in self._zero_ranges:
             grad[lo:hi] = 0.0
         g = self.layout.views(grad)
-        K.crossentropy_backward(ws.logits, tflat, nbr_idx, nbr_q, lam, float(scale))
         dlogits = ws.logits
         np.matmul(dlogits.T, ws.lnf, out=g["wte"])                            # (V, C)
         np.matmul(dlogits, p["wte"], out=ws.dC)                               # (N, C) d lnf
