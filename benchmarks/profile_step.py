@@ -59,7 +59,7 @@ def main() -> None:
     originals = {}
     for name in dir(kernels):
         fn = getattr(kernels, name)
-        if callable(fn) and (hasattr(fn, "py_func") or name == "crossentropy_forward"):
+        if callable(fn) and hasattr(fn, "py_func") and name != "exp_affine":  # inside others
             originals[name] = fn
 
             def timed(*a, _fn=fn, _name=name, **k):
@@ -78,16 +78,14 @@ def main() -> None:
         model_mod.np = np
         for name, fn in originals.items():
             setattr(kernels, name, fn)
-    # crossentropy_forward wraps prepare/finish: show its own time without double counting
-    if "crossentropy_forward" in totals:
-        inner = totals.get("crossentropy_prepare", 0) + totals.get("crossentropy_finish", 0)
-        totals["crossentropy exp (numpy SIMD)"] = totals.pop("crossentropy_forward") - inner
+    matmul = sum(v for k, v in totals.items() if k.startswith("matmul"))
     print(f"preset {args.preset}, batch {args.batch}x{cfg.context}, 1 thread: "
           f"{wall * 1e3:.1f} ms per forward+backward ({args.batch * cfg.context / wall:.0f} tok/s)")
     for k, v in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {k:32s} {v / args.steps * 1e3:8.1f} ms  {100 * v / args.steps / wall:5.1f}%")
     rest = wall - sum(totals.values()) / args.steps
     print(f"  {'python glue and the rest':32s} {rest * 1e3:8.1f} ms  {100 * rest / wall:5.1f}%")
+    print(f"matmul share of the step: {100 * matmul / args.steps / wall:.1f}%")
 
 
 if __name__ == "__main__":
