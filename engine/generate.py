@@ -12,28 +12,40 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from engine.decode import DecodeWeights, decode_tokens
+from engine.decode import DecodeWeights, decode_attend, decode_tokens
+from engine.kernels import bias_forward, bias_residual_forward, gelu_forward, layernorm_forward
 
 
 class BatchDecoder:
     """Decoding state of B sequences at once: per-sequence keys and values of every position
-    so far, each sequence at its own position. Each `step` is one numba call for all
-    layers and all B sequences (engine.decode), over `weights`: "int8" (the default: a
-    quarter of the bytes to stream per token; see docs/benchmarks.md#decoding for how close
-    its logits are) or "float32" (exact up to summation order), or a prepared
-    DecodeWeights. The prompt is prefilled through the training forward, in float32.
+    so far, each sequence at its own position. The prompt is prefilled through the training
+    forward, in float32.
+
+    Below BLAS_BATCH sequences a step is one numba call for all layers and sequences
+    (engine.decode.decode_tokens) over `weights`: "int8" (the default: decoding is bound by
+    streaming the weights, and int8 streams a quarter of float32's bytes; see
+    docs/benchmarks.md#decoding for how close its predictions stay) or "float32" (exact up to
+    summation order), or a prepared DecodeWeights. From BLAS_BATCH sequences on, a step
+    runs each layer's products as BLAS matrix-matrix products over the model's float32
+    weights, whatever `weights` says: on the 2-core AMD EPYC the int8 kernel was faster up to
+    16 sequences and even at 32 (benchmarks/bench_engine.py's batched rows).
 
     The decoder reads the model's parameters; it follows a vocabulary growth (or any
     replacement of the parameter array) by re-copying them at the next step.
     """
+
+    BLAS_BATCH = 32
 
     def __init__(self, model, batch: int = 1, weights="int8") -> None:
         cfg = model.config
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.model, self.cfg, self.batch = model, cfg, int(batch)
-        self._weights = (weights if isinstance(weights, DecodeWeights)
-                         else model.decode_weights(weights))
+        self._blas = self.batch >= self.BLAS_BATCH
+        self._weights = None
+        if not self._blas:
+            self._weights = (weights if isinstance(weights, DecodeWeights)
+                             else model.decode_weights(weights))
         L, NH, T, hs, C = cfg.n_layers, cfg.n_heads, cfg.context, cfg.head_size, cfg.d_model
         B = self.batch
         self.k = np.zeros((B, L, NH, T, hs), np.float32)
@@ -42,19 +54,20 @@ class BatchDecoder:
         f = np.float32
         self._x, self._h = np.empty((B, C), f), np.empty((B, C), f)
         self._att, self._tmp = np.empty((B, C), f), np.empty((B, C), f)
-        self._qkv, self._fc = np.empty((B, 3 * C), f), np.empty((B, 4 * C), f)
+        self._qkv = np.empty((B, 3 * C), f)
+        self._fc, self._th = np.empty((B, 4 * C), f), np.empty((B, 4 * C), f)
         self._scratch = np.empty((4, 4 * C), f)
-        self._probs = np.empty(T, f)
+        self._mean, self._rstd = np.empty(B, f), np.empty(B, f)
         self._tokens = np.empty(B, np.int64)
         self._logits = np.empty((B, cfg.vocab_size), f)
 
-    def _current_weights(self) -> DecodeWeights:
-        w, m = self._weights, self.model
-        if m.params is not w._params or m.config.vocab_size != w.vocab_size:
-            w = self._weights = m.decode_weights(w.kind)
-            if self._logits.shape[1] != m.config.vocab_size:
-                self._logits = np.empty((self.batch, m.config.vocab_size), np.float32)
-        return w
+    def _follow_model(self) -> None:
+        """New copies (and a wider logits buffer) after the model's parameters were replaced."""
+        m, w = self.model, self._weights
+        if w is not None and (m.params is not w._params or m.config.vocab_size != w.vocab_size):
+            self._weights = m.decode_weights(w.kind)
+        if self._logits.shape[1] != m.config.vocab_size:
+            self._logits = np.empty((self.batch, m.config.vocab_size), np.float32)
 
     def prefill(self, ids: Sequence[int], row: int = 0) -> np.ndarray:
         """Reset sequence `row` to `ids` (1..T tokens); returns its next-position logits (V,)."""
@@ -70,7 +83,7 @@ class BatchDecoder:
             self.k[row, l, :, :P] = qkv[:, C:2 * C].reshape(P, NH, -1).transpose(1, 0, 2)
             self.v[row, l, :, :P] = qkv[:, 2 * C:].reshape(P, NH, -1).transpose(1, 0, 2)
         self.n[row] = P
-        self._current_weights()
+        self._follow_model()
         out = self._logits[row]
         np.matmul(m.param("wte"), ws.lnf[P - 1], out=out)
         return out
@@ -78,16 +91,40 @@ class BatchDecoder:
     def step(self, tokens) -> np.ndarray:
         """Append tokens[b] to sequence b at its position; returns the logits (B, V) of every
         sequence's next position (a buffer reused by the next call)."""
-        w = self._current_weights()
+        self._follow_model()
         self._tokens[:] = tokens
         if int(self.n.max()) >= self.cfg.context:
             raise ValueError(f"a sequence is at the context length ({self.cfg.context}): "
                              "prefill it again with a shorter window")
-        decode_tokens(self._logits, self._x, self.k, self.v, self._tokens, self.n,
-                      *w.tensors(), self._h, self._qkv, self._att, self._fc, self._tmp,
-                      self._scratch, self._probs)
+        if self._blas:
+            self._step_blas()
+        else:
+            decode_tokens(self._logits, self._x, self.k, self.v, self._tokens, self.n,
+                          *self._weights.tensors(), self._h, self._qkv, self._att, self._fc,
+                          self._th, self._tmp, self._scratch, self._mean, self._rstd)
         self.n += 1
         return self._logits
+
+    def _step_blas(self) -> None:
+        p = self.model._views
+        x, h, tmp, fc = self._x, self._h, self._tmp, self._fc
+        np.add(p["wte"][self._tokens], p["wpe"][self.n], out=x)
+        for l in range(self.cfg.n_layers):
+            b = f"h.{l}"
+            layernorm_forward(h, self._mean, self._rstd, x, p[f"{b}.ln1.w"], p[f"{b}.ln1.b"])
+            np.matmul(h, p[f"{b}.attn.qkv.w"], out=self._qkv)
+            bias_forward(self._qkv, p[f"{b}.attn.qkv.b"])
+            decode_attend(self._att, self._qkv, self.k, self.v, l, self.n)
+            np.matmul(self._att, p[f"{b}.attn.proj.w"], out=tmp)
+            bias_residual_forward(x, p[f"{b}.attn.proj.b"], tmp)
+            layernorm_forward(h, self._mean, self._rstd, x, p[f"{b}.ln2.w"], p[f"{b}.ln2.b"])
+            np.matmul(h, p[f"{b}.mlp.fc.w"], out=fc)
+            bias_forward(fc, p[f"{b}.mlp.fc.b"])
+            gelu_forward(fc, self._th, fc)
+            np.matmul(fc, p[f"{b}.mlp.proj.w"], out=tmp)
+            bias_residual_forward(x, p[f"{b}.mlp.proj.b"], tmp)
+        layernorm_forward(h, self._mean, self._rstd, x, p["lnf.w"], p["lnf.b"])
+        np.matmul(h, p["wte"].T, out=self._logits)
 
 
 class KVDecoder:

@@ -85,10 +85,15 @@ def _tiny_model():
 
 
 def _tiny_decode() -> None:
-    """Two greedy tokens of a throw-away tiny model with each kind of decode weights."""
+    """Two greedy tokens of a throw-away tiny model with each kind of decode weights, and a
+    step of a batch large enough for the BLAS path."""
+    from engine.generate import BatchDecoder
     model = _tiny_model()
     for kind in ("int8", "float32"):
         model.generate([1, 2], 2, temperature=0, weights=kind)
+    batch = BatchDecoder(model, BatchDecoder.BLAS_BATCH)
+    batch.prefill([1])
+    batch.step(np.ones(BatchDecoder.BLAS_BATCH, np.int64))
 
 
 def _tiny_step(crystalline: bool, optimizer: str, ema: bool) -> None:

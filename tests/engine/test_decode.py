@@ -63,18 +63,22 @@ def test_float32_decoding_equals_the_full_forward_at_every_position(cfg):
         dec.step(ids[0])
 
 
-@pytest.mark.parametrize("kind", ["float32", "int8"])
-def test_a_batch_of_sequences_at_different_positions_equals_each_decoded_alone(kind):
+@pytest.mark.parametrize("kind,B", [("float32", 3), ("int8", 3),
+                                     ("int8", BatchDecoder.BLAS_BATCH + 1)])
+def test_a_batch_of_sequences_at_different_positions_equals_each_decoded_alone(kind, B):
+    """Below BatchDecoder.BLAS_BATCH the fused kernel with `kind` weights; from it on, BLAS
+    products over the float32 weights (equal to float32 decoding alone)."""
     cfg = ODD
     m = Model(cfg, seed=4)
     m.params *= 3.0
-    prompts = [list(RNG.integers(0, cfg.vocab_size, n)) for n in (1, 4, 2, 6)]
-    nxt = RNG.integers(0, cfg.vocab_size, (3, len(prompts)))
-    batch = BatchDecoder(m, len(prompts), kind)
+    prompts = [list(RNG.integers(0, cfg.vocab_size, 1 + i % 6)) for i in range(B)]
+    nxt = RNG.integers(0, cfg.vocab_size, (3, B))
+    batch = BatchDecoder(m, B, kind)
+    assert batch._blas == (B >= BatchDecoder.BLAS_BATCH)
     first = [batch.prefill(p, row=i).copy() for i, p in enumerate(prompts)]
     steps = [batch.step(nxt[k]).copy() for k in range(3)]
     for i, p in enumerate(prompts):
-        alone = KVDecoder(m, kind)
+        alone = KVDecoder(m, "float32" if batch._blas else kind)
         np.testing.assert_array_equal(alone.prefill(p), first[i])
         for k in range(3):
             np.testing.assert_allclose(alone.step(nxt[k, i]), steps[k][i], rtol=1e-5, atol=1e-5)

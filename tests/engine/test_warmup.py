@@ -51,9 +51,10 @@ before = compiled()
 m = Model(engine.tiny, seed=2)
 for kind in ("int8", "float32"):                      # batch 1 and a batch of 3
     m.generate([5, 6, 7], 3, temperature=0.8, top_k=5, seed=1, weights=kind)
-    dec = BatchDecoder(m, 3, kind)
-    dec.prefill([1, 2], row=1)
-    dec.step(np.array([3, 4, 5]))
+    for B in (3, BatchDecoder.BLAS_BATCH):             # the fused kernel, BLAS products
+        dec = BatchDecoder(m, B, kind)
+        dec.prefill([1, 2], row=1)
+        dec.step(np.arange(3, 3 + B))
 out.append([before, compiled()])
 print(json.dumps(out))
 """
@@ -62,7 +63,7 @@ print(json.dumps(out))
 def test_the_warm_up_compiles_every_kernel_a_training_step_uses():
     """In a fresh process: after compile_kernels, a real step of another model size (3
     workers, the tokenizer learning and encoding) compiles nothing more; after
-    compile_decoding, neither does generation (int8 and float32 weights, batches of 1 and 3)."""
+    compile_decoding, neither does generation (int8 and float32 weights, batches of 1, 3 and BLAS_BATCH)."""
     r = subprocess.run([sys.executable, "-c", COUNT_SIGNATURES], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
