@@ -92,6 +92,43 @@ class TorchGPT(torch.nn.Module):
         return out
 
 
+    @torch.no_grad()
+    def decode_batch(self, prompts: list[list[int]], n_new: int) -> np.ndarray:
+        """Greedy decoding of B prompts of one length at once (B, n_new): the batched form
+        of `decode`, one matrix-matrix product per linear layer per step."""
+        cfg = self.cfg
+        C, NH, L = cfg.d_model, cfg.n_heads, cfg.n_layers
+        hs = C // NH
+        B, P = len(prompts), len(prompts[0])
+        kc = torch.zeros(L, B, NH, cfg.context, hs)
+        vc = torch.zeros(L, B, NH, cfg.context, hs)
+        kv: list = []
+        logits = self.forward(torch.tensor(prompts), kv_out=kv)[:, -1]
+        for l, (k, v) in enumerate(kv):
+            kc[l, :, :, :P] = k
+            vc[l, :, :, :P] = v
+        out = [torch.argmax(logits, -1)]
+        for pos in range(P, P + n_new - 1):
+            x = self.w("wte")[out[-1]] + self.w("wpe")[pos]
+            for l in range(L):
+                h = f"h.{l}"
+                a = F.layer_norm(x, (C,), self.w(f"{h}.ln1.w"), self.w(f"{h}.ln1.b"), 1e-5)
+                q, k, v = torch.addmm(self.w(f"{h}.attn.qkv.b"), a,
+                                      self.w(f"{h}.attn.qkv.w")).split(C, dim=1)
+                kc[l, :, :, pos] = k.view(B, NH, hs)
+                vc[l, :, :, pos] = v.view(B, NH, hs)
+                att = (kc[l, :, :, :pos + 1] @ q.view(B, NH, hs, 1)).squeeze(-1) / math.sqrt(hs)
+                y = (att.softmax(-1).unsqueeze(2) @ vc[l, :, :, :pos + 1]).reshape(B, C)
+                x = x + torch.addmm(self.w(f"{h}.attn.proj.b"), y, self.w(f"{h}.attn.proj.w"))
+                m = F.layer_norm(x, (C,), self.w(f"{h}.ln2.w"), self.w(f"{h}.ln2.b"), 1e-5)
+                f = F.gelu(torch.addmm(self.w(f"{h}.mlp.fc.b"), m, self.w(f"{h}.mlp.fc.w")),
+                           approximate="tanh")
+                x = x + torch.addmm(self.w(f"{h}.mlp.proj.b"), f, self.w(f"{h}.mlp.proj.w"))
+            x = F.layer_norm(x, (C,), self.w("lnf.w"), self.w("lnf.b"), 1e-5)
+            out.append(torch.argmax(x @ self.w("wte").T, -1))
+        return torch.stack(out, 1).numpy()
+
+
 def torch_adamw(module: TorchGPT, tcfg) -> torch.optim.Optimizer:
     decay = [p for n, p in module.p.items() if p.dim() == 2]
     no_decay = [p for n, p in module.p.items() if p.dim() < 2]
