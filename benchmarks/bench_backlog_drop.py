@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stdlib_data import DEFAULT_ROOT, split_files  # noqa: E402
+from engine.cpu import describe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -98,7 +99,7 @@ def main(argv=None) -> None:
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=120)
-    cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t")
+    cpu = describe().model
     print(f"\nbacklog {backlog_mb:.1f} MB, {args.workers} workers, {cpu}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpu": cpu, "backlog_mb": backlog_mb,

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stdlib_data import DEFAULT_ROOT, split_files  # noqa: E402
+from engine.cpu import describe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -188,7 +189,7 @@ def main(argv=None) -> None:
     print(f"\nledger after the run: {json.dumps(ledger)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
+        "cpu": describe().model,
         "setup": {"src": str(args.src), "minutes": args.minutes, "workers": args.workers,
                   "train_files": len(split.train), "train_bytes": size,
                   "agent_args": args.agent_arg, "torch_lr": args.torch_lr},

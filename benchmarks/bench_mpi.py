@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import engine  # noqa: E402
 from engine import Optimizer, TrainConfig  # noqa: E402
+from engine.cpu import describe  # noqa: E402
 
 
 def main() -> None:
@@ -64,8 +65,7 @@ def main() -> None:
         med = {k: 1000 * float(np.median(v[2:])) for k, v in times.items()}
         rows.append((name, 4 * P / 1e6, med["allreduce"], med["rs+ag"]))
     if rank == 0:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                    if ln.startswith("model name")), "unknown CPU")
+        cpu = describe().model
         print(f"{R} ranks on one machine ({cpu}), median of {a.rounds} rounds, "
               f"ms per step (collective + AdamW update)")
         print(f"{'preset':>7} {'MB':>7} {'allreduce':>10} {'rs+ag':>8} {'rs+ag / allreduce':>18}")

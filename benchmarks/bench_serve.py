@@ -32,6 +32,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.cpu import describe  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "The for statement is used to iterate over the elements of a sequence"
 ROOT = Path(__file__).resolve().parent.parent
@@ -238,8 +240,7 @@ def main(argv=None) -> None:
     med = lambda rows, k: statistics.median(r[k] for r in rows if r[k] is not None)  # noqa: E731
     res = {
         "preset": args.preset, "tokens": args.tokens, "rounds": args.rounds,
-        "cpu": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                     if ln.startswith("model name")), "unknown CPU"),
+        "cpu": describe().model,
         "cores": os.cpu_count(),
         "load_avg_1min": {"before": load_before, "after": os.getloadavg()[0]},
         "serve_stream": {"ttft_s": med(streamed, "ttft_s"), "tok_s": med(streamed, "tok_s"),

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.fault_inject import MOMENTS  # noqa: E402
+from engine.cpu import describe  # noqa: E402
 
 AGENT = ["--preset", "tiny", "--workers", "2", "--min-cycle-tokens", "300", "--max-wait", "30",
          "--quiet-period", "0.2", "--batch-size", "4"]
@@ -621,8 +622,7 @@ def main() -> None:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     out = table(c.trials)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), "unknown CPU")
+    cpu = describe().model
     head = (f"fault campaign: {len(c.trials)} trials, {sum(t.ok for t in c.trials)} passed, "
             f"{time.monotonic() - t0:.0f} s on {os.cpu_count()} x {cpu}")
     print("\n" + head + "\n\n" + out)
