@@ -41,11 +41,8 @@ class BatchDecoder:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.model, self.cfg, self.batch = model, cfg, int(batch)
-        self._blas = self.batch >= self.BLAS_BATCH
-        self._weights = None
-        if not self._blas:
-            self._weights = (weights if isinstance(weights, DecodeWeights)
-                             else model.decode_weights(weights))
+        self._weights = (weights if isinstance(weights, DecodeWeights)
+                         else model.decode_weights(weights))
         L, NH, T, hs, C = cfg.n_layers, cfg.n_heads, cfg.context, cfg.head_size, cfg.d_model
         B = self.batch
         self.k = np.zeros((B, L, NH, T, hs), np.float32)
@@ -64,7 +61,7 @@ class BatchDecoder:
     def _follow_model(self) -> None:
         """New copies (and a wider logits buffer) after the model's parameters were replaced."""
         m, w = self.model, self._weights
-        if w is not None and (m.params is not w._params or m.config.vocab_size != w.vocab_size):
+        if m.params is not w._params or m.config.vocab_size != w.vocab_size:
             self._weights = m.decode_weights(w.kind)
         if self._logits.shape[1] != m.config.vocab_size:
             self._logits = np.empty((self.batch, m.config.vocab_size), np.float32)
@@ -88,43 +85,55 @@ class BatchDecoder:
         np.matmul(m.param("wte"), ws.lnf[P - 1], out=out)
         return out
 
-    def step(self, tokens) -> np.ndarray:
-        """Append tokens[b] to sequence b at its position; returns the logits (B, V) of every
-        sequence's next position (a buffer reused by the next call)."""
+    def step(self, tokens, rows: Optional[int] = None) -> np.ndarray:
+        """Append tokens[b] to sequence b at its position, for the first `rows` sequences
+        (all by default); returns their next-position logits (rows, V), a buffer reused by
+        the next call. Sequences from `rows` on are left as they are."""
+        A = self.batch if rows is None else int(rows)
+        if not 1 <= A <= self.batch:
+            raise ValueError(f"rows must be within 1..{self.batch}, got {rows}")
         self._follow_model()
-        self._tokens[:] = tokens
-        if int(self.n.max()) >= self.cfg.context:
+        self._tokens[:A] = tokens
+        if int(self.n[:A].max()) >= self.cfg.context:
             raise ValueError(f"a sequence is at the context length ({self.cfg.context}): "
                              "prefill it again with a shorter window")
-        if self._blas:
-            self._step_blas()
+        if A >= self.BLAS_BATCH:
+            self._step_blas(A)
         else:
-            decode_tokens(self._logits, self._x, self.k, self.v, self._tokens, self.n,
-                          *self._weights.tensors(), self._h, self._qkv, self._att, self._fc,
-                          self._th, self._tmp, self._scratch, self._mean, self._rstd)
-        self.n += 1
-        return self._logits
+            w = self._weights
+            decode_tokens(self._logits[:A], self._x[:A], self.k[:A], self.v[:A],
+                          self._tokens[:A], self.n[:A], *w.tensors(), self._h[:A],
+                          self._qkv[:A], self._att[:A], self._fc[:A], self._th[:A],
+                          self._tmp[:A], self._scratch, self._mean[:A], self._rstd[:A])
+        self.n[:A] += 1
+        return self._logits[:A]
 
-    def _step_blas(self) -> None:
+    def move(self, src: int, dst: int) -> None:
+        """Sequence `src`'s state becomes sequence `dst`'s (keeping a server's live rows
+        packed at the front when one in the middle ends)."""
+        self.k[dst], self.v[dst], self.n[dst] = self.k[src], self.v[src], self.n[src]
+
+    def _step_blas(self, A: int) -> None:
         p = self.model._views
-        x, h, tmp, fc = self._x, self._h, self._tmp, self._fc
-        np.add(p["wte"][self._tokens], p["wpe"][self.n], out=x)
+        x, h, tmp, fc, qkv = self._x[:A], self._h[:A], self._tmp[:A], self._fc[:A], self._qkv[:A]
+        mean, rstd, n = self._mean[:A], self._rstd[:A], self.n[:A]
+        np.add(p["wte"][self._tokens[:A]], p["wpe"][n], out=x)
         for l in range(self.cfg.n_layers):
             b = f"h.{l}"
-            layernorm_forward(h, self._mean, self._rstd, x, p[f"{b}.ln1.w"], p[f"{b}.ln1.b"])
-            np.matmul(h, p[f"{b}.attn.qkv.w"], out=self._qkv)
-            bias_forward(self._qkv, p[f"{b}.attn.qkv.b"])
-            decode_attend(self._att, self._qkv, self.k, self.v, l, self.n)
-            np.matmul(self._att, p[f"{b}.attn.proj.w"], out=tmp)
+            layernorm_forward(h, mean, rstd, x, p[f"{b}.ln1.w"], p[f"{b}.ln1.b"])
+            np.matmul(h, p[f"{b}.attn.qkv.w"], out=qkv)
+            bias_forward(qkv, p[f"{b}.attn.qkv.b"])
+            decode_attend(self._att[:A], qkv, self.k[:A], self.v[:A], l, n)
+            np.matmul(self._att[:A], p[f"{b}.attn.proj.w"], out=tmp)
             bias_residual_forward(x, p[f"{b}.attn.proj.b"], tmp)
-            layernorm_forward(h, self._mean, self._rstd, x, p[f"{b}.ln2.w"], p[f"{b}.ln2.b"])
+            layernorm_forward(h, mean, rstd, x, p[f"{b}.ln2.w"], p[f"{b}.ln2.b"])
             np.matmul(h, p[f"{b}.mlp.fc.w"], out=fc)
             bias_forward(fc, p[f"{b}.mlp.fc.b"])
-            gelu_forward(fc, self._th, fc)
+            gelu_forward(fc, self._th[:A], fc)
             np.matmul(fc, p[f"{b}.mlp.proj.w"], out=tmp)
             bias_residual_forward(x, p[f"{b}.mlp.proj.b"], tmp)
-        layernorm_forward(h, self._mean, self._rstd, x, p["lnf.w"], p["lnf.b"])
-        np.matmul(h, p["wte"].T, out=self._logits)
+        layernorm_forward(h, mean, rstd, x, p["lnf.w"], p["lnf.b"])
+        np.matmul(h, p["wte"].T, out=self._logits[:A])
 
 
 class KVDecoder:

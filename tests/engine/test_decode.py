@@ -74,15 +74,35 @@ def test_a_batch_of_sequences_at_different_positions_equals_each_decoded_alone(k
     prompts = [list(RNG.integers(0, cfg.vocab_size, 1 + i % 6)) for i in range(B)]
     nxt = RNG.integers(0, cfg.vocab_size, (3, B))
     batch = BatchDecoder(m, B, kind)
-    assert batch._blas == (B >= BatchDecoder.BLAS_BATCH)
+    blas = B >= BatchDecoder.BLAS_BATCH
     first = [batch.prefill(p, row=i).copy() for i, p in enumerate(prompts)]
     steps = [batch.step(nxt[k]).copy() for k in range(3)]
     for i, p in enumerate(prompts):
-        alone = KVDecoder(m, "float32" if batch._blas else kind)
+        alone = KVDecoder(m, "float32" if blas else kind)
         np.testing.assert_array_equal(alone.prefill(p), first[i])
         for k in range(3):
             np.testing.assert_allclose(alone.step(nxt[k, i]), steps[k][i], rtol=1e-5, atol=1e-5)
     assert list(batch.n) == [len(p) + 3 for p in prompts]
+
+
+def test_stepping_the_leading_rows_leaves_the_others_and_a_moved_row_goes_on_as_it_was():
+    cfg = ODD
+    m = Model(cfg, seed=6)
+    m.params *= 3.0
+    dec = BatchDecoder(m, 3)
+    for i, p in enumerate(([1, 2], [3], [4, 5, 6])):
+        dec.prefill(p, row=i)
+    k2 = dec.k[2].copy()
+    out = dec.step([7, 8], rows=2)
+    assert out.shape == (2, cfg.vocab_size) and list(dec.n) == [3, 2, 3]
+    assert np.array_equal(dec.k[2], k2)                      # row 2 untouched
+    ref = KVDecoder(m)
+    ref.prefill([4, 5, 6])
+    want = ref.step(9).copy()
+    dec.move(2, 0)                                           # row 2 carries on as row 0
+    np.testing.assert_allclose(dec.step([9], rows=1)[0], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="rows"):
+        dec.step([1, 2, 3, 4], rows=4)
 
 
 def test_int8_decoding_is_close_to_float32_on_random_weights():
