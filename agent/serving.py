@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from agent.batching import DecodeBatcher
 from agent.model_state import (ModelState, RecordedCheckpoint, checkpoint_dir,
                                load_recorded_model_state, recorded_checkpoints)
 from engine.atomic import atomic_write_bytes
@@ -40,6 +41,22 @@ class ServingCheckpoint:
         self.tokenizer = state.tokenizer
         compile_decoding()                  # first run only: before the first request
         self.model.decode_weights()         # the int8 copies, made once per checkpoint
+        self._batcher: Optional[DecodeBatcher] = None
+        self._lock = threading.Lock()
+
+    def batcher(self, rows: int) -> DecodeBatcher:
+        """The continuous batcher of this checkpoint's generations (made on first use)."""
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = DecodeBatcher(self.model, rows)
+            return self._batcher
+
+    def close(self) -> None:
+        """End the batched generations of this checkpoint and join their thread."""
+        with self._lock:
+            batcher = self._batcher
+        if batcher is not None:
+            batcher.close()
 
     @property
     def cycle(self) -> Optional[int]:
@@ -109,15 +126,17 @@ class TextStream:
 
     Iterating yields text: whole UTF-8 characters, never a piece of a stop string (text
     that could still become one is held back until it cannot), stopping at the end-of-text
-    token, at a stop string (not included) or after `max_tokens` tokens. After the loop,
+    token, at a stop string (not included) or after `max_tokens` tokens. With a `batcher`
+    (a server's) the tokens come from its batched decoding, shared with other requests. After the loop,
     `finish_reason` is "stop" or "length" (OpenAI's names) and `prompt_tokens` /
     `completion_tokens` count tokens. A set `cancel` event ends it before the next token.
     """
 
     def __init__(self, ckpt: ServingCheckpoint, prompt: str, sampling: Sampling,
-                 cancel: Optional[threading.Event] = None) -> None:
+                 cancel: Optional[threading.Event] = None,
+                 batcher: Optional[DecodeBatcher] = None) -> None:
         tok = ckpt.tokenizer
-        self.ckpt, self.sampling, self.cancel = ckpt, sampling, cancel
+        self.ckpt, self.sampling, self.cancel, self.batcher = ckpt, sampling, cancel, batcher
         self.ids = list(tok.encode(prompt)) if prompt else []
         self.prompt_tokens = len(self.ids)
         self.completion_tokens = 0
@@ -131,8 +150,9 @@ class TextStream:
         sent = 0
         self.finish_reason = "length"
         ids = self.ids or [tok.eod_id]
-        gen = self.ckpt.model.generate_stream(ids, sp.max_tokens, temperature=sp.temperature,
-                                              top_k=sp.top_k, top_p=sp.top_p, seed=sp.seed)
+        source = self.batcher.stream if self.batcher is not None else self.ckpt.model.generate_stream
+        gen = source(ids, sp.max_tokens, temperature=sp.temperature, top_k=sp.top_k,
+                     top_p=sp.top_p, seed=sp.seed)
         try:
             for t in gen:
                 if self.cancel is not None and self.cancel.is_set():

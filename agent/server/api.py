@@ -280,7 +280,8 @@ async def start_generation(service, req: CompletionRequest):
                        "rate_limit_error", {"Retry-After": "1"})
     cancel = threading.Event()
     try:   # tokenising a long prompt takes a while: off the loop too
-        ts = await anyio.to_thread.run_sync(TextStream, ckpt, req.prompt, req.sampling, cancel)
+        ts = await anyio.to_thread.run_sync(TextStream, ckpt, req.prompt, req.sampling, cancel,
+                                            service.batcher(ckpt))
     except BaseException:
         service.slots.release()
         raise

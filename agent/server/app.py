@@ -18,6 +18,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class Service:
         self.loaded_at = time.time()
         self.holder.listeners.append(self._loaded)
         self._pinned: dict[int, object] = {}
+        self._served = weakref.WeakSet()      # checkpoints that generated: closed with us
         self._pinned_lock = threading.Lock()
         self.hub = EventHub()                 # the dashboard's live updates
         self.holder.listeners.append(
@@ -100,11 +102,19 @@ class Service:
                 self._pinned.pop(next(iter(self._pinned)))
             return ckpt
 
+    def batcher(self, ckpt):
+        """The checkpoint's batched decoding (one row per generation slot)."""
+        self._served.add(ckpt)
+        return ckpt.batcher(self.limits.concurrency)
+
     def close(self) -> None:
-        """Cancel the generations under way and join the executor's threads."""
+        """Cancel the generations under way and join the executor's and the batchers'
+        threads."""
         for run in list(self.runs):
             run.close()
         self.executor.shutdown(wait=True)
+        for ckpt in list(self._served):
+            ckpt.close()
 
     def _loaded(self, ckpt) -> None:
         self.loaded_at = time.time()

@@ -45,6 +45,28 @@ def test_completion_is_the_shared_generation_with_usage_counts(serve, trained):
     assert echo.json()["choices"][0]["text"] == "every sphere" + text
 
 
+def test_concurrent_completions_share_the_batch_and_each_is_what_it_would_be_alone(serve,
+                                                                                   trained):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.server.api import Limits
+
+    server = serve(trained, limits=Limits(concurrency=3))
+    ckpt = wait_loaded(server)
+    bodies = [{"prompt": p, "max_tokens": 40, "temperature": 0.9, "top_k": 20, "seed": i}
+              for i, p in enumerate(["every sphere", "the crystal", "a", "for each"])]
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda b: httpx.post(server.url + "/v1/completions", json=b,
+                                                timeout=60), bodies))
+    for body, r in zip(bodies, outs):
+        assert r.status_code == 200, r.text
+        alone = TextStream(ckpt, body["prompt"], Sampling(max_tokens=40, temperature=0.9,
+                                                          top_k=20, seed=body["seed"])).run()
+        assert r.json()["choices"][0]["text"] == alone
+    batcher = server.service.batcher(ckpt)
+    assert batcher.steps > 0 and 1 <= batcher.widest <= 3
+
+
 def test_stream_chunks_arrive_one_by_one_and_end_with_done(serve, trained):
     server = serve(trained)
     ckpt = wait_loaded(server)
@@ -58,7 +80,7 @@ def test_stream_chunks_arrive_one_by_one_and_end_with_done(serve, trained):
             if i == 1:
                 assert first_read.wait(30), "the first chunk never reached the client"
             yield t
-    ckpt.model.generate_stream = gated
+    server.service.batcher(ckpt).stream = gated      # the server's token source
     events = []
     with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
                       json={"prompt": "every", "max_tokens": 5, "stream": True,
@@ -78,7 +100,7 @@ def test_stream_chunks_arrive_one_by_one_and_end_with_done(serve, trained):
 
 
 def _fixed_ids(ids):
-    """A stand-in for generate_stream that yields `ids` (to know the text in advance)."""
+    """A stand-in for the batcher's stream that yields `ids` (to know the text in advance)."""
     def gen(prompt_ids, max_new_tokens, **kw):
         yield from ids[:max_new_tokens]
     return gen
@@ -175,7 +197,7 @@ def test_busy_slots_give_429_with_retry_after_and_a_hang_up_frees_its_slot(serve
                 yield ord("a")
         finally:
             ended.set()
-    ckpt.model.generate_stream = endless
+    server.service.batcher(ckpt).stream = endless
     with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
                       json={"prompt": "x", "max_tokens": 1000, "stream": True}) as r:
         next(line for line in r.iter_lines() if line.startswith("data: "))
