@@ -90,7 +90,7 @@ def main() -> None:
     print(f"held-out perplexity, teacher-forced decoding over {n} tokens: float32 "
           f"{ppl['float32']:.3f}, int8 {ppl['int8']:.3f} ({100 * (ppl['int8'] / ppl['float32'] - 1):+.2f}%)")
     rng = np.random.default_rng(0)
-    agree, same_seq = 0, 0
+    agree, same_seq, gaps, split_gaps = 0, 0, [], []
     for _ in range(args.prompts):
         s = streams[int(rng.integers(len(streams)))]
         i = int(rng.integers(0, max(1, len(s) - 8)))
@@ -99,9 +99,21 @@ def main() -> None:
         b = model.generate(prompt, args.new_tokens, temperature=0, weights="float32")
         agree += int(np.sum(a == b))
         same_seq += int(np.array_equal(a, b))
+        # float32's margin between its top two logits along its own continuation
+        full = model.logits(np.asarray([prompt + [int(t) for t in b[:-1]]]))[0, len(prompt) - 1:]
+        top2 = np.sort(full, axis=1)[:, -2:]
+        margin = top2[:, 1] - top2[:, 0]
+        gaps.extend(margin.tolist())
+        if not np.array_equal(a, b):
+            split_gaps.append(float(margin[int(np.argmax(a != b))]))
     print(f"greedy continuations of {args.prompts} held-out 8-token prompts x "
           f"{args.new_tokens} tokens: {same_seq}/{args.prompts} identical, "
           f"{agree}/{args.prompts * args.new_tokens} tokens agree")
+    if split_gaps:
+        print(f"  where a continuation first differs, float32's top-2 logit margin was "
+              f"{', '.join(f'{g:.4f}' for g in split_gaps)} (median margin over all "
+              f"positions {np.median(gaps):.3f}, {100 * np.mean(np.array(gaps) < max(split_gaps)):.1f}% "
+              f"of positions below the largest of those)")
 
 
 if __name__ == "__main__":
