@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from engine._jit import kernel
-from engine.kernels import F32_NEG_INF, F32_ONE, exp_affine, gelu_forward, layernorm_forward
+from engine.kernels import F32_ONE, gelu_forward, layernorm_forward, softmax_inplace
 
 KINDS = ("int8", "float32")
 
@@ -124,23 +124,16 @@ def decode_attend(att, qkv, kc, vc, l, pos):
         for hd in range(NH):
             kk = kc[b, l, hd]
             vv = vc[b, l, hd]
-            mx = F32_NEG_INF
             for j in range(p + 1):
                 d = np.float32(0.0)
                 for c in range(hs):
                     d += qkv[b, hd * hs + c] * kk[j, c]
-                w[j] = d * sc
-                if w[j] > mx:
-                    mx = w[j]
-            exp_affine(w[:p + 1], mx, F32_ONE, bits)
-            tot = np.float32(0.0)
-            for j in range(p + 1):
-                tot += w[j]
-            inv = F32_ONE / tot
+                w[j] = d
+            softmax_inplace(w[:p + 1], sc, bits)
             for c in range(hs):
                 att[b, hd * hs + c] = 0.0
             for j in range(p + 1):
-                pj = w[j] * inv
+                pj = w[j]
                 for c in range(hs):
                     att[b, hd * hs + c] += pj * vv[j, c]
 

@@ -67,6 +67,22 @@ def exp_affine(x, shift, scale, bits):
         x[j] *= pow2[j]
 
 
+@kernel
+def softmax_inplace(row, scale, bits):
+    """row (n,) = softmax(scale * row) in place; bits (n,) int32 scratch of exp_affine."""
+    mx = F32_NEG_INF
+    for j in range(row.shape[0]):
+        if row[j] > mx:
+            mx = row[j]
+    exp_affine(row, mx, scale, bits)
+    s = np.float32(0.0)
+    for j in range(row.shape[0]):
+        s += row[j]
+    inv = F32_ONE / s
+    for j in range(row.shape[0]):
+        row[j] *= inv
+
+
 # ----------------------------------------------------------------------------- encoder
 
 @kernel
@@ -228,17 +244,7 @@ def attention_softmax_forward(att, scale):
         for h in range(NH):
             for t in range(T):
                 row = att[b, h, t]
-                mx = F32_NEG_INF
-                for j in range(t + 1):
-                    if row[j] > mx:
-                        mx = row[j]
-                exp_affine(row[:t + 1], mx, sc, bits)
-                s = np.float32(0.0)
-                for j in range(t + 1):
-                    s += row[j]
-                inv = F32_ONE / s
-                for j in range(t + 1):
-                    row[j] *= inv
+                softmax_inplace(row[:t + 1], sc, bits)
                 for j in range(t + 1, T):
                     row[j] = 0.0
 
@@ -260,38 +266,6 @@ def attention_softmax_backward(datt, att, scale):
                     dp[j] = sc * p[j] * (dp[j] - dot)
                 for j in range(t + 1, T):
                     dp[j] = 0.0
-
-
-@kernel
-def attention_decode(out, q, kcache, vcache, n, scale):
-    """One decoding position against a KV cache.
-
-    out (NH,hs) = softmax(scale * q . k[:n]) @ v[:n]; q (NH,hs); kcache, vcache (NH,Tmax,hs).
-    """
-    NH, hs = q.shape
-    w = np.empty(n, np.float32)
-    for h in range(NH):
-        mx = F32_NEG_INF
-        for j in range(n):
-            d = np.float32(0.0)
-            for c in range(hs):
-                d += q[h, c] * kcache[h, j, c]
-            d *= np.float32(scale)
-            w[j] = d
-            if d > mx:
-                mx = d
-        s = np.float32(0.0)
-        for j in range(n):
-            e = math.exp(w[j] - mx)
-            w[j] = e
-            s += e
-        inv = F32_ONE / s
-        for c in range(hs):
-            out[h, c] = 0.0
-        for j in range(n):
-            p = w[j] * inv
-            for c in range(hs):
-                out[h, c] += p * vcache[h, j, c]
 
 
 # ---------------------------------------------------------------- fused cross-entropy

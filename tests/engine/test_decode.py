@@ -9,7 +9,7 @@ import pytest
 
 import engine
 from engine import Model, ModelConfig, Optimizer, TrainConfig
-from engine.decode import DecodeWeights, _matvec, fingerprint, quantize_columns
+from engine.decode import DecodeWeights, _matvec, decode_attend, fingerprint, quantize_columns
 from engine.generate import BatchDecoder, KVDecoder
 
 RNG = np.random.default_rng(7)
@@ -45,6 +45,33 @@ def test_matvec_against_numpy(B, R, dtype):
     _matvec(y, x, w, s, bias, scratch)
     ref = (x.astype(np.float64) @ w.astype(np.float64)) * s + bias
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_decode_attend_against_numpy():
+    B, L, NH, hs, T, layer = 2, 2, 3, 4, 9, 1
+    C = NH * hs
+    pos = np.array([3, 5], np.int64)
+    qkv = randn(B, 3 * C)
+    kc, vc = randn(B, L, NH, T, hs), randn(B, L, NH, T, hs)
+    k0, v0 = kc.copy(), vc.copy()
+    att = np.empty((B, C), np.float32)
+    decode_attend(att, qkv, kc, vc, layer, pos)
+    for b, p in enumerate(pos):
+        k_new = qkv[b, C:2 * C].reshape(NH, hs)
+        v_new = qkv[b, 2 * C:].reshape(NH, hs)
+        np.testing.assert_array_equal(kc[b, layer, :, p], k_new)
+        np.testing.assert_array_equal(vc[b, layer, :, p], v_new)
+        k, v = k0[b, layer].astype(np.float64), v0[b, layer].astype(np.float64)
+        k[:, p], v[:, p] = k_new, v_new
+        q = qkv[b, :C].reshape(NH, hs).astype(np.float64)
+        s = np.einsum("hc,htc->ht", q, k[:, :p + 1]) / np.sqrt(hs)
+        w = np.exp(s - s.max(1, keepdims=True))
+        w /= w.sum(1, keepdims=True)
+        np.testing.assert_allclose(att[b], np.einsum("ht,htc->hc", w, v[:, :p + 1]).reshape(C),
+                                   rtol=1e-5, atol=1e-6)
+    untouched = np.ones((B, L, NH, T), bool)
+    untouched[[0, 1], layer, :, pos] = False
+    assert np.array_equal(kc[untouched], k0[untouched])     # only position pos[b] written
 
 
 @pytest.mark.parametrize("cfg", [engine.tiny, ODD], ids=["tiny", "odd"])

@@ -111,15 +111,6 @@ def test_attention_softmax_forward_backward(T):
     close(dscores, np.where(mask, ref_ds, 0.0), rtol=1e-4, atol=1e-6)
 
 
-def test_attention_decode():
-    NH, hs, Tm, n, scale = 3, 4, 9, 6, 0.5
-    q, kc, vc = randn(NH, hs), randn(NH, Tm, hs), randn(NH, Tm, hs)
-    out = np.empty((NH, hs), np.float32)
-    K.attention_decode(out, q, kc, vc, n, scale)
-    w = softmax(scale * np.einsum("hc,htc->ht", q, kc[:, :n]).astype(np.float64))
-    close(out, np.einsum("ht,htc->hc", w, vc[:, :n]), rtol=1e-5, atol=1e-6)
-
-
 def _nbr(V, Kn, normalised=True):
     idx = np.stack([RNG.permutation(V)[:Kn] for _ in range(V)]).astype(np.int32)
     q = RNG.random((V, Kn)).astype(np.float32)
