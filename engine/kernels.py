@@ -1,5 +1,6 @@
-"""Numba kernels of the GPT engine: paired forward/backward passes, the fused softmax
-cross-entropy (with the optional crystalline prior term), and the optimizer updates.
+"""Numba kernels of the GPT engine: paired forward/backward passes, a vectorised exp, the
+fused softmax cross-entropy (with the optional crystalline prior term; in the training step
+it writes d logits itself), and the optimizer updates.
 
 Shape legend (used in every signature below):
     B = batch, T = time (sequence length), C = channels, V = vocabulary,
@@ -278,10 +279,11 @@ def crossentropy_forward(losses, logits, targets, nbr_idx, nbr_q, lam, as_grad=F
     Valid rows (target >= 0) get
         losses[i] = -log p[target] + lam * KL(q(.|target) || p);
     rows with target < 0 are zeroed and get loss 0. Returns the count of valid rows. Valid
-    rows become their softmax probabilities (crossentropy_backward's input), or with
-    as_grad what crossentropy_backward(..., grad_scale) would make of those,
-    d(grad_scale * sum of losses) / d logits, in the same pass. One row at a time
-    while it is in cache: max, shifted exp (exp_affine), sum, normalise.
+    rows become their softmax probabilities p, or with as_grad (the training step) the
+    gradient of grad_scale * sum(losses), in the same pass:
+        d logits = grad_scale * ((1 + lam sum(q)) p - onehot(target) - lam q(.|target))
+    (grad_scale: 1 / the global count of valid targets). One row at a time while it is in
+    cache: max, shifted exp (exp_affine), sum, normalise.
     """
     N, V = logits.shape
     K = nbr_idx.shape[1]
@@ -323,7 +325,9 @@ def crossentropy_forward(losses, logits, targets, nbr_idx, nbr_q, lam, as_grad=F
             for j in range(V):
                 row[j] *= inv
             continue
-        a = np.float32(grad_scale * (1.0 + lam * qsum) / s)     # see crossentropy_backward
+        # d KL(q || p) / d logits = (sum_k q_k) p - q; sum_k q_k is 1 up to rounding, and 0
+        # for an empty neighbour table, so the row's actual sum keeps the gradient exact
+        a = np.float32(grad_scale * (1.0 + lam * qsum) / s)
         for j in range(V):
             row[j] *= a
         row[t] -= grad_scale
@@ -331,37 +335,6 @@ def crossentropy_forward(losses, logits, targets, nbr_idx, nbr_q, lam, as_grad=F
             for k in range(K):
                 row[nbr_idx[t, k]] -= grad_scale * lam * nbr_q[t, k]
     return n_valid
-
-
-@kernel
-def crossentropy_backward(probs, targets, nbr_idx, nbr_q, lam, scale):
-    """IN PLACE on probs (N,V) -> dlogits (overwritten).
-
-    dlogits = scale * ((1 + lam sum(q)) p - onehot(target) - lam * q(.|target)) for valid rows,
-    0 for rows with target < 0. `scale` is 1 / (global count of valid targets).
-    """
-    N, V = probs.shape
-    K = nbr_idx.shape[1]
-    for i in range(N):
-        t = targets[i]
-        row = probs[i]
-        if t < 0:
-            for j in range(V):
-                row[j] = 0.0
-            continue
-        # d KL(q || p) / d logits = (sum_k q_k) p - q; sum_k q_k is 1 up to rounding, and
-        # 0 for an empty neighbour table, so use the row's actual sum (exact gradient)
-        qsum = 0.0
-        if lam != 0.0:
-            for k in range(K):
-                qsum += nbr_q[t, k]
-        a = np.float32(scale * (1.0 + lam * qsum))
-        for j in range(V):
-            row[j] *= a
-        row[t] -= scale
-        if lam != 0.0:
-            for k in range(K):
-                row[nbr_idx[t, k]] -= scale * lam * nbr_q[t, k]
 
 
 # --------------------------------------------------------------------------- optimizer
