@@ -40,6 +40,36 @@ class _Request:
         self.last = 0                     # the token its row appends at the next step
 
 
+class _Stream:
+    """A request's ids as its reader takes them; close() ends the request."""
+
+    def __init__(self, batcher: "DecodeBatcher", req: _Request) -> None:
+        self._batcher, self._req, self._open = batcher, req, True
+
+    def __iter__(self) -> "_Stream":
+        return self
+
+    def __next__(self) -> int:
+        if not self._open:
+            raise StopIteration
+        item = self._req.out.get()
+        if item is _END:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._batcher._cancel(self._req)
+
+    def __del__(self) -> None:
+        self.close()
+
+
 class DecodeBatcher:
     """Generation for up to `rows` requests at once from one model (read-only while served)."""
 
@@ -48,7 +78,7 @@ class DecodeBatcher:
             raise ValueError(f"a batcher needs at least one row, got {rows}")
         self.model, self.rows = model, int(rows)
         self._dec: Optional[BatchDecoder] = None
-        self._cv = threading.Condition()
+        self._lock = threading.RLock()    # the queues and the thread's start and end
         self._pending: deque[_Request] = deque()
         self._live: list[_Request] = []   # row i holds _live[i]
         self._thread: Optional[threading.Thread] = None
@@ -59,16 +89,17 @@ class DecodeBatcher:
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
                top_k: Optional[int] = None, top_p: Optional[float] = None,
                seed: Optional[int] = None) -> Iterator[int]:
-        """Yield sampled ids one at a time, as Model.generate_stream does (the same sliding
-        window at the context length); closing the iterator ends the request."""
+        """An iterator of sampled ids, as Model.generate_stream yields them (the same sliding
+        window at the context length). The request is queued at once; closing the iterator
+        (or dropping it) ends it."""
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise ValueError("generation needs a prompt of at least one token")
         self.model._check_inputs(np.asarray([ids[-self.model.config.context:]]))
         req = _Request(ids, max_new_tokens, temperature, top_k, top_p, seed)
         if req.left <= 0:
-            return
-        with self._cv:
+            return iter(())
+        with self._lock:
             if self._closed:
                 raise RuntimeError("the decode batcher is closed")
             self._pending.append(req)
@@ -76,26 +107,17 @@ class DecodeBatcher:
                 self._thread = threading.Thread(target=self._run, name="cllm-decode-batch",
                                                 daemon=True)
                 self._thread.start()
-            self._cv.notify()
-        try:
-            while True:
-                item = req.out.get()
-                if item is _END:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            with self._cv:
-                req.cancelled = True
-                self._cv.notify()
+        return _Stream(self, req)
+
+    def _cancel(self, req: _Request) -> None:
+        with self._lock:
+            req.cancelled = True
 
     def close(self) -> None:
         """End the requests in flight and join the decoding thread."""
-        with self._cv:
+        with self._lock:
             self._closed = True
             thread = self._thread
-            self._cv.notify()
         if thread is not None:
             thread.join()
 
@@ -110,7 +132,7 @@ class DecodeBatcher:
 
     def _cycle(self) -> bool:
         """Admit, step, hand out; False when nothing is left to do."""
-        with self._cv:
+        with self._lock:
             self._drop_cancelled()
             if self._closed:
                 self._end_all()
@@ -188,7 +210,7 @@ class DecodeBatcher:
         self._pending.clear()
 
     def _fail_all(self, error: BaseException) -> None:
-        with self._cv:
+        with self._lock:
             for req in list(self._live) + list(self._pending):
                 req.out.put(error)
             self._live.clear()

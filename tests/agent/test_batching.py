@@ -1,8 +1,6 @@
 """Continuous batching (agent/batching.py): concurrent requests decoded as rows of one batch
 give what each would get alone, rows are freed and reused, the window slides at the context
 length, failures reach the readers, and the decoding thread ends when idle and on close."""
-import threading
-
 import numpy as np
 import pytest
 
@@ -19,28 +17,12 @@ def model():
 
 
 def run_together(batcher, jobs):
-    """Start every job's stream, wait until each has its first token (so all are rows of
-    the batch at once), then read them to the end; returns each job's ids."""
-    results = [None] * len(jobs)
-    started = threading.Barrier(len(jobs))
-    errors = []
-
-    def work(i, kw):
-        try:
-            it = batcher.stream(**kw)
-            first = next(it)
-            started.wait(timeout=30)
-            results[i] = [first] + list(it)
-        except BaseException as e:      # noqa: BLE001 - reported below
-            errors.append(e)
-            started.abort()
-    threads = [threading.Thread(target=work, args=(i, kw)) for i, kw in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors
-    return results
+    """Queue every job's request while holding the batcher's lock, so its decoding thread
+    admits them in one go (rows of one batch at once), then read each to the end (the
+    batcher decodes ahead of its readers); returns each job's ids."""
+    with batcher._lock:
+        streams = [batcher.stream(**kw) for kw in jobs]
+    return [list(s) for s in streams]
 
 
 def alone(model, kw):
