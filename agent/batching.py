@@ -67,7 +67,10 @@ class _Stream:
             self._batcher._cancel(self._req)
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:                          # noqa: BLE001 - at interpreter exit
+            pass
 
 
 class DecodeBatcher:
@@ -98,7 +101,7 @@ class DecodeBatcher:
         self.model._check_inputs(np.asarray([ids[-self.model.config.context:]]))
         req = _Request(ids, max_new_tokens, temperature, top_k, top_p, seed)
         if req.left <= 0:
-            return iter(())
+            return (t for t in ())                 # an empty iterator with close(), like a stream
         with self._lock:
             if self._closed:
                 raise RuntimeError("the decode batcher is closed")

@@ -97,6 +97,8 @@ def test_a_failure_reaches_the_reader_and_the_batcher_goes_on(model):
     batcher = DecodeBatcher(model, rows=2)
     with pytest.raises(ValueError, match="token ids"):
         next(batcher.stream([engine.tiny.vocab_size + 5], 3))      # refused up front
+    nothing = batcher.stream([1], 0)
+    assert list(nothing) == [] and nothing.close() is None       # closes like any stream
     broken = Model(engine.tiny, seed=0)
     broken.params[:] = np.nan
     bad = DecodeBatcher(broken, rows=2)
