@@ -127,9 +127,10 @@ class TextStream:
     Iterating yields text: whole UTF-8 characters, never a piece of a stop string (text
     that could still become one is held back until it cannot), stopping at the end-of-text
     token, at a stop string (not included) or after `max_tokens` tokens. With a `batcher`
-    (a server's) the tokens come from its batched decoding, shared with other requests. After the loop,
-    `finish_reason` is "stop" or "length" (OpenAI's names) and `prompt_tokens` /
-    `completion_tokens` count tokens. A set `cancel` event ends it before the next token.
+    (a server's) the tokens come from its batched decoding, shared with other requests.
+    After the loop, `finish_reason` is "stop" or "length" (OpenAI's names) and
+    `prompt_tokens` / `completion_tokens` count tokens. A set `cancel` event ends it before
+    the next token.
     """
 
     def __init__(self, ckpt: ServingCheckpoint, prompt: str, sampling: Sampling,
@@ -150,7 +151,8 @@ class TextStream:
         sent = 0
         self.finish_reason = "length"
         ids = self.ids or [tok.eod_id]
-        source = self.batcher.stream if self.batcher is not None else self.ckpt.model.generate_stream
+        source = (self.batcher.stream if self.batcher is not None
+                  else self.ckpt.model.generate_stream)
         gen = source(ids, sp.max_tokens, temperature=sp.temperature, top_k=sp.top_k,
                      top_p=sp.top_p, seed=sp.seed)
         try:

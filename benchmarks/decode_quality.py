@@ -87,8 +87,9 @@ def main() -> None:
     for kind in ("float32", "int8"):
         nats, n = teacher_forced(model, streams, kind)
         ppl[kind] = math.exp(nats / n)
+    change = 100 * (ppl["int8"] / ppl["float32"] - 1)
     print(f"held-out perplexity, teacher-forced decoding over {n} tokens: float32 "
-          f"{ppl['float32']:.3f}, int8 {ppl['int8']:.3f} ({100 * (ppl['int8'] / ppl['float32'] - 1):+.2f}%)")
+          f"{ppl['float32']:.3f}, int8 {ppl['int8']:.3f} ({change:+.2f}%)")
     rng = np.random.default_rng(0)
     agree, same_seq, gaps, split_gaps = 0, 0, [], []
     for _ in range(args.prompts):
@@ -110,10 +111,11 @@ def main() -> None:
           f"{args.new_tokens} tokens: {same_seq}/{args.prompts} identical, "
           f"{agree}/{args.prompts * args.new_tokens} tokens agree")
     if split_gaps:
+        below = 100 * np.mean(np.array(gaps) < max(split_gaps))
         print(f"  where a continuation first differs, float32's top-2 logit margin was "
               f"{', '.join(f'{g:.4f}' for g in split_gaps)} (median margin over all "
-              f"positions {np.median(gaps):.3f}, {100 * np.mean(np.array(gaps) < max(split_gaps)):.1f}% "
-              f"of positions below the largest of those)")
+              f"positions {np.median(gaps):.3f}, {below:.1f}% of positions below the largest "
+              f"of those)")
 
 
 if __name__ == "__main__":

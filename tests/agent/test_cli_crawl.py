@@ -95,21 +95,25 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
+# a closed local port, no retry: fails at once
+FAST = ("--allow-network", "127.0.0.1/32", "--timeout", "1", "--retries", "0")
+
+
 def test_a_crawl_where_every_target_failed_exits_1(tmp_path, caplog):
     caplog.set_level("INFO", logger="agent.fetch")
     url = f"http://127.0.0.1:{closed_port()}/"
-    r = crawl(tmp_path, url, "--allow-network", "127.0.0.1/32", "--json", "--timeout", "1", "--retries", "0")
+    r = crawl(tmp_path, url, *FAST, "--json")
     assert r.exit_code == 1, r.output
     report = json.loads(r.output)
     assert report["targets"][0]["failed"] is True
     assert [(i["outcome"], "network error" in i["reason"]) for i in report["items"]] == [("failed", True)]
-    text = crawl(tmp_path, url, "--allow-network", "127.0.0.1/32", "--timeout", "1", "--retries", "0")
+    text = crawl(tmp_path, url, *FAST)
     assert text.exit_code == 1 and "every target failed" in text.output
     assert "retrying" not in caplog.text
-    once = crawl(tmp_path, url, "--allow-network", "127.0.0.1/32", "--timeout", "1", "--retries", "1")
+    once = crawl(tmp_path, url, *FAST[:-1], "1")
     assert once.exit_code == 1 and caplog.text.count("retrying") == 1   # --retries reaches it
     folder = tmp_path / "ok"
     folder.mkdir()
     (folder / "notes.txt").write_text("notes about herons and egrets\n")
-    mixed = crawl(tmp_path, str(folder), url, "--allow-network", "127.0.0.1/32", "--timeout", "1", "--retries", "0")
+    mixed = crawl(tmp_path, str(folder), url, *FAST)
     assert mixed.exit_code == 0, mixed.output

@@ -63,7 +63,8 @@ print(json.dumps(out))
 def test_the_warm_up_compiles_every_kernel_a_training_step_uses():
     """In a fresh process: after compile_kernels, a real step of another model size (3
     workers, the tokenizer learning and encoding) compiles nothing more; after
-    compile_decoding, neither does generation (int8 and float32 weights, batches of 1, 3 and BLAS_BATCH)."""
+    compile_decoding, neither does generation (int8 and float32 weights, batches of 1, 3 and
+    BLAS_BATCH)."""
     r = subprocess.run([sys.executable, "-c", COUNT_SIGNATURES], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr
