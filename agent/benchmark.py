@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from engine.cpu import describe
+
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -107,12 +109,13 @@ def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3
             r.update(torch_tok_s=p, ratio=o / p)
         rows.append(r)
     return {"preset": preset, "batch": batch, "context": cfg.context, "rounds": rounds,
-            "steps": steps, "cores": os.cpu_count(), "rows": rows, "topology": topology,
-            "note": note}
+            "steps": steps, "cores": os.cpu_count(), "cpu": describe().line(), "rows": rows,
+            "topology": topology, "note": note}
 
 
 def table_lines(result: dict) -> list[str]:
-    out = [f"preset {result['preset']}, global batch {result['batch']}x{result['context']}, "
+    out = [result["cpu"],
+           f"preset {result['preset']}, global batch {result['batch']}x{result['context']}, "
            f"{result['cores']} cores, median of {result['rounds']} interleaved rounds x "
            f"{result['steps']} steps (fwd+bwd+AdamW)"]
     peer = any("ratio" in r for r in result["rows"])

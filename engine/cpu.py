@@ -10,6 +10,7 @@ import dataclasses
 import os
 import platform
 from pathlib import Path
+from typing import Optional
 
 # flags of /proc/cpuinfo that decide which code paths are fast, in the order printed
 VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
@@ -48,12 +49,15 @@ class CpuInfo:
                 f"numba target {self.numba_target}")
 
 
-def describe() -> CpuInfo:
+def describe(cpuinfo: Optional[str] = None) -> CpuInfo:
+    """This machine's CpuInfo (or the one a /proc/cpuinfo text describes)."""
     model, flags = "", frozenset()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
+    text = cpuinfo
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
     for ln in text.splitlines():
         key, _, value = ln.partition(":")
         key = key.strip()

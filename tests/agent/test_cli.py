@@ -45,6 +45,8 @@ def test_bench_reports_every_worker_count_with_scaling_cpu_and_topology():
     assert rows[0]["scaling"] == 1.0 and all(row["tok_s"] > 0 for row in rows)
     assert all(0.0 < row["cpu_util"] <= 1.0 + 1e-6 for row in rows)
     assert all("ratio" not in row for row in rows)          # --no-torch: no peer columns
+    from engine.cpu import describe
+    assert res["cpu"] == describe().line()                   # which CPU the figures are of
     spheres = res["topology"]["children"]
     # three spheres, each ran a micro-batch in the warm-up step and in the measured one
     assert len(spheres) == 3 and [s["batches"] for s in spheres] == [2, 2, 2]
