@@ -87,7 +87,17 @@ def _matvec(y, x, w, s, bias, scratch):
             for k in range(4):
                 for j in range(D):
                     scratch[k, j] = np.float32(w[r + k, j])
-            for b in range(B):
+            b = 0
+            while b + 2 <= B:                  # two sequences per pass over the scratch rows
+                x0, x1, x2, x3 = x[b, r], x[b, r + 1], x[b, r + 2], x[b, r + 3]
+                z0, z1, z2, z3 = x[b + 1, r], x[b + 1, r + 1], x[b + 1, r + 2], x[b + 1, r + 3]
+                y0, y1 = y[b], y[b + 1]
+                for j in range(D):
+                    s0, s1, s2, s3 = scratch[0, j], scratch[1, j], scratch[2, j], scratch[3, j]
+                    y0[j] += (x0 * s0 + x1 * s1) + (x2 * s2 + x3 * s3)
+                    y1[j] += (z0 * s0 + z1 * s1) + (z2 * s2 + z3 * s3)
+                b += 2
+            if b < B:
                 x0, x1, x2, x3 = x[b, r], x[b, r + 1], x[b, r + 2], x[b, r + 3]
                 for j in range(D):
                     y[b, j] += ((x0 * scratch[0, j] + x1 * scratch[1, j])
@@ -173,7 +183,17 @@ def decode_tokens(logits, x, kc, vc, tokens, pos, wte, wpe, ln1_w, ln1_b, qkv_w,
     for v in range(V):
         for c in range(C):
             row[c] = np.float32(head_w[v, c])
-        for b in range(B):
+        b = 0
+        while b + 2 <= B:                      # two sequences per pass over the row
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            for c in range(C):
+                a0 += row[c] * h[b, c]
+                a1 += row[c] * h[b + 1, c]
+            logits[b, v] = a0 * head_s[v]
+            logits[b + 1, v] = a1 * head_s[v]
+            b += 2
+        if b < B:
             acc = np.float32(0.0)
             for c in range(C):
                 acc += row[c] * h[b, c]
