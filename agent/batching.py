@@ -76,10 +76,10 @@ class _Stream:
 class DecodeBatcher:
     """Generation for up to `rows` requests at once from one model (read-only while served)."""
 
-    def __init__(self, model, rows: int) -> None:
+    def __init__(self, model, rows: int, weights: str = "int8") -> None:
         if rows < 1:
             raise ValueError(f"a batcher needs at least one row, got {rows}")
-        self.model, self.rows = model, int(rows)
+        self.model, self.rows, self.weights = model, int(rows), weights
         self._dec: Optional[BatchDecoder] = None
         self._lock = threading.RLock()    # the queues and the thread's start and end
         self._pending: deque[_Request] = deque()
@@ -147,7 +147,7 @@ class DecodeBatcher:
             while self._pending and len(self._live) + len(joining) < self.rows:
                 joining.append(self._pending.popleft())
         if self._dec is None:
-            self._dec = BatchDecoder(self.model, self.rows)
+            self._dec = BatchDecoder(self.model, self.rows, self.weights)
         for req in joining:
             row = len(self._live)
             self._live.append(req)

@@ -35,12 +35,13 @@ class ServingCheckpoint:
     there are any) and the store row it was loaded through. Read-only once built, so any
     number of generations may share it."""
 
-    def __init__(self, state: ModelState, ref: RecordedCheckpoint) -> None:
-        self.state, self.ref = state, ref
+    def __init__(self, state: ModelState, ref: RecordedCheckpoint,
+                 weights: str = "int8") -> None:
+        self.state, self.ref, self.weights = state, ref, weights
         self.model = state.serving_model()
         self.tokenizer = state.tokenizer
         compile_decoding()                  # first run only: before the first request
-        self.model.decode_weights()         # the int8 copies, made once per checkpoint
+        self.model.decode_weights(weights)  # the decode copies, made once per checkpoint
         self._batcher: Optional[DecodeBatcher] = None
         self._lock = threading.Lock()
 
@@ -48,7 +49,7 @@ class ServingCheckpoint:
         """The continuous batcher of this checkpoint's generations (made on first use)."""
         with self._lock:
             if self._batcher is None:
-                self._batcher = DecodeBatcher(self.model, rows)
+                self._batcher = DecodeBatcher(self.model, rows, self.weights)
             return self._batcher
 
     def close(self) -> None:
@@ -73,8 +74,8 @@ def latest_ref(store) -> Optional[RecordedCheckpoint]:
     return rows[0] if rows and rows[0].is_latest else None
 
 
-def load_serving_checkpoint(store, data_dir: Path, cycle: Optional[int] = None
-                            ) -> Optional[ServingCheckpoint]:
+def load_serving_checkpoint(store, data_dir: Path, cycle: Optional[int] = None,
+                            weights: str = "int8") -> Optional[ServingCheckpoint]:
     """The latest recorded checkpoint of a data directory whose file matches its row's
     SHA-256 (a mismatching or missing one is refused with a warning and the previous one is
     tried: agent/model_state.load_recorded_model_state, the agent's rule); None when the
@@ -95,7 +96,7 @@ def load_serving_checkpoint(store, data_dir: Path, cycle: Optional[int] = None
         raise CllmError(f"no recorded checkpoint of {data_dir} could be loaded (each fails "
                         "its SHA-256 check or is missing)",
                         "retrain, or restore the checkpoint files (see cllm history checkpoints)")
-    return ServingCheckpoint(state, row)
+    return ServingCheckpoint(state, row, weights)
 
 
 def announce_checkpoint(data_dir: Path, path: Path, sha256: str, cycle_id: Optional[int]) -> None:
@@ -153,8 +154,9 @@ class TextStream:
         ids = self.ids or [tok.eod_id]
         source = (self.batcher.stream if self.batcher is not None
                   else self.ckpt.model.generate_stream)
+        kw = {} if self.batcher is not None else {"weights": self.ckpt.weights}
         gen = source(ids, sp.max_tokens, temperature=sp.temperature, top_k=sp.top_k,
-                     top_p=sp.top_p, seed=sp.seed)
+                     top_p=sp.top_p, seed=sp.seed, **kw)
         try:
             for t in gen:
                 if self.cancel is not None and self.cancel.is_set():

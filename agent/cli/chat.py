@@ -72,7 +72,7 @@ def _save_history(path: Optional[Path]) -> None:
 @pass_invocation
 @one_line_errors
 def chat(inv: Invocation, data_dir: Path, system, max_tokens, old_max_tokens, temperature,
-         top_k, top_p, seed, stop, cycle) -> None:
+         top_k, top_p, seed, stop, cycle, decode_weights) -> None:
     """Chat with the latest checkpoint (or --checkpoint N's) in the terminal.
 
     Ctrl-C stops a reply, Ctrl-D quits.
@@ -81,7 +81,7 @@ def chat(inv: Invocation, data_dir: Path, system, max_tokens, old_max_tokens, te
     """
     from agent.serving import CHAT_STOPS
 
-    ckpt = load_for_generation(inv, data_dir, cycle)
+    ckpt = load_for_generation(inv, data_dir, cycle, decode_weights)
     max_tokens = deprecated_max_tokens(max_tokens, old_max_tokens, "chat")
     sp = sampling(max_tokens, temperature, top_k, top_p, seed, stop, CHAT_STOPS)
     history = _readline(data_dir)

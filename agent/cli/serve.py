@@ -11,6 +11,7 @@ import click
 
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, existing_store,
                               one_line_errors, pass_invocation)
+from agent.cli.model import decode_weights_option
 
 
 def serve_options(fn):
@@ -31,22 +32,24 @@ def serve_options(fn):
                      help="Generations at once; others wait --queue-timeout, then get 429."),
         click.option("--queue-timeout", "queue_timeout", type=click.FloatRange(min=0),
                      default=10.0, show_default=True, help="Seconds a request waits for a slot."),
+        decode_weights_option,
     ]):
         fn = opt(fn)
     return fn
 
 
 SERVE_OPTIONS = ("host", "port", "token", "cors", "allowed_host", "max_tokens", "concurrency",
-                 "queue_timeout")
+                 "queue_timeout", "decode_weights")
 
 
 def serve_config(host, port, token, cors, allowed_host, max_tokens, concurrency, queue_timeout,
-                 cycle: Optional[int] = None):
+                 decode_weights="int8", cycle: Optional[int] = None):
     from agent.server.api import Limits
     from agent.server.app import ServeConfig
 
     return ServeConfig(host=host, port=port, token=token, cors=tuple(cors),
                        allowed_hosts=tuple(allowed_host), cycle=cycle,
+                       decode_weights=decode_weights,
                        limits=Limits(max_tokens=max_tokens,
                                      default_max_tokens=min(128, max_tokens),
                                      concurrency=concurrency, queue_timeout=queue_timeout))

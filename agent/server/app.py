@@ -51,6 +51,7 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()
     cycle: Optional[int] = None          # serve this cycle's checkpoint (no reloading)
     limits: Limits = field(default_factory=Limits)
+    decode_weights: str = "int8"         # the copies decoding reads (engine.decode)
 
 
 class Service:
@@ -60,7 +61,8 @@ class Service:
                  holder: Optional[ModelHolder] = None) -> None:
         self.store, self.data_dir, self.config = store, Path(data_dir), config
         self.limits = config.limits
-        self.holder = holder or ModelHolder(store, data_dir, config.cycle)
+        self.holder = holder or ModelHolder(store, data_dir, config.cycle,
+                                            config.decode_weights)
         self.slots = Slots(config.limits.concurrency)
         # one thread per generation slot; shut down (joined) with the server
         self.executor = ThreadPoolExecutor(config.limits.concurrency,
@@ -96,7 +98,8 @@ class Service:
         with self._pinned_lock:
             if cycle in self._pinned:
                 return self._pinned[cycle]
-            ckpt = load_serving_checkpoint(self.store, self.data_dir, cycle)
+            ckpt = load_serving_checkpoint(self.store, self.data_dir, cycle,
+                                           self.config.decode_weights)
             self._pinned[cycle] = ckpt
             while len(self._pinned) > 2:
                 self._pinned.pop(next(iter(self._pinned)))

@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 class ModelHolder:
     """The served checkpoint: None until one loads; `cycle` pins one cycle's checkpoint."""
 
-    def __init__(self, store, data_dir: Path, cycle: Optional[int] = None) -> None:
-        self.store, self.data_dir, self.cycle = store, Path(data_dir), cycle
+    def __init__(self, store, data_dir: Path, cycle: Optional[int] = None,
+                 weights: str = "int8") -> None:
+        self.store, self.data_dir, self.cycle, self.weights = store, Path(data_dir), cycle, weights
         self.current: Optional[ServingCheckpoint] = None
         self.error: Optional[str] = None        # why nothing is loaded (for /health)
         self.loads = 0                          # checkpoints loaded so far
@@ -47,7 +48,8 @@ class ModelHolder:
                 if ref is None or ref.id == cur.ref.id:
                     return False
             try:
-                new = load_serving_checkpoint(self.store, self.data_dir, self.cycle)
+                new = load_serving_checkpoint(self.store, self.data_dir, self.cycle,
+                                              self.weights)
             except CllmError as e:
                 self.error = e.one_line()
                 log.warning("cannot serve a checkpoint: %s", self.error)

@@ -67,6 +67,17 @@ def test_concurrent_completions_share_the_batch_and_each_is_what_it_would_be_alo
     assert batcher.steps > 0 and 1 <= batcher.widest <= 3
 
 
+def test_a_server_decodes_with_the_weights_it_was_told(serve, trained):
+    server = serve(trained, decode_weights="float32")
+    ckpt = wait_loaded(server)
+    assert ckpt.weights == "float32" and server.service.batcher(ckpt).weights == "float32"
+    body = {"prompt": "every", "max_tokens": 12, "temperature": 0.9, "top_k": 20, "seed": 5}
+    r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+    alone = TextStream(ckpt, "every", Sampling(max_tokens=12, temperature=0.9, top_k=20,
+                                               seed=5)).run()       # float32, no batcher
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == alone
+
+
 def test_stream_chunks_arrive_one_by_one_and_end_with_done(serve, trained):
     server = serve(trained)
     ckpt = wait_loaded(server)

@@ -55,6 +55,33 @@ def test_generate_json_checkpoint_and_stop(trained, ckpts, monkeypatch):
     assert r.exit_code == 2 and "cycles with one: 1, 2" in r.output
 
 
+def test_decode_weights_choose_the_copies_generation_reads(trained, monkeypatch):
+    from engine.model import Model
+    from engine.warmup import compile_decoding
+
+    monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
+    compile_decoding()                   # its own generations are not the ones counted below
+    seen = []
+    real = Model.generate_stream
+
+    def spy(self, *args, **kw):
+        seen.append(kw.get("weights", "int8"))
+        return real(self, *args, **kw)
+    monkeypatch.setattr(Model, "generate_stream", spy)
+    opts = ["--data-dir", str(trained), "--seed", "3", "--max-tokens", "10", "--json"]
+    exact = json.loads(run("generate", "every", *opts, "--decode-weights", "float32").output)
+    default = json.loads(run("generate", "every", *opts).output)
+    assert seen == ["float32", "int8"]
+    with open_store(trained) as store:
+        ck32 = load_serving_checkpoint(store, trained, None, "float32")
+    assert ck32.weights == "float32"
+    assert exact["text"] == TextStream(ck32, "every", Sampling(max_tokens=10, seed=3)).run()
+    assert default["usage"]["completion_tokens"] <= 10
+    r = CliRunner().invoke(main, ["generate", "x", "--data-dir", str(trained),
+                                  "--decode-weights", "bf16"])
+    assert r.exit_code == 2 and "bf16" in r.output
+
+
 def test_chat_turns_use_the_chat_template_and_ctrl_d_quits(trained, ckpts, monkeypatch):
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
     r = run("chat", "--data-dir", str(trained), "--temperature", "0", "--max-tokens", "6",
