@@ -235,7 +235,7 @@ def continual_run(docs, settings, chunks: int = 1) -> list[dict]:
 
     from agent.continuous_trainer import ContinuousTrainer, record_documents
     from store import open_store
-    from agent.learn import split_heldout
+    from agent.training.learn import split_heldout
 
     sources = sorted({d.source for d in docs})
     replay_fraction = settings.replay_fraction

@@ -3,7 +3,7 @@
 Documents wait in a backlog (pending, or learning: part of their budget trained). The ledger
 (store/ledger.py) records per document how many bytes of its training text trained sequences
 have covered; a document is trained once it reaches `passes` passes. A cycle reads the
-backlog in ledger order (agent/backlog.py: parallel streams, each document continued where
+backlog in ledger order (agent/training/backlog.py: parallel streams, each document continued where
 the last cycle stopped, new arrivals first) mixed with a replay sample of trained documents,
 learns new tokens from the documents it reads for the first time (the vocabulary delta, the
 model grown with it), trains on the ThreadedTrainingSystem until `cycle_seconds`, `max_steps`,
@@ -40,13 +40,13 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from agent.cycle_progress import CycleProgress
-from agent.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
-from agent.model_state import (ModelState, load_model_state, new_model_state,
+from agent.training.progress import CycleProgress
+from agent.training.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
+from agent.training.model_state import (ModelState, load_model_state, new_model_state,
                                recorded_checkpoints, remove_checkpoint_files,
                                save_model_state)
-from agent.recovery import prune_checkpoints, recover
-from agent.serving import announce_checkpoint
+from agent.training.recovery import prune_checkpoints, recover
+from agent.training.model_state import announce_checkpoint
 from agent.settings import TrainerSettings
 from engine import TrainConfig
 from engine.errors import CllmError
@@ -105,7 +105,7 @@ class ContinuousTrainer:
         self.arrivals = threading.Event()
         self.paused = threading.Event()    # set by the agent: end the cycle at a step boundary
         self.progress = progress          # (cycle_id, step, planned steps, loss)
-        # the store's trainer lease this process holds (agent/lease.py): every cycle's
+        # the store's trainer lease this process holds (agent/training/lease.py): every cycle's
         # commit checks it in its own transaction, so a process that lost it records nothing
         self.lease = None
         self.state: Optional[ModelState] = None
@@ -121,7 +121,7 @@ class ContinuousTrainer:
 
     def recover(self) -> list[Path]:
         """Mark cycles left running as interrupted and delete the files no committed cycle
-        owns (agent/recovery.py). Returns the deleted files."""
+        owns (agent/training/recovery.py). Returns the deleted files."""
         return recover(self.store, self.data_dir)
 
     def load_latest(self) -> ModelState:
@@ -417,7 +417,7 @@ class ContinuousTrainer:
             # the checkpoint never got its row: it must not be mistaken for a trained one
             remove_checkpoint_files(path)
             raise
-        announce_checkpoint(self.data_dir, path, sha, cycle_id)   # for servers (agent/serving.py)
+        announce_checkpoint(self.data_dir, path, sha, cycle_id)   # for servers
         for fn in self.checkpoint_listeners:
             fn()
         log.info("cycle %s completed (%s): %s steps, loss %.3f -> %.3f, %.0f tok/s, %s bytes "
@@ -509,7 +509,7 @@ class ContinuousTrainer:
         return forgetting, credited
 
     def prune_checkpoints(self) -> list[Path]:
-        """Apply the retention rule (agent/recovery.py). Returns the deleted files."""
+        """Apply the retention rule (agent/training/recovery.py). Returns the deleted files."""
         return prune_checkpoints(self.store, self.settings.keep_checkpoints)
 
     # --- helpers -------------------------------------------------------------------------------

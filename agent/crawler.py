@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Iterator
 from urllib.parse import urlsplit
 
-from agent.fetch import (MAX_BODY_BYTES, MAX_REDIRECTS, USER_AGENT, FetchFailed, Fetcher, Interrupted,
+from agent.web.fetch import (MAX_BODY_BYTES, MAX_REDIRECTS, USER_AGENT, FetchFailed, Fetcher, Interrupted,
                          Response)
-from agent.html import extract_main_text, looks_like_html, meta_charset, page_links
-from agent.ingest import Ingestor
-from agent.paths import PathFilter, file_uri, walk_files
-from agent.ssrf import HostPolicy
-from agent.text import DEFAULT_MAX_FILE_BYTES, Refused, decode_text
-from agent.urls import canonical_url, origin, scheme_of
+from agent.web.html import extract_main_text, looks_like_html, meta_charset, page_links
+from agent.inputs.ingest import Ingestor
+from agent.inputs.paths import PathFilter, file_uri, walk_files
+from agent.web.ssrf import HostPolicy
+from agent.inputs.text import DEFAULT_MAX_FILE_BYTES, Refused, decode_text
+from agent.web.urls import canonical_url, origin, scheme_of
 from engine.errors import CllmError
 from store import targets as target_store
 from store import urls as url_store

@@ -15,13 +15,11 @@ a step boundary (its documents stay pending), and the store is left consistent.
 
 The data-directory lock (`cllm.lock`, an flock the kernel drops when the process dies)
 keeps a second agent out of the directory; it records the running agent's pid for `cllm
-status`. The store's trainer lease (agent/lease.py) keeps a second agent from training the
+status`. The store's trainer lease (agent/training/lease.py) keeps a second agent from training the
 same database from another directory or machine.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import queue
@@ -30,15 +28,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+from agent.datadir import DataDirLock
 from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted
-from agent.lease import AgentLocked, TrainerLease
+from agent.training.lease import TrainerLease
 from agent.settings import AgentConfig
 from engine.errors import CllmError, ConfigError
 from store import open_store
 from store.errors import LeaseLostError, StoreError
 
 log = logging.getLogger(__name__)
-LOCK_NAME = "cllm.lock"
 RETRY_S = 5.0      # wait after a failed cycle before trying again
 MIN_RECRAWL_WAIT_S = 60.0  # re-crawl passes start at least this far apart (or the interval)
 _STOP = object()
@@ -50,7 +48,7 @@ def recrawl_wait(store, urls: list[str], interval: float) -> float:
     not make the re-crawl spin."""
     import datetime as dt
 
-    from agent.urls import canonical_url
+    from agent.web.urls import canonical_url
     from store import urls as url_store
     from store.models import utcnow
 
@@ -59,69 +57,6 @@ def recrawl_wait(store, urls: list[str], interval: float) -> float:
         last = [url_store.last_fetched(s, canonical_url(u)) or now for u in urls]
     due = min(last) + dt.timedelta(seconds=interval)
     return max((due - now).total_seconds(), min(interval, MIN_RECRAWL_WAIT_S))
-
-
-class DataDirLock:
-    """An exclusive flock on `<data_dir>/cllm.lock` holding the owner's pid."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = Path(data_dir) / LOCK_NAME
-        self._fd: Optional[int] = None
-
-    def acquire(self) -> "DataDirLock":
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise CllmError(f"cannot write in the data directory {self.path.parent}: "
-                            f"{e.strerror}", "pass a --data-dir you can write to") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                pid = holder_pid(self.path.parent)
-                raise AgentLocked(
-                    f"another agent{f' (pid {pid})' if pid else ''} is already running on "
-                    f"{self.path.parent}", "stop it first, or use another --data-dir") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "DataDirLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def holder_pid(data_dir: Path) -> Optional[int]:
-    """The pid of the agent holding the data directory's lock, or None if none runs."""
-    path = Path(data_dir) / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 class Agent:
@@ -166,7 +101,7 @@ class Agent:
         if cfg.crawl:
             from agent.crawler import iter_targets
 
-            from agent.ssrf import HostPolicy
+            from agent.web.ssrf import HostPolicy
 
             list(iter_targets(cfg.crawl))       # a bad target is a one-line error, now
             try:                                # ... and so is a bad --allow-network
@@ -372,7 +307,7 @@ class Agent:
     def _ingest_loop(self, store) -> None:
         from store import StoreError
 
-        from agent.ingest import summarize
+        from agent.inputs.ingest import summarize
 
         ingestor = self.cfg.ingestor(store)
         batch: Counter = Counter()     # outcomes since the queue was last empty: one log line
@@ -469,7 +404,7 @@ class Agent:
 
     def _crawl_targets(self, crawler, plan: list[tuple[str, str]]) -> None:
         from agent.crawler import CrawlReport
-        from agent.ingest import summarize
+        from agent.inputs.ingest import summarize
 
         for kind, target in plan:
             if self.stop.is_set():

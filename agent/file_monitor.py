@@ -40,7 +40,7 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from agent.paths import PathFilter, walk_files
+from agent.inputs.paths import PathFilter, walk_files
 from engine.errors import CllmError
 
 log = logging.getLogger(__name__)

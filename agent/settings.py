@@ -101,8 +101,8 @@ class Setting:
 def crawler_limits() -> str:
     """The crawler's own size limits (what `cllm agent` uses, and `cllm crawl` without
     --max-file-bytes), as its help shows them: its constants, not written again here."""
-    from agent.fetch import MAX_BODY_BYTES
-    from agent.text import DEFAULT_MAX_FILE_BYTES
+    from agent.web.fetch import MAX_BODY_BYTES
+    from agent.inputs.text import DEFAULT_MAX_FILE_BYTES
 
     return f"the crawler's: {DEFAULT_MAX_FILE_BYTES} bytes a file, {MAX_BODY_BYTES} a page"
 
@@ -338,10 +338,10 @@ def options(command: str):
 # --------------------------------------------------------------------------- resolution
 
 def config_files(data_dir: Path, explicit: Optional[Path] = None) -> list[Path]:
-    """The TOML files read, weakest first: the user config file (agent/homes.py, if it
+    """The TOML files read, weakest first: the user config file (agent/datadir.py, if it
     exists), then `explicit` (--config), else $CLLM_CONFIG, else DATA_DIR/cllm.toml (if it
     exists). A named file that does not exist is an error."""
-    from agent.homes import user_config_file
+    from agent.datadir import user_config_file
 
     if explicit is None and os.environ.get("CLLM_CONFIG"):
         explicit = Path(os.environ["CLLM_CONFIG"])
@@ -574,13 +574,13 @@ class AgentConfig:
     trainer: TrainerSettings
 
     def path_filter_args(self) -> dict:
-        from agent.paths import DEFAULT_EXCLUDES
+        from agent.inputs.paths import DEFAULT_EXCLUDES
 
         return {"include": list(self.include) or None,
                 "exclude": DEFAULT_EXCLUDES + tuple(self.exclude)}
 
     def ingestor(self, store):
-        from agent.ingest import Ingestor
+        from agent.inputs.ingest import Ingestor
 
         return Ingestor(store, fallback_encoding=self.fallback_encoding,
                         follow_symlinks=self.follow_symlinks)

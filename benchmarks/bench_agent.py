@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agent.benchmark import continual_run  # noqa: E402
-from agent.corpus import corpus_topics, read_docs  # noqa: E402
+from agent.inputs.corpus import corpus_topics, read_docs  # noqa: E402
 from agent.continuous_trainer import TrainerSettings  # noqa: E402
 
 

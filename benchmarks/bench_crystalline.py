@@ -15,9 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from agent.corpus import corpus_topics, read_docs  # noqa: E402
-from agent.learn import PlanDoc, learn, split_validation  # noqa: E402
-from agent.model_state import new_model_state  # noqa: E402
+from agent.inputs.corpus import corpus_topics, read_docs  # noqa: E402
+from agent.training.learn import PlanDoc, learn, split_validation  # noqa: E402
+from agent.training.model_state import new_model_state  # noqa: E402
 from engine import TrainConfig  # noqa: E402
 from engine.data import evaluate, pack  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.corpus import SAMPLE_CORPUS  # noqa: E402
+from agent.inputs.corpus import SAMPLE_CORPUS  # noqa: E402
 
 
 def peak_rss_mb(pid: int) -> float:

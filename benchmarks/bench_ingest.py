@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.crawler import Crawler  # noqa: E402
 from agent.file_monitor import FileMonitor  # noqa: E402
-from agent.ingest import Ingestor  # noqa: E402
-from agent.paths import walk_files  # noqa: E402
-from agent.text import decode_text, read_file  # noqa: E402
+from agent.inputs.ingest import Ingestor  # noqa: E402
+from agent.inputs.paths import walk_files  # noqa: E402
+from agent.inputs.text import decode_text, read_file  # noqa: E402
 from store.documents import content_sha256  # noqa: E402
 from store import open_store  # noqa: E402
 

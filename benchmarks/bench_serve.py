@@ -46,7 +46,7 @@ def env() -> dict:
 
 
 def make_data_dir(data: Path, preset: str, steps: int) -> None:
-    from agent.corpus import corpus_topics
+    from agent.inputs.corpus import corpus_topics
 
     topics = [str(p) for p in corpus_topics()]
     subprocess.run([sys.executable, "-m", "agent", "train", *topics, "--data-dir", str(data),
@@ -119,7 +119,8 @@ def generate_once(data: Path, tokens: int) -> dict:
 
 def in_process(data: Path, tokens: int, rounds: int) -> dict:
     """Our decode without HTTP, and the PyTorch KV-cache decode of the same serving weights."""
-    from agent.serving import Sampling, TextStream, load_serving_checkpoint
+    from agent.generation.checkpoint import load_serving_checkpoint
+    from agent.generation.stream import Sampling, TextStream
     from store import open_store
 
     with open_store(data) as store:
@@ -170,7 +171,7 @@ def in_process(data: Path, tokens: int, rounds: int) -> dict:
 def fit_in_context(data: Path, tokens: int) -> int:
     """The prompt plus the new tokens within the model's context, so every decoder does the
     same work (ours slides its window past the context; the PyTorch loop cannot)."""
-    from agent.serving import load_serving_checkpoint
+    from agent.generation.checkpoint import load_serving_checkpoint
     from store import open_store
 
     with open_store(data) as store:

@@ -151,7 +151,7 @@ def check_store(data: Path, watch: Path | None, learned: bool = True) -> list[st
     from store import open_store
     from store.ledger import budget_bytes
     from store.models import Checkpoint, Cycle, CycleDocument, Document
-    from agent.paths import uri_to_path
+    from agent.inputs.paths import uri_to_path
 
     bad: list[str] = []
     ck_dir = data / "checkpoints"
@@ -499,7 +499,7 @@ def scenario_trials(c: Campaign) -> None:
 def _stale_rows(data: Path, watch: Path) -> list[str]:
     from sqlalchemy import select
 
-    from agent.paths import uri_to_path
+    from agent.inputs.paths import uri_to_path
     from store import open_store
     from store.models import Document
 

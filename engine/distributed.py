@@ -214,7 +214,7 @@ class SegmentCombiner:
 # that its parameters agree with rank 0's. ("exit",) ends the followers.
 
 class Leader:
-    """Rank 0's side of a cycle: wraps the training loop of agent/learn.py."""
+    """Rank 0's side of a cycle: wraps the training loop of agent/training/learn.py."""
 
     def __init__(self, group: RankGroup, model, tcfg, optimizer, workers: int) -> None:
         self.group, self.model, self.optimizer = group, model, optimizer

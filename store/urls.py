@@ -13,7 +13,7 @@ PostgreSQL, so racing crawlers never wait on each other; SQLite's write transact
 serial anyway), and recording the outcome releases the claim. A claim expires, so the URLs
 of a crawler that died pass to the others.
 
-Canonicalisation is the crawler's job (agent/urls.py); these functions take the canonical
+Canonicalisation is the crawler's job (agent/web/urls.py); these functions take the canonical
 form as given. They take a Session and do not commit.
 """
 from __future__ import annotations

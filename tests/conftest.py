@@ -21,7 +21,7 @@ PG_ENV = "CLLM_TEST_POSTGRES_URL"
 @pytest.fixture(autouse=True)
 def _no_real_home(tmp_path_factory, monkeypatch):
     """No test reads or writes the real home: HOME and the XDG data and config homes (where
-    the default data directory and the user config file live, agent/homes.py) are empty
+    the default data directory and the user config file live, agent/datadir.py) are empty
     temporary folders, and no CLLM_* location from the caller's environment leaks in."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))

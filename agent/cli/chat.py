@@ -1,5 +1,5 @@
 """`cllm chat`: talk to the latest checkpoint in the terminal, with the generation code and
-chat template the server uses (agent/serving.py).
+chat template the server uses (agent/generation/stream.py).
 
 Line editing and history come from readline (kept in DATA_DIR/chat_history between runs);
 Ctrl-C stops a reply (what came so far stays in the conversation), Ctrl-C at the prompt
@@ -26,7 +26,7 @@ def reply(ckpt, messages: list[tuple[str, str]], sp, echo: Callable[[str], None]
           ) -> tuple[str, bool]:
     """Stream the assistant's answer to `messages` through `echo`; returns (its text,
     whether it ran to its end). Ctrl-C (KeyboardInterrupt) stops it where it is."""
-    from agent.serving import TextStream, chat_prompt
+    from agent.generation.stream import TextStream, chat_prompt
 
     ts = TextStream(ckpt, chat_prompt(messages), sp)
     out = []
@@ -79,7 +79,7 @@ def chat(inv: Invocation, data_dir: Path, system, max_tokens, old_max_tokens, te
 
     Example: cllm chat --data-dir ./cllm-data --temperature 0.7
     """
-    from agent.serving import CHAT_STOPS
+    from agent.generation.stream import CHAT_STOPS
 
     ckpt = load_for_generation(inv, data_dir, cycle, decode_weights)
     max_tokens = deprecated_max_tokens(max_tokens, old_max_tokens, "chat")

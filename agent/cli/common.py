@@ -18,8 +18,8 @@ from typing import Optional
 
 import click
 
-from agent.homes import default_data_dir, shown
-from agent.views import jsonable  # noqa: F401  (the commands import it from here)
+from agent.datadir import default_data_dir, shown
+from agent.reports import jsonable  # noqa: F401  (the commands import it from here)
 from engine.errors import CllmError, ConfigError
 from store.errors import StoreError
 
@@ -115,7 +115,7 @@ FILESYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENO
 def exit_status(e: BaseException) -> int:
     """The exit status for an error a command reports in one line."""
     from agent.crawler import CrawlError
-    from agent.daemon import AgentLocked
+    from agent.training.lease import AgentLocked
 
     if isinstance(e, AgentLocked):
         return EXIT_LOCKED
@@ -136,7 +136,7 @@ def preset_of(config) -> str:
 def warn_if_preset_ignored(values, data_dir: Path, *, fresh_flag: Optional[str] = None) -> None:
     """A warning line when --preset (or $CLLM_PRESET, or TOML) names a model other than the
     one the data directory already holds: the directory's model wins."""
-    from agent.model_state import checkpoint_files
+    from agent.training.model_state import checkpoint_files
     from engine.checkpoint import read_model_config
 
     if not values.given("preset"):
@@ -157,7 +157,7 @@ def warn_if_preset_ignored(values, data_dir: Path, *, fresh_flag: Optional[str] 
 
 
 def read_view(inv: "Invocation", data_dir: Path, view, *args, **kwargs):
-    """`view(session, *args, **kwargs)` (an agent/views.py row builder) in a read-only
+    """`view(session, *args, **kwargs)` (an agent/reports.py row builder) in a read-only
     session of the data directory's existing store, which is closed afterwards."""
     store = existing_store(data_dir, inv.database_url)
     try:
@@ -233,5 +233,5 @@ JSON_INDENT = 2     # every command's --json output is indented alike
 
 def echo_json(obj) -> None:
     """Print `obj` as the JSON every command prints: indented by JSON_INDENT, datetimes as
-    ISO 8601 (jsonable, agent/views.py), numpy scalars as numbers."""
+    ISO 8601 (jsonable, agent/reports.py), numpy scalars as numbers."""
     click.echo(json.dumps(obj, indent=JSON_INDENT, default=jsonable))

@@ -1,6 +1,6 @@
 """`cllm crawl`: ingest folders, files and web pages once, then exit.
 
-A thin layer over agent.crawler and agent.ingest; its settings come from agent/settings.py
+A thin layer over agent.crawler and agent.inputs.ingest; its settings come from agent/settings.py
 (flags, CLLM_*, TOML, as every command).
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
     Example: cllm crawl ~/notes https://docs.python.org/3/reference/ --max-pages 20
     """
     from agent.crawler import CrawlError, CrawlReport, Crawler, iter_targets, record_target
-    from agent.ingest import BATCH_INPUTS, Ingestor
-    from agent.paths import DEFAULT_EXCLUDES
+    from agent.inputs.ingest import BATCH_INPUTS, Ingestor
+    from agent.inputs.paths import DEFAULT_EXCLUDES
     from agent.signals import stop_on_signals
     from store import open_store
     from store.models import TargetKind

@@ -1,7 +1,7 @@
 """`cllm history`: what the agent has done, read from the store: cycles, documents, crawled
 URLs, vocabulary, checkpoints, forgetting. Tables, --json, and loss plots to PNG.
 
-Thin commands over the rows of agent/views.py (shared with the server's /api/*); they open an existing store only (never create one).
+Thin commands over the rows of agent/reports.py (shared with the server's /api/*); they open an existing store only (never create one).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from agent import views
+from agent import reports
 from agent.cli.common import (CONTEXT_SETTINGS, data_dir_option, emit_table,
                               json_option, one_line_errors, pass_invocation, read_view)
 from engine.errors import CllmError, ConfigError
@@ -126,7 +126,7 @@ def history_cycles(inv, data_dir, as_json, plot):
     Example: cllm history cycles --data-dir ./cllm-data --json --plot loss.png
     """
     check_plot_path(plot)
-    rows = read_view(inv, data_dir, views.cycle_rows)
+    rows = read_view(inv, data_dir, reports.cycle_rows)
     emit_table(rows, as_json, ["id", "status", "trigger", "documents", "bytes_new", "bytes_replay",
                                "steps", "loss", "val_loss", "forgetting_mean", "checkpoint_path"],
                f"{len(rows)} cycles")
@@ -153,7 +153,7 @@ def history_documents(inv, data_dir, status, source, cycle_id, limit, as_json):
 
     Example: cllm history documents --data-dir ./cllm-data --status skipped --json
     """
-    rows = read_view(inv, data_dir, views.document_rows, status=status, source=source,
+    rows = read_view(inv, data_dir, reports.document_rows, status=status, source=source,
                      cycle_id=cycle_id, limit=limit)
     emit_table(rows, as_json, ["id", "status", "passes", "uri", "sha256", "cycle_id", "reason"],
                f"{len(rows)} documents")
@@ -173,7 +173,7 @@ def history_urls(inv, data_dir, status, limit, as_json):
 
     Example: cllm history urls --data-dir ./cllm-data --status skipped
     """
-    rows = read_view(inv, data_dir, views.url_rows, status=status, limit=limit)
+    rows = read_view(inv, data_dir, reports.url_rows, status=status, limit=limit)
     emit_table(rows, as_json, ["id", "status", "http_status", "url", "reason", "document_id"],
                f"{len(rows)} URLs")
 @history.command("vocab", context_settings=CONTEXT_SETTINGS)
@@ -189,7 +189,7 @@ def history_vocab(inv, data_dir, cycle_id, as_json, plot):
     Example: cllm history vocab --data-dir ./cllm-data --cycle 2 --json
     """
     check_plot_path(plot)
-    rows, base = read_view(inv, data_dir, views.vocab_rows, cycle_id)
+    rows, base = read_view(inv, data_dir, reports.vocab_rows, cycle_id)
     emit_table(rows, as_json, ["token_id", "token", "cycle_id", "document"],
                f"{len(rows)} learned tokens")
     if plot:
@@ -215,7 +215,7 @@ def history_checkpoints(inv, data_dir, verify, as_json):
 
     Example: cllm history checkpoints --data-dir ./cllm-data --verify
     """
-    rows = read_view(inv, data_dir, views.checkpoint_rows, verify=verify)
+    rows = read_view(inv, data_dir, reports.checkpoint_rows, verify=verify)
     emit_table(rows, as_json, ["id", "cycle_id", "step", "vocab_size", "latest", "exists", "pruned"]
                + (["ok"] if verify else []) + ["path"], f"{len(rows)} checkpoints")
 
@@ -234,8 +234,8 @@ def history_forgetting(inv, data_dir, source, as_json, plot):
     Example: cllm history forgetting --data-dir ./cllm-data --plot forgetting.png
     """
     check_plot_path(plot)
-    rows = read_view(inv, data_dir, views.forgetting_rows, source=source)
-    emit_table(rows, as_json, list(views.FORGETTING_FIELDS), f"{len(rows)} evaluations")
+    rows = read_view(inv, data_dir, reports.forgetting_rows, source=source)
+    emit_table(rows, as_json, list(reports.FORGETTING_FIELDS), f"{len(rows)} evaluations")
     if plot:
         series: dict[str, tuple[list, list]] = {}
         label = short_names(r["source"] for r in rows)

@@ -1,5 +1,5 @@
 """`cllm train`, `cllm generate`, `cllm neighbours` and `cllm bench`: the model from the
-command line, as thin commands over agent.corpus, the continuous trainer and the engine.
+command line, as thin commands over agent.inputs.corpus, the continuous trainer and the engine.
 
 `train`'s settings come from agent/settings.py (flags, CLLM_*, TOML, as every command).
 """
@@ -42,11 +42,11 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
     import threading
 
     from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted, record_documents
-    from agent.daemon import DataDirLock
-    from agent.lease import TrainerLease
+    from agent.datadir import DataDirLock
+    from agent.training.lease import TrainerLease
     from agent.signals import stop_on_signals
-    from agent.corpus import corpus_topics, read_docs
-    from agent.model_state import new_model_state
+    from agent.inputs.corpus import corpus_topics, read_docs
+    from agent.training.model_state import new_model_state
     from store import open_store
 
     values = resolve(flags, data_dir, command="train")
@@ -154,8 +154,8 @@ def sampling_options(fn):
 
 
 def load_for_generation(inv: Invocation, data_dir: Path, cycle, weights: str = "int8"):
-    """The checkpoint to generate from, through the store's record (agent/serving.py)."""
-    from agent.serving import load_serving_checkpoint
+    """The checkpoint to generate from, through the store's record (agent/generation/checkpoint.py)."""
+    from agent.generation.checkpoint import load_serving_checkpoint
 
     store = existing_store(data_dir, inv.database_url)
     try:
@@ -176,7 +176,7 @@ def deprecated_max_tokens(max_tokens, old_max_tokens, command: str):
 
 
 def sampling(max_tokens, temperature, top_k, top_p, seed, stop, extra_stops=()):
-    from agent.serving import Sampling
+    from agent.generation.stream import Sampling
 
     return Sampling(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop=tuple(stop) + tuple(extra_stops))
@@ -200,7 +200,7 @@ def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temp
     """
     import sys
 
-    from agent.serving import TextStream
+    from agent.generation.stream import TextStream
 
     if prompt_arg is not None and prompt is not None:
         raise ConfigError("the prompt is given twice (PROMPT and --prompt)", "give one of them")
@@ -303,7 +303,7 @@ def neighbours(inv: Invocation, token, vocab_size, data_dir, as_json):
     Example: cllm neighbours 100 --vocab-size 10000
     """
     from agent.cli.common import table_cell
-    from agent.model_state import load_recorded_model_state
+    from agent.training.model_state import load_recorded_model_state
     from engine.prime_math import describe_token
     from store.db import SQLITE_FILENAME
 

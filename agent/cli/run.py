@@ -84,7 +84,7 @@ def embedded_targets(data_dir: Path) -> tuple[list[str], list[str]]:
         raise CllmError(f"cannot create {inbox}: {e.strerror}",
                         "choose a writable --data-dir or pass --watch DIR") from None
     # one crawl target (so one source, with its own validation and forgetting) per topic
-    from agent.corpus import corpus_topics
+    from agent.inputs.corpus import corpus_topics
 
     return [str(inbox)], [str(p) for p in corpus_topics()]
 
@@ -112,7 +112,7 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
 
     Example: cllm status --data-dir ./cllm-data
     """
-    from agent.views import status_view
+    from agent.reports import status_view
 
     store = existing_store(data_dir, inv.database_url)
     store_name = store.describe()

@@ -3,14 +3,14 @@ prometheus_client).
 
     api.py       /health, /v1/models, /v1/completions, /v1/chat/completions (OpenAI shapes)
     ollama.py    /api/tags, /api/version, /api/generate, /api/chat (Ollama's shapes)
-    views.py     /api/status, /api/cycles, ... (the CLI's views) and /metrics
+    history.py   /api/status, /api/cycles, ... (the CLI's history rows) and /metrics
     dashboard.py the page at /, its assets, /api/events (events.py), targets, neighbours, bench
     app.py       the Starlette app, ServeConfig, Service and the uvicorn Server (thread or not)
     reload.py    the checkpoint held in memory and the watcher that reloads it
     security.py  Host / Origin / token rules as middleware
     metrics.py   the server's own counters
 
-Generation itself is agent/serving.py (shared with `cllm generate` and `cllm chat`).
+Generation itself is agent/generation/ (shared with `cllm generate` and `cllm chat`).
 """
 from __future__ import annotations
 

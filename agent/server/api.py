@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from engine.errors import CllmError
-from agent.serving import (CHAT_ROLES, CHAT_STOPS, Sampling, ServingCheckpoint, TextStream,
-                           chat_prompt)
+from agent.generation.checkpoint import ServingCheckpoint
+from agent.generation.stream import CHAT_ROLES, CHAT_STOPS, Sampling, TextStream, chat_prompt
 
 
 class ApiError(Exception):
@@ -104,7 +104,7 @@ def _text(v, what: str) -> str:
 
 
 def parse_messages(messages) -> list[tuple[str, str]]:
-    """OpenAI's messages as (role, text) pairs for the chat template (agent/serving.py)."""
+    """OpenAI's messages as (role, text) pairs for the chat template (agent/generation/stream.py)."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects")
     out = []

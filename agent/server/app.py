@@ -31,7 +31,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from agent.server import api, dashboard, ollama, views
+from agent.server import api, dashboard, history, ollama
 from agent.server.events import EventHub, StoreWatcher
 from agent.server.api import ApiError, Limits, Slots
 from agent.server.metrics import ServerMetrics
@@ -69,7 +69,7 @@ class Service:
                                            thread_name_prefix="cllm-generate")
         self.runs: set = set()                # generations under way (api._Run)
         self.metrics = ServerMetrics()
-        self.metrics.registry.register(views.StoreCollector(self))
+        self.metrics.registry.register(history.StoreCollector(self))
         self.loaded_at = time.time()
         self.holder.listeners.append(self._loaded)
         self._pinned: dict[int, object] = {}
@@ -90,7 +90,7 @@ class Service:
 
     def checkpoint_of(self, cycle: int):
         """Cycle `cycle`'s checkpoint (the served one, or loaded and kept: the last two)."""
-        from agent.serving import load_serving_checkpoint
+        from agent.generation.checkpoint import load_serving_checkpoint
 
         cur = self.holder.current
         if cur is not None and cur.cycle == cycle:
@@ -156,7 +156,7 @@ def build_app(service: Service) -> Starlette:
                                      allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                                      allow_headers=["Authorization", "Content-Type"]))
     middleware.append(Middleware(AccessGuard, hosts=hosts, token=cfg.token, cors_origins=cfg.cors))
-    app = Starlette(routes=[*api.ROUTES, *ollama.ROUTES, *views.ROUTES, *dashboard.ROUTES], middleware=middleware,
+    app = Starlette(routes=[*api.ROUTES, *ollama.ROUTES, *history.ROUTES, *dashboard.ROUTES], middleware=middleware,
                     exception_handlers={ApiError: _api_error, HTTPException: _http_error,
                                         Exception: _server_error})
     app.state.service = service

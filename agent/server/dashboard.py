@@ -17,11 +17,11 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from agent import views
+from agent import reports
 from agent.server.api import ApiError, read_json
 from agent.server.events import events
 from agent.server.security import TOKEN_COOKIE
-from agent.server.views import _int, json_response
+from agent.server.history import _int, json_response
 from engine.errors import CllmError
 
 STATIC = Path(__file__).parent / "static"
@@ -42,7 +42,7 @@ async def list_targets(request: Request) -> Response:
 
     def read():
         with service.store.session(read_only=True) as s:
-            return views.target_rows(s)
+            return reports.target_rows(s)
     return json_response(await anyio.to_thread.run_sync(read))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from agent import views
+from agent import reports
 from agent.server.wake import WakeThread
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,11 @@ class EventHub:
 def store_digest(session, data_dir: Path, database: str) -> dict[str, str]:
     """A hash per part of the store the dashboard shows."""
     def h(obj) -> str:
-        return hashlib.sha256(json.dumps(obj, default=views.jsonable, sort_keys=True)
+        return hashlib.sha256(json.dumps(obj, default=reports.jsonable, sort_keys=True)
                               .encode()).hexdigest()[:16]
-    st = views.status_view(session, data_dir, database)
-    return {"status": h(st), "targets": h(views.target_rows(session)),
-            "urls": h(len(views.url_rows(session)))}
+    st = reports.status_view(session, data_dir, database)
+    return {"status": h(st), "targets": h(reports.target_rows(session)),
+            "urls": h(len(reports.url_rows(session)))}
 
 
 class StoreWatcher(WakeThread):

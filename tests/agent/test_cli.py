@@ -112,7 +112,7 @@ def test_agent_settings_from_the_environment_are_validated_too(tmp_path, monkeyp
 def test_exit_statuses_tell_usage_runtime_and_locked_apart(tmp_path):
     """0 success, 1 a runtime failure, 2 a usage error (click's and bad settings), 3 another
     agent holds the data directory."""
-    from agent.daemon import DataDirLock
+    from agent.datadir import DataDirLock
 
     data = tmp_path / "data"
     assert CliRunner().invoke(main, ["status", "--data-dir", str(data)]).exit_code == 1
@@ -174,7 +174,7 @@ def test_reading_commands_never_create_a_store_or_a_data_directory(tmp_path, arg
 def test_train_reads_the_files_crawl_accepts_under_the_same_source_names(tmp_path):
     """`cllm train DIR` and `cllm crawl DIR` (and so the agent's --crawl DIR): the same files
     (README, .org, .log included; ignored, binary and empty ones out) and the same sources."""
-    from agent.corpus import read_docs
+    from agent.inputs.corpus import read_docs
     from store import open_store
     from store.queries import list_documents
 
@@ -204,7 +204,7 @@ def test_train_reads_the_files_crawl_accepts_under_the_same_source_names(tmp_pat
 
 
 def test_neighbours_show_each_tokens_text_in_the_data_directorys_vocabulary(tmp_path):
-    from agent.model_state import load_recorded_model_state
+    from agent.training.model_state import load_recorded_model_state
     from store import open_store
 
     text = tmp_path / "text"

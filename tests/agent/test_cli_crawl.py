@@ -100,7 +100,7 @@ FAST = ("--allow-network", "127.0.0.1/32", "--timeout", "1", "--retries", "0")
 
 
 def test_a_crawl_where_every_target_failed_exits_1(tmp_path, caplog):
-    caplog.set_level("INFO", logger="agent.fetch")
+    caplog.set_level("INFO", logger="agent.web.fetch")
     url = f"http://127.0.0.1:{closed_port()}/"
     r = crawl(tmp_path, url, *FAST, "--json")
     assert r.exit_code == 1, r.output

@@ -294,7 +294,7 @@ def test_a_document_arriving_during_a_backlog_is_learned_first(env):
 
 def new_version(store, uri, text):
     """A new version of a file, recorded the way the agent's ingest records it."""
-    from agent.ingest import Ingestor
+    from agent.inputs.ingest import Ingestor
 
     return Ingestor(store).ingest_text(uri, text, source="lattice").document_id
 

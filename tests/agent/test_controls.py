@@ -8,7 +8,7 @@ import threading
 from agent.continuous_trainer import ContinuousTrainer
 from agent.crawler import Crawler
 from agent.daemon import Agent, AgentConfig
-from agent.ingest import Ingestor
+from agent.inputs.ingest import Ingestor
 from agent.settings import TrainerSettings
 from store import controls, open_store
 from store.models import TargetKind

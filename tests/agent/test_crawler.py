@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select
 
 from agent.crawler import CrawlError, Crawler, iter_targets
-from agent.ingest import Ingestor
-from agent.ssrf import HostPolicy, address_problem
-from agent.transport import GuardedBackend as _GuardedBackend, guarded_transport
-from agent.text import Refused
-from agent.urls import canonical_url
+from agent.inputs.ingest import Ingestor
+from agent.web.ssrf import HostPolicy, address_problem
+from agent.web.transport import GuardedBackend as _GuardedBackend, guarded_transport
+from agent.inputs.text import Refused
+from agent.web.urls import canonical_url
 from tests.agent.helpers import Route, page, rows
 
 LOCAL = ["127.0.0.1/32"]  # the test server, and nothing else, is let through the guard

@@ -13,8 +13,8 @@ import pytest
 
 from agent import file_monitor
 from agent.file_monitor import FileMonitor, MonitorError
-from agent.ingest import Ingestor
-from agent.paths import file_uri
+from agent.inputs.ingest import Ingestor
+from agent.inputs.paths import file_uri
 from tests.agent.helpers import pump, rows, settle
 
 QUIET = 0.3
@@ -250,7 +250,7 @@ def test_permission_denied_and_vanished_files_are_recorded(watched, store, monke
                 raise PermissionError(errno.EACCES, "Permission denied", str(locked))
             return real_open(path, flags, *a, **k)
 
-        monkeypatch.setattr("agent.text.os.open", deny)
+        monkeypatch.setattr("agent.inputs.text.os.open", deny)
     res = ingestor.handle(ready["locked.txt"])
     assert (res.outcome, res.reason) == ("refused", "permission denied")
     vanishing.unlink()  # gone between "ready" and the read

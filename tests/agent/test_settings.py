@@ -307,8 +307,8 @@ def test_crawl_without_max_file_bytes_uses_the_crawlers_own_limits(clean_env, tm
     """Regression: `cllm crawl` capped pages at 4 MiB while the crawler (and `cllm agent`)
     used 5 MiB."""
     from agent import crawler as crawler_mod
-    from agent.fetch import MAX_BODY_BYTES
-    from agent.text import DEFAULT_MAX_FILE_BYTES
+    from agent.web.fetch import MAX_BODY_BYTES
+    from agent.inputs.text import DEFAULT_MAX_FILE_BYTES
 
     seen = []
 
@@ -393,7 +393,7 @@ def test_database_url_reaches_the_agents_config(agent_config):
 def test_a_preset_other_than_the_data_directorys_model_is_a_warning_naming_the_way_out(
         agent_config, clean_env):
     from agent.cli import model as model_cli
-    from agent.model_state import new_model_state, save_model_state
+    from agent.training.model_state import new_model_state, save_model_state
 
     def stop(*args, **kwargs):
         raise Stop

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import func, select
 
 from store import open_store
-from agent.paths import uri_to_path
-from agent.model_state import load_model_state
+from agent.inputs.paths import uri_to_path
+from agent.training.model_state import load_model_state
 from engine.checkpoint import file_sha256
 from store.models import Checkpoint, Cycle, CycleDocument, Document
 
@@ -274,7 +274,7 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
     from click.testing import CliRunner
 
     from agent.cli import main
-    from agent.daemon import DataDirLock
+    from agent.datadir import DataDirLock
 
     drop(tmp_path / "corpus" / "notes", "a.txt", "the crystal lattice hums a quiet tune. ")
     data = tmp_path / "data"
@@ -418,7 +418,7 @@ def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_rem
 def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path):
     """`cllm agent` with nothing configured: it crawls the shipped corpus, watches
     DATA_DIR/inbox, and --max-cycles ends it by itself with exit status 0."""
-    from agent.corpus import SAMPLE_CORPUS
+    from agent.inputs.corpus import SAMPLE_CORPUS
 
     data = tmp_path / "data"
     a = AgentProc(data, None, "--max-steps", "10")
@@ -433,7 +433,7 @@ def test_embedded_defaults_learn_the_sample_corpus_and_watch_the_inbox(tmp_path)
         a.wait_for(r"cycle 1 completed")
         log = "".join(a.log)        # issue 15: a summary per crawl, no line per document, no reprs
         assert sum(map(int, re.findall(r"crawled \S+: (\d+) added", log))) == n_corpus
-        assert "agent.ingest: added" not in log and "Counter(" not in log
+        assert "agent.inputs.ingest: added" not in log and "Counter(" not in log
         drop(inbox, "note.txt", "a note dropped into the inbox. ")
         store = open_store(data)
         try:
@@ -536,7 +536,7 @@ def test_a_store_error_while_ingesting_keeps_the_event_and_retries(tmp_path, mon
     from agent import daemon
     from agent.continuous_trainer import TrainerSettings
     from agent.daemon import Agent, AgentConfig
-    from agent.ingest import Ingestor
+    from agent.inputs.ingest import Ingestor
     from store import StoreError
 
     monkeypatch.setattr(daemon, "RETRY_S", 0.1)

@@ -12,7 +12,7 @@ def test_on_the_sample_corpus_loss_falls_and_replay_limits_forgetting():
     parts): validation loss (nats/byte, never-trained tails) falls from the first cycle to
     the last, and the first source is forgotten less with replay than without."""
     from agent.benchmark import continual_run
-    from agent.corpus import corpus_topics, read_docs
+    from agent.inputs.corpus import corpus_topics, read_docs
 
     docs = read_docs(corpus_topics())
     assert len({d.source for d in docs}) == 3 and sum(len(d.text) for d in docs) > 300_000

@@ -78,7 +78,7 @@ def test_the_quick_start_runs_from_the_wheel(wheel_venv):
     version = run([cllm, "--version"], cwd, env).stdout.strip()
     assert version.startswith("cllm ") and version.split()[1] in wheel.name
     where = run([venv / "bin" / "python", "-c",
-                 "import agent, agent.corpus as c; print(agent.__file__); print(c.SAMPLE_CORPUS)"],
+                 "import agent, agent.inputs.corpus as c; print(agent.__file__); print(c.SAMPLE_CORPUS)"],
                 cwd, env).stdout.split()
     assert all(Path(p).resolve().is_relative_to(venv.resolve()) for p in where), where
     # cllm train on the embedded corpus (a few steps), in the user data directory

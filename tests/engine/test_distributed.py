@@ -64,7 +64,7 @@ def test_a_rank_that_dies_or_hangs_stops_the_whole_job(kind):
 
 
 def test_a_plain_run_imports_no_mpi():
-    code = ("import sys, engine.distributed as d, agent.learn; "
+    code = ("import sys, engine.distributed as d, agent.training.learn; "
             "assert d.world() is None; assert 'mpi4py' not in sys.modules; print('ok')")
     env = {k: v for k, v in os.environ.items() if k not in dist.LAUNCHER_SIZE_VARS}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

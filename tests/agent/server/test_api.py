@@ -9,7 +9,7 @@ import threading
 import httpx
 import pytest
 
-from agent.serving import Sampling, TextStream
+from agent.generation.stream import Sampling, TextStream
 from tests.agent.server.conftest import wait_loaded
 
 

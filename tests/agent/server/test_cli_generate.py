@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
-from agent.serving import (CHAT_STOPS, Sampling, TextStream, chat_prompt,
-                           load_serving_checkpoint)
+from agent.generation.checkpoint import load_serving_checkpoint
+from agent.generation.stream import CHAT_STOPS, Sampling, TextStream, chat_prompt
 from store import open_store
 
 

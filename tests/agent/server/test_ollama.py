@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from agent.serving import CHAT_STOPS, Sampling, TextStream, chat_prompt
+from agent.generation.stream import CHAT_STOPS, Sampling, TextStream, chat_prompt
 from tests.agent.server.conftest import wait_loaded
 
 

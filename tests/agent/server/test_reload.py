@@ -8,7 +8,8 @@ import threading
 import httpx
 import pytest
 
-from agent.serving import COMMIT_MARKER, load_serving_checkpoint
+from agent.generation.checkpoint import load_serving_checkpoint
+from agent.training.model_state import COMMIT_MARKER
 from engine.errors import CllmError
 from store import open_store
 from tests.agent.server.conftest import train_tiny, wait_loaded

@@ -1,0 +1,114 @@
+"""Where cllm keeps things when not told: the user's data and config directories.
+
+    data directory   platformdirs' user data dir: ~/.local/share/cllm on Linux
+                     ($XDG_DATA_HOME/cllm), ~/Library/Application Support/cllm on macOS;
+                     $CLLM_DATA_DIR or --data-dir instead
+    user config      platformdirs' user config dir + cllm.toml: ~/.config/cllm/cllm.toml on
+                     Linux ($XDG_CONFIG_HOME/cllm/cllm.toml); read beneath DATA_DIR/cllm.toml
+                     (agent/settings.py has the whole precedence)
+
+So `cllm status` from any folder finds the agent that `cllm agent` started from another.
+
+One agent runs per data directory: `DataDirLock` holds an exclusive flock on
+`DATA_DIR/cllm.lock` (the kernel drops it when the process dies) with the owner's pid in
+it, which `holder_pid` reads for `cllm status`. The store's trainer lease
+(agent/training/lease.py) keeps a second agent from training the same database from
+another directory or machine.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Optional
+
+from agent.training.lease import AgentLocked
+from engine.errors import CllmError
+
+APP = "cllm"
+CONFIG_NAME = "cllm.toml"
+LOCK_NAME = "cllm.lock"
+
+
+def default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP, appauthor=False))
+
+
+def user_config_file() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP, appauthor=False)) / CONFIG_NAME
+
+
+def shown(path: Path) -> str:
+    """A path with the home folder as ~ (for help texts)."""
+    try:
+        return "~/" + str(Path(path).relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
+class DataDirLock:
+    """An exclusive flock on `<data_dir>/cllm.lock` holding the owner's pid."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / LOCK_NAME
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "DataDirLock":
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CllmError(f"cannot write in the data directory {self.path.parent}: "
+                            f"{e.strerror}", "pass a --data-dir you can write to") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                pid = holder_pid(self.path.parent)
+                raise AgentLocked(
+                    f"another agent{f' (pid {pid})' if pid else ''} is already running on "
+                    f"{self.path.parent}", "stop it first, or use another --data-dir") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "DataDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holder_pid(data_dir: Path) -> Optional[int]:
+    """The pid of the agent holding the data directory's lock, or None if none runs."""
+    path = Path(data_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,175 @@
+"""What the CLI's views show, as rows: one function per view, each reading the store in the
+caller's session. `cllm status`, `cllm history ...` (their --json) and the server's /api/*
+routes print these same rows, so a field added here appears in all of them.
+
+Values are as the store holds them (datetimes stay datetimes: `jsonable` turns them into
+ISO 8601 strings when the rows are written as JSON).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+DOCUMENT_FIELDS = ("id", "uri", "source", "status", "sha256", "size_bytes", "n_tokens",
+                   "trainable_bytes", "trained_bytes", "encoding",
+                   "reason", "cycle_id", "target_id", "origin", "first_seen", "updated")
+URL_FIELDS = ("id", "url", "status", "http_status", "reason", "document_id", "fetched_at")
+FORGETTING_FIELDS = ("cycle_id", "source", "val_loss", "baseline_loss", "forgetting")
+
+
+def jsonable(v):
+    """Datetimes as ISO 8601 strings, numpy scalars as numbers (for json.dumps(default=...));
+    other values as they are."""
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if hasattr(v, "item") and hasattr(v, "dtype"):     # numpy scalars
+        return v.item()
+    return v
+
+
+def cycle_rows(session) -> list[dict]:
+    from store.queries import list_checkpoints, list_cycles
+
+    ckpts = {c.cycle_id: c for c in list_checkpoints(session)}  # a cycle's last checkpoint
+    rows = []
+    for c in list_cycles(session):
+        ck = ckpts.get(c.id)
+        rows.append({"id": c.id, "status": c.status, "trigger": c.trigger, "started": c.started,
+                     "finished": c.finished, "documents": c.docs_new,
+                     "replayed": c.docs_replayed, "tokens": c.tokens, "steps": c.steps,
+                     "loss_start": c.loss_start, "loss": c.loss_end, "val_loss": c.val_loss,
+                     "forgetting_mean": c.forgetting_mean, "forgetting_max": c.forgetting_max,
+                     "tokens_per_s": c.tokens_per_s, "workers": c.workers,
+                     "bytes_new": c.bytes_new, "bytes_replay": c.bytes_replay,
+                     "ended_by": (c.schedule or {}).get("ended_by"),
+                     "vocab_before": c.vocab_size_before, "vocab_after": c.vocab_size_after,
+                     "replay_document_ids": (c.schedule or {}).get("replay_document_ids", []),
+                     "checkpoint_path": ck.path if ck else None,
+                     "checkpoint_sha256": ck.sha256 if ck else None, "error": c.error})
+    return rows
+
+
+def document_rows(session, status: Optional[str] = None, source: Optional[str] = None,
+                  cycle_id: Optional[int] = None, limit: Optional[int] = None) -> list[dict]:
+    from store.queries import list_documents
+
+    rows = [{f: jsonable(getattr(d, f)) for f in DOCUMENT_FIELDS}
+            for d in list_documents(session, status=status, source=source, cycle_id=cycle_id,
+                                    limit=limit)]
+    for r in rows:     # the ledger: passes over the training text, summed over cycles
+        r["passes"] = (round(r["trained_bytes"] / r["trainable_bytes"], 3)
+                       if r["trainable_bytes"] else 0.0)
+    return rows
+
+
+def url_rows(session, status: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
+    from store.urls import list_urls
+
+    return [{f: jsonable(getattr(u, f)) for f in URL_FIELDS}
+            for u in list_urls(session, status=status or None, limit=limit)]
+
+
+def vocab_rows(session, cycle_id: Optional[int] = None) -> tuple[list[dict], Optional[int]]:
+    """(learned tokens with the cycle and document where each first appeared, the largest
+    base-vocabulary id)."""
+    from store.queries import list_documents, load_vocab, vocab_delta
+
+    vocab = load_vocab(session)
+    learned = (vocab_delta(session, cycle_id) if cycle_id is not None
+               else [v for v in vocab if v.cycle_id is not None])
+    uris = {d.id: d.uri for d in list_documents(
+        session, ids={v.document_id for v in learned if v.document_id is not None})}
+    rows = [{"token_id": v.token_id, "token": v.token_bytes.decode("utf-8", "backslashreplace"),
+             "cycle_id": v.cycle_id, "document_id": v.document_id,
+             "document": uris.get(v.document_id)} for v in learned]
+    base = max((v.token_id for v in vocab if v.cycle_id is None), default=None)
+    return rows, base
+
+
+def checkpoint_rows(session, verify: bool = False) -> list[dict]:
+    from engine.checkpoint import file_sha256
+    from store.queries import list_checkpoints
+
+    rows = [{"id": c.id, "cycle_id": c.cycle_id, "path": c.path, "sha256": c.sha256,
+             "step": c.step, "vocab_size": c.vocab_size, "size_bytes": c.size_bytes,
+             "latest": c.is_latest, "created": c.created, "pruned": c.pruned}
+            for c in list_checkpoints(session)]
+    for r in rows:
+        r["exists"] = Path(r["path"]).exists()     # False for a pruned one, which says so
+        if verify:
+            r["ok"] = r["exists"] and file_sha256(r["path"]) == r["sha256"]
+    return rows
+
+
+def forgetting_rows(session, source: Optional[str] = None) -> list[dict]:
+    from store.queries import forgetting_by_source
+
+    return [{k: e[k] for k in FORGETTING_FIELDS}
+            for e in forgetting_by_source(session, source=source, by_cycle=True)]
+
+
+def step_rows(session, cycle_id: Optional[int] = None) -> list[dict]:
+    """The sampled per-step losses the trainer records, every cycle's (or one's)."""
+    from store.queries import list_cycles, step_metrics
+
+    ids = [cycle_id] if cycle_id is not None else [c.id for c in list_cycles(session)]
+    return [{"cycle_id": m.cycle_id, "step": m.step, "loss": m.loss, "lr": m.lr,
+             "grad_norm": m.grad_norm, "tokens_per_s": m.tokens_per_s,
+             "recorded": m.recorded} for cid in ids for m in step_metrics(session, cid)]
+
+
+def status_view(session, data_dir: Path, database: str) -> dict:
+    """What `cllm status --json` prints: the data directory and the store (`database`, as
+    Store.describe() names it), the agent (running or not), the current cycle and its
+    progress, the backlog, documents by status, the last checkpoint, the trainer lease."""
+    from store import controls
+    from agent.datadir import holder_pid
+    from store import lease as store_lease
+    from store.documents import pending_summary
+    from store.ledger import backlog_status
+    from store.models import CycleStatus
+    from store.queries import (count_cycles, document_counts, latest_checkpoint,
+                               latest_step_metric, list_cycles)
+
+    running = next(iter(list_cycles(session, status=CycleStatus.RUNNING, limit=1)), None)
+    current = None
+    if running is not None:
+        last = latest_step_metric(session, running.id)
+        current = {"id": running.id, "trigger": running.trigger,
+                   "started": running.started, "documents": running.docs_new,
+                   "step": last.step if last else 0,
+                   "steps": (running.schedule or {}).get("steps"),
+                   "loss": last.loss if last else None}
+    queue = pending_summary(session)
+    counts: dict[str, int] = {}
+    for c in document_counts(session):
+        counts[c["status"]] = counts.get(c["status"], 0) + c["documents"]
+    ck = latest_checkpoint(session)
+    last_ckpt = None if ck is None else {"path": ck.path, "sha256": ck.sha256, "step": ck.step,
+                                         "cycle_id": ck.cycle_id, "vocab_size": ck.vocab_size,
+                                         "created": ck.created}
+    trainer = store_lease.current(session)
+    pid = holder_pid(data_dir)
+    if current is not None:
+        current["stale"] = pid is None  # left running by an agent that died; recovered on start
+    return {"data_dir": str(Path(data_dir).resolve()), "database": database,
+            "agent_running": pid is not None, "pid": pid, "current_cycle": current,
+            "backlog": backlog_status(session), "pending_documents": queue["documents"],
+            "pending_bytes": queue["bytes"] or 0, "documents": dict(sorted(counts.items())),
+            "cycles_completed": count_cycles(session, status=CycleStatus.COMPLETED),
+            "last_checkpoint": last_ckpt,
+            "training_paused": controls.paused(session),
+            "trainer": None if trainer is None else {   # the store's trainer lease
+                "host": trainer.host, "pid": trainer.pid, "data_dir": trainer.data_dir,
+                "renewed": trainer.renewed_at, "expired": trainer.expired}}
+
+
+TARGET_FIELDS = ("id", "kind", "location", "options", "enabled", "created", "last_scan")
+
+
+def target_rows(session, include_disabled: bool = False) -> list[dict]:
+    """Watched roots and crawl targets recorded in the store."""
+    from store.targets import list_targets
+
+    return [{f: getattr(t, f) for f in TARGET_FIELDS}
+            for t in list_targets(session, include_disabled=include_disabled)]

@@ -1,0 +1,163 @@
+"""/api/* (the CLI's views as JSON, the same rows as its --json: agent/reports.py) and
+/metrics (Prometheus text: the store's state at scrape time plus the server's counters).
+
+Store reads run on worker threads (one read-only session each), never on the event loop.
+Query parameters are checked like request bodies: a bad one is a 400 naming it.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agent import reports
+from agent.server.api import ApiError
+
+
+def _int(request: Request, name: str, lo: int = 0) -> Optional[int]:
+    v = request.query_params.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        n = lo - 1
+    if n < lo:
+        raise ApiError(400, f"query parameter '{name}' must be an integer >= {lo}, got {v!r}")
+    return n
+
+
+def _choice(request: Request, name: str, choices) -> Optional[str]:
+    v = request.query_params.get(name)
+    if v is not None and v not in choices:
+        raise ApiError(400, f"query parameter '{name}' must be one of {', '.join(choices)}, "
+                       f"got {v!r}")
+    return v
+
+
+def _flag(request: Request, name: str) -> bool:
+    return _choice(request, name, ("0", "1", "true", "false")) in ("1", "true")
+
+
+def json_response(data) -> Response:
+    return Response(json.dumps(data, default=reports.jsonable), media_type="application/json")
+
+
+async def _read(request: Request, fn, *args, **kwargs) -> Response:
+    service = request.app.state.service
+
+    def run():
+        with service.store.session(read_only=True) as s:
+            return fn(s, *args, **kwargs)
+    return json_response(await anyio.to_thread.run_sync(run))
+
+
+async def status(request: Request) -> Response:
+    service = request.app.state.service
+    return await _read(request, reports.status_view, service.data_dir, service.store.describe())
+
+
+async def cycles(request: Request) -> Response:
+    return await _read(request, reports.cycle_rows)
+
+
+async def documents(request: Request) -> Response:
+    from store.models import DocumentStatus
+
+    return await _read(request, reports.document_rows,
+                       status=_choice(request, "status", [s.value for s in DocumentStatus]),
+                       source=request.query_params.get("source"),
+                       cycle_id=_int(request, "cycle"), limit=_int(request, "limit", 1))
+
+
+async def urls(request: Request) -> Response:
+    return await _read(request, reports.url_rows, status=request.query_params.get("status"),
+                       limit=_int(request, "limit", 1))
+
+
+async def vocab(request: Request) -> Response:
+    cycle = _int(request, "cycle")
+    return await _read(request, lambda s: reports.vocab_rows(s, cycle)[0])
+
+
+async def forgetting(request: Request) -> Response:
+    return await _read(request, reports.forgetting_rows, source=request.query_params.get("source"))
+
+
+async def checkpoints(request: Request) -> Response:
+    return await _read(request, reports.checkpoint_rows, verify=_flag(request, "verify"))
+
+
+async def steps(request: Request) -> Response:
+    return await _read(request, reports.step_rows, cycle_id=_int(request, "cycle"))
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+class StoreCollector:
+    """Prometheus gauges read from the store at each scrape (what `cllm status` shows)."""
+
+    def __init__(self, service) -> None:
+        self.service = service
+
+    def describe(self):
+        return []        # collected on demand only: no store read at registration
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        svc = self.service
+        with svc.store.session(read_only=True) as s:
+            st = reports.status_view(s, svc.data_dir, svc.store.describe())
+            by_status: dict[str, int] = {}
+            for c in reports.cycle_rows(s):
+                by_status[c["status"]] = by_status.get(c["status"], 0) + 1
+        g = GaugeMetricFamily("cllm_cycles", "Training cycles by status.", labels=["status"])
+        for k, v in sorted(by_status.items()):
+            g.add_metric([k], v)
+        yield g
+        g = GaugeMetricFamily("cllm_documents", "Documents by status.", labels=["status"])
+        for k, v in st["documents"].items():
+            g.add_metric([k], v)
+        yield g
+        b = st["backlog"]
+        yield GaugeMetricFamily("cllm_backlog_documents", "Documents still to learn.",
+                                value=b.get("documents") or 0)
+        yield GaugeMetricFamily("cllm_backlog_bytes", "Bytes still to learn.",
+                                value=b.get("bytes") or 0)
+        if b.get("eta_s") is not None:
+            yield GaugeMetricFamily("cllm_backlog_eta_seconds", "Estimated time to learn the "
+                                    "backlog.", value=b["eta_s"])
+        if b.get("tokens_per_s") is not None:
+            yield GaugeMetricFamily("cllm_training_tokens_per_second", "Training tokens/s of "
+                                    "the last completed cycle.", value=b["tokens_per_s"])
+        yield GaugeMetricFamily("cllm_agent_running", "1 while an agent holds the data "
+                                "directory.", value=int(st["agent_running"]))
+        cur = st["current_cycle"]
+        if cur is not None:
+            yield GaugeMetricFamily("cllm_current_cycle_step", "Step of the running cycle.",
+                                    value=cur["step"] or 0)
+            if cur["loss"] is not None:
+                yield GaugeMetricFamily("cllm_current_cycle_loss", "Latest sampled loss of "
+                                        "the running cycle.", value=cur["loss"])
+        ckpt = svc.holder.current
+        if ckpt is not None and ckpt.cycle is not None:
+            yield GaugeMetricFamily("cllm_served_cycle", "The cycle whose checkpoint is "
+                                    "served.", value=ckpt.cycle)
+
+
+async def metrics(request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    service = request.app.state.service
+    body = await anyio.to_thread.run_sync(generate_latest, service.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+ROUTES = [Route(f"/api/{fn.__name__}", fn, methods=["GET"])
+          for fn in (status, cycles, documents, urls, vocab, forgetting, checkpoints, steps)]
+ROUTES.append(Route("/metrics", metrics, methods=["GET"]))

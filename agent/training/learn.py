@@ -1,0 +1,222 @@
+"""One learning run over a backlog of documents: grow the tokenizer and the model, build
+batches in ledger order (agent/training/backlog.py), train on the ThreadedTrainingSystem until a
+step, time or backlog bound or a stop, with live progress, and evaluate.
+
+The continuous trainer runs one per cycle (`cllm train` is such a cycle); checkpoint files
+are agent/training/model_state.py's, the record of what was learned is the store's.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from agent.training.model_state import ModelState
+from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
+from engine.spheres import default_workers
+from engine.data import evaluate, pack
+from engine.distributed import RANK_TIMEOUT_S, Leader, world
+from engine.ema import EMA
+from engine.schedule import learning_rate
+from engine.warmup import compile_kernels
+
+log = logging.getLogger(__name__)
+STREAMS = 64    # documents read side by side (a batch's rows are drawn from them at random)
+
+
+@dataclass(frozen=True)
+class Doc:
+    uri: str
+    source: str
+    text: str
+
+
+@dataclass(frozen=True)
+class PlanDoc:
+    """A document a cycle learns from: its id, its training text (held-out tail cut off),
+    what the ledger counted before, and its budget in passes (None: read it round and round,
+    as `cllm train --steps N` does)."""
+    id: int
+    source: str
+    text: str
+    trained_bytes: int = 0
+    passes: Optional[float] = None
+
+
+@dataclass
+class LearnResult:
+    steps: int = 0
+    skipped: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    ended_by: str = ""                  # "steps", "time", "backlog", "stop" or "preempted"
+    loss_start: Optional[float] = None
+    loss_end: Optional[float] = None
+    val_loss: dict[str, float] = field(default_factory=dict)
+    new_token_ids: list[int] = field(default_factory=list)
+    new_bytes: dict[int, int] = field(default_factory=dict)      # doc id -> backlog bytes trained
+    replay_bytes: dict[int, int] = field(default_factory=dict)   # doc id -> replayed bytes
+    trainable_bytes: dict[int, int] = field(default_factory=dict)  # of every document read
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def bytes_per_s(self) -> float:
+        return sum(self.new_bytes.values()) / self.seconds if self.seconds > 0 else 0.0
+
+
+def split_heldout(text: str, fraction: float) -> tuple[str, str]:
+    """(training head, held-out tail `fraction` of the characters): the one split of a
+    document, the same every cycle, so forgetting compares like with like."""
+    cut = int(len(text) * (1.0 - fraction))
+    return text[:cut], text[cut:]
+
+
+def split_validation(docs: Sequence[Doc], fraction: float) -> tuple[list[Doc], dict[str, str]]:
+    """Every document's training head, and the held-out tails grouped by source."""
+    train: list[Doc] = []
+    held: dict[str, list[str]] = {}
+    for d in docs:
+        head, tail = split_heldout(d.text, fraction)
+        train.append(Doc(d.uri, d.source, head))
+        held.setdefault(d.source, []).append(tail)
+    return train, {src: "\n".join(parts) for src, parts in held.items()}
+
+
+def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
+          max_steps: Optional[int] = None, max_seconds: Optional[float] = None,
+          workers: Optional[int] = None, replay: Sequence[PlanDoc] = (),
+          replay_fraction: float = 0.0, max_new_tokens: int = 1000,
+          more: Optional[Callable[[], Optional[PlanDoc]]] = None,
+          lr: Optional[Callable[[int], float]] = None,
+          heldout: Optional[dict[str, str]] = None, seed: int = 0,
+          progress: Optional[Callable[[int, float, float], None]] = None,
+          stop: Optional[Callable[[], Optional[str]]] = None) -> LearnResult:
+    """Learn vocabulary from the documents read for the first time, grow the model, then
+    train on the backlog of `docs` (then `more()`, loaded lazily) in ledger order, mixed
+    with `replay` (a `replay_fraction` share of rows), until `max_steps`, `max_seconds`, the
+    backlog's end or `stop()` (which returns why, e.g. "stop" or "preempted", or None).
+    `lr(step_in_cycle)` gives each step's learning rate (default: tcfg's schedule over the
+    model's life, engine.schedule); the EMA of the weights (tcfg.ema_decay) follows every
+    applied step. Evaluates the served model (the EMA) on `heldout` per source unless
+    stopped. Each applied step's targets are credited to the
+    documents they cover (LearnResult.new_bytes / replay_bytes)."""
+    from agent.training.backlog import BacklogReader, Batcher, ReplayReader, ledger_doc, token_byte_lengths
+
+    res = LearnResult()
+    model, tok = state.model, state.tokenizer
+    # numba compiles on first use (tens of seconds on a fresh install): done here, announced
+    # when it lasts, and outside the clock of tokens/s
+    compile_kernels(crystalline=tcfg.crystalline_weight > 0, optimizer=tcfg.optimizer,
+                    ema=tcfg.ema_decay is not None)
+    first_read = [d.text for d in docs if d.trained_bytes == 0]
+    if max_new_tokens > 0 and first_read:
+        res.new_token_ids = tok.learn(first_read, max_new_tokens=max_new_tokens)
+    if len(tok) > model.config.vocab_size:
+        model.grow_vocab(len(tok))
+        if state.optimizer is not None:
+            state.optimizer.grow(model.layout)
+        if state.ema is not None:
+            state.ema.grow(model.layout, model.params)
+    if tcfg.ema_decay is None:
+        state.ema = None
+    elif state.ema is None:
+        state.ema = EMA(model.params, model.layout, tcfg.ema_decay)
+    else:
+        state.ema.decay = tcfg.ema_decay
+    if state.optimizer is None or state.optimizer.cfg != tcfg:
+        old = state.optimizer
+        state.optimizer = Optimizer(model.layout, tcfg)
+        if old is not None and old.cfg.optimizer == tcfg.optimizer:
+            for k, arr in old.state().items():
+                state.optimizer.state()[k][...] = arr
+            state.optimizer.t = old.t
+    lengths = token_byte_lengths(tok)
+
+    def tokenised(d: PlanDoc):
+        ld = ledger_doc(d.id, d.source, d.text, tok, lengths, d.trained_bytes, d.passes)
+        res.trainable_bytes[d.id] = ld.trainable_bytes
+        return ld
+
+    def next_more():
+        d = more() if more is not None else None
+        return None if d is None else tokenised(d)
+
+    T, B = model.config.context, tcfg.batch_size
+    reader = BacklogReader([tokenised(d) for d in docs], T, max(B, STREAMS), tok.eod_id,
+                           more=next_more if more is not None else None, seed=seed + 2)
+    rep = ReplayReader([tokenised(d) for d in replay], T, tok.eod_id, seed + 1) \
+        if replay and replay_fraction > 0 else None
+    for d in replay:
+        res.trainable_bytes.pop(d.id, None)    # replay does not change their ledger
+    batcher = Batcher(reader, rep, B, replay_fraction, seed)
+    if lr is None:
+        scfg, start, planned = tcfg.schedule_config(), state.step, tcfg.total_steps or max_steps
+
+        def lr(i: int) -> float:
+            return learning_rate(scfg, start + i, i, planned or i + 1)
+    t0 = time.perf_counter()
+    # under mpiexec, rank 0 (this process) leads the other ranks through the cycle
+    group = world()
+    n_workers = workers if workers is not None else default_workers()
+    leader = Leader(group, model, tcfg, state.optimizer, n_workers) if group else None
+    extra = {"group": group, "watchdog_timeout": RANK_TIMEOUT_S} if group else {}
+    with ThreadedTrainingSystem(model, tcfg, n_workers=n_workers, optimizer=state.optimizer,
+                                **extra) as system:
+        try:
+            while True:
+                if max_steps is not None and res.steps >= max_steps:
+                    res.ended_by = "steps"
+                    break
+                if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                    res.ended_by = "time"
+                    break
+                why = stop() if stop is not None else None
+                if why:
+                    res.ended_by = why
+                    break
+                batch = batcher.next()
+                if batch is None:
+                    res.ended_by = "backlog"
+                    break
+                step_lr = lr(res.steps)
+                if leader is not None:
+                    leader.step(batch.inputs, batch.targets, step_lr)
+                r = system.train_step(batch.inputs, batch.targets, lr=step_lr)
+                res.steps += 1
+                res.skipped += int(r.skipped)
+                res.tokens += r.tokens
+                if not r.skipped:               # only applied steps count in the ledger
+                    res.losses.append(r.loss)
+                    for into, got in ((res.new_bytes, batch.new), (res.replay_bytes, batch.replay)):
+                        for doc, n in got.items():
+                            into[doc] = into.get(doc, 0) + n
+                    if state.ema is not None:
+                        state.ema.update(model.params)
+                if progress is not None:
+                    progress(res.steps, r.loss, r.lr)
+        except BaseException as e:
+            if group is not None:   # the other ranks wait in this cycle's collectives
+                group.abort(f"rank 0 failed in step {res.steps} of the cycle: {e!r}")
+            raise
+        if leader is not None:
+            leader.end(system)              # and every rank's parameters agree with ours
+    res.seconds = time.perf_counter() - t0
+    state.step += res.steps
+    if res.losses:
+        k = max(1, min(10, len(res.losses) // 5))
+        res.loss_start = float(np.mean(res.losses[:k]))
+        res.loss_end = float(np.mean(res.losses[-k:]))
+    if res.ended_by != "stop" and heldout:
+        served = state.serving_model()
+        for source, text in heldout.items():
+            v = evaluate(served, pack([tok.encode(text)], tok.eod_id))
+            if v is not None:
+                res.val_loss[source] = v
+    return res

@@ -1,0 +1,162 @@
+"""A data directory's model: the state a checkpoint holds (model, tokenizer, optimizer, step,
+cycle) and where its files live: `checkpoints/ckpt-NNNNNN.safetensors` next to the
+tokenizer state it was trained with (`ckpt-NNNNNN.tokenizer.json`, whose SHA-256 the
+checkpoint records).
+
+Which checkpoint is the latest, and whether its file is the one committed, is the store's
+record: every reader (the agent, `cllm generate`, `cllm neighbours`, the server) loads through
+`recorded_checkpoints` / `load_recorded_model_state`, which check the file against the SHA-256
+its row holds. Training lives in agent/training/learn.py. Once a cycle's checkpoint row is
+committed, `announce_checkpoint` writes `checkpoints/committed.json` for servers beside the
+agent (a file event instead of polling the store).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from engine import Model, Optimizer, preset
+from engine.atomic import atomic_write_bytes
+from engine.ema import EMA
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.errors import CheckpointError, CllmError
+from engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+CKPT_RE = re.compile(r"^ckpt-(\d{6})\.safetensors$")
+TOKENIZER_RE = re.compile(r"^ckpt-(\d{6})\.tokenizer\.json$")
+
+
+@dataclass
+class ModelState:
+    """What a data directory's latest checkpoint holds, ready to train further."""
+    model: Model
+    tokenizer: Tokenizer
+    optimizer: Optional[Optimizer]
+    cycle: int
+    step: int
+    path: Optional[Path] = None
+    ema: Optional[EMA] = None        # an EMA of the weights, what generation serves
+
+    def serving_model(self) -> Model:
+        """The model generation and evaluation use: the EMA weights when there are any."""
+        return self.ema.model(self.model.config) if self.ema is not None else self.model
+
+
+def checkpoint_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "checkpoints"
+
+
+def checkpoint_path(data_dir: Path, cycle: int) -> Path:
+    return checkpoint_dir(data_dir) / f"ckpt-{cycle:06d}.safetensors"
+
+
+def tokenizer_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.name.replace(".safetensors", ".tokenizer.json"))
+
+
+def remove_checkpoint_files(ckpt: Path) -> list[Path]:
+    """Delete a checkpoint and the tokenizer file saved with it; returns those that existed."""
+    gone = []
+    for f in (Path(ckpt), tokenizer_path(Path(ckpt))):
+        if f.exists():
+            f.unlink()
+            gone.append(f)
+    return gone
+
+
+def checkpoint_files(data_dir: Path) -> list[Path]:
+    d = checkpoint_dir(data_dir)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if CKPT_RE.match(p.name))
+
+
+def load_model_state(ckpt: Path, expected_sha256: Optional[str] = None) -> ModelState:
+    """Load a checkpoint and the tokenizer saved with it (hash-checked both ways)."""
+    ck = load_checkpoint(ckpt, expected_sha256=expected_sha256)
+    tpath = tokenizer_path(ckpt)
+    if not tpath.exists():
+        raise CheckpointError(f"tokenizer file {tpath} for checkpoint {ckpt} is missing",
+                              "restore it or train from scratch")
+    tok = Tokenizer.load(tpath, expected_sha256=ck.tokenizer_sha256)
+    return ModelState(ck.model, tok, ck.optimizer, ck.cycle, ck.step, ckpt, ck.ema)
+
+
+@dataclass(frozen=True)
+class RecordedCheckpoint:
+    """A checkpoint row of the store: where its file is and the SHA-256 it was committed with."""
+    id: int
+    path: Path
+    sha256: str
+    cycle_id: Optional[int]
+    is_latest: bool
+
+
+def recorded_checkpoints(store) -> list[RecordedCheckpoint]:
+    """The store's checkpoints whose files retention kept: the latest first, then the
+    others newest first (the order a reader falls back in)."""
+    from store.queries import list_checkpoints
+
+    with store.session(read_only=True) as s:
+        rows = [RecordedCheckpoint(c.id, Path(c.path), c.sha256, c.cycle_id, bool(c.is_latest))
+                for c in list_checkpoints(s, newest_first=True, with_pruned=False)]
+    return sorted(rows, key=lambda r: not r.is_latest)  # stable: newest first otherwise
+
+
+def load_recorded_model_state(store, cycle: Optional[int] = None
+                              ) -> tuple[Optional[ModelState], Optional[RecordedCheckpoint]]:
+    """The latest recorded checkpoint whose file matches its row's SHA-256 (or the one of
+    cycle `cycle`), with its row; a file that does not match (edited in place, an older file
+    copied over it, truncated) is refused with a warning and the previous one is tried, as
+    the agent does. (None, None) when nothing recorded loads."""
+    rows = recorded_checkpoints(store)
+    if cycle is not None:
+        rows = [r for r in rows if r.cycle_id == cycle]
+        if not rows:
+            raise CheckpointError(f"no checkpoint of cycle {cycle} is kept",
+                                  "list them with: cllm history cycles")
+    for row in rows:
+        try:
+            return load_model_state(row.path, expected_sha256=row.sha256), row
+        except CllmError as e:
+            log.warning("refusing checkpoint %s: %s", row.path, e.one_line())
+    return None, None
+
+
+def new_model_state(preset_name: str, seed: int = 0, init: Optional[str] = None) -> ModelState:
+    cfg = preset(preset_name)
+    tok = Tokenizer(max_vocab=cfg.vocab_size)
+    mcfg = cfg.replace(vocab_size=len(tok), **({"init": init} if init else {}))
+    return ModelState(Model(mcfg, seed=seed), tok, None, 0, 0)
+
+
+def save_model_state(state: ModelState, data_dir: Path, cycle: int,
+                     extra: Optional[dict] = None) -> tuple[Path, str]:
+    """Write tokenizer then checkpoint (both atomic); returns (path, file SHA-256)."""
+    path = checkpoint_path(Path(data_dir).resolve(), cycle)   # recorded as an absolute path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state.tokenizer.save(tokenizer_path(path))
+    sha = save_checkpoint(path, state.model, state.optimizer,
+                          state.optimizer.cfg if state.optimizer else None, step=state.step,
+                          cycle=cycle, tokenizer_sha256=state.tokenizer.sha256, extra=extra,
+                          ema=state.ema)
+    state.cycle, state.path = cycle, path
+    return path, sha
+
+
+COMMIT_MARKER = "committed.json"   # in the checkpoints folder: the last committed checkpoint
+
+
+def announce_checkpoint(data_dir: Path, path: Path, sha256: str, cycle_id: Optional[int]) -> None:
+    """Write checkpoints/committed.json (atomically) once a checkpoint's row is committed:
+    the file event a server beside the agent waits for (it reads the store, not this file)."""
+    body = json.dumps({"path": str(path), "sha256": sha256, "cycle_id": cycle_id})
+    try:
+        atomic_write_bytes(checkpoint_dir(data_dir) / COMMIT_MARKER, body.encode())
+    except OSError as e:    # a signal for servers only: never fail a committed cycle over it
+        log.warning("could not write %s: %s", COMMIT_MARKER, e)

@@ -1,0 +1,64 @@
+"""The default data directory and the user config file (agent/datadir.py): the user's data
+and config homes, never the current folder. The autouse fixture of tests/conftest.py points
+HOME and the XDG homes at temporary folders."""
+import json
+import os
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from agent.cli import main
+
+
+def test_the_default_data_directory_is_the_user_data_directory_wherever_cllm_runs(
+        tmp_path, monkeypatch, _no_real_home):
+    home_data = Path(os.environ["XDG_DATA_HOME"]) / "cllm"
+    src = tmp_path / "notes"
+    src.mkdir()
+    (src / "a.txt").write_text("words to keep\n")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["crawl", str(src)], catch_exceptions=False)
+    assert r.exit_code == 0 and "added 1" in r.output, r.output
+    assert (home_data / "cllm.sqlite3").is_file() and not (tmp_path / "cllm-data").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = CliRunner().invoke(main, ["status"], catch_exceptions=False)
+    assert r.exit_code == 0 and f"data directory: {home_data}\n" in r.output, r.output
+    st = json.loads(CliRunner().invoke(main, ["status", "--json"]).output)
+    assert st["data_dir"] == str(home_data) and st["documents"] == {"pending": 1}
+    # $CLLM_DATA_DIR and --data-dir as before
+    monkeypatch.setenv("CLLM_DATA_DIR", str(tmp_path / "env-dir"))
+    r = CliRunner().invoke(main, ["status"])
+    assert r.exit_code == 1 and f"no store in {tmp_path / 'env-dir'}" in r.output
+    r = CliRunner().invoke(main, ["status", "--data-dir", str(home_data)])
+    assert r.exit_code == 0 and str(home_data) in r.output
+
+
+def test_help_shows_the_default_data_directory_as_the_user_data_directory():
+    r = CliRunner().invoke(main, ["status", "-h"])
+    assert "~/.local/share/cllm, the user data directory" in " ".join(r.output.split())
+
+
+def test_config_precedence_flags_env_data_dir_toml_user_toml_defaults(tmp_path, monkeypatch):
+    from agent.datadir import user_config_file
+    from agent.settings import resolve
+
+    user = user_config_file()
+    assert user == Path(os.environ["XDG_CONFIG_HOME"]) / "cllm" / "cllm.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text('[agent]\npreset = "tiny"\nmax-wait = 7\nmin-cycle-tokens = 11\n'
+                    'passes = 3\n')
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cllm.toml").write_text('[agent]\nmax-wait = 8\nmin-cycle-tokens = 12\n')
+    monkeypatch.setenv("CLLM_MIN_CYCLE_TOKENS", "13")
+    v = resolve({"passes": 4.0}, data)
+    assert (v["preset"], v["max_wait"], v["min_cycle_tokens"], v["passes"]) == (
+        "tiny", 8.0, 13, 4.0)        # user TOML < data-dir TOML < environment < flags
+    assert v["lr"] == 1e-3           # the table's default under all of them
+    # --config replaces the data directory's file, the user file still lies beneath it
+    other = tmp_path / "other.toml"
+    other.write_text("[agent]\nreplay-fraction = 0.5\n")
+    v = resolve({}, data, other)
+    assert (v["preset"], v["max_wait"], v["replay_fraction"]) == ("tiny", 7.0, 0.5)
