@@ -105,7 +105,7 @@ class ContinuousTrainer:
         self.arrivals = threading.Event()
         self.paused = threading.Event()    # set by the agent: end the cycle at a step boundary
         self.progress = progress          # (cycle_id, step, planned steps, loss)
-        # the store's trainer lease this process holds (agent/training/lease.py): every cycle's
+        # the store's trainer lease this process holds (agent/training/trainer_lease.py): every cycle's
         # commit checks it in its own transaction, so a process that lost it records nothing
         self.lease = None
         self.state: Optional[ModelState] = None
@@ -163,7 +163,8 @@ class ContinuousTrainer:
         self._roll_back(None, None, "rolled back: a fresh model was started (cllm train --fresh)")
 
     def _roll_back(self, cycle_id: Optional[int], ckpt_id: Optional[int], reason: str) -> None:
-        from store.queries import roll_back_cycles_after, set_latest_checkpoint
+        from store.checkpoints import set_latest_checkpoint
+        from store.cycles import roll_back_cycles_after
 
         with self.store.session() as s:
             done = roll_back_cycles_after(s, cycle_id, reason)
@@ -181,7 +182,7 @@ class ContinuousTrainer:
         Once the pending text is clearly past the token trigger it is not tokenised: the
         count is then a lower bound (every token holds at most MAX_TOKEN_BYTES bytes)."""
         from store.documents import pending_summary as store_pending
-        from store.queries import list_documents
+        from store.documents import list_documents
 
         tok = self._state().tokenizer
         if len(tok) != self._tok_cache_vocab:
@@ -202,7 +203,7 @@ class ContinuousTrainer:
 
     def learning(self) -> int:
         """Documents part-way through their budget: a backlog the next cycle continues."""
-        from store.queries import document_counts
+        from store.documents import document_counts
 
         with self.store.session(read_only=True) as s:
             return sum(c["documents"] for c in document_counts(s)
@@ -236,7 +237,8 @@ class ContinuousTrainer:
         a checkpoint soon; otherwise it continues the backlog in ledger order. None if
         nothing is left to learn."""
         from store.ledger import BACKLOG_STATUSES, backlog, document_horizon, fresh_documents
-        from store.queries import list_cycles, list_documents
+        from store.cycles import list_cycles
+        from store.documents import list_documents
 
         self.arrivals.clear()
         with self.store.session(read_only=True) as s:
@@ -277,7 +279,7 @@ class ContinuousTrainer:
                steps: Optional[int] = None, wrap: bool = False,
                texts: Optional[dict[int, str]] = None, horizon: int = 0
                ) -> Optional[CycleReport]:
-        from store.queries import start_cycle
+        from store.cycles import start_cycle
 
         st = self.settings
         state = self._state()
@@ -348,7 +350,7 @@ class ContinuousTrainer:
     def _capacity_bytes(self) -> float:
         """Backlog bytes a cycle is expected to train: the last cycle's rate times the cycle's
         length (a first guess before any cycle ran)."""
-        from store.queries import list_cycles
+        from store.cycles import list_cycles
 
         st = self.settings
         with self.store.session(read_only=True) as s:
@@ -437,8 +439,9 @@ class ContinuousTrainer:
         """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
         evaluations with forgetting, and the ledger (what it trained of each document)."""
         from store.ledger import record_cycle_credits
-        from store.queries import (finish_cycle, forgetting_by_source, record_checkpoint,
-                                   record_eval, record_vocab, vocab_size)
+        from store.checkpoints import record_checkpoint
+        from store.cycles import finish_cycle, forgetting_by_source, record_eval
+        from store.vocab import record_vocab, vocab_size
 
         st, tok = self.settings, self.state.tokenizer
         trained_ids = set(res.new_bytes)
@@ -540,7 +543,7 @@ class ContinuousTrainer:
         """Held-out tails per source: the tails of its earliest documents already read (by
         id), then of this cycle's (`new_tails`), up to HELDOUT_CHARS_PER_SOURCE. Earlier documents come
         first so a source's slice stays the same from cycle to cycle once it is full."""
-        from store.queries import list_documents
+        from store.documents import list_documents
 
         vf = self.settings.val_fraction
         budget: dict[str, float] = {}
@@ -569,14 +572,14 @@ class ContinuousTrainer:
 
     def _end_untrained(self, cycle_id: int, status: str, reason: str) -> None:
         """Close a cycle that trained nothing (the next one takes its documents)."""
-        from store.queries import finish_cycle
+        from store.cycles import finish_cycle
 
         with self.store.session() as s:
             finish_cycle(s, cycle_id, status=status, error=reason)
         log.info("cycle %s %s: %s", cycle_id, status, reason)
 
     def _fail(self, cycle_id: int, e: BaseException) -> None:
-        from store.queries import finish_cycle
+        from store.cycles import finish_cycle
 
         status = (CycleStatus.INTERRUPTED if isinstance(e, (CycleInterrupted, KeyboardInterrupt))
                   else CycleStatus.FAILED)

@@ -19,7 +19,7 @@ changes nothing, a changed page becomes a new version of its document (record_te
 or 410 marks its document deleted. Scheduling re-crawls is the caller's (the agent's timer).
 
 Everything interruptible waits on `stop_event`. The crawler does not run JavaScript, and
-writes no SQL (store.urls and store.targets do).
+writes no SQL (store.frontier and store.targets do).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from agent.inputs.text import DEFAULT_MAX_FILE_BYTES, Refused, decode_text
 from agent.web.urls import canonical_url, origin, scheme_of
 from engine.errors import CllmError
 from store import targets as target_store
-from store import urls as url_store
+from store import frontier
 from store.documents import Outcome
 from store.lease import new_holder_id
 from store.models import TargetKind, UrlStatus, utcnow
@@ -235,7 +235,7 @@ class Crawler:
     def _crawl_one(self, url: str, report: CrawlReport, *, source: str, target_id: int | None) -> list[str]:
         """Fetch, extract, store and record one URL; returns the links to follow."""
         with self.store.session(read_only=True) as s:
-            stored = url_store.validators(s, url)  # a stored page is re-fetched conditionally
+            stored = frontier.validators(s, url)  # a stored page is re-fetched conditionally
         try:
             resp = self.fetcher.fetch(url, stored)
         except FetchFailed as f:
@@ -244,7 +244,7 @@ class Crawler:
                 doc_id = self.ingestor.refuse(url, f.reason, source=source, target_id=target_id).document_id
             if f.http_status in (404, 410):  # gone from its site: its document is deleted
                 with self.store.session() as s:
-                    gone = url_store.forget_page(s, url, reason=f"removed from its site ({f.reason})")
+                    gone = frontier.forget_page(s, url, reason=f"removed from its site ({f.reason})")
                 if gone:
                     report.add(url, "deleted", f.reason)
             self._record(url, f.status, http_status=f.http_status, reason=f.reason, document_id=doc_id)
@@ -252,7 +252,7 @@ class Crawler:
             return []
         if resp.status == 304:  # not modified: nothing is read, stored or changed
             with self.store.session() as s:
-                url_store.mark_unchanged(s, url)
+                frontier.mark_unchanged(s, url)
             log.debug("unchanged (304) %s", url)
             report.add(url, "unchanged")
             return []
@@ -301,9 +301,9 @@ class Crawler:
     def _claim(self, url: str, fresh_after, depth: int) -> bool:
         """Whether this crawler fetches the URL now: not handled for good by an earlier run
         (since `fresh_after` if given; failures and policy outcomes are retried) and not
-        being fetched by another crawler of the store (store.urls.claim_url)."""
+        being fetched by another crawler of the store (store.frontier.claim_url)."""
         with self.store.session() as s:
-            return url_store.claim_url(s, url, self.holder, self.claim_ttl,
+            return frontier.claim_url(s, url, self.holder, self.claim_ttl,
                                        fresh_after=fresh_after, depth=depth)
 
     def _frontier_left(self, start: str, fresh_after, unclaimed: bool = False
@@ -311,10 +311,10 @@ class Crawler:
         """URLs of this origin that an earlier crawl (or another crawler) found but did not
         fetch, and (with `fresh_after`) those fetched before it, with their depth."""
         with self.store.session(read_only=True) as s:
-            found = url_store.queued_under(s, origin(start), max_depth=self.max_depth,
+            found = frontier.queued_under(s, origin(start), max_depth=self.max_depth,
                                            unclaimed=unclaimed)
             if fresh_after is not None:
-                found += url_store.due_under(s, origin(start), max_depth=self.max_depth,
+                found += frontier.due_under(s, origin(start), max_depth=self.max_depth,
                                              fetched_before=fresh_after)
         return [(u, depth) for u, depth in found if u != start]
 
@@ -322,7 +322,7 @@ class Crawler:
         """Persist the frontier, so a crawl that stops early resumes instead of losing it."""
         if links:
             with self.store.session() as s:
-                url_store.queue_urls(s, links, depth)
+                frontier.queue_urls(s, links, depth)
 
     def _record(self, url: str, status: str, *, http_status: int | None = None, reason: str | None = None,
                 document_id: int | None = None, also: str | None = None,
@@ -331,7 +331,7 @@ class Crawler:
         the validators of the page stored (none: a later re-fetch is unconditional)."""
         with self.store.session() as s:
             for u in dict.fromkeys([url, also or url]):
-                url_store.record_url(s, u, status=status, http_status=http_status, document_id=document_id,
+                frontier.record_url(s, u, status=status, http_status=http_status, document_id=document_id,
                                      reason=reason, validators=validators)
         log.debug("%s %s%s", status, url, f": {reason}" if reason else "")
 

@@ -15,7 +15,7 @@ a step boundary (its documents stay pending), and the store is left consistent.
 
 The data-directory lock (`cllm.lock`, an flock the kernel drops when the process dies)
 keeps a second agent out of the directory; it records the running agent's pid for `cllm
-status`. The store's trainer lease (agent/training/lease.py) keeps a second agent from training the
+status`. The store's trainer lease (agent/training/trainer_lease.py) keeps a second agent from training the
 same database from another directory or machine.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Optional
 
 from agent.datadir import DataDirLock
 from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted
-from agent.training.lease import TrainerLease
+from agent.training.trainer_lease import TrainerLease
 from agent.settings import AgentConfig
 from engine.errors import CllmError, ConfigError
 from store import open_store
@@ -49,12 +49,12 @@ def recrawl_wait(store, urls: list[str], interval: float) -> float:
     import datetime as dt
 
     from agent.web.urls import canonical_url
-    from store import urls as url_store
+    from store import frontier
     from store.models import utcnow
 
     now = utcnow()
     with store.session(read_only=True) as s:
-        last = [url_store.last_fetched(s, canonical_url(u)) or now for u in urls]
+        last = [frontier.last_fetched(s, canonical_url(u)) or now for u in urls]
     due = min(last) + dt.timedelta(seconds=interval)
     return max((due - now).total_seconds(), min(interval, MIN_RECRAWL_WAIT_S))
 

@@ -12,7 +12,7 @@ So `cllm status` from any folder finds the agent that `cllm agent` started from 
 One agent runs per data directory: `DataDirLock` holds an exclusive flock on
 `DATA_DIR/cllm.lock` (the kernel drops it when the process dies) with the owner's pid in
 it, which `holder_pid` reads for `cllm status`. The store's trainer lease
-(agent/training/lease.py) keeps a second agent from training the same database from
+(agent/training/trainer_lease.py) keeps a second agent from training the same database from
 another directory or machine.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from agent.training.lease import AgentLocked
+from agent.training.trainer_lease import AgentLocked
 from engine.errors import CllmError
 
 APP = "cllm"

@@ -28,7 +28,8 @@ def jsonable(v):
 
 
 def cycle_rows(session) -> list[dict]:
-    from store.queries import list_checkpoints, list_cycles
+    from store.checkpoints import list_checkpoints
+    from store.cycles import list_cycles
 
     ckpts = {c.cycle_id: c for c in list_checkpoints(session)}  # a cycle's last checkpoint
     rows = []
@@ -51,7 +52,7 @@ def cycle_rows(session) -> list[dict]:
 
 def document_rows(session, status: Optional[str] = None, source: Optional[str] = None,
                   cycle_id: Optional[int] = None, limit: Optional[int] = None) -> list[dict]:
-    from store.queries import list_documents
+    from store.documents import list_documents
 
     rows = [{f: jsonable(getattr(d, f)) for f in DOCUMENT_FIELDS}
             for d in list_documents(session, status=status, source=source, cycle_id=cycle_id,
@@ -63,7 +64,7 @@ def document_rows(session, status: Optional[str] = None, source: Optional[str] =
 
 
 def url_rows(session, status: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
-    from store.urls import list_urls
+    from store.frontier import list_urls
 
     return [{f: jsonable(getattr(u, f)) for f in URL_FIELDS}
             for u in list_urls(session, status=status or None, limit=limit)]
@@ -72,7 +73,8 @@ def url_rows(session, status: Optional[str] = None, limit: Optional[int] = None)
 def vocab_rows(session, cycle_id: Optional[int] = None) -> tuple[list[dict], Optional[int]]:
     """(learned tokens with the cycle and document where each first appeared, the largest
     base-vocabulary id)."""
-    from store.queries import list_documents, load_vocab, vocab_delta
+    from store.documents import list_documents
+    from store.vocab import load_vocab, vocab_delta
 
     vocab = load_vocab(session)
     learned = (vocab_delta(session, cycle_id) if cycle_id is not None
@@ -88,7 +90,7 @@ def vocab_rows(session, cycle_id: Optional[int] = None) -> tuple[list[dict], Opt
 
 def checkpoint_rows(session, verify: bool = False) -> list[dict]:
     from engine.checkpoint import file_sha256
-    from store.queries import list_checkpoints
+    from store.checkpoints import list_checkpoints
 
     rows = [{"id": c.id, "cycle_id": c.cycle_id, "path": c.path, "sha256": c.sha256,
              "step": c.step, "vocab_size": c.vocab_size, "size_bytes": c.size_bytes,
@@ -102,7 +104,7 @@ def checkpoint_rows(session, verify: bool = False) -> list[dict]:
 
 
 def forgetting_rows(session, source: Optional[str] = None) -> list[dict]:
-    from store.queries import forgetting_by_source
+    from store.cycles import forgetting_by_source
 
     return [{k: e[k] for k in FORGETTING_FIELDS}
             for e in forgetting_by_source(session, source=source, by_cycle=True)]
@@ -110,7 +112,7 @@ def forgetting_rows(session, source: Optional[str] = None) -> list[dict]:
 
 def step_rows(session, cycle_id: Optional[int] = None) -> list[dict]:
     """The sampled per-step losses the trainer records, every cycle's (or one's)."""
-    from store.queries import list_cycles, step_metrics
+    from store.cycles import list_cycles, step_metrics
 
     ids = [cycle_id] if cycle_id is not None else [c.id for c in list_cycles(session)]
     return [{"cycle_id": m.cycle_id, "step": m.step, "loss": m.loss, "lr": m.lr,
@@ -128,8 +130,9 @@ def status_view(session, data_dir: Path, database: str) -> dict:
     from store.documents import pending_summary
     from store.ledger import backlog_status
     from store.models import CycleStatus
-    from store.queries import (count_cycles, document_counts, latest_checkpoint,
-                               latest_step_metric, list_cycles)
+    from store.checkpoints import latest_checkpoint
+    from store.cycles import count_cycles, latest_step_metric, list_cycles
+    from store.documents import document_counts
 
     running = next(iter(list_cycles(session, status=CycleStatus.RUNNING, limit=1)), None)
     current = None

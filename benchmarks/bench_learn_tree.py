@@ -109,7 +109,7 @@ def ledger_check(data_dir: Path, passes: float) -> dict:
 def commit_times(data_dir: Path, t0: float) -> list[tuple[float, str, int]]:
     """(seconds after the agent started, checkpoint path, cycle) of every checkpoint row."""
     from store import open_store
-    from store.queries import list_checkpoints
+    from store.checkpoints import list_checkpoints
 
     with open_store(data_dir) as store, store.session(read_only=True) as s:
         return [(c.created.timestamp() - t0, c.path, c.cycle_id) for c in list_checkpoints(s)]

@@ -1,4 +1,5 @@
-"""Crystalline CLLM store: SQLAlchemy models, engine factory, migrations and history queries.
+"""Crystalline CLLM store: SQLAlchemy models, engine factory, migrations, and the functions that
+write and read every table (the store owns all SQL).
 
     from store import open_store
     from store.documents import add_document
@@ -8,9 +9,13 @@
             doc, created = add_document(s, uri="file:///a.txt", source="notes", text="hi")
 
 Modules: `db` (the engine factory; the only SQLite-specific code), `models`, `migrate`
-(Alembic, applied on open), `core` (Store, open_store), `documents`, `urls`, `targets`,
-`queries` (cycles, vocabulary, checkpoints, evaluations, history). The store imports nothing
-from the agent or the engine; `cllm db` is agent/cli/db.py.
+(Alembic, applied on open), `core` (Store, open_store), `documents` (a document's lifecycle
+and reading documents back), `ledger` (what was trained of each document, the backlog),
+`cycles` (a cycle's row, step metrics, evaluations, rolling cycles back), `vocab` (the
+vocabulary's history), `checkpoints` (checkpoint rows, the latest one), `frontier` (the
+crawler's handled and queued URLs), `targets` (watch roots and crawl targets), `controls`
+(pause/resume and other user controls), `lease` (named leases: the single-trainer rule).
+The store imports nothing from the agent or the engine; `cllm db` is agent/cli/db.py.
 """
 from .core import Store, open_store
 from .errors import (DatabaseUnavailableError, NotADatabaseError, ReadOnlyDatabaseError,

@@ -433,3 +433,42 @@ def replay_sample(session: Session, n: int, *, exclude_ids: Sequence[int] = (),
         out += session.scalars(select(Document).where(Document.id.in_(chosen[i:i + _CHUNK]))
                                .order_by(Document.id).options(undefer(Document.text)))
     return out
+
+
+# ----------------------------------------------------------------------------- reading
+
+def list_documents(session: Session, status: Optional[str] = None,
+                   source: Optional[str] = None, cycle_id: Optional[int] = None,
+                   limit: Optional[int] = None, *, ids: Optional[Iterable[int]] = None,
+                   with_text: bool = False) -> list[Document]:
+    """Documents by id, filtered; their text is not loaded (it loads on access) unless
+    `with_text`. `ids`: only documents with these ids (any number of them)."""
+    q = select(Document).order_by(Document.id)
+    if status is not None:
+        q = q.where(Document.status == status)
+    if source is not None:
+        q = q.where(Document.source == source)
+    if cycle_id is not None:
+        q = q.where(Document.cycle_id == cycle_id)
+    if with_text:
+        q = q.options(undefer(Document.text))
+    if ids is None:
+        if limit is not None:
+            q = q.limit(limit)
+        return list(session.scalars(q))
+    wanted = sorted(set(ids))
+    out: list[Document] = []
+    for i in range(0, len(wanted), _CHUNK):  # chunks in id order: their rows are too
+        if limit is not None and len(out) >= limit:
+            break
+        out += session.scalars(q.where(Document.id.in_(wanted[i:i + _CHUNK])))
+    return out if limit is None else out[:limit]
+
+
+def document_counts(session: Session) -> list[dict]:
+    """[{"source", "status", "documents", "bytes", "tokens"}] ordered by source, status."""
+    q = (select(Document.source, Document.status, func.count(Document.id),
+                func.sum(Document.size_bytes), func.sum(Document.n_tokens))
+         .group_by(Document.source, Document.status).order_by(Document.source, Document.status))
+    return [{"source": s, "status": st, "documents": n, "bytes": int(b or 0),
+             "tokens": int(t or 0)} for s, st, n, b, t in session.execute(q)]

@@ -4,8 +4,9 @@ Crawl targets and watched roots, documents (content-addressed by SHA-256, with t
 for replay), the append-only vocabulary, training cycles with their step metrics, per-source
 evaluations and checkpoints, and the crawler's persisted URL dedupe. Times are timezone-aware
 UTC on every backend. Constraint names follow one naming convention so that migrations can
-drop them later. No behaviour lives here beyond column defaults: the functions in
-documents.py, urls.py, targets.py and queries.py do the work.
+drop them later. No behaviour lives here beyond column defaults and `get_row`: the functions in
+documents.py, ledger.py, cycles.py, vocab.py, checkpoints.py, frontier.py, targets.py,
+controls.py and lease.py do the work.
 """
 from __future__ import annotations
 
@@ -379,3 +380,11 @@ class Control(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     value: Mapped[dict[str, Any]]
     updated: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def get_row(session: Session, model, ident: int):
+    """The row of `model` with primary key `ident`, or a LookupError naming it."""
+    obj = session.get(model, ident)
+    if obj is None:
+        raise LookupError(f"no {model.__tablename__[:-1].replace('_', ' ')} with id {ident}")
+    return obj

@@ -115,7 +115,7 @@ FILESYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENO
 def exit_status(e: BaseException) -> int:
     """The exit status for an error a command reports in one line."""
     from agent.crawler import CrawlError
-    from agent.training.lease import AgentLocked
+    from agent.training.trainer_lease import AgentLocked
 
     if isinstance(e, AgentLocked):
         return EXIT_LOCKED

@@ -43,7 +43,7 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
 
     from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted, record_documents
     from agent.datadir import DataDirLock
-    from agent.training.lease import TrainerLease
+    from agent.training.trainer_lease import TrainerLease
     from agent.signals import stop_on_signals
     from agent.inputs.corpus import corpus_topics, read_docs
     from agent.training.model_state import new_model_state

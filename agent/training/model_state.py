@@ -100,7 +100,7 @@ class RecordedCheckpoint:
 def recorded_checkpoints(store) -> list[RecordedCheckpoint]:
     """The store's checkpoints whose files retention kept: the latest first, then the
     others newest first (the order a reader falls back in)."""
-    from store.queries import list_checkpoints
+    from store.checkpoints import list_checkpoints
 
     with store.session(read_only=True) as s:
         rows = [RecordedCheckpoint(c.id, Path(c.path), c.sha256, c.cycle_id, bool(c.is_latest))

@@ -42,7 +42,7 @@ class CycleProgress:
 
     def _record(self) -> None:
         """The last step's metrics, and the running cycle's progress (steps done / planned)."""
-        from store.queries import get_cycle, record_step_metrics
+        from store.cycles import get_cycle, record_step_metrics
 
         i, loss, lr = self.last
         self._recorded = i

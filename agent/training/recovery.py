@@ -25,7 +25,8 @@ def recover(store, data_dir: Path) -> list[Path]:
     """Mark cycles left running as interrupted; delete checkpoint and tokenizer files no
     row names (written by a cycle that never committed), files retention already marked
     pruned, and temporary files of writes that were killed. Returns the deleted files."""
-    from store.queries import interrupt_running_cycles, list_checkpoints, list_cycles
+    from store.checkpoints import list_checkpoints
+    from store.cycles import interrupt_running_cycles, list_cycles
 
     with store.session() as s:
         for c in list_cycles(s, status=CycleStatus.RUNNING):

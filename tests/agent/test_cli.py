@@ -176,7 +176,7 @@ def test_train_reads_the_files_crawl_accepts_under_the_same_source_names(tmp_pat
     (README, .org, .log included; ignored, binary and empty ones out) and the same sources."""
     from agent.inputs.corpus import read_docs
     from store import open_store
-    from store.queries import list_documents
+    from store.documents import list_documents
 
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)

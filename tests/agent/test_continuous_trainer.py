@@ -378,7 +378,7 @@ def test_retention_keeps_the_latest_k_and_one_per_hour_and_the_fallback_still_lo
 def test_retention_keeps_one_checkpoint_per_hour_of_history(env):
     import datetime as dt
     from store.ledger import checkpoints_to_prune
-    from store.queries import record_checkpoint
+    from store.checkpoints import record_checkpoint
 
     store, data = env
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

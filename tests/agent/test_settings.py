@@ -345,13 +345,13 @@ class RecordingEnviron(dict):
 
 def test_database_url_reaches_the_store_without_touching_the_environment(
         store_target, tmp_path, monkeypatch):
-    from store import queries
+    from store import cycles
 
     url = store_target.url or f"sqlite:///{tmp_path / 'elsewhere.sqlite3'}"
     from store import open_store
     with open_store(url=url) as st:
         with st.session() as s:
-            queries.finish_cycle(s, queries.start_cycle(s, trigger="tokens").id)
+            cycles.finish_cycle(s, cycles.start_cycle(s, trigger="tokens").id)
     environ = RecordingEnviron(os.environ)
     environ.pop("CLLM_DATABASE_URL", None)
     monkeypatch.setattr(os, "environ", environ)

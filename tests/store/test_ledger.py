@@ -9,7 +9,7 @@ import hashlib
 
 from sqlalchemy import select
 
-from store import ledger, queries
+from store import cycles, ledger
 from store.models import CycleDocument, Document
 
 
@@ -27,7 +27,7 @@ def add(s, name, size=1000, status="pending", first_seen=None):
 def test_credits_move_documents_to_learning_then_trained_at_the_budget(store):
     with store.session() as s:
         a, b = add(s, "a"), add(s, "b")
-        c1 = queries.start_cycle(s, trigger="tokens").id
+        c1 = cycles.start_cycle(s, trigger="tokens").id
         out = ledger.record_cycle_credits(s, c1, {a: (900, 0), b: (2000, 0)},
                                           {a: 900, b: 900}, passes=2.0)
         assert out["bytes_new"] == 2900 and out["completed"] == [b]
@@ -35,7 +35,7 @@ def test_credits_move_documents_to_learning_then_trained_at_the_budget(store):
         da, db = s.get(Document, a), s.get(Document, b)
         assert (da.status, da.trained_bytes, da.cycle_id) == ("learning", 900, c1)
         assert (db.status, db.trained_bytes) == ("trained", 2000)
-        c2 = queries.start_cycle(s, trigger="backlog").id
+        c2 = cycles.start_cycle(s, trigger="backlog").id
         out = ledger.record_cycle_credits(s, c2, {a: (900, 0), b: (0, 300)}, {a: 900}, 2.0)
         assert out == {"bytes_new": 900, "bytes_replay": 300, "documents": 2, "completed": [a]}
     with store.session() as s:
@@ -51,14 +51,14 @@ def test_credits_move_documents_to_learning_then_trained_at_the_budget(store):
 def test_rolling_a_cycle_back_takes_its_share_out_of_the_ledger(store):
     with store.session() as s:
         a, b = add(s, "a"), add(s, "b")
-        c1 = queries.start_cycle(s, trigger="tokens").id
+        c1 = cycles.start_cycle(s, trigger="tokens").id
         ledger.record_cycle_credits(s, c1, {a: (500, 0)}, {a: 900, b: 900}, 2.0)
-        queries.finish_cycle(s, c1, status="completed")
-        c2 = queries.start_cycle(s, trigger="backlog").id
+        cycles.finish_cycle(s, c1, status="completed")
+        c2 = cycles.start_cycle(s, trigger="backlog").id
         ledger.record_cycle_credits(s, c2, {a: (1300, 0), b: (400, 0)}, {a: 900, b: 900}, 2.0)
-        queries.finish_cycle(s, c2, status="completed")
+        cycles.finish_cycle(s, c2, status="completed")
     with store.session() as s:
-        done = queries.roll_back_cycles_after(s, c1, "rolled back")
+        done = cycles.roll_back_cycles_after(s, c1, "rolled back")
         assert done["cycles"] == [c2]
     with store.session() as s:
         da, db = s.get(Document, a), s.get(Document, b)
@@ -70,7 +70,7 @@ def test_rolling_a_cycle_back_takes_its_share_out_of_the_ledger(store):
 def test_a_changed_budget_re_sorts_trained_and_learning(store):
     with store.session() as s:
         a, b = add(s, "a"), add(s, "b")
-        c = queries.start_cycle(s, trigger="tokens").id
+        c = cycles.start_cycle(s, trigger="tokens").id
         ledger.record_cycle_credits(s, c, {a: (1800, 0), b: (1000, 0)}, {a: 900, b: 900}, 2.0)
     with store.session() as s:
         assert ledger.apply_budget(s, 3.0) == {"learning_again": 1, "trained": 0}
@@ -142,13 +142,13 @@ def test_rolling_back_the_only_training_of_a_superseded_version_makes_it_untrain
 
     with store.session() as s:
         one = record_text(s, uri="file:///f", source="t", text="one " * 50).document_id
-        c1 = queries.start_cycle(s, trigger="tokens").id
+        c1 = cycles.start_cycle(s, trigger="tokens").id
         ledger.record_cycle_credits(s, c1, {one: (100, 0)}, {one: 180}, 2.0)
-        queries.finish_cycle(s, c1, status="completed")
+        cycles.finish_cycle(s, c1, status="completed")
         two = record_text(s, uri="file:///f", source="t", text="two " * 50).document_id
         assert s.get(Document, one).reason == f"superseded by document {two} after training"
     with store.session() as s:
-        queries.roll_back_cycles_after(s, None, "rolled back")
+        cycles.roll_back_cycles_after(s, None, "rolled back")
     with store.session() as s:
         d = s.get(Document, one)
         assert (d.status, d.reason, d.trained_bytes, d.cycle_id) == (

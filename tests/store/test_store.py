@@ -153,7 +153,7 @@ def test_a_store_at_0001_with_rows_upgrades_and_keeps_working(store_target):
 
     from store.documents import is_duplicate, mark_deleted_under, record_text
     from store.migrate import alembic_config
-    from store.urls import queued_under, url_key
+    from store.frontier import queued_under, url_key
 
     with store_target.open(upgrade=False) as st:
         with st.engine.begin() as conn:

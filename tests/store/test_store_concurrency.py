@@ -18,8 +18,8 @@ from store import open_store
 from store.documents import add_document, add_documents
 from store.migrate import head_revision
 from store.models import Document, FetchedUrl
-from store.queries import list_documents
-from store.urls import record_url
+from store.documents import list_documents
+from store.frontier import record_url
 
 DURATION_S = 2.5
 FILLER = "lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 30  # ~1.7 KB

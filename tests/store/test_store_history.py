@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import IntegrityError
 
-from store import queries
+from store import checkpoints, cycles, documents, vocab
 from store.documents import (add_document, add_documents, content_sha256, mark_deleted, mark_failed,
                              mark_trained, pending_documents, pending_summary, record_refused,
                              replay_sample)
 from store.models import Checkpoint, Document
 from store.targets import add_target, disable_target, list_targets, remove_target
-from store.urls import get_url, record_url, url_seen
+from store.frontier import get_url, record_url, url_seen
 
 UTC = dt.timezone.utc
 
@@ -114,7 +114,7 @@ def test_refused_inputs_are_recorded_with_their_reason_once_per_uri(store):
         with pytest.raises(ValueError):
             record_refused(s, uri="x", source="s", reason="r", status="trained")
     with store.session(read_only=True) as s:
-        rows = queries.list_documents(s, status="skipped")
+        rows = documents.list_documents(s, status="skipped")
         assert [(d.uri, d.sha256, d.reason) for d in rows] == \
             [("file:///bin", None, "binary (again)")]
         assert rows[0].text is None
@@ -141,7 +141,7 @@ def test_the_training_queue_pending_trained_replay(store):
         assert summary["documents"] == 6 and summary["tokens"] == sum(range(10, 16))
         assert summary["oldest"] == min(d.first_seen for d in docs)
         assert summary["oldest"].tzinfo is not None
-        cycle = queries.start_cycle(s, trigger="tokens", workers=2)
+        cycle = cycles.start_cycle(s, trigger="tokens", workers=2)
     with store.session() as s:
         pending = pending_documents(s, limit=4)
         assert [d.uri for d in pending] == ["d0", "d1", "d2", "d3"]
@@ -152,15 +152,15 @@ def test_the_training_queue_pending_trained_replay(store):
         assert mark_trained(s, ids, cycle.id) == 0  # a replayed document keeps its cycle
         assert mark_failed(s, [docs[5].id], "cannot tokenise") == 1
     with store.session(read_only=True) as s:
-        assert [d.uri for d in queries.list_documents(s, cycle_id=cycle.id)] == \
+        assert [d.uri for d in documents.list_documents(s, cycle_id=cycle.id)] == \
             ["d0", "d1", "d2", "d3"]
-        assert [d.uri for d in queries.list_documents(s, status="trained", source="a")] == \
+        assert [d.uri for d in documents.list_documents(s, status="trained", source="a")] == \
             ["d0", "d2"]
-        assert [d.uri for d in queries.list_documents(s, status="pending")] == ["d4"]
-        assert [d.reason for d in queries.list_documents(s, status="failed")] == \
+        assert [d.uri for d in documents.list_documents(s, status="pending")] == ["d4"]
+        assert [d.reason for d in documents.list_documents(s, status="failed")] == \
             ["cannot tokenise"]
-        assert len(queries.list_documents(s, limit=2)) == 2
-        counts = {(c["source"], c["status"]): c["documents"] for c in queries.document_counts(s)}
+        assert len(documents.list_documents(s, limit=2)) == 2
+        counts = {(c["source"], c["status"]): c["documents"] for c in documents.document_counts(s)}
         assert counts == {("a", "trained"): 2, ("a", "pending"): 1, ("b", "trained"): 2,
                           ("b", "failed"): 1}
         sample = replay_sample(s, 3, seed=7)
@@ -180,58 +180,58 @@ def test_the_training_queue_pending_trained_replay(store):
 
 def test_cycles_record_and_list(store):
     with store.session() as s:
-        c1 = queries.start_cycle(s, trigger="tokens", workers=2, schedule={"lr": 3e-4},
+        c1 = cycles.start_cycle(s, trigger="tokens", workers=2, schedule={"lr": 3e-4},
                                  vocab_size_before=256)
         assert c1.status == "running" and c1.id is not None
-        queries.record_step_metrics(s, c1.id, [{"step": 1, "loss": 5.0, "lr": 1e-4},
+        cycles.record_step_metrics(s, c1.id, [{"step": 1, "loss": 5.0, "lr": 1e-4},
                                                {"step": 2, "loss": 4.5, "grad_norm": 0.9}])
-        queries.finish_cycle(s, c1.id, docs_new=3, tokens=1200, steps=2, loss_start=5.0,
+        cycles.finish_cycle(s, c1.id, docs_new=3, tokens=1200, steps=2, loss_start=5.0,
                              loss_end=4.5, tokens_per_s=900.0, vocab_size_after=300)
-        c2 = queries.start_cycle(s, trigger="age")
-        c3 = queries.start_cycle(s, trigger="manual")
-        queries.finish_cycle(s, c2.id, status="failed", error="NaN loss")
+        c2 = cycles.start_cycle(s, trigger="age")
+        c3 = cycles.start_cycle(s, trigger="manual")
+        cycles.finish_cycle(s, c2.id, status="failed", error="NaN loss")
         with pytest.raises(TypeError):
-            queries.finish_cycle(s, c3.id, bogus=1)
+            cycles.finish_cycle(s, c3.id, bogus=1)
         with pytest.raises(LookupError):
-            queries.finish_cycle(s, 999)
+            cycles.finish_cycle(s, 999)
     with store.session() as s:
-        assert queries.interrupt_running_cycles(s) == 1
+        assert cycles.interrupt_running_cycles(s) == 1
     with store.session(read_only=True) as s:
-        cycles = queries.list_cycles(s)
-        assert [(c.id, c.status) for c in cycles] == [(c1.id, "completed"), (c2.id, "failed"),
+        rows = cycles.list_cycles(s)
+        assert [(c.id, c.status) for c in rows] == [(c1.id, "completed"), (c2.id, "failed"),
                                                       (c3.id, "interrupted")]
-        done = cycles[0]
+        done = rows[0]
         assert (done.docs_new, done.tokens, done.schedule) == (3, 1200, {"lr": 3e-4})
         assert done.finished >= done.started and done.finished.tzinfo is not None
-        assert [c.id for c in queries.list_cycles(s, limit=2)] == [c2.id, c3.id]
-        assert [c.id for c in queries.list_cycles(s, status="failed")] == [c2.id]
-        assert cycles[1].error == "NaN loss"
-        assert [(m.step, m.loss) for m in queries.step_metrics(s, c1.id)] == [(1, 5.0), (2, 4.5)]
+        assert [c.id for c in cycles.list_cycles(s, limit=2)] == [c2.id, c3.id]
+        assert [c.id for c in cycles.list_cycles(s, status="failed")] == [c2.id]
+        assert rows[1].error == "NaN loss"
+        assert [(m.step, m.loss) for m in cycles.step_metrics(s, c1.id)] == [(1, 5.0), (2, 4.5)]
 
 
 def test_forgetting_per_source(store):
     with store.session() as s:
         a, _ = add_document(s, uri="a", source="alpha", text="alpha text")
         b, _ = add_document(s, uri="b", source="beta", text="beta text")
-        c1 = queries.start_cycle(s, trigger="tokens")
+        c1 = cycles.start_cycle(s, trigger="tokens")
         mark_trained(s, [a.id], c1.id)
-        queries.record_eval(s, c1.id, "alpha", 2.0, n_tokens=100)
-        queries.finish_cycle(s, c1.id)
-        c2 = queries.start_cycle(s, trigger="tokens")
+        cycles.record_eval(s, c1.id, "alpha", 2.0, n_tokens=100)
+        cycles.finish_cycle(s, c1.id)
+        c2 = cycles.start_cycle(s, trigger="tokens")
         mark_trained(s, [b.id], c2.id)
-        queries.record_eval(s, c2.id, "alpha", 2.5, n_tokens=100)  # learned in c1: forgot 0.5
-        queries.record_eval(s, c2.id, "beta", 3.0, n_tokens=300)   # learned now: 0
-        queries.record_eval(s, c2.id, "gamma", 4.0)                # never learned: unknown
-        done = queries.finish_cycle(s, c2.id)
+        cycles.record_eval(s, c2.id, "alpha", 2.5, n_tokens=100)  # learned in c1: forgot 0.5
+        cycles.record_eval(s, c2.id, "beta", 3.0, n_tokens=300)   # learned now: 0
+        cycles.record_eval(s, c2.id, "gamma", 4.0)                # never learned: unknown
+        done = cycles.finish_cycle(s, c2.id)
     assert done.forgetting_mean == pytest.approx(0.25) and done.forgetting_max == pytest.approx(0.5)
     assert done.val_loss == pytest.approx((2.5 + 3.0 + 4.0) / 3)  # gamma's tokens unknown
     with store.session(read_only=True) as s:
-        rows = queries.forgetting_by_source(s)
+        rows = cycles.forgetting_by_source(s)
         assert [(r["source"], r["cycle_id"], r["forgetting"]) for r in rows] == [
             ("alpha", c1.id, 0.0), ("alpha", c2.id, pytest.approx(0.5)),
             ("beta", c2.id, 0.0), ("gamma", c2.id, None)]
-        assert [r["source"] for r in queries.forgetting_by_source(s, cycle_id=c1.id)] == ["alpha"]
-        assert [r["baseline_loss"] for r in queries.forgetting_by_source(s, source="alpha")] == \
+        assert [r["source"] for r in cycles.forgetting_by_source(s, cycle_id=c1.id)] == ["alpha"]
+        assert [r["baseline_loss"] for r in cycles.forgetting_by_source(s, source="alpha")] == \
             [2.0, 2.0]
 
 
@@ -239,56 +239,56 @@ def test_forgetting_per_source(store):
 
 def test_vocabulary_grows_append_only_with_deltas_per_cycle(store):
     with store.session() as s:
-        queries.record_vocab(s, [{"token_id": i, "token_bytes": bytes([i])} for i in range(256)])
+        vocab.record_vocab(s, [{"token_id": i, "token_bytes": bytes([i])} for i in range(256)])
         doc, _ = add_document(s, uri="d", source="s", text="the the the")
-        c1 = queries.start_cycle(s, trigger="tokens")
-        queries.record_vocab(s, [{"token_id": 256, "token_bytes": b"th", "left_id": 116,
+        c1 = cycles.start_cycle(s, trigger="tokens")
+        vocab.record_vocab(s, [{"token_id": 256, "token_bytes": b"th", "left_id": 116,
                                   "right_id": 104, "document_id": doc.id},
                                  {"token_id": 257, "token_bytes": b"the", "left_id": 256,
                                   "right_id": 101, "document_id": doc.id}], cycle_id=c1.id)
-        c2 = queries.start_cycle(s, trigger="tokens")  # learned nothing new
-        c3 = queries.start_cycle(s, trigger="tokens")
-        queries.record_vocab(s, [{"token_id": 258, "token_bytes": b" the"}], cycle_id=c3.id)
+        c2 = cycles.start_cycle(s, trigger="tokens")  # learned nothing new
+        c3 = cycles.start_cycle(s, trigger="tokens")
+        vocab.record_vocab(s, [{"token_id": 258, "token_bytes": b" the"}], cycle_id=c3.id)
         with pytest.raises(ValueError, match="append-only"):
-            queries.record_vocab(s, [{"token_id": 100, "token_bytes": b"x"}], cycle_id=c3.id)
+            vocab.record_vocab(s, [{"token_id": 100, "token_bytes": b"x"}], cycle_id=c3.id)
     with store.session(read_only=True) as s:
-        assert queries.vocab_size(s) == 259
-        assert queries.vocab_growth(s) == [
+        assert vocab.vocab_size(s) == 259
+        assert vocab.vocab_growth(s) == [
             {"cycle_id": None, "added": 256, "vocab_size": 256},
             {"cycle_id": c1.id, "added": 2, "vocab_size": 258},
             {"cycle_id": c2.id, "added": 0, "vocab_size": 258},
             {"cycle_id": c3.id, "added": 1, "vocab_size": 259}]
-        delta = queries.vocab_delta(s, c1.id)
+        delta = vocab.vocab_delta(s, c1.id)
         assert [(v.token_id, v.token_bytes, v.document_id) for v in delta] == [
             (256, b"th", doc.id), (257, b"the", doc.id)]
-        assert [v.token_bytes for v in queries.load_vocab(s)][-3:] == [b"th", b"the", b" the"]
+        assert [v.token_bytes for v in vocab.load_vocab(s)][-3:] == [b"th", b"the", b" the"]
 
 
 # ------------------------------------------------------------------------- checkpoints
 
 def test_checkpoints_one_latest_and_fallback(store):
     with store.session() as s:
-        c1 = queries.start_cycle(s, trigger="tokens")
-        k1 = queries.record_checkpoint(s, path="ck/1.safetensors", sha256="a" * 64, step=10,
+        c1 = cycles.start_cycle(s, trigger="tokens")
+        k1 = checkpoints.record_checkpoint(s, path="ck/1.safetensors", sha256="a" * 64, step=10,
                                        vocab_size=300, cycle_id=c1.id, size_bytes=1234)
-        k2 = queries.record_checkpoint(s, path="ck/2.safetensors", sha256="b" * 64, step=20,
+        k2 = checkpoints.record_checkpoint(s, path="ck/2.safetensors", sha256="b" * 64, step=20,
                                        vocab_size=310, cycle_id=c1.id)
-        assert queries.latest_checkpoint(s).id == k2.id
+        assert checkpoints.latest_checkpoint(s).id == k2.id
     with store.session() as s:  # k2 failed its hash: fall back to k1
-        queries.set_latest_checkpoint(s, k1.id)
+        checkpoints.set_latest_checkpoint(s, k1.id)
     with store.session(read_only=True) as s:
-        assert queries.latest_checkpoint(s).id == k1.id
-        assert [(k.id, k.is_latest) for k in queries.list_checkpoints(s)] == [
+        assert checkpoints.latest_checkpoint(s).id == k1.id
+        assert [(k.id, k.is_latest) for k in checkpoints.list_checkpoints(s)] == [
             (k1.id, True), (k2.id, False)]
-        assert [k.id for k in queries.list_checkpoints(s, newest_first=True, limit=1)] == [k2.id]
-        assert [k.step for k in queries.list_checkpoints(s, cycle_id=c1.id)] == [10, 20]
+        assert [k.id for k in checkpoints.list_checkpoints(s, newest_first=True, limit=1)] == [k2.id]
+        assert [k.step for k in checkpoints.list_checkpoints(s, cycle_id=c1.id)] == [10, 20]
     with pytest.raises(IntegrityError):  # the schema itself allows one latest only
         with store.session() as s:
             s.execute(sa.update(Checkpoint).values(is_latest=True))
     with store.session() as s:
-        assert queries.latest_checkpoint(s).id == k1.id
+        assert checkpoints.latest_checkpoint(s).id == k1.id
         with pytest.raises(LookupError):
-            queries.set_latest_checkpoint(s, 999)
+            checkpoints.set_latest_checkpoint(s, 999)
 
 
 # ------------------------------------------------------------------- URLs and targets
@@ -334,26 +334,25 @@ def test_crawl_targets_and_watched_roots(store):
 # ------------------------------------------------- options the continuous trainer uses
 
 def test_documents_by_id_with_their_text_in_id_order(store, monkeypatch):
-    import store.queries as q
-    monkeypatch.setattr(q, "_CHUNK", 2)  # several IN (...) chunks
+    monkeypatch.setattr(documents, "_CHUNK", 2)  # several IN (...) chunks
     with store.session() as s:
         docs = [add_document(s, uri=f"d{i}", source="ab"[i % 2], text=f"text {i}")[0]
                 for i in range(6)]
         ids = [d.id for d in docs]
     with store.session(read_only=True) as s:
-        got = queries.list_documents(s, ids=[ids[4], ids[0], ids[2], ids[4], ids[5], 10**9],
+        got = documents.list_documents(s, ids=[ids[4], ids[0], ids[2], ids[4], ids[5], 10**9],
                                      with_text=True)
         assert [d.uri for d in got] == ["d0", "d2", "d4", "d5"]
-        assert [d.uri for d in queries.list_documents(s, ids=ids, source="b", limit=2)] == \
+        assert [d.uri for d in documents.list_documents(s, ids=ids, source="b", limit=2)] == \
             ["d1", "d3"]
-        assert queries.list_documents(s, ids=[]) == []
+        assert documents.list_documents(s, ids=[]) == []
     assert [d.text for d in got] == ["text 0", "text 2", "text 4", "text 5"]  # loaded
 
 
 def test_replay_sample_with_its_own_draw(store):
     with store.session() as s:
         docs = [add_document(s, uri=f"d{i}", source="s", text=f"text {i}")[0] for i in range(5)]
-        c = queries.start_cycle(s, trigger="tokens")
+        c = cycles.start_cycle(s, trigger="tokens")
         mark_trained(s, [d.id for d in docs], c.id)
     seen = []
 
@@ -371,60 +370,60 @@ def test_mark_trained_retrain_records_the_cycle_on_every_listed_document(store):
     with store.session() as s:
         old, new, gone, bad = (add_document(s, uri=u, source="s", text=u)[0]
                                for u in ("old", "new", "gone", "bad"))
-        c1 = queries.start_cycle(s, trigger="tokens")
+        c1 = cycles.start_cycle(s, trigger="tokens")
         mark_trained(s, [old.id, gone.id], c1.id)
         mark_deleted(s, "gone")
         mark_failed(s, [bad.id], "nope")
-        c2 = queries.start_cycle(s, trigger="train", docs_new=4)
+        c2 = cycles.start_cycle(s, trigger="train", docs_new=4)
         ids = [old.id, new.id, gone.id, bad.id]
         assert mark_trained(s, ids, c2.id, retrain=True,
                             n_tokens={old.id: 3, new.id: 4, gone.id: 5, bad.id: 6}) == 1
     with store.session(read_only=True) as s:
-        assert queries.get_cycle(s, c2.id).docs_new == 4
+        assert cycles.get_cycle(s, c2.id).docs_new == 4
         assert [(d.uri, d.status, d.cycle_id, d.n_tokens)
-                for d in queries.list_documents(s, ids=ids)] == [
+                for d in documents.list_documents(s, ids=ids)] == [
             ("old", "trained", c2.id, 3), ("new", "trained", c2.id, 4),
             ("gone", "deleted", c2.id, 5), ("bad", "failed", c2.id, 6)]
     with store.session() as s:  # without retrain, an earlier cycle is kept (replay)
-        c3 = queries.start_cycle(s, trigger="tokens")
+        c3 = cycles.start_cycle(s, trigger="tokens")
         assert mark_trained(s, [old.id], c3.id, n_tokens={old.id: 7}) == 0
     with store.session(read_only=True) as s:
-        d = queries.list_documents(s, ids=[old.id])[0]
+        d = documents.list_documents(s, ids=[old.id])[0]
         assert (d.cycle_id, d.n_tokens) == (c2.id, 7)
 
 
 def test_evaluations_with_a_given_baseline_and_forgetting_by_cycle(store):
     with store.session() as s:
         a, _ = add_document(s, uri="a", source="alpha", text="alpha text")
-        c1 = queries.start_cycle(s, trigger="tokens")
+        c1 = cycles.start_cycle(s, trigger="tokens")
         mark_trained(s, [a.id], c1.id)
-        queries.record_eval(s, c1.id, "beta", 3.0)
-        queries.record_eval(s, c1.id, "alpha", 2.0)
-        c2 = queries.start_cycle(s, trigger="tokens")
-        kept = queries.record_eval(s, c2.id, "alpha", 2.5, derive_baseline=False)
-        given = queries.record_eval(s, c2.id, "beta", 3.5, baseline_loss=3.0,
+        cycles.record_eval(s, c1.id, "beta", 3.0)
+        cycles.record_eval(s, c1.id, "alpha", 2.0)
+        c2 = cycles.start_cycle(s, trigger="tokens")
+        kept = cycles.record_eval(s, c2.id, "alpha", 2.5, derive_baseline=False)
+        given = cycles.record_eval(s, c2.id, "beta", 3.5, baseline_loss=3.0,
                                     derive_baseline=False)
         assert (kept.baseline_loss, kept.forgetting) == (None, None)  # not derived: 2.0
         assert given.forgetting == pytest.approx(0.5)
     with store.session(read_only=True) as s:
         assert [(r["cycle_id"], r["source"]) for r in
-                queries.forgetting_by_source(s, by_cycle=True)] == [
+                cycles.forgetting_by_source(s, by_cycle=True)] == [
             (c1.id, "alpha"), (c1.id, "beta"), (c2.id, "alpha"), (c2.id, "beta")]
         assert [r["cycle_id"] for r in
-                queries.forgetting_by_source(s, source="beta", by_cycle=True)] == [c1.id, c2.id]
+                cycles.forgetting_by_source(s, source="beta", by_cycle=True)] == [c1.id, c2.id]
 
 
 def test_interrupting_running_cycles_can_keep_their_error(store):
     with store.session() as s:
-        c1 = queries.start_cycle(s, trigger="tokens")
-        c2 = queries.start_cycle(s, trigger="tokens")
-        queries.get_cycle(s, c1.id).error = "already explained"
+        c1 = cycles.start_cycle(s, trigger="tokens")
+        c2 = cycles.start_cycle(s, trigger="tokens")
+        cycles.get_cycle(s, c1.id).error = "already explained"
     with store.session() as s:
-        assert queries.interrupt_running_cycles(s, "stopped", keep_error=True) == 2
+        assert cycles.interrupt_running_cycles(s, "stopped", keep_error=True) == 2
     with store.session(read_only=True) as s:
-        assert [(c.status, c.error) for c in queries.list_cycles(s)] == [
+        assert [(c.status, c.error) for c in cycles.list_cycles(s)] == [
             ("interrupted", "already explained"), ("interrupted", "stopped")]
-        assert all(c.finished is not None for c in queries.list_cycles(s))
+        assert all(c.finished is not None for c in cycles.list_cycles(s))
 
 
 def test_a_target_longer_than_its_column_is_refused_on_every_backend(store):

@@ -10,8 +10,8 @@ from store.documents import (Outcome, is_duplicate, live_uris_under, mark_delete
                              record_refused, record_text, replay_sample)
 from store.ledger import backlog, record_cycle_credits
 from store.models import Document, FetchedUrl, UrlStatus
-from store.queries import start_cycle
-from store.urls import list_urls, queue_urls, queued_under, record_url, url_handled
+from store.cycles import start_cycle
+from store.frontier import list_urls, queue_urls, queued_under, record_url, url_handled
 
 
 def docs(s) -> list[tuple[str, str, int | None, str | None]]:

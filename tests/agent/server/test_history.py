@@ -42,7 +42,7 @@ def test_api_views_are_the_cli_json(serve, trained, path, cli):
 
 def test_api_steps_are_the_recorded_step_losses(serve, trained):
     from store import open_store
-    from store.queries import step_metrics
+    from store.cycles import step_metrics
 
     server = serve(trained)
     rows = httpx.get(server.url + "/api/steps").json()

@@ -11,7 +11,7 @@ from agent.cli import main
 from agent.training.model_state import (load_recorded_model_state, new_model_state,
                                recorded_checkpoints, save_model_state)
 from store import open_store
-from store.queries import record_checkpoint
+from store.checkpoints import record_checkpoint
 
 
 def _two_recorded_checkpoints(store, data_dir):

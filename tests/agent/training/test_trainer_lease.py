@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from agent.cli import main
 from agent.continuous_trainer import ContinuousTrainer
 from agent.daemon import Agent, AgentConfig
-from agent.training.lease import AgentLocked, TrainerLease
+from agent.training.trainer_lease import AgentLocked, TrainerLease
 from agent.settings import TrainerSettings
 from store import lease as store_lease, open_store
 from store.errors import LeaseLostError

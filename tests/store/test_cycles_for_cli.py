@@ -2,21 +2,21 @@
 SQL), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
-from store import queries
-from store.urls import list_urls, record_url
+from store import cycles
+from store.frontier import list_urls, record_url
 
 
 def test_count_cycles_counts_by_status(store):
     with store.session() as s:
-        assert queries.count_cycles(s) == 0
+        assert cycles.count_cycles(s) == 0
         for _ in range(3):
-            c = queries.start_cycle(s, trigger="tokens")
-        queries.finish_cycle(s, c.id, status="completed")
+            c = cycles.start_cycle(s, trigger="tokens")
+        cycles.finish_cycle(s, c.id, status="completed")
     with store.session(read_only=True) as s:
-        assert queries.count_cycles(s) == 3
-        assert queries.count_cycles(s, status="completed") == 1
-        assert queries.count_cycles(s, status="running") == 2
-        assert queries.count_cycles(s, status="failed") == 0
+        assert cycles.count_cycles(s) == 3
+        assert cycles.count_cycles(s, status="completed") == 1
+        assert cycles.count_cycles(s, status="running") == 2
+        assert cycles.count_cycles(s, status="failed") == 0
 
 
 def test_history_urls_lists_in_id_order_filtered_and_limited(store):

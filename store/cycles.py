@@ -1,25 +1,21 @@
-"""Training history: recording cycles, evaluations, vocabulary and checkpoints, and reading
-them back for `cllm history` and `cllm status`.
+"""Training cycles as the store records them: a cycle's row from start to finish (or
+interruption), its step metrics, its per-source evaluations and forgetting, and undoing
+completed cycles when the model is resumed from an earlier checkpoint.
 
 Every function takes a Session and neither commits nor opens one (the caller owns the
-transaction). Row-shaped results are ORM objects (Cycle, Document, VocabEntry, StepMetric,
-Checkpoint, EvalResult) belonging to that session; aggregates (vocab_growth,
-forgetting_by_source, document_counts) are lists of plain dicts, safe to hand anywhere.
-Lists come oldest first unless a function says otherwise. The crawler's URL rows are
-store/urls.py's, the ledger is store/ledger.py's.
+transaction). Rows are ORM objects of that session; aggregates are plain dicts. Lists come
+oldest first unless a function says otherwise.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import Session
 
-from .documents import _CHUNK
 from .models import (CYCLE_STATUSES, Checkpoint, Cycle, Document, EvalResult, StepMetric,
-                     VocabEntry, utcnow)
+                     VocabEntry, get_row, utcnow)
 
-# ----------------------------------------------------------------------------- cycles
 
 CYCLE_FIGURES = frozenset({
     "docs_new", "docs_replayed", "tokens", "steps", "schedule", "loss_start", "loss_end",
@@ -53,7 +49,7 @@ def finish_cycle(session: Session, cycle_id: int, *, status: str = "completed",
     unknown = set(figures) - CYCLE_FIGURES
     if unknown:
         raise TypeError(f"unknown cycle figures: {', '.join(sorted(unknown))}")
-    cycle = _get(session, Cycle, cycle_id)
+    cycle = get_row(session, Cycle, cycle_id)
     evals = session.scalars(select(EvalResult).where(EvalResult.cycle_id == cycle_id)).all()
     if evals and "val_loss" not in figures:
         weights = [e.n_tokens for e in evals]
@@ -135,8 +131,6 @@ def latest_step_metric(session: Session, cycle_id: int) -> Optional[StepMetric]:
                            .order_by(StepMetric.step.desc()).limit(1)).first()
 
 
-# ------------------------------------------------------------------- evaluation, forgetting
-
 def record_eval(session: Session, cycle_id: int, source: str, val_loss: float, *,
                 n_tokens: Optional[int] = None, baseline_loss: Optional[float] = None,
                 derive_baseline: bool = True) -> EvalResult:
@@ -181,115 +175,6 @@ def forgetting_by_source(session: Session, *, cycle_id: Optional[int] = None,
              "n_tokens": e.n_tokens} for e in session.scalars(q)]
 
 
-# ----------------------------------------------------------------------------- documents
-
-def list_documents(session: Session, status: Optional[str] = None,
-                   source: Optional[str] = None, cycle_id: Optional[int] = None,
-                   limit: Optional[int] = None, *, ids: Optional[Iterable[int]] = None,
-                   with_text: bool = False) -> list[Document]:
-    """Documents by id, filtered; their text is not loaded (it loads on access) unless
-    `with_text`. `ids`: only documents with these ids (any number of them)."""
-    q = select(Document).order_by(Document.id)
-    if status is not None:
-        q = q.where(Document.status == status)
-    if source is not None:
-        q = q.where(Document.source == source)
-    if cycle_id is not None:
-        q = q.where(Document.cycle_id == cycle_id)
-    if with_text:
-        q = q.options(undefer(Document.text))
-    if ids is None:
-        if limit is not None:
-            q = q.limit(limit)
-        return list(session.scalars(q))
-    wanted = sorted(set(ids))
-    out: list[Document] = []
-    for i in range(0, len(wanted), _CHUNK):  # chunks in id order: their rows are too
-        if limit is not None and len(out) >= limit:
-            break
-        out += session.scalars(q.where(Document.id.in_(wanted[i:i + _CHUNK])))
-    return out if limit is None else out[:limit]
-
-
-def document_counts(session: Session) -> list[dict]:
-    """[{"source", "status", "documents", "bytes", "tokens"}] ordered by source, status."""
-    q = (select(Document.source, Document.status, func.count(Document.id),
-                func.sum(Document.size_bytes), func.sum(Document.n_tokens))
-         .group_by(Document.source, Document.status).order_by(Document.source, Document.status))
-    return [{"source": s, "status": st, "documents": n, "bytes": int(b or 0),
-             "tokens": int(t or 0)} for s, st, n, b, t in session.execute(q)]
-
-
-# ---------------------------------------------------------------------------- crawled URLs
-
-# ---------------------------------------------------------------------------- vocabulary
-
-def record_vocab(session: Session, entries: Iterable[Mapping[str, Any]], *,
-                 cycle_id: Optional[int] = None) -> int:
-    """Append vocabulary entries: mappings with token_id, token_bytes and optionally
-    document_id, left_id, right_id. Ids must be new and increasing (the vocabulary is
-    append-only: ids are never reused). Returns how many were added."""
-    allowed = {"token_id", "token_bytes", "document_id", "left_id", "right_id"}
-    last = vocab_size(session) - 1
-    rows = []
-    for e in entries:
-        extra = set(e) - allowed
-        if extra:
-            raise TypeError(f"unknown vocabulary fields: {', '.join(sorted(extra))}")
-        if e["token_id"] <= last:
-            raise ValueError(f"token id {e['token_id']} is not new (the vocabulary ends at"
-                             f" {last}); ids are append-only")
-        last = e["token_id"]
-        rows.append(VocabEntry(cycle_id=cycle_id, **{**e, "token_bytes": bytes(e["token_bytes"])}))
-    session.add_all(rows)
-    session.flush()
-    return len(rows)
-
-
-def vocab_size(session: Session) -> int:
-    """One past the highest token id (0 for an empty vocabulary)."""
-    top = session.scalar(select(func.max(VocabEntry.token_id)))
-    return 0 if top is None else top + 1
-
-
-def load_vocab(session: Session) -> list[VocabEntry]:
-    return list(session.scalars(select(VocabEntry).order_by(VocabEntry.token_id)))
-
-
-def vocab_delta(session: Session, cycle_id: int) -> list[VocabEntry]:
-    """The tokens a cycle added, by id."""
-    return list(session.scalars(select(VocabEntry).where(VocabEntry.cycle_id == cycle_id)
-                                .order_by(VocabEntry.token_id)))
-
-
-def vocab_growth(session: Session) -> list[dict]:
-    """[{"cycle_id", "added", "vocab_size"}]: the base vocabulary (cycle_id None) if any,
-    then every cycle in order, with the size after it."""
-    counts = dict(session.execute(select(VocabEntry.cycle_id, func.count())
-                                  .group_by(VocabEntry.cycle_id)).all())
-    size = counts.pop(None, 0)
-    rows = [{"cycle_id": None, "added": size, "vocab_size": size}] if size else []
-    for cid in session.scalars(select(Cycle.id).order_by(Cycle.id)):
-        size += counts.get(cid, 0)
-        rows.append({"cycle_id": cid, "added": counts.get(cid, 0), "vocab_size": size})
-    return rows
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-def record_checkpoint(session: Session, *, path: str, sha256: str, step: int, vocab_size: int,
-                      cycle_id: Optional[int] = None, size_bytes: Optional[int] = None,
-                      latest: bool = True) -> Checkpoint:
-    """Record a written checkpoint file; by default it becomes the latest."""
-    ckpt = Checkpoint(path=str(path), sha256=sha256, step=step, vocab_size=vocab_size,
-                      cycle_id=cycle_id, size_bytes=size_bytes, is_latest=False)
-    session.add(ckpt)
-    session.flush()
-    if latest:
-        set_latest_checkpoint(session, ckpt.id)
-    return ckpt
-
-
 def roll_back_cycles_after(session: Session, cycle_id: Optional[int], reason: str) -> dict:
     """Undo, in the store, every completed cycle after `cycle_id` (all of them for None): the
     model was resumed from that cycle's checkpoint, so their training is lost. Their
@@ -322,39 +207,3 @@ def roll_back_cycles_after(session: Session, cycle_id: Optional[int], reason: st
                     .values(is_latest=False).execution_options(synchronize_session=False))
     session.expire_all()
     return {"cycles": ids, "documents": docs, "vocab": vocab}
-
-
-def set_latest_checkpoint(session: Session, checkpoint_id: int) -> Checkpoint:
-    """Make one checkpoint the latest (e.g. fall back after the newest failed its hash)."""
-    ckpt = _get(session, Checkpoint, checkpoint_id)
-    session.execute(update(Checkpoint)
-                    .where(Checkpoint.is_latest.is_(True), Checkpoint.id != checkpoint_id)
-                    .values(is_latest=False).execution_options(synchronize_session="fetch"))
-    ckpt.is_latest = True
-    session.flush()
-    return ckpt
-
-
-def latest_checkpoint(session: Session) -> Optional[Checkpoint]:
-    return session.scalars(select(Checkpoint).where(Checkpoint.is_latest.is_(True))).one_or_none()
-
-
-def list_checkpoints(session: Session, *, cycle_id: Optional[int] = None,
-                     newest_first: bool = False, limit: Optional[int] = None,
-                     with_pruned: bool = True) -> list[Checkpoint]:
-    """Checkpoint rows; `with_pruned=False` leaves out those whose file retention deleted."""
-    q = select(Checkpoint).order_by(Checkpoint.id.desc() if newest_first else Checkpoint.id)
-    if not with_pruned:
-        q = q.where(Checkpoint.pruned.is_(None))
-    if cycle_id is not None:
-        q = q.where(Checkpoint.cycle_id == cycle_id)
-    if limit is not None:
-        q = q.limit(limit)
-    return list(session.scalars(q))
-
-
-def _get(session: Session, model, ident: int):
-    obj = session.get(model, ident)
-    if obj is None:
-        raise LookupError(f"no {model.__tablename__[:-1].replace('_', ' ')} with id {ident}")
-    return obj
