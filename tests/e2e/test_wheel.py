@@ -8,7 +8,6 @@ package itself comes from the wheel, which the test checks.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -46,9 +45,11 @@ def wheel_venv(tmp_path_factory):
            if k != "PYTHONPATH" and not k.startswith("CLLM_")}
     env.update(HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"),
                XDG_CONFIG_HOME=str(home / ".config"), PIP_DISABLE_PIP_VERSION_CHECK="1")
-    # the installed setuptools builds it offline; without one, pip fetches it (small)
-    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
+    # with build isolation, as a user's pip builds it: pip fetches what [build-system] asks
+    # for (setuptools>=68, wheel) from the registry. The interpreter's own setuptools may be
+    # older and come without `wheel` (a fresh Python 3.11 has setuptools 65.5 and no wheel,
+    # which cannot build this project), so nothing installed by hand is used.
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
          "-w", tmp / "dist", src], tmp, env)
     wheel = next((tmp / "dist").glob("crystalline_cllm-*.whl"))
     venv = tmp / "venv"
