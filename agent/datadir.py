@@ -23,6 +23,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import platformdirs
+
 from agent.training.trainer_lease import AgentLocked
 from engine.errors import CllmError
 
@@ -32,14 +34,10 @@ LOCK_NAME = "cllm.lock"
 
 
 def default_data_dir() -> Path:
-    import platformdirs
-
     return Path(platformdirs.user_data_dir(APP, appauthor=False))
 
 
 def user_config_file() -> Path:
-    import platformdirs
-
     return Path(platformdirs.user_config_dir(APP, appauthor=False)) / CONFIG_NAME
 
 

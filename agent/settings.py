@@ -33,6 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
+import click
+
+from agent.datadir import user_config_file
+from agent.inputs.ingest import Ingestor
+from agent.inputs.paths import DEFAULT_EXCLUDES
+from agent.inputs.text import DEFAULT_MAX_FILE_BYTES
+from agent.web.fetch import MAX_BODY_BYTES
 from engine import PRESETS, TrainConfig
 from engine.errors import ConfigError
 
@@ -101,9 +108,6 @@ class Setting:
 def crawler_limits() -> str:
     """The crawler's own size limits (what `cllm agent` uses, and `cllm crawl` without
     --max-file-bytes), as its help shows them: its constants, not written again here."""
-    from agent.web.fetch import MAX_BODY_BYTES
-    from agent.inputs.text import DEFAULT_MAX_FILE_BYTES
-
     return f"the crawler's: {DEFAULT_MAX_FILE_BYTES} bytes a file, {MAX_BODY_BYTES} a page"
 
 
@@ -305,8 +309,6 @@ def options(command: str):
     Every flag defaults to None (a list flag to ()), so `resolve` can tell a given flag from
     the default; the help shows the default the command resolves to. A renamed setting's
     old flag is hidden and passed as `<old_name>__old`."""
-    import click
-
     def decorate(fn):
         fn = click.option("--config", type=click.Path(dir_okay=False, path_type=Path),
                           default=None,
@@ -341,8 +343,6 @@ def config_files(data_dir: Path, explicit: Optional[Path] = None) -> list[Path]:
     """The TOML files read, weakest first: the user config file (agent/datadir.py, if it
     exists), then `explicit` (--config), else $CLLM_CONFIG, else DATA_DIR/cllm.toml (if it
     exists). A named file that does not exist is an error."""
-    from agent.datadir import user_config_file
-
     if explicit is None and os.environ.get("CLLM_CONFIG"):
         explicit = Path(os.environ["CLLM_CONFIG"])
     if explicit is not None and not Path(explicit).is_file():
@@ -447,8 +447,6 @@ def _toml_values(doc: dict, path: Path, command: str) -> dict[str, tuple[Setting
 
 
 def _deprecated(s: Setting, used: str) -> None:
-    import click
-
     click.echo(f"warning: {used} is deprecated, it is {s.flag.removeprefix('--')} now "
                f"({s.flag}, {s.env}, TOML {s.key})", err=True)
 
@@ -574,14 +572,10 @@ class AgentConfig:
     trainer: TrainerSettings
 
     def path_filter_args(self) -> dict:
-        from agent.inputs.paths import DEFAULT_EXCLUDES
-
         return {"include": list(self.include) or None,
                 "exclude": DEFAULT_EXCLUDES + tuple(self.exclude)}
 
     def ingestor(self, store):
-        from agent.inputs.ingest import Ingestor
-
         return Ingestor(store, fallback_encoding=self.fallback_encoding,
                         follow_symlinks=self.follow_symlinks)
 

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Optional
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from .ledger import undo_cycle_credits
 from .models import (CYCLE_STATUSES, Checkpoint, Cycle, Document, EvalResult, StepMetric,
                      VocabEntry, get_row, utcnow)
 
@@ -183,8 +184,6 @@ def roll_back_cycles_after(session: Session, cycle_id: Optional[int], reason: st
     the cycles are marked failed with `reason`. What they trained leaves the ledger: their
     documents count those bytes no more and are pending or learning again. Returns what
     was changed."""
-    from .ledger import undo_cycle_credits
-
     q = select(Cycle.id).where(Cycle.status == "completed")
     if cycle_id is not None:
         q = q.where(Cycle.id > cycle_id)

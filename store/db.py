@@ -151,7 +151,7 @@ def _ensure_wal(cur: sqlite3.Cursor) -> None:
     if not path:                                  # in-memory: WAL does not apply
         return
     try:
-        import fcntl
+        import fcntl                              # POSIX only: elsewhere WAL is set unlocked
         lock = open(path + "-setup.lock", "a")
     except (ImportError, OSError):                # no flock, or a read-only folder
         cur.execute("PRAGMA journal_mode = WAL")

@@ -26,7 +26,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .models import FINAL_URL_STATUSES, FetchedUrl, UrlStatus, utcnow
+from .documents import mark_deleted
+from .lease import db_now
+from .models import FINAL_URL_STATUSES, Document, FetchedUrl, UrlStatus, utcnow
 
 FRONTIER_LIMIT = 100_000  # queued URLs one crawl takes back at most
 
@@ -78,7 +80,6 @@ def claim_url(session: Session, canonical_url: str, holder: str, ttl_s: float, *
     """Take the right to fetch the URL now for `holder` (until `ttl_s` seconds from now, or
     until its outcome is recorded). False when it was handled for good (since
     `fresh_after`, if given: see url_handled) or another crawler's claim on it holds."""
-    from .lease import db_now
 
     now = db_now(session)
     key = url_key(canonical_url)
@@ -108,8 +109,6 @@ def claim_url(session: Session, canonical_url: str, holder: str, ttl_s: float, *
 def forget_page(session: Session, canonical_url: str, reason: str) -> int:
     """The page at the URL is gone from its site (404/410): its document is marked deleted
     (store.documents.mark_deleted). Returns how many rows changed."""
-    from .documents import mark_deleted
-    from .models import Document
 
     row = get_url(session, canonical_url)
     if row is None or row.document_id is None:
@@ -200,7 +199,6 @@ def queued_under(session: Session, origin: str, *, max_depth: int,
                 FetchedUrl.url.startswith(origin + "/", autoescape=True),
                 or_(FetchedUrl.depth.is_(None), FetchedUrl.depth <= max_depth)))
     if unclaimed:
-        from .lease import db_now
 
         q = q.where(or_(FetchedUrl.claimed_by.is_(None), FetchedUrl.claim_expires <= db_now(session)))
     found = session.execute(q.order_by(FetchedUrl.id).limit(limit)).all()

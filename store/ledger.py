@@ -22,7 +22,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, undefer
 
 from .documents import _CHUNK, superseded_after_training, superseded_before_training
-from .models import Checkpoint, CycleDocument, Document, DocumentStatus, utcnow
+from .models import (Checkpoint, Cycle, CycleDocument, CycleStatus, Document, DocumentStatus,
+                     utcnow)
 
 BACKLOG_STATUSES = (DocumentStatus.PENDING, DocumentStatus.LEARNING)
 
@@ -279,7 +280,6 @@ def backlog_status(session: Session, *, default_passes: float = 2.0,
     """The backlog as `cllm status` shows it: `summary` at the budget of the latest cycle
     (else `default_passes`), with the learning rate of the recent completed cycles: tokens/s,
     backlog bytes/s and an ETA in seconds (None until a cycle measured the rate)."""
-    from .models import Cycle, CycleStatus
 
     cycles = list(session.scalars(select(Cycle).where(Cycle.status == CycleStatus.COMPLETED)
                                   .order_by(Cycle.id.desc()).limit(recent)))

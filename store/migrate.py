@@ -23,7 +23,8 @@ from alembic.script.revision import ResolutionError
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect
 
-from .db import (foreign_key_violations, foreign_keys_deferred_for_migration, read_only_engine,
+from .db import (create_store_engine, foreign_key_violations,
+                 foreign_keys_deferred_for_migration, read_only_engine, resolve_url,
                  take_migration_lock)
 from .errors import SchemaTooNewError, StoreError
 from .models import Base
@@ -113,7 +114,6 @@ def _refuse_unversioned_tables(conn: Connection, where: str) -> None:
 
 def _autogenerate(message: str) -> None:
     """Write a new revision: migrate a scratch SQLite db to head, diff it with the models."""
-    from .db import create_store_engine, resolve_url
     with tempfile.TemporaryDirectory() as tmp:
         engine = create_store_engine(resolve_url(tmp))
         upgrade(engine, tmp)
