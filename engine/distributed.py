@@ -12,6 +12,7 @@ skip decision are global: a NaN on any rank skips the step on every rank.
 Why Allreduce and not Reduce_scatter + Allgather: see README "Training on several
 machines"; `benchmarks/bench_mpi.py` measures both on the flat buffer.
 
+The settings ($CLLM_RANK_TIMEOUT, $CLLM_MPI_COMBINE) are read when used, not at import.
 Plain (non-MPI) runs never import mpi4py: `world()` looks at the launcher's environment
 first and returns None outside `mpiexec`.
 """
@@ -31,7 +32,18 @@ from engine.errors import CllmError
 log = logging.getLogger(__name__)
 # environment variables set by MPI launchers (Open MPI / PMIx, MPICH / Hydra, Slurm's PMI)
 LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS")
-RANK_TIMEOUT_S = float(os.environ.get("CLLM_RANK_TIMEOUT", "120"))
+
+
+def rank_timeout_s() -> float:
+    """Seconds a rank waits for the others at a step's barrier before it stops the job
+    ($CLLM_RANK_TIMEOUT, default 120)."""
+    return float(os.environ.get("CLLM_RANK_TIMEOUT", "120"))
+
+
+def combine_mode() -> str:
+    """How gradient segments are combined across ranks ($CLLM_MPI_COMBINE, one of MODES;
+    default "shard")."""
+    return os.environ.get("CLLM_MPI_COMBINE", "shard")
 
 
 class RankError(CllmError):
@@ -135,7 +147,6 @@ class RankGroup:
 # ---------------------------------------------------------------------------- combining
 
 MODES = ("shard", "allreduce")
-DEFAULT_MODE = os.environ.get("CLLM_MPI_COMBINE", "shard")
 
 
 class SegmentCombiner:
@@ -146,12 +157,12 @@ class SegmentCombiner:
       (parameters and AdamW moments), then Allgatherv of the updated parameters; the
       moments stay sharded during a cycle and are gathered at its end (`gather_all`);
     - "allreduce": one in-place Allreduce and the same whole-segment update on every rank.
-    Both give every rank the same parameters after each step."""
+    Both give every rank the same parameters after each step. `mode` None: combine_mode()."""
 
     def __init__(self, group: RankGroup, segments: list[tuple[int, int]],
                  mode: Optional[str] = None) -> None:
         self.group = group
-        self.mode = mode or DEFAULT_MODE
+        self.mode = mode or combine_mode()
         if self.mode not in MODES:
             raise CllmError(f"CLLM_MPI_COMBINE={self.mode!r} is not one of {', '.join(MODES)}",
                             "unset it (shard) or set allreduce")
@@ -277,7 +288,7 @@ def follow(group: RankGroup) -> int:
             optimizer = Optimizer(model.layout, tcfg)
         _share_state(group, model, optimizer)
         with ThreadedTrainingSystem(model, tcfg, n_workers=workers, optimizer=optimizer,
-                                    group=group, watchdog_timeout=RANK_TIMEOUT_S) as system:
+                                    group=group, watchdog_timeout=rank_timeout_s()) as system:
             while True:
                 ctl = group.bcast()
                 if ctl[0] == "end":

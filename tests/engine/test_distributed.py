@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import engine.distributed as dist
-from engine.distributed import mpiexec_path
+from engine.distributed import combine_mode, mpiexec_path, rank_timeout_s
 
 pytestmark = pytest.mark.slow
 PROGRAM = Path(__file__).parent / "mpi" / "ranks.py"
@@ -70,3 +70,12 @@ def test_a_plain_run_imports_no_mpi():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        cwd=Path(__file__).resolve().parents[2])
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_the_settings_are_read_when_used_not_at_import(monkeypatch):
+    monkeypatch.delenv("CLLM_RANK_TIMEOUT", raising=False)
+    monkeypatch.delenv("CLLM_MPI_COMBINE", raising=False)
+    assert rank_timeout_s() == 120.0 and combine_mode() == "shard"
+    monkeypatch.setenv("CLLM_RANK_TIMEOUT", "7.5")
+    monkeypatch.setenv("CLLM_MPI_COMBINE", "allreduce")
+    assert rank_timeout_s() == 7.5 and combine_mode() == "allreduce"
