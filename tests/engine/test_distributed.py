@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import engine.distributed as dist
-from engine.distributed import combine_mode, mpiexec_path, rank_timeout_s
+from engine.distributed import combine_mode, rank_timeout_s
+from tests.engine.mpi import mpiexec_path
 
 pytestmark = pytest.mark.slow
 PROGRAM = Path(__file__).parent / "mpi" / "ranks.py"
