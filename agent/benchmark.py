@@ -158,7 +158,8 @@ def mpi_scaling(preset: str = "base", batch: int = 8, workers: int = 1, rounds: 
     collectives per step. The other ranks follow (engine.distributed.follow)."""
     import engine
     from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
-    from engine.distributed import Leader, rank_timeout_s, world
+    from engine.distributed import Leader
+    from engine.mpi import rank_timeout_s, world
 
     group = world()
     cfg = engine.preset(preset)

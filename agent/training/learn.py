@@ -18,8 +18,9 @@ from agent.training.model_state import ModelState
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
 from engine.spheres import default_workers
 from engine.data import evaluate, pack
-from engine.distributed import Leader, rank_timeout_s, world
+from engine.distributed import Leader
 from engine.ema import EMA
+from engine.mpi import rank_timeout_s, world
 from engine.schedule import learning_rate
 from engine.warmup import compile_kernels
 
