@@ -24,9 +24,9 @@ from engine.config import ModelConfig, TrainConfig
 from engine.ema import EMA
 from engine.errors import CheckpointError
 from engine.model import Model
+from engine.numeric import all_finite
 from engine.optim import Optimizer
 from engine.params import ParamLayout
-from engine.prime_math import all_finite
 
 FORMAT = "cllm-checkpoint-1"
 

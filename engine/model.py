@@ -101,7 +101,7 @@ class Model:
             else:
                 v[...] = rng.normal(0.0, std, v.shape)
         if cfg.init == "lattice":
-            from engine.prime_math import lattice_embedding
+            from engine.lattice import lattice_embedding
             views["wte"][...] = lattice_embedding(cfg.vocab_size, cfg.d_model, std=std, seed=seed)
         return flat
 
@@ -222,7 +222,7 @@ class Model:
             return _NO_NEIGHBOURS_IDX, _NO_NEIGHBOURS_Q
         V = self.config.vocab_size
         if self._neighbours is None or self._neighbours[0] != V:
-            from engine.prime_math import neighbour_table
+            from engine.neighbours import neighbour_table
             idx, q = neighbour_table(V)
             self._neighbours = (V, np.ascontiguousarray(idx, np.int32),
                                 np.ascontiguousarray(q, np.float32))
