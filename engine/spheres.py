@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from engine import kernels as K
 from engine.config import TrainConfig
@@ -168,7 +169,6 @@ class ThreadedTrainingSystem:
 
         self._limiter = None
         if limit_blas_threads:
-            from threadpoolctl import threadpool_limits
             self._limiter = threadpool_limits(limits=1)
         self._threads = [threading.Thread(target=self._worker, args=(w,),
                                           name=f"cllm-sphere-{w}", daemon=True)
