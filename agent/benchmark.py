@@ -158,7 +158,8 @@ def mpi_scaling(preset: str = "base", batch: int = 8, workers: int = 1, rounds: 
     collectives per step. The other ranks follow (engine.distributed.follow)."""
     import engine
     from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
-    from engine.distributed import RANK_TIMEOUT_S, Leader, world
+    from engine.distributed import Leader
+    from engine.mpi import rank_timeout_s, world
 
     group = world()
     cfg = engine.preset(preset)
@@ -171,7 +172,7 @@ def mpi_scaling(preset: str = "base", batch: int = 8, workers: int = 1, rounds: 
     opt = Optimizer(model.layout, tcfg)
     leader = Leader(group, model, tcfg, opt, workers)
     spread = ThreadedTrainingSystem(model, tcfg, n_workers=workers, optimizer=opt, group=group,
-                                    watchdog_timeout=RANK_TIMEOUT_S)
+                                    watchdog_timeout=rank_timeout_s())
     one, many, coll = [], [], []
 
     def step():

@@ -266,24 +266,6 @@ def _piece_end(buf, p, hi, classes):
     return r
 
 
-@kernel
-def split_pieces(buf, ends, classes):
-    """Piece boundaries (int64[P+1], first 0) of the documents buf[ends[d-1]:ends[d]]."""
-    out = np.empty(buf.shape[0] + 1, np.int64)
-    out[0] = 0
-    k = 1
-    lo = 0
-    for d in range(ends.shape[0]):
-        hi = ends[d]
-        p = lo
-        while p < hi:
-            p = _piece_end(buf, p, hi, classes)
-            out[k] = p
-            k += 1
-        lo = hi
-    return out[:k].copy()
-
-
 # ---------------------------------------------------------------------------- encode
 
 @kernel

@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
 
 from engine.atomic import atomic_write_bytes
 from engine.config import ModelConfig, TrainConfig
 from engine.ema import EMA
 from engine.errors import CheckpointError
 from engine.model import Model
+from engine.numeric import all_finite
 from engine.optim import Optimizer
 from engine.params import ParamLayout
-from engine.prime_math import all_finite
 
 FORMAT = "cllm-checkpoint-1"
 
@@ -64,8 +66,6 @@ def save_checkpoint(path, model: Model, optimizer: Optional[Optimizer] = None,
     """Write a checkpoint atomically; returns the SHA-256 of the file's bytes. A model (or
     EMA) with NaN or Inf parameters is refused: a checkpoint is never the place a corruption
     lands."""
-    from safetensors.numpy import save
-
     if not all_finite(model.params):
         raise CheckpointError(f"refusing to write {path}: the model has NaN or Inf parameters",
                               "the previous checkpoint is intact; lower the learning rate")
@@ -115,9 +115,6 @@ def file_sha256(path) -> str:
 def load_checkpoint(path, expected_tokenizer_sha256: Optional[str] = None,
                     expected_sha256: Optional[str] = None) -> LoadedCheckpoint:
     """Load and verify a checkpoint; raises CheckpointError naming the file and the problem."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
-
     path = Path(path)
     hint = "use an earlier checkpoint or retrain; the file cannot be trusted"
     try:

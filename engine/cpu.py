@@ -12,6 +12,8 @@ import platform
 from pathlib import Path
 from typing import Optional
 
+import llvmlite.binding as llvm
+
 # flags of /proc/cpuinfo that decide which code paths are fast, in the order printed
 VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
                 "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
@@ -66,7 +68,6 @@ def describe(cpuinfo: Optional[str] = None) -> CpuInfo:
         elif key in ("flags", "Features") and not flags:
             flags = frozenset(value.split())
     try:
-        import llvmlite.binding as llvm
         target = llvm.get_host_cpu_name()
     except Exception:                          # noqa: BLE001 - informative only
         target = "unknown"

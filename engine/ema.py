@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine._jit import kernel
+from engine.model import Model
 from engine.params import ParamLayout, grow_flat
 
 
@@ -72,7 +73,6 @@ class EMA:
 
     def model(self, config):
         """A Model holding a copy of the EMA weights (for generation or evaluation)."""
-        from engine.model import Model
         if config.vocab_size != self.layout.shapes[0][0]:
             raise ValueError(f"config has vocab_size {config.vocab_size}, the EMA "
                              f"{self.layout.shapes[0][0]}")

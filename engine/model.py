@@ -17,6 +17,10 @@ import numpy as np
 
 from engine import kernels as K
 from engine.config import ModelConfig
+from engine.decode import DecodeWeights
+from engine.generate import KVDecoder, sample_next
+from engine.lattice import lattice_embedding
+from engine.neighbours import neighbour_table
 from engine.params import ParamLayout, grow_flat
 
 _NO_NEIGHBOURS_IDX = np.zeros((1, 1), np.int32)
@@ -101,7 +105,6 @@ class Model:
             else:
                 v[...] = rng.normal(0.0, std, v.shape)
         if cfg.init == "lattice":
-            from engine.prime_math import lattice_embedding
             views["wte"][...] = lattice_embedding(cfg.vocab_size, cfg.d_model, std=std, seed=seed)
         return flat
 
@@ -222,7 +225,6 @@ class Model:
             return _NO_NEIGHBOURS_IDX, _NO_NEIGHBOURS_Q
         V = self.config.vocab_size
         if self._neighbours is None or self._neighbours[0] != V:
-            from engine.prime_math import neighbour_table
             idx, q = neighbour_table(V)
             self._neighbours = (V, np.ascontiguousarray(idx, np.int32),
                                 np.ascontiguousarray(q, np.float32))
@@ -339,7 +341,6 @@ class Model:
         """The weights laid out for decoding (engine.decode.DecodeWeights), copied once per
         set of parameter values: reused while the parameters are unchanged (checked by a
         fingerprint of their bits), made again after any update."""
-        from engine.decode import DecodeWeights
         w = self._decode_weights.get(kind)
         if w is None or not w.matches(self):
             w = self._decode_weights[kind] = DecodeWeights(self, kind)
@@ -365,7 +366,6 @@ class Model:
         last T/2 tokens (a sliding window). Generation stops early when the produced ids end
         with one of the `stop` sequences (the stop ids are yielded).
         """
-        from engine.generate import KVDecoder, sample_next
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise ValueError("generation needs a prompt of at least one token")

@@ -94,9 +94,3 @@ def learning_rate(cfg: ScheduleConfig, global_step: int, cycle_step: int,
         return peak
     progress = (k + 1) / n                                    # (0, 1]: min_lr on the last step
     return min(peak, cfg.min_lr + (cfg.lr - cfg.min_lr) * (1.0 - math.sqrt(progress)))
-
-
-def uses_plan(kind: str) -> bool:
-    """Whether the schedule needs the cycle's planned steps (a cycle cut short never gets the
-    end of its decay); "constant" does not."""
-    return kind != "constant"

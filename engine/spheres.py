@@ -22,6 +22,9 @@ clip, apply or skip), and waits for the segment-wise optimizer update (Point E).
 - The hierarchy is real bookkeeping: worker i sits at symmetry position i mod 12, level 1
   holds the first 12 spheres (children of Node Zero), level 2 the next 144 (12 children per
   level-1 sphere), and so on; `topology()` reports it with per-sphere statistics.
+- Across MPI ranks (`group`), worker w combines its segment with worker w of every other
+  rank through engine.mpi's SegmentCombiner; which batches the ranks train, and when, is
+  the cycle protocol of engine.distributed, above this module.
 """
 from __future__ import annotations
 
@@ -34,10 +37,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from engine import kernels as K
 from engine.config import TrainConfig
 from engine.errors import CllmError
+from engine.mpi import RankGroup, SegmentCombiner
 from engine.optim import Optimizer, clip_scale, lr_at
 
 SYMMETRY = 12
@@ -106,8 +111,8 @@ class ThreadedTrainingSystem:
 
     def __init__(self, model, train_config: TrainConfig, n_workers: Optional[int] = None,
                  optimizer: Optional[Optimizer] = None, watchdog_timeout: float = 300.0,
-                 limit_blas_threads: bool = True, group=None) -> None:
-        """`group` (engine.distributed.RankGroup): train across MPI ranks; every rank calls
+                 limit_blas_threads: bool = True, group: Optional[RankGroup] = None) -> None:
+        """`group` (engine.mpi.RankGroup): train across MPI ranks; every rank calls
         train_step with the same global batch and trains its shard of rows."""
         self.model = model
         self.cfg = train_config
@@ -158,14 +163,12 @@ class ThreadedTrainingSystem:
         self._group = group
         self._combiner = None
         if group is not None:
-            from engine.distributed import SegmentCombiner
             self._combiner = SegmentCombiner(group, self.segments)
         self._update_range = list(self.segments)   # what each worker updates (its shard)
         self._global = np.zeros(2, np.float64)
 
         self._limiter = None
         if limit_blas_threads:
-            from threadpoolctl import threadpool_limits
             self._limiter = threadpool_limits(limits=1)
         self._threads = [threading.Thread(target=self._worker, args=(w,),
                                           name=f"cllm-sphere-{w}", daemon=True)

@@ -22,6 +22,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from engine.config import ModelConfig, TrainConfig
+from engine.ema import EMA
+from engine.generate import BatchDecoder
+from engine.model import Model
+from engine.spheres import ThreadedTrainingSystem
+from engine.tokenizer import Tokenizer
+
 log = logging.getLogger(__name__)
 
 ANNOUNCE_AFTER_S = 3.0   # a warm cache loads in about a second; compiling takes far longer
@@ -75,9 +82,6 @@ def _once(key, warm: Callable[[], None], announce_after: float) -> float:
 
 
 def _tiny_model():
-    from engine.config import ModelConfig
-    from engine.model import Model
-
     global _WARM
     if _WARM is None:
         _WARM = ModelConfig(vocab_size=16, context=4, d_model=8, n_layers=1, n_heads=2)
@@ -87,7 +91,6 @@ def _tiny_model():
 def _tiny_decode() -> None:
     """Two greedy tokens of a throw-away tiny model with each kind of decode weights, and a
     step of a batch large enough for the BLAS path."""
-    from engine.generate import BatchDecoder
     model = _tiny_model()
     for kind in ("int8", "float32"):
         model.generate([1, 2], 2, temperature=0, weights=kind)
@@ -98,11 +101,6 @@ def _tiny_decode() -> None:
 
 def _tiny_step(crystalline: bool, optimizer: str, ema: bool) -> None:
     """One threaded training step of a throw-away tiny model, and the tokenizer's kernels."""
-    from engine.config import TrainConfig
-    from engine.ema import EMA
-    from engine.spheres import ThreadedTrainingSystem
-    from engine.tokenizer import Tokenizer
-
     tok = Tokenizer()
     quiet = _NotFromThisThread()
     logging.getLogger("engine.tokenizer").addFilter(quiet)   # no "learned 4 new tokens" line

@@ -41,7 +41,8 @@ def _join_mpi_job(ctx: click.Context) -> None:
     """Under `mpiexec -n R cllm ...`: rank 0 runs the command and leads the training; the
     other ranks follow its cycles and never run the command (nor import the store). A plain
     run imports no MPI at all."""
-    from engine.distributed import follow, shutdown, world
+    from engine.distributed import follow, shutdown
+    from engine.mpi import world
 
     group = world()
     if group is None:

@@ -262,7 +262,7 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, m
         raise ConfigError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
     if mpi:
         from agent.benchmark import mpi_scaling, mpi_table_lines
-        from engine.distributed import world
+        from engine.mpi import world
 
         if world() is None:
             raise ConfigError("--mpi measures an MPI job, and this is a single process",

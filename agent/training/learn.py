@@ -18,8 +18,9 @@ from agent.training.model_state import ModelState
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
 from engine.spheres import default_workers
 from engine.data import evaluate, pack
-from engine.distributed import RANK_TIMEOUT_S, Leader, world
+from engine.distributed import Leader
 from engine.ema import EMA
+from engine.mpi import rank_timeout_s, world
 from engine.schedule import learning_rate
 from engine.warmup import compile_kernels
 
@@ -166,7 +167,7 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     group = world()
     n_workers = workers if workers is not None else default_workers()
     leader = Leader(group, model, tcfg, state.optimizer, n_workers) if group else None
-    extra = {"group": group, "watchdog_timeout": RANK_TIMEOUT_S} if group else {}
+    extra = {"group": group, "watchdog_timeout": rank_timeout_s()} if group else {}
     with ThreadedTrainingSystem(model, tcfg, n_workers=n_workers, optimizer=state.optimizer,
                                 **extra) as system:
         try:

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from engine.checkpoint import load_checkpoint
-from engine.distributed import mpiexec_path
 from store import open_store
 from store.models import Cycle
+from tests.engine.mpi import mpiexec_path
 
 pytestmark = pytest.mark.slow
 MPIEXEC = [mpiexec_path(), "-n", "2", "--oversubscribe",

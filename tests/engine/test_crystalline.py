@@ -4,7 +4,7 @@ import pytest
 
 import engine
 from engine import Model, ThreadedTrainingSystem, TrainConfig
-from engine.prime_math import neighbour_table
+from engine.neighbours import neighbour_table
 from tests.engine.reference import mean_loss
 
 

@@ -68,8 +68,12 @@ def ref_pieces(text: str) -> list[str]:
 
 
 def kernel_pieces(text: str) -> list[str]:
+    """The pieces the compiled scanner (bpe._piece_end, as encoding runs it) cuts text into."""
     data = text.encode("utf-8", "surrogatepass")
-    cuts = bpe.split_pieces(np.frombuffer(data, np.uint8), np.array([len(data)]), bpe.char_classes())
+    buf, classes = np.frombuffer(data, np.uint8), bpe.char_classes()
+    cuts = [0]
+    while cuts[-1] < len(data):
+        cuts.append(bpe._piece_end(buf, cuts[-1], len(data), classes))
     return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(cuts[:-1], cuts[1:])]
 
 

@@ -1,4 +1,4 @@
-"""Programs run under `mpiexec -n R` by tests/engine/test_distributed.py (not collected by
+"""Programs run under `mpiexec -n R` by tests/engine/test_mpi.py (not collected by
 pytest: no test_ prefix). Each prints one `RESULT {...}` line on rank 0.
 
     mpiexec -n 2 python tests/engine/mpi/ranks.py equality WORKERS
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 import engine  # noqa: E402
 from engine import Model, ThreadedTrainingSystem, TrainConfig  # noqa: E402
-from engine.distributed import world  # noqa: E402
+from engine.mpi import world  # noqa: E402
 
 CFG = engine.tiny
 SGD = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, warmup_steps=0, grad_clip=1.0)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import engine.distributed as dist
-from engine.distributed import mpiexec_path
+from engine.mpi import LAUNCHER_SIZE_VARS, combine_mode, rank_timeout_s
+from tests.engine.mpi import mpiexec_path
 
 pytestmark = pytest.mark.slow
 PROGRAM = Path(__file__).parent / "mpi" / "ranks.py"
@@ -64,9 +64,18 @@ def test_a_rank_that_dies_or_hangs_stops_the_whole_job(kind):
 
 
 def test_a_plain_run_imports_no_mpi():
-    code = ("import sys, engine.distributed as d, agent.training.learn; "
-            "assert d.world() is None; assert 'mpi4py' not in sys.modules; print('ok')")
-    env = {k: v for k, v in os.environ.items() if k not in dist.LAUNCHER_SIZE_VARS}
+    code = ("import sys, engine.mpi as m, engine.distributed, agent.training.learn; "
+            "assert m.world() is None; assert 'mpi4py' not in sys.modules; print('ok')")
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_SIZE_VARS}
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        cwd=Path(__file__).resolve().parents[2])
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_the_settings_are_read_when_used_not_at_import(monkeypatch):
+    monkeypatch.delenv("CLLM_RANK_TIMEOUT", raising=False)
+    monkeypatch.delenv("CLLM_MPI_COMBINE", raising=False)
+    assert rank_timeout_s() == 120.0 and combine_mode() == "shard"
+    monkeypatch.setenv("CLLM_RANK_TIMEOUT", "7.5")
+    monkeypatch.setenv("CLLM_MPI_COMBINE", "allreduce")
+    assert rank_timeout_s() == 7.5 and combine_mode() == "allreduce"
