@@ -9,7 +9,7 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from store import lease, urls as url_store
+from store import frontier, lease
 from store.models import FetchedUrl, UrlStatus
 from tests.agent.helpers import page
 from tests.agent.test_crawler import crawler
@@ -58,7 +58,7 @@ def test_the_claims_of_a_dead_crawler_expire_and_pass_to_another(store, site):
     base = site.base
     with store.session() as s:                  # a crawler died holding claims on two pages
         for path in ("/p1", "/p2"):
-            assert url_store.claim_url(s, base + path, "dead-host:1:x", ttl_s=3600, depth=1)
+            assert frontier.claim_url(s, base + path, "dead-host:1:x", ttl_s=3600, depth=1)
     with crawler(store) as c:
         c.crawl(base + "/")
     hits = Counter(path for path, _, _ in site.hits)
@@ -75,10 +75,10 @@ def test_the_claims_of_a_dead_crawler_expire_and_pass_to_another(store, site):
 def test_a_claim_is_refused_while_another_holds_it_and_after_the_url_is_handled(store):
     url = "https://example.org/a"
     with store.session() as s:
-        assert url_store.claim_url(s, url, "one", 60)
-        assert not url_store.claim_url(s, url, "two", 60)
-        assert url_store.claim_url(s, url, "one", 60)        # its holder renews it
-        url_store.record_url(s, url, status=UrlStatus.FETCHED, http_status=200)
-        assert not url_store.claim_url(s, url, "two", 60)    # handled for good
+        assert frontier.claim_url(s, url, "one", 60)
+        assert not frontier.claim_url(s, url, "two", 60)
+        assert frontier.claim_url(s, url, "one", 60)        # its holder renews it
+        frontier.record_url(s, url, status=UrlStatus.FETCHED, http_status=200)
+        assert not frontier.claim_url(s, url, "two", 60)    # handled for good
         later = lease.db_now(s) + dt.timedelta(seconds=5)
-        assert url_store.claim_url(s, url, "two", 60, fresh_after=later)   # due for a re-crawl
+        assert frontier.claim_url(s, url, "two", 60, fresh_after=later)   # due for a re-crawl
