@@ -1,15 +1,15 @@
 """The OpenAI-compatible routes: /health, /v1/models, /v1/completions, /v1/chat/completions.
 
 Requests are checked field by field (`parse_completion`); a bad one gets 400 with one JSON
-error body naming the field. Each generation runs on a thread of a bounded executor (one
-per slot), handing its pieces to the event loop as they come, so the loop never blocks and
-a client that hangs up stops its generation at the next token; at most `concurrency`
-generations run at once, and a request that finds every slot taken waits up to
-`queue_timeout` seconds for one, else gets 429 with Retry-After.
+error body naming the field. At most `concurrency` generations run at once (`Slots`, the one
+bound: the batcher gets as many rows); a request that finds every slot taken waits up to
+`queue_timeout` seconds for one, else gets 429 with Retry-After. A generation's ids come
+from the checkpoint's batcher, whose decoding thread hands each one to the event loop, where
+it becomes text and goes to the client: the loop never blocks, and a client that hangs up
+ends its generation before the next token.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -265,8 +265,8 @@ async def _complete(request: Request, chat: bool) -> Response:
 
 
 async def start_generation(service, req: CompletionRequest):
-    """(checkpoint, text stream, run) of a validated request: the checkpoint it names (or
-    503), a generation slot (or 429), the prompt tokenised off the loop, the run started."""
+    """(checkpoint, text stream, generation) of a validated request: the checkpoint it names
+    (or 503), a generation slot (or 429), the prompt tokenised off the loop."""
     if req.checkpoint is None:
         ckpt = _ckpt_or_503(service)
     else:
@@ -278,19 +278,20 @@ async def start_generation(service, req: CompletionRequest):
         service.metrics.rejected()
         raise ApiError(429, f"all {service.slots.n} generation slots are busy; retry shortly",
                        "rate_limit_error", {"Retry-After": "1"})
-    cancel = threading.Event()
     try:   # tokenising a long prompt takes a while: off the loop too
-        ts = await anyio.to_thread.run_sync(TextStream, ckpt, req.prompt, req.sampling, cancel,
+        ts = await anyio.to_thread.run_sync(TextStream, ckpt, req.prompt, req.sampling, None,
                                             service.batcher(ckpt))
     except BaseException:
         service.slots.release()
         raise
-    return ckpt, ts, _Run(service, ts, cancel)
+    return ckpt, ts, _Run(service, ts)
 
 
 async def _acquire(slots: Slots, timeout: float) -> bool:
-    """Wait for a slot on a worker thread; a slot won by a request cancelled meanwhile
-    is given back."""
+    """Take a free slot at once, else wait for one on a worker thread; a slot won by a
+    request cancelled meanwhile is given back."""
+    if slots.acquire(0):
+        return True
     got: list[bool] = []
 
     def take() -> bool:
@@ -324,85 +325,39 @@ def _usage(ts: TextStream) -> dict:
             "total_tokens": ts.prompt_tokens + ts.completion_tokens}
 
 
-_END = object()
-LOOKAHEAD = 8      # pieces a generation may run ahead of its client
-
-
-class _Failure:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
 class _Run:
-    """One generation holding a slot. It runs whole on one thread of the service's bounded
-    executor, handing pieces to the event loop as they come (at most LOOKAHEAD ahead of the
-    client, so a slow reader holds the generation back); the slot is freed when that thread
-    is done. close() (always called) cancels it if unfinished."""
+    """One generation holding a slot, read on the event loop (`async for` over its
+    TextStream: the batcher's thread hands it each id). close() (always called, on the
+    loop) ends it if unfinished, frees the slot and counts it in the metrics, once."""
 
-    def __init__(self, service, ts: TextStream, cancel: threading.Event) -> None:
-        self.service, self.ts, self.cancel = service, ts, cancel
+    def __init__(self, service, ts: TextStream) -> None:
+        self.service, self.ts = service, ts
         self.t0 = time.perf_counter()
         self.first: Optional[float] = None
-        self._credit = threading.Semaphore(LOOKAHEAD)
-        self._queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        self._future = loop.run_in_executor(service.executor, self._produce, loop)
-        self._future.add_done_callback(self._done)
-        service.runs.add(self)
+        self._open = True
 
-    def _produce(self, loop) -> None:                  # on the executor's thread
-        def put(item) -> None:
-            loop.call_soon_threadsafe(self._queue.put_nowait, item)
+    async def pieces(self):
         try:
-            for piece in self.ts:
-                put(piece)
-                self._credit.acquire()       # wait while the client is LOOKAHEAD behind
-                if self.cancel.is_set():
-                    break
-        except BaseException as e:
-            put(_Failure(e))
+            async for piece in self.ts:
+                if self.first is None:
+                    self.first = time.perf_counter() - self.t0
+                yield piece
         finally:
-            put(_END)
+            self.close()
 
-    def _done(self, future) -> None:                   # on the event loop, once
-        self.service.runs.discard(self)
+    async def text(self) -> str:
+        """The whole text (a response that is not streamed)."""
+        return "".join([p async for p in self.pieces()])
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.ts.close()
         self.service.slots.release()
         finished = self.ts.finish_reason in ("stop", "length")
         self.service.metrics.generated(self.ts.completion_tokens, self.ts.prompt_tokens,
                                        time.perf_counter() - self.t0, self.first, finished)
-
-    async def pieces(self):
-        while True:
-            item = await self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            self._credit.release()
-            if self.first is None:
-                self.first = time.perf_counter() - self.t0
-            yield item
-
-    async def text(self) -> str:
-        """The whole text (a response that is not streamed)."""
-        try:
-            text = "".join([p async for p in self.pieces()])
-        finally:
-            self.close()
-        await self.finished()
-        return text
-
-    async def finished(self) -> None:
-        """Wait for the thread's end (and the slot's release and the metrics after it)."""
-        try:
-            await self._future
-        except Exception:          # already raised through pieces()
-            pass
-
-    def close(self) -> None:
-        """Stop the generation at its next token (a no-op once it has ended)."""
-        self.cancel.set()
-        self._credit.release()           # a thread waiting for credit sees the cancel
 
 
 def _event(obj) -> bytes:
@@ -429,7 +384,6 @@ async def _sse(run: _Run, meta: dict, req: CompletionRequest, chat: bool):
             yield _event(chunk(req.prompt, None))
         async for piece in run.pieces():
             yield _event(chunk(piece, None))
-        await run.finished()
         yield _event(chunk(None, ts.finish_reason))
         if req.include_usage:
             yield _event({**meta, "object": obj, "choices": [], "usage": _usage(ts)})

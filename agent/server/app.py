@@ -19,7 +19,6 @@ import socket
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -63,11 +62,7 @@ class Service:
         self.limits = config.limits
         self.holder = holder or ModelHolder(store, data_dir, config.cycle,
                                             config.decode_weights)
-        self.slots = Slots(config.limits.concurrency)
-        # one thread per generation slot; shut down (joined) with the server
-        self.executor = ThreadPoolExecutor(config.limits.concurrency,
-                                           thread_name_prefix="cllm-generate")
-        self.runs: set = set()                # generations under way (api._Run)
+        self.slots = Slots(config.limits.concurrency)    # the bound on generations at once
         self.metrics = ServerMetrics()
         self.metrics.registry.register(history.StoreCollector(self))
         self.loaded_at = time.time()
@@ -106,16 +101,14 @@ class Service:
             return ckpt
 
     def batcher(self, ckpt):
-        """The checkpoint's batched decoding (one row per generation slot)."""
+        """The checkpoint's batched decoding, one row per generation slot: the slots bound
+        the generations, the rows only hold them (a request may wait one step for the row
+        of one that just ended)."""
         self._served.add(ckpt)
         return ckpt.batcher(self.limits.concurrency)
 
     def close(self) -> None:
-        """Cancel the generations under way and join the executor's and the batchers'
-        threads."""
-        for run in list(self.runs):
-            run.close()
-        self.executor.shutdown(wait=True)
+        """End the generations under way and join the batchers' decoding threads."""
         for ckpt in list(self._served):
             ckpt.close()
 

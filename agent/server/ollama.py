@@ -119,7 +119,6 @@ async def _run(request: Request, chat: bool) -> Response:
         try:
             async for p in run.pieces():
                 yield json.dumps(piece(p, False)).encode() + b"\n"
-            await run.finished()
             yield json.dumps(final("")).encode() + b"\n"
         finally:
             run.close()
