@@ -44,8 +44,7 @@ SERVE_OPTIONS = ("host", "port", "token", "cors", "allowed_host", "max_tokens", 
 
 def serve_config(host, port, token, cors, allowed_host, max_tokens, concurrency, queue_timeout,
                  decode_weights="int8", cycle: Optional[int] = None):
-    from agent.server.api import Limits
-    from agent.server.app import ServeConfig
+    from agent.server.config import Limits, ServeConfig
 
     return ServeConfig(host=host, port=port, token=token, cors=tuple(cors),
                        allowed_hosts=tuple(allowed_host), cycle=cycle,

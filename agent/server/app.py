@@ -1,4 +1,6 @@
-"""The Starlette application and the uvicorn server that runs it.
+"""The Starlette application, the `Service` its routes share (the store, the held checkpoint,
+the generation slots, metrics) and the uvicorn server that runs it (its ServeConfig:
+config.py).
 
 Starlette + uvicorn: a small, well-kept ASGI stack; streaming responses give Server-Sent
 Events without more libraries, and uvicorn runs on a socket bound here (so the port is known,
@@ -19,38 +21,24 @@ import socket
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from agent.server import api, dashboard, history, ollama
+from agent.server.config import ServeConfig
+from agent.server.errors import HANDLERS
 from agent.server.events import EventHub, StoreWatcher
-from agent.server.api import ApiError, Limits, Slots
 from agent.server.metrics import ServerMetrics
 from agent.server.reload import CheckpointWatcher, ModelHolder
 from agent.server.security import AccessGuard, HostGuard, allowed_hosts, check_binding
+from agent.server.slots import Slots
 from engine.errors import CllmError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    token: Optional[str] = None
-    cors: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
-    cycle: Optional[int] = None          # serve this cycle's checkpoint (no reloading)
-    limits: Limits = field(default_factory=Limits)
-    decode_weights: str = "int8"         # the copies decoding reads (engine.decode)
 
 
 class Service:
@@ -117,29 +105,6 @@ class Service:
         self.metrics.reloads.inc()
 
 
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return exc.response()
-
-
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code,
-                                                                       "invalid_request_error")
-    if exc.status_code == 404:
-        msg = f"no route {request.url.path}"
-    elif exc.status_code == 405:
-        msg = (f"{request.method} is not allowed on {request.url.path} (allowed: "
-               f"{(exc.headers or {}).get('Allow', '?')})")
-    else:
-        msg = str(exc.detail)
-    return ApiError(exc.status_code, msg, kind, dict(exc.headers or {})).response()
-
-
-async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
-    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"
-                    ).response()
-
-
 def build_app(service: Service) -> Starlette:
     cfg = service.config
     hosts = allowed_hosts(cfg.host, cfg.allowed_hosts)
@@ -149,9 +114,8 @@ def build_app(service: Service) -> Starlette:
                                      allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                                      allow_headers=["Authorization", "Content-Type"]))
     middleware.append(Middleware(AccessGuard, hosts=hosts, token=cfg.token, cors_origins=cfg.cors))
-    app = Starlette(routes=[*api.ROUTES, *ollama.ROUTES, *history.ROUTES, *dashboard.ROUTES], middleware=middleware,
-                    exception_handlers={ApiError: _api_error, HTTPException: _http_error,
-                                        Exception: _server_error})
+    routes = [*api.ROUTES, *ollama.ROUTES, *history.ROUTES, *dashboard.ROUTES]
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS)
     app.state.service = service
     return app
 

@@ -18,10 +18,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agent import reports
-from agent.server.api import ApiError, read_json
+from agent.server.errors import ApiError
 from agent.server.events import events
-from agent.server.security import TOKEN_COOKIE
 from agent.server.history import _int, json_response
+from agent.server.security import TOKEN_COOKIE
+from agent.server.validation import read_json
 from engine.errors import CllmError
 
 STATIC = Path(__file__).parent / "static"

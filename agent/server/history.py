@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agent import reports
-from agent.server.api import ApiError
+from agent.server.errors import ApiError
 
 
 def _int(request: Request, name: str, lo: int = 0) -> Optional[int]:

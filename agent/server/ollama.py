@@ -17,8 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.server.api import (ApiError, RunResponse, model_id, parse_completion, read_json,
-                              start_generation)
+from agent.server.api import model_id
+from agent.server.errors import ApiError
+from agent.server.runs import RunResponse, start_generation
+from agent.server.validation import parse_completion, read_json
 
 VERSION = "0.1.0-cllm"
 OPTION_KEYS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p",

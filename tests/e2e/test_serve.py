@@ -15,7 +15,7 @@ TIMEOUT = 120
 def test_agent_serve_reloads_on_the_commit_event_and_stops_with_the_agent(tmp_path):
     from agent.continuous_trainer import TrainerSettings
     from agent.daemon import Agent, AgentConfig
-    from agent.server.app import ServeConfig
+    from agent.server.config import ServeConfig
 
     corpus = tmp_path / "corpus" / "notes"
     corpus.mkdir(parents=True)

@@ -52,7 +52,8 @@ def trained(tmp_path_factory, corpus) -> Path:
 @pytest.fixture
 def serve(monkeypatch):
     """serve(data_dir, **ServeConfig fields, limits=Limits(...)) -> a started Server."""
-    from agent.server.app import ServeConfig, Server, Service
+    from agent.server.app import Server, Service
+    from agent.server.config import ServeConfig
     from store import open_store
 
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)

@@ -49,7 +49,7 @@ def test_concurrent_completions_share_the_batch_and_each_is_what_it_would_be_alo
                                                                                    trained):
     from concurrent.futures import ThreadPoolExecutor
 
-    from agent.server.api import Limits
+    from agent.server.config import Limits
 
     server = serve(trained, limits=Limits(concurrency=3))
     ckpt = wait_loaded(server)
@@ -185,7 +185,7 @@ def test_bad_chat_and_transport_errors_get_json(serve, trained):
 
 def test_busy_slots_give_429_with_retry_after_and_a_hang_up_frees_its_slot(serve, trained,
                                                                           script_ids):
-    from agent.server.api import Limits
+    from agent.server.config import Limits
 
     server = serve(trained, limits=Limits(concurrency=1, queue_timeout=0))
     ckpt = wait_loaded(server)

@@ -82,7 +82,8 @@ def test_reload_and_views_on_each_store_backend(store_target, corpus):
     from click.testing import CliRunner
 
     from agent.cli import main
-    from agent.server.app import ServeConfig, Server, Service
+    from agent.server.app import Server, Service
+    from agent.server.config import ServeConfig
 
     data, url = store_target.data_dir, store_target.url
 
