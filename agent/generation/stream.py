@@ -15,7 +15,8 @@ from agent.generation.checkpoint import ServingCheckpoint
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to draw tokens: temperature 0 is greedy; top_k/top_p None keep everything."""
+    """How to draw tokens: temperature 0 is greedy; top_k/top_p None keep everything. The
+    defaults are `cllm generate`'s and `cllm chat`'s (agent/cli/model.py reads them)."""
     max_tokens: int = 120
     temperature: float = 0.8
     top_k: Optional[int] = 40

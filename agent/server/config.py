@@ -1,11 +1,14 @@
 """What a server is told: `ServeConfig` (where it listens, who may ask, which checkpoint) and
-its `Limits` (request sizes, generations at once). Plain dataclasses: importable without the
-`serve` extra.
+its `Limits` (request sizes, generations at once). Their defaults are the serving defaults,
+written here only: `cllm serve`'s options (agent/cli/serve.py) take theirs from them.
+Plain dataclasses: importable without the `serve` extra.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
+
+from agent.generation.checkpoint import DECODE_WEIGHTS
 
 
 @dataclass
@@ -27,4 +30,4 @@ class ServeConfig:
     allowed_hosts: tuple[str, ...] = ()
     cycle: Optional[int] = None          # serve this cycle's checkpoint (no reloading)
     limits: Limits = field(default_factory=Limits)
-    decode_weights: str = "int8"         # the copies decoding reads (engine.decode)
+    decode_weights: str = DECODE_WEIGHTS  # the copies decoding reads (engine.decode)

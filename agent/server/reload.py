@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from agent.training.model_state import CKPT_RE, checkpoint_dir
-from agent.generation.checkpoint import ServingCheckpoint, latest_ref, load_serving_checkpoint
+from agent.generation.checkpoint import (DECODE_WEIGHTS, ServingCheckpoint, latest_ref,
+                                         load_serving_checkpoint)
 from agent.training.model_state import COMMIT_MARKER
 from agent.server.wake import WakeThread
 from engine.errors import CllmError
@@ -28,7 +29,7 @@ class ModelHolder:
     """The served checkpoint: None until one loads; `cycle` pins one cycle's checkpoint."""
 
     def __init__(self, store, data_dir: Path, cycle: Optional[int] = None,
-                 weights: str = "int8") -> None:
+                 weights: str = DECODE_WEIGHTS) -> None:
         self.store, self.data_dir, self.cycle, self.weights = store, Path(data_dir), cycle, weights
         self.current: Optional[ServingCheckpoint] = None
         self.error: Optional[str] = None        # why nothing is loaded (for /health)
