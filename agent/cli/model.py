@@ -13,8 +13,8 @@ import click
 from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, data_dir_option,
                               echo_json, existing_store, one_line_errors, pass_invocation,
                               warn_if_preset_ignored)
-from agent.generation.checkpoint import DECODE_WEIGHTS
-from agent.generation.stream import Sampling
+from agent.generation.checkpoint import DECODE_WEIGHTS, load_serving_checkpoint
+from agent.generation.stream import Sampling, TextStream
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
 from engine.decode import KINDS
@@ -160,9 +160,8 @@ def sampling_options(fn):
 
 def load_for_generation(inv: Invocation, data_dir: Path, cycle,
                         weights: str = DECODE_WEIGHTS):
-    """The checkpoint to generate from, through the store's record (agent/generation/checkpoint.py)."""
-    from agent.generation.checkpoint import load_serving_checkpoint
-
+    """The checkpoint to generate from, through the store's record
+    (agent/generation/checkpoint.py)."""
     store = existing_store(data_dir, inv.database_url)
     try:
         ckpt = load_serving_checkpoint(store, data_dir, cycle, weights)
@@ -182,8 +181,6 @@ def deprecated_max_tokens(max_tokens, old_max_tokens, command: str):
 
 
 def sampling(max_tokens, temperature, top_k, top_p, seed, stop, extra_stops=()):
-    from agent.generation.stream import Sampling
-
     return Sampling(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop=tuple(stop) + tuple(extra_stops))
 
@@ -204,10 +201,6 @@ def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temp
 
     Example: echo "def f(" | cllm generate --data-dir ./cllm-data --seed 1
     """
-    import sys
-
-    from agent.generation.stream import TextStream
-
     if prompt_arg is not None and prompt is not None:
         raise ConfigError("the prompt is given twice (PROMPT and --prompt)", "give one of them")
     text = prompt_arg if prompt_arg is not None else prompt

@@ -13,6 +13,7 @@ import click
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, existing_store,
                               one_line_errors, pass_invocation)
 from agent.cli.model import decode_weights_option
+from agent.server import require_serve_extra
 from agent.server.config import Limits, ServeConfig
 
 
@@ -73,10 +74,8 @@ def serve(inv: Invocation, data_dir: Path, cycle: Optional[int], **opts) -> None
 
     Example: cllm serve --data-dir ./cllm-data --port 8765
     """
-    from agent.server import require_serve_extra
-
     require_serve_extra()
-    from agent.server.app import Server, Service
+    from agent.server.app import Server, Service  # the serve extra: checked just above
 
     cfg = serve_config(cycle=cycle, **opts)
     store = existing_store(data_dir, inv.database_url)

@@ -23,6 +23,8 @@ decoding thread of a checkpoint's batcher hands each id to the event loop (runs.
 """
 from __future__ import annotations
 
+import importlib.util
+
 from engine.errors import CllmError
 
 REQUIRED = ("starlette", "uvicorn", "prometheus_client")
@@ -30,8 +32,6 @@ REQUIRED = ("starlette", "uvicorn", "prometheus_client")
 
 def require_serve_extra() -> None:
     """A one-line error with the pip hint when the `serve` extra is not installed."""
-    import importlib.util
-
     missing = [m for m in REQUIRED if importlib.util.find_spec(m) is None]
     if missing:
         raise CllmError(f"cllm serve needs {', '.join(missing)}, which is not installed",

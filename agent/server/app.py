@@ -24,10 +24,12 @@ import weakref
 from pathlib import Path
 from typing import Optional
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
+from agent.generation.checkpoint import load_serving_checkpoint
 from agent.server import api, dashboard, history, ollama
 from agent.server.config import ServeConfig
 from agent.server.errors import HANDLERS
@@ -73,8 +75,6 @@ class Service:
 
     def checkpoint_of(self, cycle: int):
         """Cycle `cycle`'s checkpoint (the served one, or loaded and kept: the last two)."""
-        from agent.generation.checkpoint import load_serving_checkpoint
-
         cur = self.holder.current
         if cur is not None and cur.cycle == cycle:
             return cur
@@ -144,8 +144,6 @@ class Server:
 
     def __init__(self, service: Service, watch: bool = True, log_level: str = "warning",
                  on_failure=None) -> None:
-        import uvicorn
-
         cfg = service.config
         check_binding(cfg.host, cfg.token)
         self.service = service

@@ -3,8 +3,8 @@
 `ModelHolder` owns the loaded checkpoint (swapped as one reference, so a generation that
 started keeps the model it started with). `CheckpointWatcher` is one thread that waits on an
 event: a watchdog observer on the checkpoints folder sets it when a checkpoint file or the
-trainer's commit marker (agent/training/model_state.py) changes, and `notify()` sets it from inside the
-agent's process. On each wake-up the thread asks the store which checkpoint is the latest
+trainer's commit marker (agent/training/model_state.py) changes, and `notify()` sets it from
+inside the agent's process. On each wake-up the thread asks the store which checkpoint is the latest
 and loads it if it is not the one held: the store decides, the files only wake it up.
 No polling: the thread blocks on the event until something happens or it is stopped.
 """
@@ -15,11 +15,10 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
-from agent.training.model_state import CKPT_RE, checkpoint_dir
 from agent.generation.checkpoint import (DECODE_WEIGHTS, ServingCheckpoint, latest_ref,
                                          load_serving_checkpoint)
-from agent.training.model_state import COMMIT_MARKER
 from agent.server.wake import WakeThread
+from agent.training.model_state import CKPT_RE, COMMIT_MARKER, checkpoint_dir
 from engine.errors import CllmError
 
 log = logging.getLogger(__name__)

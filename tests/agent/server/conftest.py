@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from agent.cli import main
 from agent.generation.batcher import END
+from agent.server.config import ServeConfig
+from store import open_store
 
 CORPUS = {"a.txt": "the crystal lattice hums a quiet tune. " * 40,
           "b.txt": "every sphere touches twelve neighbours. " * 40}
@@ -26,8 +29,6 @@ def write_corpus(root: Path) -> Path:
 
 def train_tiny(corpus: Path, data_dir: Path, steps: int = 8) -> dict:
     """One `cllm train` cycle (tiny preset); returns its --json summary."""
-    from agent.cli import main
-
     r = CliRunner().invoke(main, ["train", str(corpus), "--data-dir", str(data_dir),
                                   "--preset", "tiny", "--steps", str(steps), "--batch-size", "4",
                                   "--workers", "1", "--json"], catch_exceptions=False)
@@ -52,9 +53,7 @@ def trained(tmp_path_factory, corpus) -> Path:
 @pytest.fixture
 def serve(monkeypatch):
     """serve(data_dir, **ServeConfig fields, limits=Limits(...)) -> a started Server."""
-    from agent.server.app import Server, Service
-    from agent.server.config import ServeConfig
-    from store import open_store
+    from agent.server.app import Server, Service  # the serve extra: generation tests go without
 
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
     started = []

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from agent.generation.stream import Sampling, TextStream
+from agent.server.config import Limits
 from tests.agent.server.conftest import wait_loaded
 
 
@@ -47,10 +49,6 @@ def test_completion_is_the_shared_generation_with_usage_counts(serve, trained):
 
 def test_concurrent_completions_share_the_batch_and_each_is_what_it_would_be_alone(serve,
                                                                                    trained):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from agent.server.config import Limits
-
     server = serve(trained, limits=Limits(concurrency=3))
     ckpt = wait_loaded(server)
     bodies = [{"prompt": p, "max_tokens": 40, "temperature": 0.9, "top_k": 20, "seed": i}
@@ -185,8 +183,6 @@ def test_bad_chat_and_transport_errors_get_json(serve, trained):
 
 def test_busy_slots_give_429_with_retry_after_and_a_hang_up_frees_its_slot(serve, trained,
                                                                           script_ids):
-    from agent.server.config import Limits
-
     server = serve(trained, limits=Limits(concurrency=1, queue_timeout=0))
     ckpt = wait_loaded(server)
     slots = server.service.slots
