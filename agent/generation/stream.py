@@ -1,6 +1,7 @@
 """Text generation from a served checkpoint: `Sampling` (how tokens are drawn), `TextStream`
-(the one generation loop: stop strings, whole UTF-8 characters, usage counts, cancelling)
-and the plain chat template. Used by `cllm generate`, `cllm chat` and `cllm serve`.
+(the one generation loop: stop strings, whole UTF-8 characters, usage counts, cancelling;
+`for` on the caller's thread, `async for` over a batcher on an event loop) and the plain chat
+template. Used by `cllm generate`, `cllm chat` and `cllm serve`.
 """
 from __future__ import annotations
 

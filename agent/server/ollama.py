@@ -2,10 +2,10 @@
 and `POST /api/chat` (streamed by default as newline-delimited JSON, as Ollama does; the
 last line has "done": true with the token counts and durations in nanoseconds).
 
-The request is mapped onto the OpenAI one (api.parse_completion) so both share validation,
-caps, slots and generation: `options.num_predict` -> max_tokens, `options.temperature`,
-`top_p`, `top_k`, `seed`, `stop`; `system` becomes a system message (chat) or a prefix
-line (generate).
+The request is mapped onto the OpenAI one (validation.parse_completion) so both share
+validation, caps, slots and generation (runs.py): `options.num_predict` -> max_tokens,
+`options.temperature`, `top_p`, `top_k`, `seed`, `stop`; `system` becomes a system message
+(chat) or a prefix line (generate).
 """
 from __future__ import annotations
 
