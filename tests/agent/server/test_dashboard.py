@@ -55,10 +55,13 @@ def wait_js(driver, condition: str, what: str) -> None:
     try:
         ok = driver.execute_async_script("""
         const done = arguments[arguments.length - 1];
-        const check = () => { try { return Boolean(eval(arguments[0])); } catch (e) { return false; } };
+        const check = () => {
+            try { return Boolean(eval(arguments[0])); } catch (e) { return false; } };
         if (check()) { done(true); return; }
-        const obs = new MutationObserver(() => { if (check()) { obs.disconnect(); done(true); } });
-        obs.observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+        const obs = new MutationObserver(() => {
+            if (check()) { obs.disconnect(); done(true); } });
+        obs.observe(document,
+                    {subtree: true, childList: true, attributes: true, characterData: true});
     """, condition)
     except TimeoutException:
         pytest.fail(f"the page never showed: {what}")
