@@ -17,6 +17,7 @@ from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, one
                               pass_invocation)
 from agent.cli.model import (deprecated_max_tokens, load_for_generation, sampling,
                              sampling_options)
+from agent.generation.stream import CHAT_STOPS, TextStream, chat_prompt
 
 log = logging.getLogger(__name__)
 HISTORY_FILE = "chat_history"
@@ -26,8 +27,6 @@ def reply(ckpt, messages: list[tuple[str, str]], sp, echo: Callable[[str], None]
           ) -> tuple[str, bool]:
     """Stream the assistant's answer to `messages` through `echo`; returns (its text,
     whether it ran to its end). Ctrl-C (KeyboardInterrupt) stops it where it is."""
-    from agent.generation.stream import TextStream, chat_prompt
-
     ts = TextStream(ckpt, chat_prompt(messages), sp)
     out = []
     try:
@@ -42,7 +41,7 @@ def reply(ckpt, messages: list[tuple[str, str]], sp, echo: Callable[[str], None]
 def _readline(data_dir: Path) -> Optional[Path]:
     """Turn on readline's line editing and history; returns the history file, if any."""
     try:
-        import readline
+        import readline  # it changes input() for the whole process: only when chatting
     except ImportError:            # not on every platform: plain input() still works
         return None
     path = Path(data_dir) / HISTORY_FILE
@@ -56,7 +55,7 @@ def _readline(data_dir: Path) -> Optional[Path]:
 def _save_history(path: Optional[Path]) -> None:
     if path is None:
         return
-    import readline
+    import readline  # loaded by _readline, which gave `path`: see there
 
     try:
         readline.set_history_length(1000)
@@ -79,8 +78,6 @@ def chat(inv: Invocation, data_dir: Path, system, max_tokens, old_max_tokens, te
 
     Example: cllm chat --data-dir ./cllm-data --temperature 0.7
     """
-    from agent.generation.stream import CHAT_STOPS
-
     ckpt = load_for_generation(inv, data_dir, cycle, decode_weights)
     max_tokens = deprecated_max_tokens(max_tokens, old_max_tokens, "chat")
     sp = sampling(max_tokens, temperature, top_k, top_p, seed, stop, CHAT_STOPS)

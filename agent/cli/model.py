@@ -13,8 +13,11 @@ import click
 from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, data_dir_option,
                               echo_json, existing_store, one_line_errors, pass_invocation,
                               warn_if_preset_ignored)
+from agent.generation.checkpoint import DECODE_WEIGHTS, load_serving_checkpoint
+from agent.generation.stream import Sampling, TextStream
 from agent.settings import TrainerSettings, build, options, resolve
 from engine import PRESETS
+from engine.decode import KINDS
 from engine.errors import CllmError, ConfigError
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -123,26 +126,28 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
 
 
 decode_weights_option = click.option(
-    "--decode-weights", "decode_weights", type=click.Choice(["int8", "float32"]),
-    default="int8", show_default=True,
+    "--decode-weights", "decode_weights", type=click.Choice(list(KINDS)),
+    default=DECODE_WEIGHTS, show_default=True,
     help="The weights decoding reads: int8 copies (several times faster; held-out "
          "perplexity within 0.01% of float32 in docs/benchmarks.md) or float32 (exact).")
 
 
 def sampling_options(fn):
-    """The sampling options `cllm generate` and `cllm chat` share."""
+    """The sampling options `cllm generate` and `cllm chat` share (their defaults are
+    Sampling's: agent/generation/stream.py)."""
     for opt in reversed([
-        click.option("--max-tokens", type=click.IntRange(min=0), default=120,
+        click.option("--max-tokens", type=click.IntRange(min=0), default=Sampling.max_tokens,
                      show_default=True, help="Tokens to generate at most."),
         click.option("--max-new-tokens", "old_max_tokens", type=click.IntRange(min=0),
                      default=None, hidden=True),  # its name until 0.1 (deprecated)
-        click.option("--temperature", type=click.FloatRange(min=0.0), default=0.8,
-                     show_default=True, help="0 is greedy."),
-        click.option("--top-k", type=click.IntRange(min=1), default=40, show_default=True),
-        click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=None,
+        click.option("--temperature", type=click.FloatRange(min=0.0),
+                     default=Sampling.temperature, show_default=True, help="0 is greedy."),
+        click.option("--top-k", type=click.IntRange(min=1), default=Sampling.top_k,
+                     show_default=True),
+        click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=Sampling.top_p,
                      help="Keep the smallest set of tokens with this much probability "
                           "(0: greedy)."),
-        click.option("--seed", type=int, default=None),
+        click.option("--seed", type=int, default=Sampling.seed),
         click.option("--stop", multiple=True,
                      help="Stop before this text (repeatable; it is not printed)."),
         click.option("--checkpoint", "cycle", type=int, default=None, metavar="N",
@@ -153,10 +158,10 @@ def sampling_options(fn):
     return fn
 
 
-def load_for_generation(inv: Invocation, data_dir: Path, cycle, weights: str = "int8"):
-    """The checkpoint to generate from, through the store's record (agent/generation/checkpoint.py)."""
-    from agent.generation.checkpoint import load_serving_checkpoint
-
+def load_for_generation(inv: Invocation, data_dir: Path, cycle,
+                        weights: str = DECODE_WEIGHTS):
+    """The checkpoint to generate from, through the store's record
+    (agent/generation/checkpoint.py)."""
     store = existing_store(data_dir, inv.database_url)
     try:
         ckpt = load_serving_checkpoint(store, data_dir, cycle, weights)
@@ -176,8 +181,6 @@ def deprecated_max_tokens(max_tokens, old_max_tokens, command: str):
 
 
 def sampling(max_tokens, temperature, top_k, top_p, seed, stop, extra_stops=()):
-    from agent.generation.stream import Sampling
-
     return Sampling(max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop=tuple(stop) + tuple(extra_stops))
 
@@ -198,10 +201,6 @@ def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temp
 
     Example: echo "def f(" | cllm generate --data-dir ./cllm-data --seed 1
     """
-    import sys
-
-    from agent.generation.stream import TextStream
-
     if prompt_arg is not None and prompt is not None:
         raise ConfigError("the prompt is given twice (PROMPT and --prompt)", "give one of them")
     text = prompt_arg if prompt_arg is not None else prompt

@@ -1,6 +1,7 @@
 """`cllm serve`: the HTTP API over a data directory (agent/server/), beside or without an agent.
 
-A thin command: it opens the existing store, builds the server and runs it until Ctrl-C.
+A thin command: it opens the existing store, builds the server and runs it until Ctrl-C. The
+options' defaults are ServeConfig's and Limits' (agent/server/config.py).
 """
 from __future__ import annotations
 
@@ -12,26 +13,32 @@ import click
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, existing_store,
                               one_line_errors, pass_invocation)
 from agent.cli.model import decode_weights_option
+from agent.server import require_serve_extra
+from agent.server.config import Limits, ServeConfig
 
 
 def serve_options(fn):
     """The server's options (shared with `cllm agent --serve`)."""
     for opt in reversed([
-        click.option("--host", default="127.0.0.1", show_default=True,
+        click.option("--host", default=ServeConfig.host, show_default=True,
                      help="Address to listen on; anything but loopback needs --token."),
-        click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True),
+        click.option("--port", type=click.IntRange(0, 65535), default=ServeConfig.port,
+                     show_default=True),
         click.option("--token", envvar="CLLM_SERVE_TOKEN", default=None,
                      help="Require 'Authorization: Bearer TOKEN' [$CLLM_SERVE_TOKEN]."),
         click.option("--cors", multiple=True, metavar="ORIGIN",
                      help="Allow browser pages of this origin (repeatable); none by default."),
         click.option("--allowed-host", "allowed_host", multiple=True, metavar="NAME",
                      help="Another Host name requests may use (e.g. behind a proxy)."),
-        click.option("--max-tokens", "max_tokens", type=click.IntRange(min=1), default=1024,
-                     show_default=True, help="The most tokens one request may generate."),
-        click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True,
+        click.option("--max-tokens", "max_tokens", type=click.IntRange(min=1),
+                     default=Limits.max_tokens, show_default=True,
+                     help="The most tokens one request may generate."),
+        click.option("--concurrency", type=click.IntRange(min=1), default=Limits.concurrency,
+                     show_default=True,
                      help="Generations at once; others wait --queue-timeout, then get 429."),
         click.option("--queue-timeout", "queue_timeout", type=click.FloatRange(min=0),
-                     default=10.0, show_default=True, help="Seconds a request waits for a slot."),
+                     default=Limits.queue_timeout, show_default=True,
+                     help="Seconds a request waits for a slot."),
         decode_weights_option,
     ]):
         fn = opt(fn)
@@ -43,15 +50,13 @@ SERVE_OPTIONS = ("host", "port", "token", "cors", "allowed_host", "max_tokens", 
 
 
 def serve_config(host, port, token, cors, allowed_host, max_tokens, concurrency, queue_timeout,
-                 decode_weights="int8", cycle: Optional[int] = None):
-    from agent.server.api import Limits
-    from agent.server.app import ServeConfig
-
+                 decode_weights=ServeConfig.decode_weights, cycle: Optional[int] = None):
     return ServeConfig(host=host, port=port, token=token, cors=tuple(cors),
                        allowed_hosts=tuple(allowed_host), cycle=cycle,
                        decode_weights=decode_weights,
                        limits=Limits(max_tokens=max_tokens,
-                                     default_max_tokens=min(128, max_tokens),
+                                     default_max_tokens=min(Limits.default_max_tokens,
+                                                            max_tokens),
                                      concurrency=concurrency, queue_timeout=queue_timeout))
 
 
@@ -69,10 +74,8 @@ def serve(inv: Invocation, data_dir: Path, cycle: Optional[int], **opts) -> None
 
     Example: cllm serve --data-dir ./cllm-data --port 8765
     """
-    from agent.server import require_serve_extra
-
     require_serve_extra()
-    from agent.server.app import Server, Service
+    from agent.server.app import Server, Service  # the serve extra: checked just above
 
     cfg = serve_config(cycle=cycle, **opts)
     store = existing_store(data_dir, inv.database_url)

@@ -1,4 +1,14 @@
-"""A checkpoint generates text: loading the served checkpoint (`checkpoint.py`), the
-generation loop with sampling, stop strings and the chat template (`stream.py`) and the
-continuous batching of concurrent generations into one decoder (`batcher.py`). Used by
-`cllm generate`, `cllm chat` and `cllm serve` (agent/server/)."""
+"""A checkpoint generates text, for `cllm generate`, `cllm chat` and `cllm serve`.
+
+    checkpoint.py  the served checkpoint: loaded through the store's record, its decoding
+                   copies made (DECODE_WEIGHTS, the default), its batcher made on first use
+    stream.py      Sampling (how tokens are drawn; the CLI's defaults) and TextStream, the one
+                   loop from ids to text (stop strings, whole UTF-8 characters, usage counts,
+                   cancelling), read with `for` on a thread or `async for` on an event loop;
+                   the plain chat template
+    batcher.py     DecodeBatcher: concurrent generations as rows of one decoder on one thread,
+                   which hands each id straight to its reader: a blocking iterator (`stream`)
+                   or the event loop (`astream`, LoopStream: the thread-to-loop bridge)
+
+No HTTP here: the server (agent/server/) bounds, validates and streams the requests.
+"""

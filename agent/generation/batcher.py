@@ -9,42 +9,49 @@ the rows in use are kept at the front so a step computes only those.
 
 The decoding thread starts with the first request and ends when none is left, so an idle
 server (or a checkpoint replaced by a newer one) holds no thread; `close` ends and joins it.
-Tokens are handed to each request's reader through its own queue, so a slow reader never
-holds back the others. A failure while stepping is raised to every request in the step, with
-its traceback, and the batcher carries on with the next requests.
+The thread hands each sampled id to its request's reader at once and never waits for one, so
+a slow reader never holds back the others: `stream` reads them on a thread of the caller's
+(a blocking iterator), `astream` on an asyncio event loop (the thread schedules each id on
+the loop: no thread in between). A failure while stepping is raised to every request in the
+step, with its traceback, and the batcher carries on with the next requests.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 from collections import deque
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from engine.generate import BatchDecoder, sample_next
 
 log = logging.getLogger(__name__)
-_END = object()
+END = object()        # handed to a request's reader after its last id
+
+# What the decoding thread hands a reader, one call each: a sampled id, then END, or the
+# exception that ended the request. Called on the decoding thread: it must not block.
+Deliver = Callable[[object], None]
 
 
 class _Request:
     def __init__(self, ids: list[int], max_new: int, temperature: float, top_k, top_p,
-                 seed) -> None:
+                 seed, deliver: Deliver) -> None:
         self.ids, self.left = ids, int(max_new)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.rng = np.random.default_rng(seed)
-        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.deliver = deliver
         self.cancelled = False
         self.last = 0                     # the token its row appends at the next step
 
 
 class _Stream:
-    """A request's ids as its reader takes them; close() ends the request."""
+    """A request's ids read on the caller's thread (blocking); close() ends the request."""
 
-    def __init__(self, batcher: "DecodeBatcher", req: _Request) -> None:
-        self._batcher, self._req, self._open = batcher, req, True
+    def __init__(self, out: queue.SimpleQueue, cancel: Callable[[], None]) -> None:
+        self._out, self._cancel, self._open = out, cancel, True
 
     def __iter__(self) -> "_Stream":
         return self
@@ -52,8 +59,8 @@ class _Stream:
     def __next__(self) -> int:
         if not self._open:
             raise StopIteration
-        item = self._req.out.get()
-        if item is _END:
+        item = self._out.get()
+        if item is END:
             self.close()
             raise StopIteration
         if isinstance(item, BaseException):
@@ -64,13 +71,54 @@ class _Stream:
     def close(self) -> None:
         if self._open:
             self._open = False
-            self._batcher._cancel(self._req)
+            self._cancel()
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:                          # noqa: BLE001 - at interpreter exit
             pass
+
+
+class LoopStream:
+    """A request's ids read on an asyncio event loop (`async for`): the decoding thread
+    schedules each one on the loop, where it waits in an asyncio queue for its reader.
+    Made, read and closed on the loop; close() ends the request (and a reader waiting).
+    Unlike a blocking stream it is not closed when dropped (the request holds it): the
+    reader closes it, as TextStream does."""
+
+    def __init__(self) -> None:
+        self._cancel: Callable[[], None] = lambda: None     # set by DecodeBatcher.astream
+        self._open = True
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    def deliver(self, item: object) -> None:           # on the decoding thread
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:            # the loop is closed: nobody reads any more
+            self._cancel()
+
+    def __aiter__(self) -> "LoopStream":
+        return self
+
+    async def __anext__(self) -> int:
+        if not self._open:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is END:
+            self.close()
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._cancel()
+            self._queue.put_nowait(END)      # a reader waiting for an id ends
 
 
 class DecodeBatcher:
@@ -89,19 +137,22 @@ class DecodeBatcher:
         self.steps = 0                    # batched steps run (for tests and metrics)
         self.widest = 0                   # the most rows one step has decoded
 
-    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
-               top_k: Optional[int] = None, top_p: Optional[float] = None,
-               seed: Optional[int] = None) -> Iterator[int]:
-        """An iterator of sampled ids, as Model.generate_stream yields them (the same sliding
-        window at the context length). The request is queued at once; closing the iterator
-        (or dropping it) ends it."""
+    def submit(self, prompt_ids: Sequence[int], max_new_tokens: int, deliver: Deliver,
+               temperature: float = 1.0, top_k: Optional[int] = None,
+               top_p: Optional[float] = None, seed: Optional[int] = None
+               ) -> Callable[[], None]:
+        """Queue a request: the decoding thread hands its sampled ids to `deliver` as
+        Model.generate_stream yields them (the same sliding window at the context length),
+        then END. Returns the function that cancels it (callable from any thread; the
+        request leaves at the next step and nothing more is delivered)."""
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise ValueError("generation needs a prompt of at least one token")
         self.model._check_inputs(np.asarray([ids[-self.model.config.context:]]))
-        req = _Request(ids, max_new_tokens, temperature, top_k, top_p, seed)
+        req = _Request(ids, max_new_tokens, temperature, top_k, top_p, seed, deliver)
         if req.left <= 0:
-            return (t for t in ())                 # an empty iterator with close(), like a stream
+            deliver(END)                           # nothing to generate
+            return lambda: None
         with self._lock:
             if self._closed:
                 raise RuntimeError("the decode batcher is closed")
@@ -110,7 +161,27 @@ class DecodeBatcher:
                 self._thread = threading.Thread(target=self._run, name="cllm-decode-batch",
                                                 daemon=True)
                 self._thread.start()
-        return _Stream(self, req)
+        return lambda: self._cancel(req)
+
+    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+               top_k: Optional[int] = None, top_p: Optional[float] = None,
+               seed: Optional[int] = None) -> Iterator[int]:
+        """A blocking iterator of the request's sampled ids (`submit`); closing it (or
+        dropping it) ends the request."""
+        out: queue.SimpleQueue = queue.SimpleQueue()
+        cancel = self.submit(prompt_ids, max_new_tokens, out.put, temperature=temperature,
+                             top_k=top_k, top_p=top_p, seed=seed)
+        return _Stream(out, cancel)
+
+    def astream(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                temperature: float = 1.0, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, seed: Optional[int] = None) -> LoopStream:
+        """The request's sampled ids on the running event loop (`async for`; `submit`);
+        closing it ends the request. Call it on the loop."""
+        ids = LoopStream()
+        ids._cancel = self.submit(prompt_ids, max_new_tokens, ids.deliver,
+                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return ids
 
     def _cancel(self, req: _Request) -> None:
         with self._lock:
@@ -167,7 +238,7 @@ class DecodeBatcher:
             logits = self._dec.step([r.last for r in self._live], rows=A)
         except Exception as e:                     # noqa: BLE001 - surfaces to these readers
             for req in self._live:
-                req.out.put(e)
+                req.deliver(e)
                 req.cancelled = True
             return True
         self.steps += 1
@@ -181,15 +252,15 @@ class DecodeBatcher:
         try:
             nxt = sample_next(logits, req.rng, req.temperature, req.top_k, req.top_p)
         except Exception as e:                     # noqa: BLE001 - e.g. non-finite logits
-            req.out.put(e)
+            req.deliver(e)
             req.cancelled = True
             return
         req.ids.append(nxt)
         req.last = nxt
         req.left -= 1
-        req.out.put(nxt)
+        req.deliver(nxt)
         if req.left <= 0:
-            req.out.put(_END)
+            req.deliver(END)
 
     def _drop_cancelled(self) -> None:
         """Free the rows of ended requests, moving the last live row into each gap."""
@@ -208,14 +279,14 @@ class DecodeBatcher:
 
     def _end_all(self) -> None:
         for req in list(self._live) + list(self._pending):
-            req.out.put(_END)
+            req.deliver(END)
         self._live.clear()
         self._pending.clear()
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
             for req in list(self._live) + list(self._pending):
-                req.out.put(error)
+                req.deliver(error)
             self._live.clear()
             self._pending.clear()
             self._dec = None

@@ -19,6 +19,11 @@ from agent.training.model_state import (ModelState, RecordedCheckpoint,
 from engine.errors import CllmError, ConfigError
 from engine.warmup import compile_decoding
 
+# The copies decoding reads unless told (one of engine.decode.KINDS): int8 is several times
+# faster, and its held-out perplexity stays within 0.01% of float32's (docs/benchmarks.md).
+# The default of `cllm generate`, `cllm chat` and `cllm serve` (--decode-weights).
+DECODE_WEIGHTS = "int8"
+
 
 class ServingCheckpoint:
     """A loaded checkpoint ready to generate: the state, its serving model (EMA weights when
@@ -26,7 +31,7 @@ class ServingCheckpoint:
     number of generations may share it."""
 
     def __init__(self, state: ModelState, ref: RecordedCheckpoint,
-                 weights: str = "int8") -> None:
+                 weights: str = DECODE_WEIGHTS) -> None:
         self.state, self.ref, self.weights = state, ref, weights
         self.model = state.serving_model()
         self.tokenizer = state.tokenizer
@@ -65,7 +70,7 @@ def latest_ref(store) -> Optional[RecordedCheckpoint]:
 
 
 def load_serving_checkpoint(store, data_dir: Path, cycle: Optional[int] = None,
-                            weights: str = "int8") -> Optional[ServingCheckpoint]:
+                            weights: str = DECODE_WEIGHTS) -> Optional[ServingCheckpoint]:
     """The latest recorded checkpoint of a data directory whose file matches its row's
     SHA-256 (a mismatching or missing one is refused with a warning and the previous one is
     tried: agent/training/model_state.load_recorded_model_state, the agent's rule); None when the

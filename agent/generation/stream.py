@@ -1,21 +1,23 @@
 """Text generation from a served checkpoint: `Sampling` (how tokens are drawn), `TextStream`
-(the one generation loop: stop strings, whole UTF-8 characters, usage counts, cancelling)
-and the plain chat template. Used by `cllm generate`, `cllm chat` and `cllm serve`.
+(the one generation loop: stop strings, whole UTF-8 characters, usage counts, cancelling;
+`for` on the caller's thread, `async for` over a batcher on an event loop) and the plain chat
+template. Used by `cllm generate`, `cllm chat` and `cllm serve`.
 """
 from __future__ import annotations
 
 import codecs
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import AsyncIterator, Iterator, Optional, Sequence
 
-from agent.generation.batcher import DecodeBatcher
+from agent.generation.batcher import DecodeBatcher, LoopStream
 from agent.generation.checkpoint import ServingCheckpoint
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """How to draw tokens: temperature 0 is greedy; top_k/top_p None keep everything."""
+    """How to draw tokens: temperature 0 is greedy; top_k/top_p None keep everything. The
+    defaults are `cllm generate`'s and `cllm chat`'s (agent/cli/model.py reads them)."""
     max_tokens: int = 120
     temperature: float = 0.8
     top_k: Optional[int] = 40
@@ -29,11 +31,12 @@ class TextStream:
 
     Iterating yields text: whole UTF-8 characters, never a piece of a stop string (text
     that could still become one is held back until it cannot), stopping at the end-of-text
-    token, at a stop string (not included) or after `max_tokens` tokens. With a `batcher`
-    (a server's) the tokens come from its batched decoding, shared with other requests.
-    After the loop, `finish_reason` is "stop" or "length" (OpenAI's names) and
-    `prompt_tokens` / `completion_tokens` count tokens. A set `cancel` event ends it before
-    the next token.
+    token, at a stop string (not included) or after `max_tokens` tokens. `for` decodes on
+    the caller's thread (or reads a `batcher`'s thread through a blocking queue); `async for`
+    reads a `batcher` (a server's, shared with other requests) on the event loop, which its
+    decoding thread hands each id to. After the loop, `finish_reason` is "stop" or "length"
+    (OpenAI's names) and `prompt_tokens` / `completion_tokens` count tokens. A set `cancel`
+    event, or close() where it is read, ends it before the next token ("cancelled").
     """
 
     def __init__(self, ckpt: ServingCheckpoint, prompt: str, sampling: Sampling,
@@ -46,51 +49,121 @@ class TextStream:
         self.completion_tokens = 0
         self.finish_reason: Optional[str] = None
         self.text = ""                    # everything produced (including held-back text)
+        self._ids: Optional[LoopStream] = None      # what `async for` reads, for close()
+        self._closed = False
+        self._complete = False            # the ids ran out, or the text ended
 
     def __iter__(self) -> Iterator[str]:
-        tok, sp = self.ckpt.tokenizer, self.sampling
-        stops = [s for s in sp.stop if s]
-        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        sent = 0
-        self.finish_reason = "length"
-        ids = self.ids or [tok.eod_id]
-        source = (self.batcher.stream if self.batcher is not None
-                  else self.ckpt.model.generate_stream)
-        kw = {} if self.batcher is not None else {"weights": self.ckpt.weights}
-        gen = source(ids, sp.max_tokens, temperature=sp.temperature, top_k=sp.top_k,
-                     top_p=sp.top_p, seed=sp.seed, **kw)
+        sp = self.sampling
+        if self.batcher is not None:
+            gen = self.batcher.stream(self._prompt_ids(), sp.max_tokens, **self._drawing())
+        else:
+            gen = self.ckpt.model.generate_stream(self._prompt_ids(), sp.max_tokens,
+                                                  weights=self.ckpt.weights, **self._drawing())
+        self._begin()
         try:
             for t in gen:
-                if self.cancel is not None and self.cancel.is_set():
+                if self._closed or (self.cancel is not None and self.cancel.is_set()):
                     self.finish_reason = "cancelled"
                     return
-                if t == tok.eod_id:
-                    self.finish_reason = "stop"
+                piece = self._take(t)
+                if piece:
+                    yield piece
+                if self._ended:
                     break
-                self.completion_tokens += 1
-                self.text += dec.decode(tok.token_bytes(t))
-                hit = _first_stop(self.text, stops, sent)
-                if hit is not None:
-                    self.text = self.text[:hit]
-                    self.finish_reason = "stop"
-                    break
-                end = len(self.text) - _held_back(self.text, stops)
-                if end > sent:
-                    yield self.text[sent:end]
-                    sent = end
             else:
-                self.text += dec.decode(b"", final=True)
-                hit = _first_stop(self.text, stops, sent)
-                if hit is not None:
-                    self.text, self.finish_reason = self.text[:hit], "stop"
+                self._flush()
         finally:
             gen.close()
-        if len(self.text) > sent:
-            yield self.text[sent:]
+        self._complete = True
+        rest = self._rest()
+        if rest:
+            yield rest
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        if self.batcher is None:
+            raise TypeError("`async for` reads a batcher's ids: give the TextStream one")
+        ids = self._ids = self.batcher.astream(self._prompt_ids(), self.sampling.max_tokens,
+                                               **self._drawing())
+        self._begin()
+        try:
+            async for t in ids:
+                piece = self._take(t)
+                if piece:
+                    yield piece
+                if self._ended:
+                    break
+            else:
+                if self._closed:
+                    self.finish_reason = "cancelled"
+                    return
+                self._flush()
+        finally:
+            ids.close()
+        self._complete = True
+        rest = self._rest()
+        if rest:
+            yield rest
 
     def run(self) -> str:
         """The whole completion at once."""
         return "".join(self)
+
+    def close(self) -> None:
+        """End the generation before its next token ("cancelled" unless it had ended); where
+        it is read (on the event loop for `async for`; another thread sets `cancel`)."""
+        self._closed = True
+        if not self._complete:
+            self.finish_reason = "cancelled"
+        if self._ids is not None:
+            self._ids.close()
+
+    # ------------------------------------------------------------------ ids to text
+    def _prompt_ids(self) -> list[int]:
+        return self.ids or [self.ckpt.tokenizer.eod_id]
+
+    def _drawing(self) -> dict:
+        sp = self.sampling
+        return {"temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p,
+                "seed": sp.seed}
+
+    def _begin(self) -> None:
+        self.finish_reason = "length"
+        self._stops = [s for s in self.sampling.stop if s]
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._sent = 0                    # text[:_sent] was yielded
+        self._ended = False               # by the end-of-text token or a stop string
+
+    def _take(self, t: int) -> str:
+        """Add id `t` to the text; returns what can be sent now."""
+        tok = self.ckpt.tokenizer
+        if t == tok.eod_id:
+            self.finish_reason, self._ended = "stop", True
+            return ""
+        self.completion_tokens += 1
+        self.text += self._utf8.decode(tok.token_bytes(t))
+        hit = _first_stop(self.text, self._stops, self._sent)
+        if hit is not None:
+            self.text, self.finish_reason, self._ended = self.text[:hit], "stop", True
+            return ""
+        return self._send(len(self.text) - _held_back(self.text, self._stops))
+
+    def _flush(self) -> None:
+        """The ids ran out: the decoder's last bytes, and a stop string they complete."""
+        self.text += self._utf8.decode(b"", final=True)
+        hit = _first_stop(self.text, self._stops, self._sent)
+        if hit is not None:
+            self.text, self.finish_reason = self.text[:hit], "stop"
+
+    def _rest(self) -> str:
+        """At the end: whatever was held back."""
+        return self._send(len(self.text))
+
+    def _send(self, end: int) -> str:
+        if end <= self._sent:
+            return ""
+        piece, self._sent = self.text[self._sent:end], end
+        return piece
 
 
 CHAT_ROLES = {"system": "System", "developer": "System", "user": "User",

@@ -1,4 +1,6 @@
-"""The Starlette application and the uvicorn server that runs it.
+"""The Starlette application, the `Service` its routes share (the store, the held checkpoint,
+the generation slots, metrics) and the uvicorn server that runs it (its ServeConfig:
+config.py).
 
 Starlette + uvicorn: a small, well-kept ASGI stack; streaming responses give Server-Sent
 Events without more libraries, and uvicorn runs on a socket bound here (so the port is known,
@@ -19,39 +21,26 @@ import socket
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import uvicorn
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
+from agent.generation.checkpoint import load_serving_checkpoint
 from agent.server import api, dashboard, history, ollama
+from agent.server.config import ServeConfig
+from agent.server.errors import HANDLERS
 from agent.server.events import EventHub, StoreWatcher
-from agent.server.api import ApiError, Limits, Slots
 from agent.server.metrics import ServerMetrics
 from agent.server.reload import CheckpointWatcher, ModelHolder
 from agent.server.security import AccessGuard, HostGuard, allowed_hosts, check_binding
+from agent.server.slots import Slots
 from engine.errors import CllmError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ServeConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    token: Optional[str] = None
-    cors: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
-    cycle: Optional[int] = None          # serve this cycle's checkpoint (no reloading)
-    limits: Limits = field(default_factory=Limits)
-    decode_weights: str = "int8"         # the copies decoding reads (engine.decode)
 
 
 class Service:
@@ -63,11 +52,7 @@ class Service:
         self.limits = config.limits
         self.holder = holder or ModelHolder(store, data_dir, config.cycle,
                                             config.decode_weights)
-        self.slots = Slots(config.limits.concurrency)
-        # one thread per generation slot; shut down (joined) with the server
-        self.executor = ThreadPoolExecutor(config.limits.concurrency,
-                                           thread_name_prefix="cllm-generate")
-        self.runs: set = set()                # generations under way (api._Run)
+        self.slots = Slots(config.limits.concurrency)    # the bound on generations at once
         self.metrics = ServerMetrics()
         self.metrics.registry.register(history.StoreCollector(self))
         self.loaded_at = time.time()
@@ -90,8 +75,6 @@ class Service:
 
     def checkpoint_of(self, cycle: int):
         """Cycle `cycle`'s checkpoint (the served one, or loaded and kept: the last two)."""
-        from agent.generation.checkpoint import load_serving_checkpoint
-
         cur = self.holder.current
         if cur is not None and cur.cycle == cycle:
             return cur
@@ -106,45 +89,20 @@ class Service:
             return ckpt
 
     def batcher(self, ckpt):
-        """The checkpoint's batched decoding (one row per generation slot)."""
+        """The checkpoint's batched decoding, one row per generation slot: the slots bound
+        the generations, the rows only hold them (a request may wait one step for the row
+        of one that just ended)."""
         self._served.add(ckpt)
         return ckpt.batcher(self.limits.concurrency)
 
     def close(self) -> None:
-        """Cancel the generations under way and join the executor's and the batchers'
-        threads."""
-        for run in list(self.runs):
-            run.close()
-        self.executor.shutdown(wait=True)
+        """End the generations under way and join the batchers' decoding threads."""
         for ckpt in list(self._served):
             ckpt.close()
 
     def _loaded(self, ckpt) -> None:
         self.loaded_at = time.time()
         self.metrics.reloads.inc()
-
-
-async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return exc.response()
-
-
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code,
-                                                                       "invalid_request_error")
-    if exc.status_code == 404:
-        msg = f"no route {request.url.path}"
-    elif exc.status_code == 405:
-        msg = (f"{request.method} is not allowed on {request.url.path} (allowed: "
-               f"{(exc.headers or {}).get('Allow', '?')})")
-    else:
-        msg = str(exc.detail)
-    return ApiError(exc.status_code, msg, kind, dict(exc.headers or {})).response()
-
-
-async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
-    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"
-                    ).response()
 
 
 def build_app(service: Service) -> Starlette:
@@ -156,9 +114,8 @@ def build_app(service: Service) -> Starlette:
                                      allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                                      allow_headers=["Authorization", "Content-Type"]))
     middleware.append(Middleware(AccessGuard, hosts=hosts, token=cfg.token, cors_origins=cfg.cors))
-    app = Starlette(routes=[*api.ROUTES, *ollama.ROUTES, *history.ROUTES, *dashboard.ROUTES], middleware=middleware,
-                    exception_handlers={ApiError: _api_error, HTTPException: _http_error,
-                                        Exception: _server_error})
+    routes = [*api.ROUTES, *ollama.ROUTES, *history.ROUTES, *dashboard.ROUTES]
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS)
     app.state.service = service
     return app
 
@@ -187,8 +144,6 @@ class Server:
 
     def __init__(self, service: Service, watch: bool = True, log_level: str = "warning",
                  on_failure=None) -> None:
-        import uvicorn
-
         cfg = service.config
         check_binding(cfg.host, cfg.token)
         self.service = service

@@ -18,11 +18,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agent import reports
-from agent.server.api import ApiError, read_json
+from agent.benchmark import scaling, table_lines
+from agent.server.errors import ApiError
 from agent.server.events import events
-from agent.server.security import TOKEN_COOKIE
 from agent.server.history import _int, json_response
+from agent.server.security import TOKEN_COOKIE
+from agent.server.validation import read_json
 from engine.errors import CllmError
+from engine.prime_math import describe_token
+from store import StoreError, controls
+from store import targets as target_store
+from store.models import TargetKind
 
 STATIC = Path(__file__).parent / "static"
 BENCH_PRESETS = ("tiny", "small", "base")
@@ -47,9 +53,7 @@ async def list_targets(request: Request) -> Response:
 
 
 async def add_target(request: Request) -> Response:
-    from agent.crawler import record_target
-    from store import StoreError
-    from store.models import TargetKind
+    from agent.crawler import record_target  # the crawler's stack (~40 MiB): only when used
 
     service = request.app.state.service
     body = await read_json(request, service.limits.max_body_bytes)
@@ -72,8 +76,6 @@ async def add_target(request: Request) -> Response:
 
 
 async def remove_target(request: Request) -> Response:
-    from store.targets import remove_target as remove
-
     service = request.app.state.service
     try:
         tid = int(request.path_params["id"])
@@ -82,7 +84,7 @@ async def remove_target(request: Request) -> Response:
 
     def run():
         with service.store.session() as s:
-            return remove(s, tid)
+            return target_store.remove_target(s, tid)
     if not await anyio.to_thread.run_sync(run):
         raise ApiError(404, f"no target with id {tid}", "not_found_error")
     service.controls_changed()
@@ -92,8 +94,6 @@ async def remove_target(request: Request) -> Response:
 async def training(request: Request) -> Response:
     """Pause or resume training: {"paused": true|false}. A row of the store, so the agent
     obeys whether this server runs inside it or beside it."""
-    from store import controls
-
     service = request.app.state.service
     body = await read_json(request, service.limits.max_body_bytes)
     if not isinstance(body, dict) or not isinstance(body.get("paused"), bool):
@@ -108,8 +108,6 @@ async def training(request: Request) -> Response:
 
 
 async def neighbours(request: Request) -> Response:
-    from engine.prime_math import describe_token
-
     service = request.app.state.service
     token = _int(request, "token")
     if token is None:
@@ -133,8 +131,6 @@ _bench_lock = threading.Lock()
 
 async def bench(request: Request) -> Response:
     """Run `cllm bench` (agent/benchmark.py) on a worker thread; one at a time (409)."""
-    from agent.benchmark import scaling, table_lines
-
     service = request.app.state.service
     body = await read_json(request, service.limits.max_body_bytes)
     if not isinstance(body, dict):

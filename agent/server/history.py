@@ -10,12 +10,15 @@ import json
 from typing import Optional
 
 import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from agent import reports
-from agent.server.api import ApiError
+from agent.server.errors import ApiError
+from store.models import DocumentStatus
 
 
 def _int(request: Request, name: str, lo: int = 0) -> Optional[int]:
@@ -66,8 +69,6 @@ async def cycles(request: Request) -> Response:
 
 
 async def documents(request: Request) -> Response:
-    from store.models import DocumentStatus
-
     return await _read(request, reports.document_rows,
                        status=_choice(request, "status", [s.value for s in DocumentStatus]),
                        source=request.query_params.get("source"),
@@ -108,8 +109,6 @@ class StoreCollector:
         return []        # collected on demand only: no store read at registration
 
     def collect(self):
-        from prometheus_client.core import GaugeMetricFamily
-
         svc = self.service
         with svc.store.session(read_only=True) as s:
             st = reports.status_view(s, svc.data_dir, svc.store.describe())
@@ -151,8 +150,6 @@ class StoreCollector:
 
 
 async def metrics(request: Request) -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
     service = request.app.state.service
     body = await anyio.to_thread.run_sync(generate_latest, service.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -2,10 +2,10 @@
 and `POST /api/chat` (streamed by default as newline-delimited JSON, as Ollama does; the
 last line has "done": true with the token counts and durations in nanoseconds).
 
-The request is mapped onto the OpenAI one (api.parse_completion) so both share validation,
-caps, slots and generation: `options.num_predict` -> max_tokens, `options.temperature`,
-`top_p`, `top_k`, `seed`, `stop`; `system` becomes a system message (chat) or a prefix
-line (generate).
+The request is mapped onto the OpenAI one (validation.parse_completion) so both share
+validation, caps, slots and generation (runs.py): `options.num_predict` -> max_tokens,
+`options.temperature`, `top_p`, `top_k`, `seed`, `stop`; `system` becomes a system message
+(chat) or a prefix line (generate).
 """
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.server.api import (ApiError, RunResponse, model_id, parse_completion, read_json,
-                              start_generation)
+from agent.server.api import model_id
+from agent.server.errors import ApiError
+from agent.server.runs import RunResponse, start_generation
+from agent.server.validation import parse_completion, read_json
 
 VERSION = "0.1.0-cllm"
 OPTION_KEYS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p",
@@ -119,7 +121,6 @@ async def _run(request: Request, chat: bool) -> Response:
         try:
             async for p in run.pieces():
                 yield json.dumps(piece(p, False)).encode() + b"\n"
-            await run.finished()
             yield json.dumps(final("")).encode() + b"\n"
         finally:
             run.close()

@@ -3,8 +3,8 @@
 `ModelHolder` owns the loaded checkpoint (swapped as one reference, so a generation that
 started keeps the model it started with). `CheckpointWatcher` is one thread that waits on an
 event: a watchdog observer on the checkpoints folder sets it when a checkpoint file or the
-trainer's commit marker (agent/training/model_state.py) changes, and `notify()` sets it from inside the
-agent's process. On each wake-up the thread asks the store which checkpoint is the latest
+trainer's commit marker (agent/training/model_state.py) changes, and `notify()` sets it from
+inside the agent's process. On each wake-up the thread asks the store which checkpoint is the latest
 and loads it if it is not the one held: the store decides, the files only wake it up.
 No polling: the thread blocks on the event until something happens or it is stopped.
 """
@@ -15,10 +15,10 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
-from agent.training.model_state import CKPT_RE, checkpoint_dir
-from agent.generation.checkpoint import ServingCheckpoint, latest_ref, load_serving_checkpoint
-from agent.training.model_state import COMMIT_MARKER
+from agent.generation.checkpoint import (DECODE_WEIGHTS, ServingCheckpoint, latest_ref,
+                                         load_serving_checkpoint)
 from agent.server.wake import WakeThread
+from agent.training.model_state import CKPT_RE, COMMIT_MARKER, checkpoint_dir
 from engine.errors import CllmError
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class ModelHolder:
     """The served checkpoint: None until one loads; `cycle` pins one cycle's checkpoint."""
 
     def __init__(self, store, data_dir: Path, cycle: Optional[int] = None,
-                 weights: str = "int8") -> None:
+                 weights: str = DECODE_WEIGHTS) -> None:
         self.store, self.data_dir, self.cycle, self.weights = store, Path(data_dir), cycle, weights
         self.current: Optional[ServingCheckpoint] = None
         self.error: Optional[str] = None        # why nothing is loaded (for /health)

@@ -20,7 +20,7 @@ import json
 import socket
 from http.cookies import SimpleCookie
 from typing import Iterable, Optional
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from engine.errors import ConfigError
 
@@ -124,8 +124,6 @@ class AccessGuard:
 
     def token_ok(self, scope) -> bool:
         if scope["path"] == "/" and scope["method"] == "GET":   # the dashboard's link
-            from urllib.parse import parse_qs
-
             given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
             if given and hmac.compare_digest(given[0].encode(), self.token.encode()):
                 return True

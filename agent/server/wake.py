@@ -8,6 +8,9 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
+from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+
 log = logging.getLogger(__name__)
 
 
@@ -43,9 +46,6 @@ class WakeThread:
         self._thread.start()
 
     def _observe(self, folder: Path, matches: Callable[[str], bool], kinds):
-        from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
-
         wake = self._wake
 
         class Handler(FileSystemEventHandler):

@@ -8,15 +8,15 @@ import threading
 import httpx
 import pytest
 
+from agent.continuous_trainer import TrainerSettings
+from agent.daemon import Agent, AgentConfig
+from agent.server.config import ServeConfig
+
 pytestmark = pytest.mark.slow
 TIMEOUT = 120
 
 
 def test_agent_serve_reloads_on_the_commit_event_and_stops_with_the_agent(tmp_path):
-    from agent.continuous_trainer import TrainerSettings
-    from agent.daemon import Agent, AgentConfig
-    from agent.server.app import ServeConfig
-
     corpus = tmp_path / "corpus" / "notes"
     corpus.mkdir(parents=True)
     (corpus / "a.txt").write_text("every sphere touches twelve neighbours. " * 30)

@@ -1,6 +1,9 @@
-"""Continuous batching (agent/generation/batcher.py): concurrent requests decoded as rows of one batch
-give what each would get alone, rows are freed and reused, the window slides at the context
-length, failures reach the readers, and the decoding thread ends when idle and on close."""
+"""Continuous batching (agent/generation/batcher.py): concurrent requests decoded as rows of
+one batch give what each would get alone, rows are freed and reused, the window slides at the
+context length, failures reach the readers, ids reach an event loop from the decoding thread,
+and the decoding thread ends when idle and on close."""
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -107,4 +110,20 @@ def test_a_failure_reaches_the_reader_and_the_batcher_goes_on(model):
     bad.close()
     assert list(batcher.stream([1], 2, temperature=0.0)) == alone(
         model, dict(prompt_ids=[1], max_new_tokens=2, temperature=0.0))
+    batcher.close()
+
+
+def test_a_reader_on_an_event_loop_gets_the_ids_from_the_decoding_thread(model):
+    batcher = DecodeBatcher(model, rows=2)
+    job = dict(prompt_ids=[1, 2], max_new_tokens=7, temperature=1.0, seed=4)
+
+    async def read():
+        ids = [t async for t in batcher.astream(**job)]
+        endless = batcher.astream([3], 10_000, temperature=1.0, seed=0)
+        first = [await endless.__anext__()]
+        endless.close()                           # the request ends, its reader too
+        return ids, first + [t async for t in endless]
+    ids, cut = asyncio.run(read())
+    assert ids == alone(model, job)
+    assert len(cut) == 1
     batcher.close()

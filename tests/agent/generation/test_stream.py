@@ -1,6 +1,6 @@
-"""The shared generation loop (agent/generation/stream.py): stop strings are cut and never streamed in
-part, UTF-8 characters split over tokens come out whole, the end-of-text token and
-max_tokens end it with OpenAI's finish reasons, and a cancel event stops it."""
+"""The shared generation loop (agent/generation/stream.py): stop strings are cut and never
+streamed in part, UTF-8 characters split over tokens come out whole, the end-of-text token
+and max_tokens end it with OpenAI's finish reasons, and a cancel event stops it."""
 from __future__ import annotations
 
 import threading

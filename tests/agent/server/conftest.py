@@ -1,13 +1,20 @@
 """Fixtures of the server tests: a tiny trained data directory made once per session (two
-cycles, so one can be pinned), and `serve`, which starts real uvicorn servers on free ports
-in threads and stops (joins) them after the test."""
+cycles, so one can be pinned), `serve`, which starts real uvicorn servers on free ports
+in threads and stops (joins) them after the test, and `script_ids`, which makes a batcher's
+requests take their ids from a script."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from agent.cli import main
+from agent.generation.batcher import END
+from agent.server.config import ServeConfig
+from store import open_store
 
 CORPUS = {"a.txt": "the crystal lattice hums a quiet tune. " * 40,
           "b.txt": "every sphere touches twelve neighbours. " * 40}
@@ -22,8 +29,6 @@ def write_corpus(root: Path) -> Path:
 
 def train_tiny(corpus: Path, data_dir: Path, steps: int = 8) -> dict:
     """One `cllm train` cycle (tiny preset); returns its --json summary."""
-    from agent.cli import main
-
     r = CliRunner().invoke(main, ["train", str(corpus), "--data-dir", str(data_dir),
                                   "--preset", "tiny", "--steps", str(steps), "--batch-size", "4",
                                   "--workers", "1", "--json"], catch_exceptions=False)
@@ -48,8 +53,7 @@ def trained(tmp_path_factory, corpus) -> Path:
 @pytest.fixture
 def serve(monkeypatch):
     """serve(data_dir, **ServeConfig fields, limits=Limits(...)) -> a started Server."""
-    from agent.server.app import ServeConfig, Server, Service
-    from store import open_store
+    from agent.server.app import Server, Service  # the serve extra: generation tests go without
 
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
     started = []
@@ -74,10 +78,54 @@ def serve(monkeypatch):
             store.close()
 
 
+class ScriptedIds:
+    """A stand-in for a batcher's `submit`: each request takes its ids from
+    `script(prompt_ids, max_new_tokens, **sampling)` (a generator) on a thread of its own,
+    which hands them to the request's reader as the decoding thread would (then END, or the
+    exception the script raised) and blocks where the script does; a cancelled request's
+    script is closed at its next id."""
+
+    def __init__(self, script) -> None:
+        self.script, self.threads = script, []
+
+    def __call__(self, prompt_ids, max_new_tokens, deliver, **sampling):
+        cancelled = threading.Event()
+
+        def run():
+            gen = self.script(prompt_ids, max_new_tokens, **sampling)
+            try:
+                for t in gen:
+                    if cancelled.is_set():
+                        return
+                    deliver(t)
+                deliver(END)
+            except BaseException as e:      # noqa: BLE001 - to the reader, as the batcher does
+                deliver(e)
+            finally:
+                gen.close()
+        thread = threading.Thread(target=run, name="scripted-ids")
+        thread.start()
+        self.threads.append(thread)
+        return cancelled.set
+
+
+@pytest.fixture
+def script_ids():
+    """script_ids(batcher, script): the batcher's requests take their ids from `script`
+    (ScriptedIds); its threads are joined after the test."""
+    fakes = []
+
+    def install(batcher, script) -> None:
+        fakes.append(ScriptedIds(script))
+        batcher.submit = fakes[-1]
+    yield install
+    for fake in fakes:
+        for thread in fake.threads:
+            thread.join()
+
+
 def wait_loaded(server, timeout: float = 60.0):
     """Block until the server holds a checkpoint (its first load runs on the watcher)."""
-    import threading
-
     holder = server.service.holder
     done = threading.Event()
     holder.listeners.append(lambda ckpt: done.set())

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from agent.generation.stream import Sampling, TextStream
+from agent.server.config import Limits
 from tests.agent.server.conftest import wait_loaded
 
 
@@ -47,10 +49,6 @@ def test_completion_is_the_shared_generation_with_usage_counts(serve, trained):
 
 def test_concurrent_completions_share_the_batch_and_each_is_what_it_would_be_alone(serve,
                                                                                    trained):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from agent.server.api import Limits
-
     server = serve(trained, limits=Limits(concurrency=3))
     ckpt = wait_loaded(server)
     bodies = [{"prompt": p, "max_tokens": 40, "temperature": 0.9, "top_k": 20, "seed": i}
@@ -78,7 +76,7 @@ def test_a_server_decodes_with_the_weights_it_was_told(serve, trained):
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == alone
 
 
-def test_stream_chunks_arrive_one_by_one_and_end_with_done(serve, trained):
+def test_stream_chunks_arrive_one_by_one_and_end_with_done(serve, trained, script_ids):
     server = serve(trained)
     ckpt = wait_loaded(server)
     # the served model yields five byte tokens "e", the second one only once the client has
@@ -91,7 +89,7 @@ def test_stream_chunks_arrive_one_by_one_and_end_with_done(serve, trained):
             if i == 1:
                 assert first_read.wait(30), "the first chunk never reached the client"
             yield t
-    server.service.batcher(ckpt).stream = gated      # the server's token source
+    script_ids(server.service.batcher(ckpt), gated)     # the server's token source
     events = []
     with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
                       json={"prompt": "every", "max_tokens": 5, "stream": True,
@@ -111,7 +109,7 @@ def test_stream_chunks_arrive_one_by_one_and_end_with_done(serve, trained):
 
 
 def _fixed_ids(ids):
-    """A stand-in for the batcher's stream that yields `ids` (to know the text in advance)."""
+    """A script for the batcher's requests that yields `ids` (to know the text in advance)."""
     def gen(prompt_ids, max_new_tokens, **kw):
         yield from ids[:max_new_tokens]
     return gen
@@ -183,9 +181,8 @@ def test_bad_chat_and_transport_errors_get_json(serve, trained):
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
 
 
-def test_busy_slots_give_429_with_retry_after_and_a_hang_up_frees_its_slot(serve, trained):
-    from agent.server.api import Limits
-
+def test_busy_slots_give_429_with_retry_after_and_a_hang_up_frees_its_slot(serve, trained,
+                                                                          script_ids):
     server = serve(trained, limits=Limits(concurrency=1, queue_timeout=0))
     ckpt = wait_loaded(server)
     slots = server.service.slots
@@ -208,7 +205,7 @@ def test_busy_slots_give_429_with_retry_after_and_a_hang_up_frees_its_slot(serve
                 yield ord("a")
         finally:
             ended.set()
-    server.service.batcher(ckpt).stream = endless
+    script_ids(server.service.batcher(ckpt), endless)
     with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
                       json={"prompt": "x", "max_tokens": 1000, "stream": True}) as r:
         next(line for line in r.iter_lines() if line.startswith("data: "))

@@ -11,6 +11,9 @@ from click.testing import CliRunner
 from agent.cli import main
 from agent.generation.checkpoint import load_serving_checkpoint
 from agent.generation.stream import CHAT_STOPS, Sampling, TextStream, chat_prompt
+from agent.cli.chat import reply
+from engine.model import Model
+from engine.warmup import compile_decoding
 from store import open_store
 
 
@@ -56,9 +59,6 @@ def test_generate_json_checkpoint_and_stop(trained, ckpts, monkeypatch):
 
 
 def test_decode_weights_choose_the_copies_generation_reads(trained, monkeypatch):
-    from engine.model import Model
-    from engine.warmup import compile_decoding
-
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
     compile_decoding()                   # its own generations are not the ones counted below
     seen = []
@@ -98,8 +98,6 @@ def test_chat_turns_use_the_chat_template_and_ctrl_d_quits(trained, ckpts, monke
 
 
 def test_ctrl_c_stops_a_reply_and_keeps_what_came(ckpts, monkeypatch):
-    from agent.cli.chat import reply
-
     ckpt = ckpts[2]
 
     def interrupted(prompt_ids, max_new_tokens, **kw):

@@ -2,6 +2,7 @@
 is loaded, stopped by Ctrl-C (SIGINT) with exit status 0; refusals are one line."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -12,7 +13,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from agent import daemon
 from agent.cli import main
+from agent.server import require_serve_extra
+from engine.errors import CllmError
 
 
 @pytest.mark.slow
@@ -54,11 +58,6 @@ def test_cllm_serve_refusals_are_one_line(tmp_path, trained):
 
 
 def test_missing_serve_extra_is_one_line_with_a_pip_hint(monkeypatch):
-    import importlib.util
-
-    from agent.server import require_serve_extra
-    from engine.errors import CllmError
-
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "uvicorn" else real(name, *a))
@@ -68,8 +67,6 @@ def test_missing_serve_extra_is_one_line_with_a_pip_hint(monkeypatch):
 
 
 def test_cllm_agent_serve_flags_reach_the_agent(tmp_path, monkeypatch):
-    from agent import daemon
-
     got = []
 
     class Stop(Exception):

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
+from store import controls, open_store
+from store.targets import list_targets
 from tests.agent.server.conftest import train_tiny, wait_loaded
 
 pytestmark = pytest.mark.slow
@@ -26,9 +32,6 @@ TABS = ("training", "crawler", "llm", "research", "benchmark")
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     for exe in (CHROMIUM, DRIVER):
         if not Path(exe).exists():
             pytest.fail(f"{exe} is missing: apt-get install chromium chromium-driver "
@@ -49,15 +52,16 @@ def browser():
 def wait_js(driver, condition: str, what: str) -> None:
     """Block until the JavaScript expression `condition` is true, re-checking it on every
     change of the page (a MutationObserver), not on a timer."""
-    from selenium.common.exceptions import TimeoutException
-
     try:
         ok = driver.execute_async_script("""
         const done = arguments[arguments.length - 1];
-        const check = () => { try { return Boolean(eval(arguments[0])); } catch (e) { return false; } };
+        const check = () => {
+            try { return Boolean(eval(arguments[0])); } catch (e) { return false; } };
         if (check()) { done(true); return; }
-        const obs = new MutationObserver(() => { if (check()) { obs.disconnect(); done(true); } });
-        obs.observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+        const obs = new MutationObserver(() => {
+            if (check()) { obs.disconnect(); done(true); } });
+        obs.observe(document,
+                    {subtree: true, childList: true, attributes: true, characterData: true});
     """, condition)
     except TimeoutException:
         pytest.fail(f"the page never showed: {what}")
@@ -85,8 +89,6 @@ def rows(driver, table: str) -> list[list[str]]:
 
 
 def test_each_tab_renders_the_data_directory(serve, trained, browser, tmp_path):
-    from selenium.webdriver.common.by import By
-
     server = serve(trained)
     wait_loaded(server)
     d, u = browser, server.url
@@ -127,8 +129,6 @@ def test_each_tab_renders_the_data_directory(serve, trained, browser, tmp_path):
 
 
 def test_a_chat_reply_streams_into_the_page(serve, trained, browser, tmp_path):
-    from selenium.webdriver.common.by import By
-
     server = serve(trained)
     wait_loaded(server)
     d = browser
@@ -153,11 +153,6 @@ def test_a_chat_reply_streams_into_the_page(serve, trained, browser, tmp_path):
 
 def test_adding_a_crawl_target_from_the_page_records_it_in_the_store(serve, trained, browser,
                                                                      tmp_path):
-    from selenium.webdriver.common.by import By
-
-    from store import open_store
-    from store.targets import list_targets
-
     def targets():
         with open_store(trained) as store, store.session(read_only=True) as s:
             return [(t.id, t.kind, t.location) for t in list_targets(s)]
@@ -184,10 +179,6 @@ def test_adding_a_crawl_target_from_the_page_records_it_in_the_store(serve, trai
 
 
 def test_pausing_training_from_the_page_sets_the_stores_control(serve, trained, browser):
-    from selenium.webdriver.common.by import By
-
-    from store import controls, open_store
-
     def paused():
         with open_store(trained) as store, store.session(read_only=True) as s:
             return controls.paused(s)

@@ -7,8 +7,11 @@ import json
 import httpx
 import pytest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.cli import main
+from store import open_store
+from store.cycles import step_metrics
 from tests.agent.server.conftest import wait_loaded
 
 
@@ -41,9 +44,6 @@ def test_api_views_are_the_cli_json(serve, trained, path, cli):
 
 
 def test_api_steps_are_the_recorded_step_losses(serve, trained):
-    from store import open_store
-    from store.cycles import step_metrics
-
     server = serve(trained)
     rows = httpx.get(server.url + "/api/steps").json()
     with open_store(trained) as store, store.session(read_only=True) as s:
@@ -63,8 +63,6 @@ def test_bad_query_parameters_get_400_json(serve, trained, query):
 
 
 def test_metrics_are_prometheus_text_with_store_state_and_generation_counters(serve, trained):
-    from prometheus_client.parser import text_string_to_metric_families
-
     server = serve(trained)
     wait_loaded(server)
     r = httpx.post(server.url + "/v1/completions", json={"prompt": "every", "max_tokens": 6})

@@ -3,12 +3,17 @@ committed checkpoint is loaded (woken by the file watcher, confirmed by the stor
 cycle stays; a checkpoint failing its SHA-256 is refused for the previous one."""
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from agent.cli import main
 from agent.generation.checkpoint import load_serving_checkpoint
+from agent.server.app import Server, Service
+from agent.server.config import ServeConfig
 from agent.training.model_state import COMMIT_MARKER
 from engine.errors import CllmError
 from store import open_store
@@ -77,13 +82,6 @@ def test_a_checkpoint_failing_its_hash_is_refused_for_the_previous(corpus, tmp_p
 def test_reload_and_views_on_each_store_backend(store_target, corpus):
     """On PostgreSQL too (no database file to watch): the trainer's commit marker wakes
     the server, which confirms the new checkpoint with the store."""
-    import json
-
-    from click.testing import CliRunner
-
-    from agent.cli import main
-    from agent.server.app import ServeConfig, Server, Service
-
     data, url = store_target.data_dir, store_target.url
 
     def train():

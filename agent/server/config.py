@@ -1,0 +1,33 @@
+"""What a server is told: `ServeConfig` (where it listens, who may ask, which checkpoint) and
+its `Limits` (request sizes, generations at once). Their defaults are the serving defaults,
+written here only: `cllm serve`'s options (agent/cli/serve.py) take theirs from them.
+Plain dataclasses: importable without the `serve` extra.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from agent.generation.checkpoint import DECODE_WEIGHTS
+
+
+@dataclass
+class Limits:
+    max_tokens: int = 1024         # the most tokens one request may ask for
+    default_max_tokens: int = 128  # when it asks for none
+    max_prompt_chars: int = 65536  # prompt (or all messages) length
+    max_body_bytes: int = 1 << 20  # a request body (JSON) larger is refused with 413
+    concurrency: int = 2           # generations at once (Slots; each batcher gets this many rows)
+    queue_timeout: float = 10.0    # seconds a request waits for a slot, then 429
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: Optional[str] = None
+    cors: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    cycle: Optional[int] = None          # serve this cycle's checkpoint (no reloading)
+    limits: Limits = field(default_factory=Limits)
+    decode_weights: str = DECODE_WEIGHTS  # the copies decoding reads (engine.decode)

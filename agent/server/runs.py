@@ -1,0 +1,103 @@
+"""A request's generation: `start_generation` (the checkpoint it names, a slot, its
+TextStream), `Run`, which reads it on the event loop and frees the slot when it ends, and
+`RunResponse`, the streamed response that always closes its run.
+
+Every piece of a run comes from the checkpoint's batcher (agent/generation/batcher.py),
+whose decoding thread hands each id to the event loop, where it becomes text: the loop never
+blocks, and a client that hangs up ends its generation before the next token.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import anyio
+from starlette.responses import StreamingResponse
+
+from agent.generation.checkpoint import ServingCheckpoint
+from agent.generation.stream import TextStream
+from agent.server.errors import ApiError
+from agent.server.slots import acquire
+from agent.server.validation import CompletionRequest
+from engine.errors import CllmError
+
+
+def _ckpt_or_503(service) -> ServingCheckpoint:
+    ckpt = service.holder.current
+    if ckpt is None:
+        raise ApiError(503, f"no model loaded yet: {service.holder.error or 'loading'}",
+                       "unavailable_error", {"Retry-After": "5"})
+    return ckpt
+
+
+async def start_generation(service, req: CompletionRequest):
+    """(checkpoint, text stream, generation) of a validated request: the checkpoint it names
+    (or 503), a generation slot (or 429), the prompt tokenised off the loop."""
+    if req.checkpoint is None:
+        ckpt = _ckpt_or_503(service)
+    else:
+        try:
+            ckpt = await anyio.to_thread.run_sync(service.checkpoint_of, req.checkpoint)
+        except CllmError as e:
+            raise ApiError(400, f"'checkpoint': {e.one_line()}") from None
+    if not await acquire(service.slots, service.limits.queue_timeout):
+        service.metrics.rejected()
+        raise ApiError(429, f"all {service.slots.n} generation slots are busy; retry shortly",
+                       "rate_limit_error", {"Retry-After": "1"})
+    try:   # tokenising a long prompt takes a while: off the loop too
+        ts = await anyio.to_thread.run_sync(TextStream, ckpt, req.prompt, req.sampling, None,
+                                            service.batcher(ckpt))
+    except BaseException:
+        service.slots.release()
+        raise
+    return ckpt, ts, Run(service, ts)
+
+
+class Run:
+    """One generation holding a slot, read on the event loop (`async for` over its
+    TextStream: the batcher's thread hands it each id). close() (always called, on the
+    loop) ends it if unfinished, frees the slot and counts it in the metrics, once."""
+
+    def __init__(self, service, ts: TextStream) -> None:
+        self.service, self.ts = service, ts
+        self.t0 = time.perf_counter()
+        self.first: Optional[float] = None
+        self._open = True
+
+    async def pieces(self):
+        try:
+            async for piece in self.ts:
+                if self.first is None:
+                    self.first = time.perf_counter() - self.t0
+                yield piece
+        finally:
+            self.close()
+
+    async def text(self) -> str:
+        """The whole text (a response that is not streamed)."""
+        return "".join([p async for p in self.pieces()])
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self.ts.close()
+        self.service.slots.release()
+        finished = self.ts.finish_reason in ("stop", "length")
+        self.service.metrics.generated(self.ts.completion_tokens, self.ts.prompt_tokens,
+                                       time.perf_counter() - self.t0, self.first, finished)
+
+
+class RunResponse(StreamingResponse):
+    """A streamed generation whose run is closed when the response ends, however it ends
+    (finished, the client hung up, the server stopped)."""
+
+    def __init__(self, run: Run, content, **kw) -> None:
+        super().__init__(content, **kw)
+        self.run = run
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.close()
