@@ -4,6 +4,7 @@
     crawl.py    cllm crawl
     history.py  cllm history cycles|documents|urls|vocab|checkpoints|forgetting
     model.py    cllm train, generate, neighbours, bench
+    evaluate.py cllm eval (bits per byte, perplexity on files: agent/perplexity.py)
     chat.py     cllm chat (interactive, the server's generation code)
     serve.py    cllm serve (the HTTP API, agent/server/)
     db.py       cllm db upgrade|current
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import click
 
-from agent.cli import chat, crawl, db, history, model, run, serve
+from agent.cli import chat, crawl, db, evaluate, history, model, run, serve
 from agent.cli.common import CONTEXT_SETTINGS, Invocation, configure_logging, global_options
 
 
@@ -57,6 +58,7 @@ COMMANDS = (
     crawl.crawl,
     history.history,
     model.train, model.generate, model.neighbours, model.bench,
+    evaluate.evaluate,
     chat.chat,
     serve.serve,
     db.db,
