@@ -4,7 +4,7 @@
     crawl.py    cllm crawl
     history.py  cllm history cycles|documents|urls|vocab|checkpoints|forgetting
     model.py    cllm train, generate, neighbours, bench
-    evaluate.py cllm eval (bits per byte, perplexity on files: agent/perplexity.py)
+    evaluate.py cllm eval (bits per byte, perplexity on files: agent/generation/perplexity.py)
     chat.py     cllm chat (interactive, the server's generation code)
     serve.py    cllm serve (the HTTP API, agent/server/)
     db.py       cllm db upgrade|current

@@ -1,6 +1,6 @@
 """`cllm eval`: bits per byte, bits per token and perplexity of the served model on files, as a
-table or JSON; a thin command over agent/perplexity.py and the checkpoint `cllm generate`
-loads (agent/cli/model.py's load_for_generation).
+table or JSON; a thin command over agent/generation/perplexity.py and the checkpoint
+`cllm generate` loads (agent/cli/model.py's load_for_generation).
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def evaluate(inv: Invocation, paths: tuple[str, ...], data_dir: Path, cycle: Opt
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from agent.perplexity import Score, input_files, score_files
+    from agent.generation.perplexity import Score, input_files, score_files
 
     items = input_files(paths)              # a missing path fails before the model loads
     ckpt = _checkpoint(inv, data_dir, cycle)
