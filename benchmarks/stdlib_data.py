@@ -5,7 +5,8 @@ One definition here so bench_recipe.py (engine recipes), torch_twin.py (the PyTo
 and the scoring of the agent's own checkpoints measure the same thing:
 
 - files: every .py under the root except those under test/, site-packages/ or dist-packages/,
-  sorted by path; file i (0-based) is held out when i % 10 == 9;
+  sorted by path (the first `max_files` of them for a smoke run); file i (0-based) is held
+  out when i % 10 == 9;
 - bits per byte: each held-out file is scored as its own stream [EOD] + ids (so every token
   of the text is predicted, the first from the end-of-document context) in consecutive
   non-overlapping windows of the model's context; bpb = sum of nats / text bytes / ln 2.
@@ -42,13 +43,19 @@ class Split:
     heldout: list[Path]
 
 
-def split_files(root: Path = DEFAULT_ROOT) -> Split:
-    """The sorted .py files under root (exclusions above); every tenth is held out."""
+def split_files(root: Path = DEFAULT_ROOT, max_files: Optional[int] = None) -> Split:
+    """The sorted .py files under root (exclusions above; the first `max_files` when given);
+    every tenth is held out."""
     root = Path(root)
     files = sorted(p for p in root.rglob("*.py")
                    if p.is_file() and not EXCLUDED_DIRS.intersection(p.relative_to(root).parts))
     if not files:
         raise SystemExit(f"no .py files under {root}; pass --src pointing at a CPython tree")
+    if max_files is not None:
+        if max_files < HELD_OUT_EVERY:
+            raise SystemExit(f"--max-files {max_files} holds nothing out: use at least "
+                             f"{HELD_OUT_EVERY}")
+        files = files[:max_files]
     held = [p for i, p in enumerate(files) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
     train = [p for i, p in enumerate(files) if i % HELD_OUT_EVERY != HELD_OUT_EVERY - 1]
     return Split(train, held)

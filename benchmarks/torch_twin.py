@@ -1,141 +1,347 @@
-"""The PyTorch twin of issue 13 item 8, and the scorer of the agent's own checkpoints, on the
-same held-out bits per byte (benchmarks/stdlib_data.py). PyTorch is used only here.
+"""The PyTorch twins of the learning race (benchmarks/bench_learn_tree.py), and the scorer of
+checkpoints on the held-out bits per byte of benchmarks/stdlib_data.py. PyTorch is used only
+here and in torch_peer.py.
 
-`train`: a nanoGPT-style loop (random windows of the packed training stream, AdamW, global
-norm clip 1.0, warmup then a constant rate) training the `small` model, initialised exactly
-as engine.Model(seed) (benchmarks/torch_peer.py's TorchGPT: pre-LN, fused qkv, tanh GELU,
-tied head), for a WALL-TIME budget; held-out bits per byte at given marks of training time.
-The clock and the CPU clock stop while it evaluates, so the marks count training only.
+`train --recipe nanogpt`: what a user would write today, nanoGPT-style: random windows of
+the packed training files, the `small` model initialised exactly as engine.Model(seed)
+(torch_peer.TorchGPT: pre-LN, fused qkv, tanh GELU, tied head), AdamW 0.9/0.99 with weight
+decay on matrices, global-norm clip 1.0, warmup then a constant rate; a tokenizer of ours
+learned up front to the model's full vocabulary; the raw weights are what it serves.
+`train --recipe ours`: PyTorch running the agent's own recipe, read from the settings table
+(agent/settings.py: TrainerSettings and its TrainConfig): the preset; the tokenizer learned
+the way the agent's first cycle learns it (one `Tokenizer.learn` of `vocab_growth` tokens,
+on all the training text) and the model grown to it from a byte-level one
+(agent/training/model_state.new_model_state, Model.grow_vocab); the files' training heads
+(the agent's own held-out tail, val_fraction, cut off); every window of T+1 tokens at
+stride T once per pass in a shuffled order, `passes` passes and then no more (the agent's
+backlog budget), no replay; AdamW with the config's betas, eps, decay and clip; the
+schedule's warmup then a constant rate (engine.schedule.learning_rate); non-finite steps
+skipped; and the EMA of engine.ema (decay_at's warm-up), which is what it serves.
+
+Both run against a wall clock that starts when they are launched (`--t0`, the launcher's
+time.time()) and includes everything: imports, reading the files, learning the tokenizer,
+encoding. At each mark they copy the weights they would serve (a few milliseconds on the
+clock) and train on; after the deadline, off the clock, the copies are written as our
+checkpoints (weights, EMA when served, tokenizer beside them) and scored (`eval`'s scorer).
+
 `eval`: held-out bits per byte of our checkpoints (ckpt-NNNNNN.safetensors and the
 ckpt-NNNNNN.tokenizer.json saved next to it), the EMA weights when the checkpoint has them.
 `split`: copies the training files (9 in 10) to a folder, so the agent can be pointed at
-exactly the text the twin trains on and never sees a held-out file.
+exactly the text the twins train on and never sees a held-out file.
 
-    python benchmarks/torch_twin.py split --out /tmp/stdlib-train
-    python benchmarks/torch_twin.py train --minutes 10 --marks 1,2,5,10
+    python benchmarks/torch_twin.py train --recipe ours --minutes 10 --marks 1,2,5,10
+    python benchmarks/torch_twin.py --max-files 40 train --seconds 20 --marks 10,20  # smoke
     python benchmarks/torch_twin.py eval /path/to/data-dir/checkpoints
-    python benchmarks/torch_twin.py train --seconds 20 --marks 5,20     # a smoke test
-
-The agent side: `cllm agent --crawl /tmp/stdlib-train` (defaults, all cores) for 10 minutes,
-then `eval` on its checkpoints directory; each row carries the checkpoint's cycle, step
-and file mtime, to be lined up with the cycle's commit time from the store.
+    python benchmarks/torch_twin.py split --out /tmp/stdlib-train
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
-import shutil
-import sys
 import time
-from pathlib import Path
-from typing import Optional, Sequence
 
-import numpy as np
+LAUNCHED = time.time()     # the clock of a run started without --t0
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stdlib_data import (DEFAULT_ROOT, HeldOut, Split, bits_per_byte,  # noqa: E402
-                         heldout_windows, learned_tokenizer, read_text, split_files)
+from race_snapshots import RaceClock, tokenizer_beside  # noqa: E402
+from stdlib_data import (DEFAULT_ROOT, Split, bits_per_byte, heldout_windows,  # noqa: E402
+                         learned_tokenizer, read_text, split_files)
 
-import engine  # noqa: E402
-from engine import Model  # noqa: E402
-from engine.checkpoint import load_checkpoint  # noqa: E402
-from engine.data import pack  # noqa: E402
+from engine import Model, preset  # noqa: E402
+from engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from engine.data import pack, window  # noqa: E402
+from engine.ema import EMA, decay_at  # noqa: E402
+from engine.errors import CllmError  # noqa: E402
 from engine.params import is_matrix  # noqa: E402
+from engine.schedule import ScheduleConfig, learning_rate  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 
 log = logging.getLogger("torch_twin")
 RESULTS = Path(__file__).resolve().parent / "results"
+RECIPES = ("nanogpt", "ours")
 
 
-# --------------------------------------------------------------------------- the twin
-def torch_loss_sum(net):
-    """loss_sum(x, y) -> (sum of nats, count) of a TorchGPT, for stdlib_data.bits_per_byte."""
-    import torch
-    import torch.nn.functional as F
+# --------------------------------------------------------------------------- recipes
+@dataclass(frozen=True)
+class Recipe:
+    name: str                          # "nanogpt" or "ours"
+    lr: float                          # peak rate, after a linear warmup of `warmup` steps
+    warmup: int = 100
+    batch: int = 8                     # sequences per step (of the preset's context)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.1          # decoupled, on matrices only (engine.params.is_matrix)
+    grad_clip: Optional[float] = 1.0   # global norm
+    ema_decay: Optional[float] = None  # serve the EMA of engine.ema (None: the raw weights)
+    passes: Optional[float] = None     # shuffled passes then stop (None: random windows)
+    val_fraction: float = 0.0          # tail of each training file never trained on
+    vocab_growth: Optional[int] = None  # one learn of this many tokens, byte model grown to
+    #                                     it (None: learn to the full vocabulary, model at it)
+    skip_nonfinite: bool = False       # skip a step whose loss or gradient norm is not finite
+    preset: str = "small"
+    seed: int = 0
+    init: Optional[str] = None         # embedding init (None: the preset's)
 
-    def loss_sum(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        with torch.no_grad():
-            logits = net(torch.from_numpy(x))
-            yt = torch.from_numpy(y)
-            s = F.cross_entropy(logits.reshape(-1, logits.size(-1)), yt.reshape(-1),
-                                ignore_index=-1, reduction="sum")
-        return float(s), int((yt >= 0).sum())
-    return loss_sum
+
+def nanogpt_recipe(lr: float = 1e-3, batch: int = 8, warmup: int = 100,
+                   beta2: float = 0.99) -> Recipe:
+    return Recipe("nanogpt", lr=lr, batch=batch, warmup=warmup, beta2=beta2)
 
 
-def train_twin(stream: np.ndarray, held: HeldOut, vocab: int, seconds: float,
-               marks: Sequence[float], batch: int = 8, lr: float = 2e-3, warmup: int = 100,
-               beta1: float = 0.9, beta2: float = 0.99, weight_decay: float = 0.1,
-               grad_clip: float = 1.0, seed: int = 0, threads: Optional[int] = None
-               ) -> list[dict]:
-    """Train the twin for `seconds` of training wall time; one row per mark (seconds of
-    training): seconds, cpu_seconds, step, tokens, bpb."""
+def our_recipe(passes: Optional[float] = None) -> Recipe:
+    """The agent's recipe from the settings table's defaults (what `cllm agent` trains with
+    when no flag, CLLM_* variable or config file changes it); `passes` overrides its budget."""
+    from agent.settings import TrainerSettings
+
+    st = TrainerSettings()
+    tc = st.train_config(1)
+    if tc.schedule != "constant" or tc.optimizer != "adamw" or tc.crystalline_weight:
+        raise SystemExit(f"the recipe twin follows AdamW, the constant schedule and no "
+                         f"crystalline prior; the defaults are now {tc.optimizer}, "
+                         f"{tc.schedule}, crystalline weight {tc.crystalline_weight}: "
+                         "teach benchmarks/torch_twin.py the new recipe")
+    return Recipe("ours", lr=tc.lr, warmup=tc.warmup_steps, batch=tc.batch_size,
+                  beta1=tc.beta1, beta2=tc.beta2, eps=tc.eps, weight_decay=tc.weight_decay,
+                  grad_clip=tc.grad_clip, ema_decay=tc.ema_decay,
+                  passes=passes if passes is not None else st.passes,
+                  val_fraction=st.val_fraction, vocab_growth=st.max_new_tokens,
+                  skip_nonfinite=True, preset=st.preset, seed=st.seed, init=st.init)
+
+
+def training_texts(recipe: Recipe, files: Sequence[Path]) -> list[str]:
+    texts = [read_text(p) for p in files]
+    if recipe.val_fraction > 0:
+        from agent.training.learn import split_heldout
+        texts = [split_heldout(t, recipe.val_fraction)[0] for t in texts]
+    return texts
+
+
+def build(recipe: Recipe, texts: Sequence[str]) -> tuple[Model, Tokenizer]:
+    """The recipe's tokenizer, learned on texts, and its initial model."""
+    cfg = preset(recipe.preset)
+    if recipe.vocab_growth is None:
+        tok = learned_tokenizer(texts, cfg.vocab_size)
+        init = {"init": recipe.init} if recipe.init else {}
+        return Model(cfg.replace(vocab_size=len(tok), **init), seed=recipe.seed), tok
+    from agent.training.model_state import new_model_state
+
+    state = new_model_state(recipe.preset, seed=recipe.seed, init=recipe.init)
+    state.tokenizer.learn(texts, max_new_tokens=recipe.vocab_growth)
+    state.model.grow_vocab(len(state.tokenizer))
+    return state.model, state.tokenizer
+
+
+class RandomWindows:
+    """nanoGPT's batches: B windows at random starts of the packed stream, for ever."""
+
+    def __init__(self, stream: np.ndarray, T: int, B: int, seed: int) -> None:
+        self.stream, self.T, self.B = stream, T, B
+        self.rng = np.random.default_rng(seed)
+        self.hi = len(stream) - T - 1
+
+    def next(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        s, T = self.rng.integers(0, self.hi, self.B), self.T
+        return (np.stack([self.stream[i:i + T] for i in s]),
+                np.stack([self.stream[i + 1:i + T + 1] for i in s]))
+
+
+class ShuffledPasses:
+    """The agent's budget without its bookkeeping: every window of T+1 tokens at stride T
+    (each token a target once per pass), in a new random order each pass, for `passes`
+    passes (a fraction: the start of the last one); then None."""
+
+    def __init__(self, stream: np.ndarray, T: int, B: int, passes: float, seed: int) -> None:
+        self.stream, self.T, self.B = stream, T, B
+        self.starts = np.arange(0, len(stream) - 1, T)
+        self.left = math.ceil(passes * len(self.starts) - 1e-9)
+        self.rng = np.random.default_rng(seed)
+        self.order = np.zeros(0, np.int64)
+
+    def next(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        take = min(self.B, self.left)
+        if take <= 0:
+            return None
+        if len(self.order) < take:
+            self.order = np.concatenate([self.order, self.rng.permutation(self.starts)])
+        rows, self.order = self.order[:take], self.order[take:]
+        self.left -= take
+        xs, ys = zip(*(window(self.stream, int(s), self.T) for s in rows))
+        return np.stack(xs), np.stack(ys)
+
+
+# --------------------------------------------------------------------------- the race
+def flat_copy(tensors) -> np.ndarray:
+    """The tensors (in the engine's layout order) as one flat float32 array: a copy."""
+    return np.concatenate([t.detach().numpy().ravel() for t in tensors]).astype(
+        np.float32, copy=False)
+
+
+def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] = None
+         ) -> dict:
+    """Train until the clock's deadline (or the recipe's passes); copy the served weights at
+    each mark. Returns the run's summary, with the copies under "snapshots" (arrays)."""
     import torch
     from torch_peer import TorchGPT
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    torch.manual_seed(seed)
-    cfg = engine.small.replace(vocab_size=vocab)
-    init = Model(cfg, seed=seed)
-    net = TorchGPT(init)                           # the engine's init, bit for bit
-    names = init.param_names()
-    decay = [net.w(n) for n in names if is_matrix(n)]
-    no_decay = [net.w(n) for n in names if not is_matrix(n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(beta1, beta2), eps=1e-8)
-    params = decay + no_decay
-    T = cfg.context
-    rng = np.random.default_rng(seed)
-    hi = len(stream) - T - 1
-    marks = sorted(float(m) for m in marks if m <= seconds) or [float(seconds)]
+    torch.manual_seed(recipe.seed)
+    texts = training_texts(recipe, split.train)
+    model, tok = build(recipe, texts)
+    tokenizer_s = clock.now()
+    stream = pack((tok.encode(t) for t in texts), tok.eod_id)
+    T, B = model.config.context, recipe.batch
+    if recipe.passes is None:
+        data = RandomWindows(stream, T, B, recipe.seed)
+    else:                                # each document read as [EOD] + its tokens
+        stream = np.concatenate([[tok.eod_id], stream]).astype(np.int64)
+        data = ShuffledPasses(stream, T, B, recipe.passes, recipe.seed)
+    net = TorchGPT(model)
+    names = model.param_names()
+    params = [net.w(n) for n in names]
+    opt = torch.optim.AdamW(
+        [{"params": [net.w(n) for n in names if is_matrix(n)],
+          "weight_decay": recipe.weight_decay},
+         {"params": [net.w(n) for n in names if not is_matrix(n)], "weight_decay": 0.0}],
+        lr=recipe.lr, betas=(recipe.beta1, recipe.beta2), eps=recipe.eps)
+    schedule = ScheduleConfig(kind="constant", lr=recipe.lr, warmup_steps=recipe.warmup)
+    shadow = [p.detach().clone() for p in params] if recipe.ema_decay else None
+    ema_t = step = tokens = skipped = 0
+    train_s = 0.0
+    first_step_s = budget_done_s = None
     rows: list[dict] = []
-    loss_sum = torch_loss_sum(net)
-    train_s = cpu_s = 0.0
-    step = tokens = 0
-    while marks:
-        t0, c0 = time.perf_counter(), time.process_time()
+    last: Optional[dict] = None          # the latest copy; reused while nothing changed
+    log.info("%s twin: tokenizer of %d learned at %.1f s, %d training tokens", recipe.name,
+             len(tok), tokenizer_s, len(stream))
+
+    def mark(m: float) -> None:
+        """Copy the weights served now (once per step) for mark m; none before a step."""
+        nonlocal last
+        if step == 0:
+            rows.append({"mark_s": m, "at_s": None, "step": 0, "tokens": 0, "copy": None})
+            return
+        if last is None or last["step"] != step:
+            last = {"at_s": round(clock.now(), 3), "step": step, "ema_t": ema_t,
+                    "raw": flat_copy(params),
+                    "ema": flat_copy(shadow) if shadow is not None else None}
+        rows.append({"mark_s": m, "at_s": last["at_s"], "step": step, "tokens": tokens,
+                     "copy": last})
+
+    while True:
+        for m in clock.passed():
+            mark(m)
+        if clock.over():
+            break
+        batch = data.next()
+        if batch is None:                # the budget is trained: these weights are final,
+            budget_done_s = clock.now()  # so the marks still to come get them now
+            for m in clock.marks:
+                mark(m)
+            clock.marks = []
+            break
+        t_step = time.perf_counter()
+        if first_step_s is None:
+            first_step_s = clock.now()
+        x, y = (torch.from_numpy(a) for a in batch)
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
-        starts = rng.integers(0, hi, batch)
-        x = torch.from_numpy(np.stack([stream[s:s + T] for s in starts]))
-        y = torch.from_numpy(np.stack([stream[s + 1:s + T + 1] for s in starts]))
+            g["lr"] = learning_rate(schedule, step, step, step + 1)
         loss = net(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
+        norm = (torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+                if recipe.grad_clip else None)
+        if recipe.skip_nonfinite and not (math.isfinite(loss.item()) and
+                                          (norm is None or math.isfinite(float(norm)))):
+            skipped += 1
+        else:
+            opt.step()
+            if shadow is not None:
+                with torch.no_grad():
+                    w = 1.0 - decay_at(recipe.ema_decay, ema_t)
+                    torch._foreach_lerp_(shadow, [p.detach() for p in params], w)
+                ema_t += 1
         step += 1
-        tokens += batch * T
-        train_s += time.perf_counter() - t0
-        cpu_s += time.process_time() - c0
-        if train_s >= marks[0]:
-            marks.pop(0)
-            bpb = bits_per_byte(loss_sum, held)
-            rows.append({"seconds": round(train_s, 2), "cpu_seconds": round(cpu_s, 2),
-                         "step": step, "tokens": tokens, "bpb": bpb,
-                         "train_loss": float(loss)})
-            log.info("twin %.0fs (cpu %.0fs): step %d, %d tokens, held-out %.4f bpb",
-                     train_s, cpu_s, step, tokens, bpb)
-    return rows
+        tokens += int((y >= 0).sum())
+        train_s += time.perf_counter() - t_step
+    end_s = clock.now()
+    log.info("%s twin: %d steps, %d tokens in %.0f s (%.0f tokens/s training)", recipe.name,
+             step, tokens, end_s, tokens / max(train_s, 1e-9))
+    return {"recipe": dataclasses.asdict(recipe), "vocab": len(tok),
+            "train_tokens": len(stream), "tokenizer_s": round(tokenizer_s, 3),
+            "first_step_s": first_step_s and round(first_step_s, 3),
+            "budget_done_s": budget_done_s and round(budget_done_s, 3),
+            "end_s": round(end_s, 3), "steps": step, "skipped_steps": skipped,
+            "tokens": tokens, "train_s": round(train_s, 3),
+            "tokens_per_s": round(tokens / max(end_s, 1e-9), 1),
+            "train_tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
+            "ema_updates": ema_t, "threads": threads or os.cpu_count(),
+            "torch": torch.__version__, "marks": rows,
+            "_model": model.config, "_tokenizer": tok}
 
 
-# --------------------------------------------------------------------------- our checkpoints
+def save_snapshots(run: dict, out_dir: Path) -> dict:
+    """Write the run's weight copies as our checkpoints (tokenizer beside; the EMA in the
+    checkpoint when the recipe serves it) and return the JSON-able summary, each mark
+    naming its file."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, tok = run.pop("_model"), run.pop("_tokenizer")
+    decay = run["recipe"]["ema_decay"]
+    files: dict[int, str] = {}
+    for r in run["marks"]:
+        c = r.pop("copy")
+        r["path"] = None
+        if c is None:
+            continue
+        if id(c) not in files:
+            path = out_dir / f"twin-{run['recipe']['name']}-{c['step']:07d}.safetensors"
+            model = Model(cfg, params=c["raw"])
+            ema = None
+            if c["ema"] is not None:
+                ema = EMA(c["raw"], model.layout, decay, t=c["ema_t"])
+                ema.shadow = c["ema"]
+            tok.save(tokenizer_beside(path))
+            save_checkpoint(path, model, step=c["step"], tokenizer_sha256=tok.sha256, ema=ema)
+            files[id(c)] = str(path)
+        r["path"] = files[id(c)]
+    return run
+
+
+# --------------------------------------------------------------------------- scoring
 def tokenizer_file(ckpt: Path) -> Path:
-    """The tokenizer saved with a checkpoint (agent/training.py's naming rule)."""
-    return ckpt.with_name(ckpt.name.replace(".safetensors", ".tokenizer.json"))
+    """The tokenizer saved with a checkpoint (agent/training/model_state.py's naming rule)."""
+    return tokenizer_beside(Path(ckpt))
 
 
 def eval_checkpoint(ckpt: Path, heldout_files: Sequence[Path], max_bytes: Optional[int] = 8192,
-                    use_ema: bool = True) -> dict:
-    """Held-out bits per byte of one of our checkpoints, with its own tokenizer."""
+                    use_ema: bool = True, tokenizers: Sequence[Path] = ()) -> dict:
+    """Held-out bits per byte of one of our checkpoints, with its own tokenizer: the file
+    beside it, else the first of `tokenizers` whose SHA-256 the checkpoint names."""
     ckpt = Path(ckpt)
     ck = load_checkpoint(ckpt)
-    tok = Tokenizer.load(tokenizer_file(ckpt), expected_sha256=ck.tokenizer_sha256)
+    tok = None
+    for cand in [tokenizer_file(ckpt), *tokenizers]:
+        try:
+            tok = Tokenizer.load(cand, expected_sha256=ck.tokenizer_sha256)
+            break
+        except CllmError:
+            continue
+    if tok is None:
+        raise SystemExit(f"no tokenizer with SHA-256 {ck.tokenizer_sha256} for {ckpt}")
     model = ck.serving_model() if use_ema else ck.model
     held = heldout_windows(tok, heldout_files, model.config.context, max_bytes)
     return {"path": str(ckpt), "cycle": ck.cycle, "step": ck.step,
@@ -163,33 +369,41 @@ def _marks(text: str, scale: float) -> list[float]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", type=Path, default=DEFAULT_ROOT, help="CPython source tree")
+    ap.add_argument("--max-files", type=int, default=None,
+                    help="only the first N files of the tree (smoke runs)")
     ap.add_argument("--heldout-bytes", type=int, default=8192,
                     help="first bytes of each held-out file scored")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("split", help="copy the training files (9 in 10) to a folder")
     sp.add_argument("--out", type=Path, required=True)
-    tp = sub.add_parser("train", help="train the PyTorch twin for a wall-time budget")
+    tp = sub.add_parser("train", help="train a twin for a wall-time budget")
+    tp.add_argument("--recipe", choices=RECIPES, default="nanogpt")
     budget = tp.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=10.0)
     budget.add_argument("--seconds", type=float)
     tp.add_argument("--marks", default=None,
-                    help="evaluation marks, in the budget's unit (default 1,2,5,10 minutes)")
-    tp.add_argument("--batch", type=int, default=8)
-    tp.add_argument("--lr", type=float, default=2e-3)
-    tp.add_argument("--warmup", type=int, default=100)
-    tp.add_argument("--beta2", type=float, default=0.99)
+                    help="marks, in the budget's unit (default 1,2,5,10 minutes)")
+    tp.add_argument("--t0", type=float, default=None,
+                    help="time.time() the clock starts at [this process's start]")
+    tp.add_argument("--batch", type=int, default=8, help="nanogpt only")
+    tp.add_argument("--lr", type=float, default=1e-3, help="nanogpt only")
+    tp.add_argument("--warmup", type=int, default=100, help="nanogpt only")
+    tp.add_argument("--beta2", type=float, default=0.99, help="nanogpt only")
+    tp.add_argument("--passes", type=float, default=None,
+                    help="ours only: passes over the training text [the settings table's]")
     tp.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
-    tp.add_argument("--tokenizer", type=Path, default=None,
-                    help="a tokenizer file to use [ours learned on the training files to 4,096]")
-    tp.add_argument("--cache", type=Path, default=Path("bench-out"))
+    tp.add_argument("--snapshots", type=Path, default=Path("bench-out") / "twin",
+                    help="folder for the weights copied at the marks")
+    tp.add_argument("--no-score", action="store_true", help="leave scoring to the caller")
     tp.add_argument("--out", type=Path, default=RESULTS / "torch_twin.json")
     ep = sub.add_parser("eval", help="held-out bits per byte of our checkpoints")
     ep.add_argument("paths", nargs="+", type=Path, help="checkpoint files or directories")
     ep.add_argument("--raw", action="store_true", help="score the raw weights, not the EMA")
     ep.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    split: Split = split_files(args.src)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    log.setLevel(logging.INFO)
+    split: Split = split_files(args.src, args.max_files)
 
     if args.cmd == "split":
         for p in split.train:
@@ -216,28 +430,23 @@ def main(argv=None) -> None:
     scale = 1.0 if args.seconds is not None else 60.0
     seconds = args.seconds if args.seconds is not None else args.minutes * 60.0
     marks = _marks(args.marks, scale) if args.marks else [60.0, 120.0, 300.0, 600.0]
-    texts = [read_text(p) for p in split.train]
-    tok = (Tokenizer.load(args.tokenizer) if args.tokenizer else
-           learned_tokenizer(texts, engine.small.vocab_size, args.cache / "stdlib-tok4096.json"))
-    stream = pack((tok.encode(t) for t in texts), tok.eod_id)
-    held = heldout_windows(tok, split.heldout, engine.small.context, args.heldout_bytes)
-    rows = train_twin(stream, held, len(tok), seconds, marks, batch=args.batch, lr=args.lr,
-                      warmup=args.warmup, beta2=args.beta2, threads=args.threads)
-    print("| train s | cpu s | step | tokens | held-out bpb |\n|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['seconds']:.0f} | {r['cpu_seconds']:.0f} | {r['step']} | {r['tokens']} "
-              f"| {r['bpb']:.4f} |")
+    recipe = (nanogpt_recipe(args.lr, args.batch, args.warmup, args.beta2)
+              if args.recipe == "nanogpt" else our_recipe(args.passes))
+    clock = RaceClock(args.t0 if args.t0 is not None else LAUNCHED, seconds, marks)
+    run = save_snapshots(race(recipe, split, clock, args.threads), args.snapshots)
+    if not args.no_score:               # off the clock
+        scored: dict[str, float] = {}
+        for r in run["marks"]:
+            if r["path"] and r["path"] not in scored:
+                scored[r["path"]] = eval_checkpoint(Path(r["path"]), split.heldout,
+                                                    args.heldout_bytes)["bpb"]
+            r["bpb"] = scored.get(r["path"])
+        print("| mark s | weights at s | step | tokens | held-out bpb |\n|---|---|---|---|---|")
+        for r in run["marks"]:
+            print(f"| {r['mark_s']:g} | {r['at_s']} | {r['step']} | {r['tokens']} | "
+                  f"{r['bpb'] and round(r['bpb'], 4)} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"setup": {
-        "src": str(args.src), "batch": args.batch, "lr": args.lr, "warmup": args.warmup,
-        "beta2": args.beta2, "threads": args.threads or os.cpu_count(), "vocab": len(tok),
-        "train_tokens": int(len(stream)), "heldout_bytes": held.n_bytes,
-        "seconds": seconds, "torch": _torch_version()}, "rows": rows}, indent=1))
-
-
-def _torch_version() -> str:
-    import torch
-    return torch.__version__
+    args.out.write_text(json.dumps(run, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,141 @@
+"""benchmarks/bench_learn_tree.py's reusable parts: the race clock, the checkpoint watcher
+and the choice of the weights a user had at a mark, the recipe twin's pass budget, the
+compressor floor; and (slow) a whole smoke race of the three peers."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_learn_tree import agent_snapshots  # noqa: E402
+from compress_floor import compressor_floor  # noqa: E402
+from race_snapshots import CheckpointWatcher, RaceClock, Snapshot, weights_at  # noqa: E402
+from stdlib_data import DEFAULT_ROOT  # noqa: E402
+
+
+def _write(path: Path, data: bytes, mtime: float) -> None:
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+
+
+def test_race_clock_pops_each_passed_mark_once():
+    clock = RaceClock(t0=0.0, seconds=1e12, marks=[3.0, 1.0, 2e12])   # the last past the end
+    assert clock.marks == [1.0, 3.0]
+    assert clock.passed() == [1.0, 3.0]
+    assert clock.passed() == []
+    assert not clock.over()
+
+
+def test_watcher_copies_weights_with_their_tokenizer_stamped_with_mtime(tmp_path):
+    src, dest, t0 = tmp_path / "checkpoints", tmp_path / "copies", 1000.0
+    src.mkdir()
+    _write(src / "ckpt-000001.tokenizer.json", b"tok1", t0 + 4.0)
+    _write(src / "ckpt-000001.safetensors", b"weights1", t0 + 5.0)
+    _write(src / "committed.json", b"{}", t0 + 5.5)              # not weights: never copied
+    _write(src / ".ckpt-000002.safetensors.x.tmp", b"half", t0 + 6.0)
+    w = CheckpointWatcher(src, dest, t0)
+    assert w.scan() == 1
+    assert w.scan() == 0                                        # unchanged: not copied again
+    (snap,) = w.snapshots
+    assert snap.at_s == 5.0
+    assert Path(snap.path).read_bytes() == b"weights1"
+    assert (Path(snap.path).parent / "ckpt-000001.tokenizer.json").read_bytes() == b"tok1"
+    _write(src / "live.safetensors", b"live", t0 + 7.0)       # a future in-cycle snapshot
+    _write(src / "ckpt-000001.safetensors", b"weights1b", t0 + 8.0)   # replaced
+    assert w.scan() == 2
+    assert sorted(s.at_s for s in w.snapshots) == [5.0, 7.0, 8.0]
+
+
+def test_watcher_thread_copies_a_checkpoint_folder_that_appears_late(tmp_path):
+    src, pause = tmp_path / "checkpoints", threading.Event()
+    with CheckpointWatcher(src, tmp_path / "copies", 0.0, interval=0.01) as w:
+        src.mkdir()
+        _write(src / "ckpt-000003.safetensors", b"w", 42.0)
+        for _ in range(500):
+            if w.snapshots:
+                break
+            pause.wait(0.01)
+    assert [s.at_s for s in w.snapshots] == [42.0]
+
+
+def test_weights_at_is_the_newest_available_at_the_mark():
+    snaps = [Snapshot("a", 10.0), Snapshot("b", 30.0), Snapshot("c", 20.0)]
+    assert weights_at(snaps, 9.9) is None
+    assert weights_at(snaps, 10.0).path == "a"
+    assert weights_at(snaps, 29.0).path == "c"
+    assert weights_at(snaps, 60.0).path == "b"
+
+
+def test_agent_checkpoints_count_from_their_commit_and_uncommitted_ones_not_at_all():
+    copies = [Snapshot("/c/1", 10.0, "/d/ckpt-000001.safetensors"),
+              Snapshot("/c/2", 20.0, "/d/ckpt-000002.safetensors"),   # never committed
+              Snapshot("/c/live", 25.0, "/d/live.safetensors")]
+    got = agent_snapshots(copies, {"ckpt-000001.safetensors": (10.4, 1)})
+    assert [(s.path, s.at_s) for s in got] == [("/c/1", 10.4), ("/c/live", 25.0)]
+
+
+def test_shuffled_passes_target_every_token_once_per_pass_then_stop():
+    pytest.importorskip("torch")
+    from torch_twin import ShuffledPasses
+
+    stream = np.arange(1, 30, dtype=np.int64)          # 29 tokens, T = 4: 7 windows
+    data = ShuffledPasses(stream, T=4, B=3, passes=2.0, seed=0)
+    targets = []
+    while (b := data.next()) is not None:
+        targets += [t for t in b[1].ravel() if t >= 0]
+    assert sorted(targets) == sorted(list(stream[1:]) * 2)
+    half = ShuffledPasses(stream, T=4, B=3, passes=0.5, seed=0)
+    rows = 0
+    while (b := half.next()) is not None:
+        rows += len(b[0])
+    assert rows == 4                                    # ceil(0.5 * 7) windows
+
+
+def test_compressor_floor_is_the_marginal_xz_size_and_is_cached(tmp_path):
+    train = []
+    for i in range(3):
+        p = tmp_path / f"t{i}.py"
+        p.write_text(f"def f{i}(x):\n    return x + {i}\n" * 50)
+        train.append(p)
+    same = tmp_path / "h0.py"
+    same.write_text("def f1(x):\n    return x + 1\n" * 20)        # seen in training: cheap
+    new = tmp_path / "h1.py"
+    new.write_text("".join(chr(33 + (i * 7919) % 90) for i in range(600)) + "\n")
+    cheap = compressor_floor(train, [same], 8192, cache=tmp_path / "cache", threads=1)
+    dear = compressor_floor(train, [new], 8192, cache=tmp_path / "cache", threads=1)
+    assert not cheap["cached"] and cheap["bpb"] < dear["bpb"]
+    assert 0 < cheap["bpb"] < 1.0 < dear["bpb"]
+    again = compressor_floor(train, [same], 8192, cache=tmp_path / "cache", threads=1)
+    assert again["cached"] and again["bpb"] == cheap["bpb"]
+
+
+@pytest.mark.slow
+def test_smoke_race_scores_all_three_peers_at_every_mark(tmp_path):
+    pytest.importorskip("torch")
+    if not DEFAULT_ROOT.is_dir():
+        pytest.skip(f"no CPython tree at {DEFAULT_ROOT}")
+    from bench_learn_tree import main
+
+    out = tmp_path / "learn_tree.json"
+    main(["--minutes", "0.4", "--marks", "0.2,0.4", "--max-files", "30",
+          "--work", str(tmp_path / "work"), "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert set(res["peers"]) == {"agent", "nanogpt", "ours"}
+    assert res["git"]["commit"] and res["torch"] and res["cpu"]
+    assert res["compressor_floor"]["bpb"] > 0
+    for name, peer in res["peers"].items():
+        assert [r["mark_s"] for r in peer["marks"]] == [12.0, 24.0], name
+        assert peer["tokens_per_s"] > 0, name
+        last = peer["marks"][-1]
+        assert last["bpb"] is not None and 0 < last["bpb"] < 16, name
+        assert last["weights_at_s"] <= 24.0 or name != "agent"
+    assert res["peers"]["ours"]["marks"][-1]["weights"] == "ema"
+    assert res["peers"]["nanogpt"]["marks"][-1]["weights"] == "raw"
