@@ -34,7 +34,7 @@ def test_agent_serve_reloads_on_the_commit_event_and_stops_with_the_agent(tmp_pa
     t = threading.Thread(target=run)
     t.start()
     try:
-        assert agent.generation.checkpoint.wait(TIMEOUT), errors
+        assert agent.serving.wait(TIMEOUT), errors
         server = agent.server
         assert server.watcher._observer is None          # reloads come from the trainer
         loaded = threading.Event()
