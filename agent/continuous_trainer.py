@@ -31,8 +31,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
-import os
-import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +54,6 @@ from store.models import CycleStatus, DocumentStatus
 log = logging.getLogger(__name__)
 
 HELDOUT_CHARS_PER_SOURCE = 6000  # held-out text evaluated per source (keeps evaluation short)
-FAULT_ENV = "CLLM_FAULT_INJECT"  # "after-checkpoint": SIGKILL between checkpoint and commit (tests)
 MAX_TOKEN_BYTES = 16            # pending text past this many bytes per trigger token is due
 MORE_DOCS = 32                  # backlog documents loaded at a time once a cycle's plan runs out
 FIRST_GUESS_BYTES_S = 20_000.0  # backlog bytes/s assumed before any cycle measured it
@@ -408,8 +405,6 @@ class ContinuousTrainer:
         progress.finish()
         first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in docs])
         path, sha = save_model_state(state, self.data_dir, cycle_id)
-        if os.environ.get(FAULT_ENV) == "after-checkpoint":   # crash-window tests only
-            os.kill(os.getpid(), signal.SIGKILL)
         try:
             heldout_tokens = {src: len(state.tokenizer.encode(t)) for src, t in heldout.items()}
             forgetting, credited = self._commit(cycle_id, docs, replay, res, path, sha,
