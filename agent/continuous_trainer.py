@@ -40,9 +40,9 @@ import numpy as np
 
 from agent.training.progress import CycleProgress
 from agent.training.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
-from agent.training.model_state import (ModelState, load_model_state, new_model_state,
-                               recorded_checkpoints, remove_checkpoint_files,
-                               save_model_state)
+from agent.training.model_state import (ModelState, first_loadable, new_model_state,
+                                        recorded_checkpoints, remove_checkpoint_files,
+                                        save_model_state)
 from agent.training.recovery import prune_checkpoints, recover
 from agent.training.model_state import announce_checkpoint
 from agent.settings import TrainerSettings
@@ -130,18 +130,13 @@ class ContinuousTrainer:
         again) and the vocabulary they added is removed, so the store keeps describing the
         model that is actually running."""
         rows = recorded_checkpoints(self.store)
-        for i, row in enumerate(rows):
-            path, ckpt_id, cycle_id = row.path, row.id, row.cycle_id
-            try:
-                self.state = load_model_state(path, expected_sha256=row.sha256)
-            except CllmError as e:
-                log.warning("refusing checkpoint %s: %s; trying the previous one", path, e.one_line())
-                continue
-            log.info("resumed from checkpoint %s (step %s)", path, self.state.step)
-            if i > 0:
-                self._roll_back(cycle_id, ckpt_id, f"rolled back: the agent resumed from "
-                                f"checkpoint {path} of cycle {cycle_id} (a later one failed "
-                                f"to load)")
+        self.state, row = first_loadable(rows)
+        if row is not None:
+            log.info("resumed from checkpoint %s (step %s)", row.path, self.state.step)
+            if row is not rows[0]:
+                self._roll_back(row.cycle_id, row.id, f"rolled back: the agent resumed from "
+                                f"checkpoint {row.path} of cycle {row.cycle_id} (a later one "
+                                f"failed to load)")
             return self.state
         if rows:
             log.warning("no recorded checkpoint of %s could be loaded: starting a new model",
