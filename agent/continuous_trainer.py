@@ -275,7 +275,8 @@ class ContinuousTrainer:
 
         st = self.settings
         state = self._state()
-        docs, more, refused = self._plan(entries, wrap, texts)
+        capacity = self._capacity_bytes()
+        docs, more, refused = self._plan(entries, wrap, texts, capacity)
         if refused:
             self._refuse(refused, "no trainable text (too short once the held-out tail is cut)")
         if not docs and more is None:
@@ -289,20 +290,19 @@ class ContinuousTrainer:
                  len(entries) - len(refused), SCOPES[scope])
         try:
             return self._train_and_record(cycle_id, trigger, docs, more, {e.id for e in entries},
-                                          steps, preemptible, texts, scope, horizon)
+                                          steps, preemptible, capacity, scope, horizon)
         except BaseException as e:
             self._fail(cycle_id, e)
             self.state = None           # the in-memory model moved on: reload before the next cycle
             raise
 
-    def _plan(self, entries, wrap: bool, texts: Optional[dict[int, str]]):
+    def _plan(self, entries, wrap: bool, texts: Optional[dict[int, str]], capacity: float):
         """The documents a cycle starts with (texts loaded for about what it can train, the
         rest loaded lazily by `more()`); documents with no training text are refused."""
         from store.ledger import document_texts
 
         st = self.settings
         passes = None if wrap else st.passes
-        capacity = self._capacity_bytes()
         first, rest, planned = [], list(entries), 0
         while rest and (planned < 1.5 * capacity or not first):
             e = rest.pop(0)
@@ -339,6 +339,11 @@ class ContinuousTrainer:
 
         return docs, (more if rest else None), refused
 
+    def _cycle_seconds(self) -> float:
+        """How long the next backlog cycle runs: FIRST_CYCLE_S, doubling with every cycle
+        since the backlog was last empty, up to cycle_seconds."""
+        return min(self.settings.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)
+
     def _capacity_bytes(self) -> float:
         """Backlog bytes a cycle is expected to train: the last cycle's rate times the cycle's
         length (a first guess before any cycle ran)."""
@@ -349,7 +354,7 @@ class ContinuousTrainer:
             done = [c for c in reversed(list_cycles(s, status=CycleStatus.COMPLETED, limit=5))
                     if c.bytes_new and (c.schedule or {}).get("seconds")]
         rate = (done[0].bytes_new / done[0].schedule["seconds"]) if done else FIRST_GUESS_BYTES_S
-        seconds = min(st.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)
+        seconds = self._cycle_seconds()
         if st.max_steps is not None:
             T = self._state().model.config.context
             seconds = min(seconds, st.max_steps * st.batch_size * T * 4 / max(rate, 1.0))
@@ -357,7 +362,7 @@ class ContinuousTrainer:
 
     def _train_and_record(self, cycle_id: int, trigger: str, docs: list[PlanDoc], more,
                           scope_ids: set[int], steps: Optional[int], preemptible: bool,
-                          texts: Optional[dict[int, str]], scope: str, horizon: int
+                          capacity: float, scope: str, horizon: int
                           ) -> Optional[CycleReport]:
         st = self.settings
         state = self._state()
@@ -368,7 +373,7 @@ class ContinuousTrainer:
             by_source.setdefault(d.source, []).append(self._tails.get(d.id, ""))
         heldout = self._heldout(by_source)
         max_steps = steps if steps is not None else st.max_steps
-        planned = max_steps or max(1, int(self._capacity_bytes() / max(
+        planned = max_steps or max(1, int(capacity / max(
             1.0, st.batch_size * state.model.config.context * BYTES_PER_TOKEN_GUESS)))
         tcfg = st.train_config(planned)
         progress = CycleProgress(self.store, cycle_id, planned, self.progress)
@@ -382,7 +387,7 @@ class ContinuousTrainer:
                 return "paused"
             return None
 
-        seconds = min(st.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)
+        seconds = self._cycle_seconds()
         self._ramp = min(self._ramp + 1, 30)
         res = learn(state, docs, tcfg, max_steps=max_steps,
                     max_seconds=None if steps is not None else seconds,
