@@ -18,12 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 from agent.file_monitor import EventKind
-from agent.inputs.paths import file_uri, uri_to_path
+from agent.inputs.paths import file_uri, is_folder, uri_to_path
 from agent.inputs.text import (DEFAULT_MAX_FILE_BYTES, Refused, codec_problem, decode_text, read_file,
                         storable, utf8_problem)
 from store import documents
@@ -212,7 +211,7 @@ class Ingestor:
             path = uri_to_path(uri)
             if not path:
                 continue
-            if _is_folder(path):    # a folder took the file's place: its files were scanned
+            if is_folder(path):    # a folder took the file's place: its files were scanned
                 n += self.delete_path(path, below=False, reason=REPLACED_BY_FOLDER).n_deleted
             elif not os.path.lexists(path):
                 n += self.delete_path(path).n_deleted
@@ -229,13 +228,6 @@ class Ingestor:
     def _still_duplicate(self, uri: str) -> bool:
         with self._tx() as s:
             return documents.is_duplicate(s, uri)
-
-
-def _is_folder(path: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 class _Batch:
