@@ -534,13 +534,13 @@ def test_a_dying_monitor_thread_stops_the_agent_and_surfaces_from_run(tmp_path, 
 def test_a_store_error_while_ingesting_keeps_the_event_and_retries(tmp_path, monkeypatch):
     """In process: the first attempt to record a watched file fails as if the database had
     stayed locked; the ingest thread keeps the event, retries, and the file is trained."""
-    from agent import daemon
     from agent.continuous_trainer import TrainerSettings
     from agent.daemon import Agent, AgentConfig
+    from agent.inputs import ingest
     from agent.inputs.ingest import Ingestor
     from store import StoreError
 
-    monkeypatch.setattr(daemon, "RETRY_S", 0.1)
+    monkeypatch.setattr(ingest, "RETRY_S", 0.1)
     real = Ingestor.handle
     calls = []
 
