@@ -3,11 +3,12 @@
 Documents wait in a backlog (pending, or learning: part of their budget trained). The ledger
 (store/ledger.py) records per document how many bytes of its training text trained sequences
 have covered; a document is trained once it reaches `passes` passes. A cycle reads the
-backlog in ledger order (agent/training/backlog.py: parallel streams, each document continued where
-the last cycle stopped, new arrivals first) mixed with a replay sample of trained documents,
-learns new tokens from the documents it reads for the first time (the vocabulary delta, the
-model grown with it), trains on the ThreadedTrainingSystem until `cycle_seconds`, `max_steps`,
-the end of what it was given, a stop, or (for a backlog cycle) a new arrival; then it
+backlog in ledger order (agent/training/plan.py loads it, agent/training/backlog.py batches
+it: parallel streams, each document continued where the last cycle stopped, new arrivals
+first) mixed with a replay sample of trained documents, learns new tokens from the documents
+it reads for the first time (the vocabulary delta, the model grown with it), trains on the
+ThreadedTrainingSystem until `cycle_seconds`, `max_steps`, the end of what it was given, a
+stop, or (for a backlog cycle) a new arrival; then it
 evaluates every source's held-out slice (validation loss and forgetting: loss now minus loss
 right after that source was last learned), writes an atomic checkpoint, and commits ONE store
 transaction: the cycle, its checkpoint (path, SHA-256), the vocabulary delta, the evaluations
@@ -39,10 +40,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from agent.training.progress import CycleProgress
-from agent.training.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
+from agent.training.learn import Doc, LearnResult, learn
 from agent.training.model_state import (ModelState, first_loadable, new_model_state,
                                         recorded_checkpoints, remove_checkpoint_files,
                                         save_model_state)
+from agent.training.plan import CyclePlan, heldout_texts, plan_documents, sample_replay
 from agent.training.recovery import prune_checkpoints, recover
 from agent.training.model_state import announce_checkpoint
 from agent.settings import TrainerSettings
@@ -53,9 +55,7 @@ from store.models import CycleStatus, DocumentStatus
 
 log = logging.getLogger(__name__)
 
-HELDOUT_CHARS_PER_SOURCE = 6000  # held-out text evaluated per source (keeps evaluation short)
 MAX_TOKEN_BYTES = 16            # pending text past this many bytes per trigger token is due
-MORE_DOCS = 32                  # backlog documents loaded at a time once a cycle's plan runs out
 FIRST_GUESS_BYTES_S = 20_000.0  # backlog bytes/s assumed before any cycle measured it
 BYTES_PER_TOKEN_GUESS = 3.5     # for planning a cycle's steps (the cosine horizon)
 MAX_NEW_SCOPE = 1000            # more new arrivals than this are learned as the backlog
@@ -107,7 +107,6 @@ class ContinuousTrainer:
         self.lease = None
         self.state: Optional[ModelState] = None
         self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
-        self._tails: dict[int, str] = {}
         self._ramp = 0                  # cycles since the backlog was last empty
         self._tok_cache_vocab = -1
         # called (on the trainer's thread) after each checkpoint's row is committed: an
@@ -276,10 +275,11 @@ class ContinuousTrainer:
         st = self.settings
         state = self._state()
         capacity = self._capacity_bytes()
-        docs, more, refused = self._plan(entries, wrap, texts, capacity)
+        plan = plan_documents(self.store, entries, st, capacity, wrap=wrap, texts=texts)
+        refused = plan.refused
         if refused:
             self._refuse(refused, "no trainable text (too short once the held-out tail is cut)")
-        if not docs and more is None:
+        if not plan.docs and plan.more is None:
             return None
         with self.store.session() as s:
             cycle_id = start_cycle(s, trigger=trigger, workers=st.workers,
@@ -289,55 +289,12 @@ class ContinuousTrainer:
         log.info("cycle %s (%s): %s documents to learn (%s)", cycle_id, trigger,
                  len(entries) - len(refused), SCOPES[scope])
         try:
-            return self._train_and_record(cycle_id, trigger, docs, more, {e.id for e in entries},
+            return self._train_and_record(cycle_id, trigger, plan, {e.id for e in entries},
                                           steps, preemptible, capacity, scope, horizon)
         except BaseException as e:
             self._fail(cycle_id, e)
             self.state = None           # the in-memory model moved on: reload before the next cycle
             raise
-
-    def _plan(self, entries, wrap: bool, texts: Optional[dict[int, str]], capacity: float):
-        """The documents a cycle starts with (texts loaded for about what it can train, the
-        rest loaded lazily by `more()`); documents with no training text are refused."""
-        from store.ledger import document_texts
-
-        st = self.settings
-        passes = None if wrap else st.passes
-        first, rest, planned = [], list(entries), 0
-        while rest and (planned < 1.5 * capacity or not first):
-            e = rest.pop(0)
-            first.append(e)
-            planned += e.left_bytes(st.passes, st.val_fraction) or e.size_bytes
-        refused: list[int] = []
-        tails: dict[int, str] = {}
-
-        def load(chunk) -> list[PlanDoc]:
-            if texts is not None:
-                got = {e.id: texts[e.id] for e in chunk if e.id in texts}
-            else:
-                with self.store.session(read_only=True) as s:
-                    got = document_texts(s, [e.id for e in chunk])
-            out = []
-            for e in chunk:
-                head, tail = split_heldout(got.get(e.id, ""), st.val_fraction)
-                if not head:
-                    refused.append(e.id)
-                    continue
-                out.append(PlanDoc(e.id, e.source, head, e.trained_bytes, passes))
-                tails[e.id] = tail
-            return out
-
-        docs = load(first)
-        self._tails = dict(tails)   # held-out tails of the documents the cycle starts with
-        queue: list[PlanDoc] = []
-
-        def more() -> Optional[PlanDoc]:
-            while not queue and rest:
-                chunk, rest[:] = rest[:MORE_DOCS], rest[MORE_DOCS:]
-                queue.extend(load(chunk))
-            return queue.pop(0) if queue else None
-
-        return docs, (more if rest else None), refused
 
     def _cycle_seconds(self) -> float:
         """How long the next backlog cycle runs: FIRST_CYCLE_S, doubling with every cycle
@@ -360,18 +317,19 @@ class ContinuousTrainer:
             seconds = min(seconds, st.max_steps * st.batch_size * T * 4 / max(rate, 1.0))
         return rate * seconds
 
-    def _train_and_record(self, cycle_id: int, trigger: str, docs: list[PlanDoc], more,
+    def _train_and_record(self, cycle_id: int, trigger: str, plan: CyclePlan,
                           scope_ids: set[int], steps: Optional[int], preemptible: bool,
                           capacity: float, scope: str, horizon: int
                           ) -> Optional[CycleReport]:
         st = self.settings
         state = self._state()
         vocab_before = len(state.tokenizer)
-        replay = self._replay_sample(cycle_id, scope_ids)
+        docs = plan.docs
+        replay = sample_replay(self.store, st, cycle_id, scope_ids)
         by_source: dict[str, list[str]] = {}
         for d in docs:
-            by_source.setdefault(d.source, []).append(self._tails.get(d.id, ""))
-        heldout = self._heldout(by_source)
+            by_source.setdefault(d.source, []).append(plan.tails.get(d.id, ""))
+        heldout = heldout_texts(self.store, st.val_fraction, by_source)
         max_steps = steps if steps is not None else st.max_steps
         planned = max_steps or max(1, int(capacity / max(
             1.0, st.batch_size * state.model.config.context * BYTES_PER_TOKEN_GUESS)))
@@ -393,7 +351,7 @@ class ContinuousTrainer:
                     max_seconds=None if steps is not None else seconds,
                     workers=st.workers, replay=replay,
                     replay_fraction=st.replay_fraction if replay else 0.0,
-                    max_new_tokens=st.max_new_tokens, more=more, heldout=heldout,
+                    max_new_tokens=st.max_new_tokens, more=plan.more, heldout=heldout,
                     seed=st.seed + cycle_id, progress=progress.step, stop=why_stop)
         if res.steps == 0:
             if res.ended_by == "stop":
@@ -516,47 +474,6 @@ class ContinuousTrainer:
         if self.state is None:
             self.load_latest()
         return self.state
-
-    def _replay_sample(self, cycle_id: int, exclude: set[int]) -> list[PlanDoc]:
-        """A seeded sample of trained documents for replay (their training text)."""
-        from store.documents import replay_sample
-
-        if self.settings.replay_fraction <= 0:
-            return []
-        rng = np.random.default_rng(self.settings.seed * 1_000_003 + cycle_id)
-
-        def draw(ids: list[int], k: int) -> list[int]:
-            return rng.choice(ids, size=k, replace=False).tolist()
-
-        vf = self.settings.val_fraction
-        with self.store.session(read_only=True) as s:
-            return [PlanDoc(d.id, d.source, split_heldout(d.text or "", vf)[0])
-                    for d in replay_sample(s, self.settings.replay_docs,
-                                           exclude_ids=sorted(exclude), draw=draw)]
-
-    def _heldout(self, new_tails: dict[str, list[str]]) -> dict[str, str]:
-        """Held-out tails per source: the tails of its earliest documents already read (by
-        id), then of this cycle's (`new_tails`), up to HELDOUT_CHARS_PER_SOURCE. Earlier documents come
-        first so a source's slice stays the same from cycle to cycle once it is full."""
-        from store.documents import list_documents
-
-        vf = self.settings.val_fraction
-        budget: dict[str, float] = {}
-        chosen: list[int] = []
-        with self.store.session(read_only=True) as s:
-            for status in (DocumentStatus.TRAINED, DocumentStatus.LEARNING):
-                for d in list_documents(s, status=status):
-                    if budget.get(d.source, 0.0) < HELDOUT_CHARS_PER_SOURCE:
-                        budget[d.source] = budget.get(d.source, 0.0) + (d.size_bytes or 0) * vf
-                        chosen.append(d.id)
-            texts: dict[str, list[str]] = {}
-            for d in list_documents(s, ids=sorted(chosen), with_text=True):
-                texts.setdefault(d.source, []).append(split_heldout(d.text or "", vf)[1])
-        for source, items in new_tails.items():
-            for t in items:
-                if sum(map(len, texts.get(source, []))) < HELDOUT_CHARS_PER_SOURCE:
-                    texts.setdefault(source, []).append(t)
-        return {src: "\n".join(parts) for src, parts in texts.items() if "".join(parts).strip()}
 
     def _refuse(self, doc_ids: Sequence[int], reason: str) -> None:
         from store.documents import mark_failed
