@@ -23,33 +23,38 @@ checkpoint whose hash does not match its row (with a warning) and uses the previ
 Retention keeps the latest `keep_checkpoints` files plus one per hour; pruned ones are marked
 in the store.
 
-This module does not watch folders, crawl, take the data-directory lock or handle signals:
-that is the daemon's job (agent/daemon.py). Sessions stay inside one call; the trainer
-belongs to one thread.
+`open_training` is where training starts, for the agent and `cllm train` alike: the
+data-directory lock, the store, the store's trainer lease and a recovered trainer. This module
+does not watch folders, crawl, run threads or handle signals: that is the daemon's job
+(agent/daemon.py) and the commands'. Sessions stay inside one call; the trainer belongs to
+one thread.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from agent.training.progress import CycleProgress
-from agent.training.learn import Doc, LearnResult, learn
-from agent.training.model_state import (ModelState, first_loadable, new_model_state,
-                                        recorded_checkpoints, remove_checkpoint_files,
-                                        save_model_state)
-from agent.training.plan import CyclePlan, heldout_texts, plan_documents, sample_replay
-from agent.training.recovery import prune_checkpoints, recover
-from agent.training.model_state import announce_checkpoint
+from agent.datadir import DataDirLock
 from agent.settings import TrainerSettings
+from agent.training.learn import Doc, LearnResult, learn
+from agent.training.model_state import (ModelState, announce_checkpoint, first_loadable,
+                                        new_model_state, recorded_checkpoints,
+                                        remove_checkpoint_files, save_model_state)
+from agent.training.plan import CyclePlan, heldout_texts, plan_documents, sample_replay
+from agent.training.progress import CycleProgress
+from agent.training.recovery import prune_checkpoints, recover
+from agent.training.trainer_lease import LEASE_TTL_S, TrainerLease
 from engine import TrainConfig
 from engine.errors import CllmError
+from store import Store, open_store
 from store.errors import StoreError
 from store.models import CycleStatus, DocumentStatus
 
@@ -508,6 +513,36 @@ class ContinuousTrainer:
                       type(e).__name__, first)
         else:
             log.warning("cycle %s interrupted; nothing it trained was counted", cycle_id)
+
+
+@contextlib.contextmanager
+def open_training(data_dir: Path, settings: TrainerSettings, *,
+                  database_url: Optional[str] = None, origin: Optional[str] = None,
+                  train: bool = True, stop: Optional[threading.Event] = None,
+                  lease_ttl: float = LEASE_TTL_S,
+                  on_lease_lost: Optional[Callable[[BaseException], None]] = None,
+                  on_beat: Optional[Callable[[Store], None]] = None
+                  ) -> Iterator[tuple[Store, Optional[ContinuousTrainer]]]:
+    """A data directory opened for training while the block runs, as `cllm agent` and
+    `cllm train` both open it: its lock (one of them per directory), its store (documents
+    recorded as coming from `origin`, when given) and, with `train`, the store's trainer
+    lease held by a ContinuousTrainer that has recovered what a crash left. Yields (store,
+    trainer); without `train` (an ingest-only agent) the trainer is None and no lease is
+    taken. `on_beat(store)` runs after every lease renewal, `on_lease_lost(error)` when
+    another process took the lease over (see TrainerLease)."""
+    with DataDirLock(data_dir), open_store(data_dir, database_url) as store:
+        if origin:
+            store.origin = origin
+        if not train:
+            yield store, None
+            return
+        beat = (lambda: on_beat(store)) if on_beat is not None else None
+        with TrainerLease(store, data_dir, ttl_s=lease_ttl, on_lost=on_lease_lost,
+                          on_beat=beat) as lease:
+            trainer = ContinuousTrainer(store, data_dir, settings, stop=stop)
+            trainer.lease = lease
+            trainer.recover()
+            yield store, trainer
 
 
 def _now() -> dt.datetime:

@@ -15,10 +15,12 @@ a step boundary (its documents stay pending), and the store is left consistent. 
 set in the store (training paused, watch roots and crawl targets added) is read at start,
 at every lease heartbeat, and at once when the server runs in this process.
 
-The data-directory lock (`cllm.lock`, agent/datadir.py) keeps a second agent out of the
-directory; the store's trainer lease (agent/training/trainer_lease.py) keeps a second agent
-from training the same database from another directory or machine. The loops themselves
-live with their concepts; this module only builds, connects, starts and stops them.
+The agent opens its data directory as `cllm train` does (continuous_trainer.open_training):
+the data-directory lock (`cllm.lock`, agent/datadir.py) keeps a second agent out of the
+directory, and the store's trainer lease (agent/training/trainer_lease.py) keeps a second
+agent from training the same database from another directory or machine. The loops
+themselves live with their concepts; this module only builds, connects, starts and stops
+them.
 """
 from __future__ import annotations
 
@@ -28,18 +30,16 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from agent.continuous_trainer import ContinuousTrainer
+from agent.continuous_trainer import ContinuousTrainer, open_training
 from agent.crawler import iter_targets, record_target
-from agent.datadir import DataDirLock
 from agent.file_monitor import FileMonitor, MonitorError
 from agent.inputs.crawl_loop import CrawlLoop, stored_targets
 from agent.inputs.ingest import IngestLoop
 from agent.settings import AgentConfig
 from agent.training.loop import TrainerLoop
-from agent.training.trainer_lease import TrainerLease
 from agent.web.ssrf import HostPolicy
 from engine.errors import CllmError, ConfigError
-from store import controls, open_store
+from store import controls
 from store.models import TargetKind
 
 log = logging.getLogger(__name__)
@@ -95,26 +95,16 @@ class Agent:
             except ValueError as e:
                 raise CllmError(str(e), "use CIDR, e.g. --allow-network 10.1.0.0/16") from None
         cfg.ingestor(None)                      # ... and so is an unknown fallback encoding
-        with DataDirLock(cfg.data_dir):
-            store = open_store(cfg.data_dir, cfg.database_url)
-            if cfg.machine:
-                store.origin = cfg.machine      # what the documents it records say they came from
-            try:
-                self._run(store)
-            finally:
-                store.close()
+        # no lease for --role ingest: any number of ingest agents; for a trainer, the lease's
+        # heartbeat also wakes it, so documents other agents (other processes, other
+        # machines) record reach it within a third of the lease's time
+        with open_training(cfg.data_dir, cfg.trainer, database_url=cfg.database_url,
+                           origin=cfg.machine, train=cfg.role != "ingest", stop=self.stop,
+                           lease_ttl=cfg.lease_ttl, on_lease_lost=self._failed,
+                           on_beat=self._controls) as (store, trainer):
+            self._run_agent(store, trainer)
         if self.errors:
             raise self.errors[0]
-
-    def _run(self, store) -> None:
-        if self.cfg.role == "ingest":           # no lease: any number of ingest agents
-            self._run_agent(store, None)
-            return
-        # the heartbeat also wakes the trainer: documents other agents (other processes,
-        # other machines) record reach it within a third of the lease's time
-        with TrainerLease(store, self.cfg.data_dir, ttl_s=self.cfg.lease_ttl,
-                          on_lost=self._failed, on_beat=lambda: self._controls(store)) as lease:
-            self._run_agent(store, lease)
 
     def _failed(self, e: BaseException) -> None:
         """A part of the agent failed (a thread of its own, the file monitor's, the
@@ -131,7 +121,10 @@ class Agent:
 
     def _controls(self, store) -> None:
         """Read what users set in the store: training paused or not, targets added. Then
-        wake the trainer (it also looks for documents other agents recorded)."""
+        wake the trainer (it also looks for documents other agents recorded). A heartbeat
+        before the loops are built does nothing: _run_agent reads them once it has."""
+        if self.ingest_loop is None:
+            return
         with store.session(read_only=True) as s:
             paused = controls.paused(s)
         targets = stored_targets(store)
@@ -180,29 +173,26 @@ class Agent:
                                    on_failure=self._failed, **cfg.path_filter_args())
         self.monitor.start()
 
-    def _run_agent(self, store, lease: Optional[TrainerLease]) -> None:
-        """The agent's threads; without a lease (--role ingest) there is no trainer."""
+    def _run_agent(self, store, trainer: Optional[ContinuousTrainer]) -> None:
+        """The agent's threads; without a trainer (--role ingest) there is no trainer loop."""
         cfg = self.cfg
         self.target_ids = self._record_targets(store)
         self.ingest_loop = IngestLoop(cfg.ingestor(store), self.stop, self._arrived)
         if cfg.role != "train":             # also for targets users add to the store later
-            self.crawl_loop = CrawlLoop(store, cfg, self._plan, self.target_ids, stop=self.stop,
-                                   crawled=self.crawled, on_crawled=self.wake.set)
+            self.crawl_loop = CrawlLoop(store, cfg, self._plan, self.target_ids,
+                                        stop=self.stop, crawled=self.crawled,
+                                        on_crawled=self.wake.set)
         else:
             self.crawled.set()
         self._controls(store)                # what users set: paused, roots already known
-        trainer = None
-        if lease is not None:
-            trainer = ContinuousTrainer(store, cfg.data_dir, cfg.trainer, stop=self.stop)
+        if trainer is not None:
             trainer.arrivals = self.arrivals
             trainer.paused = self.paused
-            trainer.lease = lease
-            trainer.recover()
             state = trainer.load_latest()
             log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
                      len(state.tokenizer))
             self.trainer_loop = TrainerLoop(trainer, stop=self.stop, wake=self.wake,
-                                        crawled=self.crawled, max_cycles=cfg.max_cycles)
+                                            crawled=self.crawled, max_cycles=cfg.max_cycles)
         else:
             log.info("agent on %s: ingest only (as %s); the store's trainer learns what it "
                      "records", cfg.data_dir, store.origin)

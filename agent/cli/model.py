@@ -41,13 +41,10 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
 
     import threading
 
-    from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted, record_documents
-    from agent.datadir import DataDirLock
-    from agent.training.trainer_lease import TrainerLease
+    from agent.continuous_trainer import CycleInterrupted, open_training, record_documents
     from agent.signals import stop_on_signals
     from agent.inputs.corpus import corpus_topics, read_docs
     from agent.training.model_state import new_model_state
-    from store import open_store
 
     values = resolve(flags, data_dir, command="train")
     if not fresh:
@@ -62,14 +59,11 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
     # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
     settings = build(TrainerSettings, values, min_lr=values["lr"] / 10, replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
-    # one run is one cycle in the store, under the data directory's lock and the store's
-    # trainer lease (no agent meanwhile, on this directory or this database)
+    # one run is one cycle in the store, opened as the agent opens it: the data directory's
+    # lock and the store's trainer lease (no agent meanwhile, on this directory or database)
     stop = threading.Event()     # Ctrl-C, SIGTERM, SIGHUP: stop at the next step, save that
-    with (DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store,
-          TrainerLease(store, data_dir) as lease):
-        trainer = ContinuousTrainer(store, data_dir, settings, stop=stop)
-        trainer.lease = lease
-        trainer.recover()
+    with open_training(data_dir, settings, database_url=inv.database_url,
+                       stop=stop) as (store, trainer):
         if fresh:
             trainer.start_fresh(new_model_state(preset, seed=seed, init=init))
         else:
