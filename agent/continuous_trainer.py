@@ -56,6 +56,7 @@ from engine import TrainConfig
 from engine.errors import CllmError
 from store import Store, open_store
 from store.errors import StoreError
+from store.ledger import apply_budget
 from store.models import CycleStatus, DocumentStatus
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,18 @@ class ContinuousTrainer:
         """Mark cycles left running as interrupted and delete the files no committed cycle
         owns (agent/training/recovery.py). Returns the deleted files."""
         return recover(self.store, self.data_dir)
+
+    def follow_budget(self) -> dict:
+        """Make the documents' statuses agree with this trainer's `passes` (it may differ
+        from the run that trained them): trained ones below it learn again, learning ones
+        that already reach it are trained (store/ledger.py). Returns the counts moved."""
+        with self.store.session() as s:
+            moved = apply_budget(s, self.settings.passes)
+        if any(moved.values()):
+            log.info("%g passes per document: %d trained documents learn again, %d learning "
+                     "ones are trained", self.settings.passes, moved["learning_again"],
+                     moved["trained"])
+        return moved
 
     def load_latest(self) -> ModelState:
         """The latest recorded checkpoint whose SHA-256 matches its row; a mismatching one is

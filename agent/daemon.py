@@ -176,6 +176,8 @@ class Agent:
     def _run_agent(self, store, trainer: Optional[ContinuousTrainer]) -> None:
         """The agent's threads; without a trainer (--role ingest) there is no trainer loop."""
         cfg = self.cfg
+        if trainer is not None:             # --passes may differ from the runs before
+            trainer.follow_budget()
         self.target_ids = self._record_targets(store)
         self.ingest_loop = IngestLoop(cfg.ingestor(store), self.stop, self._arrived)
         if cfg.role != "train":             # also for targets users add to the store later
