@@ -55,9 +55,16 @@ from agent.training.trainer_lease import LEASE_TTL_S, TrainerLease
 from engine import TrainConfig
 from engine.errors import CllmError
 from store import Store, open_store
+from store.checkpoints import record_checkpoint, set_latest_checkpoint
+from store.cycles import (finish_cycle, forgetting_by_source, list_cycles, record_eval,
+                          roll_back_cycles_after, start_cycle)
+from store.documents import add_documents, document_counts, list_documents, mark_failed
+from store.documents import pending_summary as pending_in_store
 from store.errors import StoreError
-from store.ledger import apply_budget
+from store.ledger import (BACKLOG_STATUSES, apply_budget, backlog, document_horizon,
+                          fresh_documents, record_cycle_credits)
 from store.models import CycleStatus, DocumentStatus
+from store.vocab import record_vocab, vocab_size
 
 log = logging.getLogger(__name__)
 
@@ -172,9 +179,6 @@ class ContinuousTrainer:
         self._roll_back(None, None, "rolled back: a fresh model was started (cllm train --fresh)")
 
     def _roll_back(self, cycle_id: Optional[int], ckpt_id: Optional[int], reason: str) -> None:
-        from store.checkpoints import set_latest_checkpoint
-        from store.cycles import roll_back_cycles_after
-
         with self.store.session() as s:
             done = roll_back_cycles_after(s, cycle_id, reason)
             if ckpt_id is not None:
@@ -190,14 +194,11 @@ class ContinuousTrainer:
         """(pending documents, their tokens under the current tokenizer, oldest first_seen).
         Once the pending text is clearly past the token trigger it is not tokenised: the
         count is then a lower bound (every token holds at most MAX_TOKEN_BYTES bytes)."""
-        from store.documents import pending_summary as store_pending
-        from store.documents import list_documents
-
         tok = self._state().tokenizer
         if len(tok) != self._tok_cache_vocab:
             self._tok_cache, self._tok_cache_vocab = {}, len(tok)
         with self.store.session(read_only=True) as s:
-            q = store_pending(s)
+            q = pending_in_store(s)
             if q["bytes"] >= MAX_TOKEN_BYTES * self.settings.min_cycle_tokens:
                 return q["documents"], q["bytes"] // MAX_TOKEN_BYTES, q["oldest"]
             rows = [(d.id, d.first_seen) for d in list_documents(s, status=DocumentStatus.PENDING)]
@@ -212,8 +213,6 @@ class ContinuousTrainer:
 
     def learning(self) -> int:
         """Documents part-way through their budget: a backlog the next cycle continues."""
-        from store.documents import document_counts
-
         with self.store.session(read_only=True) as s:
             return sum(c["documents"] for c in document_counts(s)
                        if c["status"] == DocumentStatus.LEARNING)
@@ -245,10 +244,6 @@ class ContinuousTrainer:
         yet) are this cycle's only documents, until they reach their budget, so a drop is in
         a checkpoint soon; otherwise it continues the backlog in ledger order. None if
         nothing is left to learn."""
-        from store.ledger import BACKLOG_STATUSES, backlog, document_horizon, fresh_documents
-        from store.cycles import list_cycles
-        from store.documents import list_documents
-
         self.arrivals.clear()
         with self.store.session(read_only=True) as s:
             # documents recorded after the last cycle's plan are new arrivals (by id, not
@@ -275,8 +270,6 @@ class ContinuousTrainer:
         """One cycle on exactly these documents (store ids with their text), whatever their
         status: `steps` steps (or the settings' bounds), reading them round and round past
         their budget (`cllm train`). Their ledger records what was trained."""
-        from store.ledger import backlog, document_horizon
-
         with self.store.session(read_only=True) as s:
             entries = backlog(s, ids=[i for i, _ in docs])
             horizon = document_horizon(s)
@@ -288,8 +281,6 @@ class ContinuousTrainer:
                steps: Optional[int] = None, wrap: bool = False,
                texts: Optional[dict[int, str]] = None, horizon: int = 0
                ) -> Optional[CycleReport]:
-        from store.cycles import start_cycle
-
         st = self.settings
         state = self._state()
         capacity = self._capacity_bytes()
@@ -322,8 +313,6 @@ class ContinuousTrainer:
     def _capacity_bytes(self) -> float:
         """Backlog bytes a cycle is expected to train: the last cycle's rate times the cycle's
         length (a first guess before any cycle ran)."""
-        from store.cycles import list_cycles
-
         st = self.settings
         with self.store.session(read_only=True) as s:
             done = [c for c in reversed(list_cycles(s, status=CycleStatus.COMPLETED, limit=5))
@@ -409,11 +398,6 @@ class ContinuousTrainer:
                 horizon: int) -> tuple[dict[str, float], dict]:
         """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
         evaluations with forgetting, and the ledger (what it trained of each document)."""
-        from store.ledger import record_cycle_credits
-        from store.checkpoints import record_checkpoint
-        from store.cycles import finish_cycle, forgetting_by_source, record_eval
-        from store.vocab import record_vocab, vocab_size
-
         st, tok = self.settings, self.state.tokenizer
         trained_ids = set(res.new_bytes)
         new_sources = {d.source for d in docs if d.id in trained_ids}
@@ -494,23 +478,17 @@ class ContinuousTrainer:
         return self.state
 
     def _refuse(self, doc_ids: Sequence[int], reason: str) -> None:
-        from store.documents import mark_failed
-
         with self.store.session() as s:
             mark_failed(s, list(doc_ids), reason)
         log.warning("%s documents not trained: %s", len(doc_ids), reason)
 
     def _end_untrained(self, cycle_id: int, status: str, reason: str) -> None:
         """Close a cycle that trained nothing (the next one takes its documents)."""
-        from store.cycles import finish_cycle
-
         with self.store.session() as s:
             finish_cycle(s, cycle_id, status=status, error=reason)
         log.info("cycle %s %s: %s", cycle_id, status, reason)
 
     def _fail(self, cycle_id: int, e: BaseException) -> None:
-        from store.cycles import finish_cycle
-
         status = (CycleStatus.INTERRUPTED if isinstance(e, (CycleInterrupted, KeyboardInterrupt))
                   else CycleStatus.FAILED)
         try:
@@ -565,8 +543,6 @@ def _now() -> dt.datetime:
 def record_documents(store, docs: Sequence[Doc]) -> list[tuple[int, Doc]]:
     """Store `docs` (deduplicated by content) and return them with their ids, for a one-shot
     cycle such as `cllm train`: a document seen before keeps its row and is trained again."""
-    from store.documents import add_documents
-
     out: dict[int, Doc] = {}
     with store.session() as s:
         rows = add_documents(s, [{"uri": d.uri, "source": d.source, "text": d.text} for d in docs])

@@ -37,6 +37,7 @@ from watchdog.events import (
     DirCreatedEvent, DirDeletedEvent, DirModifiedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
     FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler,
 )
+from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -81,8 +82,6 @@ class MonitorEvent:
 
 def _native_observer(timeout: float) -> BaseObserver:
     """The platform's native observer (inotify on Linux); tests replace this."""
-    from watchdog.observers import Observer
-
     return Observer(timeout=timeout)
 
 

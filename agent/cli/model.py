@@ -6,14 +6,18 @@ command line, as thin commands over agent.inputs.corpus, the continuous trainer 
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, data_dir_option,
                               echo_json, existing_store, one_line_errors, pass_invocation,
                               warn_if_preset_ignored)
 from agent.settings import TrainerSettings, build, options, resolve
+from agent.signals import stop_on_signals
 from engine import PRESETS
 from engine.errors import CllmError, ConfigError
 
@@ -36,13 +40,7 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
 
     Example: cllm train ~/notes --preset small --steps 300
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    import threading
-
     from agent.continuous_trainer import CycleInterrupted, open_training, record_documents
-    from agent.signals import stop_on_signals
     from agent.inputs.corpus import corpus_topics, read_docs
     from agent.training.model_state import new_model_state
 

@@ -15,15 +15,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import pathspec
-
-if TYPE_CHECKING:  # pragma: no cover
-    import threading
 
 # Temp, swap and partial files, VCS folders and build outputs: never documents.
 DEFAULT_EXCLUDES: tuple[str, ...] = (

@@ -26,6 +26,7 @@ from engine.ema import EMA
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import CheckpointError, CllmError, ConfigError
 from engine.tokenizer import Tokenizer
+from store.checkpoints import list_checkpoints
 
 log = logging.getLogger(__name__)
 CKPT_RE = re.compile(r"^ckpt-(\d{6})\.safetensors$")
@@ -101,8 +102,6 @@ class RecordedCheckpoint:
 def recorded_checkpoints(store) -> list[RecordedCheckpoint]:
     """The store's checkpoints whose files retention kept: the latest first, then the
     others newest first (the order a reader falls back in)."""
-    from store.checkpoints import list_checkpoints
-
     with store.session(read_only=True) as s:
         rows = [RecordedCheckpoint(c.id, Path(c.path), c.sha256, c.cycle_id, bool(c.is_latest))
                 for c in list_checkpoints(s, newest_first=True, with_pruned=False)]
