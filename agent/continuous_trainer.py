@@ -19,9 +19,10 @@ budget, so a drop reaches a checkpoint within seconds.
 Crash safety: nothing is counted until that transaction commits, so a crash loses at most the
 cycle in progress. On start, `recover()` marks cycles left "running" as interrupted and
 deletes their checkpoint files (files that never got their row); `load_latest()` refuses a
-checkpoint whose hash does not match its row (with a warning) and uses the previous one.
-Retention keeps the latest `keep_checkpoints` files plus one per hour; pruned ones are marked
-in the store.
+checkpoint whose hash does not match its row (with a warning) and uses the previous one;
+the agent also applies its --passes to the documents' statuses (`follow_budget`). Retention
+keeps the latest `keep_checkpoints` files plus one per hour; pruned ones are marked in the
+store.
 
 `open_training` is where training starts, for the agent and `cllm train` alike: the
 data-directory lock, the store, the store's trainer lease and a recovered trainer. This module
@@ -115,8 +116,9 @@ class ContinuousTrainer:
         self.arrivals = threading.Event()
         self.paused = threading.Event()    # set by the agent: end the cycle at a step boundary
         self.progress = progress          # (cycle_id, step, planned steps, loss)
-        # the store's trainer lease this process holds (agent/training/trainer_lease.py): every cycle's
-        # commit checks it in its own transaction, so a process that lost it records nothing
+        # the store's trainer lease this process holds (agent/training/trainer_lease.py):
+        # every cycle's commit checks it in its own transaction, so a process that lost it
+        # records nothing
         self.lease = None
         self.state: Optional[ModelState] = None
         self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
@@ -364,8 +366,9 @@ class ContinuousTrainer:
             if res.ended_by == "stop":
                 raise CycleInterrupted(f"cycle {cycle_id} stopped before its first step",
                                        "its documents stay as they were for the next cycle")
+            why = res.ended_by or "nothing to read"
             self._end_untrained(cycle_id, CycleStatus.INTERRUPTED,
-                                f"ended before its first step ({res.ended_by or 'nothing to read'})")
+                                f"ended before its first step ({why})")
             return None
         progress.finish()
         first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in docs])

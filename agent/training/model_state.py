@@ -5,9 +5,9 @@ checkpoint records).
 
 Which checkpoint is the latest, and whether its file is the one committed, is the store's
 record: every reader (the agent, `cllm generate`, `cllm neighbours`, the server) loads through
-`recorded_checkpoints` and `first_loadable` (together `load_recorded_model_state`), which check
-the file against the SHA-256 its row holds and fall back to the previous one. Training lives
-in agent/training/learn.py. Once a cycle's checkpoint row is
+`recorded_checkpoints` and `first_loadable` (together: `load_recorded_model_state`), which
+check the file against the SHA-256 its row holds and fall back to the previous one. Training
+lives in agent/training/learn.py. Once a cycle's checkpoint row is
 committed, `announce_checkpoint` writes `checkpoints/committed.json` for servers beside the
 agent (a file event instead of polling the store).
 """
