@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+import engine
+from agent.continuous_trainer import ContinuousTrainer, record_documents
+from agent.training.learn import split_heldout
+from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
 from engine.cpu import describe
+from engine.data import eval_windows, pack
+from engine.distributed import Leader
+from engine.mpi import rank_timeout_s, world
+from store import open_store
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -40,13 +49,13 @@ def measure(fn: Callable[[], object], steps: int) -> tuple[float, float]:
 def torch_peer():
     """(torch, the torch_peer module) or (None, why not)."""
     try:
-        import torch
+        import torch            # optional and heavy: only when the peer is measured
     except ImportError:
         return None, "PyTorch is not installed (pip install torch to compare with it)"
     if str(BENCHMARKS_DIR) not in sys.path and (BENCHMARKS_DIR / "torch_peer.py").is_file():
         sys.path.insert(0, str(BENCHMARKS_DIR))
     try:
-        import torch_peer
+        import torch_peer       # benchmarks/ of a checkout, on the path only now
     except ImportError:
         return None, "benchmarks/torch_peer.py is not here (run from a checkout to compare)"
     return (torch, torch_peer), None
@@ -55,9 +64,6 @@ def torch_peer():
 def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3,
             steps: int = 3, with_torch: bool = True) -> dict:
     """Measure; returns {"rows": [...], "topology": tree of the last system, "note": str|None}."""
-    import engine
-    from engine import ThreadedTrainingSystem, TrainConfig
-
     cfg = engine.preset(preset)
     tcfg = TrainConfig(lr=1e-4, warmup_steps=0)
     rng = np.random.default_rng(0)
@@ -156,11 +162,6 @@ def mpi_scaling(preset: str = "base", batch: int = 8, workers: int = 1, rounds: 
     batch split across them, gradients allreduced) against rank 0 alone with the same
     workers, interleaved round by round, and the time worker 0 spent in the gradient
     collectives per step. The other ranks follow (engine.distributed.follow)."""
-    import engine
-    from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
-    from engine.distributed import Leader
-    from engine.mpi import rank_timeout_s, world
-
     group = world()
     cfg = engine.preset(preset)
     tcfg = TrainConfig(lr=1e-4, warmup_steps=0)
@@ -216,8 +217,6 @@ def mpi_table_lines(result: dict) -> list[str]:
 def nats_per_byte(state, texts: list[str]) -> float:
     """Validation loss in nats per byte of held-out text: comparable across cycles even
     though the vocabulary (and so the number of tokens per byte) grows."""
-    from engine.data import eval_windows, pack
-
     model = state.serving_model()
     stream = pack([state.tokenizer.encode(t) for t in texts], state.tokenizer.eod_id)
     x, y = eval_windows(stream, model.config.context)
@@ -232,12 +231,6 @@ def continual_run(docs, settings, chunks: int = 1) -> list[dict]:
     fresh store and data directory; after every cycle, validation loss in nats per byte on
     the never-trained held-out tails of every source seen so far, and forgetting (that loss
     now minus right after the source's latest part was learned). One dict per cycle."""
-    import tempfile
-
-    from agent.continuous_trainer import ContinuousTrainer, record_documents
-    from store import open_store
-    from agent.training.learn import split_heldout
-
     sources = sorted({d.source for d in docs})
     replay_fraction = settings.replay_fraction
     arrivals = []                                 # (source, documents), in arrival order

@@ -3,11 +3,12 @@
 Documents wait in a backlog (pending, or learning: part of their budget trained). The ledger
 (store/ledger.py) records per document how many bytes of its training text trained sequences
 have covered; a document is trained once it reaches `passes` passes. A cycle reads the
-backlog in ledger order (agent/training/backlog.py: parallel streams, each document continued where
-the last cycle stopped, new arrivals first) mixed with a replay sample of trained documents,
-learns new tokens from the documents it reads for the first time (the vocabulary delta, the
-model grown with it), trains on the ThreadedTrainingSystem until `cycle_seconds`, `max_steps`,
-the end of what it was given, a stop, or (for a backlog cycle) a new arrival; then it
+backlog in ledger order (agent/training/plan.py loads it, agent/training/backlog.py batches
+it: parallel streams, each document continued where the last cycle stopped, new arrivals
+first) mixed with a replay sample of trained documents, learns new tokens from the documents
+it reads for the first time (the vocabulary delta, the model grown with it), trains on the
+ThreadedTrainingSystem until `cycle_seconds`, `max_steps`, the end of what it was given, a
+stop, or (for a backlog cycle) a new arrival; then it
 evaluates every source's held-out slice (validation loss and forgetting: loss now minus loss
 right after that source was last learned), writes an atomic checkpoint, and commits ONE store
 transaction: the cycle, its checkpoint (path, SHA-256), the vocabulary delta, the evaluations
@@ -18,47 +19,57 @@ budget, so a drop reaches a checkpoint within seconds.
 Crash safety: nothing is counted until that transaction commits, so a crash loses at most the
 cycle in progress. On start, `recover()` marks cycles left "running" as interrupted and
 deletes their checkpoint files (files that never got their row); `load_latest()` refuses a
-checkpoint whose hash does not match its row (with a warning) and uses the previous one.
-Retention keeps the latest `keep_checkpoints` files plus one per hour; pruned ones are marked
-in the store.
+checkpoint whose hash does not match its row (with a warning) and uses the previous one;
+the agent also applies its --passes to the documents' statuses (`follow_budget`). Retention
+keeps the latest `keep_checkpoints` files plus one per hour; pruned ones are marked in the
+store.
 
-This module does not watch folders, crawl, take the data-directory lock or handle signals:
-that is the daemon's job (agent/daemon.py). Sessions stay inside one call; the trainer
-belongs to one thread.
+`open_training` is where training starts, for the agent and `cllm train` alike: the
+data-directory lock, the store, the store's trainer lease and a recovered trainer. This module
+does not watch folders, crawl, run threads or handle signals: that is the daemon's job
+(agent/daemon.py) and the commands'. Sessions stay inside one call; the trainer belongs to
+one thread.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import logging
-import os
-import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from agent.training.progress import CycleProgress
-from agent.training.learn import Doc, LearnResult, PlanDoc, learn, split_heldout
-from agent.training.model_state import (ModelState, load_model_state, new_model_state,
-                               recorded_checkpoints, remove_checkpoint_files,
-                               save_model_state)
-from agent.training.recovery import prune_checkpoints, recover
-from agent.training.model_state import announce_checkpoint
+from agent.datadir import DataDirLock
 from agent.settings import TrainerSettings
+from agent.training.learn import Doc, LearnResult, learn
+from agent.training.model_state import (ModelState, announce_checkpoint, first_loadable,
+                                        new_model_state, recorded_checkpoints,
+                                        remove_checkpoint_files, save_model_state)
+from agent.training.plan import CyclePlan, heldout_texts, plan_documents, sample_replay
+from agent.training.progress import CycleProgress
+from agent.training.recovery import prune_checkpoints, recover
+from agent.training.trainer_lease import LEASE_TTL_S, TrainerLease
 from engine import TrainConfig
 from engine.errors import CllmError
+from store import Store, open_store
+from store.checkpoints import record_checkpoint, set_latest_checkpoint
+from store.cycles import (finish_cycle, forgetting_by_source, list_cycles, record_eval,
+                          roll_back_cycles_after, start_cycle)
+from store.documents import add_documents, document_counts, list_documents, mark_failed
+from store.documents import pending_summary as pending_in_store
 from store.errors import StoreError
+from store.ledger import (BACKLOG_STATUSES, apply_budget, backlog, document_horizon,
+                          fresh_documents, record_cycle_credits)
 from store.models import CycleStatus, DocumentStatus
+from store.vocab import record_vocab, vocab_size
 
 log = logging.getLogger(__name__)
 
-HELDOUT_CHARS_PER_SOURCE = 6000  # held-out text evaluated per source (keeps evaluation short)
-FAULT_ENV = "CLLM_FAULT_INJECT"  # "after-checkpoint": SIGKILL between checkpoint and commit (tests)
 MAX_TOKEN_BYTES = 16            # pending text past this many bytes per trigger token is due
-MORE_DOCS = 32                  # backlog documents loaded at a time once a cycle's plan runs out
 FIRST_GUESS_BYTES_S = 20_000.0  # backlog bytes/s assumed before any cycle measured it
 BYTES_PER_TOKEN_GUESS = 3.5     # for planning a cycle's steps (the cosine horizon)
 MAX_NEW_SCOPE = 1000            # more new arrivals than this are learned as the backlog
@@ -105,12 +116,12 @@ class ContinuousTrainer:
         self.arrivals = threading.Event()
         self.paused = threading.Event()    # set by the agent: end the cycle at a step boundary
         self.progress = progress          # (cycle_id, step, planned steps, loss)
-        # the store's trainer lease this process holds (agent/training/trainer_lease.py): every cycle's
-        # commit checks it in its own transaction, so a process that lost it records nothing
+        # the store's trainer lease this process holds (agent/training/trainer_lease.py):
+        # every cycle's commit checks it in its own transaction, so a process that lost it
+        # records nothing
         self.lease = None
         self.state: Optional[ModelState] = None
         self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
-        self._tails: dict[int, str] = {}
         self._ramp = 0                  # cycles since the backlog was last empty
         self._tok_cache_vocab = -1
         # called (on the trainer's thread) after each checkpoint's row is committed: an
@@ -124,6 +135,18 @@ class ContinuousTrainer:
         owns (agent/training/recovery.py). Returns the deleted files."""
         return recover(self.store, self.data_dir)
 
+    def follow_budget(self) -> dict:
+        """Make the documents' statuses agree with this trainer's `passes` (it may differ
+        from the run that trained them): trained ones below it learn again, learning ones
+        that already reach it are trained (store/ledger.py). Returns the counts moved."""
+        with self.store.session() as s:
+            moved = apply_budget(s, self.settings.passes)
+        if any(moved.values()):
+            log.info("%g passes per document: %d trained documents learn again, %d learning "
+                     "ones are trained", self.settings.passes, moved["learning_again"],
+                     moved["trained"])
+        return moved
+
     def load_latest(self) -> ModelState:
         """The latest recorded checkpoint whose SHA-256 matches its row; a mismatching one is
         refused with a warning and the previous one is used. A new model if there is none.
@@ -133,18 +156,13 @@ class ContinuousTrainer:
         again) and the vocabulary they added is removed, so the store keeps describing the
         model that is actually running."""
         rows = recorded_checkpoints(self.store)
-        for i, row in enumerate(rows):
-            path, ckpt_id, cycle_id = row.path, row.id, row.cycle_id
-            try:
-                self.state = load_model_state(path, expected_sha256=row.sha256)
-            except CllmError as e:
-                log.warning("refusing checkpoint %s: %s; trying the previous one", path, e.one_line())
-                continue
-            log.info("resumed from checkpoint %s (step %s)", path, self.state.step)
-            if i > 0:
-                self._roll_back(cycle_id, ckpt_id, f"rolled back: the agent resumed from "
-                                f"checkpoint {path} of cycle {cycle_id} (a later one failed "
-                                f"to load)")
+        self.state, row = first_loadable(rows)
+        if row is not None:
+            log.info("resumed from checkpoint %s (step %s)", row.path, self.state.step)
+            if row is not rows[0]:
+                self._roll_back(row.cycle_id, row.id, f"rolled back: the agent resumed from "
+                                f"checkpoint {row.path} of cycle {row.cycle_id} (a later one "
+                                f"failed to load)")
             return self.state
         if rows:
             log.warning("no recorded checkpoint of %s could be loaded: starting a new model",
@@ -163,9 +181,6 @@ class ContinuousTrainer:
         self._roll_back(None, None, "rolled back: a fresh model was started (cllm train --fresh)")
 
     def _roll_back(self, cycle_id: Optional[int], ckpt_id: Optional[int], reason: str) -> None:
-        from store.checkpoints import set_latest_checkpoint
-        from store.cycles import roll_back_cycles_after
-
         with self.store.session() as s:
             done = roll_back_cycles_after(s, cycle_id, reason)
             if ckpt_id is not None:
@@ -181,14 +196,11 @@ class ContinuousTrainer:
         """(pending documents, their tokens under the current tokenizer, oldest first_seen).
         Once the pending text is clearly past the token trigger it is not tokenised: the
         count is then a lower bound (every token holds at most MAX_TOKEN_BYTES bytes)."""
-        from store.documents import pending_summary as store_pending
-        from store.documents import list_documents
-
         tok = self._state().tokenizer
         if len(tok) != self._tok_cache_vocab:
             self._tok_cache, self._tok_cache_vocab = {}, len(tok)
         with self.store.session(read_only=True) as s:
-            q = store_pending(s)
+            q = pending_in_store(s)
             if q["bytes"] >= MAX_TOKEN_BYTES * self.settings.min_cycle_tokens:
                 return q["documents"], q["bytes"] // MAX_TOKEN_BYTES, q["oldest"]
             rows = [(d.id, d.first_seen) for d in list_documents(s, status=DocumentStatus.PENDING)]
@@ -203,8 +215,6 @@ class ContinuousTrainer:
 
     def learning(self) -> int:
         """Documents part-way through their budget: a backlog the next cycle continues."""
-        from store.documents import document_counts
-
         with self.store.session(read_only=True) as s:
             return sum(c["documents"] for c in document_counts(s)
                        if c["status"] == DocumentStatus.LEARNING)
@@ -236,10 +246,6 @@ class ContinuousTrainer:
         yet) are this cycle's only documents, until they reach their budget, so a drop is in
         a checkpoint soon; otherwise it continues the backlog in ledger order. None if
         nothing is left to learn."""
-        from store.ledger import BACKLOG_STATUSES, backlog, document_horizon, fresh_documents
-        from store.cycles import list_cycles
-        from store.documents import list_documents
-
         self.arrivals.clear()
         with self.store.session(read_only=True) as s:
             # documents recorded after the last cycle's plan are new arrivals (by id, not
@@ -266,8 +272,6 @@ class ContinuousTrainer:
         """One cycle on exactly these documents (store ids with their text), whatever their
         status: `steps` steps (or the settings' bounds), reading them round and round past
         their budget (`cllm train`). Their ledger records what was trained."""
-        from store.ledger import backlog, document_horizon
-
         with self.store.session(read_only=True) as s:
             entries = backlog(s, ids=[i for i, _ in docs])
             horizon = document_horizon(s)
@@ -279,14 +283,14 @@ class ContinuousTrainer:
                steps: Optional[int] = None, wrap: bool = False,
                texts: Optional[dict[int, str]] = None, horizon: int = 0
                ) -> Optional[CycleReport]:
-        from store.cycles import start_cycle
-
         st = self.settings
         state = self._state()
-        docs, more, refused = self._plan(entries, wrap, texts)
+        capacity = self._capacity_bytes()
+        plan = plan_documents(self.store, entries, st, capacity, wrap=wrap, texts=texts)
+        refused = plan.refused
         if refused:
             self._refuse(refused, "no trainable text (too short once the held-out tail is cut)")
-        if not docs and more is None:
+        if not plan.docs and plan.more is None:
             return None
         with self.store.session() as s:
             cycle_id = start_cycle(s, trigger=trigger, workers=st.workers,
@@ -296,87 +300,47 @@ class ContinuousTrainer:
         log.info("cycle %s (%s): %s documents to learn (%s)", cycle_id, trigger,
                  len(entries) - len(refused), SCOPES[scope])
         try:
-            return self._train_and_record(cycle_id, trigger, docs, more, {e.id for e in entries},
-                                          steps, preemptible, texts, scope, horizon)
+            return self._train_and_record(cycle_id, trigger, plan, {e.id for e in entries},
+                                          steps, preemptible, capacity, scope, horizon)
         except BaseException as e:
             self._fail(cycle_id, e)
             self.state = None           # the in-memory model moved on: reload before the next cycle
             raise
 
-    def _plan(self, entries, wrap: bool, texts: Optional[dict[int, str]]):
-        """The documents a cycle starts with (texts loaded for about what it can train, the
-        rest loaded lazily by `more()`); documents with no training text are refused."""
-        from store.ledger import document_texts
-
-        st = self.settings
-        passes = None if wrap else st.passes
-        capacity = self._capacity_bytes()
-        first, rest, planned = [], list(entries), 0
-        while rest and (planned < 1.5 * capacity or not first):
-            e = rest.pop(0)
-            first.append(e)
-            planned += e.left_bytes(st.passes, st.val_fraction) or e.size_bytes
-        refused: list[int] = []
-        tails: dict[int, str] = {}
-
-        def load(chunk) -> list[PlanDoc]:
-            if texts is not None:
-                got = {e.id: texts[e.id] for e in chunk if e.id in texts}
-            else:
-                with self.store.session(read_only=True) as s:
-                    got = document_texts(s, [e.id for e in chunk])
-            out = []
-            for e in chunk:
-                head, tail = split_heldout(got.get(e.id, ""), st.val_fraction)
-                if not head:
-                    refused.append(e.id)
-                    continue
-                out.append(PlanDoc(e.id, e.source, head, e.trained_bytes, passes))
-                tails[e.id] = tail
-            return out
-
-        docs = load(first)
-        self._tails = dict(tails)   # held-out tails of the documents the cycle starts with
-        queue: list[PlanDoc] = []
-
-        def more() -> Optional[PlanDoc]:
-            while not queue and rest:
-                chunk, rest[:] = rest[:MORE_DOCS], rest[MORE_DOCS:]
-                queue.extend(load(chunk))
-            return queue.pop(0) if queue else None
-
-        return docs, (more if rest else None), refused
+    def _cycle_seconds(self) -> float:
+        """How long the next backlog cycle runs: FIRST_CYCLE_S, doubling with every cycle
+        since the backlog was last empty, up to cycle_seconds."""
+        return min(self.settings.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)
 
     def _capacity_bytes(self) -> float:
         """Backlog bytes a cycle is expected to train: the last cycle's rate times the cycle's
         length (a first guess before any cycle ran)."""
-        from store.cycles import list_cycles
-
         st = self.settings
         with self.store.session(read_only=True) as s:
             done = [c for c in reversed(list_cycles(s, status=CycleStatus.COMPLETED, limit=5))
                     if c.bytes_new and (c.schedule or {}).get("seconds")]
         rate = (done[0].bytes_new / done[0].schedule["seconds"]) if done else FIRST_GUESS_BYTES_S
-        seconds = min(st.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)
+        seconds = self._cycle_seconds()
         if st.max_steps is not None:
             T = self._state().model.config.context
             seconds = min(seconds, st.max_steps * st.batch_size * T * 4 / max(rate, 1.0))
         return rate * seconds
 
-    def _train_and_record(self, cycle_id: int, trigger: str, docs: list[PlanDoc], more,
+    def _train_and_record(self, cycle_id: int, trigger: str, plan: CyclePlan,
                           scope_ids: set[int], steps: Optional[int], preemptible: bool,
-                          texts: Optional[dict[int, str]], scope: str, horizon: int
+                          capacity: float, scope: str, horizon: int
                           ) -> Optional[CycleReport]:
         st = self.settings
         state = self._state()
         vocab_before = len(state.tokenizer)
-        replay = self._replay_sample(cycle_id, scope_ids)
+        docs = plan.docs
+        replay = sample_replay(self.store, st, cycle_id, scope_ids)
         by_source: dict[str, list[str]] = {}
         for d in docs:
-            by_source.setdefault(d.source, []).append(self._tails.get(d.id, ""))
-        heldout = self._heldout(by_source)
+            by_source.setdefault(d.source, []).append(plan.tails.get(d.id, ""))
+        heldout = heldout_texts(self.store, st.val_fraction, by_source)
         max_steps = steps if steps is not None else st.max_steps
-        planned = max_steps or max(1, int(self._capacity_bytes() / max(
+        planned = max_steps or max(1, int(capacity / max(
             1.0, st.batch_size * state.model.config.context * BYTES_PER_TOKEN_GUESS)))
         tcfg = st.train_config(planned)
         progress = CycleProgress(self.store, cycle_id, planned, self.progress)
@@ -390,26 +354,25 @@ class ContinuousTrainer:
                 return "paused"
             return None
 
-        seconds = min(st.cycle_seconds, FIRST_CYCLE_S * 2 ** self._ramp)
+        seconds = self._cycle_seconds()
         self._ramp = min(self._ramp + 1, 30)
         res = learn(state, docs, tcfg, max_steps=max_steps,
                     max_seconds=None if steps is not None else seconds,
                     workers=st.workers, replay=replay,
                     replay_fraction=st.replay_fraction if replay else 0.0,
-                    max_new_tokens=st.max_new_tokens, more=more, heldout=heldout,
+                    max_new_tokens=st.max_new_tokens, more=plan.more, heldout=heldout,
                     seed=st.seed + cycle_id, progress=progress.step, stop=why_stop)
         if res.steps == 0:
             if res.ended_by == "stop":
                 raise CycleInterrupted(f"cycle {cycle_id} stopped before its first step",
                                        "its documents stay as they were for the next cycle")
+            why = res.ended_by or "nothing to read"
             self._end_untrained(cycle_id, CycleStatus.INTERRUPTED,
-                                f"ended before its first step ({res.ended_by or 'nothing to read'})")
+                                f"ended before its first step ({why})")
             return None
         progress.finish()
         first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in docs])
         path, sha = save_model_state(state, self.data_dir, cycle_id)
-        if os.environ.get(FAULT_ENV) == "after-checkpoint":   # crash-window tests only
-            os.kill(os.getpid(), signal.SIGKILL)
         try:
             heldout_tokens = {src: len(state.tokenizer.encode(t)) for src, t in heldout.items()}
             forgetting, credited = self._commit(cycle_id, docs, replay, res, path, sha,
@@ -438,11 +401,6 @@ class ContinuousTrainer:
                 horizon: int) -> tuple[dict[str, float], dict]:
         """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
         evaluations with forgetting, and the ledger (what it trained of each document)."""
-        from store.ledger import record_cycle_credits
-        from store.checkpoints import record_checkpoint
-        from store.cycles import finish_cycle, forgetting_by_source, record_eval
-        from store.vocab import record_vocab, vocab_size
-
         st, tok = self.settings, self.state.tokenizer
         trained_ids = set(res.new_bytes)
         new_sources = {d.source for d in docs if d.id in trained_ids}
@@ -522,65 +480,18 @@ class ContinuousTrainer:
             self.load_latest()
         return self.state
 
-    def _replay_sample(self, cycle_id: int, exclude: set[int]) -> list[PlanDoc]:
-        """A seeded sample of trained documents for replay (their training text)."""
-        from store.documents import replay_sample
-
-        if self.settings.replay_fraction <= 0:
-            return []
-        rng = np.random.default_rng(self.settings.seed * 1_000_003 + cycle_id)
-
-        def draw(ids: list[int], k: int) -> list[int]:
-            return rng.choice(ids, size=k, replace=False).tolist()
-
-        vf = self.settings.val_fraction
-        with self.store.session(read_only=True) as s:
-            return [PlanDoc(d.id, d.source, split_heldout(d.text or "", vf)[0])
-                    for d in replay_sample(s, self.settings.replay_docs,
-                                           exclude_ids=sorted(exclude), draw=draw)]
-
-    def _heldout(self, new_tails: dict[str, list[str]]) -> dict[str, str]:
-        """Held-out tails per source: the tails of its earliest documents already read (by
-        id), then of this cycle's (`new_tails`), up to HELDOUT_CHARS_PER_SOURCE. Earlier documents come
-        first so a source's slice stays the same from cycle to cycle once it is full."""
-        from store.documents import list_documents
-
-        vf = self.settings.val_fraction
-        budget: dict[str, float] = {}
-        chosen: list[int] = []
-        with self.store.session(read_only=True) as s:
-            for status in (DocumentStatus.TRAINED, DocumentStatus.LEARNING):
-                for d in list_documents(s, status=status):
-                    if budget.get(d.source, 0.0) < HELDOUT_CHARS_PER_SOURCE:
-                        budget[d.source] = budget.get(d.source, 0.0) + (d.size_bytes or 0) * vf
-                        chosen.append(d.id)
-            texts: dict[str, list[str]] = {}
-            for d in list_documents(s, ids=sorted(chosen), with_text=True):
-                texts.setdefault(d.source, []).append(split_heldout(d.text or "", vf)[1])
-        for source, items in new_tails.items():
-            for t in items:
-                if sum(map(len, texts.get(source, []))) < HELDOUT_CHARS_PER_SOURCE:
-                    texts.setdefault(source, []).append(t)
-        return {src: "\n".join(parts) for src, parts in texts.items() if "".join(parts).strip()}
-
     def _refuse(self, doc_ids: Sequence[int], reason: str) -> None:
-        from store.documents import mark_failed
-
         with self.store.session() as s:
             mark_failed(s, list(doc_ids), reason)
         log.warning("%s documents not trained: %s", len(doc_ids), reason)
 
     def _end_untrained(self, cycle_id: int, status: str, reason: str) -> None:
         """Close a cycle that trained nothing (the next one takes its documents)."""
-        from store.cycles import finish_cycle
-
         with self.store.session() as s:
             finish_cycle(s, cycle_id, status=status, error=reason)
         log.info("cycle %s %s: %s", cycle_id, status, reason)
 
     def _fail(self, cycle_id: int, e: BaseException) -> None:
-        from store.cycles import finish_cycle
-
         status = (CycleStatus.INTERRUPTED if isinstance(e, (CycleInterrupted, KeyboardInterrupt))
                   else CycleStatus.FAILED)
         try:
@@ -598,6 +509,36 @@ class ContinuousTrainer:
             log.warning("cycle %s interrupted; nothing it trained was counted", cycle_id)
 
 
+@contextlib.contextmanager
+def open_training(data_dir: Path, settings: TrainerSettings, *,
+                  database_url: Optional[str] = None, origin: Optional[str] = None,
+                  train: bool = True, stop: Optional[threading.Event] = None,
+                  lease_ttl: float = LEASE_TTL_S,
+                  on_lease_lost: Optional[Callable[[BaseException], None]] = None,
+                  on_beat: Optional[Callable[[Store], None]] = None
+                  ) -> Iterator[tuple[Store, Optional[ContinuousTrainer]]]:
+    """A data directory opened for training while the block runs, as `cllm agent` and
+    `cllm train` both open it: its lock (one of them per directory), its store (documents
+    recorded as coming from `origin`, when given) and, with `train`, the store's trainer
+    lease held by a ContinuousTrainer that has recovered what a crash left. Yields (store,
+    trainer); without `train` (an ingest-only agent) the trainer is None and no lease is
+    taken. `on_beat(store)` runs after every lease renewal, `on_lease_lost(error)` when
+    another process took the lease over (see TrainerLease)."""
+    with DataDirLock(data_dir), open_store(data_dir, database_url) as store:
+        if origin:
+            store.origin = origin
+        if not train:
+            yield store, None
+            return
+        beat = (lambda: on_beat(store)) if on_beat is not None else None
+        with TrainerLease(store, data_dir, ttl_s=lease_ttl, on_lost=on_lease_lost,
+                          on_beat=beat) as lease:
+            trainer = ContinuousTrainer(store, data_dir, settings, stop=stop)
+            trainer.lease = lease
+            trainer.recover()
+            yield store, trainer
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -605,8 +546,6 @@ def _now() -> dt.datetime:
 def record_documents(store, docs: Sequence[Doc]) -> list[tuple[int, Doc]]:
     """Store `docs` (deduplicated by content) and return them with their ids, for a one-shot
     cycle such as `cllm train`: a document seen before keeps its row and is trained again."""
-    from store.documents import add_documents
-
     out: dict[int, Doc] = {}
     with store.session() as s:
         rows = add_documents(s, [{"uri": d.uri, "source": d.source, "text": d.text} for d in docs])

@@ -16,7 +16,8 @@ Also holds `iter_targets` (what a CLI target is: folder, file or URL) and `recor
 A crawl with `recrawl_interval` fetches again the handled URLs last fetched longer ago than
 that, conditionally (If-None-Match / If-Modified-Since with the stored validators): a 304
 changes nothing, a changed page becomes a new version of its document (record_text), a 404
-or 410 marks its document deleted. Scheduling re-crawls is the caller's (the agent's timer).
+or 410 marks its document deleted. Scheduling re-crawls is the caller's (the agent's crawl
+thread: agent/inputs/crawl_loop.py).
 
 Everything interruptible waits on `stop_event`. The crawler does not run JavaScript, and
 writes no SQL (store.frontier and store.targets do).

@@ -1,67 +1,53 @@
-"""The agent daemon: one per data directory. Watches folders, crawls targets, and keeps the
-model learning from what arrives.
+"""The agent daemon: one per data directory. Wires together what watches folders, crawls
+targets and keeps the model learning from what arrives, and runs it until a stop.
 
 Threads (all joined on shutdown):
 - with `serve`, the HTTP server (agent/server/) and its checkpoint watcher;
-- the file monitor's own threads, which put MonitorEvents into `events`;
-- "ingest": takes events off the queue, writes documents through the Ingestor, wakes the
-  trainer;
-- "crawl": walks / crawls each --crawl target once at start, then re-crawls the URL targets
-  whenever they are due (--recrawl-interval; it waits on the stop event until then);
-- "trainer": waits (on an Event, with the age trigger's timeout) until a cycle is due,
-  then runs it through the ContinuousTrainer.
-The main thread takes SIGINT/SIGTERM and waits for the stop event. A stop ends a cycle at
-a step boundary (its documents stay pending), and the store is left consistent.
+- the file monitor's own threads (agent/file_monitor.py), which put MonitorEvents on the
+  ingest loop's queue;
+- "agent-ingest": IngestLoop (agent/inputs/ingest.py) records them and wakes the trainer;
+- "agent-crawl": CrawlLoop (agent/inputs/crawl_loop.py) crawls each --crawl target once at
+  start, then re-crawls the URL targets when due and crawls the targets users add;
+- "agent-trainer": TrainerLoop (agent/training/loop.py) runs cycles while one is due.
+The main thread waits for the stop event: a signal, --max-cycles, or a failure of any part
+(logged with its traceback where it happened, re-raised by `run()`). A stop ends a cycle at
+a step boundary (its documents stay pending), and the store is left consistent. What users
+set in the store (training paused, watch roots and crawl targets added) is read at start,
+at every lease heartbeat, and at once when the server runs in this process.
 
-The data-directory lock (`cllm.lock`, an flock the kernel drops when the process dies)
-keeps a second agent out of the directory; it records the running agent's pid for `cllm
-status`. The store's trainer lease (agent/training/trainer_lease.py) keeps a second agent from training the
-same database from another directory or machine.
+The agent opens its data directory as `cllm train` does (continuous_trainer.open_training):
+the data-directory lock (`cllm.lock`, agent/datadir.py) keeps a second agent out of the
+directory, and the store's trainer lease (agent/training/trainer_lease.py) keeps a second
+agent from training the same database from another directory or machine. The loops
+themselves live with their concepts; this module only builds, connects, starts and stops
+them.
 """
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from agent.datadir import DataDirLock
-from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted
-from agent.training.trainer_lease import TrainerLease
+from agent.continuous_trainer import ContinuousTrainer, open_training
+from agent.crawler import iter_targets, record_target
+from agent.file_monitor import FileMonitor, MonitorError
+from agent.inputs.crawl_loop import CrawlLoop, stored_targets
+from agent.inputs.ingest import IngestLoop
 from agent.settings import AgentConfig
+from agent.training.loop import TrainerLoop
+from agent.web.ssrf import HostPolicy
 from engine.errors import CllmError, ConfigError
-from store import open_store
-from store.errors import LeaseLostError, StoreError
+from store import controls
+from store.models import TargetKind
 
 log = logging.getLogger(__name__)
-RETRY_S = 5.0      # wait after a failed cycle before trying again
-MIN_RECRAWL_WAIT_S = 60.0  # re-crawl passes start at least this far apart (or the interval)
-_STOP = object()
-
-
-def recrawl_wait(store, urls: list[str], interval: float) -> float:
-    """Seconds until the first of the URL targets is due again (its last fetch + interval),
-    never less than min(interval, MIN_RECRAWL_WAIT_S): a target that cannot be fetched does
-    not make the re-crawl spin."""
-    import datetime as dt
-
-    from agent.web.urls import canonical_url
-    from store import frontier
-    from store.models import utcnow
-
-    now = utcnow()
-    with store.session(read_only=True) as s:
-        last = [frontier.last_fetched(s, canonical_url(u)) or now for u in urls]
-    due = min(last) + dt.timedelta(seconds=interval)
-    return max((due - now).total_seconds(), min(interval, MIN_RECRAWL_WAIT_S))
 
 
 class Agent:
-    """Wires the monitor, the ingest and crawl threads and the trainer; `run()` blocks until
-    `stop` is set (by a signal or the caller) and everything has been joined."""
+    """Wires the monitor, the ingest, crawl and trainer loops and the server; `run()` blocks
+    until `stop` is set (by a signal, the caller or a failure) and everything is joined."""
 
     def __init__(self, cfg: AgentConfig, stop: Optional[threading.Event] = None,
                  serve=None) -> None:
@@ -70,11 +56,9 @@ class Agent:
         self.server = None
         self.serving = threading.Event()     # set once the server listens (server.url)
         self.stop = stop or threading.Event()
-        self.wake = threading.Event()
+        self.wake = threading.Event()        # news for the trainer: a document, a beat
         self.arrivals = threading.Event()    # a watched file was added: new text goes first
-        self.events: queue.Queue = queue.Queue()
         self.errors: list[BaseException] = []
-        self.cycles_completed = 0
         self.target_ids: dict[str, int] = {}
         # set once the start-up crawl has passed over every target: until then the token
         # trigger waits (the first cycle takes the whole crawl, not its first few files);
@@ -83,11 +67,17 @@ class Agent:
         # training paused by a user (a row of the store: the dashboard, the API); read at
         # start, at every lease heartbeat, and at once when the server runs in this process
         self.paused = threading.Event()
-        self.crawl_wake = threading.Event()  # a crawl target was added to the store
-        self.monitor = None                  # the file monitor, once a folder is watched
+        self.monitor: Optional[FileMonitor] = None   # the file monitor, once a folder is watched
+        self.ingest_loop: Optional[IngestLoop] = None
+        self.crawl_loop: Optional[CrawlLoop] = None
+        self.trainer_loop: Optional[TrainerLoop] = None
+        self._plan: list[tuple[str, str]] = []       # what iter_targets made of cfg.crawl
         self._controls_lock = threading.Lock()
         self._watch_known: Optional[set[str]] = None   # watch roots in the store at start
-        self._crawl_targets_known: set[str] = set()
+
+    @property
+    def cycles_completed(self) -> int:
+        return self.trainer_loop.cycles_completed if self.trainer_loop is not None else 0
 
     def run(self) -> None:
         cfg = self.cfg
@@ -98,68 +88,59 @@ class Agent:
         for w in cfg.watch:
             if not Path(w).is_dir():
                 raise ConfigError(f"cannot watch {w}: not a folder", "create it or fix --watch")
+        self._plan = list(iter_targets(cfg.crawl))   # a bad target is a one-line error, now
         if cfg.crawl:
-            from agent.crawler import iter_targets
-
-            from agent.web.ssrf import HostPolicy
-
-            list(iter_targets(cfg.crawl))       # a bad target is a one-line error, now
             try:                                # ... and so is a bad --allow-network
                 HostPolicy.build(cfg.allow_private_hosts, cfg.allow_networks)
             except ValueError as e:
                 raise CllmError(str(e), "use CIDR, e.g. --allow-network 10.1.0.0/16") from None
         cfg.ingestor(None)                      # ... and so is an unknown fallback encoding
-        with DataDirLock(cfg.data_dir):
-            store = open_store(cfg.data_dir, cfg.database_url)
-            if cfg.machine:
-                store.origin = cfg.machine      # what the documents it records say they came from
-            try:
-                self._run(store)
-            finally:
-                store.close()
+        # no lease for --role ingest: any number of ingest agents; for a trainer, the lease's
+        # heartbeat also wakes it, so documents other agents (other processes, other
+        # machines) record reach it within a third of the lease's time
+        with open_training(cfg.data_dir, cfg.trainer, database_url=cfg.database_url,
+                           origin=cfg.machine, train=cfg.role != "ingest", stop=self.stop,
+                           lease_ttl=cfg.lease_ttl, on_lease_lost=self._failed,
+                           on_beat=self._controls) as (store, trainer):
+            self._run_agent(store, trainer)
         if self.errors:
             raise self.errors[0]
 
-    def _run(self, store) -> None:
-        if self.cfg.role == "ingest":           # no lease: any number of ingest agents
-            self._run_agent(store, None)
-            return
-        # the heartbeat also wakes the trainer: documents other agents (other processes,
-        # other machines) record reach it within a third of the lease's time
-        with TrainerLease(store, self.cfg.data_dir, ttl_s=self.cfg.lease_ttl,
-                          on_lost=self._lease_lost, on_beat=lambda: self._controls(store)) as lease:
-            self._run_agent(store, lease)
+    def _failed(self, e: BaseException) -> None:
+        """A part of the agent failed (a thread of its own, the file monitor's, the
+        server's, or the lease was lost; each has logged it): stop, and let run() raise it."""
+        self.errors.append(e)
+        self.stop.set()
+
+    def _guard(self, fn) -> None:
+        try:
+            fn()
+        except BaseException as e:  # a failed thread stops the agent and is re-raised by run()
+            log.exception("%s failed", threading.current_thread().name)
+            self._failed(e)
 
     def _controls(self, store) -> None:
-        """Read what users set in the store: training paused or not, crawl targets added.
-        Then wake the trainer (it also looks for documents other agents recorded)."""
-        from store import controls
-        from store.models import TargetKind
-        from store.targets import list_targets
-
+        """Read what users set in the store: training paused or not, targets added. Then
+        wake the trainer (it also looks for documents other agents recorded). A heartbeat
+        before the loops are built does nothing: _run_agent reads them once it has."""
+        if self.ingest_loop is None:
+            return
         with store.session(read_only=True) as s:
             paused = controls.paused(s)
-            crawl = [t.location for t in list_targets(s, TargetKind.CRAWL)]
-            watch = [t.location for t in list_targets(s, TargetKind.WATCH)]
+        targets = stored_targets(store)
         if self.cfg.role != "train" and not self.stop.is_set():
             with self._controls_lock:
-                self._follow_watch_roots(watch)
+                self._follow_watch_roots(targets[TargetKind.WATCH])
         if paused != self.paused.is_set():
             log.info("training %s (a control of the store)", "paused" if paused else "resumed")
             (self.paused.set if paused else self.paused.clear)()
-        if self.cfg.role != "train" and set(crawl) - self._crawl_targets_known:
-            self.crawl_wake.set()
+        if self.crawl_loop is not None:
+            self.crawl_loop.notice(targets[TargetKind.CRAWL])
         self.wake.set()
-
-    def _lease_lost(self, e: BaseException) -> None:
-        self.errors.append(e)
-        self.stop.set()
 
     def _follow_watch_roots(self, roots: list[str]) -> None:
         """Watch the folders users added to the store as watch roots; stop watching removed
         ones (their documents stay)."""
-        from agent.file_monitor import FileMonitor, MonitorError
-
         stored = {os.path.abspath(r) for r in roots}
         if self._watch_known is None:         # at start: the roots given to this run count
             self._watch_known = stored
@@ -175,12 +156,7 @@ class Agent:
             return
         if self.monitor is None:
             first = sorted(added)[0]
-            self.monitor = FileMonitor([first], self.events, quiet_period=self.cfg.quiet_period,
-                                       polling=self.cfg.polling,
-                                       follow_symlinks=self.cfg.follow_symlinks,
-                                       on_failure=self._monitor_failed,
-                                       **self.cfg.path_filter_args())
-            self.monitor.start()
+            self._start_monitor([first])
             log.info("watching %s (a root added to the store)", first)
         for r in sorted(added - set(self.monitor.roots)):
             try:
@@ -189,281 +165,107 @@ class Agent:
             except MonitorError as e:
                 log.error("cannot watch the added root %s: %s", r, e.one_line())
 
-    def _run_agent(self, store, lease: Optional[TrainerLease]) -> None:
-        """The agent's threads; without a lease (--role ingest) there is no trainer."""
+    def _start_monitor(self, roots: list[str]) -> None:
+        """The file monitor over `roots`, feeding the ingest loop (under _controls_lock)."""
         cfg = self.cfg
+        self.monitor = FileMonitor(roots, self.ingest_loop.events, quiet_period=cfg.quiet_period,
+                                   polling=cfg.polling, follow_symlinks=cfg.follow_symlinks,
+                                   on_failure=self._failed, **cfg.path_filter_args())
+        self.monitor.start()
+
+    def _run_agent(self, store, trainer: Optional[ContinuousTrainer]) -> None:
+        """The agent's threads; without a trainer (--role ingest) there is no trainer loop."""
+        cfg = self.cfg
+        if trainer is not None:             # --passes may differ from the runs before
+            trainer.follow_budget()
         self.target_ids = self._record_targets(store)
+        self.ingest_loop = IngestLoop(cfg.ingestor(store), self.stop, self._arrived)
+        if cfg.role != "train":             # also for targets users add to the store later
+            self.crawl_loop = CrawlLoop(store, cfg, self._plan, self.target_ids,
+                                        stop=self.stop, crawled=self.crawled,
+                                        on_crawled=self.wake.set)
+        else:
+            self.crawled.set()
         self._controls(store)                # what users set: paused, roots already known
-        trainer = None
-        threads = [threading.Thread(target=self._guard, args=(self._ingest_loop, store),
-                                    name="agent-ingest")]
-        if lease is not None:
-            trainer = ContinuousTrainer(store, cfg.data_dir, cfg.trainer, stop=self.stop)
+        if trainer is not None:
             trainer.arrivals = self.arrivals
             trainer.paused = self.paused
-            trainer.lease = lease
-            trainer.recover()
             state = trainer.load_latest()
             log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
                      len(state.tokenizer))
-            threads.append(threading.Thread(target=self._guard, args=(self._trainer_loop, trainer),
-                                            name="agent-trainer"))
+            self.trainer_loop = TrainerLoop(trainer, stop=self.stop, wake=self.wake,
+                                            crawled=self.crawled, max_cycles=cfg.max_cycles)
         else:
             log.info("agent on %s: ingest only (as %s); the store's trainer learns what it "
                      "records", cfg.data_dir, store.origin)
-        if cfg.role != "train":             # also for targets users add to the store later
-            threads.append(threading.Thread(target=self._guard, args=(self._crawl_all, store),
-                                            name="agent-crawl"))
-        else:
-            self.crawled.set()
+        loops = [("agent-ingest", self.ingest_loop), ("agent-trainer", self.trainer_loop),
+                 ("agent-crawl", self.crawl_loop)]
+        threads = [threading.Thread(target=self._guard, args=(loop.run,), name=name)
+                   for name, loop in loops if loop is not None]
         try:
             if self.serve is not None:
                 self._start_server(store, trainer)
             if cfg.watch:
-                from agent.file_monitor import FileMonitor
-
                 with self._controls_lock:
-                    self.monitor = FileMonitor(cfg.watch, self.events,
-                                               quiet_period=cfg.quiet_period,
-                                               polling=cfg.polling,
-                                               follow_symlinks=cfg.follow_symlinks,
-                                               on_failure=self._monitor_failed,
-                                               **cfg.path_filter_args())
-                    self.monitor.start()
+                    self._start_monitor(list(cfg.watch))
             for t in threads:
                 t.start()
-            log.info("agent running (pid %s); watching %s", os.getpid(), ", ".join(cfg.watch) or "nothing")
+            log.info("agent running (pid %s); watching %s", os.getpid(),
+                     ", ".join(cfg.watch) or "nothing")
             self.stop.wait()                    # a signal, --max-cycles, or a failed thread
         finally:
-            self.stop.set()
-            self.wake.set()
-            self.crawl_wake.set()
-            with self._controls_lock:
-                monitor, self.monitor = self.monitor, None
-            if monitor is not None:
-                try:
-                    monitor.stop()
-                except CllmError as e:
-                    log.error("%s", e.one_line())
-            self.events.put(_STOP)
-            for t in threads:
-                if t.ident is not None:
-                    t.join()
-            if self.server is not None:
-                try:
-                    self.server.stop()           # uvicorn and the checkpoint watcher, joined
-                except BaseException as e:
-                    if e not in self.errors:
-                        self.errors.append(e)
-            log.info("agent stopped")
+            self._shut_down(threads)
+
+    def _arrived(self) -> None:
+        """A watched file became a new document: a backlog cycle ends at its next step."""
+        self.arrivals.set()
+        self.wake.set()
+
+    def _shut_down(self, threads: list[threading.Thread]) -> None:
+        """Stop everything the agent started and join every thread."""
+        self.stop.set()
+        self.wake.set()
+        if self.crawl_loop is not None:
+            self.crawl_loop.close()
+        with self._controls_lock:
+            monitor, self.monitor = self.monitor, None
+        if monitor is not None:
+            try:
+                monitor.stop()
+            except CllmError as e:
+                log.error("%s", e.one_line())
+        self.ingest_loop.close()
+        for t in threads:
+            if t.ident is not None:
+                t.join()
+        if self.server is not None:
+            try:
+                self.server.stop()           # uvicorn and the checkpoint watcher, joined
+            except BaseException as e:
+                if e not in self.errors:
+                    self.errors.append(e)
+        log.info("agent stopped")
 
     def _start_server(self, store, trainer: Optional[ContinuousTrainer]) -> None:
         """The HTTP server on its own thread, over the agent's store; it reloads on the
         trainer's in-process event after each commit (no file watching; an ingest-only
         agent's server watches the checkpoints folder as `cllm serve` does)."""
-        from agent.server.app import Server, Service
+        from agent.server.app import Server, Service   # the optional [serve] extra
 
         service = Service(store, self.cfg.data_dir, self.serve)
         service.control_listeners.append(lambda: self._controls(store))
-        self.server = Server(service, watch=trainer is None, on_failure=self._server_failed)
+        self.server = Server(service, watch=trainer is None, on_failure=self._failed)
         if trainer is not None:
             trainer.checkpoint_listeners.append(self.server.notify)
         self.server.start()
         log.info("serving on %s", self.server.url)
         self.serving.set()
 
-    def _server_failed(self, e: BaseException) -> None:
-        """The server thread died (it has logged the traceback): stop the agent, and let
-        run() raise the failure."""
-        self.errors.append(e)
-        self.stop.set()
-
     def _record_targets(self, store) -> dict[str, int]:
         """Watched roots and crawl targets as rows of the store, recorded the canonical way
         (the same target typed two ways is one row; a known one is re-enabled)."""
-        from agent.crawler import record_target
-        from store.models import TargetKind
-
         ids = {}
         for kind, items in ((TargetKind.WATCH, self.cfg.watch), (TargetKind.CRAWL, self.cfg.crawl)):
             for t in items:
                 ids[t] = record_target(store, kind, t)
         return ids
-
-    def _monitor_failed(self, e: BaseException) -> None:
-        """A file-monitor thread died (it has logged the traceback): stop the agent, and
-        let run() raise it."""
-        self.errors.append(e)
-        self.stop.set()
-
-    def _guard(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except BaseException as e:  # a failed thread stops the agent and is re-raised by run()
-            log.exception("%s failed", threading.current_thread().name)
-            self.errors.append(e)
-            self.stop.set()
-
-    def _ingest_loop(self, store) -> None:
-        from store import StoreError
-
-        from agent.inputs.ingest import summarize
-
-        ingestor = self.cfg.ingestor(store)
-        batch: Counter = Counter()     # outcomes since the queue was last empty: one log line
-        while True:
-            ev = self.events.get()
-            if ev is _STOP or self.stop.is_set():
-                return      # events not handled yet: the next start's reconciliation scan
-            while True:
-                try:
-                    res = ingestor.handle(ev)
-                except StoreError as e:     # e.g. the database stayed locked: keep the event
-                    log.error("could not record %s (%s); retrying in %.0f s", ev.path,
-                              e.one_line(), RETRY_S)
-                    if self.stop.wait(RETRY_S):
-                        return
-                    continue
-                except Exception as e:      # a bug: log it, the next start's scan retries
-                    log.error("could not ingest %s: %s", ev.path,
-                              e.one_line() if isinstance(e, CllmError) else repr(e))
-                    res = None
-                break
-            if res is not None and res.outcome in ("added", "restored"):
-                self.arrivals.set()     # a backlog cycle ends at its next step for it
-                self.wake.set()
-            if res is not None and res.outcome != "ignored":
-                batch[res.outcome] += 1
-            if batch and self.events.empty():
-                log.info("watched files: %s", summarize(batch))
-                batch.clear()
-
-    def _crawl_all(self, store) -> None:
-        """Every --crawl target once; then, with --recrawl-interval, the URL targets again
-        whenever they are due (a wait on the stop event until the next due time)."""
-        from agent.crawler import Crawler, iter_targets
-
-        cfg = self.cfg
-        try:
-            with Crawler(store, allow_private_hosts=cfg.allow_private_hosts,
-                         allow_networks=cfg.allow_networks, stop_event=self.stop,
-                         max_pages=cfg.max_pages, max_depth=cfg.max_depth,
-                         recrawl_interval=cfg.recrawl_interval,
-                         follow_symlinks=cfg.follow_symlinks, ingestor=cfg.ingestor(store),
-                         **cfg.path_filter_args()) as crawler:
-                plan = list(iter_targets(cfg.crawl))
-                self._crawl_targets_known.update(self._stored_crawl_targets(store))
-                try:
-                    self._crawl_targets(crawler, plan)
-                finally:
-                    self.crawled.set()
-                    self.wake.set()
-                self._recrawl(store, crawler, [t for kind, t in plan if kind == "url"])
-        finally:
-            self.crawled.set()
-            self.wake.set()
-
-    def _stored_crawl_targets(self, store) -> set[str]:
-        from store.models import TargetKind
-        from store.targets import list_targets
-
-        with store.session(read_only=True) as s:
-            return {t.location for t in list_targets(s, TargetKind.CRAWL)}
-
-    def _recrawl(self, store, crawler, urls: list[str]) -> None:
-        """Re-crawl the URL targets when due, and crawl the targets users add to the store
-        (the dashboard) when they appear; a removed target is not crawled again. Waits on
-        `crawl_wake` (a new target, or the stop) until the next due time."""
-        from agent.crawler import iter_targets
-
-        interval = self.cfg.recrawl_interval
-        urls = list(urls)
-        while not self.stop.is_set():
-            stored = self._stored_crawl_targets(store)
-            added = sorted(stored - self._crawl_targets_known)
-            self._crawl_targets_known |= set(added)
-            urls = [u for u in urls if u in stored or u in self.cfg.crawl]
-            if added:
-                plan = []
-                for t in added:
-                    try:
-                        plan += list(iter_targets([t]))
-                    except CllmError as e:
-                        log.error("cannot crawl the added target %s: %s", t, e.one_line())
-                log.info("crawling %d targets added to the store", len(plan))
-                self._crawl_targets(crawler, plan)
-                urls += [t for kind, t in plan if kind == "url"]
-                continue
-            wait = recrawl_wait(store, urls, interval) if urls and interval > 0 else None
-            if wait is not None:
-                log.info("next re-crawl of %d URL targets in %.0f s", len(urls), wait)
-            if self.crawl_wake.wait(wait):
-                self.crawl_wake.clear()
-                continue
-            self._crawl_targets(crawler, [("url", u) for u in urls])
-
-    def _crawl_targets(self, crawler, plan: list[tuple[str, str]]) -> None:
-        from agent.crawler import CrawlReport
-        from agent.inputs.ingest import summarize
-
-        for kind, target in plan:
-            if self.stop.is_set():
-                return
-            try:
-                tid = self.target_ids.get(target)
-                if kind == "url":
-                    report = crawler.crawl(target, target_id=tid)
-                elif kind == "folder":
-                    report = crawler.walk(target, target_id=tid)
-                else:
-                    one = crawler.ingestor.ingest_file(target, target_id=tid)
-                    report = CrawlReport()
-                    report.add(one.uri, one.outcome, one.reason, one.size_bytes or 0)
-            except (CllmError, StoreError) as e:
-                log.error("crawl of %s failed: %s", target, e.one_line())
-                continue
-            except Exception:   # one bad target never stops the agent (what it stored stays)
-                log.exception("crawl of %s failed", target)
-                continue
-            log.info("crawled %s: %s (%s bytes read)", target, summarize(report.counts),
-                     f"{report.bytes_read:,}")
-            self.wake.set()
-
-    def _trainer_loop(self, trainer: ContinuousTrainer) -> None:
-        """Cycles back to back while a backlog remains; blocked (no CPU) when none does."""
-        learned_since_idle = 0
-        while not self.stop.is_set():
-            self.wake.clear()
-            try:
-                if self.paused.is_set():        # a user paused training: wait for resume
-                    self.wake.wait()
-                    continue
-                trigger, wait = trainer.due(tokens_trigger=self.crawled.is_set())
-                if trigger is None:
-                    if learned_since_idle:
-                        log.info("backlog learned: every document trained to %s passes (%d "
-                                 "cycles); waiting for new text", trainer.settings.passes,
-                                 learned_since_idle)
-                        learned_since_idle = 0
-                    self.wake.wait(wait)        # an ingest, a stop, or the age trigger
-                    continue
-                rep = trainer.run_pending(trigger)
-            except CycleInterrupted:
-                return
-            except LeaseLostError:
-                raise                           # another agent trains now: stop this one
-            except (CllmError, StoreError) as e:  # e.g. the store was locked too long
-                log.error("cycle failed: %s", e.one_line())
-                self.stop.wait(RETRY_S)         # back off before retrying the same documents
-                continue
-            if rep is not None:
-                self.cycles_completed += 1
-                learned_since_idle += 1
-                log.info("cycle %s completed: %s documents, %s replayed, loss %.3f -> %.3f, "
-                         "checkpoint %s", rep.cycle_id, len(rep.doc_ids), len(rep.replay_ids),
-                         rep.run.loss_start or float("nan"), rep.run.loss_end or float("nan"),
-                         rep.checkpoint_path)
-                if self.cfg.max_cycles is not None and self.cycles_completed >= self.cfg.max_cycles:
-                    log.info("%d cycles completed (--max-cycles): stopping", self.cycles_completed)
-                    self.stop.set()
-

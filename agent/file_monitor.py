@@ -37,10 +37,11 @@ from watchdog.events import (
     DirCreatedEvent, DirDeletedEvent, DirModifiedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
     FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler,
 )
+from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from agent.inputs.paths import PathFilter, walk_files
+from agent.inputs.paths import PathFilter, is_folder, walk_files
 from engine.errors import CllmError
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,6 @@ class MonitorEvent:
 
 def _native_observer(timeout: float) -> BaseObserver:
     """The platform's native observer (inotify on Linux); tests replace this."""
-    from watchdog.observers import Observer
-
     return Observer(timeout=timeout)
 
 
@@ -434,7 +433,7 @@ class FileMonitor:
         if watch is None:                    # a root removed while its events were queued
             return
         if kind == "dir-modified":
-            if _is_dir(path):
+            if is_folder(path):
                 return  # a folder's contents changed: its files have events of their own
             kind = "gone-dir"  # the folder is gone, and perhaps a file is in its place
         p = self._pending.get(path)
@@ -546,13 +545,6 @@ class _Prefixed(PathFilter):
 
     def accepts(self, rel: str) -> bool:
         return self.inner.accepts(self._full(rel))
-
-
-def _is_dir(path: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _snapshot(path: str) -> tuple | None:

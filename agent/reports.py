@@ -10,6 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from agent.datadir import holder_pid
+from engine.checkpoint import file_sha256
+from store import controls
+from store import lease as store_lease
+from store.checkpoints import latest_checkpoint, list_checkpoints
+from store.cycles import (count_cycles, forgetting_by_source, latest_step_metric, list_cycles,
+                          step_metrics)
+from store.documents import document_counts, list_documents, pending_summary
+from store.frontier import list_urls
+from store.ledger import backlog_status
+from store.models import CycleStatus
+from store.targets import list_targets
+from store.vocab import load_vocab, vocab_delta
+
 DOCUMENT_FIELDS = ("id", "uri", "source", "status", "sha256", "size_bytes", "n_tokens",
                    "trainable_bytes", "trained_bytes", "encoding",
                    "reason", "cycle_id", "target_id", "origin", "first_seen", "updated")
@@ -28,9 +42,6 @@ def jsonable(v):
 
 
 def cycle_rows(session) -> list[dict]:
-    from store.checkpoints import list_checkpoints
-    from store.cycles import list_cycles
-
     ckpts = {c.cycle_id: c for c in list_checkpoints(session)}  # a cycle's last checkpoint
     rows = []
     for c in list_cycles(session):
@@ -52,8 +63,6 @@ def cycle_rows(session) -> list[dict]:
 
 def document_rows(session, status: Optional[str] = None, source: Optional[str] = None,
                   cycle_id: Optional[int] = None, limit: Optional[int] = None) -> list[dict]:
-    from store.documents import list_documents
-
     rows = [{f: jsonable(getattr(d, f)) for f in DOCUMENT_FIELDS}
             for d in list_documents(session, status=status, source=source, cycle_id=cycle_id,
                                     limit=limit)]
@@ -64,8 +73,6 @@ def document_rows(session, status: Optional[str] = None, source: Optional[str] =
 
 
 def url_rows(session, status: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
-    from store.frontier import list_urls
-
     return [{f: jsonable(getattr(u, f)) for f in URL_FIELDS}
             for u in list_urls(session, status=status or None, limit=limit)]
 
@@ -73,9 +80,6 @@ def url_rows(session, status: Optional[str] = None, limit: Optional[int] = None)
 def vocab_rows(session, cycle_id: Optional[int] = None) -> tuple[list[dict], Optional[int]]:
     """(learned tokens with the cycle and document where each first appeared, the largest
     base-vocabulary id)."""
-    from store.documents import list_documents
-    from store.vocab import load_vocab, vocab_delta
-
     vocab = load_vocab(session)
     learned = (vocab_delta(session, cycle_id) if cycle_id is not None
                else [v for v in vocab if v.cycle_id is not None])
@@ -89,9 +93,6 @@ def vocab_rows(session, cycle_id: Optional[int] = None) -> tuple[list[dict], Opt
 
 
 def checkpoint_rows(session, verify: bool = False) -> list[dict]:
-    from engine.checkpoint import file_sha256
-    from store.checkpoints import list_checkpoints
-
     rows = [{"id": c.id, "cycle_id": c.cycle_id, "path": c.path, "sha256": c.sha256,
              "step": c.step, "vocab_size": c.vocab_size, "size_bytes": c.size_bytes,
              "latest": c.is_latest, "created": c.created, "pruned": c.pruned}
@@ -104,16 +105,12 @@ def checkpoint_rows(session, verify: bool = False) -> list[dict]:
 
 
 def forgetting_rows(session, source: Optional[str] = None) -> list[dict]:
-    from store.cycles import forgetting_by_source
-
     return [{k: e[k] for k in FORGETTING_FIELDS}
             for e in forgetting_by_source(session, source=source, by_cycle=True)]
 
 
 def step_rows(session, cycle_id: Optional[int] = None) -> list[dict]:
     """The sampled per-step losses the trainer records, every cycle's (or one's)."""
-    from store.cycles import list_cycles, step_metrics
-
     ids = [cycle_id] if cycle_id is not None else [c.id for c in list_cycles(session)]
     return [{"cycle_id": m.cycle_id, "step": m.step, "loss": m.loss, "lr": m.lr,
              "grad_norm": m.grad_norm, "tokens_per_s": m.tokens_per_s,
@@ -124,16 +121,6 @@ def status_view(session, data_dir: Path, database: str) -> dict:
     """What `cllm status --json` prints: the data directory and the store (`database`, as
     Store.describe() names it), the agent (running or not), the current cycle and its
     progress, the backlog, documents by status, the last checkpoint, the trainer lease."""
-    from store import controls
-    from agent.datadir import holder_pid
-    from store import lease as store_lease
-    from store.documents import pending_summary
-    from store.ledger import backlog_status
-    from store.models import CycleStatus
-    from store.checkpoints import latest_checkpoint
-    from store.cycles import count_cycles, latest_step_metric, list_cycles
-    from store.documents import document_counts
-
     running = next(iter(list_cycles(session, status=CycleStatus.RUNNING, limit=1)), None)
     current = None
     if running is not None:
@@ -172,7 +159,5 @@ TARGET_FIELDS = ("id", "kind", "location", "options", "enabled", "created", "las
 
 def target_rows(session, include_disabled: bool = False) -> list[dict]:
     """Watched roots and crawl targets recorded in the store."""
-    from store.targets import list_targets
-
     return [{f: getattr(t, f) for f in TARGET_FIELDS}
             for t in list_targets(session, include_disabled=include_disabled)]

@@ -38,12 +38,6 @@ def url_key(canonical_url: str) -> str:
     return hashlib.sha256(canonical_url.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def url_seen(session: Session, canonical_url: str) -> bool:
-    """Whether the crawler has recorded this canonical URL (with any status)."""
-    return session.scalar(select(FetchedUrl.id).where(
-        FetchedUrl.url_sha256 == url_key(canonical_url))) is not None
-
-
 def url_handled(session: Session, canonical_url: str, *,
                 fresh_after: Optional[dt.datetime] = None) -> bool:
     """Whether the URL was handled for good (a FINAL status), and, with `fresh_after`, last

@@ -231,13 +231,6 @@ def summary(session: Session, passes: float, val_fraction: float) -> dict:
     return total
 
 
-def document_cycles(session: Session, document_id: int) -> list[dict]:
-    """Which cycles trained a document, and how much: [{cycle_id, new_bytes, replay_bytes}]."""
-    return [{"cycle_id": c.cycle_id, "new_bytes": c.new_bytes, "replay_bytes": c.replay_bytes}
-            for c in session.scalars(select(CycleDocument).where(
-                CycleDocument.document_id == document_id).order_by(CycleDocument.cycle_id))]
-
-
 # ----------------------------------------------------------------------------- retention
 
 def checkpoints_to_prune(session: Session, keep_latest: int, every_s: float = 3600.0

@@ -47,16 +47,6 @@ def list_targets(session: Session, kind: Optional[str] = None, *,
     return list(session.scalars(q))
 
 
-def disable_target(session: Session, target_id: int) -> bool:
-    """Stop watching/crawling a target but keep it, and its documents' link to it."""
-    target = session.get(CrawlTarget, target_id)
-    if target is None:
-        return False
-    target.enabled = False
-    session.flush()
-    return True
-
-
 def remove_target(session: Session, target_id: int) -> bool:
     """Delete a target; its documents stay, with no target."""
     target = session.get(CrawlTarget, target_id)

@@ -16,6 +16,12 @@ StoreError; the commands turn them into one-line messages with a hint and an exi
 (common.exit_status: 1 a runtime failure, 2 a usage error, 3 another agent holds the data
 directory).
 The main group hands --database-url to the commands in click's context object.
+
+Imports sit at the top of each module, except the modules of what one command alone runs:
+the daemon, the trainer (agent/continuous_trainer.py, agent/training/), the crawler and
+agent/inputs/, the benchmark, the generation code, and the optional extras (matplotlib).
+The commands import those inside their functions: this group imports every command module,
+so each invocation then loads what it runs and not what the other commands run.
 """
 from __future__ import annotations
 

@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import Optional
 
 import click
+from rich.console import Console
+from rich.table import Table
 
+from agent.cli import logs
 from agent.datadir import default_data_dir, shown
 from agent.reports import jsonable  # noqa: F401  (the commands import it from here)
+from agent.training.trainer_lease import AgentLocked
+from engine import PRESETS
+from engine.checkpoint import read_model_config
 from engine.errors import CllmError, ConfigError
+from store import open_store
+from store.db import resolve_url, sqlite_path
 from store.errors import StoreError
 
 CONTEXT_SETTINGS = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -50,8 +58,6 @@ class Invocation:
 
 def configure_logging(inv: Invocation) -> None:
     """The project's loggers by -v/-q, other libraries quiet (agent/cli/logs.py)."""
-    from agent.cli import logs
-
     logs.configure_logging(inv.verbose - inv.quiet)
 
 
@@ -91,9 +97,6 @@ def existing_store(data_dir: Path, url: Optional[str] = None, **kwargs):
     """The store of `data_dir` (or of `url`) for a command that only reads: refusing to
     create the SQLite file of a data directory where nothing was ever stored (a mistyped
     --data-dir), or one a sqlite URL names. `kwargs` go to open_store."""
-    from store import open_store
-    from store.db import resolve_url, sqlite_path
-
     path = sqlite_path(resolve_url(data_dir, url))
     if path is not None and not path.exists():
         where = (f"no store in {data_dir}" if url is None and not os.environ.get("CLLM_DATABASE_URL")
@@ -115,7 +118,6 @@ FILESYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENO
 def exit_status(e: BaseException) -> int:
     """The exit status for an error a command reports in one line."""
     from agent.crawler import CrawlError
-    from agent.training.trainer_lease import AgentLocked
 
     if isinstance(e, AgentLocked):
         return EXIT_LOCKED
@@ -126,8 +128,6 @@ def exit_status(e: BaseException) -> int:
 
 def preset_of(config) -> str:
     """The preset a model config was made from (its vocabulary grows), or "custom"."""
-    from engine import PRESETS
-
     shape = ("context", "d_model", "n_layers", "n_heads")
     return next((name for name, p in PRESETS.items()
                  if all(getattr(p, k) == getattr(config, k) for k in shape)), "custom")
@@ -137,7 +137,6 @@ def warn_if_preset_ignored(values, data_dir: Path, *, fresh_flag: Optional[str] 
     """A warning line when --preset (or $CLLM_PRESET, or TOML) names a model other than the
     one the data directory already holds: the directory's model wins."""
     from agent.training.model_state import checkpoint_files
-    from engine.checkpoint import read_model_config
 
     if not values.given("preset"):
         return
@@ -216,9 +215,6 @@ def emit_table(rows: list[dict], as_json: bool, columns: list[str], title: str) 
     if as_json:
         echo_json(rows)
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(*columns, title=title)
     for r in rows:
         table.add_row(*(table_cell(c, r.get(c)) for c in columns))

@@ -15,6 +15,9 @@ import click
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, echo_json,
                               one_line_errors, pass_invocation)
 from agent.settings import CrawlSettings, build, options, resolve
+from agent.signals import stop_on_signals
+from store import open_store
+from store.models import TargetKind
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -41,9 +44,6 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
     from agent.crawler import CrawlError, CrawlReport, Crawler, iter_targets, record_target
     from agent.inputs.ingest import BATCH_INPUTS, Ingestor
     from agent.inputs.paths import DEFAULT_EXCLUDES
-    from agent.signals import stop_on_signals
-    from store import open_store
-    from store.models import TargetKind
 
     cfg = build(CrawlSettings, resolve(flags, data_dir, command="crawl"))
     plan = list(iter_targets(targets))  # a malformed target is a usage error before any work

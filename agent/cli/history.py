@@ -30,7 +30,7 @@ def history() -> None:
 
 def _matplotlib():
     try:
-        import matplotlib
+        import matplotlib   # the optional [plot] extra, and slow to import: only for --plot
     except ModuleNotFoundError:
         raise CllmError("--plot needs matplotlib, which is not installed",
                         "pip install 'crystalline-cllm[plot]'") from None
@@ -44,7 +44,7 @@ def check_plot_path(path: Path | None) -> None:
     if path is None:
         return
     _matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg   # [plot] extra, as above
 
     kinds = FigureCanvasAgg.get_supported_filetypes()
     suffix = path.suffix.lower().lstrip(".")
@@ -82,7 +82,7 @@ def short_names(names) -> dict[str, str]:
 
 def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel: str,
           title: str) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt    # the optional [plot] extra: only when plotting
 
     fig = figure(series, xlabel, ylabel, title)
     try:
@@ -98,7 +98,7 @@ def _plot(path: Path, series: dict[str, tuple[list, list]], xlabel: str, ylabel:
 def figure(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str):
     """One line per series against whole-numbered x ticks (cycles)."""
     _matplotlib()
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt    # the optional [plot] extra: only when plotting
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -6,9 +6,12 @@ command line, as thin commands over agent.inputs.corpus, the continuous trainer 
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, data_dir_option,
                               echo_json, existing_store, one_line_errors, pass_invocation,
@@ -16,6 +19,7 @@ from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, da
 from agent.generation.checkpoint import DECODE_WEIGHTS, load_serving_checkpoint
 from agent.generation.stream import Sampling, TextStream
 from agent.settings import TrainerSettings, build, options, resolve
+from agent.signals import stop_on_signals
 from engine import PRESETS
 from engine.decode import KINDS
 from engine.errors import CllmError, ConfigError
@@ -39,18 +43,9 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
 
     Example: cllm train ~/notes --preset small --steps 300
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    import threading
-
-    from agent.continuous_trainer import ContinuousTrainer, CycleInterrupted, record_documents
-    from agent.datadir import DataDirLock
-    from agent.training.trainer_lease import TrainerLease
-    from agent.signals import stop_on_signals
+    from agent.continuous_trainer import CycleInterrupted, open_training, record_documents
     from agent.inputs.corpus import corpus_topics, read_docs
     from agent.training.model_state import new_model_state
-    from store import open_store
 
     values = resolve(flags, data_dir, command="train")
     if not fresh:
@@ -65,14 +60,11 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
     # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
     settings = build(TrainerSettings, values, min_lr=values["lr"] / 10, replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
-    # one run is one cycle in the store, under the data directory's lock and the store's
-    # trainer lease (no agent meanwhile, on this directory or this database)
+    # one run is one cycle in the store, opened as the agent opens it: the data directory's
+    # lock and the store's trainer lease (no agent meanwhile, on this directory or database)
     stop = threading.Event()     # Ctrl-C, SIGTERM, SIGHUP: stop at the next step, save that
-    with (DataDirLock(data_dir), open_store(data_dir, inv.database_url) as store,
-          TrainerLease(store, data_dir) as lease):
-        trainer = ContinuousTrainer(store, data_dir, settings, stop=stop)
-        trainer.lease = lease
-        trainer.recover()
+    with open_training(data_dir, settings, database_url=inv.database_url,
+                       stop=stop) as (store, trainer):
         if fresh:
             trainer.start_fresh(new_model_state(preset, seed=seed, init=init))
         else:

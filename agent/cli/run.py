@@ -5,15 +5,20 @@ Thin commands: the daemon is agent/daemon.py, its settings come from agent/setti
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import click
 
-from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
-from agent.cli.serve import SERVE_OPTIONS, serve_config, serve_options
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
                               echo_json, existing_store, json_option, one_line_errors,
                               pass_invocation, warn_if_preset_ignored)
+from agent.cli.serve import SERVE_OPTIONS, serve_config, serve_options
+from agent.reports import status_view
+from agent.server import require_serve_extra
+from agent.server.security import check_binding
+from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
+from agent.signals import stop_on_signals
 from engine.errors import CllmError
 
 
@@ -40,17 +45,11 @@ def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
 
     Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small --serve
     """
-    import threading
-
     from agent.daemon import Agent
-    from agent.signals import stop_on_signals
 
     serve_cfg = None
     server_flags = {k: flags.pop(k) for k in SERVE_OPTIONS}
     if serve:
-        from agent.server import require_serve_extra
-        from agent.server.security import check_binding
-
         require_serve_extra()
         serve_cfg = serve_config(**server_flags)
         check_binding(serve_cfg.host, serve_cfg.token)
@@ -77,6 +76,8 @@ def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
 def embedded_targets(data_dir: Path) -> tuple[list[str], list[str]]:
     """The defaults when nothing is configured: watch DATA_DIR/inbox (created), crawl the
     shipped sample corpus's topic folders when they are installed alongside the code."""
+    from agent.inputs.corpus import corpus_topics
+
     inbox = data_dir / "inbox"
     try:
         inbox.mkdir(parents=True, exist_ok=True)
@@ -84,8 +85,6 @@ def embedded_targets(data_dir: Path) -> tuple[list[str], list[str]]:
         raise CllmError(f"cannot create {inbox}: {e.strerror}",
                         "choose a writable --data-dir or pass --watch DIR") from None
     # one crawl target (so one source, with its own validation and forgetting) per topic
-    from agent.inputs.corpus import corpus_topics
-
     return [str(inbox)], [str(p) for p in corpus_topics()]
 
 
@@ -112,8 +111,6 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
 
     Example: cllm status --data-dir ./cllm-data
     """
-    from agent.reports import status_view
-
     store = existing_store(data_dir, inv.database_url)
     store_name = store.describe()
     try:

@@ -8,34 +8,44 @@ their hand-over when the original goes) are the store's: store.documents.record_
 mark_deleted_under. What the Ingestor adds is what needs the file system: whether a
 duplicate that could inherit deleted content still exists, and which files a scan missed.
 
+Also holds `IngestLoop`, the agent's ingest thread: the file monitor's events taken off
+its queue in order and handed to an Ingestor, an event the store refused (locked) kept and
+retried.
+
 It does not watch folders (file_monitor.py), choose files (paths.py), fetch URLs
 (crawler.py) or write SQL, and it never raises for a bad input: every refused input becomes
 a row with its reason. Sessions and ORM objects stay inside one call, so an Ingestor
-belongs to one thread at a time (the daemon's ingest thread, or the CLI).
+belongs to one thread at a time (the agent's ingest thread, or the CLI).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import stat
+import queue
+import threading
+from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
-from agent.file_monitor import EventKind
-from agent.inputs.paths import file_uri, uri_to_path
+from agent.file_monitor import EventKind, MonitorEvent
+from agent.inputs.paths import file_uri, is_folder, uri_to_path
 from agent.inputs.text import (DEFAULT_MAX_FILE_BYTES, Refused, codec_problem, decode_text, read_file,
                         storable, utf8_problem)
+from engine.errors import CllmError, ConfigError
 from store import documents
 from store.documents import Outcome
+from store.errors import StoreError
 
-__all__ = ["BATCH_INPUTS", "IngestResult", "Ingestor", "summarize"]
+__all__ = ["BATCH_INPUTS", "IngestLoop", "IngestResult", "Ingestor", "summarize"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from store import Store
 
 log = logging.getLogger(__name__)
+agent_log = logging.getLogger("agent.daemon")   # IngestLoop's lines, as before the split
 
+RETRY_S = 5.0       # IngestLoop: wait before retrying an event the store could not record
 BATCH_INPUTS = 200  # inputs per transaction in Ingestor.batch (a folder walk)
 REMOVED = "removed from its source"
 REPLACED_BY_FOLDER = "replaced by a folder"
@@ -80,8 +90,6 @@ class Ingestor:
             raise ValueError("max_file_bytes must be positive")
         problem = None if fallback_encoding is None else codec_problem(fallback_encoding)
         if problem:
-            from engine.errors import ConfigError
-
             raise ConfigError(problem, hint="use a Python text codec name such as cp1252 or latin-1")
         self.store = store
         self.max_file_bytes = max_file_bytes
@@ -212,7 +220,7 @@ class Ingestor:
             path = uri_to_path(uri)
             if not path:
                 continue
-            if _is_folder(path):    # a folder took the file's place: its files were scanned
+            if is_folder(path):    # a folder took the file's place: its files were scanned
                 n += self.delete_path(path, below=False, reason=REPLACED_BY_FOLDER).n_deleted
             elif not os.path.lexists(path):
                 n += self.delete_path(path).n_deleted
@@ -231,11 +239,60 @@ class Ingestor:
             return documents.is_duplicate(s, uri)
 
 
-def _is_folder(path: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
+class IngestLoop:
+    """The agent's ingest thread: `run()` takes MonitorEvents off `events` (the file
+    monitor's queue) until `close()` or `stop`, and records each through `ingestor`.
+
+    A StoreError (the database stayed locked) keeps the event and retries it every RETRY_S
+    until the stop; any other failure is logged and the event dropped (the next start's
+    reconciliation scan finds the file again). `on_arrival` is called after a document was
+    added or restored, so the trainer learns it first. Outcomes are logged as one line
+    whenever the queue runs empty."""
+
+    def __init__(self, ingestor: Ingestor, stop: threading.Event,
+                 on_arrival: Callable[[], None]) -> None:
+        self.ingestor, self.stop, self.on_arrival = ingestor, stop, on_arrival
+        self.events: "queue.Queue[MonitorEvent | object]" = queue.Queue()
+
+    def close(self) -> None:
+        """End `run()` once the events before this call are taken."""
+        self.events.put(_CLOSE)
+
+    def run(self) -> None:
+        batch: Counter = Counter()     # outcomes since the queue was last empty: one log line
+        while True:
+            ev = self.events.get()
+            if ev is _CLOSE or self.stop.is_set():
+                return      # events not handled yet: the next start's reconciliation scan
+            res = self._handle(ev)
+            if res is None:
+                if self.stop.is_set():
+                    return
+            elif res.outcome in (Outcome.ADDED, Outcome.RESTORED):
+                self.on_arrival()       # a backlog cycle ends at its next step for it
+            if res is not None and res.outcome != Outcome.IGNORED:
+                batch[res.outcome] += 1
+            if batch and self.events.empty():
+                agent_log.info("watched files: %s", summarize(batch))
+                batch.clear()
+
+    def _handle(self, ev: MonitorEvent) -> IngestResult | None:
+        """The event recorded; None when it failed (logged) or the stop came first."""
+        while True:
+            try:
+                return self.ingestor.handle(ev)
+            except StoreError as e:     # e.g. the database stayed locked: keep the event
+                agent_log.error("could not record %s (%s); retrying in %.0f s", ev.path,
+                                e.one_line(), RETRY_S)
+                if self.stop.wait(RETRY_S):
+                    return None
+            except Exception as e:      # a bug: log it, the next start's scan retries
+                agent_log.error("could not ingest %s: %s", ev.path,
+                                e.one_line() if isinstance(e, CllmError) else repr(e))
+                return None
+
+
+_CLOSE = object()    # IngestLoop.close(): the end of its queue
 
 
 class _Batch:

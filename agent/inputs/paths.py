@@ -7,22 +7,21 @@ followed, and then loops detected), and `file_uri` / `uri_to_path`, which map a 
 exact bytes to a document uri and back.
 
 It reads no file contents (text.py does) and never touches the store; a refused entry is a
-`WalkItem` with a reason, for the caller to record.
+`WalkItem` with a reason, for the caller to record. `is_folder` is the one lstat test of
+"a folder is at this path" the monitor and the ingestor share.
 """
 from __future__ import annotations
 
 import errno
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import pathspec
-
-if TYPE_CHECKING:  # pragma: no cover
-    import threading
 
 # Temp, swap and partial files, VCS folders and build outputs: never documents.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
@@ -198,6 +197,15 @@ def walk_files(root: str | os.PathLike, path_filter: PathFilter | None = None, *
                 continue
             yield WalkItem(entry.path)
         stack.extend(reversed(subdirs))
+
+
+def is_folder(path: str | os.PathLike) -> bool:
+    """Whether a folder itself is at `path` (lstat: a symlink to one is not); False when
+    nothing is there."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _is_link(entry: os.DirEntry) -> bool:

@@ -14,6 +14,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from agent.training.backlog import (BacklogReader, Batcher, ReplayReader, ledger_doc,
+                                    token_byte_lengths)
 from agent.training.model_state import ModelState
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
 from engine.spheres import default_workers
@@ -108,8 +110,6 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     applied step. Evaluates the served model (the EMA) on `heldout` per source unless
     stopped. Each applied step's targets are credited to the
     documents they cover (LearnResult.new_bytes / replay_bytes)."""
-    from agent.training.backlog import BacklogReader, Batcher, ReplayReader, ledger_doc, token_byte_lengths
-
     res = LearnResult()
     model, tok = state.model, state.tokenizer
     # numba compiles on first use (tens of seconds on a fresh install): done here, announced

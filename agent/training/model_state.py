@@ -5,8 +5,9 @@ checkpoint records).
 
 Which checkpoint is the latest, and whether its file is the one committed, is the store's
 record: every reader (the agent, `cllm generate`, `cllm neighbours`, the server) loads through
-`recorded_checkpoints` / `load_recorded_model_state`, which check the file against the SHA-256
-its row holds. Training lives in agent/training/learn.py. Once a cycle's checkpoint row is
+`recorded_checkpoints` and `first_loadable` (together: `load_recorded_model_state`), which
+check the file against the SHA-256 its row holds and fall back to the previous one. Training
+lives in agent/training/learn.py. Once a cycle's checkpoint row is
 committed, `announce_checkpoint` writes `checkpoints/committed.json` for servers beside the
 agent (a file event instead of polling the store).
 """
@@ -17,14 +18,15 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from engine import Model, Optimizer, preset
 from engine.atomic import atomic_write_bytes
 from engine.ema import EMA
 from engine.checkpoint import load_checkpoint, save_checkpoint
-from engine.errors import CheckpointError, CllmError
+from engine.errors import CheckpointError, CllmError, ConfigError
 from engine.tokenizer import Tokenizer
+from store.checkpoints import list_checkpoints
 
 log = logging.getLogger(__name__)
 CKPT_RE = re.compile(r"^ckpt-(\d{6})\.safetensors$")
@@ -100,8 +102,6 @@ class RecordedCheckpoint:
 def recorded_checkpoints(store) -> list[RecordedCheckpoint]:
     """The store's checkpoints whose files retention kept: the latest first, then the
     others newest first (the order a reader falls back in)."""
-    from store.checkpoints import list_checkpoints
-
     with store.session(read_only=True) as s:
         rows = [RecordedCheckpoint(c.id, Path(c.path), c.sha256, c.cycle_id, bool(c.is_latest))
                 for c in list_checkpoints(s, newest_first=True, with_pruned=False)]
@@ -111,15 +111,25 @@ def recorded_checkpoints(store) -> list[RecordedCheckpoint]:
 def load_recorded_model_state(store, cycle: Optional[int] = None
                               ) -> tuple[Optional[ModelState], Optional[RecordedCheckpoint]]:
     """The latest recorded checkpoint whose file matches its row's SHA-256 (or the one of
-    cycle `cycle`), with its row; a file that does not match (edited in place, an older file
-    copied over it, truncated) is refused with a warning and the previous one is tried, as
-    the agent does. (None, None) when nothing recorded loads."""
+    cycle `cycle`, a ConfigError naming the cycles that have one if it has none), with its
+    row: `first_loadable` of the store's rows, as the agent resumes. (None, None) when
+    nothing recorded loads."""
     rows = recorded_checkpoints(store)
     if cycle is not None:
+        have = sorted({r.cycle_id for r in rows if r.cycle_id is not None})
         rows = [r for r in rows if r.cycle_id == cycle]
         if not rows:
-            raise CheckpointError(f"no checkpoint of cycle {cycle} is kept",
-                                  "list them with: cllm history cycles")
+            raise ConfigError(f"cycle {cycle} has no checkpoint",
+                              "cycles with one: " + (", ".join(map(str, have)) or "none yet"))
+    return first_loadable(rows)
+
+
+def first_loadable(rows: Sequence[RecordedCheckpoint]
+                   ) -> tuple[Optional[ModelState], Optional[RecordedCheckpoint]]:
+    """The first of `rows` (recorded_checkpoints' order) whose file matches its row's
+    SHA-256, with its row; a file that does not (edited in place, an older file copied over
+    it, truncated, missing) is refused with a warning and the next one is tried. (None,
+    None) when none loads. The one fallback rule of every reader, the trainer included."""
     for row in rows:
         try:
             return load_model_state(row.path, expected_sha256=row.sha256), row

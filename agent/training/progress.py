@@ -9,6 +9,8 @@ import math
 import time
 from typing import Callable, Optional
 
+from store.cycles import get_cycle, record_step_metrics
+
 log = logging.getLogger("agent.continuous_trainer")   # the cycle's lines, as before the split
 METRIC_EVERY_S = 1.0          # a step metric row at most this often (live progress for status)
 LOG_EVERY_S = 10.0
@@ -42,8 +44,6 @@ class CycleProgress:
 
     def _record(self) -> None:
         """The last step's metrics, and the running cycle's progress (steps done / planned)."""
-        from store.cycles import get_cycle, record_step_metrics
-
         i, loss, lr = self.last
         self._recorded = i
         try:

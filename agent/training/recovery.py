@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agent.training.model_state import (CKPT_RE, TOKENIZER_RE, checkpoint_dir, remove_checkpoint_files,
-                               tokenizer_path)
+from agent.training.model_state import (CKPT_RE, TOKENIZER_RE, checkpoint_dir,
+                                        remove_checkpoint_files, tokenizer_path)
 from engine.atomic import is_temp_file
+from store.checkpoints import list_checkpoints
+from store.cycles import interrupt_running_cycles, list_cycles
+from store.ledger import checkpoints_to_prune, mark_pruned
 from store.models import CycleStatus
 
 log = logging.getLogger("agent.continuous_trainer")
@@ -25,9 +28,6 @@ def recover(store, data_dir: Path) -> list[Path]:
     """Mark cycles left running as interrupted; delete checkpoint and tokenizer files no
     row names (written by a cycle that never committed), files retention already marked
     pruned, and temporary files of writes that were killed. Returns the deleted files."""
-    from store.checkpoints import list_checkpoints
-    from store.cycles import interrupt_running_cycles, list_cycles
-
     with store.session() as s:
         for c in list_cycles(s, status=CycleStatus.RUNNING):
             log.warning("cycle %s was interrupted; nothing it trained was counted", c.id)
@@ -71,8 +71,6 @@ def prune_checkpoints(store, keep: int) -> list[Path]:
     """Keep the latest `keep` checkpoint files plus one per hour of checkpoints; mark the
     others pruned in the store, then delete them (a crash in between leaves files that
     `recover` removes). Returns the deleted files."""
-    from store.ledger import checkpoints_to_prune, mark_pruned
-
     with store.session() as s:
         gone = [(c.id, Path(c.path)) for c in checkpoints_to_prune(s, keep)]
         if gone:

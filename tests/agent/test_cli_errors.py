@@ -87,12 +87,12 @@ def test_a_postgresql_url_without_its_driver_says_which_extra_to_install(tmp_pat
 
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, monkeypatch):
-    from agent import daemon
+    from agent import datadir
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(daemon.DataDirLock, "acquire", interrupted)
+    monkeypatch.setattr(datadir.DataDirLock, "acquire", interrupted)
     r = CliRunner().invoke(main, ["agent", "--data-dir", str(tmp_path), "--watch", str(tmp_path)])
     one_line(r, 130)
     assert "interrupted" in r.output

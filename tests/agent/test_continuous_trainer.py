@@ -12,8 +12,10 @@ from sqlalchemy import func, select
 
 from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,
                                       TrainerSettings)
+from agent.daemon import Agent, AgentConfig
 from engine.checkpoint import file_sha256
 from engine.errors import CllmError
+from store import controls
 from store.models import Checkpoint, Cycle, CycleDocument, Document, EvalResult, VocabEntry
 
 SETTINGS = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=200, max_wait=3600,
@@ -267,6 +269,33 @@ def test_a_backlog_larger_than_one_cycle_is_learned_over_cycles_to_its_budget(en
         assert s.scalar(select(func.count(func.distinct(CycleDocument.cycle_id)))) == len(reports)
         assert max(s.execute(select(func.count(CycleDocument.cycle_id))
                              .group_by(CycleDocument.document_id)).scalars()) > 1
+
+
+def test_an_agent_restarted_with_other_passes_moves_the_documents_to_its_budget(store_target):
+    """The agent starts its trainer by applying --passes to the store (store/ledger.py,
+    apply_budget): with more passes a trained document learns again, with fewer a learning
+    one that already has them is trained. Training is paused, so no cycle runs."""
+    data, url = store_target.data_dir, store_target.url
+    with store_target.open() as store:
+        one, more = add_doc(store, "one", "lattice"), add_doc(store, "more", "spheres")
+        with store.session() as s:      # as cycles under --passes 1 and 3 left them
+            controls.set_paused(s, True, by="test")
+            for doc_id, status, trained in ((one, "trained", 900), (more, "learning", 1900)):
+                d = s.get(Document, doc_id)
+                d.status, d.trainable_bytes, d.trained_bytes = status, 900, trained
+    for passes, want in ((2.0, ["learning", "trained"]), (1.0, ["trained", "trained"])):
+        agent = Agent(AgentConfig(data, SETTINGS.replace(passes=passes), role="train",
+                                  database_url=url))
+        t = threading.Thread(target=agent.run)
+        t.start()
+        try:
+            assert agent.paused.wait(60), "the agent did not start"
+            with store_target.open() as store:
+                assert [ledger(store)[i][0] for i in (one, more)] == want
+        finally:
+            agent.stop.set()
+            t.join(60)
+        assert not t.is_alive() and not agent.errors
 
 
 def test_a_document_arriving_during_a_backlog_is_learned_first(env):

@@ -102,8 +102,9 @@ def test_without_an_interval_a_handled_url_is_never_fetched_again(store, site):
 def test_the_agent_recrawls_its_url_targets_when_due(store, site, tmp_path, monkeypatch):
     """The agent's crawl thread waits on its stop event until the next due time, then
     re-crawls: here two conditional re-fetches arrive, then the agent stops it."""
-    from agent import daemon
-    from agent.daemon import Agent
+    from agent.crawler import iter_targets
+    from agent.inputs import crawl_loop
+    from agent.inputs.crawl_loop import CrawlLoop
     from agent.settings import AgentConfig, TrainerSettings
 
     arrived = threading.Semaphore(0)
@@ -117,18 +118,21 @@ def test_the_agent_recrawls_its_url_targets_when_due(store, site, tmp_path, monk
                 arrived.release()
 
     site.hits = Counting(handler_hits)
-    monkeypatch.setattr(daemon, "MIN_RECRAWL_WAIT_S", 0.0)
+    monkeypatch.setattr(crawl_loop, "MIN_RECRAWL_WAIT_S", 0.0)
     cfg = AgentConfig(tmp_path / "data", TrainerSettings(preset="tiny", workers=1), crawl=(site.base + "/",),
                       allow_networks=("127.0.0.1/32",), recrawl_interval=0.2)
-    agent = Agent(cfg)
-    t = threading.Thread(target=agent._crawl_all, args=(store,))
+    stop, crawled = threading.Event(), threading.Event()
+    loop = CrawlLoop(store, cfg, list(iter_targets(cfg.crawl)), {}, stop=stop, crawled=crawled,
+                     on_crawled=lambda: None)
+    t = threading.Thread(target=loop.run)
     t.start()
     try:
         for _ in range(3):  # the first crawl, then two re-crawls
             assert arrived.acquire(timeout=30)
-        assert agent.crawled.is_set()
+        assert crawled.is_set()
     finally:
-        agent.stop.set()
+        stop.set()
+        loop.close()
         t.join()
     assert conditional_headers(site, "/")[:3] == [(None, None), ('"v1"', None), ('"v1"', None)]
     assert [r["status"] for r in rows(store)] == ["pending"]

@@ -36,10 +36,12 @@ RUNNING: list = []     # AgentProcs of the current test, killed after it (tests/
 class AgentProc:
     """A `cllm agent` subprocess whose log lines are read by a thread into a queue."""
 
-    def __init__(self, data, watch, *extra, fast=True, env=None):
+    def __init__(self, data, watch, *extra, fast=True, env=None, launcher="agent"):
+        """`launcher`: the module run as `python -m`, `agent` (cllm itself) or a test's
+        wrapper of it (tests/e2e/fault_launcher.py)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         args = (["--watch", str(watch)] if watch else []) + (FAST if fast else [])
-        self.p = subprocess.Popen([sys.executable, "-m", "agent", "agent", "--data-dir", str(data),
+        self.p = subprocess.Popen([sys.executable, "-m", launcher, "agent", "--data-dir", str(data),
                                    *args, *extra],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                   env=env)
@@ -383,8 +385,7 @@ def test_crawl_targets_and_settings_from_the_toml_file(tmp_path):
 def test_sigkill_between_checkpoint_and_commit_leaves_an_orphan_that_restart_removes(dirs):
     data, watch = dirs
     drop(watch / "notes", "a.txt", "the crystal lattice hums a quiet tune. ")
-    a = AgentProc(data, watch, "--max-steps", "4",
-                  env={"CLLM_FAULT_INJECT": "after-checkpoint"})
+    a = AgentProc(data, watch, "--max-steps", "4", launcher="tests.e2e.fault_launcher")
     assert a.p.wait(timeout=TIMEOUT) == -signal.SIGKILL
     a._reader.join(timeout=10)
     orphan = data / "checkpoints" / "ckpt-000001.safetensors"
@@ -533,13 +534,13 @@ def test_a_dying_monitor_thread_stops_the_agent_and_surfaces_from_run(tmp_path, 
 def test_a_store_error_while_ingesting_keeps_the_event_and_retries(tmp_path, monkeypatch):
     """In process: the first attempt to record a watched file fails as if the database had
     stayed locked; the ingest thread keeps the event, retries, and the file is trained."""
-    from agent import daemon
     from agent.continuous_trainer import TrainerSettings
     from agent.daemon import Agent, AgentConfig
+    from agent.inputs import ingest
     from agent.inputs.ingest import Ingestor
     from store import StoreError
 
-    monkeypatch.setattr(daemon, "RETRY_S", 0.1)
+    monkeypatch.setattr(ingest, "RETRY_S", 0.1)
     real = Ingestor.handle
     calls = []
 

@@ -16,9 +16,9 @@ from store import checkpoints, cycles, documents, vocab
 from store.documents import (add_document, add_documents, content_sha256, mark_deleted, mark_failed,
                              mark_trained, pending_documents, pending_summary, record_refused,
                              replay_sample)
-from store.models import Checkpoint, Document
-from store.targets import add_target, disable_target, list_targets, remove_target
-from store.frontier import get_url, record_url, url_seen
+from store.models import Checkpoint, CrawlTarget, Document
+from store.targets import add_target, list_targets, remove_target
+from store.frontier import get_url, record_url
 
 UTC = dt.timezone.utc
 
@@ -296,13 +296,13 @@ def test_checkpoints_one_latest_and_fallback(store):
 def test_fetched_urls_are_remembered_and_updated(store):
     long_url = "https://example.org/" + "p" * 5000  # longer than a btree entry may be
     with store.session() as s:
-        assert not url_seen(s, long_url)
+        assert get_url(s, long_url) is None
         doc, _ = add_document(s, uri=long_url, source="example.org", text="page")
         record_url(s, long_url, status="fetched", http_status=200, document_id=doc.id)
         record_url(s, "https://example.org/x", status="failed", http_status=503, reason="5xx")
     with store.session() as s:
-        assert url_seen(s, long_url) and url_seen(s, "https://example.org/x")
-        assert not url_seen(s, "https://example.org/y")
+        assert get_url(s, long_url) and get_url(s, "https://example.org/x")
+        assert get_url(s, "https://example.org/y") is None
         row = record_url(s, "https://example.org/x", status="fetched", http_status=200)
         assert (row.status, row.http_status, row.reason) == ("fetched", 200, None)
         assert s.get(type(row), row.id).url == "https://example.org/x"
@@ -323,7 +323,8 @@ def test_crawl_targets_and_watched_roots(store):
                               target_id=w.id)
     with store.session() as s:
         assert [t.kind for t in list_targets(s)] == ["watch", "crawl"]
-        assert disable_target(s, c.id)
+        s.get(CrawlTarget, c.id).enabled = False      # a disabled row: listed on request
+        s.flush()
         assert [t.id for t in list_targets(s)] == [w.id]
         assert [t.id for t in list_targets(s, "crawl", include_disabled=True)] == [c.id]
         assert remove_target(s, w.id) and not remove_target(s, w.id)

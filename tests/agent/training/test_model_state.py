@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
 from agent.training.model_state import (load_recorded_model_state, new_model_state,
                                recorded_checkpoints, save_model_state)
+from engine.errors import ConfigError
 from store import open_store
 from store.checkpoints import record_checkpoint
+from store.cycles import start_cycle
 
 
 def _two_recorded_checkpoints(store, data_dir):
@@ -47,6 +50,21 @@ def test_readers_refuse_a_latest_file_that_is_not_the_committed_one(store, tmp_p
     blob[i:i + 1] = b"7" if blob[i:i + 1] != b"7" else b"8"
     first.write_bytes(bytes(blob))
     assert load_recorded_model_state(store) == (None, None)
+
+
+def test_a_cycle_without_a_checkpoint_is_named_with_those_that_have_one(store, tmp_path):
+    state = new_model_state("tiny")
+    with store.session() as s:
+        kept, bare = start_cycle(s, trigger="tokens").id, start_cycle(s, trigger="tokens").id
+    path, sha = save_model_state(state, tmp_path, kept)
+    with store.session() as s:
+        record_checkpoint(s, path=str(path), sha256=sha, step=1, cycle_id=kept,
+                          vocab_size=len(state.tokenizer))
+    assert load_recorded_model_state(store, kept)[1].cycle_id == kept
+    with pytest.raises(ConfigError) as e:
+        load_recorded_model_state(store, bare)
+    assert e.value.one_line().startswith(f"cycle {bare} has no checkpoint")
+    assert f"cycles with one: {kept}" in e.value.one_line()
 
 
 def test_generate_uses_the_checkpoint_the_agent_would_use(tmp_path, caplog):
