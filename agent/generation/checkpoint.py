@@ -16,7 +16,7 @@ from typing import Optional
 from agent.generation.batcher import DecodeBatcher
 from agent.training.model_state import (ModelState, RecordedCheckpoint,
                                         load_recorded_model_state, recorded_checkpoints)
-from engine.errors import CllmError, ConfigError
+from engine.errors import CllmError
 from engine.warmup import compile_decoding
 
 # The copies decoding reads unless told (one of engine.decode.KINDS): int8 is several times
@@ -73,20 +73,15 @@ def load_serving_checkpoint(store, data_dir: Path, cycle: Optional[int] = None,
                             weights: str = DECODE_WEIGHTS) -> Optional[ServingCheckpoint]:
     """The latest recorded checkpoint of a data directory whose file matches its row's
     SHA-256 (a mismatching or missing one is refused with a warning and the previous one is
-    tried: agent/training/model_state.load_recorded_model_state, the agent's rule); None when the
-    store has no checkpoint yet. With `cycle`, the checkpoint that cycle committed, or a
-    CllmError saying which cycles have one.
+    tried: agent/training/model_state.load_recorded_model_state, the agent's rule); None
+    when the store has no checkpoint yet. With `cycle`, the checkpoint that cycle committed,
+    or a ConfigError saying which cycles have one.
 
     Read-only: unlike the trainer's resume (ContinuousTrainer.load_latest), nothing is rolled
     back when a fallback is used; that is the agent's decision at its next start."""
-    rows = recorded_checkpoints(store)
-    if cycle is not None and all(r.cycle_id != cycle for r in rows):
-        have = sorted({r.cycle_id for r in rows if r.cycle_id is not None})
-        raise ConfigError(f"cycle {cycle} has no checkpoint in {data_dir}",
-                        "cycles with one: " + (", ".join(map(str, have)) or "none yet"))
-    if not rows:
+    if cycle is None and not recorded_checkpoints(store):
         return None
-    state, row = load_recorded_model_state(store, cycle)
+    state, row = load_recorded_model_state(store, cycle)   # names the cycles that have one
     if state is None:
         raise CllmError(f"no recorded checkpoint of {data_dir} could be loaded (each fails "
                         "its SHA-256 check or is missing)",
