@@ -24,26 +24,25 @@ the agent also applies its --passes to the documents' statuses (`follow_budget`)
 keeps the latest `keep_checkpoints` files plus one per hour; pruned ones are marked in the
 store.
 
-`open_training` is where training starts, for the agent and `cllm train` alike: the
-data-directory lock, the store, the store's trainer lease and a recovered trainer. This module
-does not watch folders, crawl, run threads or handle signals: that is the daemon's job
-(agent/daemon.py) and the commands'. Sessions stay inside one call; the trainer belongs to
-one thread.
+`TrainerLoop` (at the end) is the agent's trainer thread: cycles back to back while a
+backlog remains, and a wait on the agent's wake event (no CPU) when none does; a cycle that
+fails on the store is retried after LOOP_RETRY_S, a lost lease ends it. Where training starts
+(the data-directory lock, the store, the trainer lease: `open_training`) is the daemon's
+wiring (agent/daemon.py), shared with `cllm train`. This module does not watch folders, crawl
+or handle signals. Sessions stay inside one call; the trainer belongs to one thread.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from agent.datadir import DataDirLock
 from agent.settings import TrainerSettings
 from agent.training.learn import Doc, LearnResult, learn
 from agent.training.model_state import (ModelState, announce_checkpoint, first_loadable,
@@ -52,16 +51,14 @@ from agent.training.model_state import (ModelState, announce_checkpoint, first_l
 from agent.training.plan import CyclePlan, heldout_texts, plan_documents, sample_replay
 from agent.training.progress import CycleProgress
 from agent.training.recovery import prune_checkpoints, recover
-from agent.training.trainer_lease import LEASE_TTL_S, TrainerLease
 from engine import TrainConfig
 from engine.errors import CllmError
-from store import Store, open_store
 from store.checkpoints import record_checkpoint, set_latest_checkpoint
 from store.cycles import (finish_cycle, forgetting_by_source, list_cycles, record_eval,
                           roll_back_cycles_after, start_cycle)
 from store.documents import add_documents, document_counts, list_documents, mark_failed
 from store.documents import pending_summary as pending_in_store
-from store.errors import StoreError
+from store.errors import LeaseLostError, StoreError
 from store.ledger import (BACKLOG_STATUSES, apply_budget, backlog, document_horizon,
                           fresh_documents, record_cycle_credits)
 from store.models import CycleStatus, DocumentStatus
@@ -509,36 +506,6 @@ class ContinuousTrainer:
             log.warning("cycle %s interrupted; nothing it trained was counted", cycle_id)
 
 
-@contextlib.contextmanager
-def open_training(data_dir: Path, settings: TrainerSettings, *,
-                  database_url: Optional[str] = None, origin: Optional[str] = None,
-                  train: bool = True, stop: Optional[threading.Event] = None,
-                  lease_ttl: float = LEASE_TTL_S,
-                  on_lease_lost: Optional[Callable[[BaseException], None]] = None,
-                  on_beat: Optional[Callable[[Store], None]] = None
-                  ) -> Iterator[tuple[Store, Optional[ContinuousTrainer]]]:
-    """A data directory opened for training while the block runs, as `cllm agent` and
-    `cllm train` both open it: its lock (one of them per directory), its store (documents
-    recorded as coming from `origin`, when given) and, with `train`, the store's trainer
-    lease held by a ContinuousTrainer that has recovered what a crash left. Yields (store,
-    trainer); without `train` (an ingest-only agent) the trainer is None and no lease is
-    taken. `on_beat(store)` runs after every lease renewal, `on_lease_lost(error)` when
-    another process took the lease over (see TrainerLease)."""
-    with DataDirLock(data_dir), open_store(data_dir, database_url) as store:
-        if origin:
-            store.origin = origin
-        if not train:
-            yield store, None
-            return
-        beat = (lambda: on_beat(store)) if on_beat is not None else None
-        with TrainerLease(store, data_dir, ttl_s=lease_ttl, on_lost=on_lease_lost,
-                          on_beat=beat) as lease:
-            trainer = ContinuousTrainer(store, data_dir, settings, stop=stop)
-            trainer.lease = lease
-            trainer.recover()
-            yield store, trainer
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -553,3 +520,62 @@ def record_documents(store, docs: Sequence[Doc]) -> list[tuple[int, Doc]]:
         for (row, _), d in zip(rows, docs):
             out.setdefault(row.id, d)
     return list(out.items())
+
+
+# ------------------------------------------------------------------- the agent's trainer thread
+
+loop_log = logging.getLogger("agent.daemon")   # the agent's lines, as before the split
+LOOP_RETRY_S = 5.0      # wait after a failed cycle before trying again
+
+
+class TrainerLoop:
+    """Runs `trainer`'s cycles until `stop`; `wake` (set by whoever has news for the
+    trainer) ends a wait, `crawled` (set once the start-up crawl is done) lets the token
+    trigger fire, and `max_cycles` completed cycles set `stop`."""
+
+    def __init__(self, trainer: ContinuousTrainer, *, stop: threading.Event,
+                 wake: threading.Event, crawled: threading.Event,
+                 max_cycles: Optional[int] = None) -> None:
+        self.trainer = trainer
+        self.stop, self.wake, self.crawled = stop, wake, crawled
+        self.max_cycles = max_cycles
+        self.cycles_completed = 0
+
+    def run(self) -> None:
+        trainer = self.trainer
+        learned_since_idle = 0
+        while not self.stop.is_set():
+            self.wake.clear()
+            try:
+                if trainer.paused.is_set():     # a user paused training: wait for resume
+                    self.wake.wait()
+                    continue
+                trigger, wait = trainer.due(tokens_trigger=self.crawled.is_set())
+                if trigger is None:
+                    if learned_since_idle:
+                        loop_log.info("backlog learned: every document trained to %s passes (%d "
+                                 "cycles); waiting for new text", trainer.settings.passes,
+                                 learned_since_idle)
+                        learned_since_idle = 0
+                    self.wake.wait(wait)        # an ingest, a stop, or the age trigger
+                    continue
+                rep = trainer.run_pending(trigger)
+            except CycleInterrupted:
+                return
+            except LeaseLostError:
+                raise                           # another agent trains now: stop this one
+            except (CllmError, StoreError) as e:  # e.g. the store was locked too long
+                loop_log.error("cycle failed: %s", e.one_line())
+                self.stop.wait(LOOP_RETRY_S)         # back off before retrying the same documents
+                continue
+            if rep is None:
+                continue
+            self.cycles_completed += 1
+            learned_since_idle += 1
+            loop_log.info("cycle %s completed: %s documents, %s replayed, loss %.3f -> %.3f, "
+                     "checkpoint %s", rep.cycle_id, len(rep.doc_ids), len(rep.replay_ids),
+                     rep.run.loss_start or float("nan"), rep.run.loss_end or float("nan"),
+                     rep.checkpoint_path)
+            if self.max_cycles is not None and self.cycles_completed >= self.max_cycles:
+                loop_log.info("%d cycles completed (--max-cycles): stopping", self.cycles_completed)
+                self.stop.set()

@@ -6,16 +6,16 @@ Threads (all joined on shutdown):
 - the file monitor's own threads (agent/file_monitor.py), which put MonitorEvents on the
   ingest loop's queue;
 - "agent-ingest": IngestLoop (agent/inputs/ingest.py) records them and wakes the trainer;
-- "agent-crawl": CrawlLoop (agent/inputs/crawl_loop.py) crawls each --crawl target once at
+- "agent-crawl": CrawlLoop (agent/crawler.py) crawls each --crawl target once at
   start, then re-crawls the URL targets when due and crawls the targets users add;
-- "agent-trainer": TrainerLoop (agent/training/loop.py) runs cycles while one is due.
+- "agent-trainer": TrainerLoop (agent/continuous_trainer.py) runs cycles while one is due.
 The main thread waits for the stop event: a signal, --max-cycles, or a failure of any part
 (logged with its traceback where it happened, re-raised by `run()`). A stop ends a cycle at
 a step boundary (its documents stay pending), and the store is left consistent. What users
 set in the store (training paused, watch roots and crawl targets added) is read at start,
 at every lease heartbeat, and at once when the server runs in this process.
 
-The agent opens its data directory as `cllm train` does (continuous_trainer.open_training):
+The agent opens its data directory as `cllm train` does (`open_training`, here):
 the data-directory lock (`cllm.lock`, agent/datadir.py) keeps a second agent out of the
 directory, and the store's trainer lease (agent/training/trainer_lease.py) keeps a second
 agent from training the same database from another directory or machine. The loops
@@ -24,25 +24,56 @@ them.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
-from agent.continuous_trainer import ContinuousTrainer, open_training
-from agent.crawler import iter_targets, record_target
+from agent.continuous_trainer import ContinuousTrainer, TrainerLoop
+from agent.datadir import DataDirLock
+from agent.crawler import CrawlLoop, iter_targets, record_target, stored_targets
 from agent.file_monitor import FileMonitor, MonitorError
-from agent.inputs.crawl_loop import CrawlLoop, stored_targets
 from agent.inputs.ingest import IngestLoop
-from agent.settings import AgentConfig
-from agent.training.loop import TrainerLoop
+from agent.settings import AgentConfig, TrainerSettings
+from agent.training.trainer_lease import LEASE_TTL_S, TrainerLease
 from agent.web.ssrf import HostPolicy
 from engine.errors import CllmError, ConfigError
-from store import controls
+from store import Store, controls, open_store
 from store.models import TargetKind
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def open_training(data_dir: Path, settings: TrainerSettings, *,
+                  database_url: Optional[str] = None, origin: Optional[str] = None,
+                  train: bool = True, stop: Optional[threading.Event] = None,
+                  lease_ttl: float = LEASE_TTL_S,
+                  on_lease_lost: Optional[Callable[[BaseException], None]] = None,
+                  on_beat: Optional[Callable[[Store], None]] = None
+                  ) -> Iterator[tuple[Store, Optional[ContinuousTrainer]]]:
+    """A data directory opened for training while the block runs, as `cllm agent` and
+    `cllm train` both open it: its lock (one of them per directory), its store (documents
+    recorded as coming from `origin`, when given) and, with `train`, the store's trainer
+    lease held by a ContinuousTrainer that has recovered what a crash left. Yields (store,
+    trainer); without `train` (an ingest-only agent) the trainer is None and no lease is
+    taken. `on_beat(store)` runs after every lease renewal, `on_lease_lost(error)` when
+    another process took the lease over (see TrainerLease)."""
+    with DataDirLock(data_dir), open_store(data_dir, database_url) as store:
+        if origin:
+            store.origin = origin
+        if not train:
+            yield store, None
+            return
+        beat = (lambda: on_beat(store)) if on_beat is not None else None
+        with TrainerLease(store, data_dir, ttl_s=lease_ttl, on_lost=on_lease_lost,
+                          on_beat=beat) as lease:
+            trainer = ContinuousTrainer(store, data_dir, settings, stop=stop)
+            trainer.lease = lease
+            trainer.recover()
+            yield store, trainer
 
 
 class Agent:

@@ -21,7 +21,6 @@ reported instead of followed.
 """
 from __future__ import annotations
 
-import enum
 import errno
 import heapq
 import logging
@@ -41,6 +40,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from agent.inputs.events import EventKind, MonitorEvent
 from agent.inputs.paths import PathFilter, is_folder, walk_files
 from engine.errors import CllmError
 
@@ -54,30 +54,6 @@ _STOP = object()
 
 class MonitorError(CllmError):
     """A watched folder cannot be watched, or a monitor thread failed."""
-
-
-class EventKind(enum.StrEnum):
-    """What a MonitorEvent says about its path."""
-    READY = "ready"            # a stable file to ingest
-    DELETED = "deleted"        # a file or folder is gone
-    FOLDER = "folder"          # a folder is at `path` (its files come as their own events), so
-                               # a file at that very path is gone (the path changed type)
-    REFUSED = "refused"        # not a file we read; `reason` says why
-    RECONCILED = "reconciled"  # a scan of `root` finished: `present` holds every file it saw,
-                               # so rows of any other file under it may be gone
-    ERROR = "error"            # a monitor thread failed; FileMonitor.check() raises it
-
-
-@dataclass(frozen=True)
-class MonitorEvent:
-    """One message for the ingestor; `kind` is an EventKind."""
-
-    kind: str
-    path: str
-    root: str
-    reason: str | None = None
-    present: frozenset[str] | None = None
-    follow_symlinks: bool = False
 
 
 def _native_observer(timeout: float) -> BaseObserver:

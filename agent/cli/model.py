@@ -43,7 +43,8 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
 
     Example: cllm train ~/notes --preset small --steps 300
     """
-    from agent.continuous_trainer import CycleInterrupted, open_training, record_documents
+    from agent.continuous_trainer import CycleInterrupted, record_documents
+    from agent.daemon import open_training
     from agent.inputs.corpus import corpus_topics, read_docs
     from agent.training.model_state import new_model_state
 

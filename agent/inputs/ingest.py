@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
-from agent.file_monitor import EventKind, MonitorEvent
+from agent.inputs.events import EventKind, MonitorEvent
 from agent.inputs.paths import file_uri, is_folder, uri_to_path
 from agent.inputs.text import (DEFAULT_MAX_FILE_BYTES, Refused, codec_problem, decode_text, read_file,
                         storable, utf8_problem)

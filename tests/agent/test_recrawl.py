@@ -103,8 +103,8 @@ def test_the_agent_recrawls_its_url_targets_when_due(store, site, tmp_path, monk
     """The agent's crawl thread waits on its stop event until the next due time, then
     re-crawls: here two conditional re-fetches arrive, then the agent stops it."""
     from agent.crawler import iter_targets
-    from agent.inputs import crawl_loop
-    from agent.inputs.crawl_loop import CrawlLoop
+    from agent import crawler as crawl_loop
+    from agent.crawler import CrawlLoop
     from agent.settings import AgentConfig, TrainerSettings
 
     arrived = threading.Semaphore(0)
