@@ -34,16 +34,15 @@ or handle signals. Sessions stay inside one call; the trainer belongs to one thr
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 
 from agent.settings import TrainerSettings
+from agent.training.commit import commit_cycle
 from agent.training.learn import Doc, LearnResult, learn
 from agent.training.model_state import (ModelState, announce_checkpoint, first_loadable,
                                         new_model_state, recorded_checkpoints,
@@ -51,18 +50,16 @@ from agent.training.model_state import (ModelState, announce_checkpoint, first_l
 from agent.training.plan import CyclePlan, heldout_texts, plan_documents, sample_replay
 from agent.training.progress import CycleProgress
 from agent.training.recovery import prune_checkpoints, recover
-from engine import TrainConfig
 from engine.errors import CllmError
-from store.checkpoints import record_checkpoint, set_latest_checkpoint
-from store.cycles import (finish_cycle, forgetting_by_source, list_cycles, record_eval,
-                          roll_back_cycles_after, start_cycle)
+from store import controls
+from store.checkpoints import set_latest_checkpoint
+from store.cycles import finish_cycle, list_cycles, roll_back_cycles_after, start_cycle
 from store.documents import add_documents, document_counts, list_documents, mark_failed
 from store.documents import pending_summary as pending_in_store
 from store.errors import LeaseLostError, StoreError
-from store.ledger import (BACKLOG_STATUSES, apply_budget, backlog, document_horizon,
-                          fresh_documents, record_cycle_credits)
+from store.ledger import (BACKLOG_STATUSES, apply_budget, backlog, consolidation_order,
+                          document_horizon, fresh_documents)
 from store.models import CycleStatus, DocumentStatus
-from store.vocab import record_vocab, vocab_size
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +69,9 @@ BYTES_PER_TOKEN_GUESS = 3.5     # for planning a cycle's steps (the cosine horiz
 MAX_NEW_SCOPE = 1000            # more new arrivals than this are learned as the backlog
 FIRST_CYCLE_S = 10.0            # a backlog's first cycle; each next one twice as long, to
 #                                 cycle_seconds (a first checkpoint soon, then few of them)
-SCOPES = {"new": "new arrivals, alone", "backlog": "the backlog", "given": "the given documents"}
+SCOPES = {"new": "new arrivals, alone", "backlog": "the backlog", "given": "the given documents",
+          "consolidate": "consolidation: one more pass, least-learned first"}
+CONSOLIDATE = "consolidate"     # the trigger (and scope) of a consolidation cycle
 
 
 @dataclass
@@ -124,6 +123,8 @@ class ContinuousTrainer:
         # called (on the trainer's thread) after each checkpoint's row is committed: an
         # in-process server reloads on it (agent/daemon.py)
         self.checkpoint_listeners: list[Callable[[], None]] = []
+        self.phase: tuple[str, str] = ("starting", "")   # recorded in the store when it changes
+        self._nothing_to_consolidate = False
 
     # --- start-up ---------------------------------------------------------------------------
 
@@ -221,19 +222,81 @@ class ContinuousTrainer:
         """(trigger or None, seconds until the age trigger fires or None if nothing pends).
         A backlog being learned is due at once ("backlog"); otherwise new documents wait for
         the token trigger (not while the agent's start-up crawl runs: tokens_trigger=False)
-        or the age trigger."""
+        or the age trigger. With nothing pending and every document at its passes, a
+        consolidation cycle is due ("consolidate") while keep_learning is on and the
+        held-out loss still improves (`consolidation`)."""
         if self.learning():
+            self._set_phase("learning", "documents are below their passes")
             return "backlog", 0.0
         n, tokens, oldest = self.pending_summary()
         if n == 0:
+            if self.settings.keep_learning == "on" and not self._nothing_to_consolidate:
+                done, why = self.consolidation()
+                if not done:
+                    self._set_phase("consolidating", why)
+                    return CONSOLIDATE, 0.0
+                self._set_phase("converged", why + "; waiting for new text")
+            elif self.settings.keep_learning == "on":
+                self._set_phase("idle", "no trained document to consolidate; waiting for text")
+            else:
+                self._set_phase("idle", f"every document has its {self.settings.passes:g} "
+                                "passes (--keep-learning off); waiting for new text")
             self._ramp = 0              # idle: the next backlog starts with a short cycle
             return None, None
         if tokens_trigger and tokens >= self.settings.min_cycle_tokens:
+            self._set_phase("learning", "new text arrived")
             return "tokens", 0.0
         waited = ((now or _now()) - oldest).total_seconds()
         if waited >= self.settings.max_wait:
+            self._set_phase("learning", "new text waited --max-wait")
             return "age", 0.0
+        self._set_phase("waiting", f"{n} new documents ({tokens} tokens) wait for "
+                        f"--min-cycle-tokens or --max-wait")
         return None, self.settings.max_wait - waited
+
+    def consolidation(self) -> tuple[bool, str]:
+        """(stop consolidating?, why): the rule. The held-out loss (mean over sources, of the
+        served weights) of the consolidation cycles since the last cycle that learned new
+        text must, within every `patience` of them in a row, come `min_improvement` (a
+        fraction) below the best loss before them; once `patience` cycles in a row have not,
+        consolidation has converged, until new text arrives."""
+        st = self.settings
+        with self.store.session(read_only=True) as s:
+            recent = list_cycles(s, status=CycleStatus.COMPLETED, limit=200)
+        losses: list[float] = []
+        base: Optional[float] = None
+        for c in reversed(recent):          # newest first, back to the last learning cycle
+            if (c.schedule or {}).get("scope") != "consolidate":
+                base = c.val_loss
+                break
+            if c.val_loss is not None:
+                losses.append(c.val_loss)
+        losses.reverse()
+        if len(losses) < st.patience:
+            return False, (f"every document has its {st.passes:g} passes; {len(losses)} "
+                           f"consolidation cycles so far")
+        before = [v for v in [base, *losses[:-st.patience]] if v is not None]
+        if not before:
+            return False, "no held-out loss to compare with yet"
+        best, last = min(before), min(losses[-st.patience:])
+        if last < best * (1.0 - st.min_improvement):
+            return False, f"held-out loss {last:.4f}, best before {best:.4f}: still improving"
+        return True, (f"held-out loss has not improved by {st.min_improvement:.1%} in "
+                      f"{st.patience} consolidation cycles (best {best:.4f}, then {last:.4f})")
+
+    def _set_phase(self, phase: str, reason: str) -> None:
+        """Record the trainer's phase in the store (status, dashboard, /metrics) when it
+        changes; never fails a cycle over it."""
+        if self.phase == (phase, reason):
+            return
+        if self.phase[0] != phase:
+            log.info("trainer: %s (%s)", phase, reason)
+        self.phase = (phase, reason)
+        try:
+            with self.store.session() as s:
+                controls.set_trainer_phase(s, phase, reason)
+        except StoreError as e:
+            log.warning("could not record the trainer's phase: %s", e.one_line())
 
     # --- a cycle -------------------------------------------------------------------------------
 
@@ -244,6 +307,9 @@ class ContinuousTrainer:
         a checkpoint soon; otherwise it continues the backlog in ledger order. None if
         nothing is left to learn."""
         self.arrivals.clear()
+        if trigger == CONSOLIDATE:
+            return self._consolidate()
+        self._nothing_to_consolidate = False
         with self.store.session(read_only=True) as s:
             # documents recorded after the last cycle's plan are new arrivals (by id, not
             # time: a row committed just after a plan read must not be missed)
@@ -264,6 +330,22 @@ class ContinuousTrainer:
         return self._cycle(entries, trigger, preemptible=not fresh,
                            scope="new" if fresh else "backlog", horizon=horizon)
 
+    def _consolidate(self) -> Optional[CycleReport]:
+        """One consolidation cycle: trained documents, fewest passes first, each read to one
+        pass more; new arrivals pre-empt it at the next step. Its bytes count in the ledger
+        like any cycle's (passes keep growing); statuses stay trained."""
+        with self.store.session(read_only=True) as s:
+            horizon = document_horizon(s)
+            entries = consolidation_order(s)
+        if not entries:
+            self._nothing_to_consolidate = True     # until new text is learned
+            return None
+        rep = self._cycle(entries, CONSOLIDATE, preemptible=True, scope="consolidate",
+                          horizon=horizon, extra_pass=True)
+        if rep is None:
+            self._nothing_to_consolidate = True
+        return rep
+
     def run_cycle(self, docs: Sequence[tuple[int, Doc]], trigger: str,
                   steps: Optional[int] = None) -> Optional[CycleReport]:
         """One cycle on exactly these documents (store ids with their text), whatever their
@@ -277,13 +359,14 @@ class ContinuousTrainer:
                            wrap=True, texts=texts, horizon=horizon)
 
     def _cycle(self, entries, trigger: str, *, preemptible: bool, scope: str,
-               steps: Optional[int] = None, wrap: bool = False,
+               steps: Optional[int] = None, wrap: bool = False, extra_pass: bool = False,
                texts: Optional[dict[int, str]] = None, horizon: int = 0
                ) -> Optional[CycleReport]:
         st = self.settings
         state = self._state()
         capacity = self._capacity_bytes()
-        plan = plan_documents(self.store, entries, st, capacity, wrap=wrap, texts=texts)
+        plan = plan_documents(self.store, entries, st, capacity, wrap=wrap,
+                              extra_pass=extra_pass, texts=texts)
         refused = plan.refused
         if refused:
             self._refuse(refused, "no trainable text (too short once the held-out tail is cut)")
@@ -331,7 +414,9 @@ class ContinuousTrainer:
         state = self._state()
         vocab_before = len(state.tokenizer)
         docs = plan.docs
-        replay = sample_replay(self.store, st, cycle_id, scope_ids)
+        # consolidation reads learned documents only: no replay on top
+        replay = [] if scope == "consolidate" else sample_replay(self.store, st, cycle_id,
+                                                                  scope_ids)
         by_source: dict[str, list[str]] = {}
         for d in docs:
             by_source.setdefault(d.source, []).append(plan.tails.get(d.id, ""))
@@ -372,9 +457,9 @@ class ContinuousTrainer:
         path, sha = save_model_state(state, self.data_dir, cycle_id)
         try:
             heldout_tokens = {src: len(state.tokenizer.encode(t)) for src, t in heldout.items()}
-            forgetting, credited = self._commit(cycle_id, docs, replay, res, path, sha,
-                                                vocab_before, first, planned, tcfg,
-                                                heldout_tokens, scope, scope_ids, horizon)
+            forgetting, credited = commit_cycle(
+                self.store, self.lease, st, state, cycle_id, docs, replay, res, path, sha,
+                vocab_before, first, planned, tcfg, heldout_tokens, scope, scope_ids, horizon)
         except BaseException:
             # the checkpoint never got its row: it must not be mistaken for a trained one
             remove_checkpoint_files(path)
@@ -391,80 +476,6 @@ class ContinuousTrainer:
         return CycleReport(cycle_id, trigger, sorted(res.new_bytes), [d.id for d in replay],
                            path, sha, res, vocab_before, len(state.tokenizer), forgetting,
                            completed=credited["completed"], ended_by=res.ended_by)
-
-    def _commit(self, cycle_id, docs, replay, res: LearnResult, path: Path, sha: str,
-                vocab_before: int, first: dict[int, int], planned: int, tcfg: TrainConfig,
-                heldout_tokens: dict[str, int], scope: str, scope_ids: set[int],
-                horizon: int) -> tuple[dict[str, float], dict]:
-        """The one transaction: cycle completed, checkpoint row (latest), vocabulary delta,
-        evaluations with forgetting, and the ledger (what it trained of each document)."""
-        st, tok = self.settings, self.state.tokenizer
-        trained_ids = set(res.new_bytes)
-        new_sources = {d.source for d in docs if d.id in trained_ids}
-        doc_ids = [d.id for d in docs]
-        forgetting: dict[str, float] = {}
-        credits = {i: (res.new_bytes.get(i, 0), res.replay_bytes.get(i, 0))
-                   for i in set(res.new_bytes) | set(res.replay_bytes)}
-        with self.store.session() as s:
-            if self.lease is not None:
-                self.lease.fence(s)
-            # vocabulary: the byte tokens (no cycle) once, then this cycle's delta; the
-            # stored vocabulary is append-only, so what is missing is what lies past its end
-            parts = {z: (a, b) for a, b, z in tok.merges}
-            new_ids = set(res.new_token_ids)
-            entries = []
-            for tid in range(vocab_size(s), len(tok)):
-                new = tid in new_ids
-                a, b = parts.get(tid, (None, None))
-                entries.append((new, {"token_id": tid, "token_bytes": tok.token_bytes(tid),
-                                      "left_id": a, "right_id": b,
-                                      "document_id": doc_ids[first[tid]]
-                                      if new and tid in first else None}))
-            for new, group in itertools.groupby(entries, key=lambda e: e[0]):
-                record_vocab(s, [e for _, e in group], cycle_id=cycle_id if new else None)
-            # the ledger: what this cycle trained of each document (only now, in the same
-            # transaction: a crash before this line counts nothing)
-            credited = record_cycle_credits(s, cycle_id, credits, res.trainable_bytes,
-                                            st.passes)
-            # evaluations: baseline = loss right after the source was last learned (by this
-            # cycle's documents, else carried from the source's latest evaluation)
-            for source, loss in sorted(res.val_loss.items()):
-                if source in new_sources:
-                    base = loss
-                else:
-                    earlier = forgetting_by_source(s, source=source)
-                    base = earlier[-1]["baseline_loss"] if earlier else None
-                e = record_eval(s, cycle_id, source, loss, n_tokens=heldout_tokens.get(source),
-                                baseline_loss=base, derive_baseline=False)
-                if e.forgetting is not None:
-                    forgetting[source] = e.forgetting
-            # checkpoint row, the new latest
-            record_checkpoint(s, path=str(path), sha256=sha, step=self.state.step,
-                              vocab_size=len(tok), cycle_id=cycle_id,
-                              size_bytes=path.stat().st_size)
-            vals = list(res.val_loss.values())
-            finish_cycle(
-                s, cycle_id, status=CycleStatus.COMPLETED, docs_new=len(trained_ids),
-                docs_replayed=len(replay), tokens=res.tokens, steps=res.steps,
-                skipped_steps=res.skipped, loss_start=res.loss_start, loss_end=res.loss_end,
-                val_loss=float(np.mean(vals)) if vals else None,
-                forgetting_mean=float(np.mean(list(forgetting.values()))) if forgetting else None,
-                forgetting_max=max(forgetting.values()) if forgetting else None,
-                tokens_per_s=res.tokens_per_s, workers=st.workers,
-                vocab_size_before=vocab_before, vocab_size_after=len(tok),
-                bytes_new=credited["bytes_new"], bytes_replay=credited["bytes_replay"],
-                schedule={"steps": planned, "lr": tcfg.lr, "min_lr": tcfg.min_lr,
-                          "warmup_steps": tcfg.warmup_steps, "decay": tcfg.schedule,
-                          "ema_decay": tcfg.ema_decay, "global_step": self.state.step,
-                          "batch_size": tcfg.batch_size, "replay_fraction": st.replay_fraction,
-                          "ended_by": res.ended_by, "passes": st.passes, "scope": scope,
-                          "horizon": horizon,
-                          "scope_ids": sorted(scope_ids) if scope == "new" else [],
-                          "replay_document_ids": [d.id for d in replay],
-                          "document_ids": sorted(trained_ids),
-                          "new_token_ids": list(res.new_token_ids),
-                          "seconds": round(res.seconds, 3)})
-        return forgetting, credited
 
     def prune_checkpoints(self) -> list[Path]:
         """Apply the retention rule (agent/training/recovery.py). Returns the deleted files."""
@@ -551,12 +562,12 @@ class TrainerLoop:
                     self.wake.wait()
                     continue
                 trigger, wait = trainer.due(tokens_trigger=self.crawled.is_set())
+                if trigger in (None, CONSOLIDATE) and learned_since_idle:
+                    loop_log.info("backlog learned: every document trained to %s passes (%d "
+                                  "cycles); %s: %s", trainer.settings.passes,
+                                  learned_since_idle, *trainer.phase)
+                    learned_since_idle = 0
                 if trigger is None:
-                    if learned_since_idle:
-                        loop_log.info("backlog learned: every document trained to %s passes (%d "
-                                 "cycles); waiting for new text", trainer.settings.passes,
-                                 learned_since_idle)
-                        learned_since_idle = 0
                     self.wake.wait(wait)        # an ingest, a stop, or the age trigger
                     continue
                 rep = trainer.run_pending(trigger)
@@ -571,7 +582,7 @@ class TrainerLoop:
             if rep is None:
                 continue
             self.cycles_completed += 1
-            learned_since_idle += 1
+            learned_since_idle += trigger != CONSOLIDATE
             loop_log.info("cycle %s completed: %s documents, %s replayed, loss %.3f -> %.3f, "
                      "checkpoint %s", rep.cycle_id, len(rep.doc_ids), len(rep.replay_ids),
                      rep.run.loss_start or float("nan"), rep.run.loss_end or float("nan"),

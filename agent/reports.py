@@ -149,6 +149,8 @@ def status_view(session, data_dir: Path, database: str) -> dict:
             "cycles_completed": count_cycles(session, status=CycleStatus.COMPLETED),
             "last_checkpoint": last_ckpt,
             "training_paused": controls.paused(session),
+            # what the trainer does and why (learning, consolidating, converged, waiting, idle)
+            "training_phase": controls.trainer_phase(session),
             "trainer": None if trainer is None else {   # the store's trainer lease
                 "host": trainer.host, "pid": trainer.pid, "data_dir": trainer.data_dir,
                 "renewed": trainer.renewed_at, "expired": trainer.expired}}

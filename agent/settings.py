@@ -149,6 +149,20 @@ SETTINGS: tuple[Setting, ...] = (
             "Passes over each document's training text before it counts as trained.",
             check=at_least(0, strict=True), hint="e.g. --passes 2", commands=AGENT,
             into=TRAINER),
+    Setting("keep_learning", "on", str,
+            "With every document at its --passes, keep training (consolidation cycles: one more "
+            "pass of the least-learned documents first, new text pre-empting them) until the "
+            "held-out loss has not improved by --min-improvement in --patience cycles; off: "
+            "idle once the passes are done.",
+            choices=("on", "off"), hint="e.g. --keep-learning off", commands=AGENT,
+            into=TRAINER),
+    Setting("min_improvement", 0.002, float,
+            "Consolidation stops when the held-out loss of --patience cycles in a row is not "
+            "this fraction below the best before them.",
+            check=lambda v: None if 0 <= v < 1 else "{flag} must be in [0, 1)",
+            hint="e.g. --min-improvement 0.002", commands=AGENT, into=TRAINER),
+    Setting("patience", 3, int, "Consolidation cycles without improvement before it stops.",
+            check=at_least(1), hint="e.g. --patience 3", commands=AGENT, into=TRAINER),
     Setting("cycle_seconds", 60.0, float,
             "A cycle ends after this long, checkpoints and commits; the next one starts at "
             "once while a backlog remains (the first cycles of a backlog are shorter: 10 s, "

@@ -1,5 +1,7 @@
 """Controls of a store's agents, set by users (the dashboard, the API, the CLI) and read by
-the agent at its lease heartbeat or at once when the server runs inside it."""
+the agent at its lease heartbeat or at once when the server runs inside it; and the one
+thing the trainer reports back the same way: its phase (learning, consolidating, converged,
+idle) and why, for `cllm status`, the dashboard and /metrics."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,6 +11,7 @@ from sqlalchemy.orm import Session
 from .models import Control, utcnow
 
 PAUSED = "paused"
+TRAINER_PHASE = "trainer_phase"
 
 
 def set_paused(session: Session, paused: bool, by: Optional[str] = None) -> None:
@@ -27,3 +30,23 @@ def set_paused(session: Session, paused: bool, by: Optional[str] = None) -> None
 def paused(session: Session) -> bool:
     row = session.get(Control, PAUSED)
     return bool(row is not None and row.value.get("paused"))
+
+
+def set_trainer_phase(session: Session, phase: str, reason: str) -> None:
+    """Record what the trainer is doing now and why (written when it changes)."""
+    row = session.get(Control, TRAINER_PHASE)
+    value = {"phase": phase, "reason": reason}
+    if row is None:
+        session.add(Control(name=TRAINER_PHASE, value=value))
+    else:
+        row.value = value
+        row.updated = utcnow()
+    session.flush()
+
+
+def trainer_phase(session: Session) -> Optional[dict]:
+    """{"phase", "reason", "since"} as the trainer last recorded it, or None."""
+    row = session.get(Control, TRAINER_PHASE)
+    if row is None:
+        return None
+    return {**row.value, "since": row.updated}

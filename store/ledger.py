@@ -80,6 +80,15 @@ def backlog(session: Session, *, ids: Optional[Iterable[int]] = None) -> list[Ba
     return sorted(entries, key=rank)
 
 
+def consolidation_order(session: Session) -> list[BacklogEntry]:
+    """Trained documents in the order consolidation cycles read them: fewest passes first,
+    then in the fixed pseudo-random order (`shuffle_key`), so every document keeps being
+    seen, one more pass at a time."""
+    ids = list(session.scalars(select(Document.id).where(
+        Document.status == DocumentStatus.TRAINED, Document.trainable_bytes > 0)))
+    return backlog(session, ids=ids) if ids else []
+
+
 def shuffle_key(document_id: int) -> int:
     """A fixed pseudo-random rank of a document id (Knuth's multiplicative hash)."""
     return (document_id * 2654435761) % 2 ** 32

@@ -99,6 +99,8 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     \b
       data directory  the folder read (and the store, when it lives elsewhere)
       agent           running (with its pid) or not
+      training        paused, or its phase and why: learning, consolidating (keeps training
+                      past --passes while the held-out loss improves), converged, idle
       cycle           the running cycle: step of planned steps, loss, documents
                       (or that a dead agent left it, to be recovered on the next start)
       backlog         documents and bytes still to learn, tokens/s and ETA, per source
@@ -131,6 +133,9 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'}")
     if out.get("training_paused"):
         click.echo("training is paused (resume it from the dashboard or POST /api/training)")
+    elif out.get("training_phase") and pid:
+        click.echo(f"training: {out['training_phase']['phase']} "
+                   f"({out['training_phase']['reason']})")
     if trainer is not None and not trainer["expired"] and trainer["pid"] != pid:
         where = f" on {trainer['data_dir']}" if trainer["data_dir"] else ""
         click.echo(f"trainer of this store: pid {trainer['pid']} on host {trainer['host']}{where}")

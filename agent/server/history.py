@@ -136,6 +136,13 @@ class StoreCollector:
                                     "the last completed cycle.", value=b["tokens_per_s"])
         yield GaugeMetricFamily("cllm_agent_running", "1 while an agent holds the data "
                                 "directory.", value=int(st["agent_running"]))
+        phase = st["training_phase"]
+        if phase is not None:
+            g = GaugeMetricFamily("cllm_training_phase", "1 for the trainer's phase (learning, "
+                                  "consolidating, converged, waiting, idle); the reason is in "
+                                  "/api/status.", labels=["phase"])
+            g.add_metric([phase["phase"]], 1)
+            yield g
         cur = st["current_cycle"]
         if cur is not None:
             yield GaugeMetricFamily("cllm_current_cycle_step", "Step of the running cycle.",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from agent import continuous_trainer
 from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,
                                       TrainerSettings)
 from agent.daemon import Agent, AgentConfig
@@ -18,9 +19,11 @@ from engine.errors import CllmError
 from store import controls
 from store.models import Checkpoint, Cycle, CycleDocument, Document, EvalResult, VocabEntry
 
+# the backlog's rules, stopping at the passes (consolidation past them:
+# tests/agent/training/test_consolidation.py)
 SETTINGS = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=200, max_wait=3600,
                            batch_size=4, max_new_tokens=20, replay_fraction=0.3,
-                           cycle_seconds=120)
+                           cycle_seconds=120, keep_learning="off")
 
 TEXTS = {
     "lattice": "the crystal lattice hums a quiet tune over the prime spiral. ",
@@ -118,7 +121,7 @@ def test_a_failed_commit_leaves_documents_pending_and_no_checkpoint_file(env, mo
 
     def boom(*a, **k):
         raise RuntimeError("disk vanished")
-    monkeypatch.setattr(tr, "_commit", boom)
+    monkeypatch.setattr(continuous_trainer, "commit_cycle", boom)
     with pytest.raises(RuntimeError):
         tr.run_pending("tokens")
     assert not list((data / "checkpoints").glob("ckpt-*"))

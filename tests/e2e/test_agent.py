@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 TIMEOUT = 60
 FAST = ["--preset", "tiny", "--workers", "1", "--min-cycle-tokens", "300", "--max-wait", "30",
         "--quiet-period", "0.2", "--batch-size", "4", "--vocab-growth", "20",
-        "--replay-fraction", "0.3"]
+        "--replay-fraction", "0.3", "--keep-learning", "off"]   # consolidation: test_continual.py
 
 
 RUNNING: list = []     # AgentProcs of the current test, killed after it (tests/e2e/conftest.py)
@@ -270,6 +270,42 @@ def test_sigkill_in_the_middle_of_a_backlog_loses_only_the_running_cycle(dirs):
     finally:
         store.close()
     assert statuses[:4] == ["completed"] * 3 + ["interrupted"] and len(statuses) > 5
+
+
+def test_sigkill_during_consolidation_loses_at_most_that_cycle_and_counts_nothing_twice(dirs):
+    """Past the passes the agent keeps learning (consolidation cycles, on by default); a
+    SIGKILL in one loses that cycle only, and the restarted agent goes on consolidating."""
+    data, watch = dirs
+    for i, s in enumerate(["the crystal lattice hums. ", "every sphere touches twelve. "]):
+        drop(watch / "notes", f"{i}.txt", s, reps=40)
+    keep = ("--keep-learning", "on", "--max-steps", "6", "--patience", "50")
+    a = AgentProc(data, watch, *keep)
+    a.wait_for(r"backlog learned: .*consolidating")
+    n = int(re.search(r"cycle (\d+)", a.wait_for(r"cycle \d+ \(consolidate\)")).group(1))
+    a.wait_for(rf"cycle {n}: step \d+")
+    assert a.stop(signal.SIGKILL) == -signal.SIGKILL
+    before = ledger_rows(data)
+    assert all(status == "trained" and trained == shares and trained >= 2 * trainable
+               for status, trained, trainable, shares in before)
+    a = AgentProc(data, watch, *keep)
+    try:
+        a.wait_for(rf"cycle {n} was interrupted", timeout=60)
+        m = int(re.search(r"cycle (\d+)", a.wait_for(r"cycle \d+ \(consolidate\)")).group(1))
+        a.wait_for(rf"cycle {m} completed")
+    finally:
+        assert a.stop() == 0, "".join(a.log)
+    after = ledger_rows(data)
+    for (_, t0, _, _), (status, trained, trainable, shares) in zip(before, after):
+        assert status == "trained" and trained == shares        # nothing counted twice
+        assert trained > t0                                     # and learning went on
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            cycles = {c.id: c for c in s.scalars(select(Cycle))}
+    finally:
+        store.close()
+    assert cycles[n].status == "interrupted" and cycles[m].status == "completed"
+    assert cycles[m].schedule["scope"] == "consolidate"
 
 
 def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):

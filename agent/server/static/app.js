@@ -28,8 +28,11 @@ async function getJSON(path) {
   return r.json();
 }
 
+// numbers as people read them: thousands separated, no fractions past 100 (7,166 tokens/s,
+// not 7166.156), up to `d` decimals below (a loss of 4.512)
 const fmt = (v, d = 3) => v === null || v === undefined ? "" :
-  typeof v === "number" ? (Number.isInteger(v) ? v.toLocaleString() : v.toFixed(d)) : String(v);
+  typeof v === "number" ? v.toLocaleString("en-US", { maximumFractionDigits: Math.abs(v) >= 100 ? 0 : d })
+    : String(v);
 
 function table(node, rows, columns) {
   node.replaceChildren(el("tr", {}, ...columns.map(([, label]) => el("th", {}, label))));
@@ -126,6 +129,8 @@ async function training() {
   pause.dataset.paused = st.training_paused ? "1" : "0";
   pause.textContent = st.training_paused ? "Resume training" : "Pause training";
   if (st.training_paused) $("#agent-state").append(el("br"), "training paused");
+  else if (st.training_phase && st.agent_running)
+    $("#agent-state").append(el("br"), `training: ${st.training_phase.phase} (${st.training_phase.reason})`);
   const c = st.current_cycle;
   $("#current-cycle").textContent = c ? `cycle ${c.id} (${c.trigger}): step ${c.step}/${c.steps ?? "?"}, loss ${fmt(c.loss)}` +
     (c.stale ? " (interrupted)" : "") : "none";

@@ -1,0 +1,120 @@
+"""Learning on past the passes (issue "The model keeps getting better"): once every document
+has its --passes, consolidation cycles give the least-learned documents one more pass each
+until the held-out loss stops improving by the stated rule; new text pre-empts them and is
+learned first; --keep-learning off stops at the passes as before. In-process, tiny preset."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from agent.continuous_trainer import CONSOLIDATE, ContinuousTrainer
+from store import controls
+from store.cycles import finish_cycle, start_cycle
+from store.models import CycleDocument, Document
+from tests.agent.test_continuous_trainer import SETTINGS, add_doc, env  # noqa: F401 (fixture)
+
+ON = SETTINGS.replace(keep_learning="on", replay_fraction=0.0)
+
+
+def learn_to_the_floor(tr: ContinuousTrainer) -> str:
+    """Run the cycles due until none learns new text; the trigger due then."""
+    while True:
+        trigger = tr.due()[0]
+        if trigger in (None, CONSOLIDATE):
+            return trigger
+        tr.run_pending(trigger)
+
+
+def ledger(store) -> dict[int, tuple[str, int, int]]:
+    with store.session(read_only=True) as s:
+        return {d.id: (d.status, d.trained_bytes, d.trainable_bytes)
+                for d in s.scalars(select(Document).order_by(Document.id))}
+
+
+def test_consolidation_starts_at_the_floor_gives_one_more_pass_and_stops_by_its_rule(env):
+    store, data = env
+    ids = [add_doc(store, "a", "lattice"), add_doc(store, "b", "spheres", reps=14)]
+    # min_improvement 0.9 (a 90% drop) is not met: the rule stops after `patience` cycles
+    tr = ContinuousTrainer(store, data, ON.replace(patience=2, min_improvement=0.9))
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+    assert tr.phase[0] == "consolidating"
+    floor = ledger(store)
+    assert all(st == "trained" and 2 * tb <= t < 2 * tb + 16 for st, t, tb in floor.values())
+
+    rep = tr.run_pending(CONSOLIDATE)
+    assert rep.trigger == CONSOLIDATE and sorted(rep.doc_ids) == ids and rep.replay_ids == []
+    once = ledger(store)
+    for i in ids:   # one more pass each, counted in the ledger; still trained
+        status, trained, trainable = once[i]
+        assert status == "trained" and 3 * trainable <= trained < 3 * trainable + 16
+    with store.session(read_only=True) as s:
+        shares = {d: sum(c.new_bytes for c in s.scalars(select(CycleDocument).where(
+            CycleDocument.document_id == d))) for d in ids}
+    assert shares == {i: once[i][1] for i in ids}        # the ledger counts each byte once
+
+    assert tr.due()[0] == CONSOLIDATE                    # one cycle of patience 2 so far
+    tr.run_pending(CONSOLIDATE)
+    assert tr.due() == (None, None) and tr.phase[0] == "converged"
+    assert "has not improved by 90.0% in 2 consolidation cycles" in tr.phase[1]
+    with store.session(read_only=True) as s:
+        assert controls.trainer_phase(s)["phase"] == "converged"
+
+    # new text restarts it: learned first, then consolidation again
+    new = add_doc(store, "c", "clock", reps=12)
+    assert tr.due()[0] == "tokens"
+    assert tr.run_pending("tokens").doc_ids == [new]
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+
+
+def test_an_arrival_preempts_consolidation_and_is_learned_first(env):
+    store, data = env
+    add_doc(store, "a", "lattice", reps=30)
+    add_doc(store, "b", "spheres", reps=30)
+    tr = ContinuousTrainer(store, data, ON)
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+    arrived: list[int] = []
+
+    def on_step(cycle_id, step, planned, loss):
+        if step == 2 and not arrived:             # a file lands in a watched folder
+            arrived.append(add_doc(store, "new", "clock", reps=12))
+            tr.arrivals.set()
+
+    tr.progress = on_step
+    rep = tr.run_pending(CONSOLIDATE)
+    tr.progress = None
+    assert rep.ended_by == "preempted" and rep.run.steps == 2
+    assert tr.due()[0] == "tokens"
+    first = tr.run_pending("tokens")
+    assert first.doc_ids == arrived                 # the new document alone, first
+    assert ledger(store)[arrived[0]][0] == "trained"
+
+
+def test_keep_learning_off_stops_at_the_passes(env):
+    store, data = env
+    add_doc(store, "a", "lattice")
+    tr = ContinuousTrainer(store, data, ON.replace(keep_learning="off"))
+    assert learn_to_the_floor(tr) is None
+    assert tr.phase[0] == "idle" and "--keep-learning off" in tr.phase[1]
+
+
+def record(store, scope: str, val_loss: float) -> None:
+    with store.session() as s:
+        c = start_cycle(s, trigger=scope, schedule={"scope": scope})
+        finish_cycle(s, c.id, val_loss=val_loss, schedule={"scope": scope})
+
+
+def test_the_rule_compares_the_last_cycles_with_the_best_before_them(env):
+    store, data = env
+    tr = ContinuousTrainer(store, data, ON.replace(patience=3, min_improvement=0.01))
+    record(store, "backlog", 3.0)               # the floor is met here
+    for v in (2.9, 2.8):
+        record(store, "consolidate", v)
+    done, why = tr.consolidation()
+    assert not done and "2 consolidation cycles so far" in why
+    record(store, "consolidate", 2.7)           # 2.7 < 3.0 * 0.99: improving
+    assert tr.consolidation()[0] is False
+    for v in (2.69, 2.68, 2.675):               # best of the last 3 (2.675) vs 2.7 * 0.99
+        record(store, "consolidate", v)
+    done, why = tr.consolidation()
+    assert done and "best 2.7000, then 2.6750" in why
+    record(store, "backlog", 2.6)               # new text learned: the rule starts again
+    assert tr.consolidation()[0] is False
