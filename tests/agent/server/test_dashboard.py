@@ -11,6 +11,7 @@ holds. With $CLLM_DASHBOARD_SCREENSHOTS set to a folder, each tab's screenshot i
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -100,6 +101,10 @@ def test_each_tab_renders_the_data_directory(serve, trained, browser, tmp_path):
     assert cycles == ["1", "2"]
     assert "2 cycles completed" in d.find_element(By.ID, "agent-state").text
     assert d.find_element(By.ID, "model-id").text == f"cllm-{trained.name}-cycle-2"
+    heads = d.execute_script("return [...document.querySelectorAll('#cycles-table th')]"
+                             ".map(h => h.textContent)")
+    rate = [r[heads.index("tokens/s")] for r in rows(d, "#cycles-table")]
+    assert all(re.fullmatch(r"\d{1,3}(,\d{3})*", v) for v in rate), rate   # 7,166, not 7166.156
     shot(d, tmp_path, "training")
 
     open_tab(d, u, "crawler")
@@ -214,3 +219,18 @@ def test_a_cycle_committed_while_the_page_is_open_appears_live(serve, corpus, br
                "document.querySelector('#model-id').textContent.endsWith('cycle-2')",
             "the new cycle and model appear")
     assert int(d.find_element("id", "live").get_attribute("data-events")) >= 1
+
+
+def test_the_trainer_phase_shows_while_an_agent_runs(serve, trained, browser, tmp_path):
+    from agent.datadir import DataDirLock
+
+    data = tmp_path / "data"
+    shutil.copytree(trained, data)
+    with open_store(data) as store, store.session() as s:
+        controls.set_trainer_phase(s, "converged", "held-out loss has not improved")
+    server = serve(data)
+    with DataDirLock(data):                      # an agent runs on it
+        open_tab(browser, server.url, "training")
+        wait_js(browser, "document.querySelector('#agent-state').textContent"
+                ".includes('training: converged (held-out loss has not improved)')",
+                "the trainer's phase")

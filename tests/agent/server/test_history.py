@@ -83,3 +83,26 @@ def test_metrics_are_prometheus_text_with_store_state_and_generation_counters(se
     assert samples[("cllm_generated_tokens_total", ())] == produced
     assert samples[("cllm_generation_seconds_count", ())] == 1
     assert samples[("cllm_checkpoint_loads_total", ())] == 1
+
+
+def test_the_trainer_phase_reaches_status_the_cli_and_metrics(serve, trained, tmp_path):
+    import shutil
+
+    from agent.datadir import DataDirLock
+    from store import controls
+
+    data = tmp_path / "data"
+    shutil.copytree(trained, data)
+    why = "held-out loss 2.1000, best before 2.2000: still improving"
+    with open_store(data) as store, store.session() as s:
+        controls.set_trainer_phase(s, "consolidating", why)
+    server = serve(data)
+    phase = httpx.get(server.url + "/api/status").json()["training_phase"]
+    assert (phase["phase"], phase["reason"]) == ("consolidating", why) and phase["since"]
+    m = httpx.get(server.url + "/metrics")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(m.text) for s in fam.samples}
+    assert samples[("cllm_training_phase", (("phase", "consolidating"),))] == 1
+    with DataDirLock(data):                     # an agent runs on it
+        r = CliRunner().invoke(main, ["status", "--data-dir", str(data)])
+    assert r.exit_code == 0 and f"training: consolidating ({why})" in r.output
