@@ -120,7 +120,7 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     if max_new_tokens > 0 and first_read:
         res.new_token_ids = tok.learn(first_read, max_new_tokens=max_new_tokens)
     if len(tok) > model.config.vocab_size:
-        model.grow_vocab(len(tok))
+        model.grow_vocab(len(tok), merges=tok.merges)   # row z from the rows z merges
         if state.optimizer is not None:
             state.optimizer.grow(model.layout)
         if state.ema is not None:
