@@ -6,7 +6,8 @@ have covered; a document is trained once it reaches `passes` passes. A cycle rea
 backlog in ledger order (agent/training/plan.py loads it, agent/training/backlog.py batches
 it: parallel streams, each document continued where the last cycle stopped, new arrivals
 first) mixed with a replay sample of trained documents, learns new tokens from the documents
-it reads for the first time (the vocabulary delta, the model grown with it), trains on the
+it reads for the first time (the vocabulary delta, the model grown with it; a new model's
+first cycle learns its vocabulary from the whole backlog instead), trains on the
 ThreadedTrainingSystem until `cycle_seconds`, `max_steps`, the end of what it was given, a
 stop, or (for a backlog cycle) a new arrival; then it
 evaluates every source's held-out slice (validation loss and forgetting: loss now minus loss
@@ -443,8 +444,10 @@ class ContinuousTrainer:
                     workers=st.workers, replay=replay,
                     replay_fraction=st.replay_fraction if replay else 0.0,
                     max_new_tokens=st.max_new_tokens, more=plan.more, heldout=heldout,
-                    seed=st.seed + cycle_id, progress=progress.step, stop=why_stop)
+                    seed=st.seed + cycle_id, progress=progress.step, stop=why_stop,
+                    vocab=plan.vocab)      # a new model's vocabulary: its whole backlog's
         if res.steps == 0:
+            self.state = None   # its vocabulary is not recorded: the next cycle learns it again
             if res.ended_by == "stop":
                 raise CycleInterrupted(f"cycle {cycle_id} stopped before its first step",
                                        "its documents stay as they were for the next cycle")
@@ -453,7 +456,9 @@ class ContinuousTrainer:
                                 f"ended before its first step ({why})")
             return None
         progress.finish()
-        first = state.tokenizer.first_occurrence(res.new_token_ids, [d.text for d in docs])
+        where = res.vocab_docs or docs         # token id -> the document it first occurs in
+        first = {t: where[i].id for t, i in state.tokenizer.first_occurrence(
+            res.new_token_ids, [d.text for d in where]).items()}
         path, sha = save_model_state(state, self.data_dir, cycle_id)
         try:
             heldout_tokens = {src: len(state.tokenizer.encode(t)) for src, t in heldout.items()}

@@ -198,9 +198,11 @@ SETTINGS: tuple[Setting, ...] = (
             check=lambda v: None if v == 0 or 0 < v < 1 else "{flag} must be 0 or in (0, 1)",
             hint="e.g. --ema-decay 0.998", commands=("agent", "train"), into=TRAINER),
     Setting("vocab_growth", 4096, int,
-            "New vocabulary (BPE) tokens learned per cycle at most (capped by the preset's "
-            "vocabulary). Large, so a backlog's first cycle learns most of the vocabulary: "
-            "tokens learned late get few updates and cost held-out loss (docs/benchmarks.md).",
+            "New vocabulary (BPE) tokens a cycle learns at most from the documents it reads "
+            "first (capped by the preset's vocabulary; 0: none, a byte-level model). A new "
+            "model learns its whole vocabulary, to the preset's size, from its whole backlog "
+            "before its first step (tokens learned late get few updates and cost held-out "
+            "loss, docs/benchmarks.md); this bounds the growth after that.",
             check=at_least(0), hint="e.g. --vocab-growth 500",
             commands=("agent", "train"), command_defaults={"train": 3000}, into=TRAINER,
             field_name="max_new_tokens", old_name="max_new_tokens"),

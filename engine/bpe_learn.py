@@ -4,14 +4,30 @@ Legend as in engine.bpe. Training is the classic greedy BPE (most frequent adjac
 first, ties to the smallest pair key) with incremental pair counts: a hash table of pair
 counts, a chain per pair of the words that hold it, and a lazy max-heap. Merging a pair
 rewrites only the words on its chain, so 8,000 merges on 10 MB take about a second.
+A deadline bounds the merge loop: the clock is read (in object mode, a few microseconds)
+every DEADLINE_EVERY merges, and never when there is no deadline.
 Nothing here validates input: engine.tokenizer does.
 """
 from __future__ import annotations
 
+import time
+
+import numba
 import numpy as np
 
 from engine._jit import kernel
 from engine.bpe import EMPTY, _FNV_OFFSET, _fnv, _grow, _piece_end, _same, _slot
+
+
+DEADLINE_EVERY = 128   # merges between two readings of the clock (each may wait for the GIL)
+
+
+@numba.njit(cache=True)   # not nogil: its object-mode block takes the GIL (numba warns)
+def _clock():
+    """time.perf_counter(), read from compiled code."""
+    with numba.objmode(t="float64"):
+        t = time.perf_counter()
+    return t
 
 
 @kernel
@@ -139,7 +155,8 @@ def _pairs_resize(pkeys, pcount, phead, plast, ptouch, extra):
 
 
 @kernel
-def learn_merges(sym, wstart, wlen, wcount, tok_off, tok_len, arena, n_tokens, max_new, min_freq):
+def learn_merges(sym, wstart, wlen, wcount, tok_off, tok_len, arena, n_tokens, max_new, min_freq,
+                 deadline):
     """Learn up to max_new new tokens from words, BPE style; returns the merges (a, b, z).
 
     sym[wstart[w]:wstart[w]+wlen[w]]: the current ids of word w (already segmented by the
@@ -148,6 +165,9 @@ def learn_merges(sym, wstart, wlen, wcount, tok_off, tok_len, arena, n_tokens, m
     Each step merges the most frequent adjacent pair (ties: smallest (a, b)) while its count
     is >= min_freq. z is a new id (n_tokens, n_tokens + 1, ...) unless a token with the bytes
     of a + b already exists, in which case the merge points at it and costs no id.
+    Learning also ends once time.perf_counter() reaches `deadline` (float; inf: never),
+    read before the first merge and every DEADLINE_EVERY merges after it, so what a deadline
+    cuts short is a prefix of the merges an unbounded run learns.
     Pair counts are updated incrementally: each pair keeps a chain of the words holding it,
     and only those words are rewritten when it is merged. sym and wlen are rewritten in place.
     """
@@ -213,7 +233,10 @@ def learn_merges(sym, wstart, wlen, wcount, tok_off, tok_len, arena, n_tokens, m
     wstamp = np.zeros(nw, np.int64)
     stamp = 0
     new = 0
+    timed = deadline < np.inf
     while new < max_new:
+        if timed and nm % DEADLINE_EVERY == 0 and _clock() >= deadline:
+            break
         found = False
         c = np.int64(0)
         key = np.int64(0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -69,6 +69,28 @@ def _heads(x: np.ndarray, B: int, T: int, NH: int) -> np.ndarray:
     return x.reshape(B, T, NH, C // NH).transpose(0, 2, 1, 3)
 
 
+def _merged_rows(wte: np.ndarray, V: int, new_size: int,
+                 merges: Iterable[tuple[int, int, int]]) -> np.ndarray:
+    """Rows V..new_size-1 of wte for new tokens: row z = (row a + row b) / 2 for the merge
+    (a, b, z) that made z, in order of z, reading rows added before it where a or b is one."""
+    pair: dict[int, tuple[int, int]] = {}
+    for a, b, z in merges:
+        if V <= z < new_size:
+            pair.setdefault(int(z), (int(a), int(b)))
+    missing = [z for z in range(V, new_size) if z not in pair]
+    if missing:
+        raise ValueError(f"no merge makes new token {missing[0]} (of {V}..{new_size - 1})")
+    rows = np.empty((new_size - V, wte.shape[1]), np.float32)             # (added, C)
+    for z in range(V, new_size):
+        a, b = pair[z]
+        if not (0 <= a < z and 0 <= b < z):
+            raise ValueError(f"merge ({a}, {b}) -> {z} uses an id that is not older than {z}")
+        ra = wte[a] if a < V else rows[a - V]
+        rb = wte[b] if b < V else rows[b - V]
+        rows[z - V] = 0.5 * (ra.astype(np.float64) + rb)
+    return rows
+
+
 class Model:
     """GPT-2: wte, wpe, L pre-LN blocks (fused-qkv causal attention, GELU MLP), lnf, tied head."""
 
@@ -122,21 +144,31 @@ class Model:
         """Copy values into the existing flat array (views stay valid)."""
         self.params[...] = flat
 
-    def grow_vocab(self, new_size: int) -> int:
-        """Append wte rows up to new_size at the mean of the existing rows; returns rows added.
+    def grow_vocab(self, new_size: int,
+                   merges: Optional[Iterable[tuple[int, int, int]]] = None) -> int:
+        """Append wte rows up to new_size; returns rows added.
 
+        With `merges` (the tokenizer's (a, b, z) triples; only those that made the new ids
+        are read), new token z starts at the mean of rows a and b, taken in id order (merge
+        order) so a token built on a token just added uses that token's new row. Without,
+        every new row starts at the mean of the existing rows. The head is tied to wte and
+        there is no logit bias, so these rows are the only per-vocabulary parameters.
         Logits of existing tokens are unchanged for the same input (the new rows only add
-        new logit columns). Optimizers grow their moments with `Optimizer.grow` (zeros).
+        new logit columns). Optimizers grow their moments with `Optimizer.grow` (zeros), the
+        EMA with `EMA.grow` (the model's new rows).
         """
         cfg = self.config
-        added = int(new_size) - cfg.vocab_size
+        V, added = cfg.vocab_size, int(new_size) - cfg.vocab_size
         if added < 0:
-            raise ValueError(f"vocabulary cannot shrink ({cfg.vocab_size} -> {new_size})")
+            raise ValueError(f"vocabulary cannot shrink ({V} -> {new_size})")
         if added == 0:
             return 0
         wte = self._views["wte"]
-        new_rows = np.broadcast_to(wte.mean(axis=0, dtype=np.float64).astype(np.float32),
-                                   (added, cfg.d_model))
+        if merges is None:
+            new_rows = np.broadcast_to(wte.mean(axis=0, dtype=np.float64).astype(np.float32),
+                                       (added, cfg.d_model))
+        else:
+            new_rows = _merged_rows(wte, V, int(new_size), merges)
         new_cfg = cfg.replace(vocab_size=int(new_size))
         new_layout = ParamLayout.from_config(new_cfg)
         self.params = grow_flat(self.params, self.layout, new_layout, new_rows)

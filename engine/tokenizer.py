@@ -168,17 +168,25 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ learning
 
-    def learn(self, texts: Iterable[str], max_new_tokens: int, min_frequency: int = 2) -> list[int]:
+    def learn(self, texts: Iterable[str], max_new_tokens: int, min_frequency: int = 2,
+              max_seconds: float | None = None) -> list[int]:
         """Learn up to max_new_tokens new tokens from texts; returns their ids (the vocab delta).
 
         Texts are pre-tokenised and segmented with the merges already known; then the most
         frequent adjacent pair (seen at least min_frequency times) is merged, again and again.
-        The new ids follow the current ones; max_vocab is never exceeded.
+        The new ids follow the current ones; max_vocab is never exceeded. With max_seconds,
+        merging stops once that long has passed since the call (checked every
+        bpe_learn.DEADLINE_EVERY merges): the tokens learned by then are kept, the first ones
+        an unbounded call would learn.
         """
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
             raise TokenizerError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")
         if not isinstance(min_frequency, (int, np.integer)) or min_frequency < 1:
             raise TokenizerError(f"min_frequency={min_frequency!r} must be an int >= 1")
+        if max_seconds is not None and not max_seconds >= 0:
+            raise TokenizerError(f"max_seconds={max_seconds!r} must be >= 0 or None")
+        start = time.perf_counter()
+        deadline = np.inf if max_seconds is None else start + float(max_seconds)
         texts = list(texts)
         with self._lock:
             budget = int(max_new_tokens)
@@ -187,7 +195,6 @@ class Tokenizer:
             buf, ends = _concat(texts)
             if budget <= 0 or len(buf) == 0:
                 return []
-            t0 = time.perf_counter()
             words = self._words(buf, ends)
             if words is None:
                 return []
@@ -200,10 +207,13 @@ class Tokenizer:
             tok_len[:n] = np.diff(self._tables.offsets)
             ma, mb, mz = bpe_learn.learn_merges(sym, wstart, wlen, wcount, tok_off, tok_len,
                                           self._tables.arena.copy(), np.int64(n),
-                                          np.int64(budget), np.int64(min_frequency))
+                                          np.int64(budget), np.int64(min_frequency),
+                                          np.float64(deadline))
             new_ids = self._append(ma, mb, mz)
-            log.info("learned %s new tokens (%s merges) from %s texts, %s bytes, in %.2fs",
-                     len(new_ids), len(ma), len(texts), len(buf), time.perf_counter() - t0)
+            late = len(new_ids) < budget and time.perf_counter() >= deadline
+            log.info("learned %s new tokens (%s merges) from %s texts, %s bytes, in %.2fs%s",
+                     len(new_ids), len(ma), len(texts), len(buf), time.perf_counter() - start,
+                     f" (stopped at its {max_seconds:g} s bound)" if late else "")
             return new_ids
 
     def _words(self, buf: np.ndarray, ends: np.ndarray):

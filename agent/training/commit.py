@@ -31,7 +31,6 @@ def commit_cycle(store, lease, settings: TrainerSettings, state: ModelState, cyc
     st, tok = settings, state.tokenizer
     trained_ids = set(res.new_bytes)
     new_sources = {d.source for d in docs if d.id in trained_ids}
-    doc_ids = [d.id for d in docs]
     forgetting: dict[str, float] = {}
     credits = {i: (res.new_bytes.get(i, 0), res.replay_bytes.get(i, 0))
                for i in set(res.new_bytes) | set(res.replay_bytes)}
@@ -48,8 +47,7 @@ def commit_cycle(store, lease, settings: TrainerSettings, state: ModelState, cyc
             a, b = parts.get(tid, (None, None))
             entries.append((new, {"token_id": tid, "token_bytes": tok.token_bytes(tid),
                                   "left_id": a, "right_id": b,
-                                  "document_id": doc_ids[first[tid]]
-                                  if new and tid in first else None}))
+                                  "document_id": first.get(tid) if new else None}))
         for new, group in itertools.groupby(entries, key=lambda e: e[0]):
             record_vocab(s, [e for _, e in group], cycle_id=cycle_id if new else None)
         # the ledger: what this cycle trained of each document (only now, in the same

@@ -1,4 +1,5 @@
-"""One learning run over a backlog of documents: grow the tokenizer and the model, build
+"""One learning run over a backlog of documents: learn a new model's vocabulary from its
+whole backlog and build it at that size, or grow a trained one's tokenizer and model, build
 batches in ledger order (agent/training/backlog.py), train on the ThreadedTrainingSystem until a
 step, time or backlog bound or a stop, with live progress, and evaluate.
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from agent.training.backlog import (BacklogReader, Batcher, ReplayReader, ledger_doc,
                                     token_byte_lengths)
-from agent.training.model_state import ModelState
+from agent.training.model_state import ModelState, build_at_vocabulary, is_untrained
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
 from engine.spheres import default_workers
 from engine.data import evaluate, pack
@@ -28,6 +29,11 @@ from engine.warmup import compile_kernels
 
 log = logging.getLogger(__name__)
 STREAMS = 64    # documents read side by side (a batch's rows are drawn from them at random)
+# A new model's vocabulary learning (the whole backlog's sample, agent/training/plan.py) ends
+# after this long with the tokens it has by then. The benchmark machine learns the largest
+# preset's 10k tokens from 12 MB in 1.7 s (docs/benchmarks.md), so this only bounds how long
+# a slow or busy machine makes a new model wait for its first step and checkpoint.
+VOCAB_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class LearnResult:
     loss_end: Optional[float] = None
     val_loss: dict[str, float] = field(default_factory=dict)
     new_token_ids: list[int] = field(default_factory=list)
+    vocab_docs: list[PlanDoc] = field(default_factory=list)     # a new model's: learned from
     new_bytes: dict[int, int] = field(default_factory=dict)      # doc id -> backlog bytes trained
     replay_bytes: dict[int, int] = field(default_factory=dict)   # doc id -> replayed bytes
     trainable_bytes: dict[int, int] = field(default_factory=dict)  # of every document read
@@ -100,9 +107,16 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
           lr: Optional[Callable[[int], float]] = None,
           heldout: Optional[dict[str, str]] = None, seed: int = 0,
           progress: Optional[Callable[[int, float, float], None]] = None,
-          stop: Optional[Callable[[], Optional[str]]] = None) -> LearnResult:
-    """Learn vocabulary from the documents read for the first time, grow the model, then
-    train on the backlog of `docs` (then `more()`, loaded lazily) in ledger order, mixed
+          stop: Optional[Callable[[], Optional[str]]] = None,
+          vocab: Optional[Callable[[], Sequence[PlanDoc]]] = None,
+          vocab_seconds: float = VOCAB_SECONDS) -> LearnResult:
+    """Learn vocabulary, then train. A model no step has trained (model_state.is_untrained)
+    learns its vocabulary, up to its tokenizer's cap (the preset's size), from `vocab()`
+    (the whole backlog's sample) within `vocab_seconds`, and is built afresh at that size;
+    those tokens are the run's delta (LearnResult.new_token_ids, learned from .vocab_docs).
+    Any other model (or without `vocab`) learns up to `max_new_tokens` from the documents
+    read for the first time and grows its rows from the tokens they merge. 0 learns none.
+    Then it trains on the backlog of `docs` (then `more()`, loaded lazily) in ledger order, mixed
     with `replay` (a `replay_fraction` share of rows), until `max_steps`, `max_seconds`, the
     backlog's end or `stop()` (which returns why, e.g. "stop" or "preempted", or None).
     `lr(step_in_cycle)` gives each step's learning rate (default: tcfg's schedule over the
@@ -117,10 +131,20 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     compile_kernels(crystalline=tcfg.crystalline_weight > 0, optimizer=tcfg.optimizer,
                     ema=tcfg.ema_decay is not None)
     first_read = [d.text for d in docs if d.trained_bytes == 0]
-    if max_new_tokens > 0 and first_read:
+    if vocab is not None and max_new_tokens > 0 and is_untrained(state):
+        res.vocab_docs = list(vocab())
+        cap = tok.max_vocab - len(tok) if tok.max_vocab is not None else max_new_tokens
+        log.info("a new model: learning its vocabulary (up to %s tokens) from %s documents of "
+                 "its backlog, %s bytes", len(tok) + cap, len(res.vocab_docs),
+                 sum(len(d.text.encode("utf-8", "surrogatepass")) for d in res.vocab_docs))
+        res.new_token_ids = tok.learn([d.text for d in res.vocab_docs], max_new_tokens=cap,
+                                      max_seconds=vocab_seconds)
+        build_at_vocabulary(state)
+        model = state.model
+    elif max_new_tokens > 0 and first_read:
         res.new_token_ids = tok.learn(first_read, max_new_tokens=max_new_tokens)
     if len(tok) > model.config.vocab_size:
-        model.grow_vocab(len(tok))
+        model.grow_vocab(len(tok), merges=tok.merges)   # row z from the rows z merges
         if state.optimizer is not None:
             state.optimizer.grow(model.layout)
         if state.ema is not None:

@@ -1,7 +1,8 @@
 """A data directory's model: the state a checkpoint holds (model, tokenizer, optimizer, step,
 cycle) and where its files live: `checkpoints/ckpt-NNNNNN.safetensors` next to the
 tokenizer state it was trained with (`ckpt-NNNNNN.tokenizer.json`, whose SHA-256 the
-checkpoint records).
+checkpoint records), and a new model (`new_model_state`: the byte tokens; its first cycle
+learns its vocabulary, then `build_at_vocabulary` builds it afresh at that size).
 
 Which checkpoint is the latest, and whether its file is the one committed, is the store's
 record: every reader (the agent, `cllm generate`, `cllm neighbours`, the server) loads through
@@ -43,6 +44,8 @@ class ModelState:
     step: int
     path: Optional[Path] = None
     ema: Optional[EMA] = None        # an EMA of the weights, what generation serves
+    seed: int = 0                    # a new model's init seed (it is built again, at its
+    #                                  learned vocabulary's size, before its first step)
 
     def serving_model(self) -> Model:
         """The model generation and evaluation use: the EMA weights when there are any."""
@@ -139,10 +142,32 @@ def first_loadable(rows: Sequence[RecordedCheckpoint]
 
 
 def new_model_state(preset_name: str, seed: int = 0, init: Optional[str] = None) -> ModelState:
+    """A new model: the byte tokens, up to the preset's vocabulary size to learn. Its first
+    cycle learns the vocabulary and builds it again at that size (build_at_vocabulary)."""
     cfg = preset(preset_name)
     tok = Tokenizer(max_vocab=cfg.vocab_size)
     mcfg = cfg.replace(vocab_size=len(tok), **({"init": init} if init else {}))
-    return ModelState(Model(mcfg, seed=seed), tok, None, 0, 0)
+    return ModelState(Model(mcfg, seed=seed), tok, None, 0, 0, seed=seed)
+
+
+def is_untrained(state: ModelState) -> bool:
+    """A new model: no checkpoint, no step taken, no token learned (only the byte tokens and
+    the specials). Every checkpoint holds at least one step, so a model resumed from one is
+    never untrained, whatever its vocabulary."""
+    return (state.path is None and state.step == 0
+            and len(state.tokenizer) == Tokenizer.N_BYTES + len(Tokenizer.SPECIALS))
+
+
+def build_at_vocabulary(state: ModelState) -> None:
+    """Build an untrained model again, from scratch, at its tokenizer's size: every row a
+    fresh init with its seed, as if its preset had that vocabulary (not grown: no row is
+    derived from another). Its optimizer and EMA, if any, go with the old model."""
+    if state.step or state.path is not None:
+        raise ValueError("only a model no step has trained is built again at its vocabulary's "
+                         f"size (this one is at step {state.step}, from {state.path})")
+    cfg = state.model.config.replace(vocab_size=len(state.tokenizer))
+    state.model = Model(cfg, seed=state.seed)
+    state.optimizer = state.ema = None
 
 
 def save_model_state(state: ModelState, data_dir: Path, cycle: int,

@@ -1,6 +1,7 @@
 """What a cycle reads from the store: its documents in backlog order (the first ones loaded,
-the rest loaded lazily), the replay sample of documents already learned, and the held-out
-slice of every source it is evaluated on.
+the rest loaded lazily), the replay sample of documents already learned, the held-out
+slice of every source it is evaluated on, and, for a new model, the sample of the whole
+backlog it learns its vocabulary from.
 
 Each document's text is split into training text and held-out tail (learn.split_heldout);
 a document with no training text left is listed as refused, for the trainer to record.
@@ -9,6 +10,7 @@ backlog a cycle takes, and what it records, are agent/continuous_trainer.py's.
 """
 from __future__ import annotations
 
+import codecs
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -16,11 +18,20 @@ import numpy as np
 from agent.settings import TrainerSettings
 from agent.training.learn import PlanDoc, split_heldout
 from store.documents import list_documents, replay_sample
-from store.ledger import BacklogEntry, document_texts
+from store.ledger import BacklogEntry, backlog, document_texts
 from store.models import DocumentStatus
 
 MORE_DOCS = 32                  # backlog documents loaded at a time once a cycle's plan runs out
 HELDOUT_CHARS_PER_SOURCE = 6000  # held-out text evaluated per source (keeps evaluation short)
+# A new model's vocabulary is learned from at most this much of its backlog's training text,
+# held in memory while it is learned. The tokenizer benchmark learns the largest preset's
+# 10,000 tokens from 12 MB in 1.7 s (docs/benchmarks.md): a little more than that gives
+# every preset its whole vocabulary's worth of text in seconds; a larger backlog is
+# sampled evenly rather than read whole.
+VOCAB_SAMPLE_BYTES = 16 * 2 ** 20
+VOCAB_MIN_SHARE = 4096          # bytes per document at least: a backlog of more documents than
+#                                 the budget holds at this share is sampled by an even subset
+VOCAB_LOAD_DOCS = 256           # documents read from the store at a time for that sample
 
 
 class CyclePlan(NamedTuple):
@@ -28,6 +39,9 @@ class CyclePlan(NamedTuple):
     more: Optional[Callable[[], Optional[PlanDoc]]]   # the next one, loaded lazily; None: none
     refused: list[int]          # ids with no training text (the lazily loaded ones added later)
     tails: dict[int, str]       # held-out tails of `docs`
+    # the whole backlog's sample a new model learns its vocabulary from (vocabulary_sample),
+    # read only when called: learn() calls it for a model no step has trained
+    vocab: Optional[Callable[[], list[PlanDoc]]] = None
 
 
 def plan_documents(store, entries: Sequence[BacklogEntry], settings: TrainerSettings,
@@ -81,7 +95,71 @@ def plan_documents(store, entries: Sequence[BacklogEntry], settings: TrainerSett
             queue.extend(load(chunk))
         return queue.pop(0) if queue else None
 
-    return CyclePlan(docs, more if rest else None, refused, first_tails)
+    def vocab() -> list[PlanDoc]:
+        if texts is not None:               # `cllm train`: the documents it was given
+            return vocabulary_sample(store, entries, st.val_fraction, texts=texts)
+        with store.session(read_only=True) as s:    # the whole backlog, not just this scope
+            whole = backlog(s)
+        return vocabulary_sample(store, whole, st.val_fraction)
+
+    return CyclePlan(docs, more if rest else None, refused, first_tails, vocab)
+
+
+def vocabulary_sample(store, entries: Sequence[BacklogEntry], val_fraction: float, *,
+                      texts: Optional[dict[int, str]] = None,
+                      budget: int = VOCAB_SAMPLE_BYTES,
+                      min_share: int = VOCAB_MIN_SHARE) -> list[PlanDoc]:
+    """The text a new model learns its vocabulary from: the training head (held-out tail
+    cut, as the cycles will train it) of every document of `entries` (`texts`, id: text,
+    stands in for the store's when given), at most `budget` UTF-8 bytes in all, spread
+    evenly: every document gives the same share, the start of its training head (one shorter
+    than the share gives all of it and leaves the rest to the others). Past budget /
+    min_share documents, an evenly spaced subset of them (by id: across the whole tree, not
+    its first folders) takes the budget. In id order, each with its text cut to its share."""
+    by_id = sorted(entries, key=lambda e: e.id)
+    k = min(len(by_id), max(1, budget // max(1, min_share)))
+    if k < len(by_id):
+        by_id = [by_id[i] for i in np.linspace(0, len(by_id) - 1, k).round().astype(int)]
+    share = _even_share([int(e.size_bytes * (1.0 - val_fraction)) for e in by_id], budget)
+    out: list[PlanDoc] = []
+    left = budget
+    for i in range(0, len(by_id), VOCAB_LOAD_DOCS):
+        chunk = by_id[i:i + VOCAB_LOAD_DOCS]
+        if texts is not None:
+            got = {e.id: texts[e.id] for e in chunk if e.id in texts}
+        else:
+            with store.session(read_only=True) as s:
+                got = document_texts(s, [e.id for e in chunk])
+        for e in chunk:
+            head = _utf8_prefix(split_heldout(got.get(e.id, ""), val_fraction)[0],
+                                min(share, left))
+            if head:
+                out.append(PlanDoc(e.id, e.source, head))
+                left -= len(head.encode("utf-8", "surrogatepass"))
+    return out
+
+
+def _even_share(sizes: Sequence[int], budget: int) -> int:
+    """The largest share s with sum(min(size, s)) <= budget: every document gives s bytes,
+    a smaller one all it has (the whole budget when every document fits whole)."""
+    left, n = budget, len(sizes)
+    for i, size in enumerate(sorted(sizes)):
+        even = left // (n - i)
+        if size > even:
+            return even
+        left -= size
+    return budget
+
+
+def _utf8_prefix(text: str, n: int) -> str:
+    """The longest start of `text` of at most n UTF-8 bytes (encoded as the tokenizer
+    encodes, 'surrogatepass'; a character is never cut)."""
+    if n <= 0:
+        return ""
+    data = text[:n].encode("utf-8", "surrogatepass")
+    if len(data) <= n:
+        return text[:n]
+    return codecs.getincrementaldecoder("utf-8")("surrogatepass").decode(data[:n])
 
 
 def sample_replay(store, settings: TrainerSettings, cycle_id: int,

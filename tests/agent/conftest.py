@@ -67,3 +67,13 @@ def site():
     server.shutdown()
     server.server_close()
     t.join()
+
+
+@pytest.fixture
+def env(store_target):
+    """A store on each backend (SQLite, and PostgreSQL when the server is there) and the
+    data directory that holds the checkpoints."""
+    store = store_target.open()
+    store_target.data_dir.mkdir(parents=True, exist_ok=True)
+    yield store, store_target.data_dir
+    store.close()

@@ -43,16 +43,6 @@ def add_doc(store, name, source, reps=10):
         return d.id
 
 
-@pytest.fixture
-def env(store_target):
-    """A store on each backend (SQLite, and PostgreSQL when the server is there) and the
-    data directory that holds the checkpoints."""
-    store = store_target.open()
-    store_target.data_dir.mkdir(parents=True, exist_ok=True)
-    yield store, store_target.data_dir
-    store.close()
-
-
 def test_a_cycle_is_recorded_with_its_checkpoint_vocab_delta_and_documents(env):
     store, data = env
     ids = [add_doc(store, "a", "lattice"), add_doc(store, "b", "spheres")]
@@ -521,3 +511,112 @@ def test_the_last_step_metrics_are_recorded_once(env, caplog):
     with store.session() as s:
         assert list(s.scalars(select(StepMetric.step).where(
             StepMetric.cycle_id == rep.cycle_id))) == [1]
+
+
+# --- vocabulary first: a new model learns its vocabulary from its whole backlog ---------------
+
+def add_text(store, name, text, source="notes"):
+    with store.session() as s:
+        d = Document(uri=f"file:///w/{source}/{name}.txt", source=source, text=text,
+                     sha256=hashlib.sha256(text.encode()).hexdigest(), size_bytes=len(text),
+                     status="pending")
+        s.add(d)
+        s.flush()
+        return d.id
+
+
+def word(j):
+    """A word of letters of its own for document j."""
+    return "zq" + "".join(chr(97 + (j * 7 + 3 * m) % 26) for m in range(5))
+
+
+def vocab_rows(store):
+    with store.session() as s:
+        return {v.token_id: (v.cycle_id, v.document_id, v.token_bytes)
+                for v in s.scalars(select(VocabEntry))}
+
+
+def test_a_new_model_learns_its_vocabulary_from_the_whole_backlog_before_its_first_step(env):
+    """The first cycle trains one step, a few of the documents; its vocabulary comes from all
+    of them (the words of documents it never read are tokens, recorded with cycle 1 and the
+    document they come from), and the model in its checkpoint has a row per token."""
+    from agent.training.model_state import load_model_state
+
+    store, data = env
+    ids = [add_text(store, f"n{j}", f"note {j}: " + f" {word(j)}" * 40 + TEXTS["clock"] * 3)
+           for j in range(12)]
+    tr = ContinuousTrainer(store, data, SETTINGS.replace(preset="small", max_steps=1))
+    rep = tr.run_pending("tokens")
+    assert rep.run.steps == 1 and rep.vocab_before == 257 and rep.vocab_after > 257 + 20
+    assert sorted(d.id for d in rep.run.vocab_docs) == ids
+    state = load_model_state(rep.checkpoint_path)
+    tok = state.tokenizer
+    assert len(tok) == rep.vocab_after == state.model.config.vocab_size
+    unread = [i for i, (status, trained, _, _) in ledger(store).items() if trained == 0]
+    assert unread, "the first cycle read every document: the test needs more of them"
+    rows = vocab_rows(store)
+    assert {t for t, (c, _, _) in rows.items() if c == rep.cycle_id} == \
+        set(rep.run.new_token_ids) == set(range(257, len(tok)))
+    for i in unread:
+        (t,) = tok.encode(f" {word(ids.index(i))}")               # one token ...
+        assert rows[t] == (rep.cycle_id, i, f" {word(ids.index(i))}".encode())   # ... from it
+
+
+def test_cllm_train_on_a_new_data_directory_learns_its_vocabulary_first(env):
+    from agent.continuous_trainer import record_documents
+    from agent.training.learn import Doc
+
+    store, data = env
+    docs = [Doc(f"file:///w/{s}.txt", s, f"{s}: " + TEXTS[s] * 10) for s in TEXTS]
+    tr = ContinuousTrainer(store, data, SETTINGS)
+    rep = tr.run_cycle(record_documents(store, docs), "train", steps=2)
+    assert rep.vocab_before == 257 and rep.vocab_after == 320      # the tiny preset's size
+    assert len(rep.run.vocab_docs) == 3 and len(rep.run.new_token_ids) == 63 > 20
+    assert tr.state.model.config.vocab_size == 320
+
+
+def test_a_resumed_model_keeps_its_vocabulary_and_grows_per_cycle(env, monkeypatch):
+    """A data directory with a checkpoint (as every older one has) resumes as it always
+    did: no vocabulary relearned, a later cycle's tokens come from its new documents."""
+    import agent.training.plan as plan
+    from agent.training.model_state import load_model_state
+
+    store, data = env
+    add_doc(store, "a", "lattice")
+    add_doc(store, "b", "spheres")
+    settings = SETTINGS.replace(preset="small")
+    first = ContinuousTrainer(store, data, settings).run_pending("tokens")
+    saved = load_model_state(first.checkpoint_path)
+
+    def no_sample(*a, **k):
+        raise AssertionError("a trained model's vocabulary is never learned again")
+    monkeypatch.setattr(plan, "vocabulary_sample", no_sample)
+    tr = ContinuousTrainer(store, data, settings)
+    state = tr.load_latest()
+    assert state.tokenizer.sha256 == saved.tokenizer.sha256
+    assert state.model.params.tobytes() == saved.model.params.tobytes()
+    new = add_text(store, "c", "quartz xylophones: " + " quartzxylophone" * 30)
+    rep = tr.run_pending("tokens")
+    assert rep.doc_ids == [new] and rep.run.vocab_docs == []
+    assert rep.vocab_before == first.vocab_after < rep.vocab_after
+    assert tr.state.tokenizer.merges[:len(saved.tokenizer.merges)] == saved.tokenizer.merges
+    rows = vocab_rows(store)
+    assert rep.run.new_token_ids and all(rows[t][:2] == (rep.cycle_id, new)
+                                         for t in rep.run.new_token_ids)
+
+
+def test_a_first_cycle_that_trains_nothing_leaves_the_vocabulary_to_the_next(env):
+    """A first cycle paused before its first step records nothing; the next one learns the
+    vocabulary again and records every token with its own cycle."""
+    store, data = env
+    add_doc(store, "a", "lattice")
+    tr = ContinuousTrainer(store, data, SETTINGS)
+    tr.paused.set()
+    assert tr.run_pending("tokens") is None
+    tr.paused.clear()
+    rep = tr.run_pending("tokens")
+    assert rep.vocab_before == 257 and rep.vocab_after > 257
+    rows = vocab_rows(store)
+    assert {t for t, (c, _, _) in rows.items() if c is None} == set(range(257))
+    assert {t for t, (c, _, _) in rows.items() if c == rep.cycle_id} == \
+        set(range(257, rep.vocab_after))

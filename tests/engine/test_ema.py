@@ -53,14 +53,16 @@ def test_update_allocates_nothing_and_keeps_its_buffer():
     assert ema.shadow is buf and ema.shadow.dtype == np.float32
 
 
-def test_vocabulary_growth_copies_the_models_new_rows():
+@pytest.mark.parametrize("merges", [None, [(5, 7, 320), (320, 9, 321)] +
+                                    [(z - 1, z - 2, z) for z in range(322, 330)]])
+def test_vocabulary_growth_copies_the_models_new_rows(merges):
     m = Model(engine.tiny, seed=0)
     opt = Optimizer(m.layout, TrainConfig(lr=1e-2))
     ema = EMA(m.params, m.layout, decay=0.9)
     train(m, opt, ema, 5)
     before = ema.shadow.copy()
     old_layout = m.layout
-    m.grow_vocab(330)
+    m.grow_vocab(330, merges=merges)
     opt.grow(m.layout)
     ema.grow(m.layout, m.params)
     assert ema.shadow.shape == m.params.shape and ema.layout == m.layout

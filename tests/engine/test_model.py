@@ -154,7 +154,32 @@ def test_generation_is_reproducible_and_respects_sampling_options():
     assert len(m.generate([1], 3 * cfg.context, seed=0)) == 3 * cfg.context
 
 
-def test_grow_vocab_keeps_old_logits_and_training_continues():
+def merges_for(V, added):
+    """(a, b, z) triples making ids V..V+added-1 as a tokenizer does: some from two old
+    tokens, some from tokens just added (in merge order), with a merge onto an old token
+    and a second merge onto a new one mixed in (both make no new id)."""
+    out = []
+    for z in range(V, V + added):
+        k = z - V
+        a = k * 7 % V if k % 3 == 0 else z - 1            # every third from old tokens only
+        b = (k * 13 + 5) % V if k % 2 == 0 else V + k // 2 if k > 1 else 42
+        out.append((a, b, z))
+        if k == 4:
+            out += [(3, 9, 100), (1, 2, V + 1)]           # z already exists: not read
+    return out
+
+
+def merged_rows_reference(old_wte, merges):
+    """The rows a merge-initialised growth appends: a plain loop in float64."""
+    rows = [r.astype(np.float64) for r in old_wte]
+    for a, b, z in merges:
+        if z == len(rows):
+            rows.append((rows[a] + rows[b]) / 2)
+    return np.array(rows[len(old_wte):])
+
+
+@pytest.mark.parametrize("by_merges", [False, True])
+def test_grow_vocab_keeps_old_logits_and_training_continues(by_merges):
     cfg = engine.tiny
     m = Model(cfg, seed=0)
     opt = Optimizer(m.layout, TrainConfig(lr=1e-3))
@@ -162,15 +187,22 @@ def test_grow_vocab_keeps_old_logits_and_training_continues():
     _, g = m.loss_and_grad(x, y)
     opt.step(m.params, g, 1e-3)
     before = m.logits(x)
-    old_wte = m.param("wte").copy()
-    m.grow_vocab(cfg.vocab_size + 17)
+    old = pdict(m, np.float32)
+    merges = merges_for(cfg.vocab_size, 17)
+    m.grow_vocab(cfg.vocab_size + 17, merges=merges if by_merges else None)
     opt.grow(m.layout)
     assert m.config.vocab_size == cfg.vocab_size + 17
     after = m.logits(x)
     # unchanged up to float32 round-off (BLAS blocks a wider matrix differently)
     np.testing.assert_allclose(after[..., :cfg.vocab_size], before, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(m.param("wte")[cfg.vocab_size:],
-                               np.broadcast_to(old_wte.mean(0), (17, cfg.d_model)), atol=1e-7)
+    np.testing.assert_array_equal(m.param("wte")[:cfg.vocab_size], old["wte"])
+    for name in m.param_names()[1:]:
+        np.testing.assert_array_equal(m.param(name), old[name])
+    expect = (merged_rows_reference(old["wte"], merges) if by_merges
+              else np.broadcast_to(old["wte"].mean(0), (17, cfg.d_model)))
+    np.testing.assert_allclose(m.param("wte")[cfg.vocab_size:], expect, atol=1e-7)
+    if by_merges:       # the rows differ from one another (not all at one mean)
+        assert len({r.tobytes() for r in m.param("wte")[cfg.vocab_size:]}) == 17
     assert not opt.m[cfg.vocab_size * cfg.d_model:(cfg.vocab_size + 17) * cfg.d_model].any()
     # new tokens appear in the data: their rows get gradient, loss stays finite
     x2 = x.copy()
@@ -186,6 +218,17 @@ def test_grow_vocab_keeps_old_logits_and_training_continues():
     assert np.isfinite(m.params).all()
     with pytest.raises(ValueError, match="shrink"):
         m.grow_vocab(5)
+
+
+def test_grow_vocab_refuses_merges_that_do_not_make_every_new_row():
+    cfg = engine.tiny
+    m = Model(cfg, seed=0)
+    V = cfg.vocab_size
+    with pytest.raises(ValueError, match=f"no merge makes new token {V + 1}"):
+        m.grow_vocab(V + 2, merges=[(1, 2, V)])
+    with pytest.raises(ValueError, match="not older"):
+        m.grow_vocab(V + 1, merges=[(V, 2, V)])
+    assert m.config.vocab_size == V and m.params.size == m.layout.size   # nothing changed
 
 
 def test_gradient_does_not_depend_on_what_the_buffer_held():

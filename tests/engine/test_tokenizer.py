@@ -325,6 +325,32 @@ def test_min_frequency_and_zero_budget():
         t.learn(["x"], 1, min_frequency=0)
 
 
+def test_a_deadline_ends_learning_with_the_first_merges_of_an_unbounded_run():
+    """max_seconds bounds the merge loop (a new model's whole backlog is learned under one):
+    the clock is read before the first merge and every DEADLINE_EVERY merges, so whatever
+    the machine's speed, a bounded run learns a prefix of the unbounded run's merges."""
+    from engine.bpe_learn import DEADLINE_EVERY
+
+    docs = corpus()
+    full = Tokenizer()
+    full.learn(docs, 600)
+    assert len(full.merges) > DEADLINE_EVERY
+    t = Tokenizer()
+    assert t.learn(docs, 600, max_seconds=0) == [] and len(t) == 257   # past before merge 1
+    for seconds in (1e-4, 1e-3, 1e-2, 0.1):
+        t = Tokenizer()
+        t.learn(docs, 600, max_seconds=seconds)
+        n = len(t.merges)
+        assert t.merges == full.merges[:n]
+        assert n % DEADLINE_EVERY == 0 or n == len(full.merges)
+        assert t.decode(t.encode(docs[0])) == docs[0]                         # and works
+    roomy = Tokenizer()
+    roomy.learn(docs, 600, max_seconds=3600.0)        # a bound never reached changes nothing
+    assert roomy.merges == full.merges
+    with pytest.raises(TokenizerError):
+        Tokenizer().learn(docs, 10, max_seconds=-1.0)
+
+
 def test_first_occurrence():
     t = Tokenizer()
     docs = ["nothing here", "hello hello", "world world world hello"]

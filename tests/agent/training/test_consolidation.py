@@ -10,7 +10,7 @@ from agent.continuous_trainer import CONSOLIDATE, ContinuousTrainer
 from store import controls
 from store.cycles import finish_cycle, start_cycle
 from store.models import CycleDocument, Document
-from tests.agent.test_continuous_trainer import SETTINGS, add_doc, env  # noqa: F401 (fixture)
+from tests.agent.test_continuous_trainer import SETTINGS, add_doc
 
 ON = SETTINGS.replace(keep_learning="on", replay_fraction=0.0)
 
