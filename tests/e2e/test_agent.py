@@ -314,7 +314,9 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
     from agent.cli import main
     from agent.datadir import DataDirLock
 
-    drop(tmp_path / "corpus" / "notes", "a.txt", "the crystal lattice hums a quiet tune. ")
+    # long enough that 2 x 5 steps cannot cover two passes, whatever the vocabulary learned
+    drop(tmp_path / "corpus" / "notes", "a.txt", "the crystal lattice hums a quiet tune. ",
+         reps=300)
     data = tmp_path / "data"
     args = ["train", str(tmp_path / "corpus"), "--data-dir", str(data), "--preset", "tiny",
             "--steps", "5", "--batch-size", "4", "--workers", "1", "--vocab-growth", "10",
