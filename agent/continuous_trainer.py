@@ -51,6 +51,7 @@ from agent.training.model_state import (ModelState, announce_checkpoint, first_l
 from agent.training.plan import CyclePlan, heldout_texts, plan_documents, sample_replay
 from agent.training.progress import CycleProgress
 from agent.training.recovery import prune_checkpoints, recover
+from agent.training.snapshot import snapshot_publisher
 from engine.errors import CllmError
 from store import controls
 from store.checkpoints import set_latest_checkpoint
@@ -121,8 +122,8 @@ class ContinuousTrainer:
         self._tok_cache: dict[int, int] = {}  # pending doc id -> tokens (current tokenizer)
         self._ramp = 0                  # cycles since the backlog was last empty
         self._tok_cache_vocab = -1
-        # called (on the trainer's thread) after each checkpoint's row is committed: an
-        # in-process server reloads on it (agent/daemon.py)
+        # called on the trainer's thread after each committed checkpoint and live snapshot
+        # (agent/training/snapshot.py): an in-process server reloads (agent/daemon.py)
         self.checkpoint_listeners: list[Callable[[], None]] = []
         self.phase: tuple[str, str] = ("starting", "")   # recorded in the store when it changes
         self._nothing_to_consolidate = False
@@ -426,7 +427,9 @@ class ContinuousTrainer:
         planned = max_steps or max(1, int(capacity / max(
             1.0, st.batch_size * state.model.config.context * BYTES_PER_TOKEN_GUESS)))
         tcfg = st.train_config(planned)
-        progress = CycleProgress(self.store, cycle_id, planned, self.progress)
+        publish = snapshot_publisher(self.store, self.data_dir, state, cycle_id,
+                                     st.snapshot_seconds, self.checkpoint_listeners)
+        progress = CycleProgress(self.store, cycle_id, planned, self.progress, publish)
 
         def why_stop() -> Optional[str]:
             if self.stop.is_set():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from agent.datadir import holder_pid
+from agent.training.snapshot import current_snapshot
 from engine.checkpoint import file_sha256
 from store import controls
 from store import lease as store_lease
@@ -120,7 +121,9 @@ def step_rows(session, cycle_id: Optional[int] = None) -> list[dict]:
 def status_view(session, data_dir: Path, database: str) -> dict:
     """What `cllm status --json` prints: the data directory and the store (`database`, as
     Store.describe() names it), the agent (running or not), the current cycle and its
-    progress, the backlog, documents by status, the last checkpoint, the trainer lease."""
+    progress, the backlog, documents by status, the last checkpoint, the running cycle's live
+    snapshot (agent/training/snapshot.py; None unless it is the one readers load), the
+    trainer lease."""
     running = next(iter(list_cycles(session, status=CycleStatus.RUNNING, limit=1)), None)
     current = None
     if running is not None:
@@ -138,6 +141,11 @@ def status_view(session, data_dir: Path, database: str) -> dict:
     last_ckpt = None if ck is None else {"path": ck.path, "sha256": ck.sha256, "step": ck.step,
                                          "cycle_id": ck.cycle_id, "vocab_size": ck.vocab_size,
                                          "created": ck.created}
+    snap = current_snapshot(session, data_dir)     # what generate and serve load instead
+    live = None if snap is None else {"path": str(snap.path), "sha256": snap.sha256,
+                                      "cycle_id": snap.cycle_id, "step": snap.step,
+                                      "cycle_step": snap.cycle_step,
+                                      "base_cycle": snap.base_cycle}
     trainer = store_lease.current(session)
     pid = holder_pid(data_dir)
     if current is not None:
@@ -148,6 +156,7 @@ def status_view(session, data_dir: Path, database: str) -> dict:
             "pending_bytes": queue["bytes"] or 0, "documents": dict(sorted(counts.items())),
             "cycles_completed": count_cycles(session, status=CycleStatus.COMPLETED),
             "last_checkpoint": last_ckpt,
+            "live_snapshot": live,
             "training_paused": controls.paused(session),
             # what the trainer does and why (learning, consolidating, converged, waiting, idle)
             "training_phase": controls.trainer_phase(session),

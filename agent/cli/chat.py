@@ -71,19 +71,20 @@ def _save_history(path: Optional[Path]) -> None:
 @pass_invocation
 @one_line_errors
 def chat(inv: Invocation, data_dir: Path, system, max_tokens, old_max_tokens, temperature,
-         top_k, top_p, seed, stop, cycle, decode_weights) -> None:
+         top_k, top_p, seed, stop, cycle, committed, decode_weights) -> None:
     """Chat with the latest checkpoint (or --checkpoint N's) in the terminal.
 
     Ctrl-C stops a reply, Ctrl-D quits.
 
     Example: cllm chat --data-dir ./cllm-data --temperature 0.7
     """
-    ckpt = load_for_generation(inv, data_dir, cycle, decode_weights)
+    ckpt = load_for_generation(inv, data_dir, cycle, decode_weights, committed)
     max_tokens = deprecated_max_tokens(max_tokens, old_max_tokens, "chat")
     sp = sampling(max_tokens, temperature, top_k, top_p, seed, stop, CHAT_STOPS)
     history = _readline(data_dir)
-    click.echo(f"chatting with cycle {ckpt.cycle} (step {ckpt.step}); Ctrl-C stops a "
-               "reply, Ctrl-D quits", err=True)
+    click.echo(f"chatting with cycle {ckpt.cycle} (step {ckpt.step}"
+               + (", a live snapshot" if ckpt.live is not None else "")
+               + "); Ctrl-C stops a reply, Ctrl-D quits", err=True)
     messages: list[tuple[str, str]] = [("system", system)] if system else []
     try:
         while True:

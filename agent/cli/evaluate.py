@@ -18,8 +18,9 @@ COLUMNS = ["path", "bytes", "tokens", "nats", "bits_per_byte", "bits_per_token",
 
 
 def _checkpoint(inv: Invocation, data_dir: Path, cycle: Optional[int]):
-    """The checkpoint `cllm generate` would use (its float32 parameters: what the trainer
-    evaluates); a store without one is a usage error here, as a missing cycle is."""
+    """The checkpoint `cllm generate --committed` would use (its float32 parameters: what
+    the trainer evaluates; never a live snapshot, so a score names a checkpoint that stays);
+    a store without one is a usage error here, as a missing cycle is."""
     from agent.cli.model import load_for_generation
     from agent.training.model_state import recorded_checkpoints
 
@@ -31,7 +32,7 @@ def _checkpoint(inv: Invocation, data_dir: Path, cycle: Optional[int]):
                               "pass the --data-dir the agent uses")
     finally:
         store.close()
-    return load_for_generation(inv, data_dir, cycle, "float32")
+    return load_for_generation(inv, data_dir, cycle, "float32", committed=True)
 
 
 @click.command("eval", context_settings=CONTEXT_SETTINGS)

@@ -144,7 +144,10 @@ def sampling_options(fn):
         click.option("--stop", multiple=True,
                      help="Stop before this text (repeatable; it is not printed)."),
         click.option("--checkpoint", "cycle", type=int, default=None, metavar="N",
-                     help="Use cycle N's checkpoint (default: the latest)."),
+                     help="Use cycle N's checkpoint (default: the latest, or the running "
+                          "cycle's live snapshot when the agent published one since)."),
+        click.option("--committed", is_flag=True,
+                     help="Use the latest committed checkpoint, never a live snapshot."),
         decode_weights_option,
     ]):
         fn = opt(fn)
@@ -152,12 +155,12 @@ def sampling_options(fn):
 
 
 def load_for_generation(inv: Invocation, data_dir: Path, cycle,
-                        weights: str = DECODE_WEIGHTS):
-    """The checkpoint to generate from, through the store's record
-    (agent/generation/checkpoint.py)."""
+                        weights: str = DECODE_WEIGHTS, committed: bool = False):
+    """The checkpoint to generate from, through the store's record, or the running cycle's
+    live snapshot unless `committed` (agent/generation/checkpoint.py)."""
     store = existing_store(data_dir, inv.database_url)
     try:
-        ckpt = load_serving_checkpoint(store, data_dir, cycle, weights)
+        ckpt = load_serving_checkpoint(store, data_dir, cycle, weights, committed)
     finally:
         store.close()
     if ckpt is None:
@@ -189,8 +192,10 @@ def sampling(max_tokens, temperature, top_k, top_p, seed, stop, extra_stops=()):
 @pass_invocation
 @one_line_errors
 def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temperature, top_k,
-             top_p, seed, stop, cycle, decode_weights, as_json):
-    """Stream a continuation of PROMPT from the latest checkpoint (or --checkpoint N's).
+             top_p, seed, stop, cycle, committed, decode_weights, as_json):
+    """Stream a continuation of PROMPT from the latest checkpoint (or --checkpoint N's), or
+    from the running cycle's live snapshot when the agent published one since (-v says which;
+    --committed never takes it).
 
     Example: echo "def f(" | cllm generate --data-dir ./cllm-data --seed 1
     """
@@ -201,7 +206,7 @@ def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temp
         # piped text: without the final newline(s) `echo` adds
         text = "" if sys.stdin.isatty() else sys.stdin.read().rstrip("\n")
     max_tokens = deprecated_max_tokens(max_tokens, old_max_tokens, "generate")
-    ckpt = load_for_generation(inv, data_dir, cycle, decode_weights)
+    ckpt = load_for_generation(inv, data_dir, cycle, decode_weights, committed)
     ts = TextStream(ckpt, text, sampling(max_tokens, temperature, top_k, top_p, seed, stop))
     if as_json:
         out = ts.run()
@@ -210,8 +215,7 @@ def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temp
             "usage": {"prompt_tokens": ts.prompt_tokens,
                       "completion_tokens": ts.completion_tokens,
                       "total_tokens": ts.prompt_tokens + ts.completion_tokens},
-            "cycle": ckpt.cycle, "step": ckpt.step, "checkpoint_path": str(ckpt.ref.path),
-            "checkpoint_sha256": ckpt.ref.sha256, "seed": seed})
+            **ckpt.describe(), "seed": seed})
         return
     click.echo(text, nl=False)
     try:

@@ -108,6 +108,8 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
       cycles          how many completed
       trainer         the process holding the store's trainer lease, when not this agent
       last checkpoint its file, cycle, step, vocabulary and SHA-256
+      live snapshot   the running cycle's served weights, when generate and serve load
+                      them instead of the last checkpoint
 
     --json prints the same as one object.
 
@@ -169,6 +171,10 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
                    f"{last_ckpt['sha256'][:16]}...)")
     else:
         click.echo("last checkpoint: none")
+    live = out["live_snapshot"]
+    if live:
+        click.echo(f"live snapshot: cycle {live['cycle_id']}, step {live['step']} "
+                   f"({live['cycle_step']} steps into the cycle; generate and serve load it)")
 
 
 def _duration(seconds: float) -> str:

@@ -40,19 +40,23 @@ def serve_options(fn):
                      default=Limits.queue_timeout, show_default=True,
                      help="Seconds a request waits for a slot."),
         decode_weights_option,
+        click.option("--committed", is_flag=True,
+                     help="Serve committed checkpoints only, never the running cycle's live "
+                          "snapshot."),
     ]):
         fn = opt(fn)
     return fn
 
 
 SERVE_OPTIONS = ("host", "port", "token", "cors", "allowed_host", "max_tokens", "concurrency",
-                 "queue_timeout", "decode_weights")
+                 "queue_timeout", "decode_weights", "committed")
 
 
 def serve_config(host, port, token, cors, allowed_host, max_tokens, concurrency, queue_timeout,
-                 decode_weights=ServeConfig.decode_weights, cycle: Optional[int] = None):
+                 decode_weights=ServeConfig.decode_weights, committed: bool = False,
+                 cycle: Optional[int] = None):
     return ServeConfig(host=host, port=port, token=token, cors=tuple(cors),
-                       allowed_hosts=tuple(allowed_host), cycle=cycle,
+                       allowed_hosts=tuple(allowed_host), cycle=cycle, committed=committed,
                        decode_weights=decode_weights,
                        limits=Limits(max_tokens=max_tokens,
                                      default_max_tokens=min(Limits.default_max_tokens,
@@ -65,12 +69,14 @@ def serve_config(host, port, token, cors, allowed_host, max_tokens, concurrency,
 @serve_options
 @click.option("--checkpoint", "cycle", type=int, default=None, metavar="N",
               help="Serve cycle N's checkpoint (default: the latest, reloaded as new ones "
-                   "are committed).")
+                   "are committed, or the running cycle's live snapshot, reloaded as the "
+                   "agent publishes them).")
 @pass_invocation
 @one_line_errors
 def serve(inv: Invocation, data_dir: Path, cycle: Optional[int], **opts) -> None:
     """Serve the latest checkpoint over HTTP (OpenAI-compatible /v1/completions and
-    /v1/chat/completions, /v1/models, /health), reloading it after each committed cycle.
+    /v1/chat/completions, /v1/models, /health), reloading it after each committed cycle and
+    each live snapshot of the running one (--committed: committed checkpoints only).
 
     Example: cllm serve --data-dir ./cllm-data --port 8765
     """

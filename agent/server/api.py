@@ -21,9 +21,12 @@ from agent.server.validation import CompletionRequest, parse_completion, read_js
 
 
 def model_id(service, ckpt: Optional[ServingCheckpoint]) -> str:
-    """What /v1/models lists: the data directory and the served cycle."""
+    """What /v1/models lists: the data directory and the served cycle (`-live` for the
+    running cycle's live snapshot)."""
     name = service.data_dir.resolve().name
-    return f"cllm-{name}" + (f"-cycle-{ckpt.cycle}" if ckpt is not None else "")
+    if ckpt is None:
+        return f"cllm-{name}"
+    return f"cllm-{name}-cycle-{ckpt.cycle}" + ("-live" if ckpt.live is not None else "")
 
 
 async def health(request: Request) -> Response:
@@ -33,7 +36,8 @@ async def health(request: Request) -> Response:
         return JSONResponse({"status": "loading", "error": service.holder.error}, 503,
                             {"Retry-After": "5"})
     return JSONResponse({"status": "ok", "model": model_id(service, ckpt), "cycle": ckpt.cycle,
-                         "step": ckpt.step, "checkpoint_sha256": ckpt.ref.sha256})
+                         "step": ckpt.step, "checkpoint_sha256": ckpt.sha256,
+                         "live": ckpt.live is not None})
 
 
 async def models(request: Request) -> Response:
@@ -43,10 +47,8 @@ async def models(request: Request) -> Response:
     if ckpt is not None:
         data.append({"id": model_id(service, ckpt), "object": "model",
                      "created": int(service.loaded_at), "owned_by": "cllm",
-                     "cycle": ckpt.cycle, "step": ckpt.step,
                      "vocab_size": len(ckpt.tokenizer),
-                     "context": ckpt.model.config.context,
-                     "checkpoint_path": str(ckpt.ref.path), "checkpoint_sha256": ckpt.ref.sha256})
+                     "context": ckpt.model.config.context, **ckpt.describe()})
     return JSONResponse({"object": "list", "data": data})
 
 

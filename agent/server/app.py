@@ -51,7 +51,7 @@ class Service:
         self.store, self.data_dir, self.config = store, Path(data_dir), config
         self.limits = config.limits
         self.holder = holder or ModelHolder(store, data_dir, config.cycle,
-                                            config.decode_weights)
+                                            config.decode_weights, config.committed)
         self.slots = Slots(config.limits.concurrency)    # the bound on generations at once
         self.metrics = ServerMetrics()
         self.metrics.registry.register(history.StoreCollector(self))
@@ -76,7 +76,7 @@ class Service:
     def checkpoint_of(self, cycle: int):
         """Cycle `cycle`'s checkpoint (the served one, or loaded and kept: the last two)."""
         cur = self.holder.current
-        if cur is not None and cur.cycle == cycle:
+        if cur is not None and cur.live is None and cur.cycle == cycle:
             return cur
         with self._pinned_lock:
             if cycle in self._pinned:

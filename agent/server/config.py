@@ -29,5 +29,6 @@ class ServeConfig:
     cors: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     cycle: Optional[int] = None          # serve this cycle's checkpoint (no reloading)
+    committed: bool = False              # committed checkpoints only, no live snapshots
     limits: Limits = field(default_factory=Limits)
     decode_weights: str = DECODE_WEIGHTS  # the copies decoding reads (engine.decode)

@@ -70,8 +70,8 @@ async def tags(request: Request) -> Response:
         models.append({"name": name, "model": name,
                        "modified_at": dt.datetime.fromtimestamp(
                            service.loaded_at, dt.timezone.utc).isoformat(),
-                       "size": ckpt.ref.path.stat().st_size if ckpt.ref.path.exists() else 0,
-                       "digest": ckpt.ref.sha256,
+                       "size": ckpt.path.stat().st_size if ckpt.path.exists() else 0,
+                       "digest": ckpt.sha256,
                        "details": {"format": "safetensors", "family": "gpt2",
                                    "parameter_size": str(ckpt.model.params.size),
                                    "context_length": cfg.context}})

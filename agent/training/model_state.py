@@ -11,6 +11,12 @@ check the file against the SHA-256 its row holds and fall back to the previous o
 lives in agent/training/learn.py. Once a cycle's checkpoint row is
 committed, `announce_checkpoint` writes `checkpoints/committed.json` for servers beside the
 agent (a file event instead of polling the store).
+
+Between commits the trainer may publish its served weights as `checkpoints/live.safetensors`
+(+ `live.tokenizer.json`, and `live.json` naming its SHA-256): a live snapshot, never a resume
+point, never in the store (agent/training/snapshot.py). Its file names are here, with the
+rule that deletes it: `announce_checkpoint` removes it (the committed checkpoint is at least
+as new), and so does start-up recovery.
 """
 from __future__ import annotations
 
@@ -185,11 +191,41 @@ def save_model_state(state: ModelState, data_dir: Path, cycle: int,
 
 
 COMMIT_MARKER = "committed.json"   # in the checkpoints folder: the last committed checkpoint
+LIVE_CHECKPOINT = "live.safetensors"   # the running cycle's served weights (snapshot.py)
+LIVE_SIDECAR = "live.json"       # written after it: its SHA-256, cycle, step and base
+
+
+def live_path(data_dir: Path) -> Path:
+    return checkpoint_dir(data_dir) / LIVE_CHECKPOINT
+
+
+def live_sidecar_path(data_dir: Path) -> Path:
+    return checkpoint_dir(data_dir) / LIVE_SIDECAR
+
+
+def remove_live_snapshot(data_dir: Path) -> list[Path]:
+    """Delete the live snapshot, its sidecar first (without it no reader takes the files);
+    returns the files that existed."""
+    gone = []
+    live = live_path(data_dir)
+    for f in (live_sidecar_path(data_dir), live, tokenizer_path(live)):
+        try:
+            f.unlink()
+            gone.append(f)
+        except FileNotFoundError:
+            pass
+    return gone
 
 
 def announce_checkpoint(data_dir: Path, path: Path, sha256: str, cycle_id: Optional[int]) -> None:
-    """Write checkpoints/committed.json (atomically) once a checkpoint's row is committed:
-    the file event a server beside the agent waits for (it reads the store, not this file)."""
+    """Once a checkpoint's row is committed: delete the live snapshot of its cycle (the
+    committed checkpoint is at least as new; readers already ignore the snapshot, its base
+    being no longer the latest), then write checkpoints/committed.json (atomically), the file
+    event a server beside the agent waits for (it reads the store, not this file)."""
+    try:
+        remove_live_snapshot(data_dir)
+    except OSError as e:    # readers ignore a snapshot whose base is not the latest anyway
+        log.warning("could not delete the live snapshot: %s", e)
     body = json.dumps({"path": str(path), "sha256": sha256, "cycle_id": cycle_id})
     try:
         atomic_write_bytes(checkpoint_dir(data_dir) / COMMIT_MARKER, body.encode())

@@ -1,7 +1,9 @@
 """A running cycle's live progress: what `cllm status`, the dashboard and the log show while
 it trains. Step metrics go to the store for the first step, then at most every
 METRIC_EVERY_S, and for the last step when the cycle ends; the cycle row carries its steps
-done and planned; a log line at every tenth of the plan (or every 10 s)."""
+done and planned; a log line at every tenth of the plan (or every 10 s). With a
+SnapshotPublisher (agent/training/snapshot.py), the served weights are published between
+steps as a live snapshot for readers, every --snapshot-seconds."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +11,7 @@ import math
 import time
 from typing import Callable, Optional
 
+from agent.training.snapshot import SnapshotPublisher
 from store.cycles import get_cycle, record_step_metrics
 
 log = logging.getLogger("agent.continuous_trainer")   # the cycle's lines, as before the split
@@ -18,9 +21,11 @@ LOG_EVERY_S = 10.0
 
 class CycleProgress:
     def __init__(self, store, cycle_id: int, planned: int,
-                 callback: Optional[Callable[[int, int, int, float], None]] = None) -> None:
+                 callback: Optional[Callable[[int, int, int, float], None]] = None,
+                 snapshots: Optional[SnapshotPublisher] = None) -> None:
         self.store, self.cycle_id, self.planned = store, cycle_id, planned
         self.callback = callback          # (cycle_id, step, planned steps, loss)
+        self.snapshots = snapshots        # live snapshots of the served weights, or None
         self.last: Optional[tuple[int, float, float]] = None   # (step, loss, lr)
         self._recorded = 0                # the last step whose metrics are in the store
         self._recorded_at = self._logged_at = time.perf_counter()
@@ -36,6 +41,8 @@ class CycleProgress:
         if i == 1 or i % max(1, self.planned // 10) == 0 or now - self._logged_at >= LOG_EVERY_S:
             self._logged_at = now
             log.info("cycle %s: step %s, loss %.3f", self.cycle_id, i, loss)
+        if self.snapshots is not None:    # on this (the trainer's) thread, between two steps
+            self.snapshots.step(i, now)
 
     def finish(self) -> None:
         """The cycle ended: its last step's metrics, unless they are recorded already."""

@@ -4,7 +4,8 @@ with the store.
 `recover` runs before the first cycle (under the data-directory lock, so no writer is
 running): cycles left running are marked interrupted, and files no committed cycle owns are
 deleted (a checkpoint whose cycle never committed, a tokenizer file without its checkpoint,
-temp files of killed writes, files retention marked but did not delete yet). `prune_checkpoints`
+temp files of killed writes, files retention marked but did not delete yet, a live
+snapshot the last run left: agent/training/snapshot.py). `prune_checkpoints`
 runs after each commit: the latest K checkpoints plus one per hour stay; the others are
 marked pruned in the store first and then deleted.
 """
@@ -14,7 +15,8 @@ import logging
 from pathlib import Path
 
 from agent.training.model_state import (CKPT_RE, TOKENIZER_RE, checkpoint_dir,
-                                        remove_checkpoint_files, tokenizer_path)
+                                        remove_checkpoint_files, remove_live_snapshot,
+                                        tokenizer_path)
 from engine.atomic import is_temp_file
 from store.checkpoints import list_checkpoints
 from store.cycles import interrupt_running_cycles, list_cycles
@@ -27,7 +29,8 @@ log = logging.getLogger("agent.continuous_trainer")
 def recover(store, data_dir: Path) -> list[Path]:
     """Mark cycles left running as interrupted; delete checkpoint and tokenizer files no
     row names (written by a cycle that never committed), files retention already marked
-    pruned, and temporary files of writes that were killed. Returns the deleted files."""
+    pruned, temporary files of writes that were killed, and a live snapshot the last run
+    left (never a resume point). Returns the deleted files."""
     with store.session() as s:
         for c in list_cycles(s, status=CycleStatus.RUNNING):
             log.warning("cycle %s was interrupted; nothing it trained was counted", c.id)
@@ -39,6 +42,9 @@ def recover(store, data_dir: Path) -> list[Path]:
         pruned = [Path(c.path) for c in rows if c.pruned is not None]
         unfinished = {c.id for c in list_cycles(s) if c.status != CycleStatus.COMPLETED}
     removed = []
+    for f in remove_live_snapshot(data_dir):
+        log.warning("removing %s: a live snapshot the last run left (never a resume point)", f)
+        removed.append(f)
     for p in pruned:            # retention marked them, a crash came before the delete
         for f in remove_checkpoint_files(p):
             log.warning("removing %s: pruned by the retention rule", f)

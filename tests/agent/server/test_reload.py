@@ -1,6 +1,7 @@
 """Which checkpoint a server holds: 503 until the first cycle commits, then each newer
 committed checkpoint is loaded (woken by the file watcher, confirmed by the store); a pinned
-cycle stays; a checkpoint failing its SHA-256 is refused for the previous one."""
+cycle stays; a checkpoint failing its SHA-256 is refused for the previous one; the running
+cycle's live snapshot is served on its file event until the next commit."""
 from __future__ import annotations
 
 import json
@@ -14,9 +15,11 @@ from agent.cli import main
 from agent.generation.checkpoint import load_serving_checkpoint
 from agent.server.app import Server, Service
 from agent.server.config import ServeConfig
-from agent.training.model_state import COMMIT_MARKER
+from agent.training.model_state import COMMIT_MARKER, load_recorded_model_state
+from agent.training.snapshot import SnapshotPublisher
 from engine.errors import CllmError
 from store import open_store
+from store.cycles import start_cycle
 from tests.agent.server.conftest import train_tiny, wait_loaded
 
 
@@ -116,3 +119,55 @@ def test_reload_and_views_on_each_store_backend(store_target, corpus):
     finally:
         server.stop()
         store.close()
+
+
+def test_a_live_snapshot_is_served_on_its_file_event_until_the_next_commit(serve, corpus,
+                                                                            tmp_path):
+    """The trainer's live snapshot (here published by hand for a running cycle) wakes the
+    server like a commit: it serves it (/v1/models, /health and /api/status say so), until
+    the next start recovers it away and the next cycle commits; --committed never takes it."""
+    data = tmp_path / "data"
+    first = train_tiny(corpus, data)
+    server = serve(data)
+    pinned = serve(data, committed=True)
+    holder = server.service.holder
+    loads, loaded = [], threading.Condition()
+
+    def on_load(ckpt):
+        with loaded:
+            loads.append((ckpt.cycle, ckpt.live is not None))
+            loaded.notify_all()
+    assert wait_loaded(server).live is None
+    holder.listeners.append(on_load)              # the loads after the first
+    wait_loaded(pinned)
+    with open_store(data) as store:
+        state, base = load_recorded_model_state(store)
+        with store.session() as s:
+            running = start_cycle(s, trigger="test").id
+        snap = SnapshotPublisher(data, state, running, base, 1.0).publish(5)
+        with loaded:
+            assert loaded.wait_for(lambda: (running, True) in loads, timeout=60), loads
+        assert pinned.service.holder.reload() is False    # --committed: no snapshot
+        assert pinned.service.holder.current.live is None
+    model = httpx.get(server.url + "/v1/models").json()["data"][0]
+    assert model["id"].endswith(f"-cycle-{running}-live") and model["live"] is True
+    assert (model["cycle"], model["step"], model["cycle_step"], model["base_cycle"]) == (
+        running, snap.step, 5, first["cycle_id"])
+    assert model["checkpoint_sha256"] == snap.sha256
+    health = httpx.get(server.url + "/health").json()
+    assert health["live"] is True and health["checkpoint_sha256"] == snap.sha256
+    status = httpx.get(server.url + "/api/status").json()
+    assert status["live_snapshot"]["sha256"] == snap.sha256
+    assert status["last_checkpoint"]["sha256"] == first["checkpoint_sha256"]
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "every", "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["model"].endswith("-live")
+    second = train_tiny(corpus, data)     # recovery deletes the snapshot, the cycle commits
+    with loaded:
+        assert loaded.wait_for(lambda: (second["cycle_id"], False) in loads, timeout=60), loads
+    assert httpx.get(server.url + "/health").json()["live"] is False
+    assert httpx.get(server.url + "/api/status").json()["live_snapshot"] is None
+    # (the committed one again in between if the server woke after the recovery, before
+    # the commit: its snapshot was gone and its cycle interrupted)
+    assert loads[0] == (running, True)
+    assert set(loads[1:-1]) <= {(first["cycle_id"], False)}
+    assert loads[-1] == (second["cycle_id"], False)
