@@ -32,8 +32,7 @@ TEXTS = {
 }
 
 
-def add_doc(store, name, source, reps=10):
-    text = f"{name}: " + TEXTS[source] * reps
+def add_text(store, name, text, source="notes"):
     with store.session() as s:
         d = Document(uri=f"file:///w/{source}/{name}.txt", source=source, text=text,
                      sha256=hashlib.sha256(text.encode()).hexdigest(), size_bytes=len(text),
@@ -41,6 +40,10 @@ def add_doc(store, name, source, reps=10):
         s.add(d)
         s.flush()
         return d.id
+
+
+def add_doc(store, name, source, reps=10):
+    return add_text(store, name, f"{name}: " + TEXTS[source] * reps, source)
 
 
 def test_a_cycle_is_recorded_with_its_checkpoint_vocab_delta_and_documents(env):
@@ -514,16 +517,6 @@ def test_the_last_step_metrics_are_recorded_once(env, caplog):
 
 
 # --- vocabulary first: a new model learns its vocabulary from its whole backlog ---------------
-
-def add_text(store, name, text, source="notes"):
-    with store.session() as s:
-        d = Document(uri=f"file:///w/{source}/{name}.txt", source=source, text=text,
-                     sha256=hashlib.sha256(text.encode()).hexdigest(), size_bytes=len(text),
-                     status="pending")
-        s.add(d)
-        s.flush()
-        return d.id
-
 
 def word(j):
     """A word of letters of its own for document j."""

@@ -9,7 +9,6 @@ import json
 import logging
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
@@ -19,16 +18,8 @@ from agent.training.model_state import live_path, live_sidecar_path, recorded_ch
 from agent.training.snapshot import read_sidecar
 from store.cycles import finish_cycle
 from store.models import CycleStatus
-from tests.agent.training.test_snapshot import LIVE, add_doc, given, live_files, publish
-
-
-@pytest.fixture
-def env(store_target):
-    """(store, data directory, database URL or None) on each backend."""
-    store = store_target.open()
-    store_target.data_dir.mkdir(parents=True, exist_ok=True)
-    yield store, store_target.data_dir, store_target.url
-    store.close()
+from tests.agent.training.test_snapshot import (LIVE, add_doc, env,  # noqa: F401 (env: fixture)
+                                                given, live_files, publish)
 
 
 def generate_json(data, url, *flags):

@@ -6,7 +6,6 @@ the first publishes. The readers' side: tests/agent/generation/test_live_snapsho
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from store import open_store
 from store.cycles import start_cycle
 from store.models import (Checkpoint, Cycle, CycleDocument, CycleStatus, Document, EvalResult,
                           VocabEntry)
+from tests.agent.test_continuous_trainer import add_text
 
 LIVE = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=200, max_wait=3600,
                        batch_size=4, max_new_tokens=20, replay_fraction=0.3, cycle_seconds=120,
@@ -31,14 +31,7 @@ TEXTS = {"lattice": "the crystal lattice hums a quiet tune over the prime spiral
 
 
 def add_doc(store, source: str, reps: int = 20) -> int:
-    text = f"{source}: " + TEXTS[source] * reps
-    with store.session() as s:
-        d = Document(uri=f"file:///w/{source}.txt", source=source, text=text,
-                     sha256=hashlib.sha256(text.encode()).hexdigest(), size_bytes=len(text),
-                     status="pending")
-        s.add(d)
-        s.flush()
-        return d.id
+    return add_text(store, source, f"{source}: " + TEXTS[source] * reps, source)
 
 
 def given(store, *ids):
