@@ -17,14 +17,7 @@ TRAINER_PHASE = "trainer_phase"
 def set_paused(session: Session, paused: bool, by: Optional[str] = None) -> None:
     """Pause (or resume) training: the trainer ends its cycle at the next step boundary,
     committing what it trained, and starts none until resumed."""
-    row = session.get(Control, PAUSED)
-    value = {"paused": bool(paused), "by": by}
-    if row is None:
-        session.add(Control(name=PAUSED, value=value))
-    else:
-        row.value = value
-        row.updated = utcnow()
-    session.flush()
+    _put(session, PAUSED, {"paused": bool(paused), "by": by})
 
 
 def paused(session: Session) -> bool:
@@ -34,14 +27,7 @@ def paused(session: Session) -> bool:
 
 def set_trainer_phase(session: Session, phase: str, reason: str) -> None:
     """Record what the trainer is doing now and why (written when it changes)."""
-    row = session.get(Control, TRAINER_PHASE)
-    value = {"phase": phase, "reason": reason}
-    if row is None:
-        session.add(Control(name=TRAINER_PHASE, value=value))
-    else:
-        row.value = value
-        row.updated = utcnow()
-    session.flush()
+    _put(session, TRAINER_PHASE, {"phase": phase, "reason": reason})
 
 
 def trainer_phase(session: Session) -> Optional[dict]:
@@ -50,3 +36,14 @@ def trainer_phase(session: Session) -> Optional[dict]:
     if row is None:
         return None
     return {**row.value, "since": row.updated}
+
+
+def _put(session: Session, name: str, value: dict) -> None:
+    """Write one control's value (a new row, or the row's value and time replaced)."""
+    row = session.get(Control, name)
+    if row is None:
+        session.add(Control(name=name, value=value))
+    else:
+        row.value = value
+        row.updated = utcnow()
+    session.flush()
