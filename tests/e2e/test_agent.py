@@ -69,7 +69,7 @@ class AgentProc:
             if rx.search(line):
                 return line
 
-    def stop(self, sig=signal.SIGTERM, timeout=30):
+    def stop(self, sig=signal.SIGTERM, timeout=90):   # generous: 4 test processes share 2 cores
         self.p.send_signal(sig)
         rc = self.p.wait(timeout=timeout)
         self._reader.join(timeout=10)
