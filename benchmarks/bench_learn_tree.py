@@ -181,7 +181,8 @@ def run_twin(recipe: str, args, seconds: float, marks: list[float], snap_dir: Pa
     summary, each mark naming the weights file copied for it."""
     out = snap_dir / "run.json"
     cmd = [sys.executable, str(Path(__file__).with_name("torch_twin.py")),
-           "--src", str(args.src), "--heldout-bytes", str(args.heldout_bytes)]
+           "--src", str(args.src), "--glob", args.glob,
+           "--heldout-bytes", str(args.heldout_bytes)]
     if args.max_files:
         cmd += ["--max-files", str(args.max_files)]
     cmd += ["train", "--recipe", recipe, "--seconds", str(seconds),
@@ -241,8 +242,13 @@ def _fmt(r: Optional[dict]) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", type=Path, default=DEFAULT_ROOT)
+    ap.add_argument("--glob", default="*.py",
+                    help="which files of the tree (e.g. '*.txt' for agent/sample_corpus)")
     ap.add_argument("--max-files", type=int, default=None,
                     help="only the first N files of the tree (smoke runs)")
+    ap.add_argument("--sample-prompt", default=None,
+                    help="also print what each peer's scored weights write after this prompt "
+                         "(60 tokens, cllm generate's sampling, seed 1)")
     ap.add_argument("--minutes", type=float, default=10.0, help="each peer's wall time")
     ap.add_argument("--marks", default="1,2,5,10", help="minutes")
     ap.add_argument("--peers", default=",".join(PEERS), help="which of agent,nanogpt,ours")
@@ -280,7 +286,7 @@ def main(argv=None) -> None:
     if [k for k in os.environ if k.startswith("CLLM_")]:
         log.warning("CLLM_* variables are set: the agent reads them, our recipe twin does not")
     cpu = describe()
-    split = split_files(args.src, args.max_files)
+    split = split_files(args.src, args.max_files, args.glob)
     size = sum(p.stat().st_size for p in split.train)
     print(cpu.line())
     print(f"{len(split.train)} training files ({size / 1e6:.1f} MB), {len(split.heldout)} held "
@@ -336,6 +342,13 @@ def main(argv=None) -> None:
             got = score(r["path"])
             r.update(weights_at_s=r.pop("at_s"), bpb=got and got["bpb"],
                      weights=got and got["weights"])
+    if args.sample_prompt is not None:
+        from torch_twin import sample_checkpoint
+        for p in results:
+            for r in results[p]["marks"]:
+                if r.get("path"):
+                    r["sample"] = sample_checkpoint(Path(r["path"]), args.sample_prompt,
+                                                    tokenizers=tokenizers)
 
     print(f"\n{cpu.line()}\n")
     names = [PEERS[p] for p in PEERS if p in results]
@@ -347,6 +360,12 @@ def main(argv=None) -> None:
     print("\ntokens/s over the race (in training): " + "; ".join(
         f"{PEERS[p]} {results[p]['tokens_per_s']:,.0f} ({results[p]['train_tokens_per_s']:,.0f})"
         for p in PEERS if p in results))
+    if args.sample_prompt is not None:
+        for p in results:
+            for r in results[p]["marks"]:
+                if "sample" in r:
+                    print(f"\n{PEERS[p]} at {r['mark_s'] / 60:g} min: "
+                          f"{args.sample_prompt + r['sample']!r}")
     if "agent" in results:
         print(f"ledger after the run: {json.dumps(results['agent']['ledger'])}")
 
@@ -357,7 +376,8 @@ def main(argv=None) -> None:
         "command": shlex.join([sys.executable, *sys.argv]), "git": git_state(),
         "cpu": cpu.line(), "cpu_model": cpu.model, "cores": cpu.cores,
         "torch": torch_version(),
-        "setup": {"src": str(args.src), "max_files": args.max_files, "minutes": args.minutes,
+        "setup": {"src": str(args.src), "glob": args.glob,
+                  "sample_prompt": args.sample_prompt, "max_files": args.max_files, "minutes": args.minutes,
                   "marks_s": marks, "workers": args.workers, "passes": passes,
                   "train_files": len(split.train), "train_bytes": size,
                   "heldout_files": len(split.heldout), "heldout_bytes": args.heldout_bytes,

@@ -43,14 +43,16 @@ class Split:
     heldout: list[Path]
 
 
-def split_files(root: Path = DEFAULT_ROOT, max_files: Optional[int] = None) -> Split:
-    """The sorted .py files under root (exclusions above; the first `max_files` when given);
-    every tenth is held out."""
+def split_files(root: Path = DEFAULT_ROOT, max_files: Optional[int] = None,
+                glob: str = "*.py") -> Split:
+    """The sorted files matching `glob` under root (exclusions above; the first `max_files`
+    when given); every tenth is held out."""
     root = Path(root)
-    files = sorted(p for p in root.rglob("*.py")
+    files = sorted(p for p in root.rglob(glob)
                    if p.is_file() and not EXCLUDED_DIRS.intersection(p.relative_to(root).parts))
     if not files:
-        raise SystemExit(f"no .py files under {root}; pass --src pointing at a CPython tree")
+        raise SystemExit(f"no {glob} files under {root}; pass --src pointing at a CPython "
+                         f"tree (or --glob)")
     if max_files is not None:
         if max_files < HELD_OUT_EVERY:
             raise SystemExit(f"--max-files {max_files} holds nothing out: use at least "

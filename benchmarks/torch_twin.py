@@ -327,27 +327,48 @@ def tokenizer_file(ckpt: Path) -> Path:
     return tokenizer_beside(Path(ckpt))
 
 
+def _tokenizer_for(ckpt: Path, ck, tokenizers: Sequence[Path]) -> Tokenizer:
+    for cand in [tokenizer_file(ckpt), *tokenizers]:
+        try:
+            return Tokenizer.load(cand, expected_sha256=ck.tokenizer_sha256)
+        except CllmError:
+            continue
+    raise SystemExit(f"no tokenizer with SHA-256 {ck.tokenizer_sha256} for {ckpt}")
+
+
 def eval_checkpoint(ckpt: Path, heldout_files: Sequence[Path], max_bytes: Optional[int] = 8192,
                     use_ema: bool = True, tokenizers: Sequence[Path] = ()) -> dict:
     """Held-out bits per byte of one of our checkpoints, with its own tokenizer: the file
     beside it, else the first of `tokenizers` whose SHA-256 the checkpoint names."""
     ckpt = Path(ckpt)
     ck = load_checkpoint(ckpt)
-    tok = None
-    for cand in [tokenizer_file(ckpt), *tokenizers]:
-        try:
-            tok = Tokenizer.load(cand, expected_sha256=ck.tokenizer_sha256)
-            break
-        except CllmError:
-            continue
-    if tok is None:
-        raise SystemExit(f"no tokenizer with SHA-256 {ck.tokenizer_sha256} for {ckpt}")
+    tok = _tokenizer_for(ckpt, ck, tokenizers)
     model = ck.serving_model() if use_ema else ck.model
     held = heldout_windows(tok, heldout_files, model.config.context, max_bytes)
     return {"path": str(ckpt), "cycle": ck.cycle, "step": ck.step,
             "mtime": ckpt.stat().st_mtime, "vocab": model.config.vocab_size,
             "weights": "ema" if (use_ema and ck.ema is not None) else "raw",
             "bpb": bits_per_byte(model.loss, held)}
+
+
+def sample_checkpoint(ckpt: Path, prompt: str, max_tokens: int = 60, seed: int = 1,
+                      tokenizers: Sequence[Path] = ()) -> str:
+    """A continuation of `prompt` by one of our checkpoints' serving weights, drawn as
+    `cllm generate` draws by default (agent/generation/stream.py's Sampling), float32 decode."""
+    from engine.generate import KVDecoder, sample_next
+    ck = load_checkpoint(Path(ckpt))
+    tok = _tokenizer_for(Path(ckpt), ck, tokenizers)
+    model = ck.serving_model()
+    ids = [tok.eod_id, *tok.encode(prompt)][-model.config.context:]
+    dec, rng, out = KVDecoder(model, weights="float32"), np.random.default_rng(seed), []
+    logits = dec.prefill(ids)
+    for _ in range(max_tokens):
+        t = sample_next(logits, rng, temperature=0.8, top_k=40)
+        if t == tok.eod_id or dec.n >= model.config.context:
+            break
+        out.append(t)
+        logits = dec.step(t)
+    return tok.decode(out)
 
 
 def checkpoints_in(paths: Sequence[Path]) -> list[Path]:
@@ -369,6 +390,7 @@ def _marks(text: str, scale: float) -> list[float]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--src", type=Path, default=DEFAULT_ROOT, help="CPython source tree")
+    ap.add_argument("--glob", default="*.py", help="which files of the tree")
     ap.add_argument("--max-files", type=int, default=None,
                     help="only the first N files of the tree (smoke runs)")
     ap.add_argument("--heldout-bytes", type=int, default=8192,
@@ -403,7 +425,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log.setLevel(logging.INFO)
-    split: Split = split_files(args.src, args.max_files)
+    split: Split = split_files(args.src, args.max_files, args.glob)
 
     if args.cmd == "split":
         for p in split.train:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_learn_tree import agent_snapshots  # noqa: E402
 from compress_floor import compressor_floor  # noqa: E402
 from race_snapshots import CheckpointWatcher, RaceClock, Snapshot, weights_at  # noqa: E402
-from stdlib_data import DEFAULT_ROOT  # noqa: E402
+from stdlib_data import DEFAULT_ROOT, split_files  # noqa: E402
 
 
 def _write(path: Path, data: bytes, mtime: float) -> None:
@@ -117,6 +117,18 @@ def test_compressor_floor_is_the_marginal_xz_size_and_is_cached(tmp_path):
     assert again["cached"] and again["bpb"] == cheap["bpb"]
 
 
+def test_split_holds_out_every_tenth_file_of_the_glob(tmp_path):
+    for i in range(25):
+        (tmp_path / "d").mkdir(exist_ok=True)
+        (tmp_path / "d" / f"doc{i:02d}.txt").write_text(f"text {i}\n")
+        (tmp_path / f"mod{i:02d}.py").write_text(f"x = {i}\n")
+    split = split_files(tmp_path, glob="*.txt")
+    names = [p.name for p in split.heldout]
+    assert names == ["doc09.txt", "doc19.txt"] and len(split.train) == 23
+    assert all(p.suffix == ".txt" for p in split.train)
+    assert len(split_files(tmp_path).heldout) == 2       # *.py by default
+
+
 @pytest.mark.slow
 def test_smoke_race_scores_all_three_peers_at_every_mark(tmp_path):
     pytest.importorskip("torch")
@@ -126,7 +138,7 @@ def test_smoke_race_scores_all_three_peers_at_every_mark(tmp_path):
 
     out = tmp_path / "learn_tree.json"
     main(["--minutes", "0.4", "--marks", "0.2,0.4", "--max-files", "30",
-          "--work", str(tmp_path / "work"), "--out", str(out)])
+          "--work", str(tmp_path / "work"), "--out", str(out), "--sample-prompt", "def "])
     res = json.loads(out.read_text())
     assert set(res["peers"]) == {"agent", "nanogpt", "ours"}
     assert res["git"]["commit"] and res["torch"] and res["cpu"]
@@ -137,5 +149,6 @@ def test_smoke_race_scores_all_three_peers_at_every_mark(tmp_path):
         last = peer["marks"][-1]
         assert last["bpb"] is not None and 0 < last["bpb"] < 16, name
         assert last["weights_at_s"] <= 24.0 or name != "agent"
+        assert isinstance(last["sample"], str) and last["sample"], name   # its weights wrote
     assert res["peers"]["ours"]["marks"][-1]["weights"] == "ema"
     assert res["peers"]["nanogpt"]["marks"][-1]["weights"] == "raw"
