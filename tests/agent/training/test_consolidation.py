@@ -4,12 +4,17 @@ until the held-out loss stops improving by the stated rule; new text pre-empts t
 learned first; --keep-learning off stops at the passes as before. In-process, tiny preset."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 from sqlalchemy import select
 
-from agent.continuous_trainer import CONSOLIDATE, ContinuousTrainer
+from agent.continuous_trainer import CONSOLIDATE, RESTORE, ContinuousTrainer
+from agent.training.model_state import load_model_state
 from store import controls
-from store.cycles import finish_cycle, start_cycle
-from store.models import CycleDocument, Document
+from store.checkpoints import latest_checkpoint
+from store.cycles import finish_cycle, list_cycles, start_cycle
+from store.models import Cycle, CycleDocument, Document
 from tests.agent.test_continuous_trainer import SETTINGS, add_doc
 
 ON = SETTINGS.replace(keep_learning="on", replay_fraction=0.0)
@@ -118,3 +123,59 @@ def test_the_rule_compares_the_last_cycles_with_the_best_before_them(env):
     assert done and "best 2.7000, then 2.6750" in why
     record(store, "backlog", 2.6)               # new text learned: the rule starts again
     assert tr.consolidation()[0] is False
+
+
+def set_val_loss(store, losses: dict[int, float]) -> None:
+    with store.session() as s:
+        for cycle_id, v in losses.items():
+            s.get(Cycle, cycle_id).val_loss = v
+
+
+def test_converged_past_its_best_it_serves_and_learns_on_from_the_best_weights(env):
+    store, data = env
+    add_doc(store, "a", "lattice", reps=14)
+    add_doc(store, "b", "spheres", reps=14)
+    tr = ContinuousTrainer(store, data, ON.replace(patience=2, min_improvement=0.01))
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+    runs = [tr.run_pending(CONSOLIDATE) for _ in range(3)]
+    best = runs[0]
+    # held-out loss as on a corpus the model overfits: best after the first consolidation
+    set_val_loss(store, {best.cycle_id: 2.0, runs[1].cycle_id: 2.1, runs[2].cycle_id: 2.2})
+    assert tr.consolidation()[0] is True
+    assert tr.due() == (RESTORE, 0.0) and "returning to its best weights" in tr.phase[1]
+    assert tr.run_pending(RESTORE) is None
+    with store.session(read_only=True) as s:
+        newest = list_cycles(s, limit=1)[0]
+        latest = latest_checkpoint(s)
+        n_docs = {d.id: d.trained_bytes for d in s.scalars(select(Document))}
+    assert newest.trigger == RESTORE and newest.status == "completed" and newest.steps == 0
+    assert newest.schedule["restored_cycle"] == best.cycle_id and newest.val_loss == 2.0
+    assert latest.cycle_id == newest.id
+    restored = load_model_state(Path(latest.path), expected_sha256=latest.sha256)
+    then = load_model_state(best.checkpoint_path)
+    assert restored.step == then.step
+    assert np.array_equal(restored.model.params, then.model.params)
+    assert np.array_equal(restored.ema.shadow, then.ema.shadow)
+    assert np.array_equal(tr.state.model.params, then.model.params)   # in memory
+    # converged: nothing more to do, and it says which weights it serves
+    assert tr.due() == (None, None) and tr.phase[0] == "converged"
+    assert f"serving the weights of cycle {best.cycle_id}" in tr.phase[1]
+    assert {i: v[1] for i, v in ledger(store).items()} == n_docs       # untouched
+    # new text learns on from the restored weights
+    new = add_doc(store, "c", "clock", reps=12)
+    rep = tr.run_pending(tr.due()[0])
+    assert rep.doc_ids == [new] and tr.state.step == then.step + rep.run.steps
+
+
+def test_no_return_when_the_latest_is_best_or_the_best_is_gone(env):
+    store, data = env
+    add_doc(store, "a", "lattice", reps=14)
+    tr = ContinuousTrainer(store, data, ON.replace(patience=2, min_improvement=0.01,
+                                                   keep_checkpoints=1))
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+    runs = [tr.run_pending(CONSOLIDATE) for _ in range(3)]
+    set_val_loss(store, {runs[0].cycle_id: 2.2, runs[1].cycle_id: 2.1, runs[2].cycle_id: 2.0})
+    assert tr.best_consolidated() is None                    # the latest is the best
+    set_val_loss(store, {runs[0].cycle_id: 2.0, runs[2].cycle_id: 2.2})
+    assert tr.best_consolidated() is None                    # the best's file was pruned
+    assert tr.due() == (None, None) and tr.phase[0] == "converged"
