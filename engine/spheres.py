@@ -32,7 +32,6 @@ clip, apply or skip), and waits for the segment-wise optimizer update (Point E).
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import traceback
@@ -44,6 +43,7 @@ from threadpoolctl import threadpool_limits
 
 from engine import kernels as K
 from engine.config import TrainConfig
+from engine.cpu import default_workers
 from engine.errors import CllmError
 from engine.mpi import RankGroup, SegmentCombiner
 from engine.optim import Optimizer, clip_scale, lr_at
@@ -104,10 +104,6 @@ def build_hierarchy(n: int) -> list[Sphere]:
                 spheres[parent].children.append(i)
         prev_start, start, size, level = start, start + size, size * SYMMETRY, level + 1
     return spheres
-
-
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 class ThreadedTrainingSystem:

@@ -19,7 +19,7 @@ from agent.training.backlog import (BacklogReader, Batcher, ReplayReader, ledger
                                     token_byte_lengths)
 from agent.training.model_state import ModelState, build_at_vocabulary, is_untrained
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
-from engine.spheres import default_workers
+from engine.cpu import default_workers
 from engine.data import evaluate, pack
 from engine.distributed import Leader
 from engine.ema import EMA
