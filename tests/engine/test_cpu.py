@@ -87,14 +87,19 @@ def test_without_cgroup_v2_there_is_no_quota(tmp_path, line):
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
 def test_an_affinity_mask_sets_the_usable_cpus_not_the_machines_count():
-    """In a child process pinned to one CPU: one usable CPU, one worker (not cores - 1)."""
+    """In a child process pinned to one CPU: one usable CPU, one worker (not cores - 1),
+    and a --cpu-share of it is a duty cycle of one worker."""
     code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
             "from engine.cpu import usable_cpus, default_workers; "
-            "print(usable_cpus(), default_workers(), os.cpu_count())")
+            "from agent.limits import share_plan; "
+            "print(usable_cpus(), default_workers(), *share_plan(None, 0.25), "
+            "*share_plan(None, None), os.cpu_count())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
-    usable, workers, cores = out.stdout.split()
+    usable, workers, share_n, share_duty, plain_n, plain_duty, cores = out.stdout.split()
     assert (float(usable), int(workers)) == (1.0, 1)
+    assert (int(share_n), float(share_duty)) == (1, 0.25)
+    assert (int(plain_n), float(plain_duty)) == (1, 1.0)
     if int(cores) > 2:                                    # where the machine's count differs
         assert int(workers) != max(1, int(cores) - 1)
 
