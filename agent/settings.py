@@ -316,6 +316,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("system_root", "/", str,
             "The folder /proc and /sys are read under for the power supply, load and cgroup "
             "(tests point it at fixture files).", into=AGENT),
+    Setting("log_file", None, str,
+            "Also log to this file, rotated by size (for an agent run outside a service "
+            "manager's journal).", shown="no file", commands=AGENT, into=AGENT, metavar="PATH"),
+    Setting("log_file_bytes", 10_000_000, int, "A log file is rotated past this size.",
+            check=at_least(1024), hint="e.g. --log-file-bytes 10000000", commands=AGENT,
+            into=AGENT),
+    Setting("log_file_count", 5, int, "Rotated log files kept (PATH.1 ... PATH.N).",
+            check=at_least(1), hint="e.g. --log-file-count 5", commands=AGENT, into=AGENT),
     # --- several agents on one store
     Setting("role", "all", str,
             "What this agent does: 'ingest' watches and crawls into the store, 'train' learns "

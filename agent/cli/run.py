@@ -13,6 +13,7 @@ import click
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
                               echo_json, existing_store, json_option, one_line_errors,
                               pass_invocation, warn_if_preset_ignored)
+from agent.cli.logs import log_file
 from agent.cli.serve import SERVE_OPTIONS, serve_config, serve_options
 from agent.reports import status_view
 from agent.server import require_serve_extra
@@ -45,7 +46,7 @@ def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
 
     Training runs at a low CPU and I/O priority (--priority), on the CPUs the process may
     use (--cpu-share of them), and pauses on battery (--pause-on-battery) or under load
-    (--pause-above-load).
+    (--pause-above-load). To run it as a service: `cllm service install`.
 
     Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small --serve
     """
@@ -72,7 +73,8 @@ def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
                 database_url=inv.database_url)
     stop = threading.Event()
     a = Agent(cfg, stop=stop, serve=serve_cfg)
-    with stop_on_signals(stop, sigterm=True, announce=True):
+    with log_file(cfg.log_file, cfg.log_file_bytes, cfg.log_file_count), \
+            stop_on_signals(stop, sigterm=True, announce=True):
         a.run()
     click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)
 
