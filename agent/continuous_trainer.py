@@ -27,7 +27,11 @@ store.
 
 `TrainerLoop` (at the end) is the agent's trainer thread: cycles back to back while a
 backlog remains, and a wait on the agent's wake event (no CPU) when none does; a cycle that
-fails on the store is retried after LOOP_RETRY_S, a lost lease ends it. Where training starts
+fails on the store is retried after LOOP_RETRY_S, a lost lease ends it. It lowers its own
+thread to the settings' priority (engine/priority.py: Node Zero, tokenizer learning and
+evaluation run there; the workers lower theirs), and while training is paused (by a user, the
+battery or the load: agent/limits.py's Pauses) it records the phase "paused" with the
+reasons and waits. Where training starts
 (the data-directory lock, the store, the trainer lease: `open_training`) is the daemon's
 wiring (agent/daemon.py), shared with `cllm train`. This module does not watch folders, crawl
 or handle signals. Sessions stay inside one call; the trainer belongs to one thread.
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 
+from agent.limits import Pauses, share_plan
 from agent.settings import TrainerSettings
 from agent.training.commit import commit_cycle
 from agent.training.learn import Doc, LearnResult, learn
@@ -54,6 +59,7 @@ from agent.training.progress import CycleProgress
 from agent.training.recovery import prune_checkpoints, recover
 from agent.training.snapshot import snapshot_publisher
 from engine.errors import CllmError
+from engine.priority import lower_this_thread
 from store import controls
 from store.checkpoints import record_checkpoint, set_latest_checkpoint
 from store.cycles import finish_cycle, list_cycles, roll_back_cycles_after, start_cycle
@@ -116,6 +122,8 @@ class ContinuousTrainer:
         self.stop = stop or threading.Event()
         self.arrivals = threading.Event()
         self.paused = threading.Event()    # set by the agent: end the cycle at a step boundary
+        # set with `stop`, `paused` or `arrivals` by whoever sets them: ends a duty-cycle rest
+        self.bell = threading.Event()
         self.progress = progress          # (cycle_id, step, planned steps, loss)
         # the store's trainer lease this process holds (agent/training/trainer_lease.py):
         # every cycle's commit checks it in its own transaction, so a process that lost it
@@ -369,9 +377,9 @@ class ContinuousTrainer:
         self.prune_checkpoints()
         return None
 
-    def _set_phase(self, phase: str, reason: str) -> None:
+    def _set_phase(self, phase: str, reason: str, paused_by: Sequence[str] = ()) -> None:
         """Record the trainer's phase in the store (status, dashboard, /metrics) when it
-        changes; never fails a cycle over it."""
+        changes (`paused_by`: the reasons of a pause); never fails a cycle over it."""
         if self.phase == (phase, reason):
             return
         if self.phase[0] != phase:
@@ -379,7 +387,7 @@ class ContinuousTrainer:
         self.phase = (phase, reason)
         try:
             with self.store.session() as s:
-                controls.set_trainer_phase(s, phase, reason)
+                controls.set_trainer_phase(s, phase, reason, paused_by=paused_by)
         except StoreError as e:
             log.warning("could not record the trainer's phase: %s", e.one_line())
 
@@ -527,9 +535,11 @@ class ContinuousTrainer:
 
         seconds = self._cycle_seconds()
         self._ramp = min(self._ramp + 1, 30)
+        workers, duty = share_plan(st.workers, st.cpu_share)   # usable CPUs, --cpu-share
         res = learn(state, docs, tcfg, max_steps=max_steps,
                     max_seconds=None if steps is not None else seconds,
-                    workers=st.workers, replay=replay,
+                    workers=workers, priority=st.priority, duty=duty, bell=self.bell,
+                    replay=replay,
                     replay_fraction=st.replay_fraction if replay else 0.0,
                     max_new_tokens=st.max_new_tokens, more=plan.more, heldout=heldout,
                     seed=st.seed + cycle_id, progress=progress.step, stop=why_stop,
@@ -639,20 +649,25 @@ class TrainerLoop:
 
     def __init__(self, trainer: ContinuousTrainer, *, stop: threading.Event,
                  wake: threading.Event, crawled: threading.Event,
-                 max_cycles: Optional[int] = None) -> None:
+                 max_cycles: Optional[int] = None, pauses: Optional[Pauses] = None) -> None:
         self.trainer = trainer
         self.stop, self.wake, self.crawled = stop, wake, crawled
         self.max_cycles = max_cycles
+        self.pauses = pauses                # why trainer.paused is set (the agent's Pauses)
         self.cycles_completed = 0
 
     def run(self) -> None:
         trainer = self.trainer
+        lower_this_thread(trainer.settings.priority)   # this thread only; never raises
         learned_since_idle = 0
         while not self.stop.is_set():
             self.wake.clear()
             try:
-                if trainer.paused.is_set():     # a user paused training: wait for resume
-                    self.wake.wait()
+                if trainer.paused.is_set():     # paused (a user, the battery, the load)
+                    why = self.pauses.reasons() if self.pauses is not None else {}
+                    trainer._set_phase("paused", "; ".join(why.values()) or "paused",
+                                       paused_by=list(why))
+                    self.wake.wait()            # a resume (or any news) wakes it
                     continue
                 trigger, wait = trainer.due(tokens_trigger=self.crawled.is_set())
                 if trigger in (None, CONSOLIDATE) and learned_since_idle:

@@ -8,12 +8,16 @@ Threads (all joined on shutdown):
 - "agent-ingest": IngestLoop (agent/inputs/ingest.py) records them and wakes the trainer;
 - "agent-crawl": CrawlLoop (agent/crawler.py) crawls each --crawl target once at
   start, then re-crawls the URL targets when due and crawls the targets users add;
-- "agent-trainer": TrainerLoop (agent/continuous_trainer.py) runs cycles while one is due.
+- "agent-trainer": TrainerLoop (agent/continuous_trainer.py) runs cycles while one is due,
+  at the training priority (--priority), with the worker spheres it starts;
+- "agent-limits" (a trainer with --pause-on-battery or --pause-above-load): LimitMonitor
+  (agent/limits.py) pauses training on battery or under load and resumes it.
 The main thread waits for the stop event: a signal, --max-cycles, or a failure of any part
 (logged with its traceback where it happened, re-raised by `run()`). A stop ends a cycle at
 a step boundary (its documents stay pending), and the store is left consistent. What users
 set in the store (training paused, watch roots and crawl targets added) is read at start,
-at every lease heartbeat, and at once when the server runs in this process.
+at every lease heartbeat, and at once when the server runs in this process. Training is
+paused while any reason of `pauses` holds (the user's, the battery's, the load's).
 
 The agent opens its data directory as `cllm train` does (`open_training`, here):
 the data-directory lock (`cllm.lock`, agent/datadir.py) keeps a second agent out of the
@@ -36,6 +40,7 @@ from agent.datadir import DataDirLock
 from agent.crawler import CrawlLoop, iter_targets, record_target, stored_targets
 from agent.file_monitor import FileMonitor, MonitorError
 from agent.inputs.ingest import IngestLoop
+from agent.limits import USER, LimitMonitor, Pauses
 from agent.settings import AgentConfig, TrainerSettings
 from agent.training.trainer_lease import LEASE_TTL_S, TrainerLease
 from agent.web.ssrf import HostPolicy
@@ -98,6 +103,12 @@ class Agent:
         # training paused by a user (a row of the store: the dashboard, the API); read at
         # start, at every lease heartbeat, and at once when the server runs in this process
         self.paused = threading.Event()
+        # why (agent/limits.py): the user's pause, the battery's, the load's; each change
+        # wakes the trainer and rings its bell (a rest between duty-cycled steps ends)
+        self.pauses = Pauses(self.paused)
+        self.pauses.listeners.append(self._nudge)
+        self.bell = threading.Event()
+        self.limits: Optional[LimitMonitor] = None   # a trainer's battery and load checks
         self.monitor: Optional[FileMonitor] = None   # the file monitor, once a folder is watched
         self.ingest_loop: Optional[IngestLoop] = None
         self.crawl_loop: Optional[CrawlLoop] = None
@@ -162,9 +173,10 @@ class Agent:
         if self.cfg.role != "train" and not self.stop.is_set():
             with self._controls_lock:
                 self._follow_watch_roots(targets[TargetKind.WATCH])
-        if paused != self.paused.is_set():
-            log.info("training %s (a control of the store)", "paused" if paused else "resumed")
-            (self.paused.set if paused else self.paused.clear)()
+        if paused:
+            self.pauses.set(USER, "paused by a user (the dashboard or POST /api/training)")
+        else:
+            self.pauses.clear(USER)
         if self.crawl_loop is not None:
             self.crawl_loop.notice(targets[TargetKind.CRAWL])
         self.wake.set()
@@ -221,11 +233,18 @@ class Agent:
         if trainer is not None:
             trainer.arrivals = self.arrivals
             trainer.paused = self.paused
+            trainer.bell = self.bell
             state = trainer.load_latest()
             log.info("agent on %s: model step %s, vocabulary %s", cfg.data_dir, state.step,
                      len(state.tokenizer))
             self.trainer_loop = TrainerLoop(trainer, stop=self.stop, wake=self.wake,
-                                            crawled=self.crawled, max_cycles=cfg.max_cycles)
+                                            crawled=self.crawled, max_cycles=cfg.max_cycles,
+                                            pauses=self.pauses)
+            if cfg.pause_on_battery or cfg.pause_above_load is not None:
+                self.limits = LimitMonitor(self.pauses, on_battery=cfg.pause_on_battery,
+                                           above_load=cfg.pause_above_load,
+                                           interval=cfg.limits_interval,
+                                           root=Path(cfg.system_root))
         else:
             log.info("agent on %s: ingest only (as %s); the store's trainer learns what it "
                      "records", cfg.data_dir, store.origin)
@@ -239,6 +258,8 @@ class Agent:
             if cfg.watch:
                 with self._controls_lock:
                     self._start_monitor(list(cfg.watch))
+            if self.limits is not None:
+                self.limits.start()
             for t in threads:
                 t.start()
             log.info("agent running (pid %s); watching %s", os.getpid(),
@@ -250,12 +271,20 @@ class Agent:
     def _arrived(self) -> None:
         """A watched file became a new document: a backlog cycle ends at its next step."""
         self.arrivals.set()
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """News for the trainer (an arrival, a pause or resume, a stop): end its wait for a
+        cycle and the rest between duty-cycled steps."""
         self.wake.set()
+        self.bell.set()
 
     def _shut_down(self, threads: list[threading.Thread]) -> None:
         """Stop everything the agent started and join every thread."""
         self.stop.set()
-        self.wake.set()
+        self._nudge()
+        if self.limits is not None:
+            self.limits.close()
         if self.crawl_loop is not None:
             self.crawl_loop.close()
         with self._controls_lock:

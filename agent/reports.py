@@ -148,6 +148,14 @@ def status_view(session, data_dir: Path, database: str) -> dict:
                                       "base_cycle": snap.base_cycle}
     trainer = store_lease.current(session)
     pid = holder_pid(data_dir)
+    phase = controls.trainer_phase(session)
+    user_paused = controls.paused(session)
+    # why training is paused: the running trainer's reasons (its battery, its load, the
+    # user's), or the user's pause alone while no agent runs
+    paused_by = (list(phase["paused_by"]) if pid and phase and phase["phase"] == "paused"
+                 else [])
+    if user_paused and "user" not in paused_by:
+        paused_by.insert(0, "user")
     if current is not None:
         current["stale"] = pid is None  # left running by an agent that died; recovered on start
     return {"data_dir": str(Path(data_dir).resolve()), "database": database,
@@ -157,9 +165,11 @@ def status_view(session, data_dir: Path, database: str) -> dict:
             "cycles_completed": count_cycles(session, status=CycleStatus.COMPLETED),
             "last_checkpoint": last_ckpt,
             "live_snapshot": live,
-            "training_paused": controls.paused(session),
-            # what the trainer does and why (learning, consolidating, converged, waiting, idle)
-            "training_phase": controls.trainer_phase(session),
+            "training_paused": user_paused,     # the users' pause (a control of the store)
+            "paused_by": paused_by,             # every reason it is paused: user, battery, load
+            # what the trainer does and why (learning, consolidating, converged, waiting,
+            # idle, paused: with the reasons' sentences)
+            "training_phase": phase,
             "trainer": None if trainer is None else {   # the store's trainer lease
                 "host": trainer.host, "pid": trainer.pid, "data_dir": trainer.data_dir,
                 "renewed": trainer.renewed_at, "expired": trainer.expired}}

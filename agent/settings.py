@@ -42,6 +42,7 @@ from agent.inputs.text import DEFAULT_MAX_FILE_BYTES
 from agent.web.fetch import MAX_BODY_BYTES
 from engine import PRESETS, TrainConfig
 from engine.errors import ConfigError
+from engine.priority import PRIORITIES
 
 INITS = ("normal", "lattice")          # embedding initialisations of a new model
 SCHEDULES = ("constant", "wsd", "cosine")  # engine.schedule kinds (benchmarks/bench_recipe.py)
@@ -123,10 +124,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("preset", "small", str, "Model size for a new data directory.",
             choices=tuple(PRESETS), hint="e.g. --preset small",
             commands=("agent", "train"), into=TRAINER),
-    Setting("workers", None, int, "Worker spheres.", shown="cores - 1",
+    Setting("workers", None, int, "Worker spheres.",
+            shown="usable CPUs - 1 (affinity and cgroup quota), or --cpu-share of them",
             check=lambda v: None if v is None or v >= 1
             else f"workers = {v}: at least one worker sphere is needed",
-            hint="e.g. --workers 1, or leave it out for cores - 1",
+            hint="e.g. --workers 1, or leave it out for the usable CPUs - 1",
             commands=("agent", "train"), into=TRAINER),
     Setting("min_cycle_tokens", 2000, int,
             "Start a cycle when this many new tokens are pending.",
@@ -281,6 +283,47 @@ SETTINGS: tuple[Setting, ...] = (
             "by the crawler: ssrf.HostPolicy.build).",
             commands=("agent", "crawl"),
             into=AGENT + CRAWL, field_name="allow_networks", metavar="CIDR"),
+    # --- sharing the machine: priority, CPUs, pauses (agent/limits.py, engine/priority.py)
+    # the agent is left running in the background: low priority and battery pauses are its
+    # defaults; `cllm train` (run in the foreground) and the library's dataclasses default
+    # to neither
+    Setting("priority", "normal", str,
+            "CPU and I/O priority of the training threads (workers, tokenizer learning, "
+            "evaluation): low (nice +10, lowest best-effort I/O), idle (nice 19, SCHED_IDLE, "
+            "idle I/O: only what nothing else wants) or normal; the server and the watcher "
+            "keep the process's.",
+            choices=PRIORITIES, hint="e.g. --priority idle", commands=("agent", "train"),
+            command_defaults={"agent": "low"}, into=TRAINER),
+    Setting("cpu_share", None, float,
+            "Share of the usable CPUs (affinity, cgroup quota) training may use, in (0, 1]: "
+            "workers = share x CPUs (at least 1), and below one CPU a duty cycle (it rests "
+            "between steps).", shown="all of them",
+            check=lambda v: None if v is None or 0 < v <= 1 else "{flag} must be in (0, 1]",
+            hint="e.g. --cpu-share 0.5", commands=("agent", "train"), into=TRAINER),
+    Setting("pause_on_battery", False, bool,
+            "Pause training while the machine runs on battery (it resumes on mains power).",
+            shown="yes, where the machine reports a battery", commands=AGENT,
+            command_defaults={"agent": True}, into=AGENT),
+    Setting("pause_above_load", None, float,
+            "Pause training while the machine's other load (the 1-minute load average less "
+            "the agent's own share) is above this many times its usable CPUs; it resumes "
+            "below 0.8 of that.", shown="off",
+            check=at_least(0, strict=True), hint="e.g. --pause-above-load 0.75",
+            commands=AGENT, into=AGENT, metavar="L"),
+    Setting("limits_interval", 10.0, float,
+            "Seconds between checks of the power supply and the load.", check=at_least(0.01),
+            into=AGENT),
+    Setting("system_root", "/", str,
+            "The folder /proc and /sys are read under for the power supply, load and cgroup "
+            "(tests point it at fixture files).", into=AGENT),
+    Setting("log_file", None, str,
+            "Also log to this file, rotated by size (for an agent run outside a service "
+            "manager's journal).", shown="no file", commands=AGENT, into=AGENT, metavar="PATH"),
+    Setting("log_file_bytes", 10_000_000, int, "A log file is rotated past this size.",
+            check=at_least(1024), hint="e.g. --log-file-bytes 10000000", commands=AGENT,
+            into=AGENT),
+    Setting("log_file_count", 5, int, "Rotated log files kept (PATH.1 ... PATH.N).",
+            check=at_least(1), hint="e.g. --log-file-count 5", commands=AGENT, into=AGENT),
     # --- several agents on one store
     Setting("role", "all", str,
             "What this agent does: 'ingest' watches and crawls into the store, 'train' learns "

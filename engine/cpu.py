@@ -3,10 +3,16 @@ the kernels (numba compiles for the host's), and numba's target name. Benchmarks
 next to every figure, since a kernel fast on AVX2 can be slow on AVX-512 and the reverse.
 
 Read from /proc/cpuinfo (Linux) with platform fallbacks elsewhere; never raises.
+
+`usable_cpus` is how many CPUs this process may use (what the default worker count comes
+from): its affinity mask, capped by its cgroup v2 `cpu.max` quota (a container's or a
+systemd unit's CPUQuota), never os.cpu_count(), which counts the machine's. Its readers take
+a root folder, so tests point them at fixture files.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 from pathlib import Path
@@ -73,3 +79,59 @@ def describe(cpuinfo: Optional[str] = None) -> CpuInfo:
         target = "unknown"
     model = model or platform.processor() or platform.machine() or "unknown"
     return CpuInfo(model, os.cpu_count() or 1, flags, target)
+
+
+CGROUP_MOUNT = "sys/fs/cgroup"      # where cgroup v2 is mounted, under the root
+
+
+def cgroup_cpu_limit(root: Path = Path("/")) -> Optional[float]:
+    """The CPUs this process's cgroup v2 lets it use: quota / period of `cpu.max` ("max
+    100000": no limit; "150000 100000": 1.5 CPUs), the smallest along its cgroup's path up to
+    the mount, found from ROOT/proc/self/cgroup ("0::/user.slice/..."); None without a quota
+    or without cgroup v2."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    rel = next((ln.split(":", 2)[2] for ln in lines
+                if ln.startswith("0::") and ln.count(":") >= 2), None)
+    if rel is None:
+        return None
+    mount = root / CGROUP_MOUNT
+    parts = [p for p in rel.split("/") if p]
+    if ".." in parts:          # outside this namespace's view: only the mount's own file
+        parts = []
+    limits = [q for q in (_cpu_max(mount.joinpath(*parts[:i], "cpu.max"))
+                          for i in range(len(parts), -1, -1)) if q is not None]
+    return min(limits) if limits else None
+
+
+def _cpu_max(path: Path) -> Optional[float]:
+    try:
+        quota, period = path.read_text().split()[:2]
+        q, p = (None if quota == "max" else int(quota)), int(period)
+    except (OSError, ValueError):
+        return None
+    return q / p if q is not None and q > 0 and p > 0 else None
+
+
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity mask (os.cpu_count() where there is none: macOS)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def usable_cpus(root: Path = Path("/")) -> float:
+    """The CPUs this process may use: its affinity mask's count, capped by its cgroup's
+    quota (which may be a fraction: 1.5)."""
+    n = float(affinity_cpus())
+    limit = cgroup_cpu_limit(root)
+    return min(n, limit) if limit is not None else n
+
+
+def default_workers(root: Path = Path("/")) -> int:
+    """Worker spheres when none are asked for: the usable CPUs (rounded up) less one for
+    Node Zero and the rest of the process, at least one."""
+    return max(1, math.ceil(usable_cpus(root) - 1e-9) - 1)

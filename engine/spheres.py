@@ -25,11 +25,13 @@ clip, apply or skip), and waits for the segment-wise optimizer update (Point E).
 - Across MPI ranks (`group`), worker w combines its segment with worker w of every other
   rank through engine.mpi's SegmentCombiner; which batches the ranks train, and when, is
   the cycle protocol of engine.distributed, above this module.
+- `priority` (engine.priority: "low", "idle", "normal"): each worker lowers its own thread's
+  CPU and I/O priority as it starts; the caller's thread and the process are left alone.
+  Scheduling only: the results are the same at every priority.
 """
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import traceback
@@ -41,9 +43,11 @@ from threadpoolctl import threadpool_limits
 
 from engine import kernels as K
 from engine.config import TrainConfig
+from engine.cpu import default_workers
 from engine.errors import CllmError
 from engine.mpi import RankGroup, SegmentCombiner
 from engine.optim import Optimizer, clip_scale, lr_at
+from engine.priority import PRIORITIES, lower_this_thread
 
 SYMMETRY = 12
 
@@ -102,23 +106,24 @@ def build_hierarchy(n: int) -> list[Sphere]:
     return spheres
 
 
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
 class ThreadedTrainingSystem:
     """Data-parallel training of `model` on worker threads; use as a context manager."""
 
     def __init__(self, model, train_config: TrainConfig, n_workers: Optional[int] = None,
                  optimizer: Optional[Optimizer] = None, watchdog_timeout: float = 300.0,
-                 limit_blas_threads: bool = True, group: Optional[RankGroup] = None) -> None:
+                 limit_blas_threads: bool = True, group: Optional[RankGroup] = None,
+                 priority: str = "normal") -> None:
         """`group` (engine.mpi.RankGroup): train across MPI ranks; every rank calls
-        train_step with the same global batch and trains its shard of rows."""
+        train_step with the same global batch and trains its shard of rows. `priority`: what
+        the worker threads run at (engine.priority; "normal" leaves them as started)."""
         self.model = model
         self.cfg = train_config
         self.n = int(n_workers) if n_workers is not None else default_workers()
         if self.n < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+        self.priority = priority
         self.optimizer = optimizer or Optimizer(model.layout, train_config)
         if self.optimizer.layout.size != model.layout.size:
             raise ValueError("optimizer state does not match the model's layout (grow it first)")
@@ -366,6 +371,7 @@ class ThreadedTrainingSystem:
 
     # ------------------------------------------------------------------ worker spheres
     def _worker(self, w: int) -> None:
+        lower_this_thread(self.priority)      # its own thread only; never raises
         stats = self.spheres[w].stats
         lo, hi = self.segments[w]
         row = self.grads[w]

@@ -1,10 +1,13 @@
 """Controls of a store's agents, set by users (the dashboard, the API, the CLI) and read by
 the agent at its lease heartbeat or at once when the server runs inside it; and the one
 thing the trainer reports back the same way: its phase (learning, consolidating, converged,
-idle) and why, for `cllm status`, the dashboard and /metrics."""
+idle, paused) and why, for `cllm status`, the dashboard and /metrics. The pause users set is
+one row for every agent of the store; a trainer's own pauses (on battery, under load:
+agent/limits.py) are its machine's, so they live in its process and reach the store only as
+its phase, with their reasons."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -25,17 +28,20 @@ def paused(session: Session) -> bool:
     return bool(row is not None and row.value.get("paused"))
 
 
-def set_trainer_phase(session: Session, phase: str, reason: str) -> None:
-    """Record what the trainer is doing now and why (written when it changes)."""
-    _put(session, TRAINER_PHASE, {"phase": phase, "reason": reason})
+def set_trainer_phase(session: Session, phase: str, reason: str,
+                      paused_by: Sequence[str] = ()) -> None:
+    """Record what the trainer is doing now and why (written when it changes); for the phase
+    "paused", `paused_by` names the reasons ("user", "battery", "load")."""
+    _put(session, TRAINER_PHASE, {"phase": phase, "reason": reason,
+                                  "paused_by": list(paused_by)})
 
 
 def trainer_phase(session: Session) -> Optional[dict]:
-    """{"phase", "reason", "since"} as the trainer last recorded it, or None."""
+    """{"phase", "reason", "paused_by", "since"} as the trainer last recorded it, or None."""
     row = session.get(Control, TRAINER_PHASE)
     if row is None:
         return None
-    return {**row.value, "since": row.updated}
+    return {"paused_by": [], **row.value, "since": row.updated}
 
 
 def _put(session: Session, name: str, value: dict) -> None:

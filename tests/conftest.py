@@ -32,6 +32,16 @@ def _no_real_home(tmp_path_factory, monkeypatch):
     yield home
 
 
+@pytest.fixture(autouse=True)
+def _foreground_agents(monkeypatch):
+    """Agents the tests start through the command line train at normal priority and never
+    pause on battery (`cllm agent`'s defaults are low and on): under parallel test processes
+    a low-priority trainer would wait on its neighbours, and on a laptop running on battery
+    every agent test would wait for mains power. The tests of those features ask for them."""
+    monkeypatch.setenv("CLLM_PRIORITY", "normal")
+    monkeypatch.setenv("CLLM_PAUSE_ON_BATTERY", "false")
+
+
 @dataclasses.dataclass
 class StoreTarget:
     """An empty database for one test: `data_dir` always, `url` for PostgreSQL."""

@@ -7,6 +7,7 @@
     evaluate.py cllm eval (bits per byte, perplexity on files: agent/generation/perplexity.py)
     chat.py     cllm chat (interactive, the server's generation code)
     serve.py    cllm serve (the HTTP API, agent/server/)
+    service.py  cllm service install|uninstall|status|logs (a systemd --user unit, launchd)
     db.py       cllm db upgrade|current
     common.py   shared options, the store opener, one-line errors, tables and JSON
     logs.py     logging set up once: the project's loggers by -v, other libraries quiet
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import click
 
-from agent.cli import chat, crawl, db, evaluate, history, model, run, serve
+from agent.cli import chat, crawl, db, evaluate, history, model, run, serve, service
 from agent.cli.common import CONTEXT_SETTINGS, Invocation, configure_logging, global_options
 
 
@@ -67,6 +68,7 @@ COMMANDS = (
     evaluate.evaluate,
     chat.chat,
     serve.serve,
+    service.service,
     db.db,
 )
 for _command in COMMANDS:

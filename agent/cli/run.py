@@ -13,6 +13,7 @@ import click
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option,
                               echo_json, existing_store, json_option, one_line_errors,
                               pass_invocation, warn_if_preset_ignored)
+from agent.cli.logs import log_file
 from agent.cli.serve import SERVE_OPTIONS, serve_config, serve_options
 from agent.reports import status_view
 from agent.server import require_serve_extra
@@ -43,6 +44,10 @@ def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
     With --serve the agent also answers HTTP (see `cllm serve`), reloading the served model
     after each committed cycle.
 
+    Training runs at a low CPU and I/O priority (--priority), on the CPUs the process may
+    use (--cpu-share of them), and pauses on battery (--pause-on-battery) or under load
+    (--pause-above-load). To run it as a service: `cllm service install`.
+
     Example: cllm agent --data-dir ./cllm-data --watch ~/notes --preset small --serve
     """
     from agent.daemon import Agent
@@ -68,7 +73,8 @@ def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
                 database_url=inv.database_url)
     stop = threading.Event()
     a = Agent(cfg, stop=stop, serve=serve_cfg)
-    with stop_on_signals(stop, sigterm=True, announce=True):
+    with log_file(cfg.log_file, cfg.log_file_bytes, cfg.log_file_count), \
+            stop_on_signals(stop, sigterm=True, announce=True):
         a.run()
     click.echo(f"agent stopped after {a.cycles_completed} cycles", err=True)
 
@@ -99,8 +105,9 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     \b
       data directory  the folder read (and the store, when it lives elsewhere)
       agent           running (with its pid) or not
-      training        paused, or its phase and why: learning, consolidating (keeps training
-                      past --passes while the held-out loss improves), converged, idle
+      training        paused and why (a user, on battery, the machine's load), or its phase
+                      and why: learning, consolidating (keeps training past --passes while
+                      the held-out loss improves), converged, idle
       cycle           the running cycle: step of planned steps, loss, documents
                       (or that a dead agent left it, to be recovered on the next start)
       backlog         documents and bytes still to learn, tokens/s and ETA, per source
@@ -133,9 +140,14 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
                + (f" (store: {store_name})" if store_name != str(Path(out['data_dir'])
                                                             / "cllm.sqlite3") else ""))
     click.echo(f"agent: {'running, pid ' + str(pid) if pid else 'not running'}")
-    if out.get("training_paused"):
-        click.echo("training is paused (resume it from the dashboard or POST /api/training)")
-    elif out.get("training_phase") and pid:
+    phase = out.get("training_phase")
+    if out["paused_by"]:
+        why = (phase["reason"] if pid and phase and phase["phase"] == "paused"
+               else "paused by a user")
+        click.echo(f"training is paused: {why}"
+                   + (" (resume it from the dashboard or POST /api/training)"
+                      if "user" in out["paused_by"] else ""))
+    elif phase and pid:
         click.echo(f"training: {out['training_phase']['phase']} "
                    f"({out['training_phase']['reason']})")
     if trainer is not None and not trainer["expired"] and trainer["pid"] != pid:

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agent import reports
+from agent.limits import REASONS
 from agent.server.errors import ApiError
 from store.models import DocumentStatus
 
@@ -136,10 +137,16 @@ class StoreCollector:
                                     "the last completed cycle.", value=b["tokens_per_s"])
         yield GaugeMetricFamily("cllm_agent_running", "1 while an agent holds the data "
                                 "directory.", value=int(st["agent_running"]))
+        g = GaugeMetricFamily("cllm_training_paused", "1 for each reason training is paused "
+                              "(user, battery, load); the sentences are in /api/status.",
+                              labels=["reason"])
+        for reason in REASONS:
+            g.add_metric([reason], int(reason in st["paused_by"]))
+        yield g
         phase = st["training_phase"]
         if phase is not None:
             g = GaugeMetricFamily("cllm_training_phase", "1 for the trainer's phase (learning, "
-                                  "consolidating, converged, waiting, idle); the reason is in "
+                                  "consolidating, converged, waiting, idle, paused); the reason is in "
                                   "/api/status.", labels=["phase"])
             g.add_metric([phase["phase"]], 1)
             yield g

@@ -1,7 +1,10 @@
 """One learning run over a backlog of documents: learn a new model's vocabulary from its
 whole backlog and build it at that size, or grow a trained one's tokenizer and model, build
 batches in ledger order (agent/training/backlog.py), train on the ThreadedTrainingSystem until a
-step, time or backlog bound or a stop, with live progress, and evaluate.
+step, time or backlog bound or a stop, with live progress, and evaluate. Its worker threads
+run at the trainer's CPU and I/O priority (engine/priority.py), and with a duty cycle below 1
+(--cpu-share under one CPU, agent/limits.py) it rests after each step on an event that a stop,
+a pause or an arrival sets.
 
 The continuous trainer runs one per cycle (`cllm train` is such a cycle); checkpoint files
 are agent/training/model_state.py's, the record of what was learned is the store's.
@@ -9,6 +12,7 @@ are agent/training/model_state.py's, the record of what was learned is the store
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -19,7 +23,7 @@ from agent.training.backlog import (BacklogReader, Batcher, ReplayReader, ledger
                                     token_byte_lengths)
 from agent.training.model_state import ModelState, build_at_vocabulary, is_untrained
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
-from engine.spheres import default_workers
+from engine.cpu import default_workers
 from engine.data import evaluate, pack
 from engine.distributed import Leader
 from engine.ema import EMA
@@ -109,7 +113,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
           progress: Optional[Callable[[int, float, float], None]] = None,
           stop: Optional[Callable[[], Optional[str]]] = None,
           vocab: Optional[Callable[[], Sequence[PlanDoc]]] = None,
-          vocab_seconds: float = VOCAB_SECONDS) -> LearnResult:
+          vocab_seconds: float = VOCAB_SECONDS, priority: str = "normal",
+          duty: float = 1.0, bell: Optional[threading.Event] = None) -> LearnResult:
     """Learn vocabulary, then train. A model no step has trained (model_state.is_untrained)
     learns its vocabulary, up to its tokenizer's cap (the preset's size), from `vocab()`
     (the whole backlog's sample) within `vocab_seconds`, and is built afresh at that size;
@@ -123,7 +128,9 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     model's life, engine.schedule); the EMA of the weights (tcfg.ema_decay) follows every
     applied step. Evaluates the served model (the EMA) on `heldout` per source unless
     stopped. Each applied step's targets are credited to the
-    documents they cover (LearnResult.new_bytes / replay_bytes)."""
+    documents they cover (LearnResult.new_bytes / replay_bytes). The workers run at
+    `priority` (engine/priority.py); with `duty` < 1 a step of d seconds is followed by a rest
+    of d * (1/duty - 1), which `bell` (set by whoever makes `stop()` say why) ends early."""
     res = LearnResult()
     model, tok = state.model, state.tokenizer
     # numba compiles on first use (tens of seconds on a fresh install): done here, announced
@@ -192,8 +199,9 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     n_workers = workers if workers is not None else default_workers()
     leader = Leader(group, model, tcfg, state.optimizer, n_workers) if group else None
     extra = {"group": group, "watchdog_timeout": rank_timeout_s()} if group else {}
+    rest = _Rest(duty, bell, stop)
     with ThreadedTrainingSystem(model, tcfg, n_workers=n_workers, optimizer=state.optimizer,
-                                **extra) as system:
+                                priority=priority, **extra) as system:
         try:
             while True:
                 if max_steps is not None and res.steps >= max_steps:
@@ -206,6 +214,7 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
                 if why:
                     res.ended_by = why
                     break
+                t_step = time.perf_counter()
                 batch = batcher.next()
                 if batch is None:
                     res.ended_by = "backlog"
@@ -226,6 +235,7 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
                         state.ema.update(model.params)
                 if progress is not None:
                     progress(res.steps, r.loss, r.lr)
+                rest.after(time.perf_counter() - t_step)
         except BaseException as e:
             if group is not None:   # the other ranks wait in this cycle's collectives
                 group.abort(f"rank 0 failed in step {res.steps} of the cycle: {e!r}")
@@ -245,3 +255,27 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
             if v is not None:
                 res.val_loss[source] = v
     return res
+
+
+class _Rest:
+    """The duty cycle of a run: after a step of d seconds, rest d * (1/duty - 1) seconds on
+    `bell`, ending early once `stop()` says why (a stop, a pause, an arrival), so the run
+    ends at that step boundary without waiting out the rest."""
+
+    def __init__(self, duty: float, bell: Optional[threading.Event],
+                 stop: Optional[Callable[[], Optional[str]]]) -> None:
+        if not 0.0 < duty <= 1.0:
+            raise ValueError(f"duty must be in (0, 1], got {duty}")
+        self.factor = 1.0 / duty - 1.0
+        self.bell = bell if bell is not None else threading.Event()
+        self.stop = stop
+
+    def after(self, step_seconds: float) -> None:
+        if self.factor <= 0.0:
+            return
+        end = time.monotonic() + step_seconds * self.factor
+        while (left := end - time.monotonic()) > 0:
+            self.bell.clear()            # then look: a ring after this wakes the wait below
+            if self.stop is not None and self.stop():
+                return
+            self.bell.wait(left)

@@ -128,7 +128,10 @@ async function training() {
   const pause = $("#pause-training");
   pause.dataset.paused = st.training_paused ? "1" : "0";
   pause.textContent = st.training_paused ? "Resume training" : "Pause training";
-  if (st.training_paused) $("#agent-state").append(el("br"), "training paused");
+  const ph = st.training_phase;
+  if (st.paused_by && st.paused_by.length)   // why: a user, the battery, the machine's load
+    $("#agent-state").append(el("br"), "training paused: " +
+      (ph && ph.phase === "paused" && st.agent_running ? ph.reason : "paused by a user"));
   else if (st.training_phase && st.agent_running)
     $("#agent-state").append(el("br"), `training: ${st.training_phase.phase} (${st.training_phase.reason})`);
   const c = st.current_cycle;

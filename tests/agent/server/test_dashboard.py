@@ -234,3 +234,21 @@ def test_the_trainer_phase_shows_while_an_agent_runs(serve, trained, browser, tm
         wait_js(browser, "document.querySelector('#agent-state').textContent"
                 ".includes('training: converged (held-out loss has not improved)')",
                 "the trainer's phase")
+
+
+def test_why_training_is_paused_shows_while_an_agent_runs(serve, trained, browser, tmp_path):
+    """A trainer paused on battery (issue 27): the page says so, and the pause button stays
+    the user's (nobody paused it from here)."""
+    from agent.datadir import DataDirLock
+
+    data = tmp_path / "data"
+    shutil.copytree(trained, data)
+    why = "the machine runs on battery (--pause-on-battery; it resumes on mains power)"
+    with open_store(data) as store, store.session() as s:
+        controls.set_trainer_phase(s, "paused", why, paused_by=["battery"])
+    server = serve(data)
+    with DataDirLock(data):                      # an agent runs on it
+        open_tab(browser, server.url, "training")
+        wait_js(browser, "document.querySelector('#agent-state').textContent"
+                f".includes('training paused: {why}')", "why training is paused")
+        assert browser.find_element(By.ID, "pause-training").text == "Pause training"

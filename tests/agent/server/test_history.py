@@ -106,3 +106,34 @@ def test_the_trainer_phase_reaches_status_the_cli_and_metrics(serve, trained, tm
     with DataDirLock(data):                     # an agent runs on it
         r = CliRunner().invoke(main, ["status", "--data-dir", str(data)])
     assert r.exit_code == 0 and f"training: consolidating ({why})" in r.output
+
+
+def test_why_training_is_paused_reaches_status_the_cli_and_metrics(serve, trained, tmp_path):
+    """A trainer paused on battery and by a user records both reasons with its phase:
+    /api/status and `cllm status` say why, /metrics has one gauge per reason (issue 27)."""
+    import shutil
+
+    from agent.datadir import DataDirLock
+    from store import controls
+
+    data = tmp_path / "data"
+    shutil.copytree(trained, data)
+    why = "paused by a user (the dashboard or POST /api/training); the machine runs on battery"
+    with open_store(data) as store, store.session() as s:
+        controls.set_paused(s, True, by="dashboard")
+        controls.set_trainer_phase(s, "paused", why, paused_by=["user", "battery"])
+    server = serve(data)
+    with DataDirLock(data):                     # an agent runs on it
+        st = httpx.get(server.url + "/api/status").json()
+        m = httpx.get(server.url + "/metrics")
+        r = CliRunner().invoke(main, ["status", "--data-dir", str(data)])
+    assert st["paused_by"] == ["user", "battery"] and st["training_phase"]["reason"] == why
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(m.text) for s in fam.samples}
+    assert [samples[("cllm_training_paused", (("reason", k),))] for k in
+            ("user", "battery", "load")] == [1, 1, 0]
+    assert samples[("cllm_training_phase", (("phase", "paused"),))] == 1
+    assert r.exit_code == 0 and f"training is paused: {why} (resume it" in r.output
+    # no agent running: only the user's pause (a row of the store) is left to say
+    st = httpx.get(server.url + "/api/status").json()
+    assert st["paused_by"] == ["user"]
