@@ -174,7 +174,8 @@ class Crawler:
                     res = self.ingestor.refuse(file_uri(item.path), item.reason, source=source,
                                                target_id=target_id)
                 else:
-                    res = self.ingestor.ingest_file(item.path, source=source, target_id=target_id)
+                    res = self.ingestor.ingest_file(item.path, source=source, target_id=target_id,
+                                                    root=folder)
                 report.add(res.uri, res.outcome, res.reason, res.size_bytes or 0)
         if self.stop_event.is_set():
             report.counts["interrupted"] += 1
