@@ -96,6 +96,26 @@ def test_page_limit(store, site):
     assert report.counts["left_unvisited"] == 8
 
 
+def test_links_taken_from_one_page_are_capped(store, site, caplog):
+    """A page of many links gives the frontier its first --max-links links on the crawled
+    host (off-host ones do not count), and the dropped ones are counted and logged."""
+    import logging
+
+    from store.models import FetchedUrl
+
+    b = site.base
+    off_host = tuple(f"http://elsewhere.example/{i}" for i in range(5))
+    site.html("/", page("Hub", "hub words", off_host + tuple(f"/p{i}" for i in range(50))))
+    with crawler(store, max_links=10, max_pages=1) as c, caplog.at_level(logging.INFO, logger="agent.crawler"):
+        report = c.crawl(b + "/")
+    with store.session(read_only=True) as s:
+        queued = list(s.scalars(select(FetchedUrl.url).where(FetchedUrl.status == "queued")
+                                .order_by(FetchedUrl.id)))
+    assert queued == [f"{b}/p{i}" for i in range(10)]
+    assert report.counts["links_dropped"] == 40 and report.counts["left_unvisited"] == 10
+    assert f"{b}/: took the first 10 of its 50 links (--max-links), dropped 40" in caplog.text
+
+
 def test_per_host_delay(store, site):
     site.html("/", page("Hub", "hub words", ("/a", "/b")))
     site.html("/a", page("A", "a words"))
