@@ -22,7 +22,7 @@ import datetime as dt
 import hashlib
 from typing import Iterable, Optional
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -208,3 +208,11 @@ def list_urls(session: Session, *, status: Optional[str] = None,
     if limit:
         q = q.limit(limit)
     return list(session.scalars(q))
+
+
+def urls_changed(session: Session) -> tuple[int, Optional[dt.datetime]]:
+    """(how many URLs are recorded, the latest time one was recorded or fetched): what
+    changes when the crawler records anything, read in one SQL aggregate (the dashboard's
+    event feed asks on every store change)."""
+    n, latest = session.execute(select(func.count(FetchedUrl.id), func.max(FetchedUrl.fetched_at))).one()
+    return n, latest

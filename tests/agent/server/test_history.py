@@ -106,3 +106,46 @@ def test_the_trainer_phase_reaches_status_the_cli_and_metrics(serve, trained, tm
     with DataDirLock(data):                     # an agent runs on it
         r = CliRunner().invoke(main, ["status", "--data-dir", str(data)])
     assert r.exit_code == 0 and f"training: consolidating ({why})" in r.output
+
+
+def _with_urls(trained, tmp_path, n: int):
+    """A copy of the trained data directory with `n` recorded URLs (queued, in order)."""
+    import shutil
+
+    from store import frontier
+
+    data = tmp_path / "data"
+    shutil.copytree(trained, data)
+    with open_store(data) as store, store.session() as s:
+        frontier.queue_urls(s, [f"https://example.org/p{i}" for i in range(n)], depth=1)
+    return data
+
+
+def test_the_event_feed_counts_urls_in_sql_without_loading_their_rows(trained, tmp_path):
+    """Every store change makes the dashboard's watcher read a digest: it must not load the
+    URL rows (a crawl records them by the thousand), yet see a URL recorded or changed."""
+    from sqlalchemy import event
+
+    from agent.server.events import store_digest
+    from store import frontier
+    from store.models import FetchedUrl, UrlStatus
+
+    data = _with_urls(trained, tmp_path, 300)
+    with open_store(data) as store:
+        loaded = []
+
+        def digest():
+            with store.session(read_only=True) as s:
+                event.listen(s, "loaded_as_persistent", lambda _s, obj: loaded.append(type(obj)))
+                return store_digest(s, data, store.describe())
+
+        before = digest()
+        assert FetchedUrl not in loaded
+        with store.session() as s:
+            frontier.record_url(s, "https://example.org/p7", status=UrlStatus.FETCHED, http_status=200)
+        changed = digest()
+        assert changed["urls"] != before["urls"]       # a status change, the count the same
+        with store.session() as s:
+            frontier.queue_urls(s, ["https://example.org/new"], depth=1)
+        assert digest()["urls"] != changed["urls"]
+        assert FetchedUrl not in loaded
