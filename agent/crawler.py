@@ -2,10 +2,11 @@
 
 (a) `Crawler.walk(folder)`: a recursive walk (paths.walk_files: include/exclude patterns,
     `.gitignore` files) whose files go through the Ingestor (binary detection, size cap).
-(b) `Crawler.crawl(url)`: a breadth-first HTTP/HTTPS crawl within depth and page limits,
-    optionally staying on the start host. Each page is fetched by fetch.Fetcher (SSRF guard
-    on every hop, robots.txt, per-host delay, retries, redirects, size caps), its HTML
-    reduced to its main text and links (html.py), and stored through the Ingestor. Every
+(b) `Crawler.crawl(url)`: a breadth-first HTTP/HTTPS crawl within depth and page limits
+    (and at most `max_links` links taken from one page), optionally staying on the start
+    host. Each page is fetched by fetch.Fetcher (SSRF guard on every hop, robots.txt,
+    per-host delay, retries, redirects, size caps), its HTML reduced to its main text and
+    links (html.py), and stored through the Ingestor. Every
     URL's outcome is recorded in the store, and so is the frontier (links found but not yet
     fetched, with their depth), so a crawl stopped by the page limit, a signal or a crash
     resumes where it stopped and a restart does not fetch handled URLs again.
@@ -36,7 +37,7 @@ from urllib.parse import urlsplit
 
 from agent.web.fetch import (MAX_BODY_BYTES, MAX_REDIRECTS, USER_AGENT, FetchFailed, Fetcher, Interrupted,
                          Response)
-from agent.web.html import extract_main_text, looks_like_html, meta_charset, page_links
+from agent.web.html import MAX_LINKS, extract_main_text, looks_like_html, meta_charset, page_links
 from agent.inputs.ingest import Ingestor, summarize
 from agent.inputs.paths import PathFilter, file_uri, walk_files
 from agent.settings import AgentConfig
@@ -114,10 +115,11 @@ class Crawler:
                  stop_event: threading.Event | None = None, ingestor: Ingestor | None = None,
                  include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
                  follow_symlinks: bool = False, resolver=None, recrawl_interval: float = 0.0,
-                 claim_ttl: float | None = None) -> None:
-        if max_pages < 1 or max_depth < 0 or delay < 0 or timeout <= 0 or retries < 0:
-            raise CrawlError("max_pages >= 1, max_depth >= 0, delay >= 0, timeout > 0, retries >= 0 required",
-                             hint="check the crawl options")
+                 claim_ttl: float | None = None, max_links: int = MAX_LINKS) -> None:
+        if (max_pages < 1 or max_depth < 0 or delay < 0 or timeout <= 0 or retries < 0
+                or max_links < 1):
+            raise CrawlError("max_pages >= 1, max_depth >= 0, delay >= 0, timeout > 0, retries >= 0, "
+                             "max_links >= 1 required", hint="check the crawl options")
         if max_redirects > MAX_REDIRECTS:
             raise CrawlError(f"at most {MAX_REDIRECTS} redirects", hint=f"pass max_redirects <= {MAX_REDIRECTS}")
         try:
@@ -132,7 +134,7 @@ class Crawler:
         self.recrawl_interval = recrawl_interval  # seconds; 0: a handled URL is never fetched again
         self.clock = time.monotonic  # progress is logged at page boundaries, every PROGRESS_EVERY_S
         self.progress_every = PROGRESS_EVERY_S
-        self.max_pages, self.max_depth = max_pages, max_depth
+        self.max_pages, self.max_depth, self.max_links = max_pages, max_depth, max_links
         self.stay_on_host = stay_on_host
         self.stop_event = stop_event or threading.Event()
         self.ingestor = ingestor or Ingestor(store, max_file_bytes=max_file_bytes,
@@ -174,7 +176,8 @@ class Crawler:
                     res = self.ingestor.refuse(file_uri(item.path), item.reason, source=source,
                                                target_id=target_id)
                 else:
-                    res = self.ingestor.ingest_file(item.path, source=source, target_id=target_id)
+                    res = self.ingestor.ingest_file(item.path, source=source, target_id=target_id,
+                                                    root=folder)
                 report.add(res.uri, res.outcome, res.reason, res.size_bytes or 0)
         if self.stop_event.is_set():
             report.counts["interrupted"] += 1
@@ -222,8 +225,8 @@ class Crawler:
                 if depth >= self.max_depth:
                     continue
                 new = []
-                for link in links:
-                    if link not in queued and (not self.stay_on_host or _hostname(link) == start_host):
+                for link in self._take_links(url_, links, start_host, report):
+                    if link not in queued:
                         queued.add(link)
                         frontier.append((link, depth + 1))
                         new.append(link)
@@ -280,6 +283,22 @@ class Crawler:
         self._record(url, status, http_status=resp.status, reason=res.reason, document_id=res.document_id,
                      also=final, validators=resp.validators if status == UrlStatus.FETCHED else (None, None))
         report.add(final, status, res.reason, len(resp.body))
+        return links
+
+    def _take_links(self, url: str, links: list[str], start_host: str | None,
+                    report: CrawlReport) -> list[str]:
+        """The links of the page at `url` to follow: on the start host (with stay_on_host),
+        the first `max_links` of them in page order. Each link taken costs a frontier row,
+        so a page of a million links costs no more than one of `max_links`; the rest are
+        counted (links_dropped) and logged."""
+        if self.stay_on_host:
+            links = [link for link in links if _hostname(link) == start_host]
+        dropped = len(links) - self.max_links
+        if dropped > 0:
+            report.counts["links_dropped"] += dropped
+            log.info("%s: took the first %d of its %d links (--max-links), dropped %d",
+                     url, self.max_links, len(links), dropped)
+            links = links[:self.max_links]
         return links
 
     def _extract(self, resp: Response) -> tuple[str, str, list[str], bool]:
@@ -475,7 +494,7 @@ class CrawlLoop:
         try:
             with Crawler(self.store, allow_private_hosts=cfg.allow_private_hosts,
                          allow_networks=cfg.allow_networks, stop_event=self.stop,
-                         max_pages=cfg.max_pages, max_depth=cfg.max_depth,
+                         max_pages=cfg.max_pages, max_depth=cfg.max_depth, max_links=cfg.max_links,
                          recrawl_interval=cfg.recrawl_interval,
                          follow_symlinks=cfg.follow_symlinks,
                          ingestor=cfg.ingestor(self.store),

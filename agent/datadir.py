@@ -11,7 +11,10 @@ So `cllm status` from any folder finds the agent that `cllm agent` started from 
 
 One agent runs per data directory: `DataDirLock` holds an exclusive flock on
 `DATA_DIR/cllm.lock` (the kernel drops it when the process dies) with the owner's pid in
-it, which `holder_pid` reads for `cllm status`. The store's trainer lease
+it, which `holder_pid` reads for `cllm status`. The lock file is opened without following
+a symbolic link and must be a regular file with one name, and it is truncated only once
+the lock is held: a link planted in a shared data directory cannot make the agent empty
+another file. The store's trainer lease
 (agent/training/trainer_lease.py) keeps a second agent from training the same database from
 another directory or machine.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +33,9 @@ from agent.training.trainer_lease import AgentLocked
 from engine.errors import CllmError
 
 APP = "cllm"
+# the lock file is never reached through a symbolic link, kept open by a child process, or
+# waited on (a FIFO put in its place)
+_LOCK_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 CONFIG_NAME = "cllm.toml"
 LOCK_NAME = "cllm.lock"
 
@@ -59,11 +66,22 @@ class DataDirLock:
     def acquire(self) -> "DataDirLock":
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, _LOCK_FLAGS | os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise CllmError(f"{self.path} is a symbolic link: refused (writing the pid "
+                                "through it would truncate the file it points to)",
+                                "remove it (the agent creates its own lock file) and make sure "
+                                "nobody else can write in the data directory") from None
             raise CllmError(f"cannot write in the data directory {self.path.parent}: "
                             f"{e.strerror}", "pass a --data-dir you can write to") from None
         try:
+            problem = _not_own_file(os.fstat(fd))
+            if problem:
+                raise CllmError(f"{self.path} is {problem}: refused (writing the pid would "
+                                "change another file)", "remove it (the agent creates its own "
+                                "lock file) and make sure nobody else can write in the data "
+                                "directory")
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
@@ -73,7 +91,10 @@ class DataDirLock:
                     f"another agent{f' (pid {pid})' if pid else ''} is already running on "
                     f"{self.path.parent}", "stop it first, or use another --data-dir") from None
             raise
-        os.ftruncate(fd, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)  # only now, with the lock held: the pid of a running agent stays
         os.write(fd, f"{os.getpid()}\n".encode())
         os.fsync(fd)
         self._fd = fd
@@ -93,14 +114,25 @@ class DataDirLock:
         self.release()
 
 
+def _not_own_file(st: os.stat_result) -> str | None:
+    """What makes an opened lock file no file of its own (a regular file with one name), or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_nlink != 1:
+        return f"a hard link ({st.st_nlink} names for one file)"
+    return None
+
+
 def holder_pid(data_dir: Path) -> Optional[int]:
     """The pid of the agent holding the data directory's lock, or None if none runs."""
     path = Path(data_dir) / LOCK_NAME
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = os.open(path, _LOCK_FLAGS | os.O_RDONLY)
+    except OSError:  # none, or a symbolic link no agent would lock: no agent runs
         return None
     try:
+        if _not_own_file(os.fstat(fd)):  # a FIFO or device planted there: never read
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:

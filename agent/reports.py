@@ -16,10 +16,10 @@ from engine.checkpoint import file_sha256
 from store import controls
 from store import lease as store_lease
 from store.checkpoints import latest_checkpoint, list_checkpoints
-from store.cycles import (count_cycles, forgetting_by_source, latest_step_metric, list_cycles,
-                          step_metrics)
-from store.documents import document_counts, list_documents, pending_summary
-from store.frontier import list_urls
+from store.cycles import (count_cycles, count_step_metrics, forgetting_by_source, latest_step_metric,
+                          list_cycles, list_step_metrics)
+from store.documents import count_documents, document_counts, list_documents, pending_summary
+from store.frontier import count_urls, list_urls
 from store.ledger import backlog_status
 from store.models import CycleStatus
 from store.targets import list_targets
@@ -63,19 +63,32 @@ def cycle_rows(session) -> list[dict]:
 
 
 def document_rows(session, status: Optional[str] = None, source: Optional[str] = None,
-                  cycle_id: Optional[int] = None, limit: Optional[int] = None) -> list[dict]:
+                  cycle_id: Optional[int] = None, limit: Optional[int] = None,
+                  offset: int = 0) -> list[dict]:
     rows = [{f: jsonable(getattr(d, f)) for f in DOCUMENT_FIELDS}
             for d in list_documents(session, status=status, source=source, cycle_id=cycle_id,
-                                    limit=limit)]
+                                    limit=limit, offset=offset)]
     for r in rows:     # the ledger: passes over the training text, summed over cycles
         r["passes"] = (round(r["trained_bytes"] / r["trainable_bytes"], 3)
                        if r["trainable_bytes"] else 0.0)
     return rows
 
 
-def url_rows(session, status: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
+def document_total(session, status: Optional[str] = None, source: Optional[str] = None,
+                   cycle_id: Optional[int] = None) -> int:
+    """How many rows document_rows has with these filters (all pages)."""
+    return count_documents(session, status=status, source=source, cycle_id=cycle_id)
+
+
+def url_rows(session, status: Optional[str] = None, limit: Optional[int] = None,
+             offset: int = 0) -> list[dict]:
     return [{f: jsonable(getattr(u, f)) for f in URL_FIELDS}
-            for u in list_urls(session, status=status or None, limit=limit)]
+            for u in list_urls(session, status=status or None, limit=limit, offset=offset)]
+
+
+def url_total(session, status: Optional[str] = None) -> int:
+    """How many rows url_rows has (all pages)."""
+    return count_urls(session, status=status or None)
 
 
 def vocab_rows(session, cycle_id: Optional[int] = None) -> tuple[list[dict], Optional[int]]:
@@ -110,12 +123,19 @@ def forgetting_rows(session, source: Optional[str] = None) -> list[dict]:
             for e in forgetting_by_source(session, source=source, by_cycle=True)]
 
 
-def step_rows(session, cycle_id: Optional[int] = None) -> list[dict]:
-    """The sampled per-step losses the trainer records, every cycle's (or one's)."""
-    ids = [cycle_id] if cycle_id is not None else [c.id for c in list_cycles(session)]
+def step_rows(session, cycle_id: Optional[int] = None, limit: Optional[int] = None,
+              offset: int = 0) -> list[dict]:
+    """The sampled per-step losses the trainer records, every cycle's (or one's), cycle by
+    cycle; a page of them with `limit` and `offset`."""
     return [{"cycle_id": m.cycle_id, "step": m.step, "loss": m.loss, "lr": m.lr,
              "grad_norm": m.grad_norm, "tokens_per_s": m.tokens_per_s,
-             "recorded": m.recorded} for cid in ids for m in step_metrics(session, cid)]
+             "recorded": m.recorded}
+            for m in list_step_metrics(session, cycle_id=cycle_id, limit=limit, offset=offset)]
+
+
+def step_total(session, cycle_id: Optional[int] = None) -> int:
+    """How many rows step_rows has (all pages)."""
+    return count_step_metrics(session, cycle_id=cycle_id)
 
 
 def status_view(session, data_dir: Path, database: str) -> dict:

@@ -40,6 +40,7 @@ from agent.inputs.ingest import Ingestor
 from agent.inputs.paths import DEFAULT_EXCLUDES
 from agent.inputs.text import DEFAULT_MAX_FILE_BYTES
 from agent.web.fetch import MAX_BODY_BYTES
+from agent.web.html import MAX_LINKS
 from engine import PRESETS, TrainConfig
 from engine.errors import ConfigError
 from engine.priority import PRIORITIES
@@ -252,6 +253,12 @@ SETTINGS: tuple[Setting, ...] = (
             commands=("agent", "crawl"), into=AGENT + CRAWL),
     Setting("max_depth", 2, int, "Link depth from each start URL (0: the start page only).",
             check=at_least(0), hint="e.g. --max-depth 2",
+            commands=("agent", "crawl"), into=AGENT + CRAWL),
+    Setting("max_links", MAX_LINKS, int,
+            "Links taken from one page at most (those on the crawled host, in page order); the "
+            "rest are dropped and counted (links_dropped), so a page of a million links costs "
+            "no more frontier rows than one of this many.",
+            check=at_least(1), hint="e.g. --max-links 1000",
             commands=("agent", "crawl"), into=AGENT + CRAWL),
     Setting("recrawl_interval", 86400.0, float,
             "Seconds after which a crawled URL is fetched again (conditionally: an unchanged "

@@ -126,6 +126,28 @@ def step_metrics(session: Session, cycle_id: int) -> list[StepMetric]:
                                 .order_by(StepMetric.step)))
 
 
+def list_step_metrics(session: Session, *, cycle_id: Optional[int] = None,
+                      limit: Optional[int] = None, offset: int = 0) -> list[StepMetric]:
+    """Sampled steps of every cycle (or of one), cycle by cycle, each in step order; a page
+    of them with `limit` and `offset`."""
+    q = select(StepMetric).order_by(StepMetric.cycle_id, StepMetric.step, StepMetric.id)
+    if cycle_id is not None:
+        q = q.where(StepMetric.cycle_id == cycle_id)
+    if limit is not None:
+        q = q.limit(limit)
+    if offset:
+        q = q.offset(offset)
+    return list(session.scalars(q))
+
+
+def count_step_metrics(session: Session, *, cycle_id: Optional[int] = None) -> int:
+    """How many sampled steps are recorded (of one cycle): counted in SQL."""
+    q = select(func.count(StepMetric.id))
+    if cycle_id is not None:
+        q = q.where(StepMetric.cycle_id == cycle_id)
+    return session.scalar(q)
+
+
 def latest_step_metric(session: Session, cycle_id: int) -> Optional[StepMetric]:
     """The cycle's most recent sampled step (a running cycle's progress)."""
     return session.scalars(select(StepMetric).where(StepMetric.cycle_id == cycle_id)

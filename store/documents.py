@@ -437,24 +437,31 @@ def replay_sample(session: Session, n: int, *, exclude_ids: Sequence[int] = (),
 
 # ----------------------------------------------------------------------------- reading
 
-def list_documents(session: Session, status: Optional[str] = None,
-                   source: Optional[str] = None, cycle_id: Optional[int] = None,
-                   limit: Optional[int] = None, *, ids: Optional[Iterable[int]] = None,
-                   with_text: bool = False) -> list[Document]:
-    """Documents by id, filtered; their text is not loaded (it loads on access) unless
-    `with_text`. `ids`: only documents with these ids (any number of them)."""
-    q = select(Document).order_by(Document.id)
+def _documents_where(q, status: Optional[str], source: Optional[str], cycle_id: Optional[int]):
     if status is not None:
         q = q.where(Document.status == status)
     if source is not None:
         q = q.where(Document.source == source)
     if cycle_id is not None:
         q = q.where(Document.cycle_id == cycle_id)
+    return q
+
+
+def list_documents(session: Session, status: Optional[str] = None,
+                   source: Optional[str] = None, cycle_id: Optional[int] = None,
+                   limit: Optional[int] = None, *, ids: Optional[Iterable[int]] = None,
+                   with_text: bool = False, offset: int = 0) -> list[Document]:
+    """Documents by id, filtered; their text is not loaded (it loads on access) unless
+    `with_text`. `ids`: only documents with these ids (any number of them). Without `ids`,
+    a page of them with `limit` and `offset`."""
+    q = _documents_where(select(Document).order_by(Document.id), status, source, cycle_id)
     if with_text:
         q = q.options(undefer(Document.text))
     if ids is None:
         if limit is not None:
             q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
         return list(session.scalars(q))
     wanted = sorted(set(ids))
     out: list[Document] = []
@@ -463,6 +470,12 @@ def list_documents(session: Session, status: Optional[str] = None,
             break
         out += session.scalars(q.where(Document.id.in_(wanted[i:i + _CHUNK])))
     return out if limit is None else out[:limit]
+
+
+def count_documents(session: Session, status: Optional[str] = None,
+                    source: Optional[str] = None, cycle_id: Optional[int] = None) -> int:
+    """How many documents list_documents lists with these filters: counted in SQL."""
+    return session.scalar(_documents_where(select(func.count(Document.id)), status, source, cycle_id))
 
 
 def document_counts(session: Session) -> list[dict]:

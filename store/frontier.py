@@ -22,7 +22,7 @@ import datetime as dt
 import hashlib
 from typing import Iterable, Optional
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -200,11 +200,30 @@ def queued_under(session: Session, origin: str, *, max_depth: int,
 
 
 def list_urls(session: Session, *, status: Optional[str] = None,
-              limit: Optional[int] = None) -> list[FetchedUrl]:
-    """Recorded URLs in the order they were first recorded, optionally of one status."""
+              limit: Optional[int] = None, offset: int = 0) -> list[FetchedUrl]:
+    """Recorded URLs in the order they were first recorded, optionally of one status; a
+    page of them with `limit` and `offset`."""
     q = select(FetchedUrl).order_by(FetchedUrl.id)
     if status:
         q = q.where(FetchedUrl.status == status)
     if limit:
         q = q.limit(limit)
+    if offset:
+        q = q.offset(offset)
     return list(session.scalars(q))
+
+
+def count_urls(session: Session, *, status: Optional[str] = None) -> int:
+    """How many URLs are recorded (of one status): counted in SQL, no row loaded."""
+    q = select(func.count(FetchedUrl.id))
+    if status:
+        q = q.where(FetchedUrl.status == status)
+    return session.scalar(q)
+
+
+def urls_changed(session: Session) -> tuple[int, Optional[dt.datetime]]:
+    """(how many URLs are recorded, the latest time one was recorded or fetched): what
+    changes when the crawler records anything, read in one SQL aggregate (the dashboard's
+    event feed asks on every store change)."""
+    n, latest = session.execute(select(func.count(FetchedUrl.id), func.max(FetchedUrl.fetched_at))).one()
+    return n, latest

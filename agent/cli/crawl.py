@@ -62,7 +62,7 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
                 store, allow_private_hosts=cfg.allow_private_hosts, allow_networks=cfg.allow_networks,
                 max_pages=cfg.max_pages, recrawl_interval=cfg.recrawl_interval,
                 max_depth=cfg.max_depth, delay=cfg.delay, timeout=cfg.timeout, retries=cfg.retries,
-                stop_event=stop,
+                max_links=cfg.max_links, stop_event=stop,
                 ingestor=Ingestor(store, fallback_encoding=cfg.fallback_encoding, **file_cap),
                 exclude=DEFAULT_EXCLUDES + cfg.exclude, **body_cap) as crawler:
             for kind, target in plan:

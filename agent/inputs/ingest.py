@@ -130,7 +130,8 @@ class Ingestor:
         """Apply one `file_monitor.MonitorEvent`; returns what it became."""
         source = event.root
         if event.kind == EventKind.READY:
-            return self.ingest_file(event.path, source=source, follow_symlinks=event.follow_symlinks)
+            return self.ingest_file(event.path, source=source, root=event.root,
+                                    follow_symlinks=event.follow_symlinks)
         if event.kind == EventKind.DELETED:
             return self.delete_path(event.path, reason=event.reason or REMOVED)
         if event.kind == EventKind.FOLDER:  # the files under it come as their own events
@@ -148,14 +149,17 @@ class Ingestor:
 
     # files
     def ingest_file(self, path: str | os.PathLike, *, source: str | None = None,
-                    target_id: int | None = None, follow_symlinks: bool | None = None) -> IngestResult:
-        """Read, decode and store one file (source defaults to its folder)."""
+                    target_id: int | None = None, follow_symlinks: bool | None = None,
+                    root: str | os.PathLike | None = None) -> IngestResult:
+        """Read, decode and store one file (source defaults to its folder). Unless symlinks
+        are followed, the file is opened beneath `root` (the watched or walked folder it was
+        found in; default its own folder) through no symbolic link: text.open_regular."""
         path = os.path.abspath(path)
         uri = file_uri(path)
         source = source or os.path.dirname(path)
         follow = self.follow_symlinks if follow_symlinks is None else follow_symlinks
         try:
-            data = read_file(path, max_bytes=self.max_file_bytes, follow_symlinks=follow)
+            data = read_file(path, max_bytes=self.max_file_bytes, follow_symlinks=follow, root=root)
             decoded = decode_text(data, fallback=self.fallback_encoding)
         except Refused as r:
             return self.refuse(uri, r.reason, source=source, size_bytes=r.size_bytes, target_id=target_id)

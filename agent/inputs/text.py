@@ -3,8 +3,9 @@
 Holds the decoding rules every input goes through (a byte-order mark, a declared charset,
 UTF-8, a configured fallback encoding; the one used is recorded), binary detection, the
 checks on codec names and on text UTF-8 cannot hold, `storable` for names the store must
-keep, and `read_file`, which reads one regular file under a size cap without following a
-final symlink or blocking on a FIFO.
+keep, `open_regular`, the one way a watched or crawled file is opened (beneath its root,
+through no symbolic link unless asked, its type checked before the open), and `read_file`,
+which reads one regular file under a size cap through it.
 
 It does not choose files (paths.py), fetch URLs (fetch.py) or write to the store
 (ingest.py). `Refused` is the one exception for an input that will not become a
@@ -168,33 +169,110 @@ def decode_text(data: bytes, *, declared: str | None = None, fallback: str | Non
     return decoded
 
 
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC
+# never blocks on a FIFO, never makes a terminal ours; the type is checked before the open anyway
+_FILE_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | _CLOEXEC
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_error(e: OSError, follow_symlinks: bool) -> Refused:
+    if isinstance(e, FileNotFoundError):
+        return Refused("vanished before it could be read")
+    if isinstance(e, PermissionError):
+        return Refused("permission denied")
+    if e.errno == errno.ELOOP:
+        return Refused("symlink loop (too many levels of symbolic links)" if follow_symlinks
+                       else "symbolic link (not followed)")
+    return Refused(f"cannot open: {e.strerror or e}")
+
+
+def _regular(st: os.stat_result, max_bytes: int) -> None:
+    """Refused unless `st` is a regular file of at most `max_bytes`."""
+    if not stat.S_ISREG(st.st_mode):
+        raise Refused("a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+    if st.st_size > max_bytes:
+        raise Refused(f"too large ({st.st_size} bytes > cap of {max_bytes})", st.st_size)
+
+
+def open_regular(path: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                 follow_symlinks: bool = False,
+                 max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[int, os.stat_result]:
+    """(an open read-only descriptor, its fstat) of the regular file at `path`, or Refused.
+
+    Without `follow_symlinks` the file is opened beneath `root` (the watched or crawled
+    folder; by default the file's own folder): the root is opened as named, then every
+    folder below it one component at a time with O_NOFOLLOW relative to the one above (a
+    folder swapped for a symbolic link after the file was found is refused, not followed
+    out of the root), and the file with O_NOFOLLOW too. Either way its type and size are
+    checked (lstat, or stat when following) before it is opened, so a FIFO or a device is
+    refused unopened, and again on the descriptor (a file swapped meanwhile is refused).
+    """
+    path = os.path.abspath(path)
+    try:
+        if follow_symlinks:
+            st = os.stat(path)
+            _regular(st, max_bytes)
+            fd = os.open(path, _FILE_FLAGS)
+        else:
+            st, fd = _open_beneath(path, os.path.abspath(root) if root else os.path.dirname(path),
+                                   max_bytes)
+    except OSError as e:
+        raise _open_error(e, follow_symlinks) from None
+    try:
+        fst = os.fstat(fd)
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            raise Refused("replaced while it was opened")
+        _regular(fst, max_bytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, fst
+
+
+def _open_beneath(path: str, root: str, max_bytes: int) -> tuple[os.stat_result, int]:
+    """lstat and open `path` below `root` through no symbolic link (open_regular)."""
+    rel = os.path.relpath(path, root)
+    if rel == os.curdir or rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise Refused(f"not beneath its folder {root}")
+    *folders, name = rel.split(os.sep)
+    dir_fd = os.open(root, _DIR_FLAGS)
+    try:
+        for i, folder in enumerate(folders):
+            try:
+                below = os.open(folder, _DIR_FLAGS | _NOFOLLOW, dir_fd=dir_fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    shown = os.sep.join(folders[:i + 1])
+                    try:
+                        link = stat.S_ISLNK(os.stat(folder, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+                    except OSError:
+                        link = False
+                    raise Refused(f"the folder {shown} on its path is a symbolic link now (not followed)"
+                                  if link else f"{shown} on its path is no folder now") from None
+                raise
+            os.close(dir_fd)
+            dir_fd = below
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise Refused("symbolic link (not followed)")
+        _regular(st, max_bytes)
+        return st, os.open(name, _FILE_FLAGS | _NOFOLLOW, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def read_file(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES,
-              follow_symlinks: bool = False) -> bytes:
+              follow_symlinks: bool = False, root: str | os.PathLike | None = None) -> bytes:
     """Read a regular file of at most `max_bytes`, or raise Refused with a reason.
 
-    Opens without following a final symlink unless asked, without blocking on FIFOs, and
-    checks the size on the open descriptor, so a file swapped or grown meanwhile is caught.
+    Opened by `open_regular` (beneath `root` through no symbolic link unless
+    `follow_symlinks`; the type checked before the open, never blocking on a FIFO); the
+    size is checked on the open descriptor and while reading, so a file swapped or grown
+    meanwhile is caught.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    if not follow_symlinks:
-        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd, _ = open_regular(path, root=root, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise Refused("vanished before it could be read") from None
-    except PermissionError:
-        raise Refused("permission denied") from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Refused("symlink loop (too many levels of symbolic links)" if follow_symlinks
-                          else "symbolic link (not followed)") from None
-        raise Refused(f"cannot open: {e.strerror or e}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused("a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
-        if st.st_size > max_bytes:
-            raise Refused(f"too large ({st.st_size} bytes > cap of {max_bytes})", st.st_size)
         os.set_blocking(fd, True)
         chunks, total = [], 0
         while True:

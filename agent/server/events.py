@@ -5,8 +5,8 @@
 folder sets it when the database (or its WAL) is written, and `notify()` sets it from inside
 the agent (each committed checkpoint) or after a control action. On each wake-up the
 thread reads a small digest of the store (the rows `cllm status` shows, the targets, the
-URL count) and, when a part differs from the last digest, sends its name to every
-subscriber. No timer: a store nobody writes sends nothing. (On PostgreSQL there is no file
+URLs' count and latest change, read by one SQL aggregate) and, when a part differs from the
+last digest, sends its name to every subscriber. No timer: a store nobody writes sends nothing. (On PostgreSQL there is no file
 to watch, so out of the agent's process only checkpoints and control actions are seen.)
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from starlette.responses import StreamingResponse
 
 from agent import reports
 from agent.server.wake import WakeThread
+from store import frontier
 
 log = logging.getLogger(__name__)
 _CLOSE = object()
@@ -70,8 +71,10 @@ def store_digest(session, data_dir: Path, database: str) -> dict[str, str]:
         return hashlib.sha256(json.dumps(obj, default=reports.jsonable, sort_keys=True)
                               .encode()).hexdigest()[:16]
     st = reports.status_view(session, data_dir, database)
+    # the URLs by one SQL aggregate (their count, the latest recorded): never their rows,
+    # which a crawl adds by the thousand while every store change asks
     return {"status": h(st), "targets": h(reports.target_rows(session)),
-            "urls": h(len(reports.url_rows(session)))}
+            "urls": h(frontier.urls_changed(session))}
 
 
 class StoreWatcher(WakeThread):

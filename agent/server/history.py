@@ -2,7 +2,10 @@
 /metrics (Prometheus text: the store's state at scrape time plus the server's counters).
 
 Store reads run on worker threads (one read-only session each), never on the event loop.
-Query parameters are checked like request bodies: a bad one is a 400 naming it.
+Query parameters are checked like request bodies: a bad one is a 400 naming it. The views
+that grow with what is crawled and learned (/api/documents, /api/urls, /api/steps) answer
+one page at a time (`_page`: ?limit= and ?offset=, a default page size, the total count
+in a header).
 """
 from __future__ import annotations
 
@@ -19,10 +22,14 @@ from starlette.routing import Route
 from agent import reports
 from agent.limits import REASONS
 from agent.server.errors import ApiError
-from store.models import DocumentStatus
+from store.models import DocumentStatus, UrlStatus
 
 
-def _int(request: Request, name: str, lo: int = 0) -> Optional[int]:
+DEFAULT_PAGE = 1000  # rows a list route answers unless asked for another ?limit=
+MAX_PAGE = 10_000   # ... and at most
+
+
+def _int(request: Request, name: str, lo: int = 0, hi: Optional[int] = None) -> Optional[int]:
     v = request.query_params.get(name)
     if v is None or v == "":
         return None
@@ -30,8 +37,9 @@ def _int(request: Request, name: str, lo: int = 0) -> Optional[int]:
         n = int(v)
     except ValueError:
         n = lo - 1
-    if n < lo:
-        raise ApiError(400, f"query parameter '{name}' must be an integer >= {lo}, got {v!r}")
+    if n < lo or (hi is not None and n > hi):
+        bound = f"within [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ApiError(400, f"query parameter '{name}' must be an integer {bound}, got {v!r}")
     return n
 
 
@@ -47,8 +55,9 @@ def _flag(request: Request, name: str) -> bool:
     return _choice(request, name, ("0", "1", "true", "false")) in ("1", "true")
 
 
-def json_response(data) -> Response:
-    return Response(json.dumps(data, default=reports.jsonable), media_type="application/json")
+def json_response(data, headers: Optional[dict] = None) -> Response:
+    return Response(json.dumps(data, default=reports.jsonable), media_type="application/json",
+                    headers=headers)
 
 
 async def _read(request: Request, fn, *args, **kwargs) -> Response:
@@ -69,16 +78,35 @@ async def cycles(request: Request) -> Response:
     return await _read(request, reports.cycle_rows)
 
 
+async def _page(request: Request, rows_fn, total_fn, **filters) -> Response:
+    """One page of a list view: `?limit=` rows (DEFAULT_PAGE unless given, at most MAX_PAGE)
+    from `?offset=`. The body is the rows' list, as before paging; the paging is in the
+    headers: X-Total-Count (rows on all pages, counted in SQL) and, when more follow, a Link
+    to the next page (rel="next")."""
+    limit = _int(request, "limit", 1, MAX_PAGE) or DEFAULT_PAGE
+    offset = _int(request, "offset", 0) or 0
+    service = request.app.state.service
+
+    def run():
+        with service.store.session(read_only=True) as s:
+            return rows_fn(s, limit=limit, offset=offset, **filters), total_fn(s, **filters)
+    rows, total = await anyio.to_thread.run_sync(run)
+    headers = {"X-Total-Count": str(total)}
+    if offset + len(rows) < total:
+        nxt = request.url.include_query_params(limit=limit, offset=offset + len(rows))
+        headers["Link"] = f'<{nxt.path}?{nxt.query}>; rel="next"'
+    return json_response(rows, headers)
+
+
 async def documents(request: Request) -> Response:
-    return await _read(request, reports.document_rows,
+    return await _page(request, reports.document_rows, reports.document_total,
                        status=_choice(request, "status", [s.value for s in DocumentStatus]),
-                       source=request.query_params.get("source"),
-                       cycle_id=_int(request, "cycle"), limit=_int(request, "limit", 1))
+                       source=request.query_params.get("source"), cycle_id=_int(request, "cycle"))
 
 
 async def urls(request: Request) -> Response:
-    return await _read(request, reports.url_rows, status=request.query_params.get("status"),
-                       limit=_int(request, "limit", 1))
+    return await _page(request, reports.url_rows, reports.url_total,
+                       status=_choice(request, "status", [s.value for s in UrlStatus]))
 
 
 async def vocab(request: Request) -> Response:
@@ -95,7 +123,7 @@ async def checkpoints(request: Request) -> Response:
 
 
 async def steps(request: Request) -> Response:
-    return await _read(request, reports.step_rows, cycle_id=_int(request, "cycle"))
+    return await _page(request, reports.step_rows, reports.step_total, cycle_id=_int(request, "cycle"))
 
 
 # ---------------------------------------------------------------------------------- metrics

@@ -21,6 +21,7 @@ from agent.web.urls import canonical_url
 log = logging.getLogger(__name__)
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+MAX_LINKS = 1000  # links the crawler takes from one page at most (--max-links)
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 
 

@@ -94,6 +94,7 @@ def test_neighbours_lists_twelve_tokens_ranked_by_crystalline_similarity():
     (["--crawl", "ftp://example.org/"], "http(s) URL"),
     (["--quiet-period", "-1"], "quiet period -1.0 is negative"),
     (["--max-pages", "0"], "--max-pages must be >= 1"),
+    (["--max-links", "0"], "--max-links must be >= 1"),
 ])
 def test_agent_setting_mistakes_are_one_line_errors_and_touch_nothing(tmp_path, args, message):
     data = tmp_path / "data"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import httpcore
 import httpx
@@ -10,6 +11,7 @@ from sqlalchemy import select
 
 from agent.crawler import CrawlError, Crawler, iter_targets
 from agent.inputs.ingest import Ingestor
+from agent.inputs.paths import file_uri
 from agent.web.ssrf import HostPolicy, address_problem
 from agent.web.transport import GuardedBackend as _GuardedBackend, guarded_transport
 from agent.inputs.text import Refused
@@ -92,6 +94,26 @@ def test_page_limit(store, site):
         report = c.crawl(site.base + "/")
     assert len([h for h in site.hits if h[0] != "/robots.txt"]) == 3
     assert report.counts["left_unvisited"] == 8
+
+
+def test_links_taken_from_one_page_are_capped(store, site, caplog):
+    """A page of many links gives the frontier its first --max-links links on the crawled
+    host (off-host ones do not count), and the dropped ones are counted and logged."""
+    import logging
+
+    from store.models import FetchedUrl
+
+    b = site.base
+    off_host = tuple(f"http://elsewhere.example/{i}" for i in range(5))
+    site.html("/", page("Hub", "hub words", off_host + tuple(f"/p{i}" for i in range(50))))
+    with crawler(store, max_links=10, max_pages=1) as c, caplog.at_level(logging.INFO, logger="agent.crawler"):
+        report = c.crawl(b + "/")
+    with store.session(read_only=True) as s:
+        queued = list(s.scalars(select(FetchedUrl.url).where(FetchedUrl.status == "queued")
+                                .order_by(FetchedUrl.id)))
+    assert queued == [f"{b}/p{i}" for i in range(10)]
+    assert report.counts["links_dropped"] == 40 and report.counts["left_unvisited"] == 10
+    assert f"{b}/: took the first 10 of its 50 links (--max-links), dropped 40" in caplog.text
 
 
 def test_per_host_delay(store, site):
@@ -530,6 +552,39 @@ def test_a_folder_walk_stops_within_a_flat_folder(store, tmp_path):
         report = c.walk(str(tmp_path))
     assert report.counts["interrupted"] == 1
     assert report.counts["added"] == 3 and len(rows(store)) == 3  # committed, and no more read
+
+
+def test_a_folder_walk_reads_nothing_through_a_folder_swapped_for_a_link(store, tmp_path):
+    """Between the walk finding a file and reading it, its folder becomes a link to a folder
+    outside the crawled one: the file is refused, and FIFOs are refused unopened, without
+    blocking (the walk lists them like files)."""
+    import shutil
+
+    crawled, outside = tmp_path / "crawled", tmp_path / "outside"
+    (crawled / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "notes.txt").write_text("a secret outside the crawled folder\n")
+    (crawled / "sub" / "notes.txt").write_text("words inside the crawled folder\n")
+    (crawled / "kept.txt").write_text("words that stay where they were\n")
+    os.mkfifo(crawled / "pipe")
+
+    class Swapping(Ingestor):
+        def ingest_file(self, path, **kw):
+            if os.path.basename(path) == "notes.txt":
+                shutil.rmtree(crawled / "sub")
+                os.symlink(outside, crawled / "sub")
+            return super().ingest_file(path, **kw)
+
+    with crawler(store, ingestor=Swapping(store)) as c:
+        report = c.walk(str(crawled))
+    got = {r["uri"]: (r["status"], r["reason"]) for r in rows(store)}
+    assert got == {
+        file_uri(crawled / "kept.txt"): ("pending", None),
+        file_uri(crawled / "pipe"): ("skipped", "not a regular file"),
+        file_uri(crawled / "sub" / "notes.txt"):
+            ("skipped", "the folder sub on its path is a symbolic link now (not followed)"),
+    }
+    assert report.counts["added"] == 1 and report.counts["refused"] == 2
 
 
 # --- crawl targets ----------------------------------------------------------------------

@@ -62,3 +62,54 @@ def test_config_precedence_flags_env_data_dir_toml_user_toml_defaults(tmp_path, 
     other.write_text("[agent]\nreplay-fraction = 0.5\n")
     v = resolve({}, data, other)
     assert (v["preset"], v["max_wait"], v["replay_fraction"]) == ("tiny", 7.0, 0.5)
+
+
+def test_a_planted_lock_symlink_or_hard_link_leaves_its_target_untouched(tmp_path):
+    """cllm.lock put in a shared data directory as a link to another of the user's files:
+    the agent refuses with a clear error instead of truncating the file and writing its pid."""
+    import pytest
+
+    from agent.datadir import DataDirLock, holder_pid
+    from engine.errors import CllmError
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("a year of notes\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cllm.lock").symlink_to(victim)
+    with pytest.raises(CllmError, match="cllm.lock is a symbolic link: refused") as e:
+        DataDirLock(data).acquire()
+    assert "remove it" in e.value.hint
+    assert victim.read_text() == "a year of notes\n"
+    assert holder_pid(data) is None               # `cllm status`: no agent runs there
+    r = CliRunner().invoke(main, ["train", "--data-dir", str(data), "--preset", "tiny", "--steps", "1"])
+    assert r.exit_code == 1 and "is a symbolic link: refused" in r.output, r.output
+    assert victim.read_text() == "a year of notes\n"
+
+    (data / "cllm.lock").unlink()
+    os.link(victim, data / "cllm.lock")           # a hard link (where the kernel allows one)
+    with pytest.raises(CllmError, match=r"is a hard link \(2 names for one file\): refused"):
+        DataDirLock(data).acquire()
+    assert victim.read_text() == "a year of notes\n"
+
+    (data / "cllm.lock").unlink()
+    os.mkfifo(data / "cllm.lock")                 # a FIFO: neither the agent nor status waits on it
+    with pytest.raises(CllmError, match="is not a regular file: refused"):
+        DataDirLock(data).acquire()
+    assert holder_pid(data) is None
+
+
+def test_the_lock_keeps_a_running_agents_pid_until_it_is_held(tmp_path):
+    """A second agent that fails to take the lock leaves the first one's pid in the file."""
+    import pytest
+
+    from agent.datadir import DataDirLock, holder_pid
+    from agent.training.trainer_lease import AgentLocked
+
+    data = tmp_path / "data"
+    with DataDirLock(data):
+        with pytest.raises(AgentLocked, match=f"pid {os.getpid()}"):
+            DataDirLock(data).acquire()
+        assert (data / "cllm.lock").read_text() == f"{os.getpid()}\n"
+        assert holder_pid(data) == os.getpid()
+    assert holder_pid(data) is None

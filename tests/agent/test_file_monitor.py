@@ -245,8 +245,8 @@ def test_permission_denied_and_vanished_files_are_recorded(watched, store, monke
     if os.geteuid() == 0:  # root reads anything: make the open fail as it would for a user
         real_open = os.open
 
-        def deny(path, flags, *a, **k):
-            if os.fspath(path) == str(locked):
+        def deny(path, flags, *a, **k):  # opened by its name, beneath the watched folder
+            if os.path.basename(os.fspath(path)) == locked.name:
                 raise PermissionError(errno.EACCES, "Permission denied", str(locked))
             return real_open(path, flags, *a, **k)
 
@@ -260,6 +260,34 @@ def test_permission_denied_and_vanished_files_are_recorded(watched, store, monke
     assert got[file_uri(locked)] == ("skipped", "permission denied")
     assert got[file_uri(vanishing)] == ("skipped", "vanished before it could be read")
     os.chmod(locked, 0o644)
+
+
+def test_a_folder_swapped_for_a_symlink_after_its_file_settled_is_not_read_through(watched, store, tmp_path):
+    """The quiet period ends with the file ready; before the ingest thread reads it, a
+    folder on its path becomes a link to a folder outside the root: the file is refused
+    (recorded with the reason), and nothing outside the root is read."""
+    root, events, ingestor, make = watched
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "notes.txt").write_text("a secret outside the watched folder\n")
+    started(make, events, ingestor)
+    sub = root / "sub"
+    sub.mkdir()
+    (sub / "notes.txt").write_text("words inside the watched folder\n")
+    ready = None
+    deadline = time.monotonic() + 5
+    while ready is None and time.monotonic() < deadline:  # take the ready event, apply it by hand
+        ev = events.get(timeout=5)
+        if ev.kind == "ready" and ev.path == str(sub / "notes.txt"):
+            ready = ev
+    assert ready is not None
+    shutil.rmtree(sub)
+    os.symlink(outside, sub)                         # the swap, between "ready" and the read
+    res = ingestor.handle(ready)
+    reason = "the folder sub on its path is a symbolic link now (not followed)"
+    assert (res.outcome, res.reason) == ("refused", reason)
+    assert [(r["uri"], r["status"], r["reason"]) for r in rows(store)] == [
+        (file_uri(sub / "notes.txt"), "skipped", reason)]
 
 
 def test_symlinks_are_not_followed_by_default(watched, store, tmp_path):

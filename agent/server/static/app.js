@@ -28,6 +28,16 @@ async function getJSON(path) {
   return r.json();
 }
 
+// the list views answer a page at a time (?limit=, ?offset=, X-Total-Count): the loss chart
+// shows the latest STEPS_SHOWN sampled steps
+const STEPS_SHOWN = 5000;
+async function latestSteps() {
+  const r = await fetch("/api/steps?limit=1", { headers: { Accept: "application/json" } });
+  if (!r.ok) throw new Error((await r.json()).error?.message || r.statusText);
+  const total = Number(r.headers.get("X-Total-Count")) || 0;
+  return getJSON(`/api/steps?limit=${STEPS_SHOWN}&offset=${Math.max(0, total - STEPS_SHOWN)}`);
+}
+
 // numbers as people read them: thousands separated, no fractions past 100 (7,166 tokens/s,
 // not 7166.156), up to `d` decimals below (a loss of 4.512)
 const fmt = (v, d = 3) => v === null || v === undefined ? "" :
@@ -122,7 +132,7 @@ function heatmap(node, rows) {
 // --------------------------------------------------------------------------- tabs
 
 async function training() {
-  const [st, cycles, steps] = await Promise.all([getJSON("/api/status"), getJSON("/api/cycles"), getJSON("/api/steps")]);
+  const [st, cycles, steps] = await Promise.all([getJSON("/api/status"), getJSON("/api/cycles"), latestSteps()]);
   $("#agent-state").replaceChildren(st.agent_running ? `running (pid ${st.pid})` : "not running",
     el("br"), `${st.cycles_completed} cycles completed`);
   const pause = $("#pause-training");

@@ -82,6 +82,54 @@ def test_read_file_refusals(tmp_path):
         read_file(tmp_path / "fifo")
 
 
+def test_a_fifo_or_device_is_refused_before_it_is_opened(tmp_path, monkeypatch):
+    """Opening is already an action on a device (a tape rewinds, a terminal becomes ours):
+    the type is checked first, and neither the FIFO nor the device a followed link names
+    is ever opened."""
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink("/dev/zero", tmp_path / "zeros.txt")
+    opened = []
+    real_open = os.open
+
+    def spy(path, flags, *a, **k):
+        opened.append(os.path.basename(os.fspath(path)))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr("agent.inputs.text.os.open", spy)
+    with pytest.raises(Refused, match="^not a regular file$"):
+        read_file(tmp_path / "pipe")
+    with pytest.raises(Refused, match="^not a regular file$"):
+        read_file(tmp_path / "zeros.txt", follow_symlinks=True)
+    with pytest.raises(Refused, match="^symbolic link \\(not followed\\)$"):
+        read_file(tmp_path / "zeros.txt")
+    assert not {"pipe", "zeros.txt", "zero"} & set(opened), opened
+
+
+def test_a_folder_swapped_for_a_symlink_is_not_read_through(tmp_path):
+    """Every folder between the root and the file is opened without following a link: a
+    folder replaced by a link to another place after the file was found is refused."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a" / "b").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "notes.txt").write_text("a secret outside the root\n")
+    (root / "a" / "b" / "notes.txt").write_text("words inside the root\n")
+    assert read_file(root / "a" / "b" / "notes.txt", root=root) == b"words inside the root\n"
+    (root / "a" / "b" / "notes.txt").unlink()
+    (root / "a" / "b").rmdir()
+    os.symlink(outside, root / "a" / "b")
+    with pytest.raises(Refused, match=r"^the folder a/b on its path is a symbolic link now \(not followed\)$"):
+        read_file(root / "a" / "b" / "notes.txt", root=root)
+    os.rename(root / "a", tmp_path / "a-moved")
+    os.symlink(tmp_path / "a-moved", root / "a")       # a link higher up
+    with pytest.raises(Refused, match="the folder a on its path is a symbolic link now"):
+        read_file(root / "a" / "b" / "notes.txt", root=root)
+    # followed links are the user's choice (--follow-symlinks): read through, as before
+    assert read_file(root / "a" / "b" / "notes.txt", root=root,
+                     follow_symlinks=True) == b"a secret outside the root\n"
+    with pytest.raises(Refused, match="not beneath its folder"):
+        read_file(outside / "notes.txt", root=root)
+
+
 # --- selection --------------------------------------------------------------------------
 
 

@@ -137,3 +137,90 @@ def test_why_training_is_paused_reaches_status_the_cli_and_metrics(serve, traine
     # no agent running: only the user's pause (a row of the store) is left to say
     st = httpx.get(server.url + "/api/status").json()
     assert st["paused_by"] == ["user"]
+
+
+def _with_urls(trained, tmp_path, n: int):
+    """A copy of the trained data directory with `n` recorded URLs (queued, in order)."""
+    import shutil
+
+    from store import frontier
+
+    data = tmp_path / "data"
+    shutil.copytree(trained, data)
+    with open_store(data) as store, store.session() as s:
+        frontier.queue_urls(s, [f"https://example.org/p{i}" for i in range(n)], depth=1)
+    return data
+
+
+def test_api_urls_answer_a_default_page_and_link_the_next(serve, trained, tmp_path):
+    """Past the default page size the body is still the rows' list (the CLI's rows), the
+    total and the next page are in the headers, and following the links gives every row
+    once."""
+    from agent.server.history import DEFAULT_PAGE
+
+    server = serve(_with_urls(trained, tmp_path, DEFAULT_PAGE + 5))
+    r = httpx.get(server.url + "/api/urls")
+    assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == DEFAULT_PAGE
+    assert r.headers["x-total-count"] == str(DEFAULT_PAGE + 5)
+    assert r.headers["link"] == f'</api/urls?limit={DEFAULT_PAGE}&offset={DEFAULT_PAGE}>; rel="next"'
+    got, path = [], "/api/urls?limit=400&status=queued"
+    while path:
+        r = httpx.get(server.url + path)
+        got += [row["url"] for row in r.json()]
+        link = r.headers.get("link")
+        path = link[1:link.index(">")] if link else None
+    assert got == [f"https://example.org/p{i}" for i in range(DEFAULT_PAGE + 5)]
+    assert httpx.get(server.url + "/api/urls?status=fetched").headers["x-total-count"] == "0"
+
+
+def test_api_steps_and_documents_page_in_order(serve, trained):
+    server = serve(trained)
+    for view in ("steps", "documents"):
+        whole = httpx.get(server.url + f"/api/{view}")
+        assert whole.headers["x-total-count"] == str(len(whole.json())) and "link" not in whole.headers
+        assert len(whole.json()) >= 2, view
+        pages = [httpx.get(server.url + f"/api/{view}?limit=1&offset={o}").json()
+                 for o in range(len(whole.json()) + 1)]
+        assert [row for p in pages for row in p] == whole.json()
+    one = httpx.get(server.url + "/api/steps?cycle=2&limit=1")
+    assert one.json()[0]["cycle_id"] == 2 and "offset=1" in one.headers["link"]
+    assert int(one.headers["x-total-count"]) == len(httpx.get(server.url + "/api/steps?cycle=2").json())
+
+
+@pytest.mark.parametrize("query", ["/api/urls?limit=0", "/api/urls?limit=10001", "/api/urls?offset=-1",
+                                   "/api/steps?offset=x", "/api/steps?limit=1.5", "/api/urls?status=bogus",
+                                   "/api/documents?limit=99999"])
+def test_bad_paging_parameters_get_400_json(serve, trained, query):
+    server = serve(trained)
+    r = httpx.get(server.url + query)
+    assert r.status_code == 400 and "query parameter" in r.json()["error"]["message"]
+
+
+def test_the_event_feed_counts_urls_in_sql_without_loading_their_rows(trained, tmp_path):
+    """Every store change makes the dashboard's watcher read a digest: it must not load the
+    URL rows (a crawl records them by the thousand), yet see a URL recorded or changed."""
+    from sqlalchemy import event
+
+    from agent.server.events import store_digest
+    from store import frontier
+    from store.models import FetchedUrl, UrlStatus
+
+    data = _with_urls(trained, tmp_path, 300)
+    with open_store(data) as store:
+        loaded = []
+
+        def digest():
+            with store.session(read_only=True) as s:
+                event.listen(s, "loaded_as_persistent", lambda _s, obj: loaded.append(type(obj)))
+                return store_digest(s, data, store.describe())
+
+        before = digest()
+        assert FetchedUrl not in loaded
+        with store.session() as s:
+            frontier.record_url(s, "https://example.org/p7", status=UrlStatus.FETCHED, http_status=200)
+        changed = digest()
+        assert changed["urls"] != before["urls"]       # a status change, the count the same
+        with store.session() as s:
+            frontier.queue_urls(s, ["https://example.org/new"], depth=1)
+        assert digest()["urls"] != changed["urls"]
+        assert FetchedUrl not in loaded
