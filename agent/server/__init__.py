@@ -8,7 +8,8 @@ prometheus_client).
                    bench
     validation.py  request bodies checked field by field (OpenAI's completion requests)
     runs.py        a request's generation: its checkpoint, its slot, its text on the loop
-    slots.py       the one bound on generations at once (429 when every slot stays taken)
+    slots.py       the one bound on generations at once (429 when every slot stays taken;
+                   waiting holds no thread)
     errors.py      ApiError and the handlers that give every error one JSON shape
     config.py      ServeConfig and Limits: the serving defaults (no `serve` extra needed)
     app.py         the Starlette app, the Service its routes share and the uvicorn Server

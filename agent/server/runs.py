@@ -17,7 +17,6 @@ from starlette.responses import StreamingResponse
 from agent.generation.checkpoint import ServingCheckpoint
 from agent.generation.stream import TextStream
 from agent.server.errors import ApiError
-from agent.server.slots import acquire
 from agent.server.validation import CompletionRequest
 from engine.errors import CllmError
 
@@ -40,7 +39,7 @@ async def start_generation(service, req: CompletionRequest):
             ckpt = await anyio.to_thread.run_sync(service.checkpoint_of, req.checkpoint)
         except CllmError as e:
             raise ApiError(400, f"'checkpoint': {e.one_line()}") from None
-    if not await acquire(service.slots, service.limits.queue_timeout):
+    if not await service.slots.wait(service.limits.queue_timeout):
         service.metrics.rejected()
         raise ApiError(429, f"all {service.slots.n} generation slots are busy; retry shortly",
                        "rate_limit_error", {"Retry-After": "1"})
