@@ -14,6 +14,8 @@ prometheus_client).
     config.py      ServeConfig and Limits: the serving defaults (no `serve` extra needed)
     app.py         the Starlette app, the Service its routes share and the uvicorn Server
                    (thread or not)
+    protocol.py    uvicorn's h11 protocol with deadlines on request heads and stalled
+                   readers, and a cap on open connections
     reload.py      the checkpoint held in memory and the watcher that reloads it
     security.py    Host / Origin / token rules as middleware
     metrics.py     the server's own counters

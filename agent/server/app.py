@@ -35,6 +35,7 @@ from agent.server.config import ServeConfig
 from agent.server.errors import HANDLERS
 from agent.server.events import EventHub, StoreWatcher
 from agent.server.metrics import ServerMetrics
+from agent.server.protocol import guarded_protocol
 from agent.server.reload import CheckpointWatcher, ModelHolder
 from agent.server.security import AccessGuard, HostGuard, allowed_hosts, check_binding
 from agent.server.slots import Slots
@@ -160,10 +161,16 @@ class Server:
                 hub.close()
                 super().handle_exit(sig, frame)
 
+        limits = service.limits
         self._uv = _Uvicorn(uvicorn.Config(
             self.app, host=cfg.host, port=self.port, log_level=log_level, lifespan="off",
             proxy_headers=False, server_header=False, timeout_graceful_shutdown=5,
-            access_log=log_level in ("info", "debug")))
+            access_log=log_level in ("info", "debug"),
+            # h11 with the guards uvicorn lacks: a deadline on a request's head, a cap on
+            # connections, a send timeout (protocol.py); uvicorn's own 503 limit stays
+            # above that cap, a backstop only
+            http=guarded_protocol(limits), limit_concurrency=limits.max_connections + 1,
+            timeout_keep_alive=limits.keep_alive))
         self._thread: Optional[threading.Thread] = None
         self.failure: Optional[BaseException] = None
         self.on_failure = on_failure          # called with the exception if the thread fails

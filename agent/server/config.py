@@ -19,6 +19,14 @@ class Limits:
     max_body_bytes: int = 1 << 20  # a request body (JSON) larger is refused with 413
     concurrency: int = 2           # generations at once (Slots; each batcher gets this many rows)
     queue_timeout: float = 10.0    # seconds a request waits for a slot, then 429
+    request_timeout: float = 300.0  # seconds a generation may hold its slot, then it ends
+    # connections (protocol.py): a client has read_timeout seconds to send a request's head
+    # (and again its JSON body); one that reads nothing of a response for send_timeout
+    # seconds is dropped; at most max_connections are open at once
+    read_timeout: float = 20.0
+    send_timeout: float = 30.0
+    max_connections: int = 100
+    keep_alive: float = 5.0        # seconds an idle connection stays open between requests
 
 
 @dataclass

@@ -56,7 +56,7 @@ async def add_target(request: Request) -> Response:
     from agent.crawler import record_target  # the crawler's stack (~40 MiB): only when used
 
     service = request.app.state.service
-    body = await read_json(request, service.limits.max_body_bytes)
+    body = await read_json(request, service.limits)
     kinds = [k.value for k in TargetKind]
     if not isinstance(body, dict) or body.get("kind") not in kinds:
         raise ApiError(400, f"'kind' must be one of {', '.join(kinds)}")
@@ -95,7 +95,7 @@ async def training(request: Request) -> Response:
     """Pause or resume training: {"paused": true|false}. A row of the store, so the agent
     obeys whether this server runs inside it or beside it."""
     service = request.app.state.service
-    body = await read_json(request, service.limits.max_body_bytes)
+    body = await read_json(request, service.limits)
     if not isinstance(body, dict) or not isinstance(body.get("paused"), bool):
         raise ApiError(400, "send {\"paused\": true} or {\"paused\": false}")
 
@@ -132,7 +132,7 @@ _bench_lock = threading.Lock()
 async def bench(request: Request) -> Response:
     """Run `cllm bench` (agent/benchmark.py) on a worker thread; one at a time (409)."""
     service = request.app.state.service
-    body = await read_json(request, service.limits.max_body_bytes)
+    body = await read_json(request, service.limits)
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
     preset = body.get("preset", "tiny")

@@ -92,7 +92,7 @@ async def chat(request: Request) -> Response:
 
 async def _run(request: Request, chat: bool) -> Response:
     service = request.app.state.service
-    body = to_openai(await read_json(request, service.limits.max_body_bytes), chat)
+    body = to_openai(await read_json(request, service.limits), chat)
     req = parse_completion(body, service.limits, chat)
     t0 = time.perf_counter_ns()
     ckpt, ts, run = await start_generation(service, req)

@@ -4,10 +4,15 @@ TextStream), `Run`, which reads it on the event loop and frees the slot when it 
 
 Every piece of a run comes from the checkpoint's batcher (agent/generation/batcher.py),
 whose decoding thread hands each id to the event loop, where it becomes text: the loop never
-blocks, and a client that hangs up ends its generation before the next token.
+blocks, and a client that hangs up ends its generation before the next token. A run holds
+its slot at most `request_timeout` seconds (Limits; `--request-timeout`): then it ends as if
+cancelled, whatever its client does (one that stops reading is dropped by the protocol's
+send timeout: protocol.py).
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Optional
 
@@ -19,6 +24,8 @@ from agent.generation.stream import TextStream
 from agent.server.errors import ApiError
 from agent.server.validation import CompletionRequest
 from engine.errors import CllmError
+
+log = logging.getLogger(__name__)
 
 
 def _ckpt_or_503(service) -> ServingCheckpoint:
@@ -61,7 +68,18 @@ class Run:
         self.service, self.ts = service, ts
         self.t0 = time.perf_counter()
         self.first: Optional[float] = None
+        self.expired = False                    # ended by the request timeout
         self._open = True
+        self._deadline = asyncio.get_running_loop().call_later(
+            service.limits.request_timeout, self._expire)
+
+    def _expire(self) -> None:
+        if self._open:
+            self.expired = True
+            log.warning("a generation held its slot %g s (the request timeout): ended after "
+                        "%d tokens", self.service.limits.request_timeout,
+                        self.ts.completion_tokens)
+            self.close()
 
     async def pieces(self):
         try:
@@ -80,6 +98,7 @@ class Run:
         if not self._open:
             return
         self._open = False
+        self._deadline.cancel()
         self.ts.close()
         self.service.slots.release()
         finished = self.ts.finish_reason in ("stop", "length")

@@ -1,6 +1,7 @@
-"""Request bodies checked field by field: `read_json` (a size cap, then JSON) and
-`parse_completion` (an OpenAI completion or chat completion as a `CompletionRequest`); a
-bad one is an ApiError 400 (413 when too big) naming the field.
+"""Request bodies checked field by field: `read_json` (every JSON route's body: a size cap
+and a time limit to send it, then JSON) and `parse_completion` (an OpenAI completion or chat
+completion as a `CompletionRequest`); a bad one is an ApiError 400 (413 when too big, 408
+when too slow) naming the field.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import anyio
 from starlette.requests import Request
 
 from agent.generation.stream import CHAT_ROLES, CHAT_STOPS, Sampling, chat_prompt
@@ -119,15 +121,22 @@ def parse_completion(body: Any, limits: Limits, chat: bool) -> CompletionRequest
                              echo and not chat, model, _integer(body, "checkpoint", 0, None, None))
 
 
-async def read_json(request: Request, limit: int):
+async def read_json(request: Request, limits: Limits):
+    """The request's JSON body: at most `limits.max_body_bytes` (413), sent within
+    `limits.read_timeout` seconds (408)."""
+    limit = limits.max_body_bytes
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
         raise ApiError(413, f"the request body is over {limit} bytes")
     data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise ApiError(413, f"the request body is over {limit} bytes")
+    with anyio.move_on_after(limits.read_timeout) as late:
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise ApiError(413, f"the request body is over {limit} bytes")
+    if late.cancelled_caught:
+        raise ApiError(408, f"the request body took over {limits.read_timeout:g} s to arrive",
+                       headers={"Connection": "close"})
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
