@@ -17,6 +17,7 @@ class Limits:
     default_max_tokens: int = 128  # when it asks for none
     max_prompt_chars: int = 65536  # prompt (or all messages) length
     max_body_bytes: int = 1 << 20  # a request body (JSON) larger is refused with 413
+    max_json_depth: int = 32       # a JSON body nesting deeper is refused with 400
     concurrency: int = 2           # generations at once (Slots; each batcher gets this many rows)
     queue_timeout: float = 10.0    # seconds a request waits for a slot, then 429
     request_timeout: float = 300.0  # seconds a generation may hold its slot, then it ends

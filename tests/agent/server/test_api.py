@@ -225,3 +225,30 @@ def test_a_request_can_pick_an_earlier_checkpoint(serve, trained):
         "-cycle-2")
     bad = httpx.post(server.url + "/v1/completions", json={**body, "checkpoint": 9})
     assert bad.status_code == 400 and "cycles with one: 1, 2" in bad.json()["error"]["message"]
+
+
+def test_json_nested_too_deep_is_a_400_on_every_json_route(serve, trained):
+    server = serve(trained, limits=Limits(max_json_depth=32))
+    wait_loaded(server)
+    routes = ("/v1/completions", "/v1/chat/completions", "/api/generate", "/api/chat",
+              "/api/targets", "/api/training", "/api/bench")
+    bodies = (b"[" * 100_000 + b"]" * 100_000,          # deeper than Python's JSON parser goes
+              json.dumps({"prompt": "x", "extra": nested(33)}).encode())
+    for path in routes:
+        for body in bodies:
+            r = httpx.post(server.url + path, content=body,
+                           headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, (path, r.text)
+            assert "deeper than 32 levels" in r.json()["error"]["message"]
+    ok = httpx.post(server.url + "/v1/completions", timeout=60,
+                    json={"prompt": "x", "max_tokens": 1, "extra": nested(31)})
+    assert ok.status_code == 200, ok.text
+
+
+def nested(depth: int):
+    """A JSON value whose arrays nest `depth` deep."""
+    v: list = []
+    for _ in range(depth - 1):
+        v = [v]
+    return v
+
