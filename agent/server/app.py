@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -58,7 +59,8 @@ class Service:
         self.metrics.registry.register(history.StoreCollector(self))
         self.loaded_at = time.time()
         self.holder.listeners.append(self._loaded)
-        self._pinned: dict[int, object] = {}
+        self._pinned: OrderedDict[int, object] = OrderedDict()   # least recently used first
+        self.checkpoint_loads = 0             # earlier cycles' checkpoints loaded so far
         self._served = weakref.WeakSet()      # checkpoints that generated: closed with us
         self._pinned_lock = threading.Lock()
         self.hub = EventHub()                 # the dashboard's live updates
@@ -75,18 +77,22 @@ class Service:
         self.store_changed()
 
     def checkpoint_of(self, cycle: int):
-        """Cycle `cycle`'s checkpoint (the served one, or loaded and kept: the last two)."""
+        """Cycle `cycle`'s checkpoint: the served one, or loaded (its SHA-256 checked) and
+        kept, the `Limits.checkpoint_cache` most recently used (each about its file's size
+        in memory), so requests that alternate among a few cycles load each once."""
         cur = self.holder.current
         if cur is not None and cur.live is None and cur.cycle == cycle:
             return cur
         with self._pinned_lock:
-            if cycle in self._pinned:
-                return self._pinned[cycle]
-            ckpt = load_serving_checkpoint(self.store, self.data_dir, cycle,
-                                           self.config.decode_weights)
-            self._pinned[cycle] = ckpt
-            while len(self._pinned) > 2:
-                self._pinned.pop(next(iter(self._pinned)))
+            ckpt = self._pinned.get(cycle)
+            if ckpt is None:
+                ckpt = load_serving_checkpoint(self.store, self.data_dir, cycle,
+                                               self.config.decode_weights)
+                self.checkpoint_loads += 1
+                self._pinned[cycle] = ckpt
+            self._pinned.move_to_end(cycle)
+            while len(self._pinned) > max(1, self.limits.checkpoint_cache):
+                self._pinned.popitem(last=False)
             return ckpt
 
     def batcher(self, ckpt):

@@ -21,6 +21,7 @@ class Limits:
     concurrency: int = 2           # generations at once (Slots; each batcher gets this many rows)
     queue_timeout: float = 10.0    # seconds a request waits for a slot, then 429
     request_timeout: float = 300.0  # seconds a generation may hold its slot, then it ends
+    checkpoint_cache: int = 4      # earlier checkpoints requests named, kept loaded (LRU)
     # connections (protocol.py): a client has read_timeout seconds to send a request's head
     # (and again its JSON body); one that reads nothing of a response for send_timeout
     # seconds is dropped; at most max_connections are open at once

@@ -1,4 +1,4 @@
-"""A request's generation: `start_generation` (the checkpoint it names, a slot, its
+"""A request's generation: `start_generation` (a slot, the checkpoint it names, its
 TextStream), `Run`, which reads it on the event loop and frees the slot when it ends, and
 `RunResponse`, the streamed response that always closes its run.
 
@@ -37,20 +37,25 @@ def _ckpt_or_503(service) -> ServingCheckpoint:
 
 
 async def start_generation(service, req: CompletionRequest):
-    """(checkpoint, text stream, generation) of a validated request: the checkpoint it names
-    (or 503), a generation slot (or 429), the prompt tokenised off the loop."""
+    """(checkpoint, text stream, generation) of a validated request: a generation slot (or
+    429), then the checkpoint it names (the served one, or 503; an earlier cycle's, loaded
+    while the request holds its slot, so loads are bounded by the slots too: 400 when there
+    is none) and the prompt tokenised, both off the loop."""
     if req.checkpoint is None:
-        ckpt = _ckpt_or_503(service)
-    else:
-        try:
-            ckpt = await anyio.to_thread.run_sync(service.checkpoint_of, req.checkpoint)
-        except CllmError as e:
-            raise ApiError(400, f"'checkpoint': {e.one_line()}") from None
+        _ckpt_or_503(service)                   # nothing loaded yet: no need to wait
     if not await service.slots.wait(service.limits.queue_timeout):
         service.metrics.rejected()
         raise ApiError(429, f"all {service.slots.n} generation slots are busy; retry shortly",
                        "rate_limit_error", {"Retry-After": "1"})
-    try:   # tokenising a long prompt takes a while: off the loop too
+    try:
+        if req.checkpoint is None:
+            ckpt = _ckpt_or_503(service)
+        else:
+            try:
+                ckpt = await anyio.to_thread.run_sync(service.checkpoint_of, req.checkpoint)
+            except CllmError as e:
+                raise ApiError(400, f"'checkpoint': {e.one_line()}") from None
+        # tokenising a long prompt takes a while: off the loop too
         ts = await anyio.to_thread.run_sync(TextStream, ckpt, req.prompt, req.sampling, None,
                                             service.batcher(ckpt))
     except BaseException:

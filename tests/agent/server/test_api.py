@@ -12,7 +12,7 @@ import pytest
 
 from agent.generation.stream import Sampling, TextStream
 from agent.server.config import Limits
-from tests.agent.server.conftest import wait_loaded
+from tests.agent.server.conftest import train_tiny, wait_loaded
 
 
 def test_health_and_models_name_the_data_directory_and_cycle(serve, trained):
@@ -252,3 +252,25 @@ def nested(depth: int):
         v = [v]
     return v
 
+
+def test_alternating_checkpoints_load_each_once(serve, corpus, tmp_path, monkeypatch):
+    import agent.server.app as app_module
+
+    data = tmp_path / "data"
+    for _ in range(4):
+        train_tiny(corpus, data, steps=2)
+    loads = []
+    real = app_module.load_serving_checkpoint
+
+    def counted(store, data_dir, cycle=None, *a, **kw):
+        loads.append(cycle)
+        return real(store, data_dir, cycle, *a, **kw)
+    monkeypatch.setattr(app_module, "load_serving_checkpoint", counted)
+    server = serve(data)
+    assert wait_loaded(server).cycle == 4
+    for cycle in [1, 2, 3] * 3:                 # the served cycle 4 is not one of them
+        r = httpx.post(server.url + "/v1/completions", timeout=60,
+                       json={"prompt": "x", "max_tokens": 1, "checkpoint": cycle})
+        assert r.status_code == 200 and r.json()["model"].endswith(f"-cycle-{cycle}")
+    assert [c for c in loads if c is not None] == [1, 2, 3]
+    assert server.service.checkpoint_loads == 3
