@@ -5,7 +5,7 @@ prometheus_client).
     ollama.py      /api/tags, /api/version, /api/generate, /api/chat (Ollama's shapes)
     history.py     /api/status, /api/cycles, ... (the CLI's history rows) and /metrics
     dashboard.py   the page at /, its assets, /api/events (events.py), targets, neighbours,
-                   bench
+                   bench (bench.py: run in a child process, bounded by the machine)
     validation.py  request bodies checked field by field (OpenAI's completion requests)
     runs.py        a request's generation: its checkpoint, its slot, its text on the loop
     slots.py       the one bound on generations at once (429 when every slot stays taken;

@@ -32,6 +32,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from agent.generation.checkpoint import load_serving_checkpoint
 from agent.server import api, dashboard, history, ollama
+from agent.server.bench import BenchRunner
 from agent.server.config import ServeConfig
 from agent.server.errors import HANDLERS
 from agent.server.events import EventHub, StoreWatcher
@@ -61,6 +62,7 @@ class Service:
         self.holder.listeners.append(self._loaded)
         self._pinned: OrderedDict[int, object] = OrderedDict()   # least recently used first
         self.checkpoint_loads = 0             # earlier cycles' checkpoints loaded so far
+        self.bench = BenchRunner(config.limits)   # the dashboard's benchmark, out of process
         self._served = weakref.WeakSet()      # checkpoints that generated: closed with us
         self._pinned_lock = threading.Lock()
         self.hub = EventHub()                 # the dashboard's live updates
@@ -106,6 +108,7 @@ class Service:
         """End the generations under way and join the batchers' decoding threads."""
         for ckpt in list(self._served):
             ckpt.close()
+        self.bench.kill()
 
     def _loaded(self, ckpt) -> None:
         self.loaded_at = time.time()

@@ -29,6 +29,12 @@ class Limits:
     send_timeout: float = 30.0
     max_connections: int = 100
     keep_alive: float = 5.0        # seconds an idle connection stays open between requests
+    # the dashboard's benchmark (bench.py), run out of process: at most this fraction of
+    # the memory available, one run at a time, the next at least bench_interval seconds
+    # after the last ended, and stopped after bench_timeout seconds
+    bench_memory_fraction: float = 0.5
+    bench_interval: float = 10.0
+    bench_timeout: float = 900.0
 
 
 @dataclass
