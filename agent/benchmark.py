@@ -31,6 +31,7 @@ from engine.cpu import describe
 from engine.data import eval_windows, pack
 from engine.distributed import Leader
 from engine.mpi import rank_timeout_s, world
+from engine.params import ParamLayout
 from store import open_store
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -59,6 +60,19 @@ def torch_peer():
     except ImportError:
         return None, "benchmarks/torch_peer.py is not here (run from a checkout to compare)"
     return (torch, torch_peer), None
+
+
+def scaling_bytes(preset: str, batch: int, counts) -> int:
+    """About the memory `scaling` holds: every count's ThreadedTrainingSystem exists for the
+    whole run, each with a gradient row per worker plus its model, the reduced gradient,
+    AdamW's two moments and the undo log of parameters and moments (n + 7 float32 arrays of
+    the layout's size: engine/spheres.py), and its workers' activations of one batch
+    (engine/model.Workspace). What `POST /api/bench` is bounded by (agent/server/bench.py)."""
+    cfg = engine.preset(preset)
+    size = ParamLayout.from_config(cfg).size
+    B, T, C, L, V = batch, cfg.context, cfg.d_model, cfg.n_layers, cfg.vocab_size
+    activations = B * T * (20 * L * C + 14 * C + V) + (L + 1) * B * cfg.n_heads * T * T
+    return 4 * sum((n + 7) * size + activations for n in counts)
 
 
 def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3,

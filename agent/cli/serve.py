@@ -39,6 +39,14 @@ def serve_options(fn):
         click.option("--queue-timeout", "queue_timeout", type=click.FloatRange(min=0),
                      default=Limits.queue_timeout, show_default=True,
                      help="Seconds a request waits for a slot."),
+        click.option("--request-timeout", "request_timeout", type=click.FloatRange(min=1),
+                     default=Limits.request_timeout, show_default=True,
+                     help="Seconds a generation may hold its slot; then it ends (finish "
+                          "reason 'cancelled'), whether or not its client reads."),
+        click.option("--max-connections", "max_connections", type=click.IntRange(min=2),
+                     default=Limits.max_connections, show_default=True,
+                     help="Open connections at most; one more closes the oldest that has "
+                          "not sent its request yet."),
         decode_weights_option,
         click.option("--committed", is_flag=True,
                      help="Serve committed checkpoints only, never the running cycle's live "
@@ -49,10 +57,12 @@ def serve_options(fn):
 
 
 SERVE_OPTIONS = ("host", "port", "token", "cors", "allowed_host", "max_tokens", "concurrency",
-                 "queue_timeout", "decode_weights", "committed")
+                 "queue_timeout", "request_timeout", "max_connections", "decode_weights",
+                 "committed")
 
 
 def serve_config(host, port, token, cors, allowed_host, max_tokens, concurrency, queue_timeout,
+                 request_timeout=Limits.request_timeout, max_connections=Limits.max_connections,
                  decode_weights=ServeConfig.decode_weights, committed: bool = False,
                  cycle: Optional[int] = None):
     return ServeConfig(host=host, port=port, token=token, cors=tuple(cors),
@@ -61,7 +71,9 @@ def serve_config(host, port, token, cors, allowed_host, max_tokens, concurrency,
                        limits=Limits(max_tokens=max_tokens,
                                      default_max_tokens=min(Limits.default_max_tokens,
                                                             max_tokens),
-                                     concurrency=concurrency, queue_timeout=queue_timeout))
+                                     concurrency=concurrency, queue_timeout=queue_timeout,
+                                     request_timeout=request_timeout,
+                                     max_connections=max_connections))
 
 
 @click.command("serve", context_settings=CONTEXT_SETTINGS)

@@ -5,14 +5,17 @@ prometheus_client).
     ollama.py      /api/tags, /api/version, /api/generate, /api/chat (Ollama's shapes)
     history.py     /api/status, /api/cycles, ... (the CLI's history rows) and /metrics
     dashboard.py   the page at /, its assets, /api/events (events.py), targets, neighbours,
-                   bench
+                   bench (bench.py: run in a child process, bounded by the machine)
     validation.py  request bodies checked field by field (OpenAI's completion requests)
     runs.py        a request's generation: its checkpoint, its slot, its text on the loop
-    slots.py       the one bound on generations at once (429 when every slot stays taken)
+    slots.py       the one bound on generations at once (429 when every slot stays taken;
+                   waiting holds no thread)
     errors.py      ApiError and the handlers that give every error one JSON shape
     config.py      ServeConfig and Limits: the serving defaults (no `serve` extra needed)
     app.py         the Starlette app, the Service its routes share and the uvicorn Server
                    (thread or not)
+    protocol.py    uvicorn's h11 protocol with deadlines on request heads and stalled
+                   readers, and a cap on open connections
     reload.py      the checkpoint held in memory and the watcher that reloads it
     security.py    Host / Origin / token rules as middleware
     metrics.py     the server's own counters

@@ -62,7 +62,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def _complete(request: Request, chat: bool) -> Response:
     service = request.app.state.service
-    req = parse_completion(await read_json(request, service.limits.max_body_bytes),
+    req = parse_completion(await read_json(request, service.limits),
                            service.limits, chat)
     ckpt, ts, run = await start_generation(service, req)
     meta = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],

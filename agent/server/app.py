@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -31,10 +32,12 @@ from starlette.middleware.cors import CORSMiddleware
 
 from agent.generation.checkpoint import load_serving_checkpoint
 from agent.server import api, dashboard, history, ollama
+from agent.server.bench import BenchRunner
 from agent.server.config import ServeConfig
 from agent.server.errors import HANDLERS
 from agent.server.events import EventHub, StoreWatcher
 from agent.server.metrics import ServerMetrics
+from agent.server.protocol import guarded_protocol
 from agent.server.reload import CheckpointWatcher, ModelHolder
 from agent.server.security import AccessGuard, HostGuard, allowed_hosts, check_binding
 from agent.server.slots import Slots
@@ -57,7 +60,9 @@ class Service:
         self.metrics.registry.register(history.StoreCollector(self))
         self.loaded_at = time.time()
         self.holder.listeners.append(self._loaded)
-        self._pinned: dict[int, object] = {}
+        self._pinned: OrderedDict[int, object] = OrderedDict()   # least recently used first
+        self.checkpoint_loads = 0             # earlier cycles' checkpoints loaded so far
+        self.bench = BenchRunner(config.limits)   # the dashboard's benchmark, out of process
         self._served = weakref.WeakSet()      # checkpoints that generated: closed with us
         self._pinned_lock = threading.Lock()
         self.hub = EventHub()                 # the dashboard's live updates
@@ -74,18 +79,22 @@ class Service:
         self.store_changed()
 
     def checkpoint_of(self, cycle: int):
-        """Cycle `cycle`'s checkpoint (the served one, or loaded and kept: the last two)."""
+        """Cycle `cycle`'s checkpoint: the served one, or loaded (its SHA-256 checked) and
+        kept, the `Limits.checkpoint_cache` most recently used (each about its file's size
+        in memory), so requests that alternate among a few cycles load each once."""
         cur = self.holder.current
         if cur is not None and cur.live is None and cur.cycle == cycle:
             return cur
         with self._pinned_lock:
-            if cycle in self._pinned:
-                return self._pinned[cycle]
-            ckpt = load_serving_checkpoint(self.store, self.data_dir, cycle,
-                                           self.config.decode_weights)
-            self._pinned[cycle] = ckpt
-            while len(self._pinned) > 2:
-                self._pinned.pop(next(iter(self._pinned)))
+            ckpt = self._pinned.get(cycle)
+            if ckpt is None:
+                ckpt = load_serving_checkpoint(self.store, self.data_dir, cycle,
+                                               self.config.decode_weights)
+                self.checkpoint_loads += 1
+                self._pinned[cycle] = ckpt
+            self._pinned.move_to_end(cycle)
+            while len(self._pinned) > max(1, self.limits.checkpoint_cache):
+                self._pinned.popitem(last=False)
             return ckpt
 
     def batcher(self, ckpt):
@@ -99,6 +108,7 @@ class Service:
         """End the generations under way and join the batchers' decoding threads."""
         for ckpt in list(self._served):
             ckpt.close()
+        self.bench.kill()
 
     def _loaded(self, ckpt) -> None:
         self.loaded_at = time.time()
@@ -160,10 +170,16 @@ class Server:
                 hub.close()
                 super().handle_exit(sig, frame)
 
+        limits = service.limits
         self._uv = _Uvicorn(uvicorn.Config(
             self.app, host=cfg.host, port=self.port, log_level=log_level, lifespan="off",
             proxy_headers=False, server_header=False, timeout_graceful_shutdown=5,
-            access_log=log_level in ("info", "debug")))
+            access_log=log_level in ("info", "debug"),
+            # h11 with the guards uvicorn lacks: a deadline on a request's head, a cap on
+            # connections, a send timeout (protocol.py); uvicorn's own 503 limit stays
+            # above that cap, a backstop only
+            http=guarded_protocol(limits), limit_concurrency=limits.max_connections + 1,
+            timeout_keep_alive=limits.keep_alive))
         self._thread: Optional[threading.Thread] = None
         self.failure: Optional[BaseException] = None
         self.on_failure = on_failure          # called with the exception if the thread fails

@@ -17,8 +17,24 @@ class Limits:
     default_max_tokens: int = 128  # when it asks for none
     max_prompt_chars: int = 65536  # prompt (or all messages) length
     max_body_bytes: int = 1 << 20  # a request body (JSON) larger is refused with 413
+    max_json_depth: int = 32       # a JSON body nesting deeper is refused with 400
     concurrency: int = 2           # generations at once (Slots; each batcher gets this many rows)
     queue_timeout: float = 10.0    # seconds a request waits for a slot, then 429
+    request_timeout: float = 300.0  # seconds a generation may hold its slot, then it ends
+    checkpoint_cache: int = 4      # earlier checkpoints requests named, kept loaded (LRU)
+    # connections (protocol.py): a client has read_timeout seconds to send a request's head
+    # (and again its JSON body); one that reads nothing of a response for send_timeout
+    # seconds is dropped; at most max_connections are open at once
+    read_timeout: float = 20.0
+    send_timeout: float = 30.0
+    max_connections: int = 100
+    keep_alive: float = 5.0        # seconds an idle connection stays open between requests
+    # the dashboard's benchmark (bench.py), run out of process: at most this fraction of
+    # the memory available, one run at a time, the next at least bench_interval seconds
+    # after the last ended, and stopped after bench_timeout seconds
+    bench_memory_fraction: float = 0.5
+    bench_interval: float = 10.0
+    bench_timeout: float = 900.0
 
 
 @dataclass

@@ -8,7 +8,6 @@ server runs inside the agent or beside it.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import anyio
@@ -18,7 +17,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from agent import reports
-from agent.benchmark import scaling, table_lines
+from agent.benchmark import table_lines
+from agent.server.bench import parse_bench
 from agent.server.errors import ApiError
 from agent.server.events import events
 from agent.server.history import _int, json_response
@@ -31,7 +31,6 @@ from store import targets as target_store
 from store.models import TargetKind
 
 STATIC = Path(__file__).parent / "static"
-BENCH_PRESETS = ("tiny", "small", "base")
 
 
 async def index(request: Request) -> Response:
@@ -56,7 +55,7 @@ async def add_target(request: Request) -> Response:
     from agent.crawler import record_target  # the crawler's stack (~40 MiB): only when used
 
     service = request.app.state.service
-    body = await read_json(request, service.limits.max_body_bytes)
+    body = await read_json(request, service.limits)
     kinds = [k.value for k in TargetKind]
     if not isinstance(body, dict) or body.get("kind") not in kinds:
         raise ApiError(400, f"'kind' must be one of {', '.join(kinds)}")
@@ -95,7 +94,7 @@ async def training(request: Request) -> Response:
     """Pause or resume training: {"paused": true|false}. A row of the store, so the agent
     obeys whether this server runs inside it or beside it."""
     service = request.app.state.service
-    body = await read_json(request, service.limits.max_body_bytes)
+    body = await read_json(request, service.limits)
     if not isinstance(body, dict) or not isinstance(body.get("paused"), bool):
         raise ApiError(400, "send {\"paused\": true} or {\"paused\": false}")
 
@@ -126,35 +125,12 @@ async def neighbours(request: Request) -> Response:
     return json_response(d)
 
 
-_bench_lock = threading.Lock()
-
-
 async def bench(request: Request) -> Response:
-    """Run `cllm bench` (agent/benchmark.py) on a worker thread; one at a time (409)."""
+    """Run `cllm bench` in a child process (bench.py: bounded by this machine's CPUs and
+    memory, one at a time, rate-limited) and answer its table."""
     service = request.app.state.service
-    body = await read_json(request, service.limits.max_body_bytes)
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    preset = body.get("preset", "tiny")
-    if preset not in BENCH_PRESETS:
-        raise ApiError(400, f"'preset' must be one of {', '.join(BENCH_PRESETS)}")
-    workers = body.get("workers", [1, 2])
-    if (not isinstance(workers, list) or not workers or len(workers) > 8
-            or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 64
-                       for w in workers)):
-        raise ApiError(400, "'workers' must be a list of 1 to 8 counts within [1, 64]")
-    rounds, steps = body.get("rounds", 1), body.get("steps", 2)
-    for k, v in (("rounds", rounds), ("steps", steps)):
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10:
-            raise ApiError(400, f"'{k}' must be an integer within [1, 10]")
-    if not _bench_lock.acquire(blocking=False):
-        raise ApiError(409, "a benchmark is already running", "conflict_error")
-    try:
-        res = await anyio.to_thread.run_sync(
-            lambda: scaling(preset, 8, workers, rounds, steps, with_torch=False))
-    finally:
-        _bench_lock.release()
-    res.pop("topology", None)
+    req = parse_bench(await read_json(request, service.limits))
+    res = await service.bench.run(req)
     res["lines"] = table_lines(res)
     return json_response(res)
 

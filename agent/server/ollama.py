@@ -20,7 +20,7 @@ from starlette.routing import Route
 from agent.server.api import model_id
 from agent.server.errors import ApiError
 from agent.server.runs import RunResponse, start_generation
-from agent.server.validation import parse_completion, read_json
+from agent.server.validation import integer, parse_completion, read_json
 
 VERSION = "0.1.0-cllm"
 OPTION_KEYS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": "top_p",
@@ -40,8 +40,10 @@ def to_openai(body, chat: bool) -> dict:
     if not isinstance(opts, dict):
         raise ApiError(400, "'options' must be an object")
     out = {OPTION_KEYS[k]: v for k, v in opts.items() if k in OPTION_KEYS}
-    if out.get("max_tokens") is not None and out["max_tokens"] < 0:
-        out.pop("max_tokens")                 # Ollama's -1: "as many as allowed"
+    # Ollama's -1 ("until it stops") and -2 ("fill the context"): as many as allowed here;
+    # the other options are checked by parse_completion under their OpenAI names
+    if (integer(opts.get("num_predict"), "options.num_predict", -2, None) or 0) < 0:
+        out.pop("max_tokens")
     out["temperature"] = out.get("temperature", 0.8)       # Ollama's default
     out["stream"] = body.get("stream", True)               # streamed unless told not to
     system = body.get("system")
@@ -92,7 +94,7 @@ async def chat(request: Request) -> Response:
 
 async def _run(request: Request, chat: bool) -> Response:
     service = request.app.state.service
-    body = to_openai(await read_json(request, service.limits.max_body_bytes), chat)
+    body = to_openai(await read_json(request, service.limits), chat)
     req = parse_completion(body, service.limits, chat)
     t0 = time.perf_counter_ns()
     ckpt, ts, run = await start_generation(service, req)

@@ -1,13 +1,18 @@
-"""A request's generation: `start_generation` (the checkpoint it names, a slot, its
+"""A request's generation: `start_generation` (a slot, the checkpoint it names, its
 TextStream), `Run`, which reads it on the event loop and frees the slot when it ends, and
 `RunResponse`, the streamed response that always closes its run.
 
 Every piece of a run comes from the checkpoint's batcher (agent/generation/batcher.py),
 whose decoding thread hands each id to the event loop, where it becomes text: the loop never
-blocks, and a client that hangs up ends its generation before the next token.
+blocks, and a client that hangs up ends its generation before the next token. A run holds
+its slot at most `request_timeout` seconds (Limits; `--request-timeout`): then it ends as if
+cancelled, whatever its client does (one that stops reading is dropped by the protocol's
+send timeout: protocol.py).
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Optional
 
@@ -17,9 +22,10 @@ from starlette.responses import StreamingResponse
 from agent.generation.checkpoint import ServingCheckpoint
 from agent.generation.stream import TextStream
 from agent.server.errors import ApiError
-from agent.server.slots import acquire
 from agent.server.validation import CompletionRequest
 from engine.errors import CllmError
+
+log = logging.getLogger(__name__)
 
 
 def _ckpt_or_503(service) -> ServingCheckpoint:
@@ -31,20 +37,25 @@ def _ckpt_or_503(service) -> ServingCheckpoint:
 
 
 async def start_generation(service, req: CompletionRequest):
-    """(checkpoint, text stream, generation) of a validated request: the checkpoint it names
-    (or 503), a generation slot (or 429), the prompt tokenised off the loop."""
+    """(checkpoint, text stream, generation) of a validated request: a generation slot (or
+    429), then the checkpoint it names (the served one, or 503; an earlier cycle's, loaded
+    while the request holds its slot, so loads are bounded by the slots too: 400 when there
+    is none) and the prompt tokenised, both off the loop."""
     if req.checkpoint is None:
-        ckpt = _ckpt_or_503(service)
-    else:
-        try:
-            ckpt = await anyio.to_thread.run_sync(service.checkpoint_of, req.checkpoint)
-        except CllmError as e:
-            raise ApiError(400, f"'checkpoint': {e.one_line()}") from None
-    if not await acquire(service.slots, service.limits.queue_timeout):
+        _ckpt_or_503(service)                   # nothing loaded yet: no need to wait
+    if not await service.slots.wait(service.limits.queue_timeout):
         service.metrics.rejected()
         raise ApiError(429, f"all {service.slots.n} generation slots are busy; retry shortly",
                        "rate_limit_error", {"Retry-After": "1"})
-    try:   # tokenising a long prompt takes a while: off the loop too
+    try:
+        if req.checkpoint is None:
+            ckpt = _ckpt_or_503(service)
+        else:
+            try:
+                ckpt = await anyio.to_thread.run_sync(service.checkpoint_of, req.checkpoint)
+            except CllmError as e:
+                raise ApiError(400, f"'checkpoint': {e.one_line()}") from None
+        # tokenising a long prompt takes a while: off the loop too
         ts = await anyio.to_thread.run_sync(TextStream, ckpt, req.prompt, req.sampling, None,
                                             service.batcher(ckpt))
     except BaseException:
@@ -62,7 +73,18 @@ class Run:
         self.service, self.ts = service, ts
         self.t0 = time.perf_counter()
         self.first: Optional[float] = None
+        self.expired = False                    # ended by the request timeout
         self._open = True
+        self._deadline = asyncio.get_running_loop().call_later(
+            service.limits.request_timeout, self._expire)
+
+    def _expire(self) -> None:
+        if self._open:
+            self.expired = True
+            log.warning("a generation held its slot %g s (the request timeout): ended after "
+                        "%d tokens", self.service.limits.request_timeout,
+                        self.ts.completion_tokens)
+            self.close()
 
     async def pieces(self):
         try:
@@ -81,6 +103,7 @@ class Run:
         if not self._open:
             return
         self._open = False
+        self._deadline.cancel()
         self.ts.close()
         self.service.slots.release()
         finished = self.ts.finish_reason in ("stop", "length")

@@ -1,22 +1,35 @@
 """The one bound on generations at once: `Slots` (sized by Limits.concurrency), taken by a
 request before its generation starts and given back when it ends; a request that finds every
-slot taken waits up to `queue_timeout` seconds (`acquire`), else it gets 429.
+slot taken waits up to `queue_timeout` seconds (`await slots.wait(timeout)`), else it gets
+429.
+
+A waiting request holds no worker thread: it waits on a future of the event loop, so any
+number of waiting requests leave the thread pool (40 threads, anyio's default) to the routes
+that read the store.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import anyio
 
 
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Slots:
-    """At most `n` generations at once; a thread waits up to `timeout` seconds for a slot.
-    A threading primitive (not the event loop's), so tests and in-process callers can hold
-    slots too."""
+    """At most `n` generations at once. A request on the event loop waits for a slot with
+    `await wait(timeout)`; a thread (tests, in-process callers) with `acquire(timeout)`.
+    release() may run on any thread: it wakes a thread waiting and every request waiting
+    (the first to run takes the slot, the others wait again)."""
 
     def __init__(self, n: int) -> None:
         self.n, self.busy = n, 0
         self._cond = threading.Condition()
+        self._waiting: dict[asyncio.Future, asyncio.AbstractEventLoop] = {}
 
     def acquire(self, timeout: float) -> bool:
         with self._cond:
@@ -25,25 +38,35 @@ class Slots:
             self.busy += 1
             return True
 
+    async def wait(self, timeout: float) -> bool:
+        """Take a slot, waiting up to `timeout` seconds on the loop; False if none came. A
+        request cancelled while it waits takes none."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self._cond:
+                if self.busy < self.n:
+                    self.busy += 1
+                    return True
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                fut = loop.create_future()
+                self._waiting[fut] = loop
+            try:
+                with anyio.move_on_after(left):
+                    await fut
+            finally:
+                with self._cond:
+                    self._waiting.pop(fut, None)
+
     def release(self) -> None:
         with self._cond:
             self.busy -= 1
             self._cond.notify()
-
-
-async def acquire(slots: Slots, timeout: float) -> bool:
-    """Take a free slot at once, else wait for one on a worker thread; a slot won by a
-    request cancelled meanwhile is given back."""
-    if slots.acquire(0):
-        return True
-    got: list[bool] = []
-
-    def take() -> bool:
-        got.append(slots.acquire(timeout))
-        return got[-1]
-    try:
-        return await anyio.to_thread.run_sync(take)
-    except BaseException:
-        if got and got[-1]:
-            slots.release()
-        raise
+            waiting = list(self._waiting.items())
+        for fut, loop in waiting:
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:        # that loop is closed: nobody waits on it any more
+                pass

@@ -1,6 +1,8 @@
-"""Request bodies checked field by field: `read_json` (a size cap, then JSON) and
-`parse_completion` (an OpenAI completion or chat completion as a `CompletionRequest`); a
-bad one is an ApiError 400 (413 when too big) naming the field.
+"""Request bodies checked field by field: `read_json` (every JSON route's body: a size cap,
+a time limit to send it, then JSON nested no deeper than a cap), `integer` / `number` (one
+field's type and range) and `parse_completion` (an OpenAI completion or chat completion as
+a `CompletionRequest`); a bad one is an ApiError 400 (413 when too big, 408 when too slow)
+naming the field, never a 500.
 """
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import anyio
 from starlette.requests import Request
 
 from agent.generation.stream import CHAT_ROLES, CHAT_STOPS, Sampling, chat_prompt
@@ -15,23 +18,34 @@ from agent.server.config import Limits
 from agent.server.errors import ApiError
 
 
-def _number(body: dict, key: str, lo: float, hi: float, default):
-    v = body.get(key)
+def number(v, name: str, lo: float, hi: float) -> Optional[float]:
+    """`v` as a float within [lo, hi] (None stays None), else a 400 naming `name`."""
     if v is None:
-        return default
+        return None
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise ApiError(400, f"'{key}' must be a number within [{lo:g}, {hi:g}], got {v!r}")
+        raise ApiError(400, f"'{name}' must be a number within [{lo:g}, {hi:g}], got {v!r}")
     return float(v)
 
 
-def _integer(body: dict, key: str, lo: int, hi: Optional[int], default):
-    v = body.get(key)
+def integer(v, name: str, lo: int, hi: Optional[int]) -> Optional[int]:
+    """`v` as an integer within [lo, hi] (hi None: no upper bound; None stays None), else a
+    400 naming `name`."""
     if v is None:
-        return default
+        return None
     if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
         bound = f"within [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ApiError(400, f"'{key}' must be an integer {bound}, got {v!r}")
+        raise ApiError(400, f"'{name}' must be an integer {bound}, got {v!r}")
     return v
+
+
+def _number(body: dict, key: str, lo: float, hi: float, default):
+    v = number(body.get(key), key, lo, hi)
+    return default if v is None else v
+
+
+def _integer(body: dict, key: str, lo: int, hi: Optional[int], default):
+    v = integer(body.get(key), key, lo, hi)
+    return default if v is None else v
 
 
 def _text(v, what: str) -> str:
@@ -119,16 +133,46 @@ def parse_completion(body: Any, limits: Limits, chat: bool) -> CompletionRequest
                              echo and not chat, model, _integer(body, "checkpoint", 0, None, None))
 
 
-async def read_json(request: Request, limit: int):
+async def read_json(request: Request, limits: Limits):
+    """The request's JSON body: at most `limits.max_body_bytes` (413), sent within
+    `limits.read_timeout` seconds (408), nested at most `limits.max_json_depth` deep (400)."""
+    limit = limits.max_body_bytes
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
         raise ApiError(413, f"the request body is over {limit} bytes")
     data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise ApiError(413, f"the request body is over {limit} bytes")
+    with anyio.move_on_after(limits.read_timeout) as late:
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                raise ApiError(413, f"the request body is over {limit} bytes")
+    if late.cancelled_caught:
+        raise ApiError(408, f"the request body took over {limits.read_timeout:g} s to arrive",
+                       headers={"Connection": "close"})
+    deep = ApiError(400, f"the request body nests JSON deeper than {limits.max_json_depth} "
+                    "levels")
     try:
-        return json.loads(data)
+        body = json.loads(data)
+    except RecursionError:
+        raise deep from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON ({e})") from None
+    # containers nest at most as deep as there are brackets: most bodies need no walk
+    if data.count(b"[") + data.count(b"{") > limits.max_json_depth \
+            and json_depth(body) > limits.max_json_depth:
+        raise deep
+    return body
+
+
+def json_depth(value) -> int:
+    """How deep JSON arrays and objects nest in `value` (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        deepest = max(deepest, d)
+        stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest

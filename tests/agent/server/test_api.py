@@ -12,7 +12,7 @@ import pytest
 
 from agent.generation.stream import Sampling, TextStream
 from agent.server.config import Limits
-from tests.agent.server.conftest import wait_loaded
+from tests.agent.server.conftest import train_tiny, wait_loaded
 
 
 def test_health_and_models_name_the_data_directory_and_cycle(serve, trained):
@@ -225,3 +225,52 @@ def test_a_request_can_pick_an_earlier_checkpoint(serve, trained):
         "-cycle-2")
     bad = httpx.post(server.url + "/v1/completions", json={**body, "checkpoint": 9})
     assert bad.status_code == 400 and "cycles with one: 1, 2" in bad.json()["error"]["message"]
+
+
+def test_json_nested_too_deep_is_a_400_on_every_json_route(serve, trained):
+    server = serve(trained, limits=Limits(max_json_depth=32))
+    wait_loaded(server)
+    routes = ("/v1/completions", "/v1/chat/completions", "/api/generate", "/api/chat",
+              "/api/targets", "/api/training", "/api/bench")
+    bodies = (b"[" * 100_000 + b"]" * 100_000,          # deeper than Python's JSON parser goes
+              json.dumps({"prompt": "x", "extra": nested(33)}).encode())
+    for path in routes:
+        for body in bodies:
+            r = httpx.post(server.url + path, content=body,
+                           headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, (path, r.text)
+            assert "deeper than 32 levels" in r.json()["error"]["message"]
+    ok = httpx.post(server.url + "/v1/completions", timeout=60,
+                    json={"prompt": "x", "max_tokens": 1, "extra": nested(31)})
+    assert ok.status_code == 200, ok.text
+
+
+def nested(depth: int):
+    """A JSON value whose arrays nest `depth` deep."""
+    v: list = []
+    for _ in range(depth - 1):
+        v = [v]
+    return v
+
+
+def test_alternating_checkpoints_load_each_once(serve, corpus, tmp_path, monkeypatch):
+    import agent.server.app as app_module
+
+    data = tmp_path / "data"
+    for _ in range(4):
+        train_tiny(corpus, data, steps=2)
+    loads = []
+    real = app_module.load_serving_checkpoint
+
+    def counted(store, data_dir, cycle=None, *a, **kw):
+        loads.append(cycle)
+        return real(store, data_dir, cycle, *a, **kw)
+    monkeypatch.setattr(app_module, "load_serving_checkpoint", counted)
+    server = serve(data)
+    assert wait_loaded(server).cycle == 4
+    for cycle in [1, 2, 3] * 3:                 # the served cycle 4 is not one of them
+        r = httpx.post(server.url + "/v1/completions", timeout=60,
+                       json={"prompt": "x", "max_tokens": 1, "checkpoint": cycle})
+        assert r.status_code == 200 and r.json()["model"].endswith(f"-cycle-{cycle}")
+    assert [c for c in loads if c is not None] == [1, 2, 3]
+    assert server.service.checkpoint_loads == 3

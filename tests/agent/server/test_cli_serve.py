@@ -81,10 +81,12 @@ def test_cllm_agent_serve_flags_reach_the_agent(tmp_path, monkeypatch):
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
     base = ["agent", "--data-dir", str(tmp_path / "data"), "--watch", str(tmp_path)]
     r = CliRunner().invoke(main, [*base, "--serve", "--port", "0", "--concurrency", "3",
-                                  "--cors", "https://app.example"])
+                                  "--cors", "https://app.example", "--request-timeout", "60",
+                                  "--max-connections", "50"])
     assert isinstance(r.exception, Stop), r.output
     cfg = got.pop()
     assert (cfg.port, cfg.limits.concurrency, cfg.cors) == (0, 3, ("https://app.example",))
+    assert (cfg.limits.request_timeout, cfg.limits.max_connections) == (60, 50)
     r = CliRunner().invoke(main, base)
     assert isinstance(r.exception, Stop) and got.pop() is None
     r = CliRunner().invoke(main, [*base, "--serve", "--host", "0.0.0.0"])

@@ -61,3 +61,13 @@ def test_chat_and_its_validation(serve, trained):
                        ("/api/generate", {"prompt": "x", "options": []})):
         r = httpx.post(server.url + path, json=body)
         assert r.status_code == 400 and r.json()["error"]["message"]
+    # num_predict is checked before Ollama's -1 / -2 ("as many as allowed") are mapped: a
+    # string or a bool is a 400 naming it, not a 500
+    for bad in ("5", True, -3, 1.5):
+        r = httpx.post(server.url + "/api/generate",
+                       json={"prompt": "x", "stream": False, "options": {"num_predict": bad}})
+        assert r.status_code == 400, r.text
+        assert "'options.num_predict' must be an integer" in r.json()["error"]["message"]
+    r = httpx.post(server.url + "/api/generate",
+                   json={"prompt": "x", "stream": False, "options": {"num_predict": -1}})
+    assert r.status_code == 200 and r.json()["done"]
