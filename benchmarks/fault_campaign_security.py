@@ -24,7 +24,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -292,6 +291,162 @@ def files_trials(c: Campaign, swaps: int) -> None:
              f"{len(documents(data))} documents, none from outside")
 
 
+# ---------------------------------------------------------------------------- server
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raw_head(port: int, head: bytes, read: bool = True, timeout: float = 10.0) -> bytes:
+    """Send `head` on a new connection to the server; its answer (b"" if it closed)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head)
+        if not read:
+            return b""
+        try:
+            return s.recv(65536)
+        except OSError:
+            return b""
+
+
+def server_trials(c: Campaign) -> None:
+    import socket
+
+    import httpx
+    data, corpus = c.work / "serve-data", c.work / "serve-corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("the crystal lattice hums a quiet tune over the primes. " * 80)
+    from benchmarks.fault_campaign import cllm
+    r = cllm("train", str(corpus), "--data-dir", str(data), "--preset", "tiny", "--steps", "20",
+             "--workers", "1", "--batch-size", "4")
+    if r.returncode != 0:
+        c.record("server", "set-up", [f"cllm train failed: {r.stderr[-300:]}"])
+        return
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    p = Proc(["serve", "--data-dir", str(data), "--port", str(port), "--concurrency", "1",
+              "--queue-timeout", "60", "--request-timeout", "5", "--max-connections", "32"])
+    repro = "python benchmarks/fault_campaign_security.py --only server"
+    try:
+        p.wait_for(r"Uvicorn running|serving|listening", timeout=120)
+        token_file = data / "cllm.token"
+        token = token_file.read_text().strip() if token_file.exists() else ""
+        auth = {"Authorization": f"Bearer {token}"}
+        http = httpx.Client(base_url=base, timeout=30)
+
+        def watch_roots() -> list[str]:
+            got = http.get("/api/targets", headers=auth)
+            return [t.get("location") for t in got.json()] if got.status_code == 200 else []
+
+        # another local port's page, with the user's cookie, posting text/plain
+        evil = {"Origin": f"http://127.0.0.1:{port + 1}", "Content-Type": "text/plain",
+                "Sec-Fetch-Site": "same-site", "Cookie": f"cllm_token_{port}={token}"}
+        r = http.post("/api/targets", content=b'{"kind": "watch", "location": "/"}',
+                      headers=evil)
+        problems = [f"answered {r.status_code}"] if r.status_code < 400 else []
+        problems += ["/ became a watch root"] if "/" in watch_roots() else []
+        c.record("server", "another port's page adds / as a watch root", problems, repro,
+                 f"{r.status_code}")
+        r = http.post("/api/targets", content=b'{"kind": "watch", "location": "/"}',
+                      headers={**auth, "Content-Type": "text/plain"})
+        c.record("server", "text/plain state change", [f"answered {r.status_code}"]
+                 if r.status_code < 400 else [], repro, f"{r.status_code}")
+        r = http.post("/api/training", json={"paused": True})
+        r2 = http.get("/api/documents")
+        c.record("server", "no credential on loopback",
+                 [f"{u} answered {x.status_code}" for u, x in (("POST /api/training", r),
+                                                              ("GET /api/documents", r2))
+                  if x.status_code != 401], repro, f"{r.status_code}, {r2.status_code}")
+
+        # slow header drips: many connections that never finish their head
+        drips = []
+        for _ in range(64):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                drips.append(s)
+            except OSError:
+                break
+        t0 = time.monotonic()
+        try:
+            ok = http.get("/api/status", headers=auth, timeout=10).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        took = time.monotonic() - t0
+        for s in drips:
+            s.close()
+        c.record("server", f"{len(drips)} slow-drip heads", [] if ok else ["a normal request "
+                 "was not answered"], repro, f"answered in {took:.2f} s")
+
+        # oversized and deeply nested bodies
+        big = b'{"prompt": "' + b"a" * (64 << 20) + b'"}'
+        try:
+            r = http.post("/v1/completions", content=big, headers={**auth, "Content-Type":
+                                                                    "application/json"})
+            code = r.status_code
+        except httpx.HTTPError as e:
+            code = type(e).__name__
+        nested = b"[" * 200_000 + b"]" * 200_000
+        r2 = http.post("/v1/completions", content=nested,
+                       headers={**auth, "Content-Type": "application/json"})
+        r3 = http.post("/api/generate", json={"model": "cllm", "prompt": "a",
+                                              "options": {"num_predict": "5"}}, headers=auth)
+        problems = [f"{n}: {x}" for n, x in (("64 MB body", code), ("nested", r2.status_code),
+                                             ("num_predict '5'", r3.status_code))
+                    if not (isinstance(x, int) and 400 <= x < 500)]
+        alive = http.get("/health").status_code == 200
+        c.record("server", "oversized, nested and mistyped bodies",
+                 problems + ([] if alive else ["the server died"]), repro,
+                 f"{code}, {r2.status_code}, {r3.status_code}")
+
+        # many waiting completions (one slot) while the store routes answer
+        import concurrent.futures as cf
+        body = {"prompt": "the crystal", "max_tokens": 64}
+        with cf.ThreadPoolExecutor(60) as ex:
+            futs = [ex.submit(http.post, "/v1/completions", json=body, headers=auth,
+                              timeout=120) for _ in range(60)]
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            st = http.get("/api/targets", headers=auth, timeout=10).status_code
+            took = time.monotonic() - t0
+            codes = [f.result().status_code for f in futs]
+        bad = [x for x in codes if x >= 500]
+        c.record("server", "60 waiting completions", ([f"store route {st}"] if st != 200 else [])
+                 + ([f"{len(bad)} answered 5xx"] if bad else []), repro,
+                 f"store route in {took:.2f} s; completions {sorted(set(codes))}")
+
+        # a streaming client that stops reading keeps no slot past --request-timeout
+        req = json.dumps({"prompt": "the", "max_tokens": 100000, "stream": True}).encode()
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                  b"Authorization: Bearer " + token.encode() + b"\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: " + str(len(req)).encode()
+                  + b"\r\n\r\n" + req)
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        r = http.post("/v1/completions", json={"prompt": "a", "max_tokens": 4}, headers=auth,
+                      timeout=60)
+        took = time.monotonic() - t0
+        s.close()
+        c.record("server", "a streaming reader that stops reading",
+                 [] if r.status_code == 200 else [f"the next completion got {r.status_code}"],
+                 repro, f"next completion after {took:.1f} s")
+
+        # a benchmark too large for the machine
+        r = http.post("/api/bench", json={"preset": "base", "workers": [64] * 8}, headers=auth)
+        alive = http.get("/health").status_code == 200
+        c.record("server", "/api/bench of 8 x 64 workers of base",
+                 ([f"answered {r.status_code}"] if not 400 <= r.status_code < 500 else [])
+                 + ([] if alive else ["the server died"]), repro, f"{r.status_code}")
+    finally:
+        p.finish(sig=15)
+
+
 # ---------------------------------------------------------------------------- main
 
 def main() -> None:
@@ -325,10 +480,6 @@ def main() -> None:
     if a.out:
         a.out.write_text(head + "\n\n" + out + "\n")
     sys.exit(0 if all(t.ok for t in c.trials) else 1)
-
-
-def server_trials(c: Campaign) -> None:
-    raise NotImplementedError
 
 
 if __name__ == "__main__":
