@@ -3,11 +3,13 @@ and config homes, never the current folder. The autouse fixture of tests/conftes
 HOME and the XDG homes at temporary folders."""
 import json
 import os
+import stat
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from agent.cli import main
+from agent.datadir import DataDirLock
 
 
 def test_the_default_data_directory_is_the_user_data_directory_wherever_cllm_runs(
@@ -62,3 +64,13 @@ def test_config_precedence_flags_env_data_dir_toml_user_toml_defaults(tmp_path, 
     other.write_text("[agent]\nreplay-fraction = 0.5\n")
     v = resolve({}, data, other)
     assert (v["preset"], v["max_wait"], v["replay_fraction"]) == ("tiny", 7.0, 0.5)
+
+
+def test_the_agent_creates_its_data_directory_private(tmp_path):
+    old = os.umask(0)
+    try:
+        with DataDirLock(tmp_path / "data"):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
