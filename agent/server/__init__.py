@@ -14,7 +14,7 @@ prometheus_client).
     app.py         the Starlette app, the Service its routes share and the uvicorn Server
                    (thread or not)
     reload.py      the checkpoint held in memory and the watcher that reloads it
-    security.py    Host / Origin / token rules as middleware
+    security.py    Host / Origin / token rules as middleware, the token and its file
     metrics.py     the server's own counters
     events.py      the dashboard's live events; wake.py the threads that watch for them
 
