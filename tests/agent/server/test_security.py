@@ -2,9 +2,10 @@
 header (DNS rebinding); where state-changing requests may come from (the whole Origin,
 Sec-Fetch-Site) and what they must send (JSON); the token, required on loopback too, kept
 in the data directory with mode 0600; the dashboard's link, which sets a per-port cookie
-and leaves the address bar; the headers of every response; TLS."""
+and leaves the address bar; the headers of every response; TLS; what a 500 may say."""
 from __future__ import annotations
 
+import logging
 import ssl
 import stat
 from dataclasses import replace
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent import reports
 from agent.server.config import ServeConfig
 from agent.server.security import (check_binding, cookie_name, data_dir_token, host_name,
                                    parse_origin, token_path)
@@ -253,6 +255,21 @@ def test_every_response_forbids_framing_and_sniffing(serve, trained, http):
         assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp
         assert r.headers["x-content-type-options"] == "nosniff"
         assert r.headers["referrer-policy"] == "no-referrer"
+
+
+def test_a_500_says_nothing_of_the_exception(serve, trained, http, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret detail /home/someone/.ssh")
+    monkeypatch.setattr(reports, "status_view", broken)
+    server = serve(trained)
+    with caplog.at_level(logging.ERROR, logger="agent.server.errors"):
+        r = http.get(server.url + "/api/status")
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    rid = r.headers["x-request-id"]
+    assert rid in r.json()["error"]["message"]
+    assert "secret" not in r.text and "RuntimeError" not in r.text and ".ssh" not in r.text
+    logged = [rec for rec in caplog.records if rid in rec.getMessage()]
+    assert logged and "secret detail" in str(logged[0].exc_info[1])
 
 
 def test_host_header_names_parse():
