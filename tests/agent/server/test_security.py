@@ -2,10 +2,12 @@
 header (DNS rebinding); where state-changing requests may come from (the whole Origin,
 Sec-Fetch-Site) and what they must send (JSON); the token, required on loopback too, kept
 in the data directory with mode 0600; the dashboard's link, which sets a per-port cookie
-and leaves the address bar; the headers of every response; TLS; what a 500 may say."""
+and leaves the address bar; the headers of every response; TLS; what a 500
+and /v1/models may say."""
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import stat
 from dataclasses import replace
@@ -270,6 +272,17 @@ def test_a_500_says_nothing_of_the_exception(serve, trained, http, monkeypatch, 
     assert "secret" not in r.text and "RuntimeError" not in r.text and ".ssh" not in r.text
     logged = [rec for rec in caplog.records if rid in rec.getMessage()]
     assert logged and "secret detail" in str(logged[0].exc_info[1])
+
+
+def test_models_and_tags_show_no_absolute_path(serve, trained, http):
+    server = serve(trained)
+    ckpt = wait_loaded(server)
+    model = http.get(server.url + "/v1/models").json()["data"][0]
+    assert model["checkpoint_file"] == Path(ckpt.path).name and "checkpoint_path" not in model
+    tags = http.get(server.url + "/api/tags").json()
+    health = http.get(server.url + "/health").json()
+    for doc in (model, tags, health):
+        assert str(trained) not in str(doc) and os.sep + "checkpoints" not in str(doc)
 
 
 def test_host_header_names_parse():
