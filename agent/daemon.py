@@ -318,7 +318,8 @@ class Agent:
         if trainer is not None:
             trainer.checkpoint_listeners.append(self.server.notify)
         self.server.start()
-        log.info("serving on %s", self.server.url)
+        log.info("serving on %s; dashboard: %s; %s", self.server.url,
+                 self.server.dashboard_url, self.server.token_hint())
         self.serving.set()
 
     def _record_targets(self, store) -> dict[str, int]:

@@ -7,6 +7,10 @@
                      Linux ($XDG_CONFIG_HOME/cllm/cllm.toml); read beneath DATA_DIR/cllm.toml
                      (agent/settings.py has the whole precedence)
 
+A data directory cllm creates is its owner's only (0700, store/db.py's make_private_dir)
+and so are the store's files (0600): on a shared machine other users cannot read what the
+agent learned, nor the server's token (DATA_DIR/cllm.token, agent/server/security.py).
+
 So `cllm status` from any folder finds the agent that `cllm agent` started from another.
 
 One agent runs per data directory: `DataDirLock` holds an exclusive flock on
@@ -31,6 +35,7 @@ import platformdirs
 
 from agent.training.trainer_lease import AgentLocked
 from engine.errors import CllmError
+from store.db import make_private_dir
 
 APP = "cllm"
 # the lock file is never reached through a symbolic link, kept open by a child process, or
@@ -65,7 +70,7 @@ class DataDirLock:
 
     def acquire(self) -> "DataDirLock":
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.path.parent)
             fd = os.open(self.path, _LOCK_FLAGS | os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             if e.errno == errno.ELOOP:

@@ -32,6 +32,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.server.security import data_dir_token  # noqa: E402
 from engine.cpu import describe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,17 +76,19 @@ class ServerProcess:
             if "serving checkpoint" in line:
                 break
         threading.Thread(target=self.p.stderr.read, daemon=True).start()   # drain the log
+        # the token a client sends (`cllm token`: the data directory's, made at the start)
+        self.headers = {"Authorization": f"Bearer {data_dir_token(data)}"}
 
     def stop(self) -> None:
         self.p.terminate()
         self.p.wait(60)
 
 
-def stream_once(url: str, tokens: int) -> dict:
+def stream_once(url: str, tokens: int, headers: dict) -> dict:
     t0 = time.perf_counter()
     first = last = None
     usage = None
-    with httpx.stream("POST", url + "/v1/completions", timeout=600, json={
+    with httpx.stream("POST", url + "/v1/completions", timeout=600, headers=headers, json={
             "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}) as r:
         for line in r.iter_lines():
@@ -183,12 +186,12 @@ def fit_in_context(data: Path, tokens: int) -> int:
     return min(tokens, room)
 
 
-def concurrent(url: str, clients: int, per_client: int, tokens: int) -> dict:
+def concurrent(url: str, clients: int, per_client: int, tokens: int, headers: dict) -> dict:
     done, errors = [], []
     barrier = threading.Barrier(clients + 1)
 
     def client():
-        with httpx.Client(timeout=600) as c:
+        with httpx.Client(timeout=600, headers=headers) as c:
             barrier.wait()
             for _ in range(per_client):
                 r = c.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": tokens,
@@ -229,9 +232,10 @@ def main(argv=None) -> None:
         server = ServerProcess(data, args.concurrency)
         try:
             rss_loaded = rss_kib(server.p.pid)
-            stream_once(server.url, 8)                      # warm: first request's imports
-            streamed = [stream_once(server.url, args.tokens) for _ in range(args.rounds)]
-            load = concurrent(server.url, args.clients, args.per_client, 32)
+            auth = server.headers
+            stream_once(server.url, 8, auth)                # warm: first request's imports
+            streamed = [stream_once(server.url, args.tokens, auth) for _ in range(args.rounds)]
+            load = concurrent(server.url, args.clients, args.per_client, 32, auth)
             rss_after = rss_kib(server.p.pid)
         finally:
             server.stop()

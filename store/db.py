@@ -63,18 +63,35 @@ def sqlite_path(url: URL) -> Optional[Path]:
     return Path(db)
 
 
+def make_private_dir(folder: Path) -> None:
+    """Create `folder` (and its parents) if missing; the folder itself is made 0700 (its
+    owner only, whatever the umask: chmod after mkdir). An existing folder keeps its mode."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        return                          # made by another process meanwhile: theirs
+    os.chmod(folder, 0o700)
+
+
 def check_sqlite_file(path: Path) -> None:
     """Refuse, before SQLite sees it, a file that is not a database or cannot be written.
 
-    Creates the folder if missing. SQLite in WAL mode also needs to create `-wal` and `-shm`
-    files next to the database, so the folder must be writable too.
+    Creates the folder if missing (0700: make_private_dir) and a missing database file as an
+    empty one of mode 0600, which SQLite then fills; SQLite gives its `-wal` and `-shm` files
+    the database file's mode, so the store is its owner's only. SQLite in WAL mode also
+    needs to create those files next to the database, so the folder must be writable too.
     """
     folder = path.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dir(folder)
     except OSError as e:
         raise StoreError(f"cannot create the data directory {folder}: {e.strerror}",
                          "pass a --data-dir you can write to") from None
+    _create_private_file(path)
     if path.is_dir():
         raise NotADatabaseError(f"{path} is a directory, not a database file",
                                 "move it aside or pass another --data-dir")
@@ -97,6 +114,18 @@ def check_sqlite_file(path: Path) -> None:
         raise ReadOnlyDatabaseError(f"{path}: its folder {folder} is read-only (SQLite needs to"
                                     " create -wal and -shm files there)",
                                     f"make {folder} writable or pass another --data-dir")
+
+
+def _create_private_file(path: Path) -> None:
+    """An empty file of mode 0600 at `path` unless something is there (then nothing)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return                 # there already (or not creatable): the checks below judge it
+    try:
+        os.fchmod(fd, 0o600)   # whatever the umask
+    finally:
+        os.close(fd)
 
 
 def create_store_engine(url: URL) -> Engine:

@@ -6,7 +6,7 @@
     model.py    cllm train, generate, neighbours, bench
     evaluate.py cllm eval (bits per byte, perplexity on files: agent/generation/perplexity.py)
     chat.py     cllm chat (interactive, the server's generation code)
-    serve.py    cllm serve (the HTTP API, agent/server/)
+    serve.py    cllm serve (the HTTP API, agent/server/), cllm token
     service.py  cllm service install|uninstall|status|logs (a systemd --user unit, launchd)
     db.py       cllm db upgrade|current
     common.py   shared options, the store opener, one-line errors, tables and JSON
@@ -67,7 +67,7 @@ COMMANDS = (
     model.train, model.generate, model.neighbours, model.bench,
     evaluate.evaluate,
     chat.chat,
-    serve.serve,
+    serve.serve, serve.token_command,
     service.service,
     db.db,
 )

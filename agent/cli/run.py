@@ -17,7 +17,7 @@ from agent.cli.logs import log_file
 from agent.cli.serve import SERVE_OPTIONS, serve_config, serve_options
 from agent.reports import status_view
 from agent.server import require_serve_extra
-from agent.server.security import check_binding
+from agent.server.security import token_path
 from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
 from agent.signals import stop_on_signals
 from engine.errors import CllmError
@@ -56,8 +56,7 @@ def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
     server_flags = {k: flags.pop(k) for k in SERVE_OPTIONS}
     if serve:
         require_serve_extra()
-        serve_cfg = serve_config(**server_flags)
-        check_binding(serve_cfg.host, serve_cfg.token)
+        serve_cfg = serve_config(**server_flags)     # checked: check_binding
     values = resolve(flags, data_dir)
     warn_if_preset_ignored(values, data_dir)
     if not inv.quiet:  # the agent reports its cycles unless told to be quiet (-q)
@@ -117,6 +116,7 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
       last checkpoint its file, cycle, step, vocabulary and SHA-256
       live snapshot   the running cycle's served weights, when generate and serve load
                       them instead of the last checkpoint
+      server token    where the token `cllm serve` requires is kept (`cllm token` prints it)
 
     --json prints the same as one object.
 
@@ -187,6 +187,9 @@ def status(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     if live:
         click.echo(f"live snapshot: cycle {live['cycle_id']}, step {live['step']} "
                    f"({live['cycle_step']} steps into the cycle; generate and serve load it)")
+    token_file = token_path(data_dir)
+    click.echo(f"server token: {token_file} (`cllm token` prints it)" if token_file.is_file()
+               else "server token: none yet (the first `cllm serve` or `cllm token` makes it)")
 
 
 def _duration(seconds: float) -> str:

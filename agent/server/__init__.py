@@ -17,7 +17,7 @@ prometheus_client).
     protocol.py    uvicorn's h11 protocol with deadlines on request heads and stalled
                    readers, and a cap on open connections
     reload.py      the checkpoint held in memory and the watcher that reloads it
-    security.py    Host / Origin / token rules as middleware
+    security.py    Host / Origin / token rules as middleware, the token and its file
     metrics.py     the server's own counters
     events.py      the dashboard's live events; wake.py the threads that watch for them
 

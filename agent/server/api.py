@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Optional
 
 from starlette.requests import Request
@@ -40,6 +41,15 @@ async def health(request: Request) -> Response:
                          "live": ckpt.live is not None})
 
 
+def described(ckpt: ServingCheckpoint) -> dict:
+    """What the checkpoint says of itself (`cllm generate --json`'s fields), with its file's
+    name instead of its absolute path: clients learn the cycle and file, not the layout of
+    the server's disk."""
+    out = ckpt.describe()
+    out["checkpoint_file"] = Path(out.pop("checkpoint_path")).name
+    return out
+
+
 async def models(request: Request) -> Response:
     service = request.app.state.service
     ckpt = service.holder.current
@@ -48,7 +58,7 @@ async def models(request: Request) -> Response:
         data.append({"id": model_id(service, ckpt), "object": "model",
                      "created": int(service.loaded_at), "owned_by": "cllm",
                      "vocab_size": len(ckpt.tokenizer),
-                     "context": ckpt.model.config.context, **ckpt.describe()})
+                     "context": ckpt.model.config.context, **described(ckpt)})
     return JSONResponse({"object": "list", "data": data})
 
 

@@ -39,7 +39,9 @@ from agent.server.events import EventHub, StoreWatcher
 from agent.server.metrics import ServerMetrics
 from agent.server.protocol import guarded_protocol
 from agent.server.reload import CheckpointWatcher, ModelHolder
-from agent.server.security import AccessGuard, HostGuard, allowed_hosts, check_binding
+from agent.server.security import (AccessGuard, HostGuard, SecurityHeaders, allowed_hosts,
+                                   check_binding, own_origins, redact_access_log, server_token,
+                                   token_path)
 from agent.server.slots import Slots
 from engine.errors import CllmError
 
@@ -115,7 +117,10 @@ class Service:
         self.metrics.reloads.inc()
 
 
-def build_app(service: Service) -> Starlette:
+def build_app(service: Service, port: int, token: Optional[str],
+              secure: bool = False) -> Starlette:
+    """The app on `port` (its own origins, its cookie's name) requiring `token` (None:
+    none, --auth none on loopback); `secure` under TLS."""
     cfg = service.config
     hosts = allowed_hosts(cfg.host, cfg.allowed_hosts)
     middleware = [Middleware(HostGuard, hosts=hosts)]
@@ -123,7 +128,9 @@ def build_app(service: Service) -> Starlette:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cfg.cors),
                                      allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                                      allow_headers=["Authorization", "Content-Type"]))
-    middleware.append(Middleware(AccessGuard, hosts=hosts, token=cfg.token, cors_origins=cfg.cors))
+    middleware.append(Middleware(AccessGuard, port=port, token=token, cors_origins=cfg.cors,
+                                 origins=own_origins(hosts, port, "https" if secure else "http"),
+                                 secure=secure))
     routes = [*api.ROUTES, *ollama.ROUTES, *history.ROUTES, *dashboard.ROUTES]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS)
     app.state.service = service
@@ -155,11 +162,13 @@ class Server:
     def __init__(self, service: Service, watch: bool = True, log_level: str = "warning",
                  on_failure=None) -> None:
         cfg = service.config
-        check_binding(cfg.host, cfg.token)
+        check_binding(cfg)
         self.service = service
-        self.app = build_app(service)
+        self.token = server_token(cfg, service.data_dir)     # None: --auth none (loopback)
+        self.secure = cfg.tls_cert is not None
         self.sock = bind(cfg.host, cfg.port)
         self.port = self.sock.getsockname()[1]
+        self.app = build_app(service, self.port, self.token, self.secure)
         self.watcher = CheckpointWatcher(service.holder, observe=watch)
         self.store_watcher = StoreWatcher(service.store, service.data_dir, service.hub)
         service.store_changed = self.store_watcher.notify
@@ -170,16 +179,20 @@ class Server:
                 hub.close()
                 super().handle_exit(sig, frame)
 
+        # the security headers outside Starlette's own error middleware: on its 500s too
         limits = service.limits
         self._uv = _Uvicorn(uvicorn.Config(
-            self.app, host=cfg.host, port=self.port, log_level=log_level, lifespan="off",
-            proxy_headers=False, server_header=False, timeout_graceful_shutdown=5,
+            SecurityHeaders(self.app), host=cfg.host, port=self.port, log_level=log_level,
+            lifespan="off", proxy_headers=False, server_header=False, timeout_graceful_shutdown=5,
             access_log=log_level in ("info", "debug"),
+            ssl_certfile=str(cfg.tls_cert) if self.secure else None,
+            ssl_keyfile=str(cfg.tls_key) if self.secure else None,
             # h11 with the guards uvicorn lacks: a deadline on a request's head, a cap on
             # connections, a send timeout (protocol.py); uvicorn's own 503 limit stays
             # above that cap, a backstop only
             http=guarded_protocol(limits), limit_concurrency=limits.max_connections + 1,
             timeout_keep_alive=limits.keep_alive))
+        redact_access_log()          # after uvicorn's logging set-up: no token in its log
         self._thread: Optional[threading.Thread] = None
         self.failure: Optional[BaseException] = None
         self.on_failure = on_failure          # called with the exception if the thread fails
@@ -189,7 +202,29 @@ class Server:
         host = self.service.config.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+        scheme = "https" if self.secure else "http"
+        return (f"{scheme}://[{host}]:{self.port}" if ":" in host
+                else f"{scheme}://{host}:{self.port}")
+
+    @property
+    def dashboard_url(self) -> str:
+        """The link that opens the dashboard logged in: with the data directory's token
+        (a secret of that directory's owner, as Jupyter prints its own); a token the user
+        gave is not printed back."""
+        if self.token is None:
+            return self.url + "/"
+        if self.service.config.token is not None:
+            return self.url + "/?token=<your token>"
+        return f"{self.url}/?token={self.token}"
+
+    def token_hint(self) -> str:
+        """How clients authenticate, for the start-up message."""
+        if self.token is None:
+            return "no token required (--auth none): anyone on this machine may use it"
+        where = ("the token you gave" if self.service.config.token is not None
+                 else f"`cllm token` prints it; it is kept in "
+                      f"{token_path(self.service.data_dir)}")
+        return f"clients send 'Authorization: Bearer TOKEN' ({where})"
 
     def run(self) -> None:
         """Serve until stopped (should_exit, or Ctrl-C when on the main thread)."""

@@ -6,6 +6,7 @@ Plain dataclasses: importable without the `serve` extra.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from agent.generation.checkpoint import DECODE_WEIGHTS
@@ -41,7 +42,13 @@ class Limits:
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8765
-    token: Optional[str] = None
+    # given (--token-file, $CLLM_TOKEN); None: the data directory's own
+    # (security.data_dir_token). Never in the repr: a logged config shows no secret
+    token: Optional[str] = field(default=None, repr=False)
+    auth: str = "token"                  # "none": no token on loopback (never beyond)
+    tls_cert: Optional[Path] = None      # TLS (uvicorn's ssl_certfile/ssl_keyfile)
+    tls_key: Optional[Path] = None
+    allow_http: bool = False             # beyond loopback without TLS, explicitly
     cors: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     cycle: Optional[int] = None          # serve this cycle's checkpoint (no reloading)

@@ -22,7 +22,6 @@ from agent.server.bench import parse_bench
 from agent.server.errors import ApiError
 from agent.server.events import events
 from agent.server.history import _int, json_response
-from agent.server.security import TOKEN_COOKIE
 from agent.server.validation import read_json
 from engine.errors import CllmError
 from engine.prime_math import describe_token
@@ -34,10 +33,8 @@ STATIC = Path(__file__).parent / "static"
 
 
 async def index(request: Request) -> Response:
+    """The page (`/?token=` never reaches here: AccessGuard sets the cookie and redirects)."""
     resp = FileResponse(STATIC / "index.html", media_type="text/html")
-    token = request.query_params.get("token")
-    if token and request.app.state.service.config.token:   # AccessGuard checked it
-        resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
     resp.headers["Cache-Control"] = "no-cache"
     return resp
 

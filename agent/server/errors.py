@@ -1,11 +1,13 @@
 """The server's errors, all one JSON shape ({"error": {"message", "type", "code"}}, as OpenAI
 answers): `ApiError`, which a route raises to refuse a request, and the app's exception
 handlers, which give the same shape to Starlette's own refusals (no route, a method not
-allowed) and to any other exception (500, logged with its traceback).
+allowed) and to any other exception (500, logged with its traceback under a request id,
+which the answer gives instead of the exception's text).
 """
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Optional
 
 from starlette.exceptions import HTTPException
@@ -46,9 +48,14 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("request %s %s failed", request.method, request.url.path, exc_info=exc)
-    return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"
-                    ).response()
+    """A 500 says nothing of the exception (its text may hold paths, queries, data): the
+    log has it, with its traceback, under the request id the answer gives."""
+    rid = uuid.uuid4().hex[:16]
+    log.error("request %s %s failed (request id %s)", request.method, request.url.path, rid,
+              exc_info=exc)
+    resp = ApiError(500, f"internal error (request id {rid}: the server's log has the "
+                    "details)", "server_error", {"X-Request-Id": rid}).response()
+    return resp
 
 
 HANDLERS = {ApiError: _api_error, HTTPException: _http_error, Exception: _server_error}

@@ -3,11 +3,13 @@ and config homes, never the current folder. The autouse fixture of tests/conftes
 HOME and the XDG homes at temporary folders."""
 import json
 import os
+import stat
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from agent.cli import main
+from agent.datadir import DataDirLock
 
 
 def test_the_default_data_directory_is_the_user_data_directory_wherever_cllm_runs(
@@ -113,3 +115,13 @@ def test_the_lock_keeps_a_running_agents_pid_until_it_is_held(tmp_path):
         assert (data / "cllm.lock").read_text() == f"{os.getpid()}\n"
         assert holder_pid(data) == os.getpid()
     assert holder_pid(data) is None
+
+
+def test_the_agent_creates_its_data_directory_private(tmp_path):
+    old = os.umask(0)
+    try:
+        with DataDirLock(tmp_path / "data"):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700

@@ -1,6 +1,7 @@
 """`cllm agent --serve` in process: the server runs on its own thread beside the agent's,
-loads each checkpoint on the trainer's in-process event after the commit (no file watching),
-and stops with the agent, every thread joined."""
+answers clients sending the data directory's token (made at its start), loads each
+checkpoint on the trainer's in-process event after the commit (no file watching), and stops
+with the agent, every thread joined."""
 from __future__ import annotations
 
 import threading
@@ -11,6 +12,7 @@ import pytest
 from agent.continuous_trainer import TrainerSettings
 from agent.daemon import Agent, AgentConfig
 from agent.server.config import ServeConfig
+from agent.server.security import token_path
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 120
@@ -44,9 +46,12 @@ def test_agent_serve_reloads_on_the_commit_event_and_stops_with_the_agent(tmp_pa
             assert loaded.wait(TIMEOUT), errors
         h = httpx.get(server.url + "/health").json()
         assert h["status"] == "ok" and h["cycle"] >= 1
-        r = httpx.post(server.url + "/v1/completions", json={"prompt": "every", "max_tokens": 3})
+        auth = {"Authorization": f"Bearer {token_path(tmp_path / 'data').read_text().strip()}"}
+        assert httpx.get(server.url + "/api/status").status_code == 401
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": "every", "max_tokens": 3},
+                       headers=auth)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
-        st = httpx.get(server.url + "/api/status").json()
+        st = httpx.get(server.url + "/api/status", headers=auth).json()
         assert st["agent_running"] and st["cycles_completed"] >= 1
     finally:
         agent.stop.set()

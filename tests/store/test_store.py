@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 from pathlib import Path
 
@@ -51,6 +52,30 @@ def test_default_is_a_sqlite_file_in_the_data_dir_created_if_missing(tmp_path, m
         with st.session() as s:
             add_document(s, uri="u", source="s", text="kept")
     assert (data_dir / "cllm.sqlite3").read_bytes().startswith(b"SQLite format 3\x00")
+
+
+def test_a_new_data_directory_and_its_store_are_private_whatever_the_umask(tmp_path,
+                                                                           monkeypatch):
+    """On a shared machine other users cannot read what the agent learned: a data directory
+    the store creates is 0700, the database and its -wal and -shm files 0600, even under
+    umask 000; an existing folder keeps its mode."""
+    monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
+    old = os.umask(0)
+    try:
+        data_dir = tmp_path / "new" / "data"
+        with open_store(data_dir) as st:
+            with st.session() as s:
+                add_document(s, uri="u", source="s", text="private")
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir()}
+        mine = tmp_path / "mine"
+        mine.mkdir(mode=0o755)
+        open_store(mine).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert modes == {"cllm.sqlite3": 0o600, "cllm.sqlite3-wal": 0o600, "cllm.sqlite3-shm": 0o600}
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o755
+    assert stat.S_IMODE((mine / "cllm.sqlite3").stat().st_mode) == 0o600
 
 
 def test_url_precedence_explicit_then_env_then_data_dir(store_target, tmp_path, monkeypatch):

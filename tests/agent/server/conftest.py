@@ -1,13 +1,17 @@
 """Fixtures of the server tests: a tiny trained data directory made once per session (two
 cycles, so one can be pinned), `serve`, which starts real uvicorn servers on free ports
-in threads and stops (joins) them after the test, and `script_ids`, which makes a batcher's
-requests take their ids from a script."""
+in threads and stops (joins) them after the test, `http`, httpx's request functions
+sending the token of the server a URL names (read from its data directory, as a client
+told by `cllm token` does), and `script_ids`, which makes a batcher's requests take their
+ids from a script."""
 from __future__ import annotations
 
 import json
 import threading
 from pathlib import Path
+from typing import Optional
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -50,9 +54,66 @@ def trained(tmp_path_factory, corpus) -> Path:
     return data
 
 
+def token_of(server) -> Optional[str]:
+    """The token a client of `server` sends: the one it was given, else the data
+    directory's, read from its file (`cllm token`); None with --auth none."""
+    from agent.server.security import token_path
+
+    cfg = server.service.config
+    if cfg.auth == "none":
+        return None
+    return cfg.token or token_path(server.service.data_dir).read_text().strip()
+
+
+class Http:
+    """httpx's get/post/options/delete/stream, sending 'Authorization: Bearer TOKEN' to
+    the servers `add`ed (the `serve` fixture adds each it starts); a request that sets its
+    own Authorization header, or goes elsewhere, is sent as it is."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, Optional[str]] = {}     # a server's URL -> its token
+
+    def add(self, server) -> None:
+        self.tokens[server.url] = token_of(server)
+
+    def headers(self, url, headers=None) -> dict:
+        out = dict(headers or {})
+        token = next((t for base, t in self.tokens.items()
+                      if str(url) == base or str(url).startswith(base + "/")), None)
+        if token and not any(k.lower() == "authorization" for k in out):
+            out["Authorization"] = f"Bearer {token}"
+        return out
+
+    def request(self, method: str, url, **kwargs) -> httpx.Response:
+        return httpx.request(method, url, headers=self.headers(url, kwargs.pop("headers", None)),
+                             **kwargs)
+
+    def get(self, url, **kwargs) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url, **kwargs) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def options(self, url, **kwargs) -> httpx.Response:
+        return self.request("OPTIONS", url, **kwargs)
+
+    def delete(self, url, **kwargs) -> httpx.Response:
+        return self.request("DELETE", url, **kwargs)
+
+    def stream(self, method: str, url, **kwargs):
+        return httpx.stream(method, url, headers=self.headers(url, kwargs.pop("headers", None)),
+                            **kwargs)
+
+
 @pytest.fixture
-def serve(monkeypatch):
-    """serve(data_dir, **ServeConfig fields, limits=Limits(...)) -> a started Server."""
+def http() -> Http:
+    return Http()
+
+
+@pytest.fixture
+def serve(monkeypatch, http):
+    """serve(data_dir, **ServeConfig fields, limits=Limits(...)) -> a started Server, whose
+    token `http` sends."""
     from agent.server.app import Server, Service  # the serve extra: generation tests go without
 
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
@@ -68,6 +129,7 @@ def serve(monkeypatch):
             raise
         started.append((server, store))
         server.start()
+        http.add(server)
         return server
 
     yield start

@@ -16,10 +16,12 @@ from agent.server import bench as bench_mod
 from agent.server.bench import BATCH, usable_cpus
 from agent.server.config import Limits
 from engine.params import ParamLayout
+from tests.agent.server.conftest import token_of
 
 
 def post_bench(server, body, timeout=300):
-    return httpx.post(server.url + "/api/bench", json=body, timeout=timeout)
+    return httpx.post(server.url + "/api/bench", json=body, timeout=timeout,
+                      headers={"Authorization": f"Bearer {token_of(server)}"})
 
 
 def test_a_small_bench_runs_in_a_child_process(serve, trained, monkeypatch):

@@ -14,7 +14,7 @@ import httpx
 
 from agent.server import api
 from agent.server.config import Limits
-from tests.agent.server.conftest import wait_loaded
+from tests.agent.server.conftest import token_of, wait_loaded
 
 
 def raw_post(server, path: str, body: dict, rcvbuf: int = 0) -> socket.socket:
@@ -25,8 +25,17 @@ def raw_post(server, path: str, body: dict, rcvbuf: int = 0) -> socket.socket:
     s.connect(("127.0.0.1", server.port))
     data = json.dumps(body).encode()
     s.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n%s" % (path.encode(), server.port, len(data), data))
+              b"%sContent-Length: %d\r\n\r\n%s" % (path.encode(), server.port,
+                                                    auth_line(server), len(data), data))
     return s
+
+
+def auth_line(server) -> bytes:
+    return b"Authorization: Bearer %s\r\n" % token_of(server).encode()
+
+
+def auth(server) -> dict:
+    return {"Authorization": f"Bearer {token_of(server)}"}
 
 
 def read_until_closed(s: socket.socket, timeout: float = 30) -> tuple[bytes, bool]:
@@ -73,12 +82,15 @@ def test_waiting_completions_hold_no_worker_thread(serve, trained, monkeypatch):
     assert slots.acquire(0)                      # the one slot is busy: every request waits
     with ThreadPoolExecutor(n) as ex:
         futures = [ex.submit(httpx.post, server.url + "/v1/completions", timeout=120,
-                             json={"prompt": "x", "max_tokens": 1}) for _ in range(n)]
+                             json={"prompt": "x", "max_tokens": 1}, headers=auth(server))
+                   for _ in range(n)]
         try:
             assert arrived.wait(60), f"only {count[0]} of {n} completions arrived"
             # routes that read the store on a worker thread answer while all of them wait
-            assert httpx.get(server.url + "/api/targets", timeout=10).status_code == 200
-            assert httpx.get(server.url + "/api/status", timeout=10).status_code == 200
+            assert httpx.get(server.url + "/api/targets", timeout=10,
+                             headers=auth(server)).status_code == 200
+            assert httpx.get(server.url + "/api/status", timeout=10,
+                             headers=auth(server)).status_code == 200
         finally:
             slots.release()
         assert [f.result().status_code for f in futures] == [200] * n
@@ -183,9 +195,9 @@ def test_a_body_sent_too_slowly_gets_408(serve, trained):
     server = serve(trained, limits=Limits(read_timeout=1))
     s = socket.create_connection(("127.0.0.1", server.port))
     try:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s"
                   b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-                  b'{"prompt": ' % server.port)           # 11 bytes of 100, then nothing
+                  b'{"prompt": ' % (server.port, auth_line(server)))           # 11 bytes of 100, then nothing
         data, closed = read_until_closed(s)
         assert data.startswith(b"HTTP/1.1 408") and b"took over 1 s" in data
     finally:

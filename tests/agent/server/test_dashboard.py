@@ -1,8 +1,10 @@
 """The dashboard in a real browser: headless Chromium from Debian's packages (chromium,
-chromium-driver; .ci/browser.sh installs them) driven by Selenium. Each tab renders real
-data of a tiny trained data directory, a chat reply streams into the page, a crawl target
-added from the page is recorded in the store (and removed again), and a cycle committed
-while the page is open appears without a reload (the /api/events stream).
+chromium-driver; .ci/browser.sh installs them) driven by Selenium. The browser logs in with
+the link `cllm serve` prints (/?token=..., which leaves the address bar), each tab renders
+real data of a tiny trained data directory under the server's Content-Security-Policy (no
+violation logged), a chat reply streams into the page, a crawl target added from the page
+is recorded in the store (and removed again), and a cycle committed while the page is open
+appears without a reload (the /api/events stream).
 
 Waiting is event-driven: the page is watched with a MutationObserver until a condition
 holds. With $CLLM_DASHBOARD_SCREENSHOTS set to a folder, each tab's screenshot is kept there
@@ -24,7 +26,7 @@ from selenium.webdriver.common.by import By
 
 from store import controls, open_store
 from store.targets import list_targets
-from tests.agent.server.conftest import train_tiny, wait_loaded
+from tests.agent.server.conftest import token_of, train_tiny, wait_loaded
 
 pytestmark = pytest.mark.slow
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -39,6 +41,7 @@ def browser():
                         "(.ci/browser.sh)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})   # CSP violations land there
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
         opts.add_argument(a)
@@ -52,20 +55,24 @@ def browser():
 
 def wait_js(driver, condition: str, what: str) -> None:
     """Block until the JavaScript expression `condition` is true, re-checking it on every
-    change of the page (a MutationObserver), not on a timer."""
+    change of the page (a MutationObserver), not on a timer. The expression is part of the
+    script the driver injects, not eval'd in the page: the page's Content-Security-Policy
+    forbids eval, as it should."""
     try:
         ok = driver.execute_async_script("""
         const done = arguments[arguments.length - 1];
         const check = () => {
-            try { return Boolean(eval(arguments[0])); } catch (e) { return false; } };
+            try { return Boolean(%s); } catch (e) { return false; } };
         if (check()) { done(true); return; }
         const obs = new MutationObserver(() => {
             if (check()) { obs.disconnect(); done(true); } });
         obs.observe(document,
                     {subtree: true, childList: true, attributes: true, characterData: true});
-    """, condition)
+    """ % condition)
     except TimeoutException:
-        pytest.fail(f"the page never showed: {what}")
+        logged = [e["message"] for e in driver.get_log("browser")]
+        pytest.fail(f"the page never showed: {what} (at {driver.current_url}; the browser "
+                    f"logged {logged})")
     assert ok, what
 
 
@@ -76,6 +83,19 @@ def shot(driver, tmp_path, name: str) -> None:
     keep = os.environ.get("CLLM_DASHBOARD_SCREENSHOTS")
     if keep:
         shutil.copy(path, Path(keep) / path.name)
+
+
+def log_in(driver, server) -> None:
+    """Open the dashboard link `cllm serve` prints: the cookie is set and the token leaves
+    the address bar (a 303 to the page without it)."""
+    driver.get(f"{server.url}/?token={token_of(server)}")
+    wait_js(driver, "document.querySelector('#tab-training').dataset.loaded >= 1", "page loaded")
+    assert driver.current_url.split("#")[0] == server.url + "/"     # the page tab in the hash
+
+
+def csp_violations(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser")
+            if "Content Security Policy" in e["message"] or "Refused to" in e["message"]]
 
 
 def open_tab(driver, url: str, tab: str) -> None:
@@ -93,6 +113,8 @@ def test_each_tab_renders_the_data_directory(serve, trained, browser, tmp_path):
     server = serve(trained)
     wait_loaded(server)
     d, u = browser, server.url
+    csp_violations(d)                        # drop what earlier pages logged
+    log_in(d, server)
     open_tab(d, u, "training")
     wait_js(d, "document.querySelector('#live').textContent === 'live'", "event stream open")
     assert [r[0] for r in rows(d, "#cycles-table")] == ["2", "1"]
@@ -116,7 +138,8 @@ def test_each_tab_renders_the_data_directory(serve, trained, browser, tmp_path):
     open_tab(d, u, "research")
     assert len(d.find_elements(By.CSS_SELECTOR, "#vocab-chart rect.bar")) == 2   # a bar a cycle
     assert rows(d, "#vocab-table")
-    n_eval = len(httpx.get(u + "/api/forgetting").json())
+    n_eval = len(httpx.get(u + "/api/forgetting",
+                           headers={"Authorization": f"Bearer {token_of(server)}"}).json())
     assert len(d.find_elements(By.CSS_SELECTOR, "#forgetting-heatmap rect.cell")) == n_eval > 0
     d.find_element(By.CSS_SELECTOR, "#neighbours-form button").click()
     wait_js(d, "document.querySelectorAll('#neighbours-table tr').length === 13",
@@ -131,12 +154,14 @@ def test_each_tab_renders_the_data_directory(serve, trained, browser, tmp_path):
     assert "preset tiny" in d.find_element(By.ID, "bench-lines").text
     assert len(d.find_elements(By.CSS_SELECTOR, "#bench-chart rect.bar")) == 1
     shot(d, tmp_path, "benchmark")
+    assert csp_violations(d) == []
 
 
 def test_a_chat_reply_streams_into_the_page(serve, trained, browser, tmp_path):
     server = serve(trained)
     wait_loaded(server)
     d = browser
+    log_in(d, server)
     open_tab(d, server.url, "llm")
     options = [o.text for o in d.find_elements(By.CSS_SELECTOR, "#llm-checkpoint option")]
     assert options[0] == "latest" and {"cycle 1 (step 8)", "cycle 2 (step 16)"} <= set(options)
@@ -165,6 +190,7 @@ def test_adding_a_crawl_target_from_the_page_records_it_in_the_store(serve, trai
     before = targets()
     server = serve(trained)
     d = browser
+    log_in(d, server)
     open_tab(d, server.url, "crawler")
     folder = tmp_path / "more notes"
     folder.mkdir()
@@ -190,6 +216,7 @@ def test_pausing_training_from_the_page_sets_the_stores_control(serve, trained, 
 
     server = serve(trained)
     d = browser
+    log_in(d, server)
     open_tab(d, server.url, "training")
     wait_js(d, "document.querySelector('#pause-training').textContent === 'Pause training'",
             "pause button")
@@ -211,6 +238,7 @@ def test_a_cycle_committed_while_the_page_is_open_appears_live(serve, corpus, br
     server = serve(data)
     wait_loaded(server)
     d = browser
+    log_in(d, server)
     open_tab(d, server.url, "training")
     wait_js(d, "document.querySelector('#live').textContent === 'live'", "event stream open")
     assert len(rows(d, "#cycles-table")) == 1
@@ -230,6 +258,7 @@ def test_the_trainer_phase_shows_while_an_agent_runs(serve, trained, browser, tm
         controls.set_trainer_phase(s, "converged", "held-out loss has not improved")
     server = serve(data)
     with DataDirLock(data):                      # an agent runs on it
+        log_in(browser, server)
         open_tab(browser, server.url, "training")
         wait_js(browser, "document.querySelector('#agent-state').textContent"
                 ".includes('training: converged (held-out loss has not improved)')",
@@ -248,6 +277,7 @@ def test_why_training_is_paused_shows_while_an_agent_runs(serve, trained, browse
         controls.set_trainer_phase(s, "paused", why, paused_by=["battery"])
     server = serve(data)
     with DataDirLock(data):                      # an agent runs on it
+        log_in(browser, server)
         open_tab(browser, server.url, "training")
         wait_js(browser, "document.querySelector('#agent-state').textContent"
                 f".includes('training paused: {why}')", "why training is paused")

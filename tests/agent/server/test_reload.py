@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -23,7 +22,7 @@ from store.cycles import start_cycle
 from tests.agent.server.conftest import train_tiny, wait_loaded
 
 
-def test_health_is_503_until_a_checkpoint_then_reloads_each_new_one(serve, corpus, tmp_path):
+def test_health_is_503_until_a_checkpoint_then_reloads_each_new_one(serve, corpus, tmp_path, http):
     data = tmp_path / "data"
     open_store(data).close()                  # a store, no cycle yet
     server = serve(data)
@@ -36,28 +35,28 @@ def test_health_is_503_until_a_checkpoint_then_reloads_each_new_one(serve, corpu
             loads.append(ckpt.cycle)
             loaded.notify_all()
     holder.listeners.append(on_load)
-    r = httpx.get(server.url + "/health")
+    r = http.get(server.url + "/health")
     assert r.status_code == 503 and r.headers["retry-after"]
-    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x"})
+    r = http.post(server.url + "/v1/completions", json={"prompt": "x"})
     assert r.status_code == 503 and r.json()["error"]["message"].startswith("no model loaded")
-    assert httpx.get(server.url + "/v1/models").json()["data"] == []
+    assert http.get(server.url + "/v1/models").json()["data"] == []
     for cycle in (1, 2):
         summary = train_tiny(corpus, data)
         with loaded:
             assert loaded.wait_for(lambda: cycle in loads, timeout=60), loads
-        h = httpx.get(server.url + "/health").json()
+        h = http.get(server.url + "/health").json()
         assert h["cycle"] == cycle and h["checkpoint_sha256"] == summary["checkpoint_sha256"]
-        assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"].endswith(
+        assert http.get(server.url + "/v1/models").json()["data"][0]["id"].endswith(
             f"-cycle-{cycle}")
     assert (data / "checkpoints" / COMMIT_MARKER).exists()
     assert loads == [1, 2] and holder.loads == 2
 
 
-def test_pinned_cycle_is_served_and_a_missing_one_is_named(serve, trained):
+def test_pinned_cycle_is_served_and_a_missing_one_is_named(serve, trained, http):
     server = serve(trained, cycle=1)
     ckpt = wait_loaded(server)
     assert ckpt.cycle == 1
-    assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"].endswith("-cycle-1")
+    assert http.get(server.url + "/v1/models").json()["data"][0]["id"].endswith("-cycle-1")
     with open_store(trained) as store, pytest.raises(CllmError) as e:
         load_serving_checkpoint(store, trained, cycle=9)
     assert "cycle 9 has no checkpoint" in e.value.one_line()
@@ -82,7 +81,7 @@ def test_a_checkpoint_failing_its_hash_is_refused_for_the_previous(corpus, tmp_p
             load_serving_checkpoint(store, data)
 
 
-def test_reload_and_views_on_each_store_backend(store_target, corpus):
+def test_reload_and_views_on_each_store_backend(store_target, corpus, http):
     """On PostgreSQL too (no database file to watch): the trainer's commit marker wakes
     the server, which confirms the new checkpoint with the store."""
     data, url = store_target.data_dir, store_target.url
@@ -98,6 +97,7 @@ def test_reload_and_views_on_each_store_backend(store_target, corpus):
     train()
     store = store_target.open()
     server = Server(Service(store, data, ServeConfig(port=0)))
+    http.add(server)
     loads, loaded = [], threading.Condition()
 
     def on_load(ckpt):
@@ -112,9 +112,9 @@ def test_reload_and_views_on_each_store_backend(store_target, corpus):
         second = train()
         with loaded:
             assert loaded.wait_for(lambda: second["cycle_id"] in loads, timeout=60), loads
-        cycles = httpx.get(server.url + "/api/cycles").json()
+        cycles = http.get(server.url + "/api/cycles").json()
         assert [c["id"] for c in cycles] == [1, second["cycle_id"]]
-        assert httpx.get(server.url + "/health").json()["checkpoint_sha256"] == \
+        assert http.get(server.url + "/health").json()["checkpoint_sha256"] == \
             second["checkpoint_sha256"]
     finally:
         server.stop()
@@ -122,7 +122,7 @@ def test_reload_and_views_on_each_store_backend(store_target, corpus):
 
 
 def test_a_live_snapshot_is_served_on_its_file_event_until_the_next_commit(serve, corpus,
-                                                                            tmp_path):
+                                                                            tmp_path, http):
     """The trainer's live snapshot (here published by hand for a running cycle) wakes the
     server like a commit: it serves it (/v1/models, /health and /api/status say so), until
     the next start recovers it away and the next cycle commits; --committed never takes it."""
@@ -149,23 +149,23 @@ def test_a_live_snapshot_is_served_on_its_file_event_until_the_next_commit(serve
             assert loaded.wait_for(lambda: (running, True) in loads, timeout=60), loads
         assert pinned.service.holder.reload() is False    # --committed: no snapshot
         assert pinned.service.holder.current.live is None
-    model = httpx.get(server.url + "/v1/models").json()["data"][0]
+    model = http.get(server.url + "/v1/models").json()["data"][0]
     assert model["id"].endswith(f"-cycle-{running}-live") and model["live"] is True
     assert (model["cycle"], model["step"], model["cycle_step"], model["base_cycle"]) == (
         running, snap.step, 5, first["cycle_id"])
     assert model["checkpoint_sha256"] == snap.sha256
-    health = httpx.get(server.url + "/health").json()
+    health = http.get(server.url + "/health").json()
     assert health["live"] is True and health["checkpoint_sha256"] == snap.sha256
-    status = httpx.get(server.url + "/api/status").json()
+    status = http.get(server.url + "/api/status").json()
     assert status["live_snapshot"]["sha256"] == snap.sha256
     assert status["last_checkpoint"]["sha256"] == first["checkpoint_sha256"]
-    r = httpx.post(server.url + "/v1/completions", json={"prompt": "every", "max_tokens": 3})
+    r = http.post(server.url + "/v1/completions", json={"prompt": "every", "max_tokens": 3})
     assert r.status_code == 200 and r.json()["model"].endswith("-live")
     second = train_tiny(corpus, data)     # recovery deletes the snapshot, the cycle commits
     with loaded:
         assert loaded.wait_for(lambda: (second["cycle_id"], False) in loads, timeout=60), loads
-    assert httpx.get(server.url + "/health").json()["live"] is False
-    assert httpx.get(server.url + "/api/status").json()["live_snapshot"] is None
+    assert http.get(server.url + "/health").json()["live"] is False
+    assert http.get(server.url + "/api/status").json()["live_snapshot"] is None
     # (the committed one again in between if the server woke after the recovery, before
     # the commit: its snapshot was gone and its cycle interrupted)
     assert loads[0] == (running, True)
