@@ -186,10 +186,10 @@ class Ingestor:
         with self._tx() as s:
             rec = documents.record_text(s, uri=uri, source=source, text=text, encoding=encoding,
                                         target_id=target_id, size_bytes=size_bytes)
-        if rec.outcome == Outcome.DUPLICATE:
-            log.debug("duplicate: %s: %s", uri, rec.reason)
-        else:
-            log.debug("%s: %s", rec.outcome, uri)
+        # the line names the version (size and hash): benchmarks/fault_campaign.py waits for it
+        log.debug("%s: %s (sha256 %s%s)%s", rec.outcome, uri, (rec.sha256 or "")[:12],
+                  "" if size_bytes is None else f", {size_bytes} bytes",
+                  f": {rec.reason}" if rec.reason else "")
         self._hand_over(rec.heirs)      # the superseded version's content, still in a duplicate
         return IngestResult(uri, rec.outcome, rec.document_id, rec.sha256, rec.reason, size_bytes)
 
