@@ -27,14 +27,14 @@ store.
 
 `TrainerLoop` (at the end) is the agent's trainer thread: cycles back to back while a
 backlog remains, and a wait on the agent's wake event (no CPU) when none does; a cycle that
-fails on the store is retried after LOOP_RETRY_S, a lost lease ends it. It lowers its own
-thread to the settings' priority (engine/priority.py: Node Zero, tokenizer learning and
-evaluation run there; the workers lower theirs), and while training is paused (by a user, the
-battery or the load: agent/limits.py's Pauses) it records the phase "paused" with the
-reasons and waits. Where training starts
-(the data-directory lock, the store, the trainer lease: `open_training`) is the daemon's
-wiring (agent/daemon.py), shared with `cllm train`. This module does not watch folders, crawl
-or handle signals. Sessions stay inside one call; the trainer belongs to one thread.
+fails on the store or the disk is retried after a back-off, a lost lease ends it. It lowers
+its own thread to the settings' priority (engine/priority.py: Node Zero, tokenizer learning
+and evaluation run there; the workers lower theirs), and while training is paused (by a
+user, the battery or the load: agent/limits.py's Pauses) it records the phase "paused" with
+the reasons and waits. Where training starts (the data-directory lock, the store, the
+trainer lease: `open_training`) is the daemon's wiring (agent/daemon.py), shared with
+`cllm train`. This module does not watch folders, crawl or handle signals. Sessions stay
+inside one call; the trainer belongs to one thread.
 """
 from __future__ import annotations
 
@@ -575,7 +575,10 @@ class ContinuousTrainer:
                  res.ended_by, res.steps, res.loss_start or float("nan"),
                  res.loss_end or float("nan"), res.tokens_per_s, credited["bytes_new"],
                  credited["bytes_replay"], len(credited["completed"]), path)
-        self.prune_checkpoints()
+        try:
+            self.prune_checkpoints()
+        except OSError as e:    # the cycle is committed: never mark it failed over a deletion
+            log.warning("could not prune old checkpoints: %s", e)
         return CycleReport(cycle_id, trigger, sorted(res.new_bytes), [d.id for d in replay],
                            path, sha, res, vocab_before, len(state.tokenizer), forgetting,
                            completed=credited["completed"], ended_by=res.ended_by)
@@ -639,13 +642,16 @@ def record_documents(store, docs: Sequence[Doc]) -> list[tuple[int, Doc]]:
 # ------------------------------------------------------------------- the agent's trainer thread
 
 loop_log = logging.getLogger("agent.daemon")   # the agent's lines, as before the split
-LOOP_RETRY_S = 5.0      # wait after a failed cycle before trying again
+LOOP_RETRY_S = 5.0      # wait after a failed cycle before trying again, doubling with each
+LOOP_RETRY_MAX_S = 300.0  # failure in a row (a full disk stays full a while) up to this
 
 
 class TrainerLoop:
     """Runs `trainer`'s cycles until `stop`; `wake` (set by whoever has news for the
     trainer) ends a wait, `crawled` (set once the start-up crawl is done) lets the token
-    trigger fire, and `max_cycles` completed cycles set `stop`."""
+    trigger fire, and `max_cycles` completed cycles set `stop`. A cycle failing with a
+    CllmError or StoreError (a full disk, a locked store) is logged in one line and retried
+    after a back-off on `stop` (LOOP_RETRY_S, doubling per failure in a row)."""
 
     def __init__(self, trainer: ContinuousTrainer, *, stop: threading.Event,
                  wake: threading.Event, crawled: threading.Event,
@@ -660,6 +666,7 @@ class TrainerLoop:
         trainer = self.trainer
         lower_this_thread(trainer.settings.priority)   # this thread only; never raises
         learned_since_idle = 0
+        failures = 0                            # cycles failed in a row: the back-off
         while not self.stop.is_set():
             self.wake.clear()
             try:
@@ -683,12 +690,15 @@ class TrainerLoop:
                 return
             except LeaseLostError:
                 raise                           # another agent trains now: stop this one
-            except (CllmError, StoreError) as e:  # e.g. the store was locked too long
-                loop_log.error("cycle failed: %s", e.one_line())
-                self.stop.wait(LOOP_RETRY_S)         # back off before retrying the same documents
+            except (CllmError, StoreError) as e:  # the store locked too long, a full disk
+                wait = min(LOOP_RETRY_S * 2 ** failures, LOOP_RETRY_MAX_S)
+                failures += 1
+                loop_log.error("cycle failed: %s; retrying in %.0f s", e.one_line(), wait)
+                self.stop.wait(wait)         # back off before retrying the same documents
                 continue
             if rep is None:
                 continue
+            failures = 0
             self.cycles_completed += 1
             learned_since_idle += trigger != CONSOLIDATE
             loop_log.info("cycle %s completed: %s documents, %s replayed, loss %.3f -> %.3f, "

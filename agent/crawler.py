@@ -1,7 +1,8 @@
 """The crawler: source trees and web pages in, documents (or recorded refusals) out.
 
 (a) `Crawler.walk(folder)`: a recursive walk (paths.walk_files: include/exclude patterns,
-    `.gitignore` files) whose files go through the Ingestor (binary detection, size cap).
+    `.gitignore` files; credentials and the data directory refused and recorded) whose
+    files go through the Ingestor (binary detection, size cap, key material).
 (b) `Crawler.crawl(url)`: a breadth-first HTTP/HTTPS crawl within depth and page limits
     (and at most `max_links` links taken from one page), optionally staying on the start
     host. Each page is fetched by fetch.Fetcher (SSRF guard on every hop, robots.txt,
@@ -115,7 +116,8 @@ class Crawler:
                  stop_event: threading.Event | None = None, ingestor: Ingestor | None = None,
                  include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
                  follow_symlinks: bool = False, resolver=None, recrawl_interval: float = 0.0,
-                 claim_ttl: float | None = None, max_links: int = MAX_LINKS) -> None:
+                 claim_ttl: float | None = None, max_links: int = MAX_LINKS,
+                 own_dirs: Iterable[str] = ()) -> None:
         if (max_pages < 1 or max_depth < 0 or delay < 0 or timeout <= 0 or retries < 0
                 or max_links < 1):
             raise CrawlError("max_pages >= 1, max_depth >= 0, delay >= 0, timeout > 0, retries >= 0, "
@@ -137,9 +139,12 @@ class Crawler:
         self.max_pages, self.max_depth, self.max_links = max_pages, max_depth, max_links
         self.stay_on_host = stay_on_host
         self.stop_event = stop_event or threading.Event()
+        # own_dirs (the data directory) and credentials are never read (paths.PrivateRules):
+        # the walk records them as refused; an ingestor given from outside has its own rules
+        self.path_filter = PathFilter(include, exclude, own_dirs=own_dirs)
         self.ingestor = ingestor or Ingestor(store, max_file_bytes=max_file_bytes,
-                                             follow_symlinks=follow_symlinks)
-        self.path_filter = PathFilter(include, exclude)
+                                             follow_symlinks=follow_symlinks,
+                                             private=self.path_filter.private)
         self.follow_symlinks = follow_symlinks
         self.fetcher = Fetcher(self.policy, stop_event=self.stop_event, user_agent=user_agent, delay=delay,
                                timeout=timeout, max_body_bytes=max_body_bytes, retries=retries,

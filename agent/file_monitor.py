@@ -15,9 +15,12 @@ ingestor mark the files that vanished). The debounce thread also notices a dead 
 and restarts it.
 
 Messages (MonitorEvent) go into the caller's queue; the monitor reads no file contents and
-never touches the store. Symlinks are not followed by default (they are reported as
-refused); with `follow_symlinks=True` linked folders are walked and watched, and loops are
-reported instead of followed.
+never touches the store. What the filter's private rules refuse (credentials, the agent's own
+data directory: paths.PrivateRules) is reported as refused once for the file or folder the
+rule names; events below a private folder, and every event inside the data directory (the
+agent's own checkpoints would start a cycle each), are dropped unseen. Symlinks are not
+followed by default (they are reported as refused); with `follow_symlinks=True` linked
+folders are walked and watched, and loops are reported instead of followed.
 """
 from __future__ import annotations
 
@@ -67,6 +70,7 @@ class _Forwarder(FileSystemEventHandler):
     def __init__(self, root: str, path_filter: PathFilter, raw: queue.Queue,
                  alias: tuple[str, str] | None = None) -> None:
         self.root, self.filter, self.raw, self.alias = root, path_filter, raw, alias
+        self.own_rels = path_filter.private.own_rels(root)   # the data directory, if inside
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
@@ -106,11 +110,16 @@ class _Forwarder(FileSystemEventHandler):
         if rel.startswith(".." + os.sep) or rel == "..":
             return
         rel = rel.replace(os.sep, "/")
+        if any(o == "." or rel == o or rel.startswith(o + "/") for o in self.own_rels):
+            return                  # the agent's own writes (the scan recorded the folder)
         if is_dir:
             if self.filter.excluded(rel, is_dir=True):
                 return
         elif not self.filter.accepts(rel):
             return
+        private = self.filter.private
+        if private.matches(path, is_dir) and private.matches(os.path.dirname(path), True):
+            return                  # below a private folder: the folder itself is refused
         self.raw.put((kind, path, self.root, time.monotonic()))
 
 
@@ -147,7 +156,8 @@ class FileMonitor:
                  exclude: Iterable[str] | None = None, polling: bool = False,
                  follow_symlinks: bool = False, reconcile: bool = True, poll_interval: float = 1.0,
                  open_write_timeout: float = 30.0, health_interval: float = 1.0,
-                 on_failure: Callable[[BaseException], None] | None = None) -> None:
+                 on_failure: Callable[[BaseException], None] | None = None,
+                 own_dirs: Iterable[str | os.PathLike] = ()) -> None:
         self.roots = [os.path.abspath(r) for r in roots]
         self.on_failure = on_failure  # called (from the failing thread) when a thread dies
         if not self.roots:
@@ -159,7 +169,7 @@ class FileMonitor:
             raise ValueError("quiet_period must be >= 0")
         self.out = out_queue
         self.quiet_period = quiet_period
-        self.filter = PathFilter(include, exclude)
+        self.filter = PathFilter(include, exclude, own_dirs=own_dirs)  # own_dirs: never read
         self.polling = polling
         self.follow_symlinks = follow_symlinks
         self.reconcile = reconcile
@@ -373,6 +383,7 @@ class FileMonitor:
                                  if self.follow_symlinks else None):
                 if it.reason is not None:
                     self.out.put(MonitorEvent(EventKind.REFUSED, it.path, root, reason=it.reason))
+                    present.add(it.path)    # seen: the reconciliation keeps its refusal
                     continue
                 present.add(it.path)
                 self._raw.put(("scan", it.path, root, time.monotonic()))
@@ -470,6 +481,10 @@ class FileMonitor:
                 self.out.put(MonitorEvent(EventKind.DELETED, path, p.root,
                                           reason="its folder was replaced by a file",
                                           follow_symlinks=self.follow_symlinks))
+        why = self.filter.private.reason(path, is_dir=stat.S_ISDIR(st.st_mode))
+        if why:                 # credentials, or the data directory: recorded, never read
+            emit(EventKind.REFUSED, why)
+            return
         if stat.S_ISLNK(st.st_mode):
             if not self.follow_symlinks:
                 emit(EventKind.REFUSED, "symbolic link (not followed)")
@@ -512,6 +527,7 @@ class _Prefixed(PathFilter):
 
     def __init__(self, inner: PathFilter, prefix: str) -> None:  # noqa: D107 (no super init)
         self.inner, self.prefix = inner, prefix.replace(os.sep, "/")
+        self.private = inner.private
 
     def _full(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel

@@ -37,7 +37,7 @@ import click
 
 from agent.datadir import user_config_file
 from agent.inputs.ingest import Ingestor
-from agent.inputs.paths import DEFAULT_EXCLUDES
+from agent.inputs.paths import DEFAULT_EXCLUDES, PrivateRules
 from agent.inputs.text import DEFAULT_MAX_FILE_BYTES
 from agent.web.fetch import MAX_BODY_BYTES
 from agent.web.html import MAX_LINKS
@@ -231,8 +231,10 @@ SETTINGS: tuple[Setting, ...] = (
             commands=("train",), into=TRAINER),
     # --- files and folders
     Setting("include", (), list,
-            "Only files matching this gitignore-style pattern (repeatable).", shown="all",
-            commands=AGENT, into=AGENT, metavar="PATTERN"),
+            "Only files matching this gitignore-style pattern (repeatable). Credentials and "
+            "keys (.ssh/, .env, *.pem, ...: README) are never read unless one names such a "
+            "pattern exactly.", shown="all",
+            commands=("agent", "crawl"), into=AGENT + CRAWL, metavar="PATTERN"),
     Setting("exclude", (), list,
             "Also skip files matching this gitignore-style pattern (repeatable); VCS, build, "
             "temp and swap files are always skipped.",
@@ -645,11 +647,12 @@ class AgentConfig:
 
     def path_filter_args(self) -> dict:
         return {"include": list(self.include) or None,
-                "exclude": DEFAULT_EXCLUDES + tuple(self.exclude)}
+                "exclude": DEFAULT_EXCLUDES + tuple(self.exclude), "own_dirs": (self.data_dir,)}
 
     def ingestor(self, store):
         return Ingestor(store, fallback_encoding=self.fallback_encoding,
-                        follow_symlinks=self.follow_symlinks)
+                        follow_symlinks=self.follow_symlinks,
+                        private=PrivateRules(self.include, own_dirs=(self.data_dir,)))
 
 
 @_from_table("crawl")

@@ -33,17 +33,17 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
           as_json: bool, **flags) -> None:
     """Ingest folders, files or web pages once, then exit.
 
-    Folders are walked (honouring .gitignore and the default excludes), URLs are crawled
-    (robots.txt, per-host delay, depth and page limits). Every refused input is recorded
-    with its reason; none of them stops the run, but when every target failed (nothing
-    fetched or stored) the exit status is 1. Ctrl-C stops after the current file or page and
+    Folders are walked (honouring .gitignore and the default excludes; credentials, keys and
+    the data directory are never read), URLs are crawled (robots.txt, per-host delay, depth
+    and page limits). Every refused input is recorded with its reason; none of them stops
+    the run, but when every target failed (nothing fetched or stored) the exit status is 1. Ctrl-C stops after the current file or page and
     keeps everything stored; a second Ctrl-C aborts at once.
 
     Example: cllm crawl ~/notes https://docs.python.org/3/reference/ --max-pages 20
     """
     from agent.crawler import CrawlError, CrawlReport, Crawler, iter_targets, record_target
     from agent.inputs.ingest import BATCH_INPUTS, Ingestor
-    from agent.inputs.paths import DEFAULT_EXCLUDES
+    from agent.inputs.paths import DEFAULT_EXCLUDES, PrivateRules
 
     cfg = build(CrawlSettings, resolve(flags, data_dir, command="crawl"))
     plan = list(iter_targets(targets))  # a malformed target is a usage error before any work
@@ -63,8 +63,10 @@ def crawl(inv: Invocation, targets: tuple[str, ...], data_dir: Path, source: Opt
                 max_pages=cfg.max_pages, recrawl_interval=cfg.recrawl_interval,
                 max_depth=cfg.max_depth, delay=cfg.delay, timeout=cfg.timeout, retries=cfg.retries,
                 max_links=cfg.max_links, stop_event=stop,
-                ingestor=Ingestor(store, fallback_encoding=cfg.fallback_encoding, **file_cap),
-                exclude=DEFAULT_EXCLUDES + cfg.exclude, **body_cap) as crawler:
+                ingestor=Ingestor(store, fallback_encoding=cfg.fallback_encoding, **file_cap,
+                                  private=PrivateRules(cfg.include, own_dirs=(data_dir,))),
+                include=list(cfg.include) or None, exclude=DEFAULT_EXCLUDES + cfg.exclude,
+                own_dirs=(data_dir,), **body_cap) as crawler:
             for kind, target in plan:
                 if stop.is_set():
                     break

@@ -57,7 +57,7 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
         if not paths:
             raise CllmError("no PATH given and the sample corpus is not installed",
                             "give folders of text: cllm train PATH...")
-    docs = read_docs(list(paths))
+    docs = read_docs(list(paths), own_dirs=(data_dir,))    # never its own files
     # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
     settings = build(TrainerSettings, values, min_lr=values["lr"] / 10, replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON

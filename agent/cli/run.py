@@ -82,8 +82,9 @@ def embedded_targets(data_dir: Path) -> tuple[list[str], list[str]]:
     """The defaults when nothing is configured: watch DATA_DIR/inbox (created), crawl the
     shipped sample corpus's topic folders when they are installed alongside the code."""
     from agent.inputs.corpus import corpus_topics
+    from agent.inputs.paths import OWN_INBOX    # the one input inside the data directory
 
-    inbox = data_dir / "inbox"
+    inbox = data_dir / OWN_INBOX
     try:
         inbox.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 
 from agent.training.learn import Doc
 from agent.inputs.paths import PathFilter, file_uri, walk_files
-from agent.inputs.text import Refused, decode_text, read_file
+from agent.inputs.text import Refused, decode_text, key_material, read_file
 from engine.errors import CllmError
 
 CORPUS_DIR = "sample_corpus"     # inside the agent package
@@ -45,17 +45,22 @@ def corpus_topics() -> list[Path]:
 
 
 def read_docs(paths: Sequence[Union[str, os.PathLike]], *,
-              fallback_encoding: Optional[str] = None) -> list[Doc]:
-    """Text documents under the given files and folders (refused files are left out)."""
+              fallback_encoding: Optional[str] = None,
+              own_dirs: Sequence[Union[str, os.PathLike]] = ()) -> list[Doc]:
+    """Text documents under the given files and folders (refused files are left out, and so
+    are credentials, key material and the data directories `own_dirs`, as the crawler
+    refuses them)."""
     docs: list[Doc] = []
+    path_filter = PathFilter(own_dirs=own_dirs)
     for given in paths:
         root = Path(given)
         if not root.exists():
             raise CllmError(f"{root} does not exist", "give a file or folder of text")
         if root.is_file():
-            files, source = [str(root)], os.path.dirname(str(given))   # as ingest_file names it
+            files = [] if path_filter.private.reason(root) else [str(root)]
+            source = os.path.dirname(str(given))                        # as ingest_file names it
         else:
-            files = [it.path for it in walk_files(root, PathFilter(), gitignore=True)
+            files = [it.path for it in walk_files(root, path_filter, gitignore=True)
                      if it.reason is None]
             source = str(given)                                         # as Crawler.walk does
         for f in files:
@@ -63,7 +68,7 @@ def read_docs(paths: Sequence[Union[str, os.PathLike]], *,
                 text = decode_text(read_file(f), fallback=fallback_encoding).text
             except Refused:
                 continue
-            if not text.strip():
+            if not text.strip() or key_material(text):
                 continue
             docs.append(Doc(uri=file_uri(f), source=source, text=text))
     if not docs:

@@ -20,6 +20,7 @@ belongs to one thread at a time (the agent's ingest thread, or the CLI).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -29,9 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping
 
 from agent.inputs.events import EventKind, MonitorEvent
-from agent.inputs.paths import file_uri, is_folder, uri_to_path
-from agent.inputs.text import (DEFAULT_MAX_FILE_BYTES, Refused, codec_problem, decode_text, read_file,
-                        storable, utf8_problem)
+from agent.inputs.paths import PrivateRules, file_uri, is_folder, uri_to_path
+from agent.inputs.text import (DEFAULT_MAX_FILE_BYTES, Refused, codec_problem, decode_text,
+                               key_material, read_file, storable, utf8_problem)
 from engine.errors import CllmError, ConfigError
 from store import documents
 from store.documents import Outcome
@@ -82,10 +83,15 @@ class Ingestor:
 
     `handle(event)` takes the file monitor's events; `ingest_file`, `ingest_text` and
     `refuse` serve the crawler and the CLI. No method raises for a bad input.
+
+    Every file read passes `private` first (credentials, the agent's own data directory:
+    paths.PrivateRules; the default has no data directory, so callers with one pass it),
+    and every text, a page's too, the key-material check: each refusal is recorded.
     """
 
     def __init__(self, store: "Store", *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-                 fallback_encoding: str | None = None, follow_symlinks: bool = False) -> None:
+                 fallback_encoding: str | None = None, follow_symlinks: bool = False,
+                 private: PrivateRules | None = None) -> None:
         if max_file_bytes <= 0:
             raise ValueError("max_file_bytes must be positive")
         problem = None if fallback_encoding is None else codec_problem(fallback_encoding)
@@ -95,6 +101,7 @@ class Ingestor:
         self.max_file_bytes = max_file_bytes
         self.fallback_encoding = fallback_encoding
         self.follow_symlinks = follow_symlinks
+        self.private = private if private is not None else _default_private()
         self._batch: _Batch | None = None
 
     @contextlib.contextmanager
@@ -158,6 +165,9 @@ class Ingestor:
         uri = file_uri(path)
         source = source or os.path.dirname(path)
         follow = self.follow_symlinks if follow_symlinks is None else follow_symlinks
+        why = self.private.reason(path)
+        if why:
+            return self.refuse(uri, why, source=source, target_id=target_id)
         try:
             data = read_file(path, max_bytes=self.max_file_bytes, follow_symlinks=follow, root=root)
             decoded = decode_text(data, fallback=self.fallback_encoding)
@@ -172,17 +182,18 @@ class Ingestor:
         (store.documents.record_text has the rules)."""
         if not text.strip():
             return self.refuse(uri, "empty (whitespace only)", source=source, target_id=target_id)
-        problem = utf8_problem(text) or ("binary content (NUL character)" if "\0" in text else None)
+        problem = (utf8_problem(text) or key_material(text)
+                   or ("binary content (NUL character)" if "\0" in text else None))
         if problem:
             return self.refuse(uri, problem, source=source, size_bytes=size_bytes, target_id=target_id)
         uri, source = storable(uri), _source(source)
         with self._tx() as s:
             rec = documents.record_text(s, uri=uri, source=source, text=text, encoding=encoding,
                                         target_id=target_id, size_bytes=size_bytes)
-        if rec.outcome == Outcome.DUPLICATE:
-            log.debug("duplicate: %s: %s", uri, rec.reason)
-        else:
-            log.debug("%s: %s", rec.outcome, uri)
+        # the line names the version (size and hash): benchmarks/fault_campaign.py waits for it
+        log.debug("%s: %s (sha256 %s%s)%s", rec.outcome, uri, (rec.sha256 or "")[:12],
+                  "" if size_bytes is None else f", {size_bytes} bytes",
+                  f": {rec.reason}" if rec.reason else "")
         self._hand_over(rec.heirs)      # the superseded version's content, still in a duplicate
         return IngestResult(uri, rec.outcome, rec.document_id, rec.sha256, rec.reason, size_bytes)
 
@@ -215,7 +226,9 @@ class Ingestor:
 
     def reconcile(self, root: str | os.PathLike, present: Iterable[str]) -> int:
         """After a scan of `root`: rows of files that are gone (not seen, not on disk, or a
-        folder now) are marked deleted. Returns how many rows changed."""
+        folder now) are marked deleted, and so are rows of files inside a folder the private
+        rules refuse (the data directory, ~/.ssh: learned before the rules did), never to be
+        trained or replayed again. Returns how many rows changed."""
         seen = {file_uri(p) for p in present}
         with self._tx() as s:
             live = documents.live_uris_under(s, file_uri(root))
@@ -228,6 +241,8 @@ class Ingestor:
                 n += self.delete_path(path, below=False, reason=REPLACED_BY_FOLDER).n_deleted
             elif not os.path.lexists(path):
                 n += self.delete_path(path).n_deleted
+            elif why := self.private.reason(path):
+                n += self.delete_path(path, below=False, reason=why).n_deleted
         return n
 
     def _hand_over(self, heirs: Iterable[str]) -> None:
@@ -297,6 +312,12 @@ class IngestLoop:
 
 
 _CLOSE = object()    # IngestLoop.close(): the end of its queue
+
+
+@functools.lru_cache(maxsize=1)
+def _default_private() -> PrivateRules:
+    """The private rules of an Ingestor given none: the patterns, no data directory."""
+    return PrivateRules()
 
 
 class _Batch:

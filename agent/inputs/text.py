@@ -2,10 +2,11 @@
 
 Holds the decoding rules every input goes through (a byte-order mark, a declared charset,
 UTF-8, a configured fallback encoding; the one used is recorded), binary detection, the
-checks on codec names and on text UTF-8 cannot hold, `storable` for names the store must
-keep, `open_regular`, the one way a watched or crawled file is opened (beneath its root,
-through no symbolic link unless asked, its type checked before the open), and `read_file`,
-which reads one regular file under a size cap through it.
+checks on codec names and on text UTF-8 cannot hold, `key_material` (a private key in a
+text, never learned), `storable` for names the store must keep, `open_regular`, the one way a
+watched or crawled file is opened (beneath its root, through no symbolic link unless asked,
+its type checked before the open), and `read_file`, which reads one regular file under a
+size cap through it.
 
 It does not choose files (paths.py), fetch URLs (fetch.py) or write to the store
 (ingest.py). `Refused` is the one exception for an input that will not become a
@@ -17,6 +18,7 @@ import codecs
 import errno
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -98,6 +100,29 @@ def utf8_problem(text: str) -> str | None:
         return (f"decoded text holds a lone surrogate (U+{ord(text[e.start]):04X} at character {e.start}) "
                 "that UTF-8 cannot encode")
     return None
+
+
+# Key material: an armoured private key (PEM, OpenSSH, PKCS#8, PGP: a "-----BEGIN ...
+# PRIVATE KEY-----" line, optional headers, then key data) or a PuTTY key file. A line that
+# only names the format, as documentation does, is not key material: the key data must follow.
+_KEY_MATERIAL = re.compile(
+    r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----[ \t]*\r?\n"
+    r"(?:[A-Za-z][\w-]*:[^\r\n]*\r?\n)*\s*[A-Za-z0-9+/=]{40,}"
+    r"|^PuTTY-User-Key-File-\d+: [^\r\n]*(?:\r?\n[^\r\n]*){1,40}?\r?\nPrivate-Lines: \d+",
+    re.MULTILINE)
+
+
+def key_material(text: str) -> str | None:
+    """The reason `text` is refused as key material (a private key in it), or None: what
+    no model should ever learn, whatever the file is called (paths.PRIVATE_PATTERNS has
+    the names)."""
+    m = _KEY_MATERIAL.search(text)
+    if m is None:
+        return None
+    found = m.group(0)
+    kind = (found.split("-----")[1].removeprefix("BEGIN ") if found.startswith("-----")
+            else "a PuTTY private key")
+    return f"never learned: key material ({kind} at character {m.start()})"
 
 
 def storable(s: str) -> str:

@@ -20,6 +20,7 @@ as new), and so does start-up recovery.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -176,16 +177,37 @@ def build_at_vocabulary(state: ModelState) -> None:
     state.optimizer = state.ema = None
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (the disk is full, a quota is reached, an I/O
+    error): nothing of it is left, nothing of its cycle counts, and the agent's trainer
+    retries after a back-off (TrainerLoop)."""
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def save_model_state(state: ModelState, data_dir: Path, cycle: int,
                      extra: Optional[dict] = None) -> tuple[Path, str]:
-    """Write tokenizer then checkpoint (both atomic); returns (path, file SHA-256)."""
+    """Write tokenizer then checkpoint (both atomic); returns (path, file SHA-256). An
+    OSError on the way (ENOSPC, EDQUOT, EIO, ...) removes what was written and raises
+    CheckpointWriteError, whose hint names the folder."""
     path = checkpoint_path(Path(data_dir).resolve(), cycle)   # recorded as an absolute path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state.tokenizer.save(tokenizer_path(path))
-    sha = save_checkpoint(path, state.model, state.optimizer,
-                          state.optimizer.cfg if state.optimizer else None, step=state.step,
-                          cycle=cycle, tokenizer_sha256=state.tokenizer.sha256, extra=extra,
-                          ema=state.ema)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state.tokenizer.save(tokenizer_path(path))
+        sha = save_checkpoint(path, state.model, state.optimizer,
+                              state.optimizer.cfg if state.optimizer else None, step=state.step,
+                              cycle=cycle, tokenizer_sha256=state.tokenizer.sha256, extra=extra,
+                              ema=state.ema)
+    except OSError as e:
+        try:
+            remove_checkpoint_files(path)   # the tokenizer file written before it, if any
+        except OSError:
+            pass                            # recovery removes it at the next start
+        hint = (f"free disk space in {path.parent}" if e.errno in _NO_SPACE
+                else f"check the disk holding {path.parent}")
+        raise CheckpointWriteError(f"cannot write checkpoint {path.name}: {e.strerror or e}",
+                                   hint) from e
     state.cycle, state.path = cycle, path
     return path, sha
 

@@ -1,9 +1,11 @@
 """The continuous trainer: cycles recorded in the store in one transaction, the ledger (a
 backlog learned over bounded cycles to its budget, new arrivals first), crash safety,
 checkpoint hash checks and retention. In-process, tiny preset, small documents."""
+import errno
 import hashlib
 import logging
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -613,3 +615,116 @@ def test_a_first_cycle_that_trains_nothing_leaves_the_vocabulary_to_the_next(env
     assert {t for t, (c, _, _) in rows.items() if c is None} == set(range(257))
     assert {t for t, (c, _, _) in rows.items() if c == rep.cycle_id} == \
         set(range(257, rep.vocab_after))
+
+
+# --- a full disk at the checkpoint (issue 26 #9) ------------------------------------------
+
+
+@pytest.mark.parametrize("code,hint", [(errno.ENOSPC, "free disk space in"),
+                                       (errno.EDQUOT, "free disk space in"),
+                                       (errno.EIO, "check the disk holding")])
+def test_a_checkpoint_that_cannot_be_written_is_a_cllm_error_and_leaves_no_file(
+        env, monkeypatch, code, hint):
+    from agent.training.model_state import (CheckpointWriteError, new_model_state,
+                                            save_model_state)
+
+    store, data = env
+
+    def fails(path, blob):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr("engine.checkpoint.atomic_write_bytes", fails)
+    with pytest.raises(CheckpointWriteError) as e:      # after its tokenizer file was written
+        save_model_state(new_model_state("tiny"), data, 1)
+    assert isinstance(e.value, CllmError) and os.strerror(code) in str(e.value)
+    assert e.value.hint == f"{hint} {(data / 'checkpoints').resolve()}"
+    assert list((data / "checkpoints").iterdir()) == []
+
+
+def full_disk_once(monkeypatch):
+    """The checkpoint's atomic write fails once with ENOSPC, as on a full disk; the calls."""
+    from engine import checkpoint
+
+    real, calls = checkpoint.atomic_write_bytes, []
+
+    def write(path, blob):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, blob)
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", write)
+    return calls
+
+
+def test_a_full_disk_at_the_checkpoint_backs_off_and_the_next_try_commits(env, monkeypatch,
+                                                                          caplog):
+    store, data = env
+    add_doc(store, "a", "lattice")
+    add_doc(store, "b", "spheres")
+    calls = full_disk_once(monkeypatch)
+    monkeypatch.setattr(continuous_trainer, "LOOP_RETRY_S", 0.05)
+    stop, crawled = threading.Event(), threading.Event()
+    crawled.set()
+    settings = SETTINGS.replace(snapshot_seconds=0)     # the one write is the checkpoint's
+    loop = continuous_trainer.TrainerLoop(ContinuousTrainer(store, data, settings), stop=stop,
+                                          wake=threading.Event(), crawled=crawled, max_cycles=1)
+    with caplog.at_level(logging.INFO, logger="agent"):
+        t = threading.Thread(target=loop.run)
+        t.start()
+        t.join(120)
+    assert not t.is_alive() and loop.cycles_completed == 1 and len(calls) == 2
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cycle failed")]
+    assert len(failed) == 1 and "\n" not in failed[0], failed            # one line, with its hint
+    assert "No space left on device" in failed[0] and "retrying in" in failed[0]
+    assert f"free disk space in {(data / 'checkpoints').resolve()}" in failed[0]
+    with store.session() as s:
+        cycles = s.scalars(select(Cycle).order_by(Cycle.id)).all()
+        assert [c.status for c in cycles] == ["failed", "completed"]
+        assert "No space left on device" in cycles[0].error
+        credited = {c.cycle_id for c in s.scalars(select(CycleDocument))}
+        assert credited == {cycles[1].id}            # nothing counted for the failed cycle
+        ck = s.scalars(select(Checkpoint)).one()
+        assert ck.cycle_id == cycles[1].id and file_sha256(ck.path) == ck.sha256
+    for status, trained, trainable, shares in ledger(store).values():
+        # each document counted once: its passes of the completed cycle, not two cycles' worth
+        assert status == "trained" and trained == shares
+        assert 2 * trainable <= trained < 2 * trainable + 16
+    assert sorted(p.name for p in (data / "checkpoints").glob("ckpt-*")) == [
+        f"ckpt-{cycles[1].id:06d}.safetensors", f"ckpt-{cycles[1].id:06d}.tokenizer.json"]
+
+
+def test_a_stop_ends_the_back_off_of_a_disk_that_stays_full(env, monkeypatch):
+    store, data = env
+    add_doc(store, "a", "lattice")
+
+    def full(path, blob):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr("engine.checkpoint.atomic_write_bytes", full)
+    monkeypatch.setattr(continuous_trainer, "LOOP_RETRY_S", 600.0)    # capped at 300 s
+    backing_off = threading.Event()
+
+    class Heard(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("cycle failed") and "300 s" in record.getMessage():
+                backing_off.set()
+    heard = Heard()
+    continuous_trainer.loop_log.addHandler(heard)
+    stop, crawled = threading.Event(), threading.Event()
+    crawled.set()
+    loop = continuous_trainer.TrainerLoop(
+        ContinuousTrainer(store, data, SETTINGS.replace(snapshot_seconds=0)), stop=stop,
+        wake=threading.Event(), crawled=crawled)
+    t = threading.Thread(target=loop.run)
+    t.start()
+    try:
+        assert backing_off.wait(120), "the failure was not logged with its back-off"
+        stop.set()                       # ends the 300 s wait at once
+        t.join(30)
+        assert not t.is_alive(), "the back-off did not end at the stop"
+    finally:
+        continuous_trainer.loop_log.removeHandler(heard)
+        stop.set()
+        t.join()
+    assert loop.cycles_completed == 0
+    with store.session() as s:
+        assert s.scalars(select(Document.status)).all() == ["pending"]
+        assert s.scalar(select(func.count()).select_from(CycleDocument)) == 0

@@ -410,7 +410,10 @@ def test_a_preset_other_than_the_data_directorys_model_is_a_warning_naming_the_w
     for args in (["--preset", "tiny"], []):   # the same preset, or none given: no warning
         r = CliRunner().invoke(main, agent + args)
         assert isinstance(r.exception, Stop) and "warning" not in r.output, r.output
-    train = ["train", str(data), "--data-dir", str(data)]
+    text = data.parent / "text"                 # not the data directory: it is never read
+    text.mkdir()
+    (text / "a.txt").write_text("text to train on\n")
+    train = ["train", str(text), "--data-dir", str(data)]
     r = CliRunner().invoke(main, train, env={"CLLM_PRESET": "small"})
     assert isinstance(r.exception, Stop), r.output
     assert "preset small (from $CLLM_PRESET) is ignored" in r.output and "--fresh" in r.output

@@ -607,6 +607,40 @@ def test_a_store_error_while_ingesting_keeps_the_event_and_retries(tmp_path, mon
         store.close()
 
 
+def test_an_agent_whose_data_directory_is_watched_learns_none_of_its_own_files(tmp_path):
+    """Issue 26 #5: the data directory inside the watched folder. Over two cycles, then two
+    more after a restart (whose scan walks the folder again), none of its files becomes a
+    document (each cycle's checkpoint and tokenizer file would start the next cycle): the
+    data directory is recorded once, as refused, and the one real file is what is learned."""
+    from agent.continuous_trainer import TrainerSettings
+    from agent.daemon import Agent, AgentConfig
+    from agent.inputs.paths import OWN_DATA_DIR
+
+    watch = tmp_path / "watched"
+    data = watch / "data"
+    data.mkdir(parents=True)
+    (data / "cllm.toml").write_text('database-url = "postgresql://me:secret@db/cllm"\n')
+    drop(watch, "a.txt", "the lattice keeps its shape while the spheres turn. ", reps=200)
+    settings = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=50, max_steps=3,
+                               batch_size=2, max_new_tokens=5, keep_learning="off")
+    for run in range(2):
+        agent = Agent(AgentConfig(data, settings, watch=(str(watch),), quiet_period=0.1,
+                                  max_cycles=2))
+        t = threading.Thread(target=agent.run)
+        t.start()
+        t.join(TIMEOUT)
+        assert not t.is_alive() and agent.cycles_completed == 2 and not agent.errors, run
+    assert sorted(p.name for p in (data / "checkpoints").glob("ckpt-*.tokenizer.json"))
+    store = open_store(data)
+    try:
+        with store.session() as s:
+            docs = [(uri_to_path(d.uri), d.status, d.reason) for d in s.scalars(select(Document))]
+    finally:
+        store.close()
+    assert [(p, st) for p, st, _ in docs if st != "skipped"] == [(str(watch / "a.txt"), "learning")]
+    assert [(p, why) for p, st, why in docs if st == "skipped"] == [(str(data), OWN_DATA_DIR)]
+
+
 def test_the_agent_command_restores_the_signal_handlers_it_installed(tmp_path):
     """`cllm agent` turns SIGINT/SIGTERM into a stop request only while it runs."""
     import signal

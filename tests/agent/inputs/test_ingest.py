@@ -228,8 +228,9 @@ def test_each_input_is_logged_at_debug_and_a_batch_is_summarized(tmp_path, store
     assert [r for r in caplog.records if r.name == "agent.inputs.ingest"] == []
     with caplog.at_level(logging.DEBUG, logger="agent.inputs.ingest"):
         ing.ingest_file(tmp_path / "1.txt")
+    sha = content_sha256("document number 1")[:12]     # the line names the version
     assert [r.getMessage() for r in caplog.records if r.name == "agent.inputs.ingest"] == [
-        f"unchanged: {file_uri(tmp_path / '1.txt')}"]
+        f"unchanged: {file_uri(tmp_path / '1.txt')} (sha256 {sha}, 17 bytes)"]
     assert summarize(Counter(got)) == "3 added, 1 unchanged" and summarize({}) == "nothing"
 
 
