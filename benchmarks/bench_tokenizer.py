@@ -22,7 +22,6 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")          # HF tokenizers: one co
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 
 from engine.tokenizer import Tokenizer  # noqa: E402
 

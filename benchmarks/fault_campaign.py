@@ -679,13 +679,18 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    out = table(c.trials)
-    cpu = describe().model
-    head = (f"fault campaign: {len(c.trials)} trials, {sum(t.ok for t in c.trials)} passed, "
-            f"{time.monotonic() - t0:.0f} s on {os.cpu_count()} x {cpu}")
-    print("\n" + head + "\n\n" + out)
-    if a.out:
-        a.out.write_text(head + "\n\n" + out + "\n")
+    report(c, "fault campaign", t0, a.out)
+
+
+def report(c: Campaign, name: str, t0: float, out: Path | None) -> None:
+    """Print the campaign's table under its headline (and write it to `out`), then exit 1
+    if any trial failed."""
+    head = (f"{name}: {len(c.trials)} trials, {sum(t.ok for t in c.trials)} passed, "
+            f"{time.monotonic() - t0:.0f} s on {os.cpu_count()} x {describe().model}")
+    text = head + "\n\n" + table(c.trials)
+    print("\n" + text)
+    if out:
+        out.write_text(text + "\n")
     sys.exit(0 if all(t.ok for t in c.trials) else 1)
 
 

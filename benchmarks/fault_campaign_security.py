@@ -37,8 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.fault_campaign import Campaign, Proc, table  # noqa: E402
-from engine.cpu import describe  # noqa: E402
+from benchmarks.fault_campaign import Campaign, Proc, report  # noqa: E402
 
 BOMB_MB = 1024            # what one bomb decodes to
 RSS_LIMIT_MB = 600        # a crawl that decoded a bomb would pass this many times over
@@ -468,13 +467,7 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    out = table(c.trials)
-    head = (f"security campaign: {len(c.trials)} trials, {sum(t.ok for t in c.trials)} "
-            f"passed, {time.monotonic() - t0:.0f} s on {os.cpu_count()} x {describe().model}")
-    print("\n" + head + "\n\n" + out)
-    if a.out:
-        a.out.write_text(head + "\n\n" + out + "\n")
-    sys.exit(0 if all(t.ok for t in c.trials) else 1)
+    report(c, "security campaign", t0, a.out)
 
 
 if __name__ == "__main__":

@@ -88,11 +88,14 @@ def test_missing_serve_extra_is_one_line_with_a_pip_hint(monkeypatch):
     assert "uvicorn" in e.value.one_line() and "pip install" in e.value.one_line()
 
 
-def test_cllm_agent_serve_flags_reach_the_agent(tmp_path, monkeypatch):
-    got = []
+class Stop(Exception):
+    """Raised by the recording Agent instead of running one."""
 
-    class Stop(Exception):
-        pass
+
+def recorded_agents(monkeypatch) -> tuple[list, type]:
+    """`cllm agent` builds a recorder instead of an Agent: the list gets each serve config
+    it was given, and Stop ends the command."""
+    got: list = []
 
     class Recorder:
         def __init__(self, cfg, stop=None, serve=None):
@@ -100,6 +103,11 @@ def test_cllm_agent_serve_flags_reach_the_agent(tmp_path, monkeypatch):
             raise Stop
 
     monkeypatch.setattr(daemon, "Agent", Recorder)
+    return got, Stop
+
+
+def test_cllm_agent_serve_flags_reach_the_agent(tmp_path, monkeypatch):
+    got, Stop = recorded_agents(monkeypatch)
     monkeypatch.delenv("CLLM_DATABASE_URL", raising=False)
     base = ["agent", "--data-dir", str(tmp_path / "data"), "--watch", str(tmp_path)]
     r = CliRunner().invoke(main, [*base, "--serve", "--port", "0", "--concurrency", "3",
@@ -117,17 +125,7 @@ def test_cllm_agent_serve_flags_reach_the_agent(tmp_path, monkeypatch):
 
 def test_the_token_comes_from_a_file_or_the_environment_and_warns_on_the_command_line(
         tmp_path, monkeypatch):
-    got = []
-
-    class Stop(Exception):
-        pass
-
-    class Recorder:
-        def __init__(self, cfg, stop=None, serve=None):
-            got.append(serve)
-            raise Stop
-
-    monkeypatch.setattr(daemon, "Agent", Recorder)
+    got, Stop = recorded_agents(monkeypatch)
     for name in ("CLLM_DATABASE_URL", "CLLM_TOKEN", "CLLM_SERVE_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     base = ["agent", "--data-dir", str(tmp_path / "data"), "--watch", str(tmp_path), "--serve"]
