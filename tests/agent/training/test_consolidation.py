@@ -179,3 +179,34 @@ def test_no_return_when_the_latest_is_best_or_the_best_is_gone(env):
     set_val_loss(store, {runs[0].cycle_id: 2.0, runs[2].cycle_id: 2.2})
     assert tr.best_consolidated() is None                    # the best's file was pruned
     assert tr.due() == (None, None) and tr.phase[0] == "converged"
+
+
+def test_the_held_out_slice_is_spread_over_the_source_capped_per_document_and_stable(env):
+    """The rule's held-out text: tails of documents across the whole source (not its first
+    files), at most HELDOUT_CHARS_PER_DOC of each, HELDOUT_CHARS_PER_SOURCE in all, the
+    same slice on every call while the documents stay the same."""
+    from agent.training.learn import split_heldout
+    from agent.training.plan import (HELDOUT_CHARS_PER_DOC, HELDOUT_CHARS_PER_SOURCE,
+                                     heldout_texts)
+    from tests.agent.test_continuous_trainer import add_text
+
+    store, _ = env
+    ids = []
+    for i in range(200):
+        size = 60_000 if i == 0 else 20_000     # the first one's tail passes the cap alone
+        ids.append(add_text(store, f"d{i:03d}", (f"<doc {i:03d}> " * size)[:size], "tree"))
+    with store.session() as s:
+        for d in s.scalars(select(Document)):
+            d.status = "trained"
+    slices = [heldout_texts(store, 0.1, {}) for _ in range(2)]
+    assert slices[0] == slices[1] and list(slices[0]) == ["tree"]
+    text = slices[0]["tree"]
+    assert HELDOUT_CHARS_PER_SOURCE <= len(text) < HELDOUT_CHARS_PER_SOURCE + 2 * HELDOUT_CHARS_PER_DOC
+    parts = text.split("\n")
+    assert all(len(p) <= HELDOUT_CHARS_PER_DOC for p in parts)
+    with store.session(read_only=True) as s:
+        tails = {d.id: split_heldout(d.text, 0.1)[1] for d in s.scalars(select(Document))}
+    used = sorted(i for i in ids if tails[i][:HELDOUT_CHARS_PER_DOC] in parts)
+    assert len(used) == len(parts) >= 12           # many documents, each a tail of one
+    assert used[-1] - used[0] > 100                # from across the source, not its first
+    assert used != ids[:len(used)]
