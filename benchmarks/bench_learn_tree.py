@@ -286,6 +286,7 @@ def main(argv=None) -> None:
     if [k for k in os.environ if k.startswith("CLLM_")]:
         log.warning("CLLM_* variables are set: the agent reads them, our recipe twin does not")
     cpu = describe()
+    git = git_state()                   # the code that runs (a commit made meanwhile is not)
     split = split_files(args.src, args.max_files, args.glob)
     size = sum(p.stat().st_size for p in split.train)
     print(cpu.line())
@@ -373,7 +374,7 @@ def main(argv=None) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({
         "benchmark": "learn_tree", "started": dt.datetime.now().astimezone().isoformat(),
-        "command": shlex.join([sys.executable, *sys.argv]), "git": git_state(),
+        "command": shlex.join([sys.executable, *sys.argv]), "git": git,
         "cpu": cpu.line(), "cpu_model": cpu.model, "cores": cpu.cores,
         "torch": torch_version(),
         "setup": {"src": str(args.src), "glob": args.glob,
