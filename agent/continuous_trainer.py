@@ -45,15 +45,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-
 from agent.limits import Pauses, share_plan
 from agent.settings import TrainerSettings
 from agent.training.commit import commit_cycle
+from agent.training.consolidation import (
+    CONSOLIDATE,
+    RESTORE,
+    best_consolidated,
+    commit_restore,
+    consolidation_rule,
+)
 from agent.training.learn import Doc, LearnResult, learn
-from agent.training.model_state import (ModelState, RecordedCheckpoint, announce_checkpoint,
-                                        first_loadable, load_model_state, new_model_state,
-                                        recorded_checkpoints, remove_checkpoint_files,
-                                        save_model_state)
+from agent.training.model_state import (
+    ModelState,
+    RecordedCheckpoint,
+    announce_checkpoint,
+    first_loadable,
+    new_model_state,
+    recorded_checkpoints,
+    remove_checkpoint_files,
+    save_model_state,
+)
 from agent.training.plan import CyclePlan, heldout_texts, plan_documents, sample_replay
 from agent.training.progress import CycleProgress
 from agent.training.recovery import prune_checkpoints, recover
@@ -61,13 +73,19 @@ from agent.training.snapshot import snapshot_publisher
 from engine.errors import CllmError
 from engine.priority import lower_this_thread
 from store import controls
-from store.checkpoints import record_checkpoint, set_latest_checkpoint
+from store.checkpoints import set_latest_checkpoint
 from store.cycles import finish_cycle, list_cycles, roll_back_cycles_after, start_cycle
 from store.documents import add_documents, document_counts, list_documents, mark_failed
 from store.documents import pending_summary as pending_in_store
 from store.errors import LeaseLostError, StoreError
-from store.ledger import (BACKLOG_STATUSES, apply_budget, backlog, consolidation_order,
-                          document_horizon, fresh_documents)
+from store.ledger import (
+    BACKLOG_STATUSES,
+    apply_budget,
+    backlog,
+    consolidation_order,
+    document_horizon,
+    fresh_documents,
+)
 from store.models import CycleStatus, DocumentStatus
 
 log = logging.getLogger(__name__)
@@ -81,8 +99,6 @@ FIRST_CYCLE_S = 10.0            # a backlog's first cycle; each next one twice a
 SCOPES = {"new": "new arrivals, alone", "backlog": "the backlog", "given": "the given documents",
           "consolidate": "consolidation: one more pass, least-learned first",
           "restore": "consolidation converged: back to the weights of its best held-out loss"}
-CONSOLIDATE = "consolidate"     # the trigger (and scope) of a consolidation cycle
-RESTORE = "restore"             # the trigger (and scope) of a return to the best weights
 
 
 @dataclass
@@ -271,100 +287,29 @@ class ContinuousTrainer:
         return None, self.settings.max_wait - waited
 
     def consolidation(self) -> tuple[bool, str]:
-        """(stop consolidating?, why): the rule. The held-out loss (mean over sources, of the
-        served weights) of the consolidation cycles since the last cycle that learned new
-        text must, within every `patience` of them in a row, come `min_improvement` (a
-        fraction) below the best loss before them; once `patience` cycles in a row have not,
-        consolidation has converged, until new text arrives."""
-        st = self.settings
-        with self.store.session(read_only=True) as s:
-            recent = list_cycles(s, status=CycleStatus.COMPLETED, limit=200)
-        losses: list[float] = []
-        base: Optional[float] = None
-        newest = (recent[-1].schedule or {}) if recent else {}
-        if newest.get("scope") == RESTORE:
-            return True, (f"consolidation converged; serving the weights of cycle "
-                          f"{newest.get('restored_cycle')}, its best held-out loss "
-                          f"({recent[-1].val_loss:.4f})")
-        for c in reversed(recent):          # newest first, back to the last learning cycle
-            if (c.schedule or {}).get("scope") != "consolidate":
-                base = c.val_loss
-                break
-            if c.val_loss is not None:
-                losses.append(c.val_loss)
-        losses.reverse()
-        if len(losses) < st.patience:
-            return False, (f"every document has its {st.passes:g} passes; {len(losses)} "
-                           f"consolidation cycles so far")
-        before = [v for v in [base, *losses[:-st.patience]] if v is not None]
-        if not before:
-            return False, "no held-out loss to compare with yet"
-        best, last = min(before), min(losses[-st.patience:])
-        if last < best * (1.0 - st.min_improvement):
-            return False, f"held-out loss {last:.4f}, best before {best:.4f}: still improving"
-        return True, (f"held-out loss has not improved by {st.min_improvement:.1%} in "
-                      f"{st.patience} consolidation cycles (best {best:.4f}, then {last:.4f})")
+        """(stop consolidating?, why): the rule (agent/training/consolidation.py)."""
+        return consolidation_rule(self.store, self.settings)
 
     def best_consolidated(self) -> Optional[tuple[int, float, RecordedCheckpoint]]:
-        """(cycle, held-out loss, checkpoint row) of the consolidation run's best weights
-        when they are not the latest: the lowest held-out loss among the last learning cycle
-        and the consolidation cycles since, whose checkpoint file retention kept and whose
-        vocabulary is the latest's (the stored vocabulary only grows). None when the latest
-        is the best, or the best is gone."""
-        with self.store.session(read_only=True) as s:
-            recent = list_cycles(s, status=CycleStatus.COMPLETED, limit=200)
-        run = []
-        for c in reversed(recent):
-            run.append(c)
-            if (c.schedule or {}).get("scope") != CONSOLIDATE:
-                break
-        scored = [c for c in run if c.val_loss is not None]
-        if not scored or scored[0] is not run[0]:
-            return None
-        best = min(scored, key=lambda c: (c.val_loss, -c.id))
-        if best is run[0] or best.val_loss >= run[0].val_loss:
-            return None
-        rows = {r.cycle_id: r for r in recorded_checkpoints(self.store)}
-        row = rows.get(best.id)
-        if row is None or best.vocab_size_after != run[0].vocab_size_after:
-            return None
-        return best.id, best.val_loss, row
+        """The consolidation run's best weights when they are not the latest, else None
+        (agent/training/consolidation.py)."""
+        return best_consolidated(self.store)
 
     def _restore_best(self) -> Optional[CycleReport]:
-        """Consolidation converged past its best: commit the best cycle's weights (model,
-        optimizer, EMA, tokenizer) as a new checkpoint of a cycle of no steps, so what is
-        served, and what learning continues from, is the best the agent had. The ledger is
-        untouched (what was trained stays counted). One transaction, as any cycle's."""
+        """Consolidation converged past its best: commit the best cycle's weights as a cycle
+        of no steps (agent/training/consolidation.py), so what is served, and what learning
+        continues from, is the best the agent had."""
         best = self.best_consolidated()
         if best is None:
             return None
-        best_cycle, best_loss, row = best
-        state = load_model_state(row.path, expected_sha256=row.sha256)
-        vocab = len(state.tokenizer)
         with self.store.session(read_only=True) as s:
             horizon = document_horizon(s)
         with self.store.session() as s:
             cycle_id = start_cycle(s, trigger=RESTORE, workers=self.settings.workers,
-                                   vocab_size_before=vocab, schedule={"horizon": horizon}).id
+                                   schedule={"horizon": horizon}).id
         try:
-            path, sha = save_model_state(state, self.data_dir, cycle_id)
-            try:
-                with self.store.session() as s:
-                    if self.lease is not None:
-                        self.lease.fence(s)
-                    record_checkpoint(s, path=str(path), sha256=sha, step=state.step,
-                                      vocab_size=vocab, cycle_id=cycle_id,
-                                      size_bytes=path.stat().st_size)
-                    finish_cycle(s, cycle_id, status=CycleStatus.COMPLETED, docs_new=0,
-                                 tokens=0, steps=0, val_loss=best_loss,
-                                 vocab_size_before=vocab, vocab_size_after=vocab,
-                                 bytes_new=0, bytes_replay=0,
-                                 schedule={"scope": RESTORE, "restored_cycle": best_cycle,
-                                           "horizon": horizon, "global_step": state.step,
-                                           "document_ids": [], "new_token_ids": []})
-            except BaseException:
-                remove_checkpoint_files(path)
-                raise
+            state, path, sha = commit_restore(self.store, self.lease, self.data_dir, cycle_id,
+                                              best, horizon)
         except BaseException as e:
             self._fail(cycle_id, e)
             raise
@@ -373,7 +318,7 @@ class ContinuousTrainer:
         for fn in self.checkpoint_listeners:
             fn()
         log.info("cycle %s (%s): back to the weights of cycle %s (held-out loss %.4f), "
-                 "checkpoint %s", cycle_id, RESTORE, best_cycle, best_loss, path)
+                 "checkpoint %s", cycle_id, RESTORE, best[0], best[1], path)
         self.prune_checkpoints()
         return None
 
