@@ -128,6 +128,16 @@ def _not_own_file(st: os.stat_result) -> str | None:
     return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return pid > 0
+
+
 def holder_pid(data_dir: Path) -> Optional[int]:
     """The pid of the agent holding the data directory's lock, or None if none runs."""
     path = Path(data_dir) / LOCK_NAME
@@ -138,10 +148,15 @@ def holder_pid(data_dir: Path) -> Optional[int]:
     try:
         if _not_own_file(os.fstat(fd)):  # a FIFO or device planted there: never read
             return None
+        # Read before probing: the probe's shared lock, however brief, makes an agent that
+        # starts at that moment fail to lock ("already running"), so it is taken only when
+        # the file names a live process (an agent, or a pid reused after a SIGKILL)
+        text = os.read(fd, 64).decode(errors="replace").strip()
+        if not text or (text.isdigit() and not _alive(int(text))):
+            return None  # released (an agent empties it) or its agent is gone
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
             return int(text) if text.isdigit() else -1
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None

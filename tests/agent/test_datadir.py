@@ -125,3 +125,29 @@ def test_the_agent_creates_its_data_directory_private(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+
+
+def test_status_never_locks_a_free_data_directory(tmp_path, monkeypatch):
+    """`cllm status` (or the server's /api/status) asking at the moment an agent starts must
+    not make that agent fail with "already running": a lock file that is empty (released) or
+    names a dead process is answered without taking even a shared lock."""
+    import subprocess
+
+    import agent.datadir as datadir
+
+    data = tmp_path / "data"
+    with datadir.DataDirLock(data):
+        pass                                       # released: the file is empty now
+    child = subprocess.Popen(["true"])
+    child.wait()                                   # a pid that no longer runs
+    probes = []
+    real_flock = datadir.fcntl.flock
+    monkeypatch.setattr(datadir.fcntl, "flock", lambda fd, op: probes.append(op) or real_flock(fd, op))
+    assert datadir.holder_pid(data) is None
+    (data / "cllm.lock").write_text(f"{child.pid}\n")   # left behind by a SIGKILLed agent
+    assert datadir.holder_pid(data) is None
+    assert probes == []
+    (data / "cllm.lock").write_text("")
+    with datadir.DataDirLock(data):
+        assert datadir.holder_pid(data) == os.getpid()
+    assert probes                                  # a live pid is still confirmed by the lock
