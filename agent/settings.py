@@ -153,18 +153,18 @@ SETTINGS: tuple[Setting, ...] = (
             check=at_least(0, strict=True), hint="e.g. --passes 2", commands=AGENT,
             into=TRAINER),
     Setting("keep_learning", "on", str,
-            "With every document at its --passes, keep training (consolidation cycles: one more "
-            "pass of the least-learned documents first, new text pre-empting them) until the "
-            "held-out loss has not improved by --min-improvement in --patience cycles; off: "
+            "With every document at its --passes, keep training (consolidation sweeps: one more "
+            "pass of every document, the least-learned first, new text pre-empting them) until "
+            "the held-out loss has not improved by --min-improvement in --patience sweeps; off: "
             "idle once the passes are done.",
             choices=("on", "off"), hint="e.g. --keep-learning off", commands=AGENT,
             into=TRAINER),
     Setting("min_improvement", 0.002, float,
-            "Consolidation stops when the held-out loss of --patience cycles in a row is not "
-            "this fraction below the best before them.",
+            "Consolidation stops when the held-out loss at the end of --patience sweeps in a "
+            "row is not this fraction below the best before them.",
             check=lambda v: None if 0 <= v < 1 else "{flag} must be in [0, 1)",
             hint="e.g. --min-improvement 0.002", commands=AGENT, into=TRAINER),
-    Setting("patience", 3, int, "Consolidation cycles without improvement before it stops.",
+    Setting("patience", 3, int, "Consolidation sweeps without improvement before it stops.",
             check=at_least(1), hint="e.g. --patience 3", commands=AGENT, into=TRAINER),
     Setting("cycle_seconds", 60.0, float,
             "A cycle ends after this long, checkpoints and commits; the next one starts at "

@@ -81,12 +81,17 @@ def backlog(session: Session, *, ids: Optional[Iterable[int]] = None) -> list[Ba
 
 
 def consolidation_order(session: Session) -> list[BacklogEntry]:
-    """Trained documents in the order consolidation cycles read them: fewest passes first,
-    then in the fixed pseudo-random order (`shuffle_key`), so every document keeps being
-    seen, one more pass at a time."""
+    """The documents of the current consolidation sweep, in the order it reads them: the
+    trained documents with the fewest whole passes, in the fixed pseudo-random order
+    (`shuffle_key`), so every document keeps being seen, one more pass at a time. A cycle
+    given these ends when the sweep does ("backlog"), so sweeps end on cycle boundaries, each
+    after the same documents in the same order: the held-out loss at the end of one is
+    comparable with the next (agent/training/consolidation.py)."""
     ids = list(session.scalars(select(Document.id).where(
         Document.status == DocumentStatus.TRAINED, Document.trainable_bytes > 0)))
-    return backlog(session, ids=ids) if ids else []
+    entries = backlog(session, ids=ids) if ids else []
+    level = min((e.trained_bytes // e.trainable_bytes for e in entries), default=0)
+    return [e for e in entries if e.trained_bytes // e.trainable_bytes == level]
 
 
 def shuffle_key(document_id: int) -> int:

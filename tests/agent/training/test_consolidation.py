@@ -59,7 +59,7 @@ def test_consolidation_starts_at_the_floor_gives_one_more_pass_and_stops_by_its_
     assert tr.due()[0] == CONSOLIDATE                    # one cycle of patience 2 so far
     tr.run_pending(CONSOLIDATE)
     assert tr.due() == (None, None) and tr.phase[0] == "converged"
-    assert "has not improved by 90.0% in 2 consolidation cycles" in tr.phase[1]
+    assert "has not improved by 90.0% in 2 consolidation sweeps" in tr.phase[1]
     with store.session(read_only=True) as s:
         assert controls.trainer_phase(s)["phase"] == "converged"
 
@@ -101,20 +101,20 @@ def test_keep_learning_off_stops_at_the_passes(env):
     assert tr.phase[0] == "idle" and "--keep-learning off" in tr.phase[1]
 
 
-def record(store, scope: str, val_loss: float) -> None:
+def record(store, scope: str, val_loss: float, ended_by: str = "backlog") -> None:
     with store.session() as s:
         c = start_cycle(s, trigger=scope, schedule={"scope": scope})
-        finish_cycle(s, c.id, val_loss=val_loss, schedule={"scope": scope})
+        finish_cycle(s, c.id, val_loss=val_loss, schedule={"scope": scope, "ended_by": ended_by})
 
 
-def test_the_rule_compares_the_last_cycles_with_the_best_before_them(env):
+def test_the_rule_compares_the_last_sweeps_with_the_best_before_them(env):
     store, data = env
     tr = ContinuousTrainer(store, data, ON.replace(patience=3, min_improvement=0.01))
     record(store, "backlog", 3.0)               # the floor is met here
     for v in (2.9, 2.8):
         record(store, "consolidate", v)
     done, why = tr.consolidation()
-    assert not done and "2 consolidation cycles so far" in why
+    assert not done and "2 consolidation sweeps so far" in why
     record(store, "consolidate", 2.7)           # 2.7 < 3.0 * 0.99: improving
     assert tr.consolidation()[0] is False
     for v in (2.69, 2.68, 2.675):               # best of the last 3 (2.675) vs 2.7 * 0.99
@@ -123,6 +123,50 @@ def test_the_rule_compares_the_last_cycles_with_the_best_before_them(env):
     assert done and "best 2.7000, then 2.6750" in why
     record(store, "backlog", 2.6)               # new text learned: the rule starts again
     assert tr.consolidation()[0] is False
+
+
+def test_only_the_ends_of_sweeps_are_judged(env):
+    """In mid-sweep the held-out loss moves with which documents the cycle read (alternating
+    on a large tree): those cycles neither count towards patience nor set the best."""
+    store, data = env
+    tr = ContinuousTrainer(store, data, ON.replace(patience=2, min_improvement=0.01))
+    record(store, "backlog", 3.0)
+    for mid, end in ((2.5, 2.9), (2.4, 2.8), (2.3, 2.7)):
+        record(store, "consolidate", mid, ended_by="time")  # the slice's documents just read
+        record(store, "consolidate", end)                    # the sweep ends
+    done, why = tr.consolidation()
+    assert not done and "2.7000, best before 2.9000: still improving" in why
+    record(store, "consolidate", 2.2, ended_by="time")
+    record(store, "consolidate", 2.2, ended_by="preempted")
+    assert "2.7000, best before 2.9000" in tr.consolidation()[1]   # unchanged
+    record(store, "consolidate", 2.69)
+    record(store, "consolidate", 2.68)           # 2 sweeps, best 2.68, not 1% below 2.7
+    done, why = tr.consolidation()
+    assert done and "2 consolidation sweeps (best 2.7000, then 2.6800)" in why
+
+
+def test_a_consolidation_cycle_reads_the_rest_of_its_sweep_and_ends_with_it(env):
+    """A sweep is every trained document once more, fewest whole passes first: a cycle
+    never runs on into the next sweep, so the sweep ends on a cycle's end ("backlog")."""
+    from agent.training.consolidation import ends_sweep
+
+    store, data = env
+    ids = [add_doc(store, "a", "lattice", reps=14), add_doc(store, "b", "spheres", reps=14)]
+    tr = ContinuousTrainer(store, data, ON)
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+    with store.session() as s:                   # "a" is a pass ahead: the sweep is "b" alone
+        d = s.get(Document, ids[0])
+        d.trained_bytes += d.trainable_bytes
+    before = ledger(store)
+    rep = tr.run_pending(CONSOLIDATE)
+    assert rep.doc_ids == [ids[1]] and rep.ended_by == "backlog"
+    after = ledger(store)
+    assert after[ids[0]] == before[ids[0]]
+    assert after[ids[1]][1] // after[ids[1]][2] == before[ids[1]][1] // before[ids[1]][2] + 1
+    with store.session(read_only=True) as s:
+        assert ends_sweep(list_cycles(s, limit=1)[0])
+    rep = tr.run_pending(CONSOLIDATE)             # both level now: the next sweep reads both
+    assert sorted(rep.doc_ids) == ids
 
 
 def set_val_loss(store, losses: dict[int, float]) -> None:
