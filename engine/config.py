@@ -13,6 +13,13 @@ from typing import Optional
 from engine.schedule import ScheduleConfig
 
 
+MLPS = ("gelu", "relu2")
+POSITIONS = ("learned", "rope")
+# ModelConfig fields that say what the network computes (not its size): `cllm` options of the
+# recipe, the export's architecture check, the PyTorch twin
+ARCH_FIELDS = ("mlp", "tie_head", "softcap", "zero_proj", "qk_norm", "pos", "rope_base")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 512      # V: rows of wte; grows append-only with the tokenizer
@@ -22,6 +29,15 @@ class ModelConfig:
     n_heads: int = 4           # NH: attention heads; C % NH == 0
     init: str = "normal"       # "normal" (N(0, 0.02)) or "lattice" (clock-lattice wte)
     init_std: float = 0.02     # std of the normal init; residual projections get / sqrt(2L)
+    # The recipe (issue "A modern recipe"); the defaults are GPT-2's, so a checkpoint written
+    # before these fields existed loads as the architecture it was trained with.
+    mlp: str = "gelu"          # MLP activation: "gelu" (tanh form) or "relu2" (relu(x)^2)
+    tie_head: bool = True      # False: the head is its own (V, C) matrix `head`, not wte
+    softcap: float = 0.0       # > 0: logits = softcap * tanh(logits / softcap)
+    zero_proj: bool = False    # output projections (attn.proj.w, mlp.proj.w) start at zero
+    qk_norm: bool = False      # RMS-normalise each head's q and k (gain per head channel)
+    pos: str = "learned"       # positions: "learned" (wpe rows) or "rope" (rotary, NeoX halves)
+    rope_base: float = 10000.0  # theta of the rotary frequencies
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context", "d_model", "n_layers", "n_heads"):
@@ -32,6 +48,16 @@ class ModelConfig:
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.init not in ("normal", "lattice"):
             raise ValueError(f"init must be 'normal' or 'lattice', got {self.init!r}")
+        if self.mlp not in MLPS:
+            raise ValueError(f"mlp must be one of {', '.join(MLPS)}, got {self.mlp!r}")
+        if self.pos not in POSITIONS:
+            raise ValueError(f"pos must be one of {', '.join(POSITIONS)}, got {self.pos!r}")
+        if not self.softcap >= 0.0:
+            raise ValueError(f"softcap must be >= 0 (0: off), got {self.softcap}")
+        if self.pos == "rope" and self.head_size % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.head_size}")
+        if not self.rope_base > 1.0:
+            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
 
     @property
     def head_size(self) -> int:
@@ -50,7 +76,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = "adamw"           # "adamw" or "sgd" (with momentum)
+    optimizer: str = "adamw"           # "adamw", "sgd" (with momentum) or "muon" (+ AdamW)
     lr: float = 1e-3                   # peak learning rate (best for "constant" + EMA; cosine 2e-3)
     min_lr: float = 1e-4               # floor of the cosine decay / the wsd cooldown
     warmup_steps: int = 100            # linear warmup steps (per cycle for "cosine", else once)
@@ -66,10 +92,14 @@ class TrainConfig:
     grad_clip: Optional[float] = 1.0   # global-norm clip; None disables
     crystalline_weight: float = 0.0    # lambda of the crystalline KL prior term
     batch_size: int = 8                # sequences per global batch
+    muon_momentum: float = 0.95        # "muon": momentum of the hidden matrices' updates
+    muon_scale: float = 0.2            # "muon": update RMS relative to AdamW's (Moonlight)
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adamw", "sgd"):
-            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in ("adamw", "sgd", "muon"):
+            raise ValueError(f"optimizer must be 'adamw', 'sgd' or 'muon', got {self.optimizer!r}")
+        if not 0.0 <= self.muon_momentum < 1.0 or not self.muon_scale > 0.0:
+            raise ValueError("muon_momentum must be in [0, 1) and muon_scale > 0")
         if self.lr < 0 or self.min_lr < 0:
             raise ValueError("learning rates must be >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
@@ -101,6 +131,58 @@ class TrainConfig:
 
 # What a TrainConfig saved before the schedule fields existed was trained with.
 _BEFORE_SCHEDULES = {"schedule": "cosine", "ema_decay": None}
+
+
+def parse_arch(text: str) -> dict:
+    """The recipe's options from text such as "mlp=relu2,qk_norm,pos=rope,tie_head=false,
+    softcap=15": ModelConfig fields of ARCH_FIELDS, a bare name meaning true, "" none.
+    Raises ValueError naming what is wrong (each value is checked by ModelConfig too)."""
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"architecture options are text such as 'mlp=relu2,qk_norm', "
+                         f"got {text!r}")
+    out: dict = {}
+    types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    for part in (p.strip() for p in (text or "").split(",")):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        name, value = name.strip().replace("-", "_"), value.strip()
+        if name not in ARCH_FIELDS:
+            raise ValueError(f"unknown architecture option {name!r}; the options are "
+                             f"{', '.join(ARCH_FIELDS)}")
+        kind = types[name]
+        if kind in (bool, "bool"):
+            if value.lower() not in ("", "true", "1", "yes", "on", "false", "0", "no", "off"):
+                raise ValueError(f"{name} takes true or false, got {value!r}")
+            out[name] = value.lower() in ("", "true", "1", "yes", "on")
+        elif kind in (float, "float"):
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise ValueError(f"{name} takes a number, got {value!r}") from None
+        else:
+            if not value:
+                raise ValueError(f"{name} needs a value ({name}=...)")
+            out[name] = value
+    ModelConfig(**out)               # the field checks (mlp and pos names, softcap >= 0)
+    return out
+
+
+def arch_text(cfg: ModelConfig) -> str:
+    """The options of cfg that differ from GPT-2's, as parse_arch reads them ("" for GPT-2)."""
+    plain = ModelConfig()
+    parts = []
+    for name in ARCH_FIELDS:
+        v = getattr(cfg, name)
+        if v == getattr(plain, name):
+            continue
+        if isinstance(v, bool):
+            parts.append(name if v else f"{name}=false")
+        elif isinstance(v, float):
+            parts.append(f"{name}={v:g}")
+        else:
+            parts.append(f"{name}={v}")
+    return ",".join(parts)
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -24,6 +24,8 @@ import math
 import numpy as np
 
 from engine._jit import kernel
+from engine.block_kernels import (head_rmsnorm_forward, relu2_forward, rope_rotate, rope_tables,
+                                  softcap_forward)
 from engine.kernels import F32_ONE, gelu_forward, layernorm_forward, softmax_inplace
 
 KINDS = ("int8", "float32")
@@ -151,21 +153,30 @@ def decode_attend(att, qkv, kc, vc, l, pos):
 @kernel
 def decode_tokens(logits, x, kc, vc, tokens, pos, wte, wpe, ln1_w, ln1_b, qkv_w, qkv_s,
                   qkv_b, proj_w, proj_s, proj_b, ln2_w, ln2_b, fc_w, fc_s, fc_b, mp_w, mp_s,
-                  mp_b, lnf_w, lnf_b, head_w, head_s, h, qkv, att, fc, th, tmp, scratch,
+                  mp_b, lnf_w, lnf_b, head_w, head_s, relu2, qk_norm, q_norm_w, k_norm_w,
+                  rope, rope_cos, rope_sin, softcap, h, qkv, att, fc, th, tmp, scratch,
                   mean, rstd):
     """One decoding step of B sequences: sequence b appends tokens[b] at position pos[b]
     (its KV cache kc, vc (B,L,NH,T,hs) holds positions < pos[b]) and gets the logits
-    (B,V) of the next position. x, h, att, tmp (B,C), qkv (B,3C), fc, th (B,4C), scratch
-    (4,4C), mean, rstd (B,) are workspace."""
+    (B,V) of the next position. The recipe's options: relu2 (else GELU), qk_norm with
+    gains q_norm_w, k_norm_w (L,hs), rope with tables rope_cos, rope_sin (T,hs/2) (the
+    cache holds keys turned to their positions), softcap > 0. x, h, att, tmp (B,C), qkv
+    (B,3C), fc, th (B,4C), scratch (4,4C), mean, rstd (B,) are workspace."""
     B, C = x.shape
-    L = kc.shape[1]
+    L, NH = kc.shape[1], kc.shape[2]
     V = logits.shape[1]
+    qk_raw = np.empty((B, 2 * C), np.float32)
+    qk_rstd = np.empty((B, 2 * NH), np.float32)
     for b in range(B):
         for c in range(C):
             x[b, c] = wte[tokens[b], c] + wpe[pos[b], c]
     for l in range(L):
         layernorm_forward(h, mean, rstd, x, ln1_w[l], ln1_b[l])
         _matvec(qkv, h, qkv_w[l], qkv_s[l], qkv_b[l], scratch)
+        if qk_norm:
+            head_rmsnorm_forward(qkv, qk_raw, qk_rstd, q_norm_w[l], k_norm_w[l])
+        if rope:
+            rope_rotate(qkv, rope_cos, rope_sin, pos, NH, np.float32(1.0))
         decode_attend(att, qkv, kc, vc, l, pos)
         _matvec(tmp, att, proj_w[l], proj_s[l], proj_b[l], scratch)
         for b in range(B):
@@ -173,7 +184,10 @@ def decode_tokens(logits, x, kc, vc, tokens, pos, wte, wpe, ln1_w, ln1_b, qkv_w,
                 x[b, c] += tmp[b, c]
         layernorm_forward(h, mean, rstd, x, ln2_w[l], ln2_b[l])
         _matvec(fc, h, fc_w[l], fc_s[l], fc_b[l], scratch)
-        gelu_forward(fc, th, fc)
+        if relu2:
+            relu2_forward(fc, fc)
+        else:
+            gelu_forward(fc, th, fc)
         _matvec(tmp, fc, mp_w[l], mp_s[l], mp_b[l], scratch)
         for b in range(B):
             for c in range(C):
@@ -198,6 +212,8 @@ def decode_tokens(logits, x, kc, vc, tokens, pos, wte, wpe, ln1_w, ln1_b, qkv_w,
             for c in range(C):
                 acc += row[c] * h[b, c]
             logits[b, v] = acc * head_s[v]
+    if softcap > 0:
+        softcap_forward(logits, np.empty((B, V), np.float32), softcap)
 
 
 class DecodeWeights:
@@ -230,7 +246,17 @@ class DecodeWeights:
             return q, s
 
         self.wte = p("wte")                 # float32 rows looked up by token (a view)
-        self.wpe = p("wpe")
+        names = model.layout.names
+        self.wpe = (p("wpe") if "wpe" in names      # rotary positions: nothing to add
+                    else np.zeros((cfg.context, cfg.d_model), np.float32))
+        hs = cfg.head_size
+        self.relu2, self.qk_norm, self.rope = cfg.mlp == "relu2", cfg.qk_norm, cfg.pos == "rope"
+        self.softcap = np.float32(cfg.softcap)
+        self.q_norm_w = stack("attn.q_norm.w") if cfg.qk_norm else np.ones((L, hs), np.float32)
+        self.k_norm_w = stack("attn.k_norm.w") if cfg.qk_norm else np.ones((L, hs), np.float32)
+        self.rope_cos, self.rope_sin = (rope_tables(cfg.context, hs, cfg.rope_base) if self.rope
+                                        else (np.ones((1, 1), np.float32),
+                                              np.zeros((1, 1), np.float32)))
         self.ln1_w, self.ln1_b = stack("ln1.w"), stack("ln1.b")
         self.ln2_w, self.ln2_b = stack("ln2.w"), stack("ln2.b")
         self.qkv_w, self.qkv_s = matrices("attn.qkv.w")
@@ -240,13 +266,13 @@ class DecodeWeights:
         self.qkv_b, self.proj_b = stack("attn.qkv.b"), stack("attn.proj.b")
         self.fc_b, self.mp_b = stack("mlp.fc.b"), stack("mlp.proj.b")
         self.lnf_w, self.lnf_b = p("lnf.w"), p("lnf.b")
-        wte = self.wte
+        head = model.head_weight()          # wte when tied
         if kind == "float32":
-            self.head_w, self.head_s = wte, np.ones(cfg.vocab_size, np.float32)
-        else:   # per-row scales of wte (V,C): its rows are the head's output columns
-            qt = np.empty(wte.shape[::-1], np.int8)
-            st = np.empty(wte.shape[0], np.float32)
-            quantize_columns(qt, st, np.ascontiguousarray(wte.T))
+            self.head_w, self.head_s = head, np.ones(cfg.vocab_size, np.float32)
+        else:   # per-row scales of the head (V,C): its rows are the logits' columns
+            qt = np.empty(head.shape[::-1], np.int8)
+            st = np.empty(head.shape[0], np.float32)
+            quantize_columns(qt, st, np.ascontiguousarray(head.T))
             self.head_w, self.head_s = np.ascontiguousarray(qt.T), st
 
     def matches(self, model) -> bool:
@@ -255,8 +281,10 @@ class DecodeWeights:
                 and int(fingerprint(model.params)) == self._fingerprint)
 
     def tensors(self) -> tuple:
-        """The weight arguments of decode_tokens, in its order."""
+        """The weight and option arguments of decode_tokens, in its order."""
         return (self.wte, self.wpe, self.ln1_w, self.ln1_b, self.qkv_w, self.qkv_s,
                 self.qkv_b, self.proj_w, self.proj_s, self.proj_b, self.ln2_w, self.ln2_b,
                 self.fc_w, self.fc_s, self.fc_b, self.mp_w, self.mp_s, self.mp_b,
-                self.lnf_w, self.lnf_b, self.head_w, self.head_s)
+                self.lnf_w, self.lnf_b, self.head_w, self.head_s, self.relu2, self.qk_norm,
+                self.q_norm_w, self.k_norm_w, self.rope, self.rope_cos, self.rope_sin,
+                self.softcap)

@@ -20,7 +20,7 @@ import numpy as np
 
 from engine._jit import kernel
 from engine.model import Model
-from engine.params import ParamLayout, grow_flat
+from engine.params import VOCAB_ROWS, ParamLayout, grow_flat
 
 
 @kernel
@@ -65,10 +65,11 @@ class EMA:
 
     def grow(self, new_layout: ParamLayout, params: np.ndarray) -> None:
         """Follow a vocabulary growth of the model whose (grown) flat params are `params`:
-        the new wte rows start at the model's new rows."""
+        the new rows of wte (and of an untied head) start at the model's new rows."""
         old_v = self.layout.shapes[0][0]
-        wte = new_layout.view(params, "wte")
-        self.shadow = grow_flat(self.shadow, self.layout, new_layout, wte[old_v:])
+        rows = {n: new_layout.view(params, n)[old_v:] for n in VOCAB_ROWS
+                if n in new_layout.names}
+        self.shadow = grow_flat(self.shadow, self.layout, new_layout, rows)
         self.layout = new_layout
 
     def model(self, config):

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from engine.block_kernels import head_rmsnorm_forward, relu2_forward, rope_rotate
 from engine.decode import DecodeWeights, decode_attend, decode_tokens
 from engine.kernels import bias_forward, bias_residual_forward, gelu_forward, layernorm_forward
 
@@ -82,7 +83,7 @@ class BatchDecoder:
         self.n[row] = P
         self._follow_model()
         out = self._logits[row]
-        np.matmul(m.param("wte"), ws.lnf[P - 1], out=out)
+        m._head_logits(out.reshape(1, -1), ws.lnf[P - 1:P])
         return out
 
     def step(self, tokens, rows: Optional[int] = None) -> np.ndarray:
@@ -114,26 +115,42 @@ class BatchDecoder:
         self.k[dst], self.v[dst], self.n[dst] = self.k[src], self.v[src], self.n[src]
 
     def _step_blas(self, A: int) -> None:
-        p = self.model._views
+        m = self.model
+        p, cfg = m._views, m.config
         x, h, tmp, fc, qkv = self._x[:A], self._h[:A], self._tmp[:A], self._fc[:A], self._qkv[:A]
         mean, rstd, n = self._mean[:A], self._rstd[:A], self.n[:A]
-        np.add(p["wte"][self._tokens[:A]], p["wpe"][n], out=x)
+        if "wpe" in p:
+            np.add(p["wte"][self._tokens[:A]], p["wpe"][n], out=x)
+        else:
+            np.take(p["wte"], self._tokens[:A], axis=0, out=x)
+        if cfg.qk_norm:
+            qk_raw = np.empty((A, 2 * cfg.d_model), np.float32)
+            qk_rstd = np.empty((A, 2 * cfg.n_heads), np.float32)
         for l in range(self.cfg.n_layers):
             b = f"h.{l}"
             layernorm_forward(h, mean, rstd, x, p[f"{b}.ln1.w"], p[f"{b}.ln1.b"])
             np.matmul(h, p[f"{b}.attn.qkv.w"], out=qkv)
             bias_forward(qkv, p[f"{b}.attn.qkv.b"])
+            if cfg.qk_norm:
+                head_rmsnorm_forward(qkv, qk_raw, qk_rstd, p[f"{b}.attn.q_norm.w"],
+                                     p[f"{b}.attn.k_norm.w"])
+            if cfg.pos == "rope":
+                cos, sin = m._rope(cfg.context)
+                rope_rotate(qkv, cos, sin, n, cfg.n_heads, np.float32(1.0))
             decode_attend(self._att[:A], qkv, self.k[:A], self.v[:A], l, n)
             np.matmul(self._att[:A], p[f"{b}.attn.proj.w"], out=tmp)
             bias_residual_forward(x, p[f"{b}.attn.proj.b"], tmp)
             layernorm_forward(h, mean, rstd, x, p[f"{b}.ln2.w"], p[f"{b}.ln2.b"])
             np.matmul(h, p[f"{b}.mlp.fc.w"], out=fc)
             bias_forward(fc, p[f"{b}.mlp.fc.b"])
-            gelu_forward(fc, self._th[:A], fc)
+            if cfg.mlp == "relu2":
+                relu2_forward(fc, fc)
+            else:
+                gelu_forward(fc, self._th[:A], fc)
             np.matmul(fc, p[f"{b}.mlp.proj.w"], out=tmp)
             bias_residual_forward(x, p[f"{b}.mlp.proj.b"], tmp)
         layernorm_forward(h, mean, rstd, x, p["lnf.w"], p["lnf.b"])
-        np.matmul(h, p["wte"].T, out=self._logits[:A])
+        m._head_logits(self._logits[:A], h)
 
 
 class KVDecoder:

@@ -394,6 +394,17 @@ def adamw_update(params, grads, m, v, lo, hi, starts, decay, lr, beta1, beta2, e
 
 
 @kernel
+def muon_momentum(grads, m, direction, lo, hi, mu, grad_scale):
+    """Muon's elementwise phase on [lo, hi): m = mu m + g, direction = g + mu m (Nesterov);
+    the matrix phase (engine.optim.Optimizer.finish_step) orthogonalises the direction."""
+    for j in range(lo, hi):
+        g = grads[j] * grad_scale
+        mj = mu * m[j] + g
+        m[j] = mj
+        direction[j] = g + mu * mj
+
+
+@kernel
 def sgd_update(params, grads, mom, lo, hi, starts, decay, lr, momentum, weight_decay,
                grad_scale):
     """SGD with momentum (mom = momentum * mom + g; p -= lr * (mom + wd * p)) on [lo, hi)."""

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from engine import block_kernels as BK
 from engine import kernels as K
 from engine.config import ModelConfig
 from engine.decode import DecodeWeights
@@ -47,13 +48,19 @@ class Workspace:
         self.ln2_mean = np.empty((L, N), f)
         self.ln2_rstd = np.empty((L, N), f)
         self.fc = np.empty((L, N, 4 * C), f)        # pre-activation of the MLP
-        self.fc_tanh = np.empty((L, N, 4 * C), f)   # tanh cache of GELU
-        self.gelu = np.empty((L, N, 4 * C), f)
+        self.fc_tanh = np.empty((L, N, 4 * C) if cfg.mlp == "gelu" else (L, 0, 0), f)  # GELU's tanh
+        self.gelu = np.empty((L, N, 4 * C), f)      # the MLP's activation (GELU or relu^2)
         self.lnf = np.empty((N, C), f)
         self.lnf_mean = np.empty(N, f)
         self.lnf_rstd = np.empty(N, f)
         self.logits = np.empty((N, V), f)           # logits -> probs -> dlogits, in place
         self.losses = np.empty(N, f)
+        # the recipe's options: QK-norm's inputs and 1/rms, the soft-cap's tanh, positions
+        qk = cfg.qk_norm
+        self.qk_raw = np.empty((L, N, 2 * C) if qk else (L, 0, 0), f)
+        self.qk_rstd = np.empty((L, N, 2 * NH) if qk else (L, 0, 0), f)
+        self.capt = np.empty((N, V) if cfg.softcap > 0 else (0, 0), f)
+        self.pos = np.tile(np.arange(T, dtype=np.int64), B)          # position of each row
         # backward scratch
         self.dresid = np.empty((N, C), f)
         self.dC = np.empty((N, C), f)
@@ -92,7 +99,10 @@ def _merged_rows(wte: np.ndarray, V: int, new_size: int,
 
 
 class Model:
-    """GPT-2: wte, wpe, L pre-LN blocks (fused-qkv causal attention, GELU MLP), lnf, tied head."""
+    """GPT-2: wte, wpe, L pre-LN blocks (fused-qkv causal attention, GELU MLP), lnf, tied head;
+    or with the recipe's options (engine.config.ModelConfig): relu^2 MLP, QK-norm, rotary
+    positions instead of wpe, an untied head, soft-capped logits, zero-initialised output
+    projections."""
 
     def __init__(self, config: ModelConfig, seed: int = 0, params: Optional[np.ndarray] = None
                  ) -> None:
@@ -120,10 +130,11 @@ class Model:
         for name, v in views.items():
             if name.endswith(".b"):
                 v[...] = 0.0
-            elif ".ln" in name or name.startswith("lnf"):
-                v[...] = 1.0
+            elif ".ln" in name or name.startswith("lnf") or name.endswith("_norm.w"):
+                v[...] = 1.0                                # norm gains (QK-norm's too)
             elif name.endswith("attn.proj.w") or name.endswith("mlp.proj.w"):
-                v[...] = rng.normal(0.0, std / math.sqrt(2 * cfg.n_layers), v.shape)
+                v[...] = (0.0 if cfg.zero_proj else
+                          rng.normal(0.0, std / math.sqrt(2 * cfg.n_layers), v.shape))
             else:
                 v[...] = rng.normal(0.0, std, v.shape)
         if cfg.init == "lattice":
@@ -151,8 +162,9 @@ class Model:
         With `merges` (the tokenizer's (a, b, z) triples; only those that made the new ids
         are read), new token z starts at the mean of rows a and b, taken in id order (merge
         order) so a token built on a token just added uses that token's new row. Without,
-        every new row starts at the mean of the existing rows. The head is tied to wte and
-        there is no logit bias, so these rows are the only per-vocabulary parameters.
+        every new row starts at the mean of the existing rows. There is no logit bias, so
+        these rows (of wte, and of the head when it is untied, made the same way from its
+        own rows) are the only per-vocabulary parameters.
         Logits of existing tokens are unchanged for the same input (the new rows only add
         new logit columns). Optimizers grow their moments with `Optimizer.grow` (zeros), the
         EMA with `EMA.grow` (the model's new rows).
@@ -163,12 +175,15 @@ class Model:
             raise ValueError(f"vocabulary cannot shrink ({V} -> {new_size})")
         if added == 0:
             return 0
-        wte = self._views["wte"]
-        if merges is None:
-            new_rows = np.broadcast_to(wte.mean(axis=0, dtype=np.float64).astype(np.float32),
-                                       (added, cfg.d_model))
-        else:
-            new_rows = _merged_rows(wte, V, int(new_size), merges)
+        new_rows = {}
+        merges = None if merges is None else list(merges)
+        for name in [n for n in ("wte", "head") if n in self._views]:
+            w = self._views[name]
+            if merges is None:
+                new_rows[name] = np.broadcast_to(
+                    w.mean(axis=0, dtype=np.float64).astype(np.float32), (added, cfg.d_model))
+            else:
+                new_rows[name] = _merged_rows(w, V, int(new_size), merges)
         new_cfg = cfg.replace(vocab_size=int(new_size))
         new_layout = ParamLayout.from_config(new_cfg)
         self.params = grow_flat(self.params, self.layout, new_layout, new_rows)
@@ -216,13 +231,60 @@ class Model:
         return inputs, targets
 
     # ------------------------------------------------------------------ forward
+    def _rope(self, T: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rotary cos, sin tables (T, hs/2) of this model (made once, for the context)."""
+        cfg = self.config
+        tables = getattr(self, "_rope_tables", None)
+        if tables is None or tables[0].shape[0] < cfg.context:
+            tables = self._rope_tables = BK.rope_tables(cfg.context, cfg.head_size,
+                                                        cfg.rope_base)
+        return tables
+
+    def _embed(self, out: np.ndarray, inputs: np.ndarray) -> None:
+        """out (B,T,C) = wte[inputs] (+ wpe[t] with learned positions)."""
+        p = self._views
+        if "wpe" in p:
+            K.encoder_forward(out, inputs, p["wte"], p["wpe"][:inputs.shape[1]])
+        else:
+            BK.embed_forward(out, inputs, p["wte"])
+
+    def _qk_forward(self, ws: Workspace, l: int, qkv: np.ndarray, pos: np.ndarray) -> None:
+        """QK-norm, then rotary positions, in place on the q and k of qkv (N, 3C)."""
+        cfg, p = self.config, self._views
+        if cfg.qk_norm:
+            BK.head_rmsnorm_forward(qkv, ws.qk_raw[l], ws.qk_rstd[l],
+                                    p[f"h.{l}.attn.q_norm.w"], p[f"h.{l}.attn.k_norm.w"])
+        if cfg.pos == "rope":
+            cos, sin = self._rope(cfg.context)
+            BK.rope_rotate(qkv, cos, sin, pos, cfg.n_heads, np.float32(1.0))
+
+    def _activation(self, ws: Workspace, l: int) -> None:
+        if self.config.mlp == "relu2":
+            BK.relu2_forward(ws.gelu[l], ws.fc[l])
+        else:
+            K.gelu_forward(ws.gelu[l], ws.fc_tanh[l], ws.fc[l])
+
+    def head_weight(self) -> np.ndarray:
+        """(V, C): the head's rows, wte's when tied."""
+        return self._views["head" if "head" in self._views else "wte"]
+
+    def _head_logits(self, out: np.ndarray, x: np.ndarray, capt: Optional[np.ndarray] = None
+                     ) -> np.ndarray:
+        """out (N, V) = the logits of x (N, C): x @ head.T, soft-capped when configured
+        (capt (N, V) keeps the tanh for backward; a scratch one is made when None)."""
+        np.matmul(x, self.head_weight().T, out=out)
+        cap = self.config.softcap
+        if cap > 0:
+            BK.softcap_forward(out, capt if capt is not None else np.empty_like(out), cap)
+        return out
+
     def _forward_trunk(self, ws: Workspace, inputs: np.ndarray) -> None:
         """Embeddings, the L blocks and the final LayerNorm, into ws.lnf (N, C)."""
         cfg, p = self.config, self._views
         B, T = inputs.shape
         N, C, NH = B * T, cfg.d_model, cfg.n_heads
         scale = 1.0 / math.sqrt(cfg.head_size)
-        K.encoder_forward(ws.resid[0].reshape(B, T, C), inputs, p["wte"], p["wpe"][:T])
+        self._embed(ws.resid[0].reshape(B, T, C), inputs)
         for l in range(cfg.n_layers):
             h = f"h.{l}"
             x = ws.resid[l]
@@ -231,6 +293,7 @@ class Model:
             qkv = ws.qkv[l]
             np.matmul(ws.ln1[l], p[f"{h}.attn.qkv.w"], out=qkv)           # (N, 3C)
             K.bias_forward(qkv, p[f"{h}.attn.qkv.b"])
+            self._qk_forward(ws, l, qkv, ws.pos)
             q = _heads(qkv[:, :C], B, T, NH)                                # (B, NH, T, hs)
             k = _heads(qkv[:, C:2 * C], B, T, NH)
             v = _heads(qkv[:, 2 * C:], B, T, NH)
@@ -245,7 +308,7 @@ class Model:
                                 p[f"{h}.ln2.w"], p[f"{h}.ln2.b"])
             np.matmul(ws.ln2[l], p[f"{h}.mlp.fc.w"], out=ws.fc[l])         # (N, 4C)
             K.bias_forward(ws.fc[l], p[f"{h}.mlp.fc.b"])
-            K.gelu_forward(ws.gelu[l], ws.fc_tanh[l], ws.fc[l])
+            self._activation(ws, l)
             out = ws.resid[l + 1]
             np.matmul(ws.gelu[l], p[f"{h}.mlp.proj.w"], out=out)           # (N, C)
             K.bias_residual_forward(out, p[f"{h}.mlp.proj.b"], mid)
@@ -283,7 +346,7 @@ class Model:
         if scale is None:
             scale = 1.0 / max(int(np.count_nonzero(tflat >= 0)), 1)
         self._forward_trunk(ws, inputs)
-        np.matmul(ws.lnf, p["wte"].T, out=ws.logits)                          # (N, V)
+        self._head_logits(ws.logits, ws.lnf, ws.capt)                         # (N, V)
         n_valid = K.crossentropy_forward(ws.losses, ws.logits, tflat, nbr_idx, nbr_q, lam,
                                          True, float(scale))
         loss_sum = float(ws.losses.sum(dtype=np.float64))
@@ -294,8 +357,13 @@ class Model:
             grad[lo:hi] = 0.0
         g = self.layout.views(grad)
         dlogits = ws.logits
-        np.matmul(dlogits.T, ws.lnf, out=g["wte"])                            # (V, C)
-        np.matmul(dlogits, p["wte"], out=ws.dC)                               # (N, C) d lnf
+        if cfg.softcap > 0:
+            BK.softcap_backward(dlogits, ws.capt)                             # d raw logits
+        head = "head" if "head" in p else "wte"
+        np.matmul(dlogits.T, ws.lnf, out=g[head])                             # (V, C)
+        if head != "wte":
+            g["wte"][...] = 0.0                     # the embedding's rows: scatter-added below
+        np.matmul(dlogits, p[head], out=ws.dC)                                # (N, C) d lnf
         dresid = ws.dresid
         dresid[...] = 0.0
         K.layernorm_backward(dresid, g["lnf.w"], g["lnf.b"], ws.dC, ws.resid[cfg.n_layers],
@@ -306,7 +374,10 @@ class Model:
             np.matmul(ws.gelu[l].T, dresid, out=g[f"{h}.mlp.proj.w"])         # (4C, C)
             K.bias_backward(g[f"{h}.mlp.proj.b"], dresid)
             np.matmul(dresid, p[f"{h}.mlp.proj.w"].T, out=ws.d4a)             # (N, 4C)
-            K.gelu_backward(ws.d4b, ws.fc[l], ws.fc_tanh[l], ws.d4a)
+            if cfg.mlp == "relu2":
+                BK.relu2_backward(ws.d4b, ws.fc[l], ws.d4a)
+            else:
+                K.gelu_backward(ws.d4b, ws.fc[l], ws.fc_tanh[l], ws.d4a)
             np.matmul(ws.ln2[l].T, ws.d4b, out=g[f"{h}.mlp.fc.w"])            # (C, 4C)
             K.bias_backward(g[f"{h}.mlp.fc.b"], ws.d4b)
             np.matmul(ws.d4b, p[f"{h}.mlp.fc.w"].T, out=ws.dC)                # (N, C)
@@ -328,12 +399,22 @@ class Model:
             np.matmul(ws.datt, k, out=_heads(dqkv[:, :C], B, T, NH))
             np.matmul(ws.datt.transpose(0, 1, 3, 2), q,
                       out=_heads(dqkv[:, C:2 * C], B, T, NH))
+            if cfg.pos == "rope":                   # d rotated q, k -> d q, k before the turn
+                cos, sin = self._rope(cfg.context)
+                BK.rope_rotate(dqkv, cos, sin, ws.pos, NH, np.float32(-1.0))
+            if cfg.qk_norm:
+                BK.head_rmsnorm_backward(dqkv, g[f"{h}.attn.q_norm.w"], g[f"{h}.attn.k_norm.w"],
+                                         ws.qk_raw[l], ws.qk_rstd[l], p[f"{h}.attn.q_norm.w"],
+                                         p[f"{h}.attn.k_norm.w"])
             np.matmul(ws.ln1[l].T, dqkv, out=g[f"{h}.attn.qkv.w"])           # (C, 3C)
             K.bias_backward(g[f"{h}.attn.qkv.b"], dqkv)
             np.matmul(dqkv, p[f"{h}.attn.qkv.w"].T, out=ws.dC)               # (N, C)
             K.layernorm_backward(dresid, g[f"{h}.ln1.w"], g[f"{h}.ln1.b"], ws.dC,
                                  ws.resid[l], p[f"{h}.ln1.w"], ws.ln1_mean[l], ws.ln1_rstd[l])
-        K.encoder_backward(g["wte"], g["wpe"][:T], dresid.reshape(B, T, C), inputs)
+        if "wpe" in g:
+            K.encoder_backward(g["wte"], g["wpe"][:T], dresid.reshape(B, T, C), inputs)
+        else:
+            BK.embed_backward(g["wte"], dresid.reshape(B, T, C), inputs)
         return loss_sum, int(n_valid)
 
     # ------------------------------------------------------------------ public API
@@ -352,7 +433,7 @@ class Model:
         inputs, targets = self._check_inputs(inputs, targets)
         ws = self.workspace(*inputs.shape)
         self._forward_trunk(ws, inputs)
-        np.matmul(ws.lnf, self._views["wte"].T, out=ws.logits)
+        self._head_logits(ws.logits, ws.lnf, ws.capt)
         nbr_idx, nbr_q = self._neighbour_tables(crystalline_weight)
         n = K.crossentropy_forward(ws.losses, ws.logits, targets.reshape(-1), nbr_idx, nbr_q,
                                    float(crystalline_weight))
@@ -365,7 +446,7 @@ class Model:
         ws = self.workspace(B, T)
         self._forward_trunk(ws, inputs)
         out = np.empty((B * T, self.config.vocab_size), np.float32)
-        np.matmul(ws.lnf, self._views["wte"].T, out=out)
+        self._head_logits(out, ws.lnf, ws.capt)
         return out.reshape(B, T, -1)
 
     # ------------------------------------------------------------------ generation

@@ -14,27 +14,42 @@ from engine.config import ModelConfig
 
 
 def param_spec(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes in layout order (wte first, so vocabulary growth appends in place)."""
+    """Names and shapes in layout order (wte first, so vocabulary growth appends in place).
+    The recipe's options add or drop tensors: no wpe with rotary positions, a q and a k gain
+    per layer with QK-norm, a separate head (V, C) at the end when it is not tied to wte."""
     V, T, C, L = cfg.vocab_size, cfg.context, cfg.d_model, cfg.n_layers
-    spec: list[tuple[str, tuple[int, ...]]] = [("wte", (V, C)), ("wpe", (T, C))]
+    spec: list[tuple[str, tuple[int, ...]]] = [("wte", (V, C))]
+    if cfg.pos == "learned":
+        spec.append(("wpe", (T, C)))
     for i in range(L):
         h = f"h.{i}"
         spec += [
             (f"{h}.ln1.w", (C,)), (f"{h}.ln1.b", (C,)),
             (f"{h}.attn.qkv.w", (C, 3 * C)), (f"{h}.attn.qkv.b", (3 * C,)),
+        ]
+        if cfg.qk_norm:
+            spec += [(f"{h}.attn.q_norm.w", (cfg.head_size,)),
+                     (f"{h}.attn.k_norm.w", (cfg.head_size,))]
+        spec += [
             (f"{h}.attn.proj.w", (C, C)), (f"{h}.attn.proj.b", (C,)),
             (f"{h}.ln2.w", (C,)), (f"{h}.ln2.b", (C,)),
             (f"{h}.mlp.fc.w", (C, 4 * C)), (f"{h}.mlp.fc.b", (4 * C,)),
             (f"{h}.mlp.proj.w", (4 * C, C)), (f"{h}.mlp.proj.b", (C,)),
         ]
     spec += [("lnf.w", (C,)), ("lnf.b", (C,))]
+    if not cfg.tie_head:
+        spec.append(("head", (V, C)))
     return spec
 
 
+VOCAB_ROWS = ("wte", "head")     # tensors with one row per token: they grow with the vocabulary
+
+
 def is_layernorm(name: str) -> bool:
-    """LayerNorm gains and biases: h.{i}.ln1.*, h.{i}.ln2.*, lnf.*."""
+    """Normalisation gains and biases: h.{i}.ln1.*, h.{i}.ln2.*, lnf.*, and the QK-norm
+    gains h.{i}.attn.q_norm.w, h.{i}.attn.k_norm.w."""
     parts = name.split(".")
-    return len(parts) >= 2 and parts[-2].startswith("ln")
+    return len(parts) >= 2 and (parts[-2].startswith("ln") or parts[-2] in ("q_norm", "k_norm"))
 
 
 def is_linear_weight(name: str) -> bool:
@@ -43,9 +58,9 @@ def is_linear_weight(name: str) -> bool:
 
 
 def is_matrix(name: str) -> bool:
-    """Tensors that get decoupled weight decay: embeddings and linear weights; never a
-    LayerNorm parameter (lnf.w included) nor a bias."""
-    return name in ("wte", "wpe") or is_linear_weight(name)
+    """Tensors that get decoupled weight decay: embeddings, the untied head and linear
+    weights; never a normalisation parameter (lnf.w included) nor a bias."""
+    return name in ("wte", "wpe", "head") or is_linear_weight(name)
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,7 @@ class ParamLayout:
         where adjacent, so zeroing a gradient row before backward is a few small memsets."""
         out: list[tuple[int, int]] = []
         for i, n in enumerate(self.names):
-            if n == "wte" or is_linear_weight(n):
+            if n in VOCAB_ROWS or is_linear_weight(n):
                 continue
             lo, hi = self.offsets[i], self.offsets[i + 1]
             if out and out[-1][1] == lo:
@@ -112,15 +127,20 @@ class ParamLayout:
         return [(bounds[k], bounds[k + 1]) for k in range(n)]
 
 
-def grow_flat(flat: np.ndarray, old: ParamLayout, new: ParamLayout, new_rows: np.ndarray | None
-              ) -> np.ndarray:
-    """Copy a flat array into a layout whose wte has more rows. New wte rows are `new_rows`
-    (shape (added, C)) or zeros; every other tensor is copied unchanged."""
+def grow_flat(flat: np.ndarray, old: ParamLayout, new: ParamLayout,
+              new_rows: "np.ndarray | dict[str, np.ndarray] | None") -> np.ndarray:
+    """Copy a flat array into a layout whose vocabulary tensors (wte, and the head when it
+    is untied) have more rows. The new rows of each are `new_rows[name]` (shape (added, C);
+    an array alone is wte's) or zeros; every other tensor is copied unchanged."""
+    if new_rows is not None and not isinstance(new_rows, dict):
+        new_rows = {"wte": new_rows}
     out = np.zeros(new.size, dtype=flat.dtype)
-    old_wte = old.offsets[1]
-    new_wte = new.offsets[1]
-    out[:old_wte] = flat[:old_wte]
-    if new_rows is not None:
-        out[old_wte:new_wte] = new_rows.reshape(-1)
-    out[new_wte:] = flat[old_wte:]
+    for i, name in enumerate(new.names):
+        j = old.index(name)
+        src = flat[old.offsets[j]:old.offsets[j + 1]]
+        lo = new.offsets[i]
+        out[lo:lo + src.size] = src
+        rows = (new_rows or {}).get(name)
+        if rows is not None:
+            out[lo + src.size:new.offsets[i + 1]] = rows.reshape(-1)
     return out

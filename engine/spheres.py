@@ -167,8 +167,9 @@ class ThreadedTrainingSystem:
         # [loss sum, valid targets] that worker 0 sums over the ranks
         self._group = group
         self._combiner = None
-        if group is not None:
-            self._combiner = SegmentCombiner(group, self.segments)
+        if group is not None:   # Muon's matrix phase needs whole directions on every rank
+            self._combiner = SegmentCombiner(group, self.segments,
+                                             "allreduce" if self.optimizer.muon else None)
         self._update_range = list(self.segments)   # what each worker updates (its shard)
         self._global = np.zeros(2, np.float64)
 
@@ -229,12 +230,28 @@ class ThreadedTrainingSystem:
             t.join(self.watchdog_timeout)
         if any(t.is_alive() for t in self._threads):
             return False
+        self._restore_saved()
+        return True
+
+    def _restore_saved(self) -> None:
+        """Put back every segment a worker saved before updating it."""
         for w in np.flatnonzero(self._saved):
             lo, hi = self._update_range[w]      # the part it saved (its shard across ranks)
             for dst, src in zip(self._undo_targets(), self._undo):
                 dst[lo:hi] = src[lo:hi]
         self._saved[:] = False
-        return True
+
+    def _matrix_phase(self) -> None:
+        """Muon's whole-matrix update (engine.optim.Optimizer.finish_step) on Node Zero while
+        the workers wait for the next step, with BLAS on as many threads as there are
+        workers; a failure puts the step's segments back and surfaces with its traceback."""
+        try:
+            with threadpool_limits(limits=self.n):
+                self.optimizer.finish_step(self.model.params, self._hyper)
+        except BaseException as exc:
+            self._restore_saved()
+            raise WorkerError(f"Muon's matrix phase failed: {exc!r}\n{traceback.format_exc()}",
+                              "the step was rolled back; see the traceback above") from exc
 
     def gather_state(self) -> None:
         """Across ranks with sharded combining, each rank's AdamW moments are current only
@@ -281,6 +298,8 @@ class ThreadedTrainingSystem:
                 self._break()
             raise
         self.node_zero.idle_s += time.perf_counter() - t0
+        if self._decision[0] and self.optimizer.has_matrix_phase:
+            self._matrix_phase()
         self.node_zero.batches += 1
         self.node_zero.tokens += n_valid
         apply, _, norm, reason = self._decision

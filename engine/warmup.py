@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from engine.config import ModelConfig, TrainConfig
+from engine.config import ModelConfig, TrainConfig, parse_arch
 from engine.ema import EMA
 from engine.generate import BatchDecoder
 from engine.model import Model
@@ -38,20 +38,22 @@ _lock = threading.Lock()
 
 
 def compile_kernels(*, crystalline: bool = False, optimizer: str = "adamw", ema: bool = False,
-                    announce_after: float = ANNOUNCE_AFTER_S,
-                    warm: Optional[Callable[[bool, str, bool], None]] = None) -> float:
+                    arch: str = "", announce_after: float = ANNOUNCE_AFTER_S,
+                    warm: Optional[Callable[[bool, str, bool, str], None]] = None) -> float:
     """Compile (or load from numba's cache) the kernels a training step with these options
-    uses; once per process and options. Returns the seconds it took (0.0 when already done).
-    Past `announce_after` seconds it logs that it is compiling, and how long it took at the
-    end. `warm` replaces the tiny training step (tests)."""
-    key = (bool(crystalline), str(optimizer), bool(ema))
+    uses (`arch`: the model's recipe options, engine.config.arch_text); once per process and
+    options. Returns the seconds it took (0.0 when already done). Past `announce_after`
+    seconds it logs that it is compiling, and how long it took at the end. `warm` replaces
+    the tiny training step (tests)."""
+    key = (bool(crystalline), str(optimizer), bool(ema), str(arch))
     return _once(key, lambda: (warm or _tiny_step)(*key), announce_after)
 
 
-def compile_decoding(announce_after: float = ANNOUNCE_AFTER_S) -> float:
-    """The same for the decoding kernels (engine.decode, int8 and float32 weights): called
-    when a model is loaded to serve, so a server's first request does not wait for them."""
-    return _once("decode", _tiny_decode, announce_after)
+def compile_decoding(announce_after: float = ANNOUNCE_AFTER_S, arch: str = "") -> float:
+    """The same for the decoding kernels (engine.decode, int8 and float32 weights) of a
+    model with the recipe's options `arch`: called when a model is loaded to serve, so a
+    server's first request does not wait for them."""
+    return _once(("decode", str(arch)), lambda: _tiny_decode(arch), announce_after)
 
 
 def _once(key, warm: Callable[[], None], announce_after: float) -> float:
@@ -81,17 +83,17 @@ def _once(key, warm: Callable[[], None], announce_after: float) -> float:
     return seconds
 
 
-def _tiny_model():
+def _tiny_model(arch: str = ""):
     global _WARM
     if _WARM is None:
         _WARM = ModelConfig(vocab_size=16, context=4, d_model=8, n_layers=1, n_heads=2)
-    return Model(_WARM, seed=0)
+    return Model(_WARM.replace(**parse_arch(arch)), seed=0)
 
 
-def _tiny_decode() -> None:
+def _tiny_decode(arch: str = "") -> None:
     """Two greedy tokens of a throw-away tiny model with each kind of decode weights, and a
     step of a batch large enough for the BLAS path."""
-    model = _tiny_model()
+    model = _tiny_model(arch)
     for kind in ("int8", "float32"):
         model.generate([1, 2], 2, temperature=0, weights=kind)
     batch = BatchDecoder(model, BatchDecoder.BLAS_BATCH)
@@ -99,7 +101,7 @@ def _tiny_decode() -> None:
     batch.step(np.ones(BatchDecoder.BLAS_BATCH, np.int64))
 
 
-def _tiny_step(crystalline: bool, optimizer: str, ema: bool) -> None:
+def _tiny_step(crystalline: bool, optimizer: str, ema: bool, arch: str = "") -> None:
     """One threaded training step of a throw-away tiny model, and the tokenizer's kernels."""
     tok = Tokenizer()
     quiet = _NotFromThisThread()
@@ -109,7 +111,7 @@ def _tiny_step(crystalline: bool, optimizer: str, ema: bool) -> None:
     finally:
         logging.getLogger("engine.tokenizer").removeFilter(quiet)
     tok.decode(tok.encode("warm up"))
-    model = _tiny_model()
+    model = _tiny_model(arch)
     tcfg = TrainConfig(optimizer=optimizer, warmup_steps=0,
                        crystalline_weight=0.1 if crystalline else 0.0)
     x = np.arange(8, dtype=np.int64).reshape(2, 4) % model.config.vocab_size

@@ -29,16 +29,22 @@ def mpiexec(*args, n=2, timeout=180, env=None):
     return p, (json.loads(lines[0][7:]) if lines else None)
 
 
-@pytest.mark.parametrize("mode,workers", [("shard", 1), ("shard", 2), ("allreduce", 2)])
-def test_ranks_times_workers_equal_the_single_process_run(mode, workers):
-    p, out = mpiexec("equality", str(workers), env={"CLLM_MPI_COMBINE": mode})
+@pytest.mark.parametrize("mode,workers,arch", [
+    ("shard", 1, ""), ("shard", 2, ""), ("allreduce", 2, ""),
+    # the recipe's options (issue "A modern recipe"); Muon combines by allreduce in any mode
+    ("shard", 2, "mlp=relu2,qk_norm,pos=rope,tie_head=false,softcap=15,zero_proj")])
+def test_ranks_times_workers_equal_the_single_process_run(mode, workers, arch):
+    p, out = mpiexec("equality", str(workers),
+                     env={"CLLM_MPI_COMBINE": mode, "CLLM_TEST_ARCH": arch})
     assert p.returncode == 0 and out, p.stderr[-3000:]
-    for name in ("sgd", "adamw"):
+    for name in ("sgd", "adamw", "muon"):
         r = out[name]
         assert r["moved"] > 1e-3                       # it trained
         # float32 round-off of a different summation order; AdamW's m / sqrt(v) amplifies it
-        # where gradients are tiny (one process with 3 workers vs 1 differs by 4e-6 as well)
-        assert r["max_abs_diff"] < (1e-6 if name == "sgd" else 1e-5), (name, r["max_abs_diff"])
+        # where gradients are tiny (one process with 3 workers vs 1 differs by 4e-6 as well),
+        # most where projections start at zero (the recipe's zero_proj: 1.4e-5 measured)
+        tol = 1e-6 if name == "sgd" else (3e-5 if arch else 1e-5)
+        assert r["max_abs_diff"] < tol, (name, r["max_abs_diff"])
         assert r["skipped"] == r["ref_skipped"] and r["skipped"][-3] is True   # no targets
         assert r["tokens"] == r["ref_tokens"] and r["t"] == r["ref_t"]
         assert r["moments_diff"] < 1e-5        # the sharded moments, gathered, are whole

@@ -113,4 +113,4 @@ def test_a_warm_cache_is_silent_and_a_second_call_does_nothing(fresh, seen):
     calls = []
     warmup.compile_kernels(announce_after=3600.0, warm=lambda *a: calls.append(a))
     assert warmup.compile_kernels(announce_after=3600.0, warm=lambda *a: calls.append(a)) == 0.0
-    assert calls == [(False, "adamw", False)] and seen.messages == []
+    assert calls == [(False, "adamw", False, "")] and seen.messages == []

@@ -20,11 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 import engine  # noqa: E402
 from engine import Model, ThreadedTrainingSystem, TrainConfig  # noqa: E402
+from engine.config import parse_arch  # noqa: E402
 from engine.mpi import world  # noqa: E402
 
-CFG = engine.tiny
+# $CLLM_TEST_ARCH: the recipe's options of the model (engine.config.parse_arch)
+CFG = engine.tiny.replace(**parse_arch(os.environ.get("CLLM_TEST_ARCH", "")))
 SGD = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, warmup_steps=0, grad_clip=1.0)
 ADAMW = TrainConfig(optimizer="adamw", lr=3e-3, warmup_steps=0, grad_clip=1.0)
+MUON = TrainConfig(optimizer="muon", lr=3e-3, warmup_steps=0, grad_clip=1.0)
 
 
 def batches():
@@ -53,7 +56,7 @@ def train(tcfg, workers, group):
 def equality(workers: int) -> dict:
     group = world()
     out = {}
-    for name, tcfg in (("sgd", SGD), ("adamw", ADAMW)):
+    for name, tcfg in (("sgd", SGD), ("adamw", ADAMW), ("muon", MUON)):
         m, s, res = train(tcfg, workers, group)
         digest = group.check_agreement(m.params, *s.optimizer.state().values())
         if group.is_root:       # moments: rank 0's are whole, as a checkpoint needs them
