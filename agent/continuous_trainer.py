@@ -195,7 +195,7 @@ class ContinuousTrainer:
             log.warning("no recorded checkpoint of %s could be loaded: starting a new model",
                         self.data_dir)
         self.state = new_model_state(self.settings.preset, seed=self.settings.seed,
-                               init=self.settings.init)
+                               init=self.settings.init, arch=self.settings.arch_options())
         if rows:
             self._roll_back(None, None, "rolled back: no checkpoint could be loaded, the agent "
                             "started a new model")
@@ -464,7 +464,8 @@ class ContinuousTrainer:
         max_steps = steps if steps is not None else st.max_steps
         planned = max_steps or max(1, int(capacity / max(
             1.0, st.batch_size * state.model.config.context * BYTES_PER_TOKEN_GUESS)))
-        tcfg = st.train_config(planned)
+        tcfg = st.train_config(planned, resumed=state.optimizer.cfg.optimizer
+                               if state.optimizer is not None else None)
         publish = snapshot_publisher(self.store, self.data_dir, state, cycle_id,
                                      st.snapshot_seconds, self.checkpoint_listeners)
         progress = CycleProgress(self.store, cycle_id, planned, self.progress, publish)

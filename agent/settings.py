@@ -42,14 +42,25 @@ from agent.inputs.text import DEFAULT_MAX_FILE_BYTES
 from agent.web.fetch import MAX_BODY_BYTES
 from agent.web.html import MAX_LINKS
 from engine import PRESETS, TrainConfig
+from engine.config import parse_arch
 from engine.errors import ConfigError
 from engine.priority import PRIORITIES
 
 INITS = ("normal", "lattice")          # embedding initialisations of a new model
+OPTIMIZERS = ("adamw", "muon")
+NEW_OPTIMIZER = "adamw"                # a new data directory's optimizer, --optimizer unset
 SCHEDULES = ("constant", "wsd", "cosine")  # engine.schedule kinds (benchmarks/bench_recipe.py)
 
 # a check returns what is wrong with a value (None: nothing); "{flag}" names the setting's flag
 Check = Callable[[Any], Optional[str]]
+
+
+def _arch_problem(value) -> Optional[str]:
+    try:
+        parse_arch(value or "")
+    except ValueError as e:
+        return f"{{flag}}: {e}"
+    return None
 
 
 def at_least(low, *, strict: bool = False) -> Check:
@@ -224,6 +235,19 @@ SETTINGS: tuple[Setting, ...] = (
             check=lambda v: None if v >= 0 else f"crystalline weight {v} is negative",
             hint="e.g. --crystalline-weight 0.05, or 0 to turn the prior off",
             commands=("agent", "train"), into=TRAINER),
+    Setting("arch", "", str,
+            "Architecture of a new data directory's model: options of the recipe, "
+            "comma-separated (mlp=relu2, qk_norm, pos=rope, tie_head=false, softcap=15, "
+            "zero_proj); empty: GPT-2. A data directory's model keeps the architecture its "
+            "checkpoints record.",
+            check=_arch_problem, hint="e.g. --arch mlp=relu2,pos=rope",
+            commands=("agent", "train"), into=TRAINER),
+    Setting("optimizer", None, str,
+            "adamw, or muon (Muon on the hidden matrices, AdamW on the rest, one learning "
+            "rate).",
+            shown="the one the data directory's checkpoint trained with; adamw for a new one",
+            choices=OPTIMIZERS, hint="e.g. --optimizer muon", commands=("agent", "train"),
+            into=TRAINER),
     Setting("init", None, str, "Embedding init of a new model.", choices=INITS,
             hint="e.g. --init normal", commands=("agent", "train"),
             command_defaults={"agent": "normal"}, into=TRAINER),
@@ -627,15 +651,21 @@ class TrainerSettings:
     def replace(self, **changes) -> "TrainerSettings":
         return dataclasses.replace(self, **changes)
 
-    def train_config(self, steps: int) -> TrainConfig:
+    def train_config(self, steps: int, resumed: Optional[str] = None) -> TrainConfig:
         """The engine's config for a cycle of `steps` planned steps (the cosine horizon; the
-        constant and wsd schedules count their warm-up over the model's life)."""
+        constant and wsd schedules count their warm-up over the model's life). `resumed`:
+        the optimizer the model's checkpoint trained with, kept unless --optimizer says."""
         warmup = (min(self.warmup_steps, max(0, steps // 5)) if self.schedule == "cosine"
                   else self.warmup_steps)
         return TrainConfig(lr=self.lr, min_lr=self.min_lr, batch_size=self.batch_size,
                            warmup_steps=warmup, total_steps=steps, schedule=self.schedule,
                            ema_decay=self.ema_decay or None,
-                           crystalline_weight=self.crystalline_weight)
+                           crystalline_weight=self.crystalline_weight,
+                           optimizer=self.optimizer or resumed or NEW_OPTIMIZER)
+
+    def arch_options(self) -> dict:
+        """The ModelConfig options of a new model (--arch)."""
+        return parse_arch(self.arch or "")
 
 
 @_from_table("agent")

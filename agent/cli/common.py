@@ -134,25 +134,35 @@ def preset_of(config) -> str:
 
 
 def warn_if_preset_ignored(values, data_dir: Path, *, fresh_flag: Optional[str] = None) -> None:
-    """A warning line when --preset (or $CLLM_PRESET, or TOML) names a model other than the
-    one the data directory already holds: the directory's model wins."""
+    """A warning line when --preset or --arch (or $CLLM_*, or TOML) names a model other than
+    the one the data directory already holds: the directory's model wins (its checkpoints
+    record its architecture; nothing converts it)."""
     from agent.training.model_state import checkpoint_files
+    from engine.config import arch_text, parse_arch
 
-    if not values.given("preset"):
+    if not (values.given("preset") or values.given("arch")):
         return
     ckpts = checkpoint_files(data_dir)
     if not ckpts:
         return
     try:
-        have = preset_of(read_model_config(ckpts[-1]))
+        cfg = read_model_config(ckpts[-1])
     except CllmError:
         return                  # an unreadable checkpoint is reported when it is loaded
-    if have != values["preset"]:
-        how = (f"pass {fresh_flag} or another --data-dir" if fresh_flag
-               else "pass another --data-dir (or delete this one)")
+    how = (f"pass {fresh_flag} or another --data-dir" if fresh_flag
+           else "pass another --data-dir (or delete this one)")
+    have = preset_of(cfg)
+    if values.given("preset") and have != values["preset"]:
         click.echo(f"warning: preset {values['preset']} (from {values.where['preset']}) is "
                    f"ignored: {data_dir} already holds a {have} model, which resumes; to start "
                    f"a fresh {values['preset']} model, {how}", err=True)
+    if values.given("arch"):
+        want = arch_text(cfg.replace(**parse_arch(values["arch"] or "")))
+        if want != arch_text(cfg):
+            click.echo(f"warning: --arch {values['arch'] or '(GPT-2)'} (from "
+                       f"{values.where['arch']}) is ignored: {data_dir} already holds a model "
+                       f"of architecture {arch_text(cfg) or 'GPT-2'}, which resumes; to start "
+                       f"a fresh model, {how}", err=True)
 
 
 def read_view(inv: "Invocation", data_dir: Path, view, *args, **kwargs):

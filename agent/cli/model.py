@@ -67,11 +67,13 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
     with open_training(data_dir, settings, database_url=inv.database_url,
                        stop=stop) as (store, trainer):
         if fresh:
-            trainer.start_fresh(new_model_state(preset, seed=seed, init=init))
+            trainer.start_fresh(new_model_state(preset, seed=seed, init=init,
+                                                arch=settings.arch_options()))
         else:
             trainer.load_latest()
             if trainer.state.step == 0 and init:
-                trainer.state = new_model_state(preset, seed=seed, init=init)
+                trainer.state = new_model_state(preset, seed=seed, init=init,
+                                                arch=settings.arch_options())
         state = trainer.state
         with Progress(TextColumn("[bold]training[/]"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} steps"),

@@ -24,6 +24,7 @@ from agent.training.model_state import (ModelState, RecordedCheckpoint,
                                         load_recorded_model_state, recorded_checkpoints)
 from agent.training.snapshot import LiveSnapshot, live_sha256, load_live_snapshot
 from engine.errors import CllmError
+from engine.config import arch_text
 from engine.warmup import compile_decoding
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class ServingCheckpoint:
         self.state, self.ref, self.weights, self.live = state, ref, weights, live
         self.model = state.serving_model()
         self.tokenizer = state.tokenizer
-        compile_decoding()                  # first run only: before the first request
+        compile_decoding(arch=arch_text(self.model.config))   # first run only: before a request
         self.model.decode_weights(weights)  # the decode copies, made once per checkpoint
         self._batcher: Optional[DecodeBatcher] = None
         self._lock = threading.Lock()

@@ -29,6 +29,7 @@ from engine.distributed import Leader
 from engine.ema import EMA
 from engine.mpi import rank_timeout_s, world
 from engine.schedule import learning_rate
+from engine.config import arch_text
 from engine.warmup import compile_kernels
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     # numba compiles on first use (tens of seconds on a fresh install): done here, announced
     # when it lasts, and outside the clock of tokens/s
     compile_kernels(crystalline=tcfg.crystalline_weight > 0, optimizer=tcfg.optimizer,
-                    ema=tcfg.ema_decay is not None)
+                    ema=tcfg.ema_decay is not None, arch=arch_text(model.config))
     first_read = [d.text for d in docs if d.trained_bytes == 0]
     if vocab is not None and max_new_tokens > 0 and is_untrained(state):
         res.vocab_docs = list(vocab())

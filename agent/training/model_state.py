@@ -148,12 +148,14 @@ def first_loadable(rows: Sequence[RecordedCheckpoint]
     return None, None
 
 
-def new_model_state(preset_name: str, seed: int = 0, init: Optional[str] = None) -> ModelState:
-    """A new model: the byte tokens, up to the preset's vocabulary size to learn. Its first
-    cycle learns the vocabulary and builds it again at that size (build_at_vocabulary)."""
+def new_model_state(preset_name: str, seed: int = 0, init: Optional[str] = None,
+                    arch: Optional[dict] = None) -> ModelState:
+    """A new model: the byte tokens, up to the preset's vocabulary size to learn, with the
+    recipe's options `arch` (engine.config.parse_arch). Its first cycle learns the
+    vocabulary and builds it again at that size (build_at_vocabulary)."""
     cfg = preset(preset_name)
     tok = Tokenizer(max_vocab=cfg.vocab_size)
-    mcfg = cfg.replace(vocab_size=len(tok), **({"init": init} if init else {}))
+    mcfg = cfg.replace(vocab_size=len(tok), **({"init": init} if init else {}), **(arch or {}))
     return ModelState(Model(mcfg, seed=seed), tok, None, 0, 0, seed=seed)
 
 

@@ -42,6 +42,8 @@ def samples(s: Setting, command: str) -> tuple:
         ok = [v for v in (base * 1.5, base * 1.25, base / 2, base / 4)
               if v != d and s.problem(v) is None]
         return ok[0], ok[1]
+    if s.name == "arch":     # text with a grammar: two architectures it reads
+        return "mlp=relu2", "pos=rope,qk_norm"
     return "cp1252", "latin-1"
 
 
@@ -419,3 +421,40 @@ def test_a_preset_other_than_the_data_directorys_model_is_a_warning_naming_the_w
     assert "preset small (from $CLLM_PRESET) is ignored" in r.output and "--fresh" in r.output
     r = CliRunner().invoke(main, train + ["--fresh"], env={"CLLM_PRESET": "small"})
     assert isinstance(r.exception, Stop) and "warning" not in r.output, r.output
+
+
+def test_an_architecture_other_than_the_data_directorys_model_is_a_warning(agent_config,
+                                                                           clean_env):
+    """--arch shapes a new data directory's model only: one that holds a model resumes it as
+    its checkpoints record it (nothing converts it), and says so."""
+    from agent.cli import model as model_cli
+    from agent.training.model_state import new_model_state, save_model_state
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    clean_env.setattr(model_cli, "build", stop)
+    data = agent_config.data
+    save_model_state(new_model_state("tiny", arch={"mlp": "relu2", "pos": "rope"}), data, 1)
+    agent = ["agent", "--data-dir", str(data), "--watch", str(data)]
+    r = CliRunner().invoke(main, agent + ["--arch", "qk_norm"])
+    assert isinstance(r.exception, Stop), r.output
+    assert ("--arch qk_norm (from --arch) is ignored" in r.output
+            and "of architecture mlp=relu2,pos=rope, which resumes" in r.output), r.output
+    for args in (["--arch", "pos=rope,mlp=relu2"], []):   # the same options, or none given
+        r = CliRunner().invoke(main, agent + args)
+        assert isinstance(r.exception, Stop) and "warning" not in r.output, r.output
+    r = CliRunner().invoke(main, agent + ["--arch", "mlp=swish"])
+    assert r.exit_code != 0 and "mlp must be one of gelu, relu2" in r.output, r.output
+
+
+def test_the_optimizer_of_a_resumed_model_is_kept_unless_named():
+    from agent.settings import NEW_OPTIMIZER, TrainerSettings
+
+    st = TrainerSettings()
+    assert st.train_config(10).optimizer == NEW_OPTIMIZER          # a new data directory
+    assert st.train_config(10, resumed="muon").optimizer == "muon"
+    assert st.train_config(10, resumed="adamw").optimizer == "adamw"
+    assert st.replace(optimizer="muon").train_config(10, resumed="adamw").optimizer == "muon"
+    assert st.replace(arch="mlp=relu2,qk_norm").arch_options() == {"mlp": "relu2",
+                                                                   "qk_norm": True}
