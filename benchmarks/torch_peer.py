@@ -24,19 +24,38 @@ class TorchGPT(torch.nn.Module):
     def w(self, name):
         return self.p[name.replace(".", "_")]
 
+    def _rope(self, x, T):
+        """Rotary positions, NeoX halves (engine.block_kernels.rope_rotate)."""
+        hs = x.shape[-1]
+        cache = getattr(self, "_rope_cache", None)
+        if cache is None or cache[0].shape[0] < T:
+            inv = self.cfg.rope_base ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+            ang = torch.arange(self.cfg.context, dtype=torch.float64)[:, None] * inv[None, :]
+            cache = self._rope_cache = (ang.cos().float(), ang.sin().float())
+        cos, sin = cache[0][:T], cache[1][:T]
+        a, b = x[..., :hs // 2], x[..., hs // 2:]
+        return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
+
     def forward(self, idx, targets=None, kv_out=None):
         """Logits (or the mean loss with targets); with kv_out (a list), each layer's k and
         v (B, NH, T, hs) are appended to it (the prefill of KV-cache decoding)."""
         cfg = self.cfg
         B, T = idx.shape
         C, NH = cfg.d_model, cfg.n_heads
-        x = self.w("wte")[idx] + self.w("wpe")[:T]
+        x = self.w("wte")[idx]
+        if cfg.pos == "learned":
+            x = x + self.w("wpe")[:T]
         for l in range(cfg.n_layers):
             h = f"h.{l}"
             a = F.layer_norm(x, (C,), self.w(f"{h}.ln1.w"), self.w(f"{h}.ln1.b"), 1e-5)
             qkv = torch.addmm(self.w(f"{h}.attn.qkv.b"), a.view(B * T, C),
                               self.w(f"{h}.attn.qkv.w")).view(B, T, 3 * C)
             q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in qkv.split(C, dim=2))
+            if cfg.qk_norm:      # the recipe's options, as engine.block_kernels computes them
+                q = F.rms_norm(q, (C // NH,), self.w(f"{h}.attn.q_norm.w"), 1e-6)
+                k = F.rms_norm(k, (C // NH,), self.w(f"{h}.attn.k_norm.w"), 1e-6)
+            if cfg.pos == "rope":
+                q, k = self._rope(q, T), self._rope(k, T)
             if kv_out is not None:
                 kv_out.append((k, v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -44,12 +63,14 @@ class TorchGPT(torch.nn.Module):
             x = x + torch.addmm(self.w(f"{h}.attn.proj.b"), y,
                                 self.w(f"{h}.attn.proj.w")).view(B, T, C)
             m = F.layer_norm(x, (C,), self.w(f"{h}.ln2.w"), self.w(f"{h}.ln2.b"), 1e-5)
-            f = F.gelu(torch.addmm(self.w(f"{h}.mlp.fc.b"), m.view(B * T, C),
-                                   self.w(f"{h}.mlp.fc.w")), approximate="tanh")
+            f = torch.addmm(self.w(f"{h}.mlp.fc.b"), m.view(B * T, C), self.w(f"{h}.mlp.fc.w"))
+            f = F.relu(f).square() if cfg.mlp == "relu2" else F.gelu(f, approximate="tanh")
             x = x + torch.addmm(self.w(f"{h}.mlp.proj.b"), f, self.w(f"{h}.mlp.proj.w")
                                 ).view(B, T, C)
         x = F.layer_norm(x, (C,), self.w("lnf.w"), self.w("lnf.b"), 1e-5)
-        logits = x @ self.w("wte").T
+        logits = x @ self.w("wte" if cfg.tie_head else "head").T
+        if cfg.softcap > 0:
+            logits = cfg.softcap * torch.tanh(logits / cfg.softcap)
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),

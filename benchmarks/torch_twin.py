@@ -66,7 +66,9 @@ from engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from engine.data import pack, window  # noqa: E402
 from engine.ema import EMA, decay_at  # noqa: E402
 from engine.errors import CllmError  # noqa: E402
-from engine.params import is_matrix  # noqa: E402
+from engine.config import parse_arch  # noqa: E402
+from engine.optim import NS_COEFFS, NS_STEPS  # noqa: E402
+from engine.params import is_linear_weight, is_matrix  # noqa: E402
 from engine.schedule import ScheduleConfig, learning_rate  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 
@@ -96,6 +98,10 @@ class Recipe:
     preset: str = "small"
     seed: int = 0
     init: Optional[str] = None         # embedding init (None: the preset's)
+    arch: str = ""                     # the model's recipe options (engine.config.parse_arch)
+    optimizer: str = "adamw"           # "adamw" or "muon" (TorchMuon, as engine.optim's)
+    muon_momentum: float = 0.95
+    muon_scale: float = 0.2
 
 
 def nanogpt_recipe(lr: float = 1e-3, batch: int = 8, warmup: int = 100,
@@ -110,8 +116,8 @@ def our_recipe(passes: Optional[float] = None) -> Recipe:
 
     st = TrainerSettings()
     tc = st.train_config(1)
-    if tc.schedule != "constant" or tc.optimizer != "adamw" or tc.crystalline_weight:
-        raise SystemExit(f"the recipe twin follows AdamW, the constant schedule and no "
+    if tc.schedule != "constant" or tc.optimizer not in ("adamw", "muon") or tc.crystalline_weight:
+        raise SystemExit(f"the recipe twin follows AdamW or Muon, the constant schedule and no "
                          f"crystalline prior; the defaults are now {tc.optimizer}, "
                          f"{tc.schedule}, crystalline weight {tc.crystalline_weight}: "
                          "teach benchmarks/torch_twin.py the new recipe")
@@ -120,7 +126,9 @@ def our_recipe(passes: Optional[float] = None) -> Recipe:
                   grad_clip=tc.grad_clip, ema_decay=tc.ema_decay,
                   passes=passes if passes is not None else st.passes,
                   val_fraction=st.val_fraction, vocab_growth=st.max_new_tokens,
-                  skip_nonfinite=True, preset=st.preset, seed=st.seed, init=st.init)
+                  skip_nonfinite=True, preset=st.preset, seed=st.seed, init=st.init,
+                  arch=st.arch, optimizer=tc.optimizer, muon_momentum=tc.muon_momentum,
+                  muon_scale=tc.muon_scale)
 
 
 def training_texts(recipe: Recipe, files: Sequence[Path]) -> list[str]:
@@ -137,10 +145,12 @@ def build(recipe: Recipe, texts: Sequence[str]) -> tuple[Model, Tokenizer]:
     if recipe.vocab_growth is None:
         tok = learned_tokenizer(texts, cfg.vocab_size)
         init = {"init": recipe.init} if recipe.init else {}
-        return Model(cfg.replace(vocab_size=len(tok), **init), seed=recipe.seed), tok
+        return Model(cfg.replace(vocab_size=len(tok), **init, **parse_arch(recipe.arch)),
+                     seed=recipe.seed), tok
     from agent.training.model_state import new_model_state
 
-    state = new_model_state(recipe.preset, seed=recipe.seed, init=recipe.init)
+    state = new_model_state(recipe.preset, seed=recipe.seed, init=recipe.init,
+                            arch=parse_arch(recipe.arch))
     state.tokenizer.learn(texts, max_new_tokens=recipe.vocab_growth)
     state.model.grow_vocab(len(state.tokenizer))
     return state.model, state.tokenizer
@@ -184,6 +194,42 @@ class ShuffledPasses:
         return np.stack(xs), np.stack(ys)
 
 
+class TorchMuon:
+    """Muon as engine.optim runs it (PyTorch, benchmarks only): Nesterov momentum, five
+    Newton-Schulz iterations per matrix (the fused qkv as three), the update scaled to
+    AdamW's RMS (0.2 sqrt(max(rows, cols))), decoupled decay, the AdamW learning rate."""
+
+    def __init__(self, named, recipe: Recipe) -> None:
+        import torch
+        self.named, self.recipe = named, recipe
+        self.buf = {n: torch.zeros_like(p) for n, p in named}
+
+    @staticmethod
+    def orthogonalise(g):
+        a, b, c = NS_COEFFS
+        x = g / (g.norm() + 1e-7)
+        wide = x.shape[0] <= x.shape[1]
+        if not wide:
+            x = x.T
+        for _ in range(NS_STEPS):
+            A = x @ x.T
+            x = a * x + (b * A + c * (A @ A)) @ x
+        return x if wide else x.T
+
+    def step(self, lr: float) -> None:
+        import torch
+        r = self.recipe
+        with torch.no_grad():
+            for n, p in self.named:
+                g, b = p.grad, self.buf[n]
+                b.mul_(r.muon_momentum).add_(g)
+                d = g + r.muon_momentum * b
+                parts = d.chunk(3, dim=1) if n.endswith("attn.qkv.w") else (d,)
+                o = torch.cat([self.orthogonalise(x) * (r.muon_scale * math.sqrt(max(x.shape)))
+                               for x in parts], dim=1)
+                p.mul_(1.0 - lr * r.weight_decay).sub_(lr * o)
+
+
 # --------------------------------------------------------------------------- the race
 def flat_copy(tensors) -> np.ndarray:
     """The tensors (in the engine's layout order) as one flat float32 array: a copy."""
@@ -213,11 +259,15 @@ def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] 
     net = TorchGPT(model)
     names = model.param_names()
     params = [net.w(n) for n in names]
+    muon = recipe.optimizer == "muon"
+    adam_names = [n for n in names if not (muon and is_linear_weight(n))]
     opt = torch.optim.AdamW(
-        [{"params": [net.w(n) for n in names if is_matrix(n)],
+        [{"params": [net.w(n) for n in adam_names if is_matrix(n)],
           "weight_decay": recipe.weight_decay},
-         {"params": [net.w(n) for n in names if not is_matrix(n)], "weight_decay": 0.0}],
+         {"params": [net.w(n) for n in adam_names if not is_matrix(n)], "weight_decay": 0.0}],
         lr=recipe.lr, betas=(recipe.beta1, recipe.beta2), eps=recipe.eps)
+    matrices = (TorchMuon([(n, net.w(n)) for n in names if is_linear_weight(n)], recipe)
+                if muon else None)
     schedule = ScheduleConfig(kind="constant", lr=recipe.lr, warmup_steps=recipe.warmup)
     shadow = [p.detach().clone() for p in params] if recipe.ema_decay else None
     ema_t = step = tokens = skipped = 0
@@ -269,6 +319,8 @@ def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] 
             skipped += 1
         else:
             opt.step()
+            if matrices is not None:
+                matrices.step(opt.param_groups[0]["lr"])
             if shadow is not None:
                 with torch.no_grad():
                     w = 1.0 - decay_at(recipe.ema_decay, ema_t)
