@@ -31,7 +31,7 @@ def test_compilation_is_not_counted_in_tokens_per_s(monkeypatch):
     docs = [PlanDoc(1, "s", "the crystal lattice hums a quiet tune over the prime spiral. " * 20)]
     res = L.learn(state, docs, TrainConfig(batch_size=2, warmup_steps=0, ema_decay=0.99),
                   max_steps=2, workers=1, max_new_tokens=10)
-    assert calls == [{"crystalline": False, "optimizer": "adamw", "ema": True}]
+    assert calls == [{"crystalline": False, "optimizer": "adamw", "ema": True, "arch": ""}]
     assert res.steps == 2 and res.seconds < 1000.0 and res.tokens_per_s > 0
 
 
