@@ -52,6 +52,7 @@ from agent.training.consolidation import (
     CONSOLIDATE,
     RESTORE,
     best_consolidated,
+    best_of_run,
     commit_restore,
     consolidation_rule,
 )
@@ -531,7 +532,9 @@ class ContinuousTrainer:
 
     def prune_checkpoints(self) -> list[Path]:
         """Apply the retention rule (agent/training/recovery.py). Returns the deleted files."""
-        return prune_checkpoints(self.store, self.settings.keep_checkpoints)
+        best = best_of_run(self.store)          # a restore may return to it
+        return prune_checkpoints(self.store, self.settings.keep_checkpoints,
+                                 protect_cycles=() if best is None else (best,))
 
     # --- helpers -------------------------------------------------------------------------------
 

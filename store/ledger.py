@@ -247,18 +247,21 @@ def summary(session: Session, passes: float, val_fraction: float) -> dict:
 
 # ----------------------------------------------------------------------------- retention
 
-def checkpoints_to_prune(session: Session, keep_latest: int, every_s: float = 3600.0
-                         ) -> list[Checkpoint]:
+def checkpoints_to_prune(session: Session, keep_latest: int, every_s: float = 3600.0,
+                         protect_cycles: Iterable[int] = ()) -> list[Checkpoint]:
     """Checkpoints whose files the retention rule lets go: all but the newest `keep_latest`
     (and the latest row, always), except the first one of every `every_s` of checkpoint
-    history (one per hour by default), counted from the oldest. Already pruned ones are not
-    listed."""
+    history (one per hour by default), counted from the oldest, and those of the cycles in
+    `protect_cycles` (the consolidation run's best, which a restore may return to). Already
+    pruned ones are not listed."""
     rows = list(session.scalars(select(Checkpoint).where(Checkpoint.pruned.is_(None))
                                 .order_by(Checkpoint.id)))
     if len(rows) <= keep_latest:
         return []
     keep = {c.id for c in rows[-keep_latest:]} if keep_latest > 0 else set()
     keep |= {c.id for c in rows if c.is_latest}
+    protect = set(protect_cycles)
+    keep |= {c.id for c in rows if c.cycle_id in protect}
     first = rows[0].created
     seen_slots: set[int] = set()
     all_rows = list(session.scalars(select(Checkpoint).order_by(Checkpoint.id)))

@@ -81,6 +81,15 @@ def consolidation_rule(store, st: TrainerSettings) -> tuple[bool, str]:
                   f"{st.patience} consolidation sweeps (best {best:.4f}, then {last:.4f})")
 
 
+def best_of_run(store) -> Optional[int]:
+    """The cycle whose weights the consolidation run under way judged best (lowest held-out
+    loss among its last learning cycle and its sweep ends): retention keeps its checkpoint,
+    so a restore can return to it however long the run."""
+    base, ends = _run(store)
+    scored = [c for c in [base, *ends] if c is not None and c.val_loss is not None]
+    return min(scored, key=lambda c: (c.val_loss, -c.id)).id if scored else None
+
+
 def best_consolidated(store) -> Optional[tuple[int, float, RecordedCheckpoint]]:
     """(cycle, held-out loss, checkpoint row) of the consolidation run's best weights
     when they are not the latest: the lowest held-out loss among the last learning cycle

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Iterable
 
 from agent.training.model_state import (CKPT_RE, TOKENIZER_RE, checkpoint_dir,
                                         remove_checkpoint_files, remove_live_snapshot,
@@ -73,12 +74,13 @@ def recover(store, data_dir: Path) -> list[Path]:
     return removed
 
 
-def prune_checkpoints(store, keep: int) -> list[Path]:
-    """Keep the latest `keep` checkpoint files plus one per hour of checkpoints; mark the
-    others pruned in the store, then delete them (a crash in between leaves files that
-    `recover` removes). Returns the deleted files."""
+def prune_checkpoints(store, keep: int, protect_cycles: Iterable[int] = ()) -> list[Path]:
+    """Keep the latest `keep` checkpoint files plus one per hour of checkpoints, and those of
+    `protect_cycles`; mark the others pruned in the store, then delete them (a crash in
+    between leaves files that `recover` removes). Returns the deleted files."""
     with store.session() as s:
-        gone = [(c.id, Path(c.path)) for c in checkpoints_to_prune(s, keep)]
+        gone = [(c.id, Path(c.path)) for c in checkpoints_to_prune(
+            s, keep, protect_cycles=protect_cycles)]
         if gone:
             mark_pruned(s, [i for i, _ in gone])
     removed = [f for _, p in gone for f in remove_checkpoint_files(p)]

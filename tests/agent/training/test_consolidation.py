@@ -254,3 +254,21 @@ def test_the_held_out_slice_is_spread_over_the_source_capped_per_document_and_st
     assert len(used) == len(parts) >= 12           # many documents, each a tail of one
     assert used[-1] - used[0] > 100                # from across the source, not its first
     assert used != ids[:len(used)]
+
+
+def test_retention_keeps_the_runs_best_checkpoint_for_a_restore(env):
+    """However long a consolidation run, the checkpoint of its best sweep end is not pruned:
+    the hour's run on CPython's stdlib lost its best to retention and could not go back."""
+    store, data = env
+    add_doc(store, "a", "lattice", reps=14)
+    add_doc(store, "b", "spheres", reps=14)
+    tr = ContinuousTrainer(store, data, ON.replace(patience=2, min_improvement=0.01))
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+    runs = [tr.run_pending(CONSOLIDATE) for _ in range(4)]
+    set_val_loss(store, {runs[0].cycle_id: 2.0, runs[1].cycle_id: 2.1, runs[2].cycle_id: 2.2,
+                         runs[3].cycle_id: 2.3})
+    tr.settings = tr.settings.replace(keep_checkpoints=1)
+    gone = tr.prune_checkpoints()
+    assert runs[0].checkpoint_path.exists() and runs[3].checkpoint_path.exists()
+    assert not runs[1].checkpoint_path.exists() and runs[1].checkpoint_path in gone
+    assert tr.best_consolidated()[0] == runs[0].cycle_id
