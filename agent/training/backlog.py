@@ -11,16 +11,6 @@ once. Passes go breadth first: a document that needs another pass waits until ev
 document given to the reader (queued or loaded lazily) has been read. A replay share of the
 rows is drawn at random from documents already learned.
 
-The end of a backlog is where streams run dry one by one: with fewer streams left than a
-batch has rows, every row would come from the last few (long) documents, a hundred steps
-or more of one text at the end of every pass and every consolidation sweep, and the weights
-a cycle ends with would be fitted to it (on CPython's stdlib the raw weights that closed a
-sweep scored 2.04 bits/byte on held-out files against 1.65 a cycle earlier). So once nothing
-is left to feed the streams, a batch takes at most one row per live stream; the others are
-filled with replay windows (the cycle's replay sample, else documents it has finished
-reading), credited as replay (`Batcher`). A backlog of fewer documents than a batch has
-rows (a file just dropped) is all "end": it is read as before.
-
 Nothing is counted until the step that trained it is applied: `Batch.credit` says which
 bytes of which documents the batch's targets cover; the trainer adds them up and records
 them in the cycle's transaction. Nothing here touches the store or trains.
@@ -177,18 +167,6 @@ class BacklogReader:
             if self._segment(d) is not None:
                 self.next_pass.append(d)
 
-    def tail_width(self) -> Optional[int]:
-        """Streams that still hold windows once nothing is left to feed them (the end of the
-        backlog), else None (streams are refilled as they run dry)."""
-        if self.queue or self.next_pass or self.more is not None:
-            return None
-        return sum(1 for k in self.live if self.streams[k].available() >= 2)
-
-    def finished(self) -> list[LedgerDoc]:
-        """The documents read so far that no stream is still reading."""
-        active = {d.id for s in self.streams for _, d in s.ends}
-        return [d for d in self.docs.values() if d.ids.size and d.id not in active]
-
     def window(self) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """The next window of a stream (drawn at random when seeded, else round robin):
         inputs, targets, target owners, target bytes; None once every stream and the queue
@@ -239,47 +217,18 @@ class ReplayReader:
         return _window(self.tok, self.own, self.nb, int(self.rng.integers(0, hi)), T)
 
 
-TAIL_DOCS = 64     # documents of the cycle the end of the backlog's batches are filled from
-
-
 class Batcher:
     """(B, T) batches: each row replayed with probability `replay_fraction` (when anything
     can be replayed), else the backlog's next window; at least one row of every batch is
-    the backlog's. At the end of the backlog (fewer live streams than rows) a batch takes
-    one row per live stream and fills the rest with windows of the cycle's own documents,
-    credited as replay (`tail_fill` False: not). `next()` is None once the backlog is read."""
+    the backlog's. `next()` is None once the backlog is read."""
 
     def __init__(self, backlog: BacklogReader, replay: Optional[ReplayReader], B: int,
-                 replay_fraction: float, seed: int, tail_fill: bool = True) -> None:
+                 replay_fraction: float, seed: int) -> None:
         self.backlog = backlog
         self.replay = replay if replay else None
         self.B = B
         self.f = replay_fraction if self.replay is not None else 0.0
         self.rng = np.random.default_rng(seed)
-        self.seed = seed
-        self.tail_fill = tail_fill
-        self._filler: Optional[ReplayReader] = None
-        self.tail_rows = 0              # rows filled at the end of the backlog so far
-
-    def _tail(self) -> Optional[int]:
-        """How many rows the backlog may give this batch at its end (None: all of them):
-        one per live stream once fewer streams than rows are left, when at least a batch's
-        worth of documents is finished (else there is no end to protect from, nor anything
-        varied to fill with)."""
-        if not self.tail_fill:
-            return None
-        width = self.backlog.tail_width()
-        if width is None or width >= self.B:
-            return None
-        if self._filler is None:
-            done = self.backlog.finished()
-            if len(done) < self.B:
-                return None
-            rng = np.random.default_rng(self.seed + 3)
-            pick = sorted(rng.permutation(len(done))[:TAIL_DOCS])
-            self._filler = self.replay or ReplayReader([done[i] for i in pick], self.backlog.T,
-                                                       self.backlog.eod, self.seed + 4)
-        return max(1, width)
 
     def next(self) -> Optional[Batch]:
         B, T = self.B, self.backlog.T
@@ -289,21 +238,14 @@ class Batcher:
         use_replay = self.rng.random(B) < self.f
         if use_replay.all():            # every batch moves the backlog on
             use_replay[int(self.rng.integers(B))] = False
-        source = [self.replay if u else self.backlog for u in use_replay]
-        tail = self._tail()
-        if tail is not None:            # the backlog's end: one row per live stream
-            source = [self.backlog] * tail + [self._filler] * (B - tail)
-            self.tail_rows += B - tail
         backlog_rows = 0
         for r in range(B):
-            src = source[r]
-            replayed = src is not self.backlog
-            w = src.window()
+            w = self.replay.window() if use_replay[r] else self.backlog.window()
             if w is None:
                 continue
             x[r], y[r], owners, nbytes = w
-            into = batch.replay if replayed else batch.new
-            backlog_rows += int(not replayed)
+            into = batch.replay if use_replay[r] else batch.new
+            backlog_rows += int(not use_replay[r])
             for doc, n in _sum_by_owner(owners, nbytes):
                 into[doc] = into.get(doc, 0) + n
         if backlog_rows == 0:

@@ -106,7 +106,7 @@ def test_batches_mix_replay_rows_and_credit_them_apart():
     backlog = BacklogReader([doc(i, 80, passes=1.0) for i in range(4)], T=8, n_streams=8,
                             eod=EOD)
     replay = ReplayReader([doc(100, 50), doc(101, 50)], T=8, eod=EOD, seed=3)
-    b = Batcher(backlog, replay, B=8, replay_fraction=0.25, seed=1, tail_fill=False)
+    b = Batcher(backlog, replay, B=8, replay_fraction=0.25, seed=1)
     new, rep, batches = {}, {}, 0
     while (batch := b.next()) is not None:
         batches += 1
@@ -122,7 +122,7 @@ def test_batches_mix_replay_rows_and_credit_them_apart():
     again = Batcher(BacklogReader([doc(i, 80, passes=1.0) for i in range(4)], T=8,
                                   n_streams=8, eod=EOD),
                     ReplayReader([doc(100, 50), doc(101, 50)], T=8, eod=EOD, seed=3),
-                    B=8, replay_fraction=0.25, seed=1, tail_fill=False)
+                    B=8, replay_fraction=0.25, seed=1)
     assert sum(1 for _ in iter(again.next, None)) == batches
 
 
@@ -156,40 +156,3 @@ def test_a_second_pass_waits_for_the_documents_loaded_lazily():
     starts = [order.index(i) for i in (10, 11, 12)]
     second = [k for k in range(1, len(order)) if order[k] == 0 and order[k - 1] != 0]
     assert second and second[0] > max(starts)
-
-
-def test_the_end_of_the_backlog_takes_one_row_per_live_stream_and_fills_the_rest():
-    """Short documents and one long one: once nothing is left to feed the streams, no
-    batch has more backlog rows than streams still reading, the other rows are windows of
-    documents already read, credited as replay, and every backlog byte is still credited
-    exactly once (the long one to its budget)."""
-    docs = [doc(i, 30, passes=1.0) for i in range(12)] + [doc(99, 600, passes=1.0)]
-    reader = BacklogReader(docs, T=8, n_streams=8, eod=EOD, seed=1)
-    b = Batcher(reader, None, B=8, replay_fraction=0.0, seed=2)
-    new: dict[int, int] = {}
-    tail_batches = 0
-    while (batch := b.next()) is not None:
-        for k, v in batch.new.items():
-            new[k] = new.get(k, 0) + v
-        if batch.replay:
-            tail_batches += 1
-            assert 99 not in batch.replay and set(batch.replay) <= {d.id for d in docs}
-    assert new == {d.id: int(d.nbytes.sum()) for d in docs}
-    # the long document's last ~70 windows came about one per step, with others' rows
-    assert tail_batches > 50 and 6 * tail_batches <= b.tail_rows <= 7 * tail_batches
-    # without the fill, the last batches are the long document alone
-    plain = Batcher(BacklogReader(docs, T=8, n_streams=8, eod=EOD, seed=1), None, B=8,
-                    replay_fraction=0.0, seed=2, tail_fill=False)
-    last = [bt for bt in iter(plain.next, None)][-5:]
-    assert all(set(bt.new) == {99} and not bt.replay for bt in last)
-
-
-def test_a_backlog_smaller_than_a_batch_is_read_as_before():
-    """A file just dropped (fewer documents than rows): nothing finished to fill with, so
-    its cycle is not stretched."""
-    def batches(fill):
-        b = Batcher(BacklogReader([doc(0, 200, passes=1.0), doc(1, 40, passes=1.0)], T=8,
-                                  n_streams=8, eod=EOD, seed=1), None, B=8,
-                    replay_fraction=0.0, seed=2, tail_fill=fill)
-        return [(bt.new, bt.replay) for bt in iter(b.next, None)]
-    assert batches(True) == batches(False)
