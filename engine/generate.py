@@ -135,7 +135,7 @@ class BatchDecoder:
                 head_rmsnorm_forward(qkv, qk_raw, qk_rstd, p[f"{b}.attn.q_norm.w"],
                                      p[f"{b}.attn.k_norm.w"])
             if cfg.pos == "rope":
-                cos, sin = m._rope(cfg.context)
+                cos, sin = m._rope()
                 rope_rotate(qkv, cos, sin, n, cfg.n_heads, np.float32(1.0))
             decode_attend(self._att[:A], qkv, self.k[:A], self.v[:A], l, n)
             np.matmul(self._att[:A], p[f"{b}.attn.proj.w"], out=tmp)

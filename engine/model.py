@@ -231,7 +231,7 @@ class Model:
         return inputs, targets
 
     # ------------------------------------------------------------------ forward
-    def _rope(self, T: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rope(self) -> tuple[np.ndarray, np.ndarray]:
         """The rotary cos, sin tables (T, hs/2) of this model (made once, for the context)."""
         cfg = self.config
         tables = getattr(self, "_rope_tables", None)
@@ -255,7 +255,7 @@ class Model:
             BK.head_rmsnorm_forward(qkv, ws.qk_raw[l], ws.qk_rstd[l],
                                     p[f"h.{l}.attn.q_norm.w"], p[f"h.{l}.attn.k_norm.w"])
         if cfg.pos == "rope":
-            cos, sin = self._rope(cfg.context)
+            cos, sin = self._rope()
             BK.rope_rotate(qkv, cos, sin, pos, cfg.n_heads, np.float32(1.0))
 
     def _activation(self, ws: Workspace, l: int) -> None:
@@ -400,7 +400,7 @@ class Model:
             np.matmul(ws.datt.transpose(0, 1, 3, 2), q,
                       out=_heads(dqkv[:, C:2 * C], B, T, NH))
             if cfg.pos == "rope":                   # d rotated q, k -> d q, k before the turn
-                cos, sin = self._rope(cfg.context)
+                cos, sin = self._rope()
                 BK.rope_rotate(dqkv, cos, sin, ws.pos, NH, np.float32(-1.0))
             if cfg.qk_norm:
                 BK.head_rmsnorm_backward(dqkv, g[f"{h}.attn.q_norm.w"], g[f"{h}.attn.k_norm.w"],

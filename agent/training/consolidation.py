@@ -35,14 +35,14 @@ def ends_sweep(cycle) -> bool:
     return sched.get("scope") == CONSOLIDATE and sched.get("ended_by") == "backlog"
 
 
-def _run(store) -> tuple[Optional[object], list]:
+def _run(recent: list) -> tuple[Optional[object], list]:
     """(the last cycle that learned new text, or None; the consolidation cycles since that
     ended a sweep, oldest first). Only these are judged: each sweep reads the documents in
     the same order, so the held-out loss after one is comparable with the next, where a
     cycle's in mid-sweep moves with which documents it happened to read (on CPython's
     stdlib it alternated by 4% from cycle to cycle while held-out files improved 1%)."""
     base, ends = None, []
-    for c in reversed(_completed(store)):          # newest first
+    for c in reversed(recent):                     # newest first
         if (c.schedule or {}).get("scope") != CONSOLIDATE:
             base = c
             break
@@ -65,7 +65,7 @@ def consolidation_rule(store, st: TrainerSettings) -> tuple[bool, str]:
         return True, (f"consolidation converged; serving the weights of cycle "
                       f"{newest.get('restored_cycle')}, its best held-out loss "
                       f"({recent[-1].val_loss:.4f})")
-    base, ends = _run(store)
+    base, ends = _run(recent)
     losses = [c.val_loss for c in ends]
     if len(losses) < st.patience:
         return False, (f"every document has its {st.passes:g} passes; {len(losses)} "
@@ -85,7 +85,7 @@ def best_of_run(store) -> Optional[int]:
     """The cycle whose weights the consolidation run under way judged best (lowest held-out
     loss among its last learning cycle and its sweep ends): retention keeps its checkpoint,
     so a restore can return to it however long the run."""
-    base, ends = _run(store)
+    base, ends = _run(_completed(store))
     scored = [c for c in [base, *ends] if c is not None and c.val_loss is not None]
     return min(scored, key=lambda c: (c.val_loss, -c.id)).id if scored else None
 
@@ -97,7 +97,7 @@ def best_consolidated(store) -> Optional[tuple[int, float, RecordedCheckpoint]]:
     kept and whose vocabulary is the latest's (the stored vocabulary only grows). None
     when the latest cycle did not end a sweep or is the best, or the best is gone."""
     recent = _completed(store)
-    base, ends = _run(store)
+    base, ends = _run(recent)
     if not recent or not ends or ends[-1].id != recent[-1].id:
         return None
     scored = [c for c in [base, *ends] if c is not None and c.val_loss is not None]
