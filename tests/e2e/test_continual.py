@@ -27,6 +27,12 @@ def test_on_the_sample_corpus_loss_falls_and_replay_limits_forgetting():
     first = runs[0.25][0]["source"]
     forgot = {f: [r["forgetting_nats_per_byte"][first] for r in rows[2:]]
               for f, rows in runs.items()}
-    assert sum(forgot[0.25]) < sum(forgot[0.0]) - 0.1
-    assert all(r["replayed"] > 0 for r in runs[0.25][1:])
+    # Replay keeps the first source better learned. (The margin was 0.1 while the backlog
+    # reader drew its streams uniformly; drawn by tokens left, the mix of documents in a
+    # batch is closer to a shuffled corpus and the no-replay run forgets little on its own:
+    # -0.315 against -0.359 with replay, from +0.013 against -0.336.)
+    assert sum(forgot[0.25]) < sum(forgot[0.0]) - 0.02
+    # replay draws from documents learned to their passes: 400 steps read the first source's
+    # parts evenly and finish none of them, so it starts once the second source's have been
+    assert all(r["replayed"] > 0 for r in runs[0.25][3:])
     assert all(r["replayed"] == 0 for r in runs[0.0])
