@@ -11,14 +11,16 @@ once. Passes go breadth first: a document that needs another pass waits until ev
 document given to the reader (queued or loaded lazily) has been read. A replay share of the
 rows is drawn at random from documents already learned.
 
-A seeded reader draws each window's stream with probability proportional to the tokens it
-has left, so the documents being read advance together and finish together; and it starts
-the long documents of its queue first (longest first; the rest keep their order). Drawn
-uniformly, a stream reading a long document ran on alone once the others had run dry, and
-the end of every pass and sweep was hundreds of steps whose batches were windows of one or
-two long texts, which fitted the weights to them (on CPython's stdlib, a checkpoint that
-closed a sweep scored 1.446 held-out bits per byte against 1.337 for the weights 30 s
-before; docs/benchmarks.md).
+Once nothing is left to give the streams (the queue and the lazily loaded documents read),
+a seeded reader draws each window's stream with probability proportional to the tokens it
+has left, so the documents still being read finish together. Drawn uniformly to the end,
+the stream reading the longest document ran on alone once the others were dry: the end of
+every pass and sweep was hundreds of steps whose batches were windows of one long text,
+which fitted the weights to it (on CPython's stdlib a checkpoint that closed a sweep scored
+1.446 held-out bits per byte against 1.337 for the weights 30 s before; docs/benchmarks.md).
+Before that, streams are drawn uniformly: drawn by tokens left all along, batches leaned on
+the long documents in flight, and the agent learned less in its first minutes (1.905 against
+1.778 held-out bits per byte at one minute on the stdlib).
 
 Nothing is counted until the step that trained it is applied: `Batch.credit` says which
 bytes of which documents the batch's targets cover; the trainer adds them up and records
@@ -97,14 +99,6 @@ class _Stream:
         self.ends.append((len(self.tok), doc))
 
 
-# A document is long when it holds more than 1 / (LONG_SHARE x streams) of the queue's tokens:
-# started late, its stream would outlast the others. (Simulated on CPython's stdlib with the
-# agent's 64 streams and batch of 8: 7% of a sweep's steps had half their rows from one
-# document drawing uniformly, the last 5% all of them; drawing by tokens left and starting
-# these first, 2% throughout.)
-LONG_SHARE = 4
-
-
 class BacklogReader:
     """Windows over the backlog in ledger order (see the module docstring)."""
 
@@ -113,8 +107,7 @@ class BacklogReader:
                  seed: Optional[int] = None) -> None:
         self.T = T
         self.eod = eod
-        self.queue: deque[LedgerDoc] = deque(long_first(
-            [d for d in docs if d.ids.size], lambda d: d.ids.size, LONG_SHARE * max(1, n_streams)))
+        self.queue: deque[LedgerDoc] = deque(d for d in docs if d.ids.size)
         self.next_pass: deque[LedgerDoc] = deque()   # documents waiting for another pass
         self.more = more                 # called when the queue runs dry (lazily loaded docs)
         self.streams = [_Stream() for _ in range(max(1, n_streams))]
@@ -186,15 +179,18 @@ class BacklogReader:
                 self.next_pass.append(d)
 
     def window(self) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """The next window of a stream (drawn with probability proportional to the tokens it
-        has left when seeded, else round robin): inputs, targets, target owners, target
-        bytes; None once every stream and the queue are exhausted."""
+        """The next window of a stream (drawn at random when seeded: uniformly, and in
+        proportion to the tokens each has left once the queue is read; else round robin):
+        inputs, targets, target owners, target bytes; None once every stream and the queue
+        are exhausted."""
         T = self.T
         while self.live:
-            if self.rng is not None:
+            if self.rng is not None and not (self.queue or self.more or self.next_pass):
                 k = self._draw()
                 if k is None:
                     return None
+            elif self.rng is not None:
+                k = int(self.rng.integers(len(self.live)))
             else:
                 k = self._rr % len(self.live)
                 self._rr += 1
@@ -228,15 +224,6 @@ class BacklogReader:
             return None
         cum = np.cumsum(left)
         return int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
-
-
-def long_first(items: Sequence, size: Callable[[object], int], share: int) -> list:
-    """The items of more than 1/share of their total size first, largest first; the rest
-    after them in their order."""
-    total = sum(size(x) for x in items)
-    big = [size(x) * share > total for x in items]
-    return (sorted((x for x, b in zip(items, big) if b), key=lambda x: -size(x))
-            + [x for x, b in zip(items, big) if not b])
 
 
 class ReplayReader:

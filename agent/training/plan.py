@@ -17,8 +17,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from agent.settings import TrainerSettings
-from agent.training.backlog import LONG_SHARE, long_first
-from agent.training.learn import STREAMS, PlanDoc, split_heldout
+from agent.training.learn import PlanDoc, split_heldout
 from store.documents import list_documents, replay_sample
 from store.ledger import BacklogEntry, backlog, document_texts
 from store.models import DocumentStatus
@@ -69,10 +68,7 @@ def plan_documents(store, entries: Sequence[BacklogEntry], settings: TrainerSett
             return float(e.trained_bytes // e.trainable_bytes + 1)
         return st.passes
 
-    rest = list(entries)
-    if extra_pass:      # a sweep is read whole: its long documents start with it (backlog.py)
-        rest = long_first(rest, lambda e: e.trainable_bytes or 0, LONG_SHARE * STREAMS)
-    first, planned = [], 0
+    first, rest, planned = [], list(entries), 0
     while rest and (planned < 1.5 * capacity or not first):
         e = rest.pop(0)
         first.append(e)

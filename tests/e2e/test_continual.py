@@ -28,11 +28,12 @@ def test_on_the_sample_corpus_loss_falls_and_replay_limits_forgetting():
     forgot = {f: [r["forgetting_nats_per_byte"][first] for r in rows[2:]]
               for f, rows in runs.items()}
     # Replay keeps the first source better learned. (The margin was 0.1 while the backlog
-    # reader drew its streams uniformly; drawn by tokens left, the mix of documents in a
-    # batch is closer to a shuffled corpus and the no-replay run forgets little on its own:
-    # -0.315 against -0.359 with replay, from +0.013 against -0.336.)
+    # reader drew its streams uniformly to the end; a part of a source is fewer documents than
+    # the reader has streams, so they are all in flight at once and now drawn by the tokens
+    # they have left: the no-replay run forgets little on its own, -0.312 against -0.353
+    # with replay, from +0.013 against -0.336.)
     assert sum(forgot[0.25]) < sum(forgot[0.0]) - 0.02
-    # replay draws from documents learned to their passes: 400 steps read the first source's
-    # parts evenly and finish none of them, so it starts once the second source's have been
+    # replay draws from documents learned to their passes: 400 steps read a part's documents
+    # evenly and finish none of the first source's, so it starts with the second source
     assert all(r["replayed"] > 0 for r in runs[0.25][3:])
     assert all(r["replayed"] == 0 for r in runs[0.0])

@@ -5,7 +5,7 @@ targets. Pure numpy, no model."""
 import numpy as np
 import pytest
 
-from agent.training.backlog import BacklogReader, Batcher, LedgerDoc, ReplayReader, long_first
+from agent.training.backlog import BacklogReader, Batcher, LedgerDoc, ReplayReader
 
 EOD = 0
 
@@ -158,32 +158,21 @@ def test_a_second_pass_waits_for_the_documents_loaded_lazily():
     assert second and second[0] > max(starts)
 
 
-def test_long_first_starts_the_largest_in_size_order_and_keeps_the_rest_in_theirs():
-    sizes = {1: 10, 2: 500, 3: 12, 4: 900, 5: 11, 6: 9}
-    got = long_first(list(sizes), sizes.get, share=4)      # total 1442: > 360 is long
-    assert got == [4, 2, 1, 3, 5, 6]
-    assert long_first([1, 3, 5], sizes.get, share=2) == [1, 3, 5]     # none long: unchanged
-
-
-def test_a_long_document_is_read_alongside_the_others_not_alone_at_the_end():
-    """A long document queued last no longer outlasts the others: it starts first and its
-    stream is drawn by the tokens it has left, so the end of the pass still mixes documents
-    (drawn uniformly, its stream ran on alone: the end of a pass was one text, window after
-    window)."""
-    short = [doc(i, 60, passes=1.0) for i in range(40)]
-    long_doc = doc(99, 2400, passes=1.0)
-    ws = drain(BacklogReader(short + [long_doc], T=8, n_streams=8, eod=EOD, seed=3))
+def test_the_streams_left_at_the_end_of_a_pass_finish_together():
+    """Once the queue is read, streams are drawn by the tokens they have left, so the end of
+    a pass still mixes the documents in flight (drawn uniformly to the end, the longest ran
+    on alone: the last fifth of this pass was one text, window after window)."""
+    docs = [doc(i, 300, passes=1.0) for i in range(7)] + [doc(99, 900, passes=1.0)]
+    ws = drain(BacklogReader(docs, T=8, n_streams=8, eod=EOD, seed=3))
     owners = []
     for _, y, o, _ in ws:
         valid = (y >= 0) & (o >= 0)
         owners.append(set(o[valid].tolist()))
-    assert 99 in set().union(*owners[:8])           # started with the first windows
     tail = owners[-len(owners) // 10:]
     assert len(set().union(*tail)) >= 4             # the last tenth still reads several texts
-    assert sum(ws_owners == {99} for ws_owners in tail) < 0.75 * len(tail)
-    # and still every token once, in order
-    per = {d.id: [] for d in short + [long_doc]}
+    assert sum(w == {99} for w in tail) < 0.75 * len(tail)
+    per = {d.id: [] for d in docs}                  # and still every token once, in order
     for _, y, o, _ in ws:
         for tok, d in zip(y[(y >= 0) & (o >= 0)], o[(y >= 0) & (o >= 0)]):
             per[int(d)].append(int(tok))
-    assert all(per[d.id] == d.ids.tolist() for d in short + [long_doc])
+    assert all(per[d.id] == d.ids.tolist() for d in docs)

@@ -1,14 +1,12 @@
 """The sample of the whole backlog a new model learns its vocabulary from
 (plan.vocabulary_sample): training heads only, at most the byte budget, spread evenly over
 the documents, an even subset of them past what the budget holds at the minimum share."""
-import dataclasses
 import datetime as dt
 
 import pytest
 
 from agent.training.learn import split_heldout
-from agent.settings import TrainerSettings
-from agent.training.plan import _utf8_prefix, plan_documents, vocabulary_sample
+from agent.training.plan import _utf8_prefix, vocabulary_sample
 from store.ledger import BacklogEntry
 
 VF = 0.1
@@ -73,19 +71,3 @@ def test_a_prefix_in_bytes_never_cuts_a_character(text):
         assert text.startswith(got) and len(got.encode("utf-8", "surrogatepass")) <= n
         longer = text[:len(got) + 1]
         assert longer == got or len(longer.encode("utf-8", "surrogatepass")) > n
-
-
-def test_a_sweep_starts_with_its_long_documents_and_keeps_the_rest_in_order():
-    """Consolidation reads a sweep whole: its documents of more than 1/(4 x streams) of the
-    sweep start it, longest first, so no stream outlasts the others at its end; a backlog
-    cycle keeps the backlog's order."""
-    sizes = [400] * 300 + [30_000, 60_000]
-    entries, texts = entries_and_texts(sizes)
-    trained = [dataclasses.replace(e, status="trained", trainable_bytes=e.size_bytes - 50,
-                                   trained_bytes=e.size_bytes - 50) for e in entries]
-    settings = TrainerSettings(preset="tiny", workers=1)
-    sweep = plan_documents(None, trained, settings, capacity=1e9, extra_pass=True, texts=texts)
-    assert [d.id for d in sweep.docs][:3] == [302, 301, 1]
-    assert [d.id for d in sweep.docs][2:] == list(range(1, 301))
-    backlog_plan = plan_documents(None, entries, settings, capacity=1e9, texts=texts)
-    assert [d.id for d in backlog_plan.docs] == list(range(1, 303))
