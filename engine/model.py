@@ -77,18 +77,25 @@ def _heads(x: np.ndarray, B: int, T: int, NH: int) -> np.ndarray:
 
 
 def _merged_rows(wte: np.ndarray, V: int, new_size: int,
-                 merges: Iterable[tuple[int, int, int]]) -> np.ndarray:
+                 merges: Iterable[tuple[int, int, int]], specials: Iterable[int] = ()
+                 ) -> np.ndarray:
     """Rows V..new_size-1 of wte for new tokens: row z = (row a + row b) / 2 for the merge
-    (a, b, z) that made z, in order of z, reading rows added before it where a or b is one."""
+    (a, b, z) that made z, in order of z, reading rows added before it where a or b is one;
+    a special token's row (no merge makes it) is the mean of the existing rows."""
     pair: dict[int, tuple[int, int]] = {}
     for a, b, z in merges:
         if V <= z < new_size:
             pair.setdefault(int(z), (int(a), int(b)))
-    missing = [z for z in range(V, new_size) if z not in pair]
+    special = {int(z) for z in specials}
+    missing = [z for z in range(V, new_size) if z not in pair and z not in special]
     if missing:
         raise ValueError(f"no merge makes new token {missing[0]} (of {V}..{new_size - 1})")
     rows = np.empty((new_size - V, wte.shape[1]), np.float32)             # (added, C)
+    mean = wte.mean(axis=0, dtype=np.float64)
     for z in range(V, new_size):
+        if z in special:
+            rows[z - V] = mean
+            continue
         a, b = pair[z]
         if not (0 <= a < z and 0 <= b < z):
             raise ValueError(f"merge ({a}, {b}) -> {z} uses an id that is not older than {z}")
@@ -156,13 +163,15 @@ class Model:
         self.params[...] = flat
 
     def grow_vocab(self, new_size: int,
-                   merges: Optional[Iterable[tuple[int, int, int]]] = None) -> int:
+                   merges: Optional[Iterable[tuple[int, int, int]]] = None,
+                   specials: Iterable[int] = ()) -> int:
         """Append wte rows up to new_size; returns rows added.
 
         With `merges` (the tokenizer's (a, b, z) triples; only those that made the new ids
         are read), new token z starts at the mean of rows a and b, taken in id order (merge
-        order) so a token built on a token just added uses that token's new row. Without,
-        every new row starts at the mean of the existing rows. There is no logit bias, so
+        order) so a token built on a token just added uses that token's new row; the ids in
+        `specials` (special tokens: no merge makes them) start at the mean of the existing
+        rows. Without merges, every new row starts at the mean of the existing rows. There is no logit bias, so
         these rows (of wte, and of the head when it is untied, made the same way from its
         own rows) are the only per-vocabulary parameters.
         Logits of existing tokens are unchanged for the same input (the new rows only add
@@ -183,7 +192,7 @@ class Model:
                 new_rows[name] = np.broadcast_to(
                     w.mean(axis=0, dtype=np.float64).astype(np.float32), (added, cfg.d_model))
             else:
-                new_rows[name] = _merged_rows(w, V, int(new_size), merges)
+                new_rows[name] = _merged_rows(w, V, int(new_size), merges, specials)
         new_cfg = cfg.replace(vocab_size=int(new_size))
         new_layout = ParamLayout.from_config(new_cfg)
         self.params = grow_flat(self.params, self.layout, new_layout, new_rows)

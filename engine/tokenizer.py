@@ -2,7 +2,9 @@
 
 Ids 0..255 are the raw bytes, id 256 is the end-of-document special `EOD` (never produced by
 encoding text; it decodes to nothing), and every later id is a learned merge of two earlier
-ids. `learn` appends tokens and never renumbers: an id keeps its bytes for ever, so a model
+ids, or a special token `add_specials` appended (the fill-in-the-middle tokens: like EOD,
+never produced by encoding text, never part of a merge, decoded to nothing). `learn` and
+`add_specials` append tokens and never renumber: an id keeps its bytes for ever, so a model
 trained on earlier ids stays valid as the vocabulary grows.
 
 Encoding runs in compiled code (engine.bpe, numba): a pre-tokeniser suited to prose and source
@@ -75,7 +77,7 @@ class Tokenizer:
 
     N_BYTES = 256
     EOD = 256
-    SPECIALS = {"<|eod|>": EOD}
+    SPECIALS = {"<|eod|>": EOD}     # every tokenizer's; `specials` adds those appended since
 
     def __init__(self, max_vocab: int | None = None) -> None:
         if max_vocab is not None and (not isinstance(max_vocab, int) or max_vocab < self.EOD + 1):
@@ -84,6 +86,7 @@ class Tokenizer:
         self.max_vocab = max_vocab
         self._tokens: list[bytes] = [bytes([i]) for i in range(self.N_BYTES)] + [b""]
         self._merges: list[tuple[int, int, int]] = []     # (a, b, z) in rank order
+        self._specials: dict[str, int] = dict(self.SPECIALS)
         self._lock = threading.Lock()
         self._tables = self._build_tables()
 
@@ -100,12 +103,42 @@ class Tokenizer:
         return f"Tokenizer(vocab={len(self)}, merges={len(self._merges)}, max_vocab={self.max_vocab})"
 
     @property
+    def specials(self) -> dict[str, int]:
+        """Special tokens by name: "<|eod|>" and those `add_specials` appended."""
+        return dict(self._specials)
+
+    def special_id(self, name: str) -> int | None:
+        return self._specials.get(name)
+
+    def is_special(self, token_id: int) -> bool:
+        return int(token_id) in self._specials.values()
+
+    def add_specials(self, names: Sequence[str]) -> list[int]:
+        """Append the special tokens of `names` this tokenizer lacks (in that order) and
+        return their ids; those it has keep theirs. A name is "<|...|>"."""
+        for name in names:
+            if not (isinstance(name, str) and name.startswith("<|") and name.endswith("|>")
+                    and len(name) > 4):
+                raise TokenizerError(f"special token name {name!r} is not of the form <|name|>")
+        with self._lock:
+            new = [n for n in dict.fromkeys(names) if n not in self._specials]
+            if self.max_vocab is not None and len(self._tokens) + len(new) > self.max_vocab:
+                raise TokenizerError(f"no room for {len(new)} special tokens in max_vocab="
+                                     f"{self.max_vocab} (the vocabulary has {len(self._tokens)})")
+            for n in new:
+                self._specials[n] = len(self._tokens)
+                self._tokens.append(b"")
+            if new:
+                self._tables = self._build_tables()
+            return [self._specials[n] for n in names]
+
+    @property
     def merges(self) -> list[tuple[int, int, int]]:
         """The merge list (a, b, z) in rank order; z is new, or an earlier token with bytes a + b."""
         return list(self._merges)
 
     def token_bytes(self, token_id: int) -> bytes:
-        """The bytes of one token (b"" for EOD)."""
+        """The bytes of one token (b"" for EOD and the other specials)."""
         if not 0 <= int(token_id) < len(self._tokens):
             raise TokenizerError(f"token id {token_id} is outside the vocabulary (size {len(self)})")
         return self._tokens[int(token_id)]
@@ -126,6 +159,27 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"encode takes a str, not {type(text).__name__} (use encode_bytes)")
         return self.encode_bytes(text.encode("utf-8", "surrogatepass"))
+
+    def encode_special(self, text: str) -> np.ndarray:
+        """encode(), except that the names of this tokenizer's special tokens in `text`
+        ("<|fim_prefix|>", "<|eod|>", ...) become their ids: for prompts written in a
+        template (llama.cpp's `parse_special`), never for training text."""
+        names = sorted(self._specials, key=len, reverse=True)
+        out: list[np.ndarray] = []
+        i = start = 0
+        while i < len(text):
+            hit = next((n for n in names if text.startswith(n, i)), None) \
+                if text[i] == "<" else None
+            if hit is None:
+                i += 1
+                continue
+            if start < i:
+                out.append(self.encode(text[start:i]))
+            out.append(np.asarray([self._specials[hit]], np.int32))
+            i = start = i + len(hit)
+        if start < len(text):
+            out.append(self.encode(text[start:]))
+        return np.concatenate(out).astype(np.int32) if out else np.zeros(0, np.int32)
 
     def encode_bytes(self, data: bytes | bytearray | memoryview) -> np.ndarray:
         """Token ids (int32) of any byte string; decode_bytes gives it back exactly."""
@@ -280,7 +334,7 @@ class Tokenizer:
     def _state(self) -> dict:
         """What defines the ids: hashed into sha256 (max_vocab, a policy, is not)."""
         return {"format": FORMAT, "version": VERSION, "pretokenizer": PRETOKENIZER,
-                "max_piece_bytes": bpe.MAX_PIECE, "specials": self.SPECIALS,
+                "max_piece_bytes": bpe.MAX_PIECE, "specials": dict(self._specials),
                 "merges": [list(m) for m in self._merges]}
 
     @property
@@ -305,26 +359,46 @@ class Tokenizer:
                                  hint="the file is truncated or not a tokenizer file") from e
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise TokenizerError(f"{source} is not a {FORMAT} file")
-        expect = {"version": VERSION, "pretokenizer": PRETOKENIZER, "max_piece_bytes": bpe.MAX_PIECE,
-                  "specials": cls.SPECIALS}
+        expect = {"version": VERSION, "pretokenizer": PRETOKENIZER, "max_piece_bytes": bpe.MAX_PIECE}
         for field, value in expect.items():
             if state.get(field) != value:
                 raise TokenizerError(f"{source} has {field}={state.get(field)!r}, this code reads {value!r}",
                                      hint="use the code version that wrote it")
+        specials = state.get("specials")
+        if not (isinstance(specials, dict) and specials.get("<|eod|>") == cls.EOD
+                and all(isinstance(k, str) and type(v) is int and v > cls.EOD
+                        for k, v in specials.items() if k != "<|eod|>")
+                and len(set(specials.values())) == len(specials)):
+            raise TokenizerError(f"{source} has specials={specials!r}, this code reads "
+                                 f"<|eod|> at {cls.EOD} and later ones above it",
+                                 hint="use the code version that wrote it")
         tok = cls(max_vocab=state.get("max_vocab"))
         tokens = tok._tokens
+        special_ids = set(specials.values())
+
+        def place_specials() -> None:       # a special holds its id: appended when it was added
+            while len(tokens) in special_ids:
+                tokens.append(b"")
         for m in state.get("merges", []):
+            place_specials()
             if not (isinstance(m, list) and len(m) == 3 and all(type(x) is int and x >= 0 for x in m)):
                 raise TokenizerError(f"{source} has a malformed merge {m!r}")
             a, b, z = m
-            if a >= len(tokens) or b >= len(tokens) or a == cls.EOD or b == cls.EOD:
-                raise TokenizerError(f"{source}: merge {m} uses an id that does not exist yet")
+            if a >= len(tokens) or b >= len(tokens) or a in special_ids or b in special_ids:
+                raise TokenizerError(f"{source}: merge {m} uses an id that does not exist yet"
+                                     if max(a, b) >= len(tokens) else
+                                     f"{source}: merge {m} uses a special token")
             merged = tokens[a] + tokens[b]
             if z == len(tokens):
                 tokens.append(merged)
             elif z > len(tokens) or tokens[z] != merged:
                 raise TokenizerError(f"{source}: merge {m} does not produce the next id nor an equal token")
             tok._merges.append((a, b, z))
+        place_specials()
+        if max(special_ids) >= len(tokens):
+            raise TokenizerError(f"{source}: a special token's id {max(special_ids)} is past "
+                                 f"the vocabulary ({len(tokens)})")
+        tok._specials = dict(specials)
         if state.get("vocab_size", len(tokens)) != len(tokens):
             raise TokenizerError(f"{source} says vocab_size={state.get('vocab_size')}, its merges give {len(tokens)}")
         tok._tables = tok._build_tables()

@@ -163,8 +163,7 @@ def is_untrained(state: ModelState) -> bool:
     """A new model: no checkpoint, no step taken, no token learned (only the byte tokens and
     the specials). Every checkpoint holds at least one step, so a model resumed from one is
     never untrained, whatever its vocabulary."""
-    return (state.path is None and state.step == 0
-            and len(state.tokenizer) == Tokenizer.N_BYTES + len(Tokenizer.SPECIALS))
+    return state.path is None and state.step == 0 and not state.tokenizer.merges
 
 
 def build_at_vocabulary(state: ModelState) -> None:
