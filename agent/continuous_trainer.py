@@ -488,6 +488,7 @@ class ContinuousTrainer:
                     workers=workers, priority=st.priority, duty=duty, bell=self.bell,
                     replay=replay,
                     replay_fraction=st.replay_fraction if replay else 0.0,
+                    fim_rate=st.fim_rate,
                     max_new_tokens=st.max_new_tokens, more=plan.more, heldout=heldout,
                     seed=st.seed + cycle_id, progress=progress.step, stop=why_stop,
                     vocab=plan.vocab)      # a new model's vocabulary: its whole backlog's

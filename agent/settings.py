@@ -155,6 +155,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Share of training sequences replayed from earlier documents.",
             check=lambda v: None if 0.0 <= v < 1.0 else f"replay fraction {v} is outside [0, 1)",
             hint="e.g. --replay-fraction 0.25", commands=AGENT, into=TRAINER),
+    Setting("fim_rate", 0.5, float,
+            "Share of training windows rearranged for fill-in-the-middle (prefix, suffix, "
+            "then the middle to write), what editors' completion at the cursor asks of the "
+            "model; the three FIM tokens join the vocabulary when it first runs. 0: off.",
+            check=lambda v: None if 0.0 <= v <= 1.0 else f"FIM rate {v} is outside [0, 1]",
+            hint="e.g. --fim-rate 0.5, or 0 to train left to right only",
+            commands=("agent", "train"), into=TRAINER),
     Setting("replay_docs", 64, int, "At most this many earlier documents sampled for replay.",
             into=TRAINER),
     Setting("steps", 300, int, "Training steps.", check=at_least(1), hint="e.g. --steps 300",

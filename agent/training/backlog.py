@@ -9,7 +9,9 @@ stopped (its trained bytes modulo its trainable bytes) up to its budget, cut int
 consecutive windows of T+1 tokens with stride T: every token of a pass is a target exactly
 once. Passes go breadth first: a document that needs another pass waits until every other
 document given to the reader (queued or loaded lazily) has been read. A replay share of the
-rows is drawn at random from documents already learned.
+rows is drawn at random from documents already learned. A seeded reader given FIM ids
+makes a `fim_rate` share of its windows fill-in-the-middle ones (agent/training/fim.py), each
+T - 3 tokens of one document, every one a target once, so the accounting is unchanged.
 
 Once nothing is left to give the streams (the queue and the lazily loaded documents read),
 a seeded reader draws each window's stream with probability proportional to the tokens it
@@ -34,6 +36,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+
+from agent.training import fim as fim_mod
+from agent.training.fim import FimIds
 
 
 @dataclass
@@ -104,8 +109,13 @@ class BacklogReader:
 
     def __init__(self, docs: Iterable[LedgerDoc], T: int, n_streams: int, eod: int,
                  more: Optional[Callable[[], Optional[LedgerDoc]]] = None,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, fim_rate: float = 0.0,
+                 fim: Optional[FimIds] = None) -> None:
         self.T = T
+        # a `fim_rate` share of windows (seeded readers, T > EXTRA) is fill-in-the-middle
+        self.fim = fim if fim is not None and fim_rate > 0 and seed is not None \
+            and T > fim_mod.EXTRA else None
+        self.fim_rate = fim_rate
         self.eod = eod
         self.queue: deque[LedgerDoc] = deque(d for d in docs if d.ids.size)
         self.next_pass: deque[LedgerDoc] = deque()   # documents waiting for another pass
@@ -201,11 +211,32 @@ class BacklogReader:
             if n < 2:
                 self.live.pop(k)        # nothing left for it: the queue is empty
                 continue
+            if self.fim is not None and self.rng.random() < self.fim_rate:
+                w = self._fim_window(s)
+                if w is not None:
+                    return w
             w = _window(s.tok, s.own, s.nb, s.p, T)
             s.p += min(T + 1, n) - 1
             self._done_segments(s)
             return w
         return None
+
+    def _fim_window(self, s: _Stream):
+        """The stream's next T - 3 tokens as a fill-in-the-middle window (agent/training/
+        fim.py), every one a target; None (a plain window instead) unless they are there and
+        all of one document."""
+        n = self.T + 1 - fim_mod.EXTRA
+        a = s.p + 1
+        if s.available() < n + 1:
+            return None
+        own = s.own[a:a + n]
+        if own[0] < 0 or (own != own[0]).any():
+            return None
+        i, j = fim_mod.cut_points(self.rng, n)
+        w = fim_mod.rearrange(s.tok[a:a + n], own, s.nb[a:a + n], i, j, self.fim)
+        s.p += n
+        self._done_segments(s)
+        return w
 
     def _draw(self) -> Optional[int]:
         """Index into `live` of the stream to read next, in proportion to the tokens each

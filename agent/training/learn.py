@@ -21,6 +21,7 @@ import numpy as np
 
 from agent.training.backlog import (BacklogReader, Batcher, ReplayReader, ledger_doc,
                                     token_byte_lengths)
+from agent.training.fim import FIM_TOKENS, fim_ids
 from agent.training.model_state import ModelState, build_at_vocabulary, is_untrained
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
 from engine.cpu import default_workers
@@ -107,7 +108,7 @@ def split_validation(docs: Sequence[Doc], fraction: float) -> tuple[list[Doc], d
 def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
           max_steps: Optional[int] = None, max_seconds: Optional[float] = None,
           workers: Optional[int] = None, replay: Sequence[PlanDoc] = (),
-          replay_fraction: float = 0.0, max_new_tokens: int = 1000,
+          replay_fraction: float = 0.0, fim_rate: float = 0.0, max_new_tokens: int = 1000,
           more: Optional[Callable[[], Optional[PlanDoc]]] = None,
           lr: Optional[Callable[[int], float]] = None,
           heldout: Optional[dict[str, str]] = None, seed: int = 0,
@@ -125,6 +126,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     Then it trains on the backlog of `docs` (then `more()`, loaded lazily) in ledger order, mixed
     with `replay` (a `replay_fraction` share of rows), until `max_steps`, `max_seconds`, the
     backlog's end or `stop()` (which returns why, e.g. "stop" or "preempted", or None).
+    A `fim_rate` share of the backlog's windows is fill-in-the-middle (agent/training/fim.py;
+    its three tokens are added to the vocabulary first, a new model's before it learns any).
     `lr(step_in_cycle)` gives each step's learning rate (default: tcfg's schedule over the
     model's life, engine.schedule); the EMA of the weights (tcfg.ema_decay) follows every
     applied step. Evaluates the served model (the EMA) on `heldout` per source unless
@@ -139,7 +142,10 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     compile_kernels(crystalline=tcfg.crystalline_weight > 0, optimizer=tcfg.optimizer,
                     ema=tcfg.ema_decay is not None, arch=arch_text(model.config))
     first_read = [d.text for d in docs if d.trained_bytes == 0]
-    if vocab is not None and max_new_tokens > 0 and is_untrained(state):
+    untrained = is_untrained(state)
+    if fim_rate > 0:    # appended, no id moves (a new model: 257-259); rows grow below
+        tok.add_specials(FIM_TOKENS)
+    if vocab is not None and max_new_tokens > 0 and untrained:
         res.vocab_docs = list(vocab())
         cap = tok.max_vocab - len(tok) if tok.max_vocab is not None else max_new_tokens
         log.info("a new model: learning its vocabulary (up to %s tokens) from %s documents of "
@@ -152,7 +158,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     elif max_new_tokens > 0 and first_read:
         res.new_token_ids = tok.learn(first_read, max_new_tokens=max_new_tokens)
     if len(tok) > model.config.vocab_size:
-        model.grow_vocab(len(tok), merges=tok.merges)   # row z from the rows z merges
+        model.grow_vocab(len(tok), merges=tok.merges,   # row z from the rows z merges
+                         specials=tok.specials.values())
         if state.optimizer is not None:
             state.optimizer.grow(model.layout)
         if state.ema is not None:
@@ -183,7 +190,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
 
     T, B = model.config.context, tcfg.batch_size
     reader = BacklogReader([tokenised(d) for d in docs], T, max(B, STREAMS), tok.eod_id,
-                           more=next_more if more is not None else None, seed=seed + 2)
+                           more=next_more if more is not None else None, seed=seed + 2,
+                           fim_rate=fim_rate, fim=fim_ids(tok))
     rep = ReplayReader([tokenised(d) for d in replay], T, tok.eod_id, seed + 1) \
         if replay and replay_fraction > 0 else None
     for d in replay:

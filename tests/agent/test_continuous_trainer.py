@@ -16,6 +16,7 @@ from agent import continuous_trainer
 from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,
                                       TrainerSettings)
 from agent.daemon import Agent, AgentConfig
+from agent.training.fim import FIM_TOKENS
 from engine.checkpoint import file_sha256
 from engine.errors import CllmError
 from store import controls
@@ -26,6 +27,10 @@ from store.models import Checkpoint, Cycle, CycleDocument, Document, EvalResult,
 SETTINGS = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=200, max_wait=3600,
                            batch_size=4, max_new_tokens=20, replay_fraction=0.3,
                            cycle_seconds=120, keep_learning="off")
+# ids 0..255 the bytes, 256 the end of document, then the three FIM tokens (FIM training is
+# on by default: a new model's tokenizer takes them before it learns any): learned tokens
+# start after them
+FIRST_LEARNED = 257 + len(FIM_TOKENS)
 
 TEXTS = {
     "lattice": "the crystal lattice hums a quiet tune over the prime spiral. ",
@@ -551,7 +556,8 @@ def test_a_new_model_learns_its_vocabulary_from_the_whole_backlog_before_its_fir
     assert unread, "the first cycle read every document: the test needs more of them"
     rows = vocab_rows(store)
     assert {t for t, (c, _, _) in rows.items() if c == rep.cycle_id} == \
-        set(rep.run.new_token_ids) == set(range(257, len(tok)))
+        set(rep.run.new_token_ids) == set(range(FIRST_LEARNED, len(tok)))
+    assert all(rows[t] == (None, None, b"") for t in range(257, FIRST_LEARNED))  # specials
     for i in unread:
         (t,) = tok.encode(f" {word(ids.index(i))}")               # one token ...
         assert rows[t] == (rep.cycle_id, i, f" {word(ids.index(i))}".encode())   # ... from it
@@ -566,7 +572,7 @@ def test_cllm_train_on_a_new_data_directory_learns_its_vocabulary_first(env):
     tr = ContinuousTrainer(store, data, SETTINGS)
     rep = tr.run_cycle(record_documents(store, docs), "train", steps=2)
     assert rep.vocab_before == 257 and rep.vocab_after == 320      # the tiny preset's size
-    assert len(rep.run.vocab_docs) == 3 and len(rep.run.new_token_ids) == 63 > 20
+    assert len(rep.run.vocab_docs) == 3 and len(rep.run.new_token_ids) == 320 - FIRST_LEARNED
     assert tr.state.model.config.vocab_size == 320
 
 
@@ -612,9 +618,9 @@ def test_a_first_cycle_that_trains_nothing_leaves_the_vocabulary_to_the_next(env
     rep = tr.run_pending("tokens")
     assert rep.vocab_before == 257 and rep.vocab_after > 257
     rows = vocab_rows(store)
-    assert {t for t, (c, _, _) in rows.items() if c is None} == set(range(257))
+    assert {t for t, (c, _, _) in rows.items() if c is None} == set(range(FIRST_LEARNED))
     assert {t for t, (c, _, _) in rows.items() if c == rep.cycle_id} == \
-        set(range(257, rep.vocab_after))
+        set(range(FIRST_LEARNED, rep.vocab_after))
 
 
 # --- a full disk at the checkpoint (issue 26 #9) ------------------------------------------
