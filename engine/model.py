@@ -458,6 +458,15 @@ class Model:
         self._head_logits(out, ws.lnf, ws.capt)
         return out.reshape(B, T, -1)
 
+    def hidden_states(self, inputs) -> np.ndarray:
+        """The final hidden states (B, T, C) of a forward pass, after the last LayerNorm:
+        what the head reads (a fresh array)."""
+        inputs, _ = self._check_inputs(inputs)
+        B, T = inputs.shape
+        ws = self.workspace(B, T)
+        self._forward_trunk(ws, inputs)
+        return ws.lnf.reshape(B, T, -1).copy()
+
     # ------------------------------------------------------------------ generation
     def decode_weights(self, kind: str = "int8"):
         """The weights laid out for decoding (engine.decode.DecodeWeights), copied once per

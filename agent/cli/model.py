@@ -188,16 +188,19 @@ def sampling(max_tokens, temperature, top_k, top_p, seed, stop, extra_stops=()):
 @data_dir_option
 @click.option("--prompt", default=None, help="Text to continue (or give it as PROMPT, or on "
                                              "standard input).")
+@click.option("--suffix", default=None,
+              help="Fill in the middle: write what goes between PROMPT and this text (a "
+                   "checkpoint trained with --fim-rate above 0).")
 @sampling_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (text, usage, checkpoint) instead of streaming.")
 @pass_invocation
 @one_line_errors
-def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temperature, top_k,
-             top_p, seed, stop, cycle, committed, decode_weights, as_json):
+def generate(inv, prompt_arg, data_dir, prompt, suffix, max_tokens, old_max_tokens, temperature,
+             top_k, top_p, seed, stop, cycle, committed, decode_weights, as_json):
     """Stream a continuation of PROMPT from the latest checkpoint (or --checkpoint N's), or
     from the running cycle's live snapshot when the agent published one since (-v says which;
-    --committed never takes it).
+    --committed never takes it); with --suffix, the middle between PROMPT and it.
 
     Example: echo "def f(" | cllm generate --data-dir ./cllm-data --seed 1
     """
@@ -209,11 +212,13 @@ def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temp
         text = "" if sys.stdin.isatty() else sys.stdin.read().rstrip("\n")
     max_tokens = deprecated_max_tokens(max_tokens, old_max_tokens, "generate")
     ckpt = load_for_generation(inv, data_dir, cycle, decode_weights, committed)
-    ts = TextStream(ckpt, text, sampling(max_tokens, temperature, top_k, top_p, seed, stop))
+    ts = TextStream(ckpt, text, sampling(max_tokens, temperature, top_k, top_p, seed, stop),
+                    suffix=suffix)
     if as_json:
         out = ts.run()
         echo_json({
-            "prompt": text, "text": out, "finish_reason": ts.finish_reason,
+            "prompt": text, **({"suffix": suffix} if suffix is not None else {}),
+            "text": out, "finish_reason": ts.finish_reason,
             "usage": {"prompt_tokens": ts.prompt_tokens,
                       "completion_tokens": ts.completion_tokens,
                       "total_tokens": ts.prompt_tokens + ts.completion_tokens},
@@ -223,6 +228,8 @@ def generate(inv, prompt_arg, data_dir, prompt, max_tokens, old_max_tokens, temp
     try:
         for piece in ts:
             click.echo(piece, nl=False)
+        if suffix is not None:
+            click.echo(suffix, nl=False)
     except KeyboardInterrupt:        # Ctrl-C ends the stream, not with a traceback
         click.echo("")
         sys.exit(EXIT_INTERRUPTED)

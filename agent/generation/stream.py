@@ -12,6 +12,8 @@ from typing import AsyncIterator, Iterator, Optional, Sequence
 
 from agent.generation.batcher import DecodeBatcher, LoopStream
 from agent.generation.checkpoint import ServingCheckpoint
+from agent.training.fim import fim_ids, infill_prompt
+from engine.errors import CllmError
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,21 @@ class TextStream:
 
     def __init__(self, ckpt: ServingCheckpoint, prompt: str, sampling: Sampling,
                  cancel: Optional[threading.Event] = None,
-                 batcher: Optional[DecodeBatcher] = None) -> None:
+                 batcher: Optional[DecodeBatcher] = None,
+                 suffix: Optional[str] = None, extra: str = "",
+                 parse_special: bool = False) -> None:
         tok = ckpt.tokenizer
         self.ckpt, self.sampling, self.cancel, self.batcher = ckpt, sampling, cancel, batcher
-        self.ids = list(tok.encode(prompt)) if prompt else []
+        self.max_tokens = sampling.max_tokens
+        if suffix is not None:          # fill in the middle: prompt | cursor | suffix
+            self.ids = fim_prompt(ckpt, extra + prompt, suffix, sampling.max_tokens)
+            # a middle ends within the context: sliding it would cut the prompt's layout
+            self.max_tokens = min(self.max_tokens,
+                                  ckpt.model.config.context - len(self.ids))
+        elif parse_special:             # a prompt in a template: "<|fim_prefix|>" is the token
+            self.ids = tok.encode_special(prompt).tolist()
+        else:
+            self.ids = list(tok.encode(prompt)) if prompt else []
         self.prompt_tokens = len(self.ids)
         self.completion_tokens = 0
         self.finish_reason: Optional[str] = None
@@ -54,11 +67,10 @@ class TextStream:
         self._complete = False            # the ids ran out, or the text ended
 
     def __iter__(self) -> Iterator[str]:
-        sp = self.sampling
         if self.batcher is not None:
-            gen = self.batcher.stream(self._prompt_ids(), sp.max_tokens, **self._drawing())
+            gen = self.batcher.stream(self._prompt_ids(), self.max_tokens, **self._drawing())
         else:
-            gen = self.ckpt.model.generate_stream(self._prompt_ids(), sp.max_tokens,
+            gen = self.ckpt.model.generate_stream(self._prompt_ids(), self.max_tokens,
                                                   weights=self.ckpt.weights, **self._drawing())
         self._begin()
         try:
@@ -83,7 +95,7 @@ class TextStream:
     async def __aiter__(self) -> AsyncIterator[str]:
         if self.batcher is None:
             raise TypeError("`async for` reads a batcher's ids: give the TextStream one")
-        ids = self._ids = self.batcher.astream(self._prompt_ids(), self.sampling.max_tokens,
+        ids = self._ids = self.batcher.astream(self._prompt_ids(), self.max_tokens,
                                                **self._drawing())
         self._begin()
         try:
@@ -137,7 +149,7 @@ class TextStream:
     def _take(self, t: int) -> str:
         """Add id `t` to the text; returns what can be sent now."""
         tok = self.ckpt.tokenizer
-        if t == tok.eod_id:
+        if tok.is_special(t):           # end of document (or of a middle, or a FIM token)
             self.finish_reason, self._ended = "stop", True
             return ""
         self.completion_tokens += 1
@@ -164,6 +176,27 @@ class TextStream:
             return ""
         piece, self._sent = self.text[self._sent:end], end
         return piece
+
+
+class NoInfill(CllmError):
+    """The checkpoint was not trained to fill in the middle."""
+
+
+def fim_prompt(ckpt: ServingCheckpoint, prefix: str, suffix: str, max_tokens: int) -> list[int]:
+    """The fill-in-the-middle prompt of `prefix` | cursor | `suffix` (agent/training/fim.py)
+    within the context less the room kept for the middle: a quarter of the context, or
+    `max_tokens` when fewer. What does not fit is cut away from the cursor: the prefix keeps
+    its end, the suffix its start, each with at least half of the room."""
+    tok = ckpt.tokenizer
+    ids = fim_ids(tok)
+    if ids is None:
+        raise NoInfill("this checkpoint was not trained to fill in the middle (its "
+                       "vocabulary has no FIM tokens)",
+                       "train with --fim-rate above 0 (the default is 0.5) and serve a "
+                       "checkpoint made since")
+    T = ckpt.model.config.context
+    budget = T - max(1, min(max_tokens, T // 4))
+    return infill_prompt(tok.encode(prefix).tolist(), tok.encode(suffix).tolist(), ids, budget)
 
 
 CHAT_ROLES = {"system": "System", "developer": "System", "user": "User",

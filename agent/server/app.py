@@ -31,7 +31,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from agent.generation.checkpoint import load_serving_checkpoint
-from agent.server import api, dashboard, history, ollama
+from agent.server import api, dashboard, history, infill, ollama, tokens
 from agent.server.bench import BenchRunner
 from agent.server.config import ServeConfig
 from agent.server.errors import HANDLERS
@@ -131,7 +131,8 @@ def build_app(service: Service, port: int, token: Optional[str],
     middleware.append(Middleware(AccessGuard, port=port, token=token, cors_origins=cfg.cors,
                                  origins=own_origins(hosts, port, "https" if secure else "http"),
                                  secure=secure))
-    routes = [*api.ROUTES, *ollama.ROUTES, *history.ROUTES, *dashboard.ROUTES]
+    routes = [*api.ROUTES, *ollama.ROUTES, *tokens.ROUTES, *infill.ROUTES, *history.ROUTES,
+              *dashboard.ROUTES]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=HANDLERS)
     app.state.service = service
     return app

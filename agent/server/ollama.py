@@ -5,7 +5,8 @@ last line has "done": true with the token counts and durations in nanoseconds).
 The request is mapped onto the OpenAI one (validation.parse_completion) so both share
 validation, caps, slots and generation (runs.py): `options.num_predict` -> max_tokens,
 `options.temperature`, `top_p`, `top_k`, `seed`, `stop`; `system` becomes a system message
-(chat) or a prefix line (generate).
+(chat) or a prefix line (generate); `suffix` (generate) asks for the middle between the
+prompt and it, as OpenAI's does (agent/training/fim.py).
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def to_openai(body, chat: bool) -> dict:
         if not isinstance(prompt, str):
             raise ApiError(400, "'prompt' must be a string")
         out["prompt"] = f"{system}\n{prompt}" if system else prompt
+        if body.get("suffix") is not None:     # fill in the middle (Ollama's `suffix`)
+            out["suffix"] = body["suffix"]
     return out
 
 

@@ -20,7 +20,7 @@ import anyio
 from starlette.responses import StreamingResponse
 
 from agent.generation.checkpoint import ServingCheckpoint
-from agent.generation.stream import TextStream
+from agent.generation.stream import NoInfill, TextStream
 from agent.server.errors import ApiError
 from agent.server.validation import CompletionRequest
 from engine.errors import CllmError
@@ -36,6 +36,15 @@ def _ckpt_or_503(service) -> ServingCheckpoint:
     return ckpt
 
 
+async def take_slot(service) -> None:
+    """Wait for a generation slot (at most the queue timeout; holding no thread), else 429.
+    The caller releases it."""
+    if not await service.slots.wait(service.limits.queue_timeout):
+        service.metrics.rejected()
+        raise ApiError(429, f"all {service.slots.n} generation slots are busy; retry shortly",
+                       "rate_limit_error", {"Retry-After": "1"})
+
+
 async def start_generation(service, req: CompletionRequest):
     """(checkpoint, text stream, generation) of a validated request: a generation slot (or
     429), then the checkpoint it names (the served one, or 503; an earlier cycle's, loaded
@@ -43,10 +52,7 @@ async def start_generation(service, req: CompletionRequest):
     is none) and the prompt tokenised, both off the loop."""
     if req.checkpoint is None:
         _ckpt_or_503(service)                   # nothing loaded yet: no need to wait
-    if not await service.slots.wait(service.limits.queue_timeout):
-        service.metrics.rejected()
-        raise ApiError(429, f"all {service.slots.n} generation slots are busy; retry shortly",
-                       "rate_limit_error", {"Retry-After": "1"})
+    await take_slot(service)
     try:
         if req.checkpoint is None:
             ckpt = _ckpt_or_503(service)
@@ -56,8 +62,12 @@ async def start_generation(service, req: CompletionRequest):
             except CllmError as e:
                 raise ApiError(400, f"'checkpoint': {e.one_line()}") from None
         # tokenising a long prompt takes a while: off the loop too
-        ts = await anyio.to_thread.run_sync(TextStream, ckpt, req.prompt, req.sampling, None,
-                                            service.batcher(ckpt))
+        try:
+            ts = await anyio.to_thread.run_sync(TextStream, ckpt, req.prompt, req.sampling,
+                                                None, service.batcher(ckpt), req.suffix,
+                                                req.extra, req.parse_special)
+        except NoInfill as e:
+            raise ApiError(400, f"'suffix': {e.one_line()}") from None
     except BaseException:
         service.slots.release()
         raise

@@ -81,6 +81,9 @@ class CompletionRequest:
     echo: bool
     model: Optional[str]
     checkpoint: Optional[int] = None    # extension: generate from this cycle's checkpoint
+    suffix: Optional[str] = None        # fill in the middle: the text after the cursor
+    extra: str = ""                     # /infill's input_extra: context put before the prompt
+    parse_special: bool = False         # llama.cpp's /completion: special token names are tokens
 
 
 def parse_completion(body: Any, limits: Limits, chat: bool) -> CompletionRequest:
@@ -95,9 +98,12 @@ def parse_completion(body: Any, limits: Limits, chat: bool) -> CompletionRequest
         if not isinstance(p, str):
             raise ApiError(400, "'prompt' must be a string (batches of prompts are not served)")
         prompt = p
-    if len(prompt) > limits.max_prompt_chars:
-        raise ApiError(400, f"the prompt has {len(prompt)} characters; this server takes at "
-                       f"most {limits.max_prompt_chars}")
+    suffix = None if chat else body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise ApiError(400, "'suffix' must be a string")
+    if len(prompt) + len(suffix or "") > limits.max_prompt_chars:
+        raise ApiError(400, f"the prompt has {len(prompt) + len(suffix or '')} characters; "
+                       f"this server takes at most {limits.max_prompt_chars}")
     key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None \
         else "max_tokens"
     max_tokens = _integer(body, key, 0, limits.max_tokens, limits.default_max_tokens)
@@ -130,7 +136,8 @@ def parse_completion(body: Any, limits: Limits, chat: bool) -> CompletionRequest
                         top_k=top_k, top_p=_number(body, "top_p", 0.0, 1.0, None), seed=seed,
                         stop=tuple(stop) + (CHAT_STOPS if chat else ()))
     return CompletionRequest(prompt, sampling, stream, bool(opts.get("include_usage")),
-                             echo and not chat, model, _integer(body, "checkpoint", 0, None, None))
+                             echo and not chat, model, _integer(body, "checkpoint", 0, None, None),
+                             suffix or None)
 
 
 async def read_json(request: Request, limits: Limits):
