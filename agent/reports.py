@@ -16,7 +16,8 @@ from engine.checkpoint import file_sha256
 from store import controls
 from store import lease as store_lease
 from store.checkpoints import latest_checkpoint, list_checkpoints
-from store.cycles import (count_cycles, count_step_metrics, forgetting_by_source, latest_step_metric,
+from store.cycles import (count_cycles, count_step_metrics, forgetting_by_source, get_cycle,
+                          latest_step_metric,
                           list_cycles, list_step_metrics)
 from store.documents import count_documents, document_counts, list_documents, pending_summary
 from store.frontier import count_urls, list_urls
@@ -115,6 +116,40 @@ def checkpoint_rows(session, verify: bool = False) -> list[dict]:
         r["exists"] = Path(r["path"]).exists()     # False for a pruned one, which says so
         if verify:
             r["ok"] = r["exists"] and file_sha256(r["path"]) == r["sha256"]
+    return rows
+
+
+MODEL_FIELDS = ("cycle_id", "step", "vocab_size", "size_bytes", "val_loss", "arch",
+                "exportable", "latest", "pruned", "created", "path")
+
+
+def model_rows(session) -> list[dict]:
+    """`cllm models`: the checkpoints a data directory can serve or export, newest first: the
+    cycle that committed each (what `--checkpoint N` names), its step, vocabulary, file size,
+    the cycle's held-out loss (nats/token, mean over sources), its architecture (read from
+    the file's header) and whether `cllm export` takes it; pruned ones stay listed, with no
+    file."""
+    from agent.generation.export import unsupported     # numpy only; keeps status light
+    from engine.checkpoint import read_model_config
+    from engine.config import arch_text
+    from engine.errors import CllmError
+
+    rows = []
+    for c in list_checkpoints(session, newest_first=True):
+        cyc = get_cycle(session, c.cycle_id) if c.cycle_id is not None else None
+        arch, exportable = None, False
+        if c.pruned is None and Path(c.path).exists():
+            try:
+                cfg = read_model_config(c.path)
+                arch, exportable = arch_text(cfg) or "gpt2", not unsupported(cfg)
+            except CllmError:
+                pass
+        rows.append({"cycle_id": c.cycle_id, "step": c.step, "vocab_size": c.vocab_size,
+                     "size_bytes": c.size_bytes,
+                     "val_loss": None if cyc is None or cyc.val_loss is None
+                     else round(cyc.val_loss, 4),
+                     "arch": arch, "exportable": exportable, "latest": c.is_latest,
+                     "pruned": c.pruned, "created": c.created, "path": c.path})
     return rows
 
 

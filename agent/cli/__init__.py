@@ -5,6 +5,7 @@
     history.py  cllm history cycles|documents|urls|vocab|checkpoints|forgetting
     model.py    cllm train, generate, neighbours, bench
     evaluate.py cllm eval (bits per byte, perplexity on files: agent/generation/perplexity.py)
+    export.py   cllm models, cllm export (a checkpoint as GGUF: agent/generation/export.py)
     chat.py     cllm chat (interactive, the server's generation code)
     serve.py    cllm serve (the HTTP API, agent/server/), cllm token
     service.py  cllm service install|uninstall|status|logs (a systemd --user unit, launchd)
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import click
 
-from agent.cli import chat, crawl, db, evaluate, history, model, run, serve, service
+from agent.cli import chat, crawl, db, evaluate, export, history, model, run, serve, service
 from agent.cli.common import CONTEXT_SETTINGS, Invocation, configure_logging, global_options
 
 
@@ -66,6 +67,7 @@ COMMANDS = (
     history.history,
     model.train, model.generate, model.neighbours, model.bench,
     evaluate.evaluate,
+    export.models, export.export,
     chat.chat,
     serve.serve, serve.token_command,
     service.service,

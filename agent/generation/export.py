@@ -1,0 +1,189 @@
+"""A checkpoint as a GGUF file that llama.cpp, Ollama, LM Studio, llama.vim and Tabby run.
+
+`cllm export` writes the weights a data directory serves (the EMA weights where there are any,
+as `cllm generate` loads them) with the tokenizer, through the `gguf` package from ggml's own
+repository. The default model is GPT-2's block exactly (learned positions, LayerNorm with
+biases, one fused qkv projection, tanh-GELU, tied head), which is llama.cpp's `gpt2`
+architecture: tensor for tensor, with our (in, out) linear weights transposed to ggml's
+(out, in) rows. An untied head becomes its `output` tensor; zero-initialised projections
+change nothing at export. The recipe's other options (relu^2, rotary positions, QK-norm,
+soft-capping) have no counterpart in llama.cpp's gpt2 graph: a checkpoint using any of them
+is refused with a message naming them, not exported into a model that would compute
+something else.
+
+The tokenizer is byte-level BPE, as GPT-2's: ids 0..255 are the bytes, written as GPT-2's
+printable stand-ins for bytes (`byte_chars`), every later id the concatenation of its merge,
+and the merges in rank order. Our special tokens (the end-of-document token, and the
+fill-in-the-middle tokens once the vocabulary has them) are control tokens: llama.cpp never
+produces them from plain text. llama.cpp's pre-tokeniser is chosen by name; `llama3`'s is
+the GPT-4 (cl100k) pattern ours starts from (engine/bpe.py). Ours also keeps a line's
+indentation with the punctuation and newline before it, so on source code llama.cpp
+sometimes splits text where we would not: the ids it gets for a text then differ from ours
+though both decode to the same text (docs/benchmarks.md measures how often).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+import numpy as np
+
+from engine.config import ModelConfig, arch_text
+from engine.errors import CllmError
+from engine.kernels import LN_EPS
+from engine.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+PRE_TOKENIZER = "llama3"     # llama.cpp's name for the GPT-4 pattern (see the module docstring)
+DTYPES = ("f32", "f16", "q8_0")
+TOKEN_NORMAL, TOKEN_CONTROL = 1, 3      # llama.cpp's token types (gguf.TokenType)
+
+
+class ExportError(CllmError):
+    """A checkpoint that cannot be exported as asked."""
+
+
+def unsupported(cfg: ModelConfig) -> list[str]:
+    """The options of `cfg` llama.cpp's gpt2 architecture has no counterpart for (empty:
+    exportable)."""
+    out = []
+    if cfg.mlp != "gelu":
+        out.append(f"mlp={cfg.mlp}")
+    if cfg.pos != "learned":
+        out.append(f"pos={cfg.pos}")
+    if cfg.qk_norm:
+        out.append("qk_norm")
+    if cfg.softcap:
+        out.append(f"softcap={cfg.softcap:g}")
+    return out
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+    bad = unsupported(cfg)
+    if bad:
+        raise ExportError(
+            f"this checkpoint's architecture ({arch_text(cfg)}) uses {', '.join(bad)}, which "
+            "llama.cpp's gpt2 architecture does not compute; it cannot be exported",
+            "export a checkpoint of a data directory made with the default architecture "
+            "(GPT-2: --arch gpt2), or keep serving it with cllm serve")
+
+
+def byte_chars() -> list[str]:
+    """GPT-2's printable stand-in for every byte (index = byte): printable Latin-1 bytes stand
+    for themselves, the others for the code points from 256 up, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    out, extra = [""] * 256, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def token_texts(tok: Tokenizer) -> tuple[list[str], list[int]]:
+    """Every id's text in GGUF's gpt2 form and its token type (specials are control tokens
+    named by their text, e.g. <|eod|>)."""
+    chars = byte_chars()
+    specials = {i: name for name, i in tok.specials.items()}
+    texts, types = [], []
+    for i in range(len(tok)):
+        if i in specials:
+            texts.append(specials[i])
+            types.append(TOKEN_CONTROL)
+        else:
+            texts.append("".join(chars[b] for b in tok.token_bytes(i)))
+            types.append(TOKEN_NORMAL)
+    return texts, types
+
+
+def merge_texts(tok: Tokenizer, texts: list[str]) -> list[str]:
+    """The merges in rank order, as GGUF writes them: "left right"."""
+    return [f"{texts[a]} {texts[b]}" for a, b, _ in tok.merges]
+
+
+def gguf_tensors(params: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Our parameters under llama.cpp's gpt2 tensor names, float32, linear weights as
+    (out, in) rows."""
+    out = {"token_embd.weight": params["wte"], "position_embd.weight": params["wpe"]}
+    names = {"ln1": "attn_norm", "attn.qkv": "attn_qkv", "attn.proj": "attn_output",
+             "ln2": "ffn_norm", "mlp.fc": "ffn_up", "mlp.proj": "ffn_down"}
+    for i in range(cfg.n_layers):
+        for ours, theirs in names.items():
+            w, b = params[f"h.{i}.{ours}.w"], params[f"h.{i}.{ours}.b"]
+            out[f"blk.{i}.{theirs}.weight"] = w if w.ndim == 1 else w.T
+            out[f"blk.{i}.{theirs}.bias"] = b
+    out["output_norm.weight"] = params["lnf.w"]
+    out["output_norm.bias"] = params["lnf.b"]
+    if "head" in params:
+        out["output.weight"] = params["head"]
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def export_gguf(model, tok: Tokenizer, path: Path, *, dtype: str = "f32",
+                name: str = "cllm", description: str = "") -> dict:
+    """Write `model` (an engine Model) and `tok` to `path` as GGUF (atomically: a partial file
+    never takes the name). Matrices in `dtype` (f32, f16 or q8_0; norms and biases stay f32).
+    Returns what was written: architecture, tensors, vocabulary, bytes."""
+    import gguf     # the writer from ggml's repository; imported here: only export needs it
+
+    cfg = model.config
+    check_exportable(cfg)
+    if dtype not in DTYPES:
+        raise ExportError(f"unknown --dtype {dtype!r}", f"choose one of {', '.join(DTYPES)}")
+    if dtype == "q8_0" and cfg.d_model % 32:
+        raise ExportError(f"q8_0 stores rows in blocks of 32 values; this model's rows have "
+                          f"{cfg.d_model}", "export it as f16 or f32")
+    if len(tok) != cfg.vocab_size:
+        raise ExportError(f"the checkpoint's tokenizer has {len(tok)} tokens, its model "
+                          f"{cfg.vocab_size} rows", "the checkpoint is damaged: export another cycle")
+    params = model.layout.views(model.params)
+    tensors = gguf_tensors(params, cfg)
+    texts, types = token_texts(tok)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    w = gguf.GGUFWriter(str(tmp), "gpt2")
+    w.add_name(name)
+    if description:
+        w.add_description(description)
+    w.add_context_length(cfg.context)
+    w.add_embedding_length(cfg.d_model)
+    w.add_feed_forward_length(4 * cfg.d_model)
+    w.add_block_count(cfg.n_layers)
+    w.add_head_count(cfg.n_heads)
+    w.add_layer_norm_eps(LN_EPS)
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    w.add_file_type(file_type)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(PRE_TOKENIZER)
+    w.add_token_list(texts)
+    w.add_token_types(types)
+    w.add_token_merges(merge_texts(tok, texts))
+    w.add_bos_token_id(tok.eod_id)
+    w.add_eos_token_id(tok.eod_id)
+    w.add_add_bos_token(False)
+    for key, arr in tensors.items():
+        if arr.ndim == 1 or dtype == "f32":
+            w.add_tensor(key, arr)
+        elif dtype == "f16":
+            w.add_tensor(key, arr.astype(np.float16))
+        else:
+            q = gguf.quants.quantize(arr, gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(key, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+    finally:
+        w.close()
+    tmp.replace(path)
+    info = {"path": str(path), "architecture": "gpt2", "dtype": dtype,
+            "tensors": len(tensors), "vocab_size": len(tok), "context": cfg.context,
+            "bytes": path.stat().st_size}
+    log.info("exported %s (%s, %s tensors, %s tokens, %s bytes)", path, dtype, len(tensors),
+             len(tok), info["bytes"])
+    return info
