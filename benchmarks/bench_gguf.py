@@ -2,7 +2,8 @@
 held-out files of benchmarks/stdlib_data.py:
 
 - tokenization: llama.cpp's tokens for each file's first 8 KB (its `llama3` pre-tokenizer
-  and our merges) against ours: files tokenized identically, and tokens per byte each way;
+  and our merges) against ours: files tokenized identically, tokens per byte each way, and
+  the held-out bits per byte llama.cpp gets on its own tokens (what its users get);
 - per dtype (f32, f16, q8_0): held-out bits per byte computed from llama.cpp's logits on
   OUR token ids (windows of the context, every token predicted once, as `cllm eval` does)
   against our engine's on the same windows; the largest logit difference; and greedy
@@ -74,9 +75,21 @@ def main(argv=None) -> None:
                     same += int(ours == theirs)
                     ours_n, theirs_n = ours_n + len(ours), theirs_n + len(theirs)
                     nbytes += len(text.encode("utf-8"))
+                # what a user of llama.cpp gets: its own tokens of the text, scored by it
+                nats = 0.0
+                for text in texts:
+                    ids = [tok.eod_id] + llm.tokenize(text.encode("utf-8"), add_bos=False,
+                                                      special=False)
+                    for a in range(0, len(ids) - 1, T):
+                        w = ids[a:a + T + 1]
+                        llm.reset()
+                        llm.eval(w[:-1])
+                        lt = log_softmax(np.asarray(llm.scores[:len(w) - 1], np.float32))
+                        nats -= float(lt[np.arange(len(w) - 1), np.asarray(w[1:])].sum())
                 res["tokenization"] = {"files_identical": same, "files": len(texts),
                                        "our_tokens_per_byte": ours_n / nbytes,
-                                       "llama_cpp_tokens_per_byte": theirs_n / nbytes}
+                                       "llama_cpp_tokens_per_byte": theirs_n / nbytes,
+                                       "llama_cpp_bpb_own_tokens": nats / math.log(2) / nbytes}
                 print(json.dumps(res["tokenization"]), flush=True)
             nats_o = nats_l = 0.0
             n_tok = n_bytes = agree = 0
