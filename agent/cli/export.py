@@ -58,7 +58,7 @@ def export(inv: Invocation, data_dir: Path, cycle: Optional[int], output: Option
 
     Example: cllm export --data-dir ./cllm-data -o code.gguf && llama-cli -m code.gguf -p "def "
     """
-    from agent.generation.export import check_exportable, export_gguf
+    from agent.generation.export import export_gguf
     from agent.training.model_state import load_recorded_model_state
 
     store = existing_store(data_dir, inv.database_url)
@@ -70,7 +70,6 @@ def export(inv: Invocation, data_dir: Path, cycle: Optional[int], output: Option
         raise ConfigError(f"no checkpoint of {data_dir} could be loaded",
                           "train one first (cllm train PATH), or see cllm models")
     model = state.serving_model()
-    check_exportable(model.config)
     out = output or Path(f"{Path(data_dir).resolve().name}-cycle-{row.cycle_id}-{dtype}.gguf")
     info = export_gguf(model, state.tokenizer, out, dtype=dtype,
                        name=f"cllm-{Path(data_dir).resolve().name}-cycle-{row.cycle_id}",

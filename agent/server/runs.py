@@ -28,7 +28,7 @@ from engine.errors import CllmError
 log = logging.getLogger(__name__)
 
 
-def _ckpt_or_503(service) -> ServingCheckpoint:
+def served_or_503(service) -> ServingCheckpoint:
     ckpt = service.holder.current
     if ckpt is None:
         raise ApiError(503, f"no model loaded yet: {service.holder.error or 'loading'}",
@@ -51,11 +51,11 @@ async def start_generation(service, req: CompletionRequest):
     while the request holds its slot, so loads are bounded by the slots too: 400 when there
     is none) and the prompt tokenised, both off the loop."""
     if req.checkpoint is None:
-        _ckpt_or_503(service)                   # nothing loaded yet: no need to wait
+        served_or_503(service)                   # nothing loaded yet: no need to wait
     await take_slot(service)
     try:
         if req.checkpoint is None:
-            ckpt = _ckpt_or_503(service)
+            ckpt = served_or_503(service)
         else:
             try:
                 ckpt = await anyio.to_thread.run_sync(service.checkpoint_of, req.checkpoint)

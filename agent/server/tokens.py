@@ -24,7 +24,7 @@ from agent.generation.checkpoint import ServingCheckpoint
 from agent.generation.embed import embed_ids
 from agent.server.api import model_id
 from agent.server.errors import ApiError
-from agent.server.runs import _ckpt_or_503, take_slot
+from agent.server.runs import served_or_503, take_slot
 from agent.training.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fim_ids
 from agent.server.validation import integer, read_json
 
@@ -77,7 +77,7 @@ async def tokenize(request: Request) -> Response:
                        "characters (cllm serve's limit)")
     add_special = _flag(body, "add_special", False)
     with_pieces = _flag(body, "with_pieces", False)
-    ckpt = _ckpt_or_503(service)
+    ckpt = served_or_503(service)
     tok = ckpt.tokenizer
     ids = [int(i) for i in await anyio.to_thread.run_sync(tok.encode, content)]
     if add_special:
@@ -92,7 +92,7 @@ async def detokenize(request: Request) -> Response:
     nothing)."""
     service = request.app.state.service
     body = _body(await read_json(request, service.limits))
-    ckpt = _ckpt_or_503(service)
+    ckpt = served_or_503(service)
     ids = _ids(body.get("tokens", []), "tokens", len(ckpt.tokenizer))
     return JSONResponse({"content": ckpt.tokenizer.decode(ids)})
 
@@ -112,14 +112,15 @@ def _inputs(v, name: str, vocab: int) -> list:
     raise ApiError(400, f"'{name}' must be a string, a list of strings, or token ids")
 
 
-async def _embed(service, inputs: list) -> tuple[ServingCheckpoint, list[np.ndarray], int]:
-    """The vectors of `inputs` (texts or id lists) and how many tokens they took, computed
-    holding a generation slot, off the loop."""
+async def _embed(service, ckpt: ServingCheckpoint, inputs: list
+                 ) -> tuple[list[np.ndarray], int]:
+    """The vectors of `inputs` (texts or id lists) by `ckpt` (the checkpoint the request was
+    validated against) and how many tokens they took, computed holding a generation slot,
+    off the loop."""
     limit = service.limits.max_prompt_chars
     if sum(len(x) for x in inputs) > limit:
         raise ApiError(400, f"the input is longer than {limit} characters or tokens in all "
                        "(cllm serve's limit)")
-    ckpt = _ckpt_or_503(service)
     await take_slot(service)
     try:
         def work():
@@ -133,7 +134,7 @@ async def _embed(service, inputs: list) -> tuple[ServingCheckpoint, list[np.ndar
         vectors, n = await anyio.to_thread.run_sync(work)
     finally:
         service.slots.release()
-    return ckpt, vectors, n
+    return vectors, n
 
 
 def _dimensions(body: dict, ckpt: ServingCheckpoint) -> Optional[int]:
@@ -158,10 +159,10 @@ async def embeddings(request: Request) -> Response:
     fmt = body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
         raise ApiError(400, "'encoding_format' must be 'float' or 'base64'")
-    ckpt = _ckpt_or_503(service)
+    ckpt = served_or_503(service)
     dims = _dimensions(body, ckpt)
     inputs = _inputs(body.get("input"), "input", len(ckpt.tokenizer))
-    ckpt, vectors, n = await _embed(service, inputs)
+    vectors, n = await _embed(service, ckpt, inputs)
     vectors = [_shorten(v, dims) for v in vectors]
 
     def enc(v: np.ndarray):
@@ -185,9 +186,10 @@ async def ollama_embed(request: Request) -> Response:
                                    and all(isinstance(x, str) for x in v))):
         raise ApiError(400, "'input' must be a string or a list of strings")
     _flag(body, "truncate", True)
-    dims = _dimensions(body, _ckpt_or_503(service))
+    ckpt = served_or_503(service)
+    dims = _dimensions(body, ckpt)
     t0 = time.perf_counter_ns()
-    ckpt, vectors, n = await _embed(service, [v] if isinstance(v, str) else v)
+    vectors, n = await _embed(service, ckpt, [v] if isinstance(v, str) else v)
     vectors = [_shorten(v, dims) for v in vectors]
     return JSONResponse({"model": model_id(service, ckpt),
                          "embeddings": [[float(x) for x in e] for e in vectors],
@@ -202,7 +204,7 @@ async def ollama_embeddings(request: Request) -> Response:
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
         raise ApiError(400, "'prompt' must be a string")
-    _, vectors, _ = await _embed(service, [prompt])
+    vectors, _ = await _embed(service, served_or_503(service), [prompt])
     return JSONResponse({"embedding": [float(x) for x in vectors[0]]})
 
 
@@ -235,7 +237,7 @@ async def show(request: Request) -> Response:
     name: Optional[str] = body.get("model", body.get("name"))
     if name is not None and not isinstance(name, str):
         raise ApiError(400, "'model' must be a string")
-    ckpt = _ckpt_or_503(service)
+    ckpt = served_or_503(service)
     cfg = ckpt.model.config
     served = model_id(service, ckpt)
     return JSONResponse({
