@@ -158,7 +158,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fim_rate", 0.5, float,
             "Share of training windows rearranged for fill-in-the-middle (prefix, suffix, "
             "then the middle to write), what editors' completion at the cursor asks of the "
-            "model; the three FIM tokens join the vocabulary when it first runs. 0: off.",
+            "model; the three FIM tokens and <|file_sep|> (before each file's name) join the "
+            "vocabulary when it first runs. 0: off.",
             check=lambda v: None if 0.0 <= v <= 1.0 else f"FIM rate {v} is outside [0, 1]",
             hint="e.g. --fim-rate 0.5, or 0 to train left to right only",
             commands=("agent", "train"), into=TRAINER),

@@ -43,6 +43,7 @@ class BacklogEntry:
     trainable_bytes: Optional[int]   # None until a cycle first reads it
     trained_bytes: int
     first_seen: dt.datetime
+    uri: str = ""
 
     def left_bytes(self, passes: float, val_fraction: float) -> int:
         """Bytes still to train to the budget (estimated from its size before first read)."""
@@ -60,7 +61,8 @@ def backlog(session: Session, *, ids: Optional[Iterable[int]] = None) -> list[Ba
     it, not its first folders). `ids` restricts it to those documents, whatever their status
     (the trainer passes new arrivals this way, so they go first)."""
     q = select(Document.id, Document.source, Document.status, Document.size_bytes,
-               Document.trainable_bytes, Document.trained_bytes, Document.first_seen)
+               Document.trainable_bytes, Document.trained_bytes, Document.first_seen,
+               Document.uri)
     if ids is None:
         q = q.where(Document.status.in_(BACKLOG_STATUSES))
         rows = list(session.execute(q.order_by(Document.id)))
@@ -71,7 +73,7 @@ def backlog(session: Session, *, ids: Optional[Iterable[int]] = None) -> list[Ba
             rows += session.execute(q.where(Document.id.in_(wanted[i:i + _CHUNK])))
         rows.sort(key=lambda r: r.id)
     entries = [BacklogEntry(r.id, r.source, r.status, r.size_bytes or 0, r.trainable_bytes,
-                            r.trained_bytes or 0, r.first_seen) for r in rows]
+                            r.trained_bytes or 0, r.first_seen, r.uri) for r in rows]
 
     def rank(e: BacklogEntry) -> tuple:
         done = e.trained_bytes // e.trainable_bytes if e.trainable_bytes else 0

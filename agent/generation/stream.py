@@ -12,7 +12,7 @@ from typing import AsyncIterator, Iterator, Optional, Sequence
 
 from agent.generation.batcher import DecodeBatcher, LoopStream
 from agent.generation.checkpoint import ServingCheckpoint
-from agent.training.fim import fim_ids, infill_prompt
+from agent.training.fim import context_ids, fim_ids, infill_prompt
 from engine.errors import CllmError
 
 
@@ -44,13 +44,13 @@ class TextStream:
     def __init__(self, ckpt: ServingCheckpoint, prompt: str, sampling: Sampling,
                  cancel: Optional[threading.Event] = None,
                  batcher: Optional[DecodeBatcher] = None,
-                 suffix: Optional[str] = None, extra: str = "",
+                 suffix: Optional[str] = None, extra: Sequence[tuple[str, str]] = (),
                  parse_special: bool = False) -> None:
         tok = ckpt.tokenizer
         self.ckpt, self.sampling, self.cancel, self.batcher = ckpt, sampling, cancel, batcher
         self.max_tokens = sampling.max_tokens
         if suffix is not None:          # fill in the middle: prompt | cursor | suffix
-            self.ids = fim_prompt(ckpt, extra + prompt, suffix, sampling.max_tokens)
+            self.ids = fim_prompt(ckpt, prompt, suffix, sampling.max_tokens, extra)
             # a middle ends within the context: sliding it would cut the prompt's layout
             self.max_tokens = min(self.max_tokens,
                                   ckpt.model.config.context - len(self.ids))
@@ -182,11 +182,14 @@ class NoInfill(CllmError):
     """The checkpoint was not trained to fill in the middle."""
 
 
-def fim_prompt(ckpt: ServingCheckpoint, prefix: str, suffix: str, max_tokens: int) -> list[int]:
+def fim_prompt(ckpt: ServingCheckpoint, prefix: str, suffix: str, max_tokens: int,
+               extra: Sequence[tuple[str, str]] = ()) -> list[int]:
     """The fill-in-the-middle prompt of `prefix` | cursor | `suffix` (agent/training/fim.py)
     within the context less the room kept for the middle: a quarter of the context, or
     `max_tokens` when fewer. What does not fit is cut away from the cursor: the prefix keeps
-    its end, the suffix its start, each with at least half of the room."""
+    its end, the suffix its start, each with at least half of the room; other files
+    (`extra`: (filename, text) pairs, llama.cpp's input_extra) go first, in what room is
+    left, each after <|file_sep|> and its name (fim.context_ids)."""
     tok = ckpt.tokenizer
     ids = fim_ids(tok)
     if ids is None:
@@ -196,7 +199,8 @@ def fim_prompt(ckpt: ServingCheckpoint, prefix: str, suffix: str, max_tokens: in
                        "checkpoint made since")
     T = ckpt.model.config.context
     budget = T - max(1, min(max_tokens, T // 4))
-    return infill_prompt(tok.encode(prefix).tolist(), tok.encode(suffix).tolist(), ids, budget)
+    return infill_prompt(tok.encode(prefix).tolist(), tok.encode(suffix).tolist(), ids, budget,
+                         context_ids(tok, extra).tolist())
 
 
 CHAT_ROLES = {"system": "System", "developer": "System", "user": "User",

@@ -6,11 +6,12 @@ their request and response shapes (llama.cpp's tools/server/README.md):
      "n_predict", "temperature", "top_k", "top_p", "seed", "stop", "stream",
      "t_max_predict_ms", "response_fields", ...}
 
-The text before the cursor is input_extra's chunks (each after a "# filename" line), then
-input_prefix, then prompt (llama.cpp puts `prompt` after the prefix: the part of the line
+The text before the cursor is input_prefix, then prompt (llama.cpp puts `prompt` after the prefix: the part of the line
 already typed); after the cursor, input_suffix. The fill-in-the-middle prompt is built as
 for `suffix` on /v1/completions (agent/generation/stream.py's fim_prompt: the text nearest
-the cursor kept when it does not fit). The answer is one JSON object, or with "stream" Server-
+the cursor kept when it does not fit), input_extra's chunks (other files) before it, each as
+training reads a file: <|file_sep|>, its name, a line break, its text (agent/training/fim.py;
+as text after a "# filename" line for a checkpoint trained before that token existed). The answer is one JSON object, or with "stream" Server-
 Sent Events of {"content", "stop": false} pieces ending with {"content": "", "stop": true}
 and the counts and timings. `response_fields` keeps only the fields named, "a/b" for a
 nested one, flattened under that key as llama.cpp does. Options llama.cpp has and this
@@ -40,16 +41,15 @@ def _text(body: dict, key: str) -> str:
     return v
 
 
-def _extra(v) -> str:
-    """input_extra's chunks as text before the prefix."""
+def _extra(v) -> tuple[tuple[str, str], ...]:
+    """input_extra's chunks as (filename, text) pairs."""
     if v is None:
-        return ""
+        return ()
     if not isinstance(v, list) or not all(
             isinstance(c, dict) and isinstance(c.get("text", ""), str)
             and isinstance(c.get("filename", ""), str) for c in v):
         raise ApiError(400, "'input_extra' must be a list of {\"filename\", \"text\"} objects")
-    return "".join((f"# {c['filename']}\n" if c.get("filename") else "") + c.get("text", "")
-                   + ("" if c.get("text", "").endswith("\n") else "\n") for c in v)
+    return tuple((c.get("filename", ""), c.get("text", "")) for c in v)
 
 
 def _fields(obj: dict, names) -> dict:
@@ -89,7 +89,7 @@ async def _native(request: Request, fim: bool) -> Response:
         suffix = _text(body, "input_suffix")
         extra = _extra(body.get("input_extra"))
     else:
-        prefix, suffix, extra = _text(body, "prompt"), None, ""
+        prefix, suffix, extra = _text(body, "prompt"), None, ()
     n_predict = integer(body.get("n_predict"), "n_predict", -1, None)
     t_max = integer(body.get("t_max_predict_ms"), "t_max_predict_ms", 0, None)
     names = body.get("response_fields")
@@ -100,7 +100,7 @@ async def _native(request: Request, fim: bool) -> Response:
               "stop": body.get("stop") or None}
     if n_predict is not None and n_predict >= 0:
         openai["max_tokens"] = min(n_predict, service.limits.max_tokens)
-    if len(extra) > service.limits.max_prompt_chars:
+    if sum(len(n) + len(t) for n, t in extra) > service.limits.max_prompt_chars:
         raise ApiError(400, f"'input_extra' is longer than {service.limits.max_prompt_chars} "
                        "characters (cllm serve's limit)")
     if suffix is None:

@@ -82,7 +82,7 @@ class CompletionRequest:
     model: Optional[str]
     checkpoint: Optional[int] = None    # extension: generate from this cycle's checkpoint
     suffix: Optional[str] = None        # fill in the middle: the text after the cursor
-    extra: str = ""                     # /infill's input_extra: context put before the prompt
+    extra: tuple = ()                   # /infill's input_extra: (filename, text) before the prompt
     parse_special: bool = False         # llama.cpp's /completion: special token names are tokens
 
 

@@ -4,8 +4,8 @@ The backlog is read as `n_streams` parallel token streams, many more than a batc
 each row takes the next window of a stream drawn at random, so a batch mixes documents and
 consecutive steps rarely see the same one (close to the i.i.d. windows of a shuffled
 corpus, without giving up exact accounting). A stream reads documents one after another,
-each as an end-of-document token followed by its tokens from where its ledger says it
-stopped (its trained bytes modulo its trainable bytes) up to its budget, cut into
+each as an end-of-document token (and, read from its start, its file header: fim.py)
+followed by its tokens from where its ledger says it stopped (its trained bytes modulo its trainable bytes) up to its budget, cut into
 consecutive windows of T+1 tokens with stride T: every token of a pass is a target exactly
 once. Passes go breadth first: a document that needs another pass waits until every other
 document given to the reader (queued or loaded lazily) has been read. A replay share of the
@@ -50,6 +50,9 @@ class LedgerDoc:
     nbytes: np.ndarray              # UTF-8 bytes of each token (int64); sums to trainable
     trained_bytes: int = 0          # committed before this cycle
     budget_bytes: Optional[int] = None   # stop once trained_bytes reaches it; None: no end
+    header: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # read before the document's first token (<|file_sep|> name "\n": fim.file_header),
+    # targets owned by no document, as its end-of-document token is
 
     @property
     def trainable_bytes(self) -> int:
@@ -63,12 +66,15 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 
 
 def ledger_doc(doc_id: int, source: str, text: str, tokenizer, lengths: np.ndarray,
-               trained_bytes: int = 0, passes: Optional[float] = None) -> LedgerDoc:
-    """Tokenise a document's training text for the backlog (budget = passes x its bytes)."""
+               trained_bytes: int = 0, passes: Optional[float] = None,
+               name: str = "") -> LedgerDoc:
+    """Tokenise a document's training text for the backlog (budget = passes x its bytes),
+    with its file header when the tokenizer has <|file_sep|> and the document a name."""
     ids = np.asarray(tokenizer.encode(text), np.int64)
     nb = lengths[ids] if ids.size else np.zeros(0, np.int64)
     budget = None if passes is None else int(math.ceil(passes * int(nb.sum()) - 1e-9))
-    return LedgerDoc(doc_id, source, ids, nb, int(trained_bytes), budget)
+    return LedgerDoc(doc_id, source, ids, nb, int(trained_bytes), budget,
+                     fim_mod.file_header(tokenizer, name))
 
 
 @dataclass
@@ -173,10 +179,11 @@ class BacklogReader:
             if seg is None:
                 continue
             a, b = seg
-            tok = np.concatenate([[self.eod], d.ids[a:b]]).astype(np.int64)
+            head = d.header if a == 0 else d.header[:0]     # from its start: its header
+            tok = np.concatenate([[self.eod], head, d.ids[a:b]]).astype(np.int64)
             own = np.full(len(tok), d.id, np.int64)
-            own[0] = -1
-            nb = np.concatenate([[0], d.nbytes[a:b]]).astype(np.int64)
+            own[:1 + head.size] = -1
+            nb = np.concatenate([np.zeros(1 + head.size), d.nbytes[a:b]]).astype(np.int64)
             self.reading[d.id] = self.reading.get(d.id, 0) + int(nb.sum())
             s.append(tok, own, nb, d)
             return True
@@ -264,9 +271,10 @@ class ReplayReader:
         parts_t, parts_o, parts_b = [], [], []
         for d in docs:
             if d.ids.size:
-                parts_t += [np.asarray([eod], np.int64), d.ids]
-                parts_o += [np.asarray([-1], np.int64), np.full(d.ids.size, d.id, np.int64)]
-                parts_b += [np.zeros(1, np.int64), d.nbytes]
+                k = 1 + d.header.size
+                parts_t += [np.asarray([eod], np.int64), d.header, d.ids]
+                parts_o += [np.full(k, -1, np.int64), np.full(d.ids.size, d.id, np.int64)]
+                parts_b += [np.zeros(k, np.int64), d.nbytes]
         self.tok = np.concatenate(parts_t) if parts_t else np.zeros(0, np.int64)
         self.own = np.concatenate(parts_o) if parts_o else np.zeros(0, np.int64)
         self.nb = np.concatenate(parts_b) if parts_b else np.zeros(0, np.int64)

@@ -21,7 +21,7 @@ import numpy as np
 
 from agent.training.backlog import (BacklogReader, Batcher, ReplayReader, ledger_doc,
                                     token_byte_lengths)
-from agent.training.fim import FIM_TOKENS, fim_ids
+from agent.training.fim import SPECIALS as FIM_SPECIALS, fim_ids
 from agent.training.model_state import ModelState, build_at_vocabulary, is_untrained
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
 from engine.cpu import default_workers
@@ -59,6 +59,7 @@ class PlanDoc:
     text: str
     trained_bytes: int = 0
     passes: Optional[float] = None
+    name: str = ""          # its file header's name (fim.doc_name), when it has one
 
 
 @dataclass
@@ -143,8 +144,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
                     ema=tcfg.ema_decay is not None, arch=arch_text(model.config))
     first_read = [d.text for d in docs if d.trained_bytes == 0]
     untrained = is_untrained(state)
-    if fim_rate > 0:    # appended, no id moves (a new model: 257-259); rows grow below
-        tok.add_specials(FIM_TOKENS)
+    if fim_rate > 0:    # appended, no id moves (a new model: 257-260); rows grow below
+        tok.add_specials(FIM_SPECIALS)
     if vocab is not None and max_new_tokens > 0 and untrained:
         res.vocab_docs = list(vocab())
         cap = tok.max_vocab - len(tok) if tok.max_vocab is not None else max_new_tokens
@@ -180,7 +181,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     lengths = token_byte_lengths(tok)
 
     def tokenised(d: PlanDoc):
-        ld = ledger_doc(d.id, d.source, d.text, tok, lengths, d.trained_bytes, d.passes)
+        ld = ledger_doc(d.id, d.source, d.text, tok, lengths, d.trained_bytes, d.passes,
+                        d.name)
         res.trainable_bytes[d.id] = ld.trainable_bytes
         return ld
 

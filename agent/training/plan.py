@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from agent.settings import TrainerSettings
+from agent.training.fim import doc_name
 from agent.training.learn import PlanDoc, split_heldout
 from store.documents import list_documents, replay_sample
 from store.ledger import BacklogEntry, backlog, document_texts
@@ -88,7 +89,8 @@ def plan_documents(store, entries: Sequence[BacklogEntry], settings: TrainerSett
             if not head:
                 refused.append(e.id)
                 continue
-            out.append(PlanDoc(e.id, e.source, head, e.trained_bytes, passes_of(e)))
+            out.append(PlanDoc(e.id, e.source, head, e.trained_bytes, passes_of(e),
+                               doc_name(e.uri)))
             tails[e.id] = tail
         return out
 
@@ -182,7 +184,8 @@ def sample_replay(store, settings: TrainerSettings, cycle_id: int,
 
     vf = settings.val_fraction
     with store.session(read_only=True) as s:
-        return [PlanDoc(d.id, d.source, split_heldout(d.text or "", vf)[0])
+        return [PlanDoc(d.id, d.source, split_heldout(d.text or "", vf)[0],
+                        name=doc_name(d.uri))
                 for d in replay_sample(s, settings.replay_docs, exclude_ids=sorted(exclude),
                                        draw=draw)]
 

@@ -16,7 +16,7 @@ from agent import continuous_trainer
 from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,
                                       TrainerSettings)
 from agent.daemon import Agent, AgentConfig
-from agent.training.fim import FIM_TOKENS
+from agent.training.fim import SPECIALS as FIM_SPECIALS
 from engine.checkpoint import file_sha256
 from engine.errors import CllmError
 from store import controls
@@ -27,10 +27,10 @@ from store.models import Checkpoint, Cycle, CycleDocument, Document, EvalResult,
 SETTINGS = TrainerSettings(preset="tiny", workers=1, min_cycle_tokens=200, max_wait=3600,
                            batch_size=4, max_new_tokens=20, replay_fraction=0.3,
                            cycle_seconds=120, keep_learning="off")
-# ids 0..255 the bytes, 256 the end of document, then the three FIM tokens (FIM training is
+# ids 0..255 the bytes, 256 the end of document, then the FIM and file tokens (FIM training is
 # on by default: a new model's tokenizer takes them before it learns any): learned tokens
 # start after them
-FIRST_LEARNED = 257 + len(FIM_TOKENS)
+FIRST_LEARNED = 257 + len(FIM_SPECIALS)
 
 TEXTS = {
     "lattice": "the crystal lattice hums a quiet tune over the prime spiral. ",

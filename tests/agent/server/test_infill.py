@@ -17,7 +17,7 @@ from tests.agent.server.conftest import token_of, wait_loaded
 PREFIX, SUFFIX = "every sphere touches ", " neighbours. every sphere"
 
 
-def direct(ckpt, prefix, suffix, max_tokens, seed, extra="", top_k=40):
+def direct(ckpt, prefix, suffix, max_tokens, seed, extra=(), top_k=40):
     return TextStream(ckpt, prefix, Sampling(max_tokens=max_tokens, temperature=0.8,
                                              top_k=top_k, seed=seed),
                       suffix=suffix, extra=extra).run()
@@ -45,7 +45,7 @@ def test_infill_with_llama_vims_request(serve, trained, http):
     assert set(got) == set(body["response_fields"])           # only those, flattened
     want = TextStream(ckpt, PREFIX + "twel", Sampling(max_tokens=16, temperature=0.8,
                                                       top_k=40, top_p=0.9, seed=11),
-                      suffix=SUFFIX, extra="# notes/a.txt\nthe crystal lattice hums\n")
+                      suffix=SUFFIX, extra=[("notes/a.txt", "the crystal lattice hums\n")])
     assert got["content"] == want.run()
     assert got["timings/predicted_n"] == want.completion_tokens
     assert got["timings/prompt_n"] == want.prompt_tokens

@@ -1,15 +1,17 @@
 """Fill-in-the-middle: the window against a plain list reference, the reader's FIM windows
 keeping the ledger exact (every token of a pass a target once), the special tokens never
 produced by encoding text and never merged, appended without renumbering and surviving a
-save, and the infill prompt's cut nearest the cursor."""
+save, the infill prompt's cut nearest the cursor, and the file header (<|file_sep|> name)
+that starts a document read from its beginning and each file of an editor's context."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from agent.training.backlog import BacklogReader, LedgerDoc
-from agent.training.fim import (FIM_TOKENS, FimIds, cut_points, fim_ids, infill_prompt,
-                                rearrange)
+from agent.training.fim import (FILE_SEP, FIM_TOKENS, SPECIALS, FimIds, context_ids,
+                                context_text, cut_points, doc_name, fim_ids, file_header,
+                                infill_prompt, rearrange)
 from engine.tokenizer import Tokenizer, TokenizerError
 
 IDS = FimIds(prefix=900, suffix=901, middle=902, eod=256)
@@ -129,3 +131,63 @@ def test_the_infill_prompt_keeps_the_text_nearest_the_cursor():
     assert short_suffix == [IDS.prefix, *pre[-17:], IDS.suffix, *suf[:3], IDS.middle]
     short_prefix = infill_prompt(pre[:2], suf, IDS, budget=23)
     assert short_prefix == [IDS.prefix, *pre[:2], IDS.suffix, *suf[:18], IDS.middle]
+
+
+def test_other_files_go_before_the_prompt_in_the_room_prefix_and_suffix_leave():
+    pre, suf, extra = [100, 101], [200], list(range(300, 320))
+    assert infill_prompt(pre, suf, IDS, budget=200, extra_ids=extra) == \
+        [*extra, IDS.prefix, *pre, IDS.suffix, *suf, IDS.middle]
+    # 10 tokens of room: 3 for prefix and suffix, the extra keeps its last 7
+    assert infill_prompt(pre, suf, IDS, budget=13, extra_ids=extra) == \
+        [*extra[-7:], IDS.prefix, *pre, IDS.suffix, *suf, IDS.middle]
+    # no room left: none of it, and the prefix and suffix cut as before
+    long_pre = list(range(100, 140))
+    assert infill_prompt(long_pre, suf, IDS, budget=13, extra_ids=extra) == \
+        infill_prompt(long_pre, suf, IDS, budget=13)
+
+
+def test_a_file_header_is_the_separator_and_the_files_name_only():
+    assert doc_name("file:///home/ada/src/pkg/sp%20heres.py") == "sp heres.py"
+    assert doc_name("https://docs.python.org/3/library/ast.html") == "ast.html"
+    assert doc_name("https://example.org/") == "example.org"
+    assert doc_name("/srv/notes/a.txt") == "a.txt"
+    tok = Tokenizer()
+    assert file_header(tok, "a.py").size == 0                 # no <|file_sep|>: no header
+    tok.add_specials(SPECIALS)
+    sep = tok.special_id(FILE_SEP)
+    assert sep == 260 and fim_ids(tok) == FimIds(257, 258, 259, 256)
+    head = file_header(tok, "a.py")
+    assert head[0] == sep and tok.decode(head[1:]) == "a.py\n"
+    assert tok.decode(file_header(tok, "two\nlines")[1:]) == "two lines\n"
+    assert file_header(tok, "").size == 0
+    # an editor's other files: each after its header, as training reads a file
+    got = context_ids(tok, [("a.py", "x = 1\n"), ("", "y\n")]).tolist()
+    assert got == [*head.tolist(), *tok.encode("x = 1\n").tolist(), sep,
+                   *tok.encode("y\n").tolist()]
+    plain = Tokenizer()                                        # trained before the token
+    assert context_ids(plain, [("a.py", "x = 1")]).tolist() == \
+        plain.encode("# a.py\nx = 1\n").tolist() == plain.encode(
+            context_text([("a.py", "x = 1")])).tolist()
+
+
+def test_a_document_read_from_its_start_begins_with_its_header_owned_by_no_one():
+    head = np.asarray([950, 951, 952], np.int64)
+    a = LedgerDoc(1, "s", np.arange(10, 40, dtype=np.int64), np.ones(30, np.int64), 0, 30,
+                  head)
+    b = LedgerDoc(2, "s", np.arange(40, 60, dtype=np.int64), np.ones(20, np.int64), 7, 20,
+                  head)                          # continues mid-document: no header
+    ws = []
+    r = BacklogReader([a, b], T=8, n_streams=1, eod=256)
+    while (w := r.window()) is not None:
+        ws.append(w)
+    x = np.concatenate([w[0][:1] for w in ws[:1]] + [w[1] for w in ws])
+    stream = x[x >= 0].tolist()
+    assert stream[:5] == [256, 950, 951, 952, 10]            # eod, header, the text
+    at = stream.index(256, 1)
+    assert stream[at:at + 2] == [256, 47]                     # b from its byte 7, no header
+    owners = np.concatenate([w[2] for w in ws])
+    targets = np.concatenate([w[1] for w in ws])
+    assert set(targets[(owners < 0) & (targets >= 0)].tolist()) == {256, 950, 951, 952}
+    nb = np.concatenate([w[3] for w in ws])
+    assert nb[owners == 1].sum() == 30 and nb[owners == 2].sum() == 20 - 7
+    assert (nb[owners < 0] == 0).all()

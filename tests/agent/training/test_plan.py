@@ -71,3 +71,22 @@ def test_a_prefix_in_bytes_never_cuts_a_character(text):
         assert text.startswith(got) and len(got.encode("utf-8", "surrogatepass")) <= n
         longer = text[:len(got) + 1]
         assert longer == got or len(longer.encode("utf-8", "surrogatepass")) > n
+
+
+def test_a_planned_document_is_named_by_its_file_not_its_folders(store):
+    """The name its file header gives it (agent/training/fim.py): from the store's uri,
+    through the backlog, the last part of the path only."""
+    from agent.settings import TrainerSettings
+    from agent.training.plan import plan_documents
+    from store.documents import add_document
+    from store.ledger import backlog
+
+    with store.session() as s:
+        add_document(s, uri="file:///home/ada/work/pkg/spheres.py", source="src",
+                     text="def f():\n    return 1\n" * 20)
+        add_document(s, uri="https://docs.python.org/3/library/ast.html", source="web",
+                     text="The ast module helps Python applications. " * 20)
+    with store.session(read_only=True) as s:
+        entries = backlog(s)
+    plan = plan_documents(store, entries, TrainerSettings(), capacity=1e9)
+    assert sorted(d.name for d in plan.docs) == ["ast.html", "spheres.py"]
