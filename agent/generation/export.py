@@ -43,14 +43,29 @@ class ExportError(CllmError):
     """A checkpoint that cannot be exported as asked."""
 
 
+def architecture(cfg: ModelConfig) -> str | None:
+    """The llama.cpp architecture that computes `cfg`'s model exactly: `gpt2` for GPT-2's
+    block, `nemotron` for the recipe's relu^2 MLP with rotary positions (LayerNorm with
+    biases, NeoX rotation, relu^2 without a gate, its own head); None for anything else."""
+    if cfg.qk_norm or cfg.softcap:
+        return None
+    if cfg.mlp == "gelu" and cfg.pos == "learned":
+        return "gpt2"
+    if cfg.mlp == "relu2" and cfg.pos == "rope":
+        return "nemotron"
+    return None
+
+
 def unsupported(cfg: ModelConfig) -> list[str]:
-    """The options of `cfg` llama.cpp's gpt2 architecture has no counterpart for (empty:
-    exportable)."""
+    """The options of `cfg` that keep it out of every architecture `cllm export` writes
+    (empty: exportable)."""
+    if architecture(cfg) is not None:
+        return []
     out = []
-    if cfg.mlp != "gelu":
-        out.append(f"mlp={cfg.mlp}")
-    if cfg.pos != "learned":
-        out.append(f"pos={cfg.pos}")
+    if cfg.mlp != "gelu" and cfg.pos == "learned":
+        out.append(f"mlp={cfg.mlp} with learned positions")
+    if cfg.pos != "learned" and cfg.mlp == "gelu":
+        out.append(f"pos={cfg.pos} with the gelu MLP")
     if cfg.qk_norm:
         out.append("qk_norm")
     if cfg.softcap:
@@ -62,10 +77,11 @@ def check_exportable(cfg: ModelConfig) -> None:
     bad = unsupported(cfg)
     if bad:
         raise ExportError(
-            f"this checkpoint's architecture ({arch_text(cfg)}) uses {', '.join(bad)}, which "
-            "llama.cpp's gpt2 architecture does not compute; it cannot be exported",
-            "export a checkpoint of a data directory made with the default architecture "
-            "(GPT-2: --arch gpt2), or keep serving it with cllm serve")
+            f"this checkpoint's architecture ({arch_text(cfg) or 'gpt2'}) uses {', '.join(bad)}, "
+            "which no llama.cpp architecture cllm export writes computes; it cannot be exported",
+            "export a checkpoint of a data directory made with GPT-2's block (--arch '') or "
+            "the default recipe (--arch mlp=relu2,pos=rope,...: llama.cpp's nemotron), or keep "
+            "serving it with cllm serve")
 
 
 def byte_chars() -> list[str]:
@@ -104,21 +120,46 @@ def merge_texts(tok: Tokenizer, texts: list[str]) -> list[str]:
     return [f"{texts[a]} {texts[b]}" for a, b, _ in tok.merges]
 
 
+def fim_token_keys(tok: Tokenizer) -> dict[str, int]:
+    """GGUF's keys for the fill-in-the-middle and file-separator tokens the vocabulary has:
+    llama.cpp's /infill builds its prompt from them (llama.vim and llama.vscode through
+    llama-server), as our server does (agent/training/fim.py)."""
+    from agent.training.fim import FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+    keys = {FIM_PREFIX: "pre", FIM_SUFFIX: "suf", FIM_MIDDLE: "mid", FILE_SEP: "sep"}
+    return {f"tokenizer.ggml.fim_{k}_token_id": tok.special_id(name)
+            for name, k in keys.items() if tok.special_id(name) is not None}
+
+
 def gguf_tensors(params: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Our parameters under llama.cpp's gpt2 tensor names, float32, linear weights as
-    (out, in) rows."""
-    out = {"token_embd.weight": params["wte"], "position_embd.weight": params["wpe"]}
-    names = {"ln1": "attn_norm", "attn.qkv": "attn_qkv", "attn.proj": "attn_output",
-             "ln2": "ffn_norm", "mlp.fc": "ffn_up", "mlp.proj": "ffn_down"}
+    """Our parameters under llama.cpp's tensor names for `architecture(cfg)`, float32, linear
+    weights as (out, in) rows. gpt2: learned positions, one fused qkv. nemotron: no position
+    rows, q, k and v apart (the fused form needs a newer llama.cpp than some installs have),
+    and an `output` matrix always (its graph has no tied head: wte's rows when tied)."""
+    arch = architecture(cfg)
+    out = {"token_embd.weight": params["wte"]}
+    if arch == "gpt2":
+        out["position_embd.weight"] = params["wpe"]
+    names = {"ln1": "attn_norm", "attn.proj": "attn_output", "ln2": "ffn_norm",
+             "mlp.fc": "ffn_up", "mlp.proj": "ffn_down"}
+    C = cfg.d_model
     for i in range(cfg.n_layers):
         for ours, theirs in names.items():
             w, b = params[f"h.{i}.{ours}.w"], params[f"h.{i}.{ours}.b"]
             out[f"blk.{i}.{theirs}.weight"] = w if w.ndim == 1 else w.T
             out[f"blk.{i}.{theirs}.bias"] = b
+        w, b = params[f"h.{i}.attn.qkv.w"], params[f"h.{i}.attn.qkv.b"]
+        if arch == "gpt2":
+            out[f"blk.{i}.attn_qkv.weight"], out[f"blk.{i}.attn_qkv.bias"] = w.T, b
+        else:
+            for k, part in enumerate(("q", "k", "v")):
+                out[f"blk.{i}.attn_{part}.weight"] = w[:, k * C:(k + 1) * C].T
+                out[f"blk.{i}.attn_{part}.bias"] = b[k * C:(k + 1) * C]
     out["output_norm.weight"] = params["lnf.w"]
     out["output_norm.bias"] = params["lnf.b"]
     if "head" in params:
         out["output.weight"] = params["head"]
+    elif arch == "nemotron":
+        out["output.weight"] = params["wte"]
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
@@ -145,7 +186,8 @@ def export_gguf(model, tok: Tokenizer, path: Path, *, dtype: str = "f32",
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    w = gguf.GGUFWriter(str(tmp), "gpt2")
+    arch = architecture(cfg)
+    w = gguf.GGUFWriter(str(tmp), arch)
     w.add_name(name)
     if description:
         w.add_description(description)
@@ -155,6 +197,10 @@ def export_gguf(model, tok: Tokenizer, path: Path, *, dtype: str = "f32",
     w.add_block_count(cfg.n_layers)
     w.add_head_count(cfg.n_heads)
     w.add_layer_norm_eps(LN_EPS)
+    if arch == "nemotron":
+        w.add_head_count_kv(cfg.n_heads)
+        w.add_rope_dimension_count(cfg.head_size)      # every channel of a head turns
+        w.add_rope_freq_base(cfg.rope_base)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
     w.add_file_type(file_type)
@@ -166,6 +212,8 @@ def export_gguf(model, tok: Tokenizer, path: Path, *, dtype: str = "f32",
     w.add_bos_token_id(tok.eod_id)
     w.add_eos_token_id(tok.eod_id)
     w.add_add_bos_token(False)
+    for key, tid in fim_token_keys(tok).items():
+        w.add_uint32(key, tid)
     for key, arr in tensors.items():
         if arr.ndim == 1 or dtype == "f32":
             w.add_tensor(key, arr)
@@ -181,7 +229,7 @@ def export_gguf(model, tok: Tokenizer, path: Path, *, dtype: str = "f32",
     finally:
         w.close()
     tmp.replace(path)
-    info = {"path": str(path), "architecture": "gpt2", "dtype": dtype,
+    info = {"path": str(path), "architecture": arch, "dtype": dtype,
             "tensors": len(tensors), "vocab_size": len(tok), "context": cfg.context,
             "bytes": path.stat().st_size}
     log.info("exported %s (%s, %s tensors, %s tokens, %s bytes)", path, dtype, len(tensors),

@@ -11,8 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agent.generation.export import (ExportError, byte_chars, export_gguf, gguf_tensors,
-                                     token_texts, unsupported)
+from agent.generation.export import (ExportError, architecture, byte_chars, export_gguf,
+                                     gguf_tensors, token_texts, unsupported)
 from engine.config import ModelConfig
 from engine.model import Model
 from engine.tokenizer import Tokenizer
@@ -91,16 +91,38 @@ def test_the_file_holds_our_tensors_under_gpt2_names_and_our_tokenizer(tmp_path)
     assert "output.weight" not in got                 # tied: llama.cpp reuses token_embd
 
 
+def test_the_fim_and_file_tokens_are_control_tokens_llama_cpp_infills_with(tmp_path):
+    """llama-server's /infill (what llama.vim sends) builds its prompt from these keys."""
+    import gguf
+    from agent.training.fim import SPECIALS
+    model, tok = small_model()
+    ids = tok.add_specials(SPECIALS)
+    model.grow_vocab(len(tok), merges=tok.merges, specials=tok.specials.values())
+    export_gguf(model, tok, tmp_path / "m.gguf")
+    r = gguf.GGUFReader(tmp_path / "m.gguf")
+    got = [r.fields[f"tokenizer.ggml.fim_{k}_token_id"].contents()
+           for k in ("pre", "suf", "mid", "sep")]
+    assert got == ids
+    texts, types = r.fields["tokenizer.ggml.tokens"].contents(), \
+        r.fields["tokenizer.ggml.token_type"].contents()
+    assert [texts[i] for i in ids] == list(SPECIALS) and all(types[i] == 3 for i in ids)
+    plain, ptok = small_model()
+    export_gguf(plain, ptok, tmp_path / "p.gguf")
+    assert not any("fim" in k for k in gguf.GGUFReader(tmp_path / "p.gguf").fields)
+
+
 def test_an_untied_head_is_the_output_tensor():
     model, _ = small_model(tie_head=False)
     t = gguf_tensors(model.layout.views(model.params), model.config)
     assert np.array_equal(t["output.weight"], model.layout.views(model.params)["head"])
 
 
-@pytest.mark.parametrize("arch, named", [({"mlp": "relu2"}, "mlp=relu2"),
-                                         ({"pos": "rope"}, "pos=rope"),
+@pytest.mark.parametrize("arch, named", [({"mlp": "relu2"}, "mlp=relu2 with learned positions"),
+                                         ({"pos": "rope"}, "pos=rope with the gelu MLP"),
                                          ({"qk_norm": True}, "qk_norm"),
-                                         ({"softcap": 15.0}, "softcap=15")])
+                                         ({"softcap": 15.0}, "softcap=15"),
+                                         ({"mlp": "relu2", "pos": "rope", "qk_norm": True},
+                                          "qk_norm")])
 def test_architectures_llama_cpp_does_not_compute_are_refused(tmp_path, arch, named):
     model, tok = small_model(**arch)
     assert unsupported(model.config) == [named]
@@ -110,16 +132,42 @@ def test_architectures_llama_cpp_does_not_compute_are_refused(tmp_path, arch, na
     assert unsupported(dataclasses.replace(model.config, **{k: getattr(CFG, k) for k in arch})) == []
 
 
+NEMOTRON = {"mlp": "relu2", "pos": "rope", "tie_head": False, "zero_proj": True}
+
+
+def test_the_recipe_is_nemotron_with_q_k_v_apart_and_its_own_head(tmp_path):
+    import gguf
+    for arch in (NEMOTRON, {**NEMOTRON, "tie_head": True}):
+        model, tok = small_model(**arch)
+        assert architecture(model.config) == "nemotron" and unsupported(model.config) == []
+        info = export_gguf(model, tok, tmp_path / "n.gguf")
+        r = gguf.GGUFReader(tmp_path / "n.gguf")
+        assert info["architecture"] == r.fields["general.architecture"].contents() == "nemotron"
+        assert r.fields["nemotron.rope.dimension_count"].contents() == CFG.d_model // CFG.n_heads
+        assert r.fields["nemotron.rope.freq_base"].contents() == model.config.rope_base
+        got = {t.name: np.asarray(t.data).reshape(tuple(reversed(t.shape.tolist())))
+               for t in r.tensors}
+        p = model.layout.views(model.params)
+        C = CFG.d_model
+        assert "position_embd.weight" not in got and "blk.0.attn_qkv.weight" not in got
+        assert np.array_equal(got["blk.1.attn_k.weight"], p["h.1.attn.qkv.w"][:, C:2 * C].T)
+        assert np.array_equal(got["blk.1.attn_v.bias"], p["h.1.attn.qkv.b"][2 * C:])
+        assert np.array_equal(got["output.weight"], p["head"] if "head" in p else p["wte"])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
-def test_llama_cpp_runs_the_export_with_our_logits_and_our_greedy_continuation(tmp_path, dtype):
+@pytest.mark.parametrize("dtype, arch", [("f32", {}), ("f16", {}), ("q8_0", {}),
+                                         ("f32", NEMOTRON), ("q8_0", NEMOTRON)])
+def test_llama_cpp_runs_the_export_with_our_logits_and_our_greedy_continuation(tmp_path, dtype,
+                                                                               arch):
     """Real llama.cpp (llama-cpp-python) on the exported file, fed our token ids: f32 logits
-    within 2e-3 of ours (llama.cpp's CPU GELU reads a float16 table), f16 and q8_0 within
-    what their rounding allows; the greedy continuation equal to ours token for token."""
+    within 2e-3 of ours (llama.cpp's CPU GELU reads a float16 table; the recipe's relu^2
+    model in nemotron's graph agrees to ~1e-6), f16 and q8_0 within what their rounding
+    allows; the greedy continuation equal to ours token for token."""
     from llama_cpp import Llama
 
-    model, tok = small_model()
-    path = tmp_path / f"m-{dtype}.gguf"
+    model, tok = small_model(**arch)
+    path = tmp_path / f"m-{dtype}-{architecture(model.config)}.gguf"
     export_gguf(model, tok, path, dtype=dtype)
     ids = [int(i) for i in tok.encode(TEXT[:200])][:CFG.context // 2]
     llm = Llama(model_path=str(path), n_ctx=CFG.context, n_batch=CFG.context, n_threads=2,
@@ -140,3 +188,25 @@ def test_llama_cpp_runs_the_export_with_our_logits_and_our_greedy_continuation(t
         got.append(nxt)
         llm.eval([nxt])
     assert got == want.tolist()
+
+
+@pytest.mark.slow
+def test_llama_cpp_knows_the_fim_and_file_tokens(tmp_path):
+    """Real llama.cpp reads the FIM and file-separator ids its /infill builds prompts with,
+    and reads their names in a prompt as those tokens (parse_special), never from text."""
+    import llama_cpp
+    from agent.training.fim import SPECIALS
+
+    model, tok = small_model()
+    pre, suf, mid, sep = tok.add_specials(SPECIALS)
+    model.grow_vocab(len(tok), merges=tok.merges, specials=tok.specials.values())
+    export_gguf(model, tok, tmp_path / "m.gguf")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=CFG.context,
+                          verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    assert (llama_cpp.llama_vocab_fim_pre(vocab), llama_cpp.llama_vocab_fim_suf(vocab),
+            llama_cpp.llama_vocab_fim_mid(vocab), llama_cpp.llama_vocab_fim_sep(vocab)) == \
+        (pre, suf, mid, sep)
+    assert llm.tokenize(b"<|fim_prefix|>def<|file_sep|>", add_bos=False, special=True) == \
+        [pre, *tok.encode("def").tolist(), sep]
+    assert pre not in llm.tokenize(b"<|fim_prefix|>", add_bos=False, special=False)
