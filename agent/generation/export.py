@@ -58,12 +58,14 @@ def unsupported(cfg: ModelConfig) -> list[str]:
     return out
 
 
-def check_exportable(cfg: ModelConfig) -> None:
+def check_exportable(cfg: ModelConfig, target: str = "llama.cpp's gpt2 architecture") -> None:
+    """Refuse (ExportError naming the options) a model `target`, a GPT-2 graph, would not
+    compute: the same options for GGUF and for transformers' GPT-2."""
     bad = unsupported(cfg)
     if bad:
         raise ExportError(
             f"this checkpoint's architecture ({arch_text(cfg)}) uses {', '.join(bad)}, which "
-            "llama.cpp's gpt2 architecture does not compute; it cannot be exported",
+            f"{target} does not compute; it cannot be exported",
             "export a checkpoint of a data directory made with the default architecture "
             "(GPT-2: --arch gpt2), or keep serving it with cllm serve")
 
