@@ -5,7 +5,7 @@
     history.py  cllm history cycles|documents|urls|vocab|checkpoints|forgetting
     model.py    cllm train, generate, neighbours, bench
     evaluate.py cllm eval (bits per byte, perplexity on files: agent/generation/perplexity.py)
-    export.py   cllm models, cllm export (a checkpoint as GGUF: agent/generation/export.py)
+    export.py   cllm models, cllm export (a checkpoint as GGUF or a Hugging Face folder)
     chat.py     cllm chat (interactive, the server's generation code)
     serve.py    cllm serve (the HTTP API, agent/server/), cllm token
     service.py  cllm service install|uninstall|status|logs (a systemd --user unit, launchd)

@@ -73,14 +73,16 @@ def unsupported(cfg: ModelConfig) -> list[str]:
     return out
 
 
-def check_exportable(cfg: ModelConfig) -> None:
+def check_exportable(cfg: ModelConfig, target: str = "any llama.cpp architecture cllm export "
+                                                    "writes") -> None:
+    """Refuse (ExportError naming the options) a model `target` would not compute."""
     bad = unsupported(cfg)
     if bad:
         raise ExportError(
             f"this checkpoint's architecture ({arch_text(cfg) or 'gpt2'}) uses {', '.join(bad)}, "
-            "which no llama.cpp architecture cllm export writes computes; it cannot be exported",
-            "export a checkpoint of a data directory made with GPT-2's block (--arch '') or "
-            "the default recipe (--arch mlp=relu2,pos=rope,...: llama.cpp's nemotron), or keep "
+            f"which {target} does not compute; it cannot be exported",
+            "export a checkpoint of a data directory made with GPT-2's block (--arch gpt2) or "
+            "the default recipe (mlp=relu2,pos=rope,...: llama.cpp's nemotron), or keep "
             "serving it with cllm serve")
 
 
