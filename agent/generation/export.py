@@ -2,20 +2,26 @@
 
 `cllm export` writes the weights a data directory serves (the EMA weights where there are any,
 as `cllm generate` loads them) with the tokenizer, through the `gguf` package from ggml's own
-repository. The default model is GPT-2's block exactly (learned positions, LayerNorm with
-biases, one fused qkv projection, tanh-GELU, tied head), which is llama.cpp's `gpt2`
-architecture: tensor for tensor, with our (in, out) linear weights transposed to ggml's
-(out, in) rows. An untied head becomes its `output` tensor; zero-initialised projections
-change nothing at export. The recipe's other options (relu^2, rotary positions, QK-norm,
-soft-capping) have no counterpart in llama.cpp's gpt2 graph: a checkpoint using any of them
-is refused with a message naming them, not exported into a model that would compute
-something else.
+repository, in the llama.cpp architecture that computes the model exactly (`architecture`),
+tensor for tensor, with our (in, out) linear weights transposed to ggml's (out, in) rows:
+
+- `gpt2` for GPT-2's block (learned positions, LayerNorm with biases, one fused qkv
+  projection, tanh-GELU, tied head; an untied head is its `output` tensor);
+- `nemotron` for the recipe's default, relu^2 with rotary positions (LayerNorm with biases,
+  NeoX rotation over the whole head, relu^2 without a gate, its own `output` tensor: wte's
+  rows when the head is tied), q, k and v as three tensors.
+
+Zero-initialised projections change nothing at export. QK-norm, soft-capping, relu^2 with
+learned positions and rotary positions with GELU have no counterpart in either graph: a
+checkpoint using them is refused with a message naming them, not exported into a model that
+would compute something else.
 
 The tokenizer is byte-level BPE, as GPT-2's: ids 0..255 are the bytes, written as GPT-2's
 printable stand-ins for bytes (`byte_chars`), every later id the concatenation of its merge,
 and the merges in rank order. Our special tokens (the end-of-document token, and the
-fill-in-the-middle tokens once the vocabulary has them) are control tokens: llama.cpp never
-produces them from plain text. llama.cpp's pre-tokeniser is chosen by name; `llama3`'s is
+fill-in-the-middle and file-separator tokens once the vocabulary has them) are control
+tokens, which llama.cpp never produces from plain text, and the FIM ones are named by GGUF's
+`fim_*` keys, from which llama-server's /infill builds its prompts. llama.cpp's pre-tokeniser is chosen by name; `llama3`'s is
 the GPT-4 (cl100k) pattern ours starts from (engine/bpe.py). Ours also keeps a line's
 indentation with the punctuation and newline before it, so on source code llama.cpp
 sometimes splits text where we would not: the ids it gets for a text then differ from ours

@@ -7,8 +7,11 @@ block exactly, and HF's GPT-2 keeps its linear weights as Conv1D (in, out) matri
 do, so every tensor is ours unchanged: q, k, v in that order in the fused projection, heads
 split the same way, 1/sqrt(head size) attention scaling, tanh-GELU ("gelu_new"), LayerNorm
 at engine.kernels.LN_EPS. An untied head becomes `lm_head.weight` with
-tie_word_embeddings false. The architectures GGUF refuses (relu^2, rotary positions,
-QK-norm, soft-capping) have no GPT-2 counterpart here either, and are refused the same way.
+tie_word_embeddings false. The recipe's default (relu^2 with rotary positions, the GGUF
+export's `nemotron`) is transformers' NemotronForCausalLM: the same block, with linear
+weights as (out, in) rows, q, k and v apart, and LayerNorm gains stored less one (Nemotron's
+LayerNorm1P scales by 1 + weight). What GGUF refuses (QK-norm, soft-capping, relu^2 or
+rotary positions alone) is refused the same way.
 
 The tokenizer is GPT-2's byte-level BPE form (the stand-in characters and merge texts of the
 GGUF export), with our pre-tokeniser carried as a regex: `tokenizers` runs a pattern, not a
@@ -44,13 +47,13 @@ from agent.generation.export import (ExportError, architecture, byte_chars, chec
                                      merge_texts, token_texts)
 from engine import bpe
 from engine.atomic import fsync_dir
-from engine.config import ModelConfig, arch_text
+from engine.config import ModelConfig
 from engine.kernels import LN_EPS
 from engine.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-TARGET = "transformers' GPT2LMHeadModel"
+TARGET = "transformers' GPT2LMHeadModel or NemotronForCausalLM"
 DTYPES = {"f32": (np.float32, "float32"), "f16": (np.float16, "float16")}
 # our parameter -> transformers' GPT-2 name; per block, "{i}" is the block's index
 BLOCK_NAMES = {"ln1": "ln_1", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
@@ -83,8 +86,13 @@ def chunk_pattern() -> str:
 
 def hf_tensors(params: dict[str, np.ndarray], cfg: ModelConfig, dtype: str = "f32"
                ) -> dict[str, np.ndarray]:
-    """Our parameters under transformers' GPT-2 names, unchanged ((in, out) linear weights
-    are Conv1D's layout), every tensor in `dtype`."""
+    """Our parameters under transformers' names, every tensor in `dtype`: GPT-2's unchanged
+    ((in, out) linear weights are Conv1D's layout); Nemotron's (the recipe) with linear
+    weights as nn.Linear's (out, in) rows, q, k and v apart, and the LayerNorm gains less
+    one (its LayerNorm1P scales by 1 + weight)."""
+    if architecture(cfg) == "nemotron":
+        out = _nemotron_tensors(params, cfg)
+        return {k: np.ascontiguousarray(v, dtype=DTYPES[dtype][0]) for k, v in out.items()}
     out = {"transformer.wte.weight": params["wte"], "transformer.wpe.weight": params["wpe"]}
     for i in range(cfg.n_layers):
         for ours, theirs in BLOCK_NAMES.items():
@@ -98,8 +106,46 @@ def hf_tensors(params: dict[str, np.ndarray], cfg: ModelConfig, dtype: str = "f3
     return {k: np.ascontiguousarray(v, dtype=np_dtype) for k, v in out.items()}
 
 
+def _nemotron_tensors(params: dict[str, np.ndarray], cfg: ModelConfig) -> dict[str, np.ndarray]:
+    C = cfg.d_model
+    out = {"model.embed_tokens.weight": params["wte"]}
+    for i in range(cfg.n_layers):
+        h, m = f"h.{i}.", f"model.layers.{i}."
+        for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
+            out[m + theirs + ".weight"] = params[h + ours + ".w"] - 1.0
+            out[m + theirs + ".bias"] = params[h + ours + ".b"]
+        w, b = params[h + "attn.qkv.w"], params[h + "attn.qkv.b"]
+        for k, part in enumerate("qkv"):
+            out[m + f"self_attn.{part}_proj.weight"] = w[:, k * C:(k + 1) * C].T
+            out[m + f"self_attn.{part}_proj.bias"] = b[k * C:(k + 1) * C]
+        for ours, theirs in (("attn.proj", "self_attn.o_proj"), ("mlp.fc", "mlp.up_proj"),
+                             ("mlp.proj", "mlp.down_proj")):
+            out[m + theirs + ".weight"] = params[h + ours + ".w"].T
+            out[m + theirs + ".bias"] = params[h + ours + ".b"]
+    out["model.norm.weight"] = params["lnf.w"] - 1.0
+    out["model.norm.bias"] = params["lnf.b"]
+    if "head" in params:
+        out["lm_head.weight"] = params["head"]
+    return out
+
+
 def hf_config(cfg: ModelConfig, tok: Tokenizer, dtype: str = "f32") -> dict:
-    """config.json: GPT2LMHeadModel at our sizes, no dropout, our end token at both ends."""
+    """config.json: GPT2LMHeadModel (NemotronForCausalLM for the recipe: relu^2, rotary
+    positions over the whole head, biases) at our sizes, no dropout, our end token at both
+    ends."""
+    if architecture(cfg) == "nemotron":
+        return {
+            "architectures": ["NemotronForCausalLM"], "model_type": "nemotron",
+            "vocab_size": cfg.vocab_size, "max_position_embeddings": cfg.context,
+            "hidden_size": cfg.d_model, "intermediate_size": 4 * cfg.d_model,
+            "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_heads, "head_dim": cfg.head_size,
+            "hidden_act": "relu2", "norm_eps": LN_EPS, "initializer_range": cfg.init_std,
+            "rope_theta": cfg.rope_base, "partial_rotary_factor": 1.0,
+            "attention_bias": True, "mlp_bias": True, "attention_dropout": 0.0,
+            "tie_word_embeddings": cfg.tie_head, "bos_token_id": tok.eod_id,
+            "eos_token_id": tok.eod_id, "use_cache": True, "torch_dtype": DTYPES[dtype][1],
+        }
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": cfg.vocab_size, "n_positions": cfg.context, "n_ctx": cfg.context,
@@ -162,7 +208,8 @@ def tokenizer_files(tok: Tokenizer, context: int) -> dict[str, dict]:
 
 def model_card(name: str, description: str, cfg: ModelConfig, dtype: str) -> str:
     return (f"# {name}\n\n{description or 'A Crystalline CLLM checkpoint.'}\n\n"
-            f"GPT-2 architecture ({cfg.n_layers} layers, {cfg.n_heads} heads, "
+            f"{'Nemotron' if architecture(cfg) == 'nemotron' else 'GPT-2'} architecture "
+            f"({cfg.n_layers} layers, {cfg.n_heads} heads, "
             f"d_model {cfg.d_model}, context {cfg.context}, vocabulary {cfg.vocab_size}), "
             f"{dtype} weights, exported by `cllm export --format hf`.\n\n"
             "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
@@ -194,12 +241,7 @@ def export_hf(model, tok: Tokenizer, folder: Path, *, dtype: str = "f32", name: 
     from safetensors.numpy import save_file    # a core dependency (our checkpoints)
 
     cfg = model.config
-    check_exportable(cfg, TARGET)
-    if architecture(cfg) != "gpt2":
-        raise ExportError(f"this checkpoint's architecture ({arch_text(cfg)}) is not GPT-2's "
-                          f"block, which {TARGET} computes; it cannot be exported as a folder",
-                          "export it as GGUF (cllm export --format gguf), or keep serving it "
-                          "with cllm serve")
+    check_exportable(cfg, TARGET)     # GPT-2 or Nemotron, as for GGUF
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype} is not written in the Hugging Face format",
                           f"choose one of {', '.join(DTYPES)}")
@@ -242,7 +284,9 @@ def export_hf(model, tok: Tokenizer, folder: Path, *, dtype: str = "f32", name: 
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(folder.parent)
     size = sum(p.stat().st_size for p in folder.iterdir())
-    info = {"path": str(folder), "format": "hf", "architecture": "GPT2LMHeadModel",
+    info = {"path": str(folder), "format": "hf",
+            "architecture": "NemotronForCausalLM" if architecture(cfg) == "nemotron"
+            else "GPT2LMHeadModel",
             "dtype": dtype, "tensors": len(tensors), "vocab_size": len(tok),
             "context": cfg.context, "bytes": size}
     log.info("exported %s (%s, %s tensors, %s tokens, %s bytes)", folder, dtype, len(tensors),

@@ -21,7 +21,7 @@ from agent.generation.hf_export import FILES, export_hf, hf_tokenizer
 from engine import bpe
 from engine.kernels import LN_EPS
 from engine.tokenizer import Tokenizer
-from tests.agent.generation.test_export import CFG, TEXT, small_model
+from tests.agent.generation.test_export import CFG, NEMOTRON, TEXT, small_model
 from tests.engine.test_tokenizer import corpus, kernel_pieces
 
 FIM = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
@@ -109,8 +109,9 @@ def test_an_untied_head_is_lm_head_and_f16_is_every_tensor_rounded(tmp_path):
 @pytest.mark.parametrize("arch, named", [({"mlp": "relu2"}, "mlp=relu2"),
                                          ({"pos": "rope"}, "pos=rope"),
                                          ({"qk_norm": True}, "qk_norm"),
-                                         ({"softcap": 15.0}, "softcap=15")])
-def test_architectures_gpt2_does_not_compute_are_refused(tmp_path, arch, named):
+                                         ({"softcap": 15.0}, "softcap=15"),
+                                         ({**NEMOTRON, "qk_norm": True}, "qk_norm")])
+def test_architectures_transformers_does_not_compute_are_refused(tmp_path, arch, named):
     model, tok = small_model(**arch)
     with pytest.raises(ExportError, match=f"{named}.*GPT2LMHeadModel"):
         export_hf(model, tok, tmp_path / "m")
@@ -258,3 +259,44 @@ def test_transformers_runs_the_folder_with_our_logits_and_our_greedy_continuatio
         theirs = hf16(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(theirs - ours).max() < 3e-3 * np.abs(ours).max()
     assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.9
+
+
+def test_the_recipe_is_nemotron_with_linear_rows_and_gains_less_one(tmp_path):
+    model, tok = small_model(**NEMOTRON)
+    info = export_hf(model, tok, tmp_path / "m")
+    assert info["architecture"] == "NemotronForCausalLM"
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["model_type"] == "nemotron" and config["hidden_act"] == "relu2"
+    assert config["partial_rotary_factor"] == 1.0 and not config["tie_word_embeddings"]
+    got = load_file(tmp_path / "m" / "model.safetensors")
+    p = model.layout.views(model.params)
+    C = CFG.d_model
+    assert np.array_equal(got["model.layers.1.self_attn.k_proj.weight"],
+                          p["h.1.attn.qkv.w"][:, C:2 * C].T)
+    assert np.array_equal(got["model.layers.0.mlp.down_proj.weight"], p["h.0.mlp.proj.w"].T)
+    assert np.allclose(got["model.layers.0.input_layernorm.weight"] + 1.0, p["h.0.ln1.w"])
+    assert np.array_equal(got["lm_head.weight"], p["head"])
+    assert not any("position" in k for k in got)
+
+
+@pytest.mark.slow
+def test_transformers_runs_the_recipe_as_nemotron_with_our_logits(tmp_path):
+    """NemotronForCausalLM.from_pretrained on the recipe's folder (relu^2, rotary positions,
+    untied head), fed our token ids: float32 logits within 1e-5 of the largest of ours, the
+    greedy continuation equal to ours."""
+    torch = pytest.importorskip("torch", reason="installed by hand (the CPU wheel), as for the benchmarks")
+    from transformers import AutoModelForCausalLM
+
+    model, tok = small_model(**NEMOTRON)
+    export_hf(model, tok, tmp_path / "m")
+    hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    assert type(hf_model).__name__ == "NemotronForCausalLM"
+    ids = [int(i) for i in tok.encode(TEXT[:200])][:CFG.context // 2]
+    ours = model.logits(np.asarray([ids]))[0]
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(theirs - ours).max() < 1e-5 * np.abs(ours).max()
+    want = model.generate(ids, CFG.context - len(ids), temperature=0.0, weights="float32")
+    out = hf_model.generate(torch.tensor([ids]), max_new_tokens=len(want),
+                            min_new_tokens=len(want), do_sample=False)
+    assert out[0, len(ids):].tolist() == want.tolist()
