@@ -127,9 +127,9 @@ def model_rows(session) -> list[dict]:
     """`cllm models`: the checkpoints a data directory can serve or export, newest first: the
     cycle that committed each (what `--checkpoint N` names), its step, vocabulary, file size,
     the cycle's held-out loss (nats/token, mean over sources), its architecture (read from
-    the file's header) and whether `cllm export` takes it; pruned ones stay listed, with no
-    file."""
-    from agent.generation.export import unsupported     # numpy only; keeps status light
+    the file's header) and the llama.cpp architecture `cllm export` writes it as (None: it
+    cannot be exported); pruned ones stay listed, with no file."""
+    from agent.generation.export import architecture    # numpy only; keeps status light
     from engine.checkpoint import read_model_config
     from engine.config import arch_text
     from engine.errors import CllmError
@@ -137,11 +137,11 @@ def model_rows(session) -> list[dict]:
     rows = []
     for c in list_checkpoints(session, newest_first=True):
         cyc = get_cycle(session, c.cycle_id) if c.cycle_id is not None else None
-        arch, exportable = None, False
+        arch, exportable = None, None
         if c.pruned is None and Path(c.path).exists():
             try:
                 cfg = read_model_config(c.path)
-                arch, exportable = arch_text(cfg) or "gpt2", not unsupported(cfg)
+                arch, exportable = arch_text(cfg) or "gpt2", architecture(cfg)
             except CllmError:
                 pass
         rows.append({"cycle_id": c.cycle_id, "step": c.step, "vocab_size": c.vocab_size,

@@ -55,6 +55,15 @@ SCHEDULES = ("constant", "wsd", "cosine")  # engine.schedule kinds (benchmarks/b
 Check = Callable[[Any], Optional[str]]
 
 
+# The architecture of a new data directory's model: relu^2, rotary positions and an untied
+# head, what won the recipe sweep among what llama.cpp's nemotron graph computes (4.5% fewer
+# held-out bits per byte than GPT-2's block at 90 s, and faster; docs/benchmarks.md, "The
+# recipe sweep"). QK-norm (no llama.cpp graph with LayerNorm has it) and zero-initialised
+# projections (they lost) stay options. Older data directories keep what their checkpoints
+# record.
+DEFAULT_ARCH = "mlp=relu2,pos=rope,tie_head=false"
+
+
 def _arch_problem(value) -> Optional[str]:
     try:
         parse_arch(value or "")
@@ -243,12 +252,13 @@ SETTINGS: tuple[Setting, ...] = (
             check=lambda v: None if v >= 0 else f"crystalline weight {v} is negative",
             hint="e.g. --crystalline-weight 0.05, or 0 to turn the prior off",
             commands=("agent", "train"), into=TRAINER),
-    Setting("arch", "", str,
+    Setting("arch", DEFAULT_ARCH, str,
             "Architecture of a new data directory's model: options of the recipe, "
             "comma-separated (mlp=relu2, qk_norm, pos=rope, tie_head=false, softcap=15, "
-            "zero_proj); empty: GPT-2. A data directory's model keeps the architecture its "
-            "checkpoints record.",
-            check=_arch_problem, hint="e.g. --arch mlp=relu2,pos=rope",
+            "zero_proj); gpt2 (or empty): GPT-2's block. The default is what won the recipe "
+            "sweep and llama.cpp runs (its nemotron graph: cllm export). A data directory's "
+            "model keeps the architecture its checkpoints record.",
+            check=_arch_problem, hint="e.g. --arch gpt2, or --arch mlp=relu2,pos=rope",
             commands=("agent", "train"), into=TRAINER),
     Setting("optimizer", None, str,
             "adamw, or muon (Muon on the hidden matrices, AdamW on the rest, one learning "

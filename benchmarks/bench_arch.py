@@ -67,6 +67,8 @@ class Variant:
 
 
 ALL = "mlp=relu2,qk_norm,pos=rope,tie_head=false,zero_proj"
+NEMOTRON = "mlp=relu2,pos=rope,tie_head=false,zero_proj"
+NEMOTRON_NZ = "mlp=relu2,pos=rope,tie_head=false"
 VARIANTS = [
     Variant("gpt2", "today's recipe: learned positions, GELU, tied head, AdamW"),
     Variant("muon", "Muon on the hidden matrices (AdamW on the rest)", optimizer="muon"),
@@ -79,6 +81,10 @@ VARIANTS = [
     Variant("batch4", "4 sequences a step (twice the steps)", batch=4),
     Variant("ctx128", "context 128 (batch 4: the same tokens a step)", batch=4, context=128),
     Variant("arch", "relu2 + QK-norm + rope + untied + zero_proj, AdamW", arch=ALL),
+    Variant("nemotron", "relu2 + rope + untied + zero_proj: `arch` less QK-norm, what "
+            "llama.cpp's nemotron graph computes (cllm export)", arch=NEMOTRON),
+    Variant("nemotron-nz", "relu2 + rope + untied, default init", arch=NEMOTRON_NZ),
+    Variant("nemotron-tied", "relu2 + rope, tied head", arch="mlp=relu2,pos=rope"),
     Variant("all", "the same with Muon", arch=ALL, optimizer="muon"),
     Variant("all-ctx128", "all, context 128, batch 4", arch=ALL, optimizer="muon",
             batch=4, context=128),

@@ -135,7 +135,8 @@ _BEFORE_SCHEDULES = {"schedule": "cosine", "ema_decay": None}
 
 def parse_arch(text: str) -> dict:
     """The recipe's options from text such as "mlp=relu2,qk_norm,pos=rope,tie_head=false,
-    softcap=15": ModelConfig fields of ARCH_FIELDS, a bare name meaning true, "" none.
+    softcap=15": ModelConfig fields of ARCH_FIELDS, a bare name meaning true, "" or "gpt2"
+    none (GPT-2's block).
     Raises ValueError naming what is wrong (each value is checked by ModelConfig too)."""
     if text is not None and not isinstance(text, str):
         raise ValueError(f"architecture options are text such as 'mlp=relu2,qk_norm', "
@@ -143,7 +144,7 @@ def parse_arch(text: str) -> dict:
     out: dict = {}
     types = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
     for part in (p.strip() for p in (text or "").split(",")):
-        if not part:
+        if not part or part.lower() == "gpt2":
             continue
         name, _, value = part.partition("=")
         name, value = name.strip().replace("-", "_"), value.strip()

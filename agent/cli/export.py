@@ -26,7 +26,8 @@ from engine.errors import ConfigError
 def models(inv: Invocation, data_dir: Path, as_json: bool) -> None:
     """The checkpoints of a data directory, newest first: the cycle that committed each (what
     --checkpoint N names in serve, generate, chat and export), step, vocabulary, file size,
-    the cycle's held-out loss (nats/token), architecture, whether `cllm export` takes it,
+    the cycle's held-out loss (nats/token), architecture, the llama.cpp architecture
+    `cllm export` writes it as (empty: it cannot be exported),
     and whether retention pruned its file.
 
     Example: cllm models --data-dir ./cllm-data

@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
+from agent.settings import DEFAULT_ARCH
+from engine.config import ModelConfig, arch_text, parse_arch
 from agent.training.model_state import load_recorded_model_state
 from store import open_store
 
@@ -39,7 +41,9 @@ def test_models_lists_the_checkpoints_by_cycle(data):
     rows = json.loads(r.output)
     assert [row["cycle_id"] for row in rows] == [2, 1]
     assert rows[0]["latest"] and not rows[1]["latest"]
-    assert all(row["arch"] == "gpt2" and row["exportable"] for row in rows)
+    # the default architecture of a new data directory, which llama.cpp runs as nemotron
+    assert all(row["arch"] == arch_text(ModelConfig(**parse_arch(DEFAULT_ARCH)))
+               and row["exportable"] == "nemotron" for row in rows)
     assert all(row["vocab_size"] > 260 and row["size_bytes"] > 0 for row in rows)
     assert rows[0]["val_loss"] is not None
     table = CliRunner().invoke(main, ["models", "--data-dir", str(data)])
@@ -81,7 +85,8 @@ def test_export_hf_writes_the_cycles_serving_weights_and_tokenizer(data, tmp_pat
         state, _ = load_recorded_model_state(store, 2)
     model, tok = state.serving_model(), state.tokenizer
     got = load_file(out / "model.safetensors")
-    assert np.array_equal(got["transformer.wte.weight"], model.layout.views(model.params)["wte"])
+    assert np.array_equal(got["model.embed_tokens.weight"],      # the default: Nemotron
+                          model.layout.views(model.params)["wte"])
     assert json.loads((out / "config.json").read_text())["vocab_size"] == len(tok)
     hf_tok = tokenizers.Tokenizer.from_file(str(out / "tokenizer.json"))
     assert hf_tok.encode(TEXT).ids == tok.encode(TEXT).tolist()
@@ -89,7 +94,7 @@ def test_export_hf_writes_the_cycles_serving_weights_and_tokenizer(data, tmp_pat
     r = CliRunner().invoke(main, ["export", "--data-dir", str(data), "--format", "hf",
                                   "--checkpoint", "1", "--dtype", "f16", "-o", str(out)])
     assert r.exit_code == 0, r.output                        # an earlier export is replaced
-    assert load_file(out / "model.safetensors")["transformer.wte.weight"].dtype == np.float16
+    assert load_file(out / "model.safetensors")["model.embed_tokens.weight"].dtype == np.float16
 
 
 def test_export_hf_user_mistakes_are_one_line_errors(data, tmp_path):
