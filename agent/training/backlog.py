@@ -315,8 +315,8 @@ class Batcher:
 
     The end of a pass: once fewer documents are still being read than a batch has rows
     (`BacklogReader.endgame`), a batch takes one backlog row per document still read and
-    fills the others with random windows of documents this reader has finished (credited as
-    replay, as replay rows are: the ledger is unchanged). Without them the last steps of
+    fills the others with replay windows (of the replay sample when there is one, else of
+    documents this reader has finished), credited as replay: the ledger is unchanged. Without them the last steps of
     every pass and consolidation sweep were batches of the same few documents, which fitted
     the weights to them just before the checkpoint that closes the pass (docs/benchmarks.md).
     """
@@ -334,9 +334,13 @@ class Batcher:
         self._fill_seed = seed + 7
 
     def _filler(self) -> Optional[ReplayReader]:
-        """Random windows of the documents the backlog reader has finished (a sample of at
-        most FILL_DOCS of them, drawn once, at the end of the pass); None while it has
-        finished fewer documents than a batch has rows (no more varied than the ones read)."""
+        """The replay reader when there is one (documents sampled across what was learned
+        before); else random windows of the documents the backlog reader has finished (a
+        sample of at most FILL_DOCS of them, drawn once, at the end of the pass); None while
+        it has finished fewer documents than a batch has rows (no more varied than the ones
+        read)."""
+        if self._fill is None and self.replay is not None:
+            self._fill = self.replay
         if self._fill is None:
             done = list(self.backlog.finished.values())
             if len(done) < self.B:
