@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -27,6 +27,7 @@ import engine
 from agent.continuous_trainer import ContinuousTrainer, record_documents
 from agent.training.learn import split_heldout
 from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
+from engine.config import arch_text, parse_arch
 from engine.cpu import describe
 from engine.data import eval_windows, pack
 from engine.distributed import Leader
@@ -62,13 +63,20 @@ def torch_peer():
     return (torch, torch_peer), None
 
 
-def scaling_bytes(preset: str, batch: int, counts) -> int:
+def bench_config(preset: str, arch: Optional[str] = None):
+    """The model `cllm bench` measures: the preset in architecture `arch` (engine.config.
+    parse_arch; None: a new data directory's, agent.settings.DEFAULT_ARCH)."""
+    from agent.settings import DEFAULT_ARCH
+    return engine.preset(preset).replace(**parse_arch(DEFAULT_ARCH if arch is None else arch))
+
+
+def scaling_bytes(preset: str, batch: int, counts, arch: Optional[str] = None) -> int:
     """About the memory `scaling` holds: every count's ThreadedTrainingSystem exists for the
     whole run, each with a gradient row per worker plus its model, the reduced gradient,
     AdamW's two moments and the undo log of parameters and moments (n + 7 float32 arrays of
     the layout's size: engine/spheres.py), and its workers' activations of one batch
     (engine/model.Workspace). What `POST /api/bench` is bounded by (agent/server/bench.py)."""
-    cfg = engine.preset(preset)
+    cfg = bench_config(preset, arch)
     size = ParamLayout.from_config(cfg).size
     B, T, C, L, V = batch, cfg.context, cfg.d_model, cfg.n_layers, cfg.vocab_size
     activations = B * T * (20 * L * C + 14 * C + V) + (L + 1) * B * cfg.n_heads * T * T
@@ -76,9 +84,11 @@ def scaling_bytes(preset: str, batch: int, counts) -> int:
 
 
 def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3,
-            steps: int = 3, with_torch: bool = True) -> dict:
-    """Measure; returns {"rows": [...], "topology": tree of the last system, "note": str|None}."""
-    cfg = engine.preset(preset)
+            steps: int = 3, with_torch: bool = True, arch: Optional[str] = None) -> dict:
+    """Measure the preset's model in architecture `arch` (`bench_config`), PyTorch on the
+    same model; returns {"rows": [...], "topology": tree of the last system, "note":
+    str|None}."""
+    cfg = bench_config(preset, arch)
     tcfg = TrainConfig(lr=1e-4, warmup_steps=0)
     rng = np.random.default_rng(0)
     x = rng.integers(0, cfg.vocab_size, (batch, cfg.context))
@@ -128,14 +138,16 @@ def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3
             p = float(np.median(theirs[n]))
             r.update(torch_tok_s=p, ratio=o / p)
         rows.append(r)
-    return {"preset": preset, "batch": batch, "context": cfg.context, "rounds": rounds,
+    return {"preset": preset, "arch": arch_text(cfg) or "gpt2", "batch": batch,
+            "context": cfg.context, "rounds": rounds,
             "steps": steps, "cores": os.cpu_count(), "cpu": describe().line(), "rows": rows,
             "topology": topology, "note": note}
 
 
 def table_lines(result: dict) -> list[str]:
     out = [result["cpu"],
-           f"preset {result['preset']}, global batch {result['batch']}x{result['context']}, "
+           f"preset {result['preset']} ({result['arch']}), global batch "
+           f"{result['batch']}x{result['context']}, "
            f"{result['cores']} cores, median of {result['rounds']} interleaved rounds x "
            f"{result['steps']} steps (fwd+bwd+AdamW)"]
     peer = any("ratio" in r for r in result["rows"])

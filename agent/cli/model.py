@@ -21,6 +21,7 @@ from agent.generation.stream import Sampling, TextStream
 from agent.settings import TrainerSettings, build, options, resolve
 from agent.signals import stop_on_signals
 from engine import PRESETS
+from engine.config import parse_arch
 from engine.decode import KINDS
 from engine.errors import CllmError, ConfigError
 
@@ -245,13 +246,17 @@ def generate(inv, prompt_arg, data_dir, prompt, suffix, max_tokens, old_max_toke
               help="Interleaved rounds (medians are reported).")
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True,
               help="Training steps per measurement.")
+@click.option("--arch", default=None, metavar="OPTIONS",
+              help="The model's architecture options (as cllm agent --arch; gpt2 for GPT-2's "
+                   "block) [default: a new data directory's]; PyTorch runs the same model.")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch peer even if it is installed.")
 @click.option("--topology", is_flag=True, help="Print the sphere tree with statistics.")
 @click.option("--mpi", is_flag=True,
               help="Under mpiexec: every rank against rank 0 alone, and the allreduce time.")
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
-def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, mpi, as_json):
+def bench(preset_name, batch_size, workers, rounds, steps, arch, no_torch, topology, mpi,
+          as_json):
     """Training tokens/s, scaling, CPU use for several worker counts (and PyTorch eager at the
     same thread counts when it is installed), interleaved in one run.
 
@@ -278,7 +283,14 @@ def bench(preset_name, batch_size, workers, rounds, steps, no_torch, topology, m
         else:
             click.echo("\n".join(mpi_table_lines(res)))
         return
-    res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch)
+    if arch is not None:
+        try:
+            parse_arch(arch)
+        except ValueError as e:
+            raise ConfigError(f"--arch: {e}", "e.g. --arch gpt2, or --arch mlp=relu2,pos=rope") \
+                from None
+    res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch,
+                  arch=arch)
     if as_json:
         if not topology:
             res["topology"] = None

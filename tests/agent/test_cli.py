@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import main
+from engine.config import arch_text, parse_arch, preset
 
 
 def all_commands(group=main, prefix=()):
@@ -47,12 +48,20 @@ def test_bench_reports_every_worker_count_with_scaling_cpu_and_topology():
     assert all("ratio" not in row for row in rows)          # --no-torch: no peer columns
     from engine.cpu import describe
     assert res["cpu"] == describe().line()                   # which CPU the figures are of
+    from agent.settings import DEFAULT_ARCH                   # the model a new data dir gets
+    assert res["arch"] == arch_text(preset("tiny").replace(**parse_arch(DEFAULT_ARCH)))
     spheres = res["topology"]["children"]
     # three spheres, each ran a micro-batch in the warm-up step and in the measured one
     assert len(spheres) == 3 and [s["batches"] for s in spheres] == [2, 2, 2]
     assert sum(s["tokens"] for s in spheres) == 2 * 8 * res["context"]
     bad = CliRunner().invoke(main, ["bench", "--workers", "1,x"])
     assert bad.exit_code == 2 and "hint:" in bad.output
+    gpt2 = CliRunner().invoke(main, ["bench", "--preset", "tiny", "--workers", "1", "--rounds",
+                                     "1", "--steps", "1", "--no-torch", "--arch", "gpt2",
+                                     "--json"], catch_exceptions=False)
+    assert json.loads(gpt2.output)["arch"] == "gpt2"
+    bad = CliRunner().invoke(main, ["bench", "--arch", "mlp=swish"])
+    assert bad.exit_code == 2 and "hint:" in bad.output and "mlp" in bad.output
 
 
 @pytest.mark.slow   # importing PyTorch takes seconds
