@@ -455,11 +455,9 @@ class ContinuousTrainer:
         state = self._state()
         vocab_before = len(state.tokenizer)
         docs = plan.docs
-        # replay: trained documents outside this cycle's scope (in a consolidation cycle,
-        # those the sweep has read), so that a cycle left with the sweep's last, long
-        # documents still sees the rest of the tree (its checkpoint scored 5% worse
-        # held-out than the one before it when it saw only them; docs/benchmarks.md)
-        replay = sample_replay(self.store, st, cycle_id, scope_ids)
+        # consolidation reads learned documents only: no replay on top
+        replay = [] if scope == "consolidate" else sample_replay(self.store, st, cycle_id,
+                                                                  scope_ids)
         by_source: dict[str, list[str]] = {}
         for d in docs:
             by_source.setdefault(d.source, []).append(plan.tails.get(d.id, ""))

@@ -132,8 +132,6 @@ class BacklogReader:
         self.docs: dict[int, LedgerDoc] = {d.id: d for d in self.queue}
         self.rng = np.random.default_rng(seed) if seed is not None else None
         self._rr = 0
-        self.last_stream = -1           # the stream the last window came from
-        self.finished: dict[int, LedgerDoc] = {}   # documents whose segment was read, by id
 
     def _next_doc(self) -> Optional[LedgerDoc]:
         while True:
@@ -194,21 +192,18 @@ class BacklogReader:
         """Segments whose every token has been a target: the document may read on."""
         while s.ends and s.ends[0][0] <= s.p + 1:
             _, d = s.ends.popleft()
-            self.finished[d.id] = d
             if self._segment(d) is not None:
                 self.next_pass.append(d)
 
-    def window(self, exclude: frozenset = frozenset()
-               ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    def window(self) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """The next window of a stream (drawn at random when seeded: uniformly, and in
-        proportion to the tokens each has left once the queue is read, leaving out the
-        streams of `exclude` then; else round robin): inputs, targets, target owners, target
-        bytes; None once every stream and the queue are exhausted. `last_stream` says
-        which stream it came from."""
+        proportion to the tokens each has left once the queue is read; else round robin):
+        inputs, targets, target owners, target bytes; None once every stream and the queue
+        are exhausted."""
         T = self.T
         while self.live:
             if self.rng is not None and not (self.queue or self.more or self.next_pass):
-                k = self._draw(exclude)
+                k = self._draw()
                 if k is None:
                     return None
             elif self.rng is not None:
@@ -223,25 +218,15 @@ class BacklogReader:
             if n < 2:
                 self.live.pop(k)        # nothing left for it: the queue is empty
                 continue
-            self.last_stream = self.live[k]
             if self.fim is not None and self.rng.random() < self.fim_rate:
                 w = self._fim_window(s)
                 if w is not None:
                     return w
-            self.last_stream = self.live[k]
             w = _window(s.tok, s.own, s.nb, s.p, T)
             s.p += min(T + 1, n) - 1
             self._done_segments(s)
             return w
         return None
-
-    def endgame(self) -> Optional[int]:
-        """How many streams are still being read once nothing is left to give them (the
-        queue, the lazily loaded documents and the next pass read); None before that, or
-        for an unseeded reader."""
-        if self.rng is None or self.queue or self.more or self.next_pass:
-            return None
-        return sum(self.streams[i].available() >= 2 for i in self.live)
 
     def _fim_window(self, s: _Stream):
         """The stream's next T - 3 tokens as a fill-in-the-middle window (agent/training/
@@ -260,10 +245,9 @@ class BacklogReader:
         self._done_segments(s)
         return w
 
-    def _draw(self, exclude: frozenset = frozenset()) -> Optional[int]:
+    def _draw(self) -> Optional[int]:
         """Index into `live` of the stream to read next, in proportion to the tokens each
-        has left (every live stream fed first; the dry ones leave `live`), none of
-        `exclude` unless only they are left."""
+        has left (every live stream fed first; the dry ones leave `live`)."""
         T = self.T
         left = []
         for i in list(self.live):
@@ -276,8 +260,6 @@ class BacklogReader:
                 left.append(s.available() - 1)      # targets still to read
         if not self.live:
             return None
-        if exclude and any(i not in exclude for i in self.live):
-            left = [0 if i in exclude else n for i, n in zip(self.live, left)]
         cum = np.cumsum(left)
         return int(np.searchsorted(cum, self.rng.random() * cum[-1], side="right"))
 
@@ -311,17 +293,7 @@ class ReplayReader:
 class Batcher:
     """(B, T) batches: each row replayed with probability `replay_fraction` (when anything
     can be replayed), else the backlog's next window; at least one row of every batch is
-    the backlog's. `next()` is None once the backlog is read.
-
-    The end of a pass: once fewer documents are still being read than a batch has rows
-    (`BacklogReader.endgame`), a batch takes one backlog row per document still read and
-    fills the others with replay windows (of the replay sample when there is one, else of
-    documents this reader has finished), credited as replay: the ledger is unchanged. Without them the last steps of
-    every pass and consolidation sweep were batches of the same few documents, which fitted
-    the weights to them just before the checkpoint that closes the pass (docs/benchmarks.md).
-    """
-
-    FILL_DOCS = 64          # finished documents the end-of-pass rows are drawn from, at most
+    the backlog's. `next()` is None once the backlog is read."""
 
     def __init__(self, backlog: BacklogReader, replay: Optional[ReplayReader], B: int,
                  replay_fraction: float, seed: int) -> None:
@@ -330,26 +302,6 @@ class Batcher:
         self.B = B
         self.f = replay_fraction if self.replay is not None else 0.0
         self.rng = np.random.default_rng(seed)
-        self._fill: Optional[ReplayReader] = None
-        self._fill_seed = seed + 7
-
-    def _filler(self) -> Optional[ReplayReader]:
-        """The replay reader when there is one (documents sampled across what was learned
-        before); else random windows of the documents the backlog reader has finished (a
-        sample of at most FILL_DOCS of them, drawn once, at the end of the pass); None while
-        it has finished fewer documents than a batch has rows (no more varied than the ones
-        read)."""
-        if self._fill is None and self.replay is not None:
-            self._fill = self.replay
-        if self._fill is None:
-            done = list(self.backlog.finished.values())
-            if len(done) < self.B:
-                return None
-            if len(done) > self.FILL_DOCS:
-                pick = self.rng.choice(len(done), self.FILL_DOCS, replace=False)
-                done = [done[i] for i in sorted(pick)]
-            self._fill = ReplayReader(done, self.backlog.T, self.backlog.eod, self._fill_seed)
-        return self._fill if self._fill else None
 
     def next(self) -> Optional[Batch]:
         B, T = self.B, self.backlog.T
@@ -359,27 +311,14 @@ class Batcher:
         use_replay = self.rng.random(B) < self.f
         if use_replay.all():            # every batch moves the backlog on
             use_replay[int(self.rng.integers(B))] = False
-        fill = np.zeros(B, bool)        # end-of-pass rows: windows of finished documents
-        reading = self.backlog.endgame()
-        rows = np.flatnonzero(~use_replay)
-        if reading is not None and 0 < reading < len(rows) and self._filler() is not None:
-            fill[rows[reading:]] = True
         backlog_rows = 0
-        used: set[int] = set()          # at the end of a pass: one row per stream a batch
         for r in range(B):
-            if fill[r]:
-                w = self._fill.window()
-            elif use_replay[r]:
-                w = self.replay.window()
-            else:
-                w = self.backlog.window(frozenset(used) if reading is not None else frozenset())
-                used.add(self.backlog.last_stream)
+            w = self.replay.window() if use_replay[r] else self.backlog.window()
             if w is None:
                 continue
             x[r], y[r], owners, nbytes = w
-            backlog = not (use_replay[r] or fill[r])
-            into = batch.new if backlog else batch.replay
-            backlog_rows += int(backlog)
+            into = batch.replay if use_replay[r] else batch.new
+            backlog_rows += int(not use_replay[r])
             for doc, n in _sum_by_owner(owners, nbytes):
                 into[doc] = into.get(doc, 0) + n
         if backlog_rows == 0:

@@ -176,36 +176,3 @@ def test_the_streams_left_at_the_end_of_a_pass_finish_together():
         for tok, d in zip(y[(y >= 0) & (o >= 0)], o[(y >= 0) & (o >= 0)]):
             per[int(d)].append(int(tok))
     assert all(per[d.id] == d.ids.tolist() for d in docs)
-
-
-def test_the_last_batches_of_a_pass_fill_up_with_finished_documents():
-    """Once fewer documents are read than a batch has rows, each batch takes one row per
-    document still read and fills the rest with windows of finished ones, credited as
-    replay: the last steps are not batches of one long text, and the ledger is unchanged
-    (every token of the pass a backlog target once, in order)."""
-    docs = [doc(i, 40, passes=1.0) for i in range(30)] + [doc(99, 1200, passes=1.0)]
-    B = 8
-    b = Batcher(BacklogReader(docs, T=8, n_streams=16, eod=EOD, seed=3), None, B=B,
-                replay_fraction=0.0, seed=1)
-    batches = []
-    while (batch := b.next()) is not None:
-        batches.append(batch)
-        assert len(batches) < 5000
-    assert sum(bt.new.get(99, 0) for bt in batches) == docs[-1].trainable_bytes
-    new = {}
-    for bt in batches:
-        for d, n in bt.new.items():
-            new[d] = new.get(d, 0) + n
-    assert new == {d.id: d.trainable_bytes for d in docs}
-    last = batches[-20:-1]                      # document 99 alone is still being read
-    assert all(set(bt.new) == {99} and bt.new[99] <= 3 * 8 for bt in last)   # one row
-    assert all(len(bt.replay) >= 3 and 99 not in bt.replay for bt in last)
-    assert all(int((bt.targets >= 0).any(1).sum()) == B for bt in last)     # full batches
-    # the queue read, while the streams outnumber the rows: one row per stream a batch
-    assert all(bt.new.get(99, 0) <= 3 * 8 for bt in batches[len(batches) // 4:])
-    # without finished documents to draw from (fewer than a batch), the old way
-    few = [doc(i, 40, passes=1.0) for i in range(3)] + [doc(99, 400, passes=1.0)]
-    b = Batcher(BacklogReader(few, T=8, n_streams=16, eod=EOD, seed=3), None, B=B,
-                replay_fraction=0.0, seed=1)
-    while (batch := b.next()) is not None:
-        assert not batch.replay
