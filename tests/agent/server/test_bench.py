@@ -11,7 +11,7 @@ import httpx
 
 import agent.benchmark
 import engine
-from agent.benchmark import scaling_bytes
+from agent.benchmark import bench_config, scaling_bytes
 from agent.server import bench as bench_mod
 from agent.server.bench import BATCH, usable_cpus
 from agent.server.config import Limits
@@ -94,7 +94,8 @@ def test_one_bench_at_a_time_a_killed_one_leaves_the_server_serving_and_a_rate_l
 
 
 def test_the_memory_estimate_counts_every_gradient_row_of_every_count():
-    size = ParamLayout.from_config(engine.preset("base")).size
+    size = ParamLayout.from_config(bench_config("base")).size   # the default architecture's
+    assert size > ParamLayout.from_config(engine.preset("base")).size   # its head is untied
     one = scaling_bytes("base", BATCH, [1])
     assert scaling_bytes("base", BATCH, [2]) - one == 4 * size          # one more row
     assert scaling_bytes("base", BATCH, [1, 1]) == 2 * one               # all held at once
