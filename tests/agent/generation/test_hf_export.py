@@ -223,6 +223,21 @@ def test_the_one_known_difference_a_piece_cut_at_max_piece():
 
 # ------------------------------------------------------------------ real transformers (slow)
 
+def same_logits_and_continuation(torch, model, tok, hf_model):
+    """transformers' model fed our token ids: float32 logits within 1e-5 of the largest of
+    ours, the greedy continuation equal to ours token for token. (ids, our logits, ours)."""
+    ids = [int(i) for i in tok.encode(TEXT[:200])][:CFG.context // 2]
+    ours = model.logits(np.asarray([ids]))[0]
+    with torch.no_grad():
+        theirs = hf_model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(theirs - ours).max() < 1e-5 * np.abs(ours).max()
+    want = model.generate(ids, CFG.context - len(ids), temperature=0.0, weights="float32")
+    out = hf_model.generate(torch.tensor([ids]), max_new_tokens=len(want),
+                            min_new_tokens=len(want), do_sample=False)
+    assert out[0, len(ids):].tolist() == want.tolist()
+    return ids, ours, want
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tie_head", [True, False])
 def test_transformers_runs_the_folder_with_our_logits_and_our_greedy_continuation(tmp_path,
@@ -239,15 +254,7 @@ def test_transformers_runs_the_folder_with_our_logits_and_our_greedy_continuatio
     export_hf(model, tok, tmp_path / "m")
     hf_model = GPT2LMHeadModel.from_pretrained(tmp_path / "m").eval()
     assert hf_model.dtype == torch.float32
-    ids = [int(i) for i in tok.encode(TEXT[:200])][:CFG.context // 2]
-    ours = model.logits(np.asarray([ids]))[0]
-    with torch.no_grad():
-        theirs = hf_model(torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(theirs - ours).max() < 1e-5 * np.abs(ours).max()
-    want = model.generate(ids, CFG.context - len(ids), temperature=0.0, weights="float32")
-    out = hf_model.generate(torch.tensor([ids]), max_new_tokens=len(want),
-                            min_new_tokens=len(want), do_sample=False)
-    assert out[0, len(ids):].tolist() == want.tolist()
+    ids, ours, want = same_logits_and_continuation(torch, model, tok, hf_model)
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "m")
     assert hf_tok(TEXT)["input_ids"] == tok.encode(TEXT).tolist()
     assert hf_tok.decode(want.tolist()) == tok.decode(want)
@@ -291,12 +298,4 @@ def test_transformers_runs_the_recipe_as_nemotron_with_our_logits(tmp_path):
     export_hf(model, tok, tmp_path / "m")
     hf_model = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     assert type(hf_model).__name__ == "NemotronForCausalLM"
-    ids = [int(i) for i in tok.encode(TEXT[:200])][:CFG.context // 2]
-    ours = model.logits(np.asarray([ids]))[0]
-    with torch.no_grad():
-        theirs = hf_model(torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(theirs - ours).max() < 1e-5 * np.abs(ours).max()
-    want = model.generate(ids, CFG.context - len(ids), temperature=0.0, weights="float32")
-    out = hf_model.generate(torch.tensor([ids]), max_new_tokens=len(want),
-                            min_new_tokens=len(want), do_sample=False)
-    assert out[0, len(ids):].tolist() == want.tolist()
+    same_logits_and_continuation(torch, model, tok, hf_model)
