@@ -41,6 +41,13 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
+def served_model(data_dir: Path, cycle=None):
+    """(serving model, tokenizer, checkpoint row) of a data directory's cycle (None: latest)."""
+    with open_store(data_dir) as store:
+        state, row = load_recorded_model_state(store, cycle)
+    return state.serving_model(), state.tokenizer, row
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data_dir", type=Path)
@@ -51,9 +58,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     from llama_cpp import Llama
 
-    with open_store(args.data_dir) as store:
-        state, row = load_recorded_model_state(store, args.checkpoint)
-    model, tok = state.serving_model(), state.tokenizer
+    model, tok, row = served_model(args.data_dir, args.checkpoint)
     T = model.config.context
     files = split_files(args.src).heldout[:args.files]
     texts = [read_text(p, 8192) for p in files]

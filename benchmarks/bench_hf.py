@@ -5,8 +5,8 @@ on the held-out files of benchmarks/stdlib_data.py:
   tokenizer.json: our pre-tokeniser as a regex, our merges) on each whole held-out file
   (with --all-files, every file, training files too) against ours: files tokenized
   identically, tokens per byte each way, the first difference where there is one;
-- per dtype (f32, f16): held-out bits per byte computed from GPT2LMHeadModel's logits on our
-  token ids of each file's first 8 KB (windows of the context, every token predicted once,
+- per dtype (f32, f16): held-out bits per byte computed from transformers' logits
+  (GPT2LMHeadModel or NemotronForCausalLM, as exported) on our token ids of each file's first 8 KB (windows of the context, every token predicted once,
   as `cllm eval` does) against our engine's on the same windows; the largest logit
   difference, relative to the largest logit; and greedy agreement.
 
@@ -30,16 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stdlib_data import DEFAULT_ROOT, read_text, split_files  # noqa: E402
 
+from bench_gguf import log_softmax, served_model  # noqa: E402
+
 from agent.generation.hf_export import export_hf  # noqa: E402
-from agent.training.model_state import load_recorded_model_state  # noqa: E402
 from engine.cpu import describe  # noqa: E402
-from store import open_store  # noqa: E402
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
 def main(argv=None) -> None:
@@ -55,12 +49,10 @@ def main(argv=None) -> None:
     import tokenizers
     import torch
     import transformers
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(2)
-    with open_store(args.data_dir) as store:
-        state, row = load_recorded_model_state(store, args.checkpoint)
-    model, tok = state.serving_model(), state.tokenizer
+    model, tok, row = served_model(args.data_dir, args.checkpoint)
     T = model.config.context
     split = split_files(args.src)
     files = split.heldout[:args.files]
@@ -97,7 +89,7 @@ def main(argv=None) -> None:
                                        "hf_tokens_per_byte": theirs_n / nbytes,
                                        "differences": diffs}
                 print(json.dumps(res["tokenization"]), flush=True)
-            hf_model = GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+            hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             nats_o = nats_h = 0.0
             n_tok = n_bytes = agree = 0
             worst = 0.0
