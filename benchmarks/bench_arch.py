@@ -88,6 +88,14 @@ VARIANTS = [
     Variant("all", "the same with Muon", arch=ALL, optimizer="muon"),
     Variant("all-ctx128", "all, context 128, batch 4", arch=ALL, optimizer="muon",
             batch=4, context=128),
+    Variant("nz-ctx128", "nemotron-nz, context 128, batch 4 (the same tokens a step)",
+            arch=NEMOTRON_NZ, batch=4, context=128),
+    Variant("nz-ctx256", "nemotron-nz, context 256, batch 2 (the same tokens a step)",
+            arch=NEMOTRON_NZ, batch=2, context=256),
+    Variant("nz-ctx256-b4", "nemotron-nz, context 256, batch 4 (twice the tokens a step)",
+            arch=NEMOTRON_NZ, batch=4, context=256),
+    Variant("nz-muon", "nemotron-nz with Muon on the hidden matrices", arch=NEMOTRON_NZ,
+            optimizer="muon"),
     Variant("cooldown", "today's recipe, raw weights after a 1-sqrt cooldown over the last "
             "20% (Hagele et al. 2024) instead of the EMA", cooldown=0.2),
 ]
