@@ -16,7 +16,7 @@ that gives its updates AdamW's RMS, so both share one learning rate and schedule
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -150,15 +150,32 @@ class Optimizer:
             out.append((i, hi, False))
         return out
 
-    def finish_step(self, params: np.ndarray, hyper: tuple) -> None:
+    def block_shares(self, n: int) -> list[list[int]]:
+        """Muon's blocks dealt to n workers so that their Newton-Schulz work is even: largest
+        first, each to the least loaded worker (a block's cost: its three products per
+        iteration, m^2 n + m^3 + m^2 n for m <= n). The blocks are disjoint parts of the
+        parameters, so the shares can be finished in parallel, in any order."""
+        loads, shares = [0] * n, [[] for _ in range(n)]
+        cost = [(lambda m, k: 2 * m * m * k + m ** 3)(min(r, c), max(r, c))
+                for _, r, _, _, c in self._blocks]
+        for i in sorted(range(len(cost)), key=lambda i: (-cost[i], i)):
+            w = loads.index(min(loads))
+            shares[w].append(i)
+            loads[w] += cost[i]
+        return shares
+
+    def finish_step(self, params: np.ndarray, hyper: tuple,
+                    blocks: Optional[Sequence[int]] = None) -> None:
         """Muon's matrix phase, once every segment is updated: each block's direction
-        orthogonalised and applied with decoupled weight decay. Nothing for AdamW or SGD."""
+        orthogonalised and applied with decoupled weight decay (`blocks`: only those, by
+        index, e.g. one worker's share of `block_shares`). Nothing for AdamW or SGD."""
         if not self.muon:
             return
         lr = hyper[0]
         c = self.cfg
         decay = np.float32(1.0 - lr * c.weight_decay)
-        for start, rows, width, col0, cols in self._blocks:
+        chosen = self._blocks if blocks is None else [self._blocks[i] for i in blocks]
+        for start, rows, width, col0, cols in chosen:
             whole = slice(start, start + rows * width)
             p = params[whole].reshape(rows, width)[:, col0:col0 + cols]
             o = newton_schulz(self.direction[whole].reshape(rows, width)[:, col0:col0 + cols])

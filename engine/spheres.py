@@ -4,7 +4,8 @@ Node Zero (the caller's thread) never processes batches. Per `train_step` it cut
 batch into micro-batches, releases the workers (Point A), waits for their gradient rows
 (Point B), lets each worker reduce one segment of the flat range across all rows in a fixed
 order (Point C: Node Zero combines the per-segment norms and finite flags, then decides to
-clip, apply or skip), and waits for the segment-wise optimizer update (Point E).
+clip, apply or skip), and waits for the segment-wise optimizer update (Point E) and, for
+Muon, for every worker's share of its matrix phase (Point F: Optimizer.block_shares).
 
 - Thread-local contexts: each worker owns its activations (a model Workspace created in its
   thread) and its own gradient row `grads[w]`; nothing mutable is shared during
@@ -160,7 +161,13 @@ class ThreadedTrainingSystem:
         self._grads_ready = threading.Barrier(parties)
         self._reduced = threading.Barrier(parties, action=self._decide_at_point_c)
         self._updated = threading.Barrier(parties)
-        self._barriers = (self._released, self._grads_ready, self._reduced, self._updated)
+        self._finished = threading.Barrier(parties)       # Muon's matrix phase done (Point F)
+        self._barriers = (self._released, self._grads_ready, self._reduced, self._updated,
+                          self._finished)
+        # Muon's blocks, dealt once: worker w orthogonalises _shares[w] (the layout's hidden
+        # matrices never change shape, vocabulary growth only adds embedding rows)
+        self._shares = (self.optimizer.block_shares(self.n)
+                        if self.optimizer.has_matrix_phase else [[] for _ in range(self.n)])
         self._closed = False
         self._broken = False
         # across ranks: one communicator per worker segment, and the step's global
@@ -241,18 +248,6 @@ class ThreadedTrainingSystem:
                 dst[lo:hi] = src[lo:hi]
         self._saved[:] = False
 
-    def _matrix_phase(self) -> None:
-        """Muon's whole-matrix update (engine.optim.Optimizer.finish_step) on Node Zero while
-        the workers wait for the next step, with BLAS on as many threads as there are
-        workers; a failure puts the step's segments back and surfaces with its traceback."""
-        try:
-            with threadpool_limits(limits=self.n):
-                self.optimizer.finish_step(self.model.params, self._hyper)
-        except BaseException as exc:
-            self._restore_saved()
-            raise WorkerError(f"Muon's matrix phase failed: {exc!r}\n{traceback.format_exc()}",
-                              "the step was rolled back; see the traceback above") from exc
-
     def gather_state(self) -> None:
         """Across ranks with sharded combining, each rank's AdamW moments are current only
         in its shards during a cycle: make them whole on every rank (collective: every rank
@@ -293,13 +288,13 @@ class ThreadedTrainingSystem:
             self._wait(self._grads_ready)  # Point B: every gradient row is ready
             self._wait(self._reduced)      # Point C: segments reduced; _node_zero_decide has run
             self._wait(self._updated)      # Point E: segments updated (or left alone)
+            if self._decision[0] and self.optimizer.has_matrix_phase:
+                self._wait(self._finished)  # Point F: Muon's blocks, each worker its share
         except BaseException:        # an interrupt between two waits, too: free the workers
             if not self._broken:
                 self._break()
             raise
         self.node_zero.idle_s += time.perf_counter() - t0
-        if self._decision[0] and self.optimizer.has_matrix_phase:
-            self._matrix_phase()
         self.node_zero.batches += 1
         self.node_zero.tokens += n_valid
         apply, _, norm, reason = self._decision
@@ -458,12 +453,31 @@ class ThreadedTrainingSystem:
                 self._updated.wait()
                 stats.busy_s += (t_c - t_red) + (t_e - t_upd)
                 stats.idle_s += (t_red - t_wait) + (t_upd - t_c)
+                if apply and self.optimizer.has_matrix_phase:
+                    self._matrix_share(w, stats)
         except threading.BrokenBarrierError:
             return
         except BaseException as exc:  # surfaces in train_step with this traceback
             self._record_failure(f"worker sphere {w}", exc)
             for bar in self._barriers:
                 bar.abort()
+
+    def _matrix_share(self, w: int, stats: SphereStats) -> None:
+        """Muon's matrix phase (engine.optim.Optimizer.finish_step), worker w's share of the
+        blocks, once every segment's direction is written (after Point E); then Point F. A
+        failure is recorded as the matrix phase's, and train_step rolls the step back."""
+        t = time.perf_counter()
+        self._phase[w] = "matrix phase"
+        try:
+            self.optimizer.finish_step(self.model.params, self._hyper, self._shares[w])
+        except BaseException as exc:
+            self._record_failure(f"worker sphere {w}'s share of Muon's matrix phase", exc)
+            raise
+        t_f = time.perf_counter()
+        self._phase[w] = "waiting"
+        self._finished.wait()
+        stats.busy_s += t_f - t
+        stats.idle_s += time.perf_counter() - t_f
 
     # ------------------------------------------------------------------ reporting
     def topology(self) -> dict:
