@@ -96,6 +96,12 @@ VARIANTS = [
             arch=NEMOTRON_NZ, batch=4, context=256),
     Variant("nz-muon", "nemotron-nz with Muon on the hidden matrices", arch=NEMOTRON_NZ,
             optimizer="muon"),
+    Variant("nz-b16", "nemotron-nz, 16 sequences a step", arch=NEMOTRON_NZ, batch=16),
+    Variant("nz-b32", "nemotron-nz, 32 sequences a step", arch=NEMOTRON_NZ, batch=32),
+    Variant("nz-muon-b16", "nemotron-nz with Muon, 16 sequences a step", arch=NEMOTRON_NZ,
+            optimizer="muon", batch=16),
+    Variant("nz-muon-b32", "nemotron-nz with Muon, 32 sequences a step", arch=NEMOTRON_NZ,
+            optimizer="muon", batch=32),
     Variant("cooldown", "today's recipe, raw weights after a 1-sqrt cooldown over the last "
             "20% (Hagele et al. 2024) instead of the EMA", cooldown=0.2),
 ]
