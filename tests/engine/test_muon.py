@@ -52,6 +52,34 @@ def test_the_blocks_are_the_hidden_matrices_with_qkv_in_three():
                                                      (C, 3 * C, 2 * C, C)]
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_the_workers_shares_cover_every_block_once_and_evenly(n):
+    opt = Optimizer(Model(engine.small.replace(mlp="relu2")).layout, MUON)
+    shares = opt.block_shares(n)
+    blocks = optim.muon_blocks(opt.layout)
+    assert len(shares) == n
+    assert sorted(i for share in shares for i in share) == list(range(len(blocks)))
+
+    def cost(i):
+        _, rows, _, _, cols = blocks[i]
+        m, k = min(rows, cols), max(rows, cols)
+        return 2 * m * m * k + m ** 3
+
+    loads = [sum(cost(i) for i in share) for share in shares]
+    assert max(loads) - min(loads) <= max(cost(i) for i in range(len(blocks)))
+    # finished share by share, in any order, the update equals the whole phase's
+    m = Model(CFG, seed=0)
+    a, b = Optimizer(m.layout, MUON), Optimizer(m.layout, MUON)
+    _, g = m.loss_and_grad(*data(1)[0])
+    pa, pb = m.params.copy(), m.params.copy()
+    for opt_, p in ((a, pa), (b, pb)):
+        opt_.update_segment(p, g, 0, p.size, opt_.hyper(MUON.lr), 1.0)
+    a.finish_step(pa, a.hyper(MUON.lr))
+    for share in reversed(b.block_shares(3)):
+        b.finish_step(pb, b.hyper(MUON.lr), share)
+    assert pa.tobytes() == pb.tobytes()
+
+
 def muon_reference(model, grad, lr, tcfg, state):
     """One step written from the papers: Muon with Nesterov momentum on each hidden matrix
     (q, k, v apart), scaled 0.2 sqrt(max(rows, cols)), decoupled decay; AdamW elsewhere."""
