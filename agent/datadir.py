@@ -5,7 +5,7 @@
                      $CLLM_DATA_DIR or --data-dir instead
     user config      platformdirs' user config dir + cllm.toml: ~/.config/cllm/cllm.toml on
                      Linux ($XDG_CONFIG_HOME/cllm/cllm.toml); read beneath DATA_DIR/cllm.toml
-                     (agent/settings.py has the whole precedence)
+                     (agent/resolve.py has the whole precedence)
 
 A data directory cllm creates is its owner's only (0700, store/db.py's make_private_dir)
 and so are the store's files (0600): on a shared machine other users cannot read what the

@@ -14,7 +14,8 @@ import click
 
 from agent.cli.common import (CONTEXT_SETTINGS, Invocation, data_dir_option, echo_json,
                               one_line_errors, pass_invocation)
-from agent.settings import CrawlSettings, build, options, resolve
+from agent.resolve import options, resolve
+from agent.settings import CrawlSettings, build
 from agent.signals import stop_on_signals
 from store import open_store
 from store.models import TargetKind

@@ -1,7 +1,8 @@
 """`cllm train`, `cllm generate`, `cllm neighbours` and `cllm bench`: the model from the
 command line, as thin commands over agent.inputs.corpus, the continuous trainer and the engine.
 
-`train`'s settings come from agent/settings.py (flags, CLLM_*, TOML, as every command).
+`train`'s settings come from agent/settings.py and agent/resolve.py (flags, CLLM_*, TOML, as
+every command).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from agent.cli.common import (CONTEXT_SETTINGS, EXIT_INTERRUPTED, Invocation, da
                               warn_if_preset_ignored)
 from agent.generation.checkpoint import DECODE_WEIGHTS, load_serving_checkpoint
 from agent.generation.stream import Sampling, TextStream
-from agent.settings import TrainerSettings, build, options, resolve
+from agent.resolve import options, resolve
+from agent.settings import TrainerSettings, build
 from agent.signals import stop_on_signals
 from engine import PRESETS
 from engine.config import parse_arch

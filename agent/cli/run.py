@@ -18,7 +18,8 @@ from agent.cli.serve import SERVE_OPTIONS, serve_config, serve_options
 from agent.reports import status_view
 from agent.server import require_serve_extra
 from agent.server.security import token_path
-from agent.settings import AgentConfig, TrainerSettings, build, options, resolve
+from agent.resolve import options, resolve
+from agent.settings import AgentConfig, TrainerSettings, build
 from agent.signals import stop_on_signals
 from engine.errors import CllmError
 

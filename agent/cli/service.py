@@ -15,7 +15,8 @@ import click
 from agent.cli.common import CONTEXT_SETTINGS, Invocation, one_line_errors, pass_invocation
 from agent.service import (DEFAULT_NAME, ServiceSpec, Systemd, agent_argv, manager,
                            service_env)
-from agent.settings import SETTINGS, resolve
+from agent.resolve import resolve
+from agent.settings import SETTINGS
 
 name_option = click.option("--name", default=DEFAULT_NAME, show_default=True,
                            help="The service's name (one per data directory).")

@@ -44,7 +44,7 @@ def test_help_shows_the_default_data_directory_as_the_user_data_directory():
 
 def test_config_precedence_flags_env_data_dir_toml_user_toml_defaults(tmp_path, monkeypatch):
     from agent.datadir import user_config_file
-    from agent.settings import resolve
+    from agent.resolve import resolve
 
     user = user_config_file()
     assert user == Path(os.environ["XDG_CONFIG_HOME"]) / "cllm" / "cllm.toml"

@@ -252,7 +252,7 @@ def test_train_and_crawl_settings_reach_their_dataclass_from_toml_env_and_flag_s
 
 
 def test_a_misspelled_table_or_a_key_of_another_command_is_an_error(clean_env, tmp_path):
-    from agent.settings import resolve
+    from agent.resolve import resolve
     from engine.errors import ConfigError
 
     data = tmp_path / "d"
@@ -275,7 +275,7 @@ def test_a_misspelled_table_or_a_key_of_another_command_is_an_error(clean_env, t
 
 def test_the_renamed_vocabulary_flag_keeps_its_old_name_for_a_release_with_a_warning(
         clean_env, tmp_path):
-    from agent.settings import resolve
+    from agent.resolve import resolve
 
     data = tmp_path / "d"
     assert resolve({"vocab_growth": 7}, data, command="train")["vocab_growth"] == 7

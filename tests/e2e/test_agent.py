@@ -355,7 +355,7 @@ def test_cllm_train_is_recorded_as_a_cycle_and_respects_the_lock(tmp_path):
 
 
 def test_settings_come_from_flags_then_environment_then_toml(tmp_path, monkeypatch):
-    from agent.settings import resolve
+    from agent.resolve import resolve
     from engine.errors import ConfigError
 
     (tmp_path / "cllm.toml").write_text(
@@ -375,7 +375,7 @@ def test_settings_come_from_flags_then_environment_then_toml(tmp_path, monkeypat
 
 
 def test_list_settings_from_the_environment_keep_urls_whole(tmp_path, monkeypatch):
-    from agent.settings import resolve
+    from agent.resolve import resolve
 
     monkeypatch.delenv("CLLM_CONFIG", raising=False)
     monkeypatch.setenv("CLLM_CRAWL", os.pathsep.join(
