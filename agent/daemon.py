@@ -8,7 +8,7 @@ Threads (all joined on shutdown):
 - "agent-ingest": IngestLoop (agent/inputs/ingest.py) records them and wakes the trainer;
 - "agent-crawl": CrawlLoop (agent/crawler.py) crawls each --crawl target once at
   start, then re-crawls the URL targets when due and crawls the targets users add;
-- "agent-trainer": TrainerLoop (agent/continuous_trainer.py) runs cycles while one is due,
+- "agent-trainer": TrainerLoop (agent/training/loop.py) runs cycles while one is due,
   at the training priority (--priority), with the worker spheres it starts;
 - "agent-limits" (a trainer with --pause-on-battery or --pause-above-load): LimitMonitor
   (agent/limits.py) pauses training on battery or under load and resumes it.
@@ -35,7 +35,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from agent.continuous_trainer import ContinuousTrainer, TrainerLoop
+from agent.continuous_trainer import ContinuousTrainer
 from agent.datadir import DataDirLock
 from agent.crawler import CrawlLoop, iter_targets, record_target, stored_targets
 from agent.file_monitor import FileMonitor, MonitorError
@@ -43,6 +43,7 @@ from agent.inputs.ingest import IngestLoop
 from agent.limits import USER, LimitMonitor, Pauses
 from agent.settings import AgentConfig, TrainerSettings
 from agent.training.trainer_lease import LEASE_TTL_S, TrainerLease
+from agent.training.loop import TrainerLoop
 from agent.web.ssrf import HostPolicy
 from engine.errors import CllmError, ConfigError
 from store import Store, controls, open_store

@@ -181,7 +181,7 @@ def build_at_vocabulary(state: ModelState) -> None:
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (the disk is full, a quota is reached, an I/O
     error): nothing of it is left, nothing of its cycle counts, and the agent's trainer
-    retries after a back-off (TrainerLoop)."""
+    retries after a back-off (agent/training/loop.py's TrainerLoop)."""
 
 
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -16,6 +16,7 @@ from agent import continuous_trainer
 from agent.continuous_trainer import (ContinuousTrainer, CycleInterrupted,
                                       TrainerSettings)
 from agent.daemon import Agent, AgentConfig
+from agent.training import loop as trainer_loop
 from agent.training.fim import SPECIALS as FIM_SPECIALS
 from engine.checkpoint import file_sha256
 from engine.errors import CllmError
@@ -667,11 +668,11 @@ def test_a_full_disk_at_the_checkpoint_backs_off_and_the_next_try_commits(env, m
     add_doc(store, "a", "lattice")
     add_doc(store, "b", "spheres")
     calls = full_disk_once(monkeypatch)
-    monkeypatch.setattr(continuous_trainer, "LOOP_RETRY_S", 0.05)
+    monkeypatch.setattr(trainer_loop, "LOOP_RETRY_S", 0.05)
     stop, crawled = threading.Event(), threading.Event()
     crawled.set()
     settings = SETTINGS.replace(snapshot_seconds=0)     # the one write is the checkpoint's
-    loop = continuous_trainer.TrainerLoop(ContinuousTrainer(store, data, settings), stop=stop,
+    loop = trainer_loop.TrainerLoop(ContinuousTrainer(store, data, settings), stop=stop,
                                           wake=threading.Event(), crawled=crawled, max_cycles=1)
     with caplog.at_level(logging.INFO, logger="agent"):
         t = threading.Thread(target=loop.run)
@@ -705,7 +706,7 @@ def test_a_stop_ends_the_back_off_of_a_disk_that_stays_full(env, monkeypatch):
     def full(path, blob):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr("engine.checkpoint.atomic_write_bytes", full)
-    monkeypatch.setattr(continuous_trainer, "LOOP_RETRY_S", 600.0)    # capped at 300 s
+    monkeypatch.setattr(trainer_loop, "LOOP_RETRY_S", 600.0)    # capped at 300 s
     backing_off = threading.Event()
 
     class Heard(logging.Handler):
@@ -713,10 +714,10 @@ def test_a_stop_ends_the_back_off_of_a_disk_that_stays_full(env, monkeypatch):
             if record.getMessage().startswith("cycle failed") and "300 s" in record.getMessage():
                 backing_off.set()
     heard = Heard()
-    continuous_trainer.loop_log.addHandler(heard)
+    trainer_loop.loop_log.addHandler(heard)
     stop, crawled = threading.Event(), threading.Event()
     crawled.set()
-    loop = continuous_trainer.TrainerLoop(
+    loop = trainer_loop.TrainerLoop(
         ContinuousTrainer(store, data, SETTINGS.replace(snapshot_seconds=0)), stop=stop,
         wake=threading.Event(), crawled=crawled)
     t = threading.Thread(target=loop.run)
@@ -727,7 +728,7 @@ def test_a_stop_ends_the_back_off_of_a_disk_that_stays_full(env, monkeypatch):
         t.join(30)
         assert not t.is_alive(), "the back-off did not end at the stop"
     finally:
-        continuous_trainer.loop_log.removeHandler(heard)
+        trainer_loop.loop_log.removeHandler(heard)
         stop.set()
         t.join()
     assert loop.cycles_completed == 0
