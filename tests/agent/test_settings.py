@@ -300,7 +300,7 @@ def test_help_shows_each_commands_own_default(clean_env):
     train = CliRunner().invoke(main, ["train", "-h"]).output
     agent = CliRunner().invoke(main, ["agent", "-h"]).output
     assert "[default: 16]" in train and "[default: 3000]" in train
-    assert "[default: 8]" in agent and "[default: 2000]" in agent
+    assert "[default: 16]" in agent and "[default: 2000]" in agent
     crawl = CliRunner().invoke(main, ["crawl", "-h"]).output
     assert "5242880" in crawl            # the crawler's own page limit, read from the crawler
 
