@@ -295,7 +295,8 @@ def main(argv=None) -> None:
           f"{args.workers} cores", flush=True)
     floor = compressor_floor(split.train, split.heldout, args.heldout_bytes)
     print(f"xz -9e floor: {floor['bpb']:.4f} bits/byte", flush=True)
-    compile_kernels(ema=True)           # numba's on-disk cache, before any clock
+    st = TrainerSettings()   # numba's on-disk cache, before any clock: the agent's recipe's
+    compile_kernels(ema=True, optimizer=st.train_config(1).optimizer, arch=st.arch)
 
     results: dict[str, dict] = {}
     if "agent" in peers:
