@@ -6,10 +6,14 @@ The weights are copied from an engine.Model so both sides compute the same funct
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from engine.optim import NS_COEFFS, NS_STEPS
+from engine.params import is_linear_weight, is_matrix
 
 
 class TorchGPT(torch.nn.Module):
@@ -17,9 +21,10 @@ class TorchGPT(torch.nn.Module):
         super().__init__()
         cfg = model.config
         self.cfg = cfg
+        self.names = list(model.param_names())       # the engine's names, layout order
         self.p = torch.nn.ParameterDict({
             n.replace(".", "_"): torch.nn.Parameter(torch.from_numpy(model.param(n).copy()))
-            for n in model.param_names()})
+            for n in self.names})
 
     def w(self, name):
         return self.p[name.replace(".", "_")]
@@ -150,12 +155,56 @@ class TorchGPT(torch.nn.Module):
         return torch.stack(out, 1).numpy()
 
 
-def torch_adamw(module: TorchGPT, tcfg) -> torch.optim.Optimizer:
-    decay = [p for n, p in module.p.items() if p.dim() == 2]
-    no_decay = [p for n, p in module.p.items() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+class TorchMuon:
+    """Muon as engine.optim runs it: Nesterov momentum, five Newton-Schulz iterations per
+    matrix (the fused qkv as three), the update scaled to AdamW's RMS (muon_scale
+    sqrt(max(rows, cols))), decoupled decay, the AdamW learning rate. `cfg`: anything with
+    muon_momentum, muon_scale and weight_decay (a TrainConfig, the twin's Recipe)."""
+
+    def __init__(self, named, cfg) -> None:
+        self.named, self.cfg = named, cfg
+        self.buf = {n: torch.zeros_like(p) for n, p in named}
+
+    @staticmethod
+    def orthogonalise(g):
+        a, b, c = NS_COEFFS
+        x = g / (g.norm() + 1e-7)
+        wide = x.shape[0] <= x.shape[1]
+        if not wide:
+            x = x.T
+        for _ in range(NS_STEPS):
+            A = x @ x.T
+            x = a * x + (b * A + c * (A @ A)) @ x
+        return x if wide else x.T
+
+    def step(self, lr: float) -> None:
+        r = self.cfg
+        with torch.no_grad():
+            for n, p in self.named:
+                g, b = p.grad, self.buf[n]
+                b.mul_(r.muon_momentum).add_(g)
+                d = g + r.muon_momentum * b
+                parts = d.chunk(3, dim=1) if n.endswith("attn.qkv.w") else (d,)
+                o = torch.cat([self.orthogonalise(x) * (r.muon_scale * math.sqrt(max(x.shape)))
+                               for x in parts], dim=1)
+                p.mul_(1.0 - lr * r.weight_decay).sub_(lr * o)
+
+
+def torch_optimizers(module: TorchGPT, cfg) -> tuple[torch.optim.Optimizer, Optional[TorchMuon]]:
+    """The optimizer of `cfg` (a TrainConfig, or the twin's Recipe: optimizer, lr, betas,
+    eps, weight_decay) over `module`, as engine.optim splits it: AdamW with decoupled decay
+    on the matrices (engine.params.is_matrix) and none on gains and biases, and for "muon"
+    TorchMuon on the hidden matrices instead (step it after AdamW, at AdamW's rate)."""
+    muon = cfg.optimizer == "muon"
+    adam = [n for n in module.names if not (muon and is_linear_weight(n))]
+    opt = torch.optim.AdamW(
+        [{"params": [module.w(n) for n in adam if is_matrix(n)],
+          "weight_decay": cfg.weight_decay},
+         {"params": [module.w(n) for n in adam if not is_matrix(n)], "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    matrices = (TorchMuon([(n, module.w(n)) for n in module.names if is_linear_weight(n)], cfg)
+                if muon else None)
+    return opt, matrices
 
 
 def as_tensor(a: np.ndarray) -> torch.Tensor:

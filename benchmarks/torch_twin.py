@@ -67,8 +67,6 @@ from engine.data import pack, window  # noqa: E402
 from engine.ema import EMA, decay_at  # noqa: E402
 from engine.errors import CllmError  # noqa: E402
 from engine.config import parse_arch  # noqa: E402
-from engine.optim import NS_COEFFS, NS_STEPS  # noqa: E402
-from engine.params import is_linear_weight, is_matrix  # noqa: E402
 from engine.schedule import ScheduleConfig, learning_rate  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 
@@ -99,7 +97,7 @@ class Recipe:
     seed: int = 0
     init: Optional[str] = None         # embedding init (None: the preset's)
     arch: str = ""                     # the model's recipe options (engine.config.parse_arch)
-    optimizer: str = "adamw"           # "adamw" or "muon" (TorchMuon, as engine.optim's)
+    optimizer: str = "adamw"           # "adamw" or "muon" (torch_peer.TorchMuon, as engine.optim's)
     muon_momentum: float = 0.95
     muon_scale: float = 0.2
 
@@ -194,42 +192,6 @@ class ShuffledPasses:
         return np.stack(xs), np.stack(ys)
 
 
-class TorchMuon:
-    """Muon as engine.optim runs it (PyTorch, benchmarks only): Nesterov momentum, five
-    Newton-Schulz iterations per matrix (the fused qkv as three), the update scaled to
-    AdamW's RMS (0.2 sqrt(max(rows, cols))), decoupled decay, the AdamW learning rate."""
-
-    def __init__(self, named, recipe: Recipe) -> None:
-        import torch
-        self.named, self.recipe = named, recipe
-        self.buf = {n: torch.zeros_like(p) for n, p in named}
-
-    @staticmethod
-    def orthogonalise(g):
-        a, b, c = NS_COEFFS
-        x = g / (g.norm() + 1e-7)
-        wide = x.shape[0] <= x.shape[1]
-        if not wide:
-            x = x.T
-        for _ in range(NS_STEPS):
-            A = x @ x.T
-            x = a * x + (b * A + c * (A @ A)) @ x
-        return x if wide else x.T
-
-    def step(self, lr: float) -> None:
-        import torch
-        r = self.recipe
-        with torch.no_grad():
-            for n, p in self.named:
-                g, b = p.grad, self.buf[n]
-                b.mul_(r.muon_momentum).add_(g)
-                d = g + r.muon_momentum * b
-                parts = d.chunk(3, dim=1) if n.endswith("attn.qkv.w") else (d,)
-                o = torch.cat([self.orthogonalise(x) * (r.muon_scale * math.sqrt(max(x.shape)))
-                               for x in parts], dim=1)
-                p.mul_(1.0 - lr * r.weight_decay).sub_(lr * o)
-
-
 # --------------------------------------------------------------------------- the race
 def flat_copy(tensors) -> np.ndarray:
     """The tensors (in the engine's layout order) as one flat float32 array: a copy."""
@@ -242,7 +204,7 @@ def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] 
     """Train until the clock's deadline (or the recipe's passes); copy the served weights at
     each mark. Returns the run's summary, with the copies under "snapshots" (arrays)."""
     import torch
-    from torch_peer import TorchGPT
+    from torch_peer import TorchGPT, torch_optimizers
 
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(recipe.seed)
@@ -259,15 +221,7 @@ def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] 
     net = TorchGPT(model)
     names = model.param_names()
     params = [net.w(n) for n in names]
-    muon = recipe.optimizer == "muon"
-    adam_names = [n for n in names if not (muon and is_linear_weight(n))]
-    opt = torch.optim.AdamW(
-        [{"params": [net.w(n) for n in adam_names if is_matrix(n)],
-          "weight_decay": recipe.weight_decay},
-         {"params": [net.w(n) for n in adam_names if not is_matrix(n)], "weight_decay": 0.0}],
-        lr=recipe.lr, betas=(recipe.beta1, recipe.beta2), eps=recipe.eps)
-    matrices = (TorchMuon([(n, net.w(n)) for n in names if is_linear_weight(n)], recipe)
-                if muon else None)
+    opt, matrices = torch_optimizers(net, recipe)
     schedule = ScheduleConfig(kind="constant", lr=recipe.lr, warmup_steps=recipe.warmup)
     shadow = [p.detach().clone() for p in params] if recipe.ema_decay else None
     ema_t = step = tokens = skipped = 0

@@ -43,8 +43,8 @@ def test_the_twin_computes_our_logits_and_gradients(arch):
 
 
 def test_the_twins_muon_is_ours():
-    from torch_peer import TorchGPT
-    from torch_twin import Recipe, TorchMuon
+    from torch_peer import TorchGPT, TorchMuon
+    from torch_twin import Recipe
 
     from engine.params import is_linear_weight
 
