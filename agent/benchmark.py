@@ -6,10 +6,12 @@ benchmarks/bench_agent.py and the forgetting test).
 
 Scaling:
 For each worker count: tokens/s of full training steps (forward + backward + reduction +
-AdamW), scaling and efficiency against the first count, CPU utilisation (process CPU seconds
-/ wall seconds / cores) while training and, when PyTorch and the repository's
-benchmarks/torch_peer.py are present, PyTorch eager's full training step at the same thread
-count, interleaved round by round (the machine is shared: only same-run ratios mean much).
+the optimizer: a new data directory's batch and optimizer unless told), scaling and
+efficiency against the first count, CPU utilisation (process CPU seconds / wall seconds /
+cores) while training and, when PyTorch and the repository's benchmarks/torch_peer.py are
+present, PyTorch eager's full training step (the same optimizer: torch_peer.torch_optimizers)
+at the same thread count, interleaved round by round (the machine is shared: only same-run
+ratios mean much).
 PyTorch is never a requirement: without it the peer columns are left out.
 """
 from __future__ import annotations
@@ -72,26 +74,42 @@ def bench_config(preset: str, arch: Optional[str] = None):
     return engine.preset(preset).replace(**parse_arch(DEFAULT_ARCH if arch is None else arch))
 
 
-def scaling_bytes(preset: str, batch: int, counts, arch: Optional[str] = None) -> int:
+def bench_recipe(batch: Optional[int] = None, optimizer: Optional[str] = None
+                 ) -> tuple[int, str]:
+    """(global batch, optimizer) `cllm bench` measures: those given, else a new data
+    directory's (agent.settings: the batch size and optimizer `cllm agent` trains with)."""
+    from agent.settings import TrainerSettings
+    st = TrainerSettings()
+    return batch or st.batch_size, optimizer or st.train_config(1).optimizer
+
+
+def scaling_bytes(preset: str, batch: Optional[int], counts, arch: Optional[str] = None,
+                  optimizer: Optional[str] = None) -> int:
     """About the memory `scaling` holds: every count's ThreadedTrainingSystem exists for the
     whole run, each with a gradient row per worker plus its model, the reduced gradient,
-    AdamW's two moments and the undo log of parameters and moments (n + 7 float32 arrays of
-    the layout's size: engine/spheres.py), and its workers' activations of one batch
-    (engine/model.Workspace). What `POST /api/bench` is bounded by (agent/server/bench.py)."""
+    the optimizer's two moments (and Muon's direction) and the undo log of parameters and
+    moments (n + 7 float32 arrays of the layout's size, n + 8 with Muon: engine/spheres.py),
+    and its workers' activations of one batch (engine/model.Workspace). What
+    `POST /api/bench` is bounded by (agent/server/bench.py)."""
+    batch, optimizer = bench_recipe(batch, optimizer)
     cfg = bench_config(preset, arch)
     size = ParamLayout.from_config(cfg).size
     B, T, C, L, V = batch, cfg.context, cfg.d_model, cfg.n_layers, cfg.vocab_size
     activations = B * T * (20 * L * C + 14 * C + V) + (L + 1) * B * cfg.n_heads * T * T
-    return 4 * sum((n + 7) * size + activations for n in counts)
+    arrays = 7 + (optimizer == "muon")
+    return 4 * sum((n + arrays) * size + activations for n in counts)
 
 
-def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3,
-            steps: int = 3, with_torch: bool = True, arch: Optional[str] = None) -> dict:
-    """Measure the preset's model in architecture `arch` (`bench_config`), PyTorch on the
-    same model; returns {"rows": [...], "topology": tree of the last system, "note":
-    str|None}."""
+def scaling(preset: str = "base", batch: Optional[int] = None, counts=(1, 2), rounds: int = 3,
+            steps: int = 3, with_torch: bool = True, arch: Optional[str] = None,
+            optimizer: Optional[str] = None) -> dict:
+    """Measure the preset's model in architecture `arch` (`bench_config`), trained with
+    `optimizer` on global batches of `batch` sequences (`bench_recipe`: a new data
+    directory's when None), and PyTorch on the same model with the same optimizer; returns
+    {"rows": [...], "topology": tree of the last system, "note": str|None}."""
+    batch, optimizer = bench_recipe(batch, optimizer)
     cfg = bench_config(preset, arch)
-    tcfg = TrainConfig(lr=1e-4, warmup_steps=0)
+    tcfg = TrainConfig(lr=1e-4, warmup_steps=0, optimizer=optimizer)
     rng = np.random.default_rng(0)
     x = rng.integers(0, cfg.vocab_size, (batch, cfg.context))
     y = rng.integers(0, cfg.vocab_size, (batch, cfg.context))
@@ -108,7 +126,7 @@ def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3
             tx, ty = tp.as_tensor(x), tp.as_tensor(y)
             for n in counts:
                 m = tp.TorchGPT(engine.Model(cfg, seed=0))
-                peers[n] = (m, tp.torch_adamw(m, tcfg))
+                peers[n] = (m, *tp.torch_optimizers(m, tcfg))
         for _ in range(rounds):
             for n in counts:
                 s = systems[n]
@@ -117,12 +135,14 @@ def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3
                 cpu[n].append(util)
                 if peers:
                     torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
-                    m, opt = peers[n]
+                    m, opt, matrices = peers[n]
 
                     def tstep():
                         opt.zero_grad(set_to_none=True)
                         m(tx, ty).backward()
                         opt.step()
+                        if matrices is not None:
+                            matrices.step(tcfg.lr)
                     theirs[n].append(batch * cfg.context / measure(tstep, steps)[0])
         topology = systems[counts[-1]].topology()
     finally:
@@ -140,7 +160,8 @@ def scaling(preset: str = "base", batch: int = 8, counts=(1, 2), rounds: int = 3
             p = float(np.median(theirs[n]))
             r.update(torch_tok_s=p, ratio=o / p)
         rows.append(r)
-    return {"preset": preset, "arch": arch_text(cfg) or "gpt2", "batch": batch,
+    return {"preset": preset, "arch": arch_text(cfg) or "gpt2", "optimizer": optimizer,
+            "batch": batch,
             "context": cfg.context, "rounds": rounds,
             "steps": steps, "cores": os.cpu_count(), "cpu": describe().line(), "rows": rows,
             "topology": topology, "note": note}
@@ -151,7 +172,7 @@ def table_lines(result: dict) -> list[str]:
            f"preset {result['preset']} ({result['arch']}), global batch "
            f"{result['batch']}x{result['context']}, "
            f"{result['cores']} cores, median of {result['rounds']} interleaved rounds x "
-           f"{result['steps']} steps (fwd+bwd+AdamW)"]
+           f"{result['steps']} steps (fwd+bwd+{result.get('optimizer', 'adamw')})"]
     peer = any("ratio" in r for r in result["rows"])
     hdr = f"{'workers':>8} {'tok/s':>9} {'scaling':>8} {'eff.':>6} {'CPU util':>9}"
     out.append(hdr + (f" {'torch tok/s':>12} {'ours/torch':>11}" if peer else ""))

@@ -242,7 +242,11 @@ def generate(inv, prompt_arg, data_dir, prompt, suffix, max_tokens, old_max_toke
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)), default="base",
               show_default=True, help="Model size to measure.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Global batch (sequences a step) [default: a new data directory's].")
+@click.option("--optimizer", type=click.Choice(["adamw", "muon"]), default=None,
+              help="The step's optimizer [default: a new data directory's]; PyTorch runs "
+                   "the same.")
 @click.option("--workers", default="1,2", show_default=True, help="Comma-separated counts.")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Interleaved rounds (medians are reported).")
@@ -257,8 +261,8 @@ def generate(inv, prompt_arg, data_dir, prompt, suffix, max_tokens, old_max_toke
               help="Under mpiexec: every rank against rank 0 alone, and the allreduce time.")
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
-def bench(preset_name, batch_size, workers, rounds, steps, arch, no_torch, topology, mpi,
-          as_json):
+def bench(preset_name, batch_size, optimizer, workers, rounds, steps, arch, no_torch,
+          topology, mpi, as_json):
     """Training tokens/s, scaling, CPU use for several worker counts (and PyTorch eager at the
     same thread counts when it is installed), interleaved in one run.
 
@@ -273,13 +277,13 @@ def bench(preset_name, batch_size, workers, rounds, steps, arch, no_torch, topol
     if not counts or min(counts) < 1:
         raise ConfigError(f"--workers {workers!r} needs counts >= 1", "e.g. 1,2,4")
     if mpi:
-        from agent.benchmark import mpi_scaling, mpi_table_lines
+        from agent.benchmark import bench_recipe, mpi_scaling, mpi_table_lines
         from engine.mpi import world
 
         if world() is None:
             raise ConfigError("--mpi measures an MPI job, and this is a single process",
                               "mpiexec -n 2 cllm bench --mpi --workers 1")
-        res = mpi_scaling(preset_name, batch_size, counts[0], rounds, steps)
+        res = mpi_scaling(preset_name, bench_recipe(batch_size)[0], counts[0], rounds, steps)
         if as_json:
             echo_json(res)
         else:
@@ -292,7 +296,7 @@ def bench(preset_name, batch_size, workers, rounds, steps, arch, no_torch, topol
             raise ConfigError(f"--arch: {e}", "e.g. --arch gpt2, or --arch mlp=relu2,pos=rope") \
                 from None
     res = scaling(preset_name, batch_size, counts, rounds, steps, with_torch=not no_torch,
-                  arch=arch)
+                  arch=arch, optimizer=optimizer)
     if as_json:
         if not topology:
             res["topology"] = None

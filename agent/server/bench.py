@@ -29,14 +29,14 @@ from typing import Optional
 
 import anyio
 
-from agent.benchmark import scaling_bytes
+from agent.benchmark import bench_recipe, scaling_bytes
 from agent.server.errors import ApiError
 from engine.mpi import LAUNCHER_SIZE_VARS
 
 log = logging.getLogger(__name__)
 
 PRESETS = ("tiny", "small", "base")
-BATCH = 8                        # the global batch of every dashboard run (cllm bench's default)
+BATCH = bench_recipe()[0]        # the global batch of every dashboard run (cllm bench's default)
 # the child's own interpreter, JIT, thread stacks and BLAS buffers, on top of the run
 HEADROOM, HEADROOM_PER_CPU = 1 << 30, 64 << 20
 

@@ -53,7 +53,15 @@ def test_bench_reports_every_worker_count_with_scaling_cpu_and_topology():
     spheres = res["topology"]["children"]
     # three spheres, each ran a micro-batch in the warm-up step and in the measured one
     assert len(spheres) == 3 and [s["batches"] for s in spheres] == [2, 2, 2]
-    assert sum(s["tokens"] for s in spheres) == 2 * 8 * res["context"]
+    assert sum(s["tokens"] for s in spheres) == 2 * res["batch"] * res["context"]
+    from agent.settings import TrainerSettings               # and the recipe it trains with
+    st = TrainerSettings()
+    assert (res["batch"], res["optimizer"]) == (st.batch_size, st.train_config(1).optimizer)
+    adamw = CliRunner().invoke(main, ["bench", "--preset", "tiny", "--workers", "2", "--rounds",
+                                      "1", "--steps", "1", "--no-torch", "--optimizer", "adamw",
+                                      "--batch-size", "4", "--json"], catch_exceptions=False)
+    adamw = json.loads(adamw.output)
+    assert (adamw["optimizer"], adamw["batch"]) == ("adamw", 4)
     bad = CliRunner().invoke(main, ["bench", "--workers", "1,x"])
     assert bad.exit_code == 2 and "hint:" in bad.output
     gpt2 = CliRunner().invoke(main, ["bench", "--preset", "tiny", "--workers", "1", "--rounds",
@@ -69,7 +77,9 @@ def test_bench_compares_with_pytorch_when_it_is_installed():
     pytest.importorskip("torch")
     r = CliRunner().invoke(main, ["bench", "--preset", "tiny", "--workers", "1", "--rounds",
                                   "1", "--steps", "1", "--json"], catch_exceptions=False)
-    row = json.loads(r.output)["rows"][0]
+    res = json.loads(r.output)
+    row = res["rows"][0]
+    assert res["optimizer"] == "muon"            # PyTorch's step runs Muon too (torch_peer)
     assert row["torch_tok_s"] > 0 and row["ratio"] == pytest.approx(row["tok_s"] / row["torch_tok_s"])
 
 
