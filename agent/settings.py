@@ -190,7 +190,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_steps", None, int, "... or after this many steps.", shown="no limit",
             check=at_least(1), hint="e.g. --max-steps 500", commands=AGENT, into=TRAINER),
     Setting("snapshot_seconds", 15.0, float,
-            "While a cycle trains, publish its served weights this often as a live snapshot "
+            "While a cycle trains, publish its served weights this often (sooner while the "
+            "model is young: every 5% of its training so far) as a live snapshot "
             "(checkpoints/live.safetensors), which generate, chat and serve load until the "
             "cycle commits; never a resume point, never counted. 0: off.",
             check=at_least(0), hint="e.g. --snapshot-seconds 15, or 0 to turn them off",

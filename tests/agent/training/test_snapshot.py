@@ -53,6 +53,33 @@ def publish(store, data, state, base, step: int = 3) -> int:
     return cid
 
 
+def test_a_young_model_is_published_more_often(tmp_path):
+    """Every YOUNG_SHARE of the model's training time so far, at least MIN_EVERY_S apart,
+    until --snapshot-seconds is the smaller; never again after a failed write."""
+    from agent.training import snapshot as snap
+
+    class State:                            # what the interval reads: the model's step
+        step = 0
+
+    pub = SnapshotPublisher(tmp_path, State(), 1, None, every_s=15.0)
+    written = []
+    pub.publish = lambda i: written.append(i)
+    rate = 10.0                              # steps a second
+    for i in range(1, 4801):                 # eight minutes of a new model's training
+        pub.step(i, i / rate)
+    times = [i / rate for i in written]
+    gaps = np.diff([0.1] + times)
+    assert gaps.min() >= snap.MIN_EVERY_S - 1e-9 and gaps.max() <= 15.0 + 0.1 + 1e-9
+    # at one minute, a snapshot is at most 5% of a minute old; later every 15 s
+    assert 60 - max(t for t in times if t <= 60) <= snap.YOUNG_SHARE * 60 + 0.1
+    assert np.allclose(gaps[-5:], 15.0, atol=0.11)
+    old = SnapshotPublisher(tmp_path, State(), 1, None, every_s=15.0)
+    old.state.step = 100_000                 # an old model: every --snapshot-seconds
+    assert old.interval(10, 1.0) == 15.0
+    pub.every_s = float("inf")               # what a failed write sets
+    assert pub.interval(4800, 480.0) == float("inf")
+
+
 @pytest.fixture
 def env(store_target):
     """(store, data directory, database URL or None) on each backend."""
