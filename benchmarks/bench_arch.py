@@ -102,6 +102,10 @@ VARIANTS = [
             optimizer="muon", batch=16),
     Variant("nz-muon-b32", "nemotron-nz with Muon, 32 sequences a step", arch=NEMOTRON_NZ,
             optimizer="muon", batch=32),
+    Variant("nz-muon-b16-lr2", "nemotron-nz with Muon, 16 sequences a step, rate 2e-3",
+            arch=NEMOTRON_NZ, optimizer="muon", batch=16, lr=2e-3),
+    Variant("nz-muon-b16-lr3", "nemotron-nz with Muon, 16 sequences a step, rate 3e-3",
+            arch=NEMOTRON_NZ, optimizer="muon", batch=16, lr=3e-3),
     Variant("cooldown", "today's recipe, raw weights after a 1-sqrt cooldown over the last "
             "20% (Hagele et al. 2024) instead of the EMA", cooldown=0.2),
 ]
