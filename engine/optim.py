@@ -152,12 +152,14 @@ class Optimizer:
 
     def block_shares(self, n: int) -> list[list[int]]:
         """Muon's blocks dealt to n workers so that their Newton-Schulz work is even: largest
-        first, each to the least loaded worker (a block's cost: its three products per
-        iteration, m^2 n + m^3 + m^2 n for m <= n). The blocks are disjoint parts of the
+        first, each to the least loaded worker (a (m, k) block with m <= k costs its three
+        products per iteration, m^2 k + m^3 + m^2 k). The blocks are disjoint parts of the
         parameters, so the shares can be finished in parallel, in any order."""
         loads, shares = [0] * n, [[] for _ in range(n)]
-        cost = [(lambda m, k: 2 * m * m * k + m ** 3)(min(r, c), max(r, c))
-                for _, r, _, _, c in self._blocks]
+        cost = []
+        for _, rows, _, _, cols in self._blocks:
+            m, k = min(rows, cols), max(rows, cols)
+            cost.append(2 * m * m * k + m ** 3)
         for i in sorted(range(len(cost)), key=lambda i: (-cost[i], i)):
             w = loads.index(min(loads))
             shares[w].append(i)
