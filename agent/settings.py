@@ -36,7 +36,7 @@ OPTIMIZERS = ("adamw", "muon")
 # the rest), at 16 sequences a step, won the recipe sweep at equal wall time (2.9% fewer
 # held-out bits per byte than AdamW at 8 at 90 s; docs/benchmarks.md, "The recipe sweep")
 NEW_OPTIMIZER = "muon"
-SCHEDULES = ("constant", "wsd", "cosine")  # engine.schedule kinds (benchmarks/bench_recipe.py)
+SCHEDULES = ("rsqrt", "constant", "wsd", "cosine")  # engine.schedule kinds (benchmarks/bench_recipe.py)
 
 # a check returns what is wrong with a value (None: nothing); "{flag}" names the setting's flag
 Check = Callable[[Any], Optional[str]]
@@ -201,16 +201,24 @@ SETTINGS: tuple[Setting, ...] = (
             check=at_least(1), hint="e.g. --keep-checkpoints 5", commands=AGENT, into=TRAINER),
     Setting("batch_size", 16, int, "Sequences per step.", check=at_least(1),
             hint="e.g. --batch-size 16", commands=("agent", "train"), into=TRAINER),
-    Setting("lr", 1e-3, float, "Peak learning rate.",
+    Setting("lr", 3e-3, float, "Peak learning rate.",
             check=at_least(0, strict=True), hint="e.g. --lr 1e-3",
             commands=("agent", "train"), into=TRAINER),
-    Setting("min_lr", 1e-4, float, "Learning rate at the end of a cosine decay or wsd cooldown.",
+    Setting("min_lr", 1e-3, float,
+            "Learning rate at the end of the rsqrt decay, a cosine decay or a wsd cooldown.",
+            check=at_least(0), hint="e.g. --min-lr 1e-3", commands=("agent", "train"),
             into=TRAINER),
-    Setting("schedule", "constant", str,
-            "Learning-rate schedule: constant (warm up once, then hold; generation and "
-            "evaluation use an EMA of the weights), wsd (warm up once, hold, cool down at "
-            "the end of each cycle) or cosine (re-warmed and decayed every cycle).",
-            choices=SCHEDULES, hint="e.g. --schedule constant", commands=("agent", "train"),
+    Setting("schedule", "rsqrt", str,
+            "Learning-rate schedule over the model's life: rsqrt (warm up once, hold the peak "
+            "for --decay-steps steps, then peak x sqrt(decay_steps / step) down to --min-lr), "
+            "constant (warm up once, then hold), wsd (warm up once, hold, cool down at the "
+            "end of each cycle) or cosine (re-warmed and decayed every cycle). Generation and "
+            "evaluation use an EMA of the weights.",
+            choices=SCHEDULES, hint="e.g. --schedule rsqrt", commands=("agent", "train"),
+            into=TRAINER),
+    Setting("decay_steps", 1000, int,
+            "rsqrt: steps of the model's life at the peak rate before it starts to decay.",
+            check=at_least(1), hint="e.g. --decay-steps 1000", commands=("agent", "train"),
             into=TRAINER),
     Setting("warmup_steps", 100, int,
             "Steps of learning-rate warm-up: once for the model's life (per cycle for cosine).",
@@ -450,6 +458,7 @@ class TrainerSettings:
                   else self.warmup_steps)
         return TrainConfig(lr=self.lr, min_lr=self.min_lr, batch_size=self.batch_size,
                            warmup_steps=warmup, total_steps=steps, schedule=self.schedule,
+                           decay_steps=self.decay_steps,
                            ema_decay=self.ema_decay or None,
                            crystalline_weight=self.crystalline_weight,
                            optimizer=self.optimizer or resumed or NEW_OPTIMIZER)

@@ -15,7 +15,8 @@ on all the training text) and the model grown to it from a byte-level one
 (the agent's own held-out tail, val_fraction, cut off); every window of T+1 tokens at
 stride T once per pass in a shuffled order, `passes` passes and then no more (the agent's
 backlog budget), no replay; AdamW with the config's betas, eps, decay and clip; the
-schedule's warmup then a constant rate (engine.schedule.learning_rate); non-finite steps
+schedule's warmup, then its rate at each step (engine.schedule.learning_rate, counted from
+the twin's first step as the agent counts from its new model's); non-finite steps
 skipped; and the EMA of engine.ema (decay_at's warm-up), which is what it serves.
 
 Both run against a wall clock that starts when they are launched (`--t0`, the launcher's
@@ -100,6 +101,9 @@ class Recipe:
     optimizer: str = "adamw"           # "adamw" or "muon" (torch_peer.TorchMuon, as engine.optim's)
     muon_momentum: float = 0.95
     muon_scale: float = 0.2
+    schedule: str = "constant"         # engine.schedule kind over the twin's steps
+    min_lr: float = 1e-4               # its floor ("rsqrt")
+    decay_steps: int = 1000            # "rsqrt": step at which the peak starts to decay
 
 
 def nanogpt_recipe(lr: float = 1e-3, batch: int = 8, warmup: int = 100,
@@ -114,12 +118,14 @@ def our_recipe(passes: Optional[float] = None) -> Recipe:
 
     st = TrainerSettings()
     tc = st.train_config(1)
-    if tc.schedule != "constant" or tc.optimizer not in ("adamw", "muon") or tc.crystalline_weight:
-        raise SystemExit(f"the recipe twin follows AdamW or Muon, the constant schedule and no "
+    if tc.schedule not in ("constant", "rsqrt") or tc.optimizer not in ("adamw", "muon") \
+            or tc.crystalline_weight:
+        raise SystemExit(f"the recipe twin follows AdamW or Muon, the constant or rsqrt schedule and no "
                          f"crystalline prior; the defaults are now {tc.optimizer}, "
                          f"{tc.schedule}, crystalline weight {tc.crystalline_weight}: "
                          "teach benchmarks/torch_twin.py the new recipe")
     return Recipe("ours", lr=tc.lr, warmup=tc.warmup_steps, batch=tc.batch_size,
+                  schedule=tc.schedule, min_lr=tc.min_lr, decay_steps=tc.decay_steps,
                   beta1=tc.beta1, beta2=tc.beta2, eps=tc.eps, weight_decay=tc.weight_decay,
                   grad_clip=tc.grad_clip, ema_decay=tc.ema_decay,
                   passes=passes if passes is not None else st.passes,
@@ -222,7 +228,8 @@ def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] 
     names = model.param_names()
     params = [net.w(n) for n in names]
     opt, matrices = torch_optimizers(net, recipe)
-    schedule = ScheduleConfig(kind="constant", lr=recipe.lr, warmup_steps=recipe.warmup)
+    schedule = ScheduleConfig(kind=recipe.schedule, lr=recipe.lr, min_lr=recipe.min_lr,
+                              warmup_steps=recipe.warmup, decay_steps=recipe.decay_steps)
     shadow = [p.detach().clone() for p in params] if recipe.ema_decay else None
     ema_t = step = tokens = skipped = 0
     train_s = 0.0

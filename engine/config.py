@@ -78,11 +78,12 @@ class ModelConfig:
 class TrainConfig:
     optimizer: str = "adamw"           # "adamw", "sgd" (with momentum) or "muon" (+ AdamW)
     lr: float = 1e-3                   # peak learning rate (best for "constant" + EMA; cosine 2e-3)
-    min_lr: float = 1e-4               # floor of the cosine decay / the wsd cooldown
+    min_lr: float = 1e-4               # floor of the cosine decay / the wsd cooldown / rsqrt
     warmup_steps: int = 100            # linear warmup steps (per cycle for "cosine", else once)
     total_steps: Optional[int] = None  # cosine horizon of lr_at; None keeps lr at peak after warmup
-    schedule: str = "constant"         # engine.schedule kind: "cosine", "wsd" or "constant"
+    schedule: str = "constant"         # engine.schedule kind: "cosine", "wsd", "constant", "rsqrt"
     cooldown: float = 0.2              # "wsd": fraction of each cycle spent cooling to min_lr
+    decay_steps: int = 1000            # "rsqrt": global step at which the peak starts to decay
     ema_decay: Optional[float] = 0.998  # cap of the weights' EMA decay (engine.ema); None: no EMA
     beta1: float = 0.9
     beta2: float = 0.99                # 0.99 beat 0.95 by 1.8% bpb (benchmarks/bench_recipe.py)
@@ -113,7 +114,8 @@ class TrainConfig:
     def schedule_config(self) -> ScheduleConfig:
         """The engine.schedule.ScheduleConfig these fields describe."""
         return ScheduleConfig(kind=self.schedule, lr=self.lr, min_lr=self.min_lr,
-                              warmup_steps=self.warmup_steps, cooldown=self.cooldown)
+                              warmup_steps=self.warmup_steps, cooldown=self.cooldown,
+                              decay_steps=self.decay_steps)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -15,6 +15,11 @@ step counters the checkpoint already keeps.
   annealing is made). The next cycle starts at the peak again.
 - "constant": warmup once (global steps), then the peak rate for ever; serve an EMA of the
   weights (engine.ema) as the annealed model (Singh et al. 2025, arXiv 2503.02844).
+- "rsqrt": warmup once, the peak rate until global step `decay_steps`, then the peak times
+  sqrt(decay_steps / step) down to min_lr, held there for ever (the inverse square root
+  schedule of Vaswani et al. 2017, with the floor a learner that never stops needs to keep
+  learning new text; Zhai et al. 2022 and Hägele et al. 2024 train open-ended runs on it).
+  A young model takes large steps, an old one the floor's; the EMA anneals what is served.
 
 Not here: the optimizer (engine.optim), the EMA (engine.ema), and how long a cycle is
 (the trainer plans cycle_steps; only "cosine" and "wsd" use it).
@@ -25,16 +30,17 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-KINDS = ("cosine", "wsd", "constant")
+KINDS = ("cosine", "wsd", "constant", "rsqrt")
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     kind: str = "constant"      # one of KINDS
     lr: float = 1e-3            # peak learning rate
-    min_lr: float = 1e-4        # floor of the cosine decay / the wsd cooldown
+    min_lr: float = 1e-4        # floor of the cosine decay / the wsd cooldown / rsqrt
     warmup_steps: int = 100     # linear warmup: per cycle for "cosine", once for the others
     cooldown: float = 0.2       # "wsd": fraction of each cycle's planned steps cooling down
+    decay_steps: int = 1000     # "rsqrt": global step at which the peak starts to decay
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -43,6 +49,8 @@ class ScheduleConfig:
             raise ValueError("learning rates must be >= 0")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.decay_steps < 1:
+            raise ValueError(f"decay_steps must be >= 1, got {self.decay_steps}")
         if not 0.0 <= self.cooldown <= 1.0:
             raise ValueError(f"cooldown is a fraction of a cycle in [0, 1], got {self.cooldown}")
 
@@ -88,6 +96,10 @@ def learning_rate(cfg: ScheduleConfig, global_step: int, cycle_step: int,
     peak = cfg.lr * warmup_factor(global_step, cfg.warmup_steps)
     if cfg.kind == "constant":
         return peak
+    if cfg.kind == "rsqrt":
+        if global_step < cfg.decay_steps:
+            return peak
+        return min(peak, max(cfg.min_lr, cfg.lr * math.sqrt(cfg.decay_steps / (global_step + 1))))
     n = cooldown_steps(cfg, cycle_steps)                      # "wsd"
     k = min(cycle_step, cycle_steps - 1) - (cycle_steps - n)  # steps into the cooldown
     if n == 0 or k < 0:

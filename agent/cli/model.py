@@ -61,8 +61,8 @@ def train(inv: Invocation, paths: tuple[str, ...], data_dir: Path, fresh: bool, 
             raise CllmError("no PATH given and the sample corpus is not installed",
                             "give folders of text: cllm train PATH...")
     docs = read_docs(list(paths), own_dirs=(data_dir,))    # never its own files
-    # a single cycle: no replay, a warm-up of a tenth of the steps (at most 20), decay to lr/10
-    settings = build(TrainerSettings, values, min_lr=values["lr"] / 10, replay_fraction=0.0)
+    # a single cycle, no replay
+    settings = build(TrainerSettings, values, replay_fraction=0.0)
     console = Console(stderr=True) if as_json else None   # keep stdout clean for JSON
     # one run is one cycle in the store, opened as the agent opens it: the data directory's
     # lock and the store's trainer lease (no agent meanwhile, on this directory or database)

@@ -62,7 +62,7 @@ def agent(inv: Invocation, data_dir: Path, serve: bool, **flags) -> None:
     warn_if_preset_ignored(values, data_dir)
     if not inv.quiet:  # the agent reports its cycles unless told to be quiet (-q)
         logging.getLogger("agent").setLevel(min(logging.INFO, inv.log_level()))
-    trainer = build(TrainerSettings, values, min_lr=values["lr"] / 10)
+    trainer = build(TrainerSettings, values)
     if not values["watch"] and not values["crawl"] and values["role"] != "train":
         values["watch"], values["crawl"] = embedded_targets(Path(data_dir))
         click.echo(f"embedded defaults: watching {values['watch'][0]} (drop text files there)"

@@ -83,6 +83,7 @@ def commit_cycle(store, lease, settings: TrainerSettings, state: ModelState, cyc
             bytes_new=credited["bytes_new"], bytes_replay=credited["bytes_replay"],
             schedule={"steps": planned, "lr": tcfg.lr, "min_lr": tcfg.min_lr,
                       "warmup_steps": tcfg.warmup_steps, "decay": tcfg.schedule,
+                      "decay_steps": tcfg.decay_steps,
                       "ema_decay": tcfg.ema_decay, "global_step": state.step,
                       "batch_size": tcfg.batch_size, "replay_fraction": st.replay_fraction,
                       "ended_by": res.ended_by, "passes": st.passes, "scope": scope,

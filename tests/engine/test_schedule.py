@@ -1,4 +1,4 @@
-"""Learning-rate schedules against plain references: re-warmed cosine, wsd, constant."""
+"""Learning-rate schedules against plain references: re-warmed cosine, wsd, constant, rsqrt."""
 import math
 
 import pytest
@@ -100,13 +100,27 @@ def test_constant_warms_up_once_then_holds_for_ever():
     assert learning_rate(cfg, 10**9, 0, 1) == 3e-3
 
 
+def test_rsqrt_holds_the_peak_then_decays_by_the_models_age_to_its_floor():
+    cfg = ScheduleConfig("rsqrt", lr=3e-3, min_lr=1e-3, warmup_steps=100, decay_steps=500)
+    rates = [r for cyc in run(cfg, CYCLES) for r in cyc]          # cycles do not matter
+    ref = [3e-3 * (g + 1) / 100 if g < 100 else 3e-3 if g < 500
+           else max(1e-3, 3e-3 * math.sqrt(500 / (g + 1))) for g in range(sum(CYCLES))]
+    assert rates == pytest.approx(ref, rel=1e-12)
+    assert all(a >= b for a, b in zip(rates[100:], rates[101:]))   # non-increasing after warmup
+    assert rates[-1] == pytest.approx(3e-3 * math.sqrt(500 / sum(CYCLES)))
+    assert learning_rate(cfg, 4499, 0, 1) == pytest.approx(1e-3)    # 3e-3 * sqrt(500/4500)
+    assert learning_rate(cfg, 10**9, 7, 8) == 1e-3                  # the floor, for ever
+    # a model resumed at step g takes the rate it would have taken without the restart
+    assert learning_rate(cfg, 1200, 0, 50) == learning_rate(cfg, 1200, 49, 50)
+
+
 def test_no_warmup_starts_at_the_peak():
-    for kind in ("cosine", "wsd", "constant"):
+    for kind in ("cosine", "wsd", "constant", "rsqrt"):
         assert learning_rate(ScheduleConfig(kind, lr=1e-3, warmup_steps=0), 0, 0, 50) == 1e-3
 
 
 @pytest.mark.parametrize("bad", [dict(kind="linear"), dict(lr=-1.0), dict(warmup_steps=-1),
-                                 dict(cooldown=1.5)])
+                                 dict(cooldown=1.5), dict(decay_steps=0)])
 def test_bad_configs_are_refused(bad):
     with pytest.raises(ValueError):
         ScheduleConfig(**bad)
@@ -120,6 +134,9 @@ def test_a_train_config_names_its_schedule_and_old_configs_still_load():
            '"eps": 1e-08, "grad_clip": 1.0, "lr": 0.002, "min_lr": 0.0002, "momentum": 0.9, '
            '"optimizer": "adamw", "total_steps": null, "warmup_steps": 10, "weight_decay": 0.1}')
     assert TrainConfig.from_json(old).schedule_config().kind == "cosine"
+    rsqrt = TrainConfig(lr=3e-3, min_lr=1e-3, schedule="rsqrt", decay_steps=700)
+    assert TrainConfig.from_json(rsqrt.to_json()).schedule_config() == \
+        ScheduleConfig("rsqrt", 3e-3, 1e-3, 100, 0.2, 700)
     with pytest.raises(ValueError):
         TrainConfig(schedule="step")
     with pytest.raises(ValueError):
@@ -127,11 +144,14 @@ def test_a_train_config_names_its_schedule_and_old_configs_still_load():
 
 
 def test_lr_at_follows_the_train_configs_schedule_with_one_counter():
-    for kind in ("constant", "wsd"):
-        tcfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule=kind,
+    for kind in ("constant", "wsd", "rsqrt"):
+        tcfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule=kind, decay_steps=20,
                            total_steps=100)
         assert [lr_at(s, tcfg) for s in range(120)] == \
             [learning_rate(tcfg.schedule_config(), s, s, 100) for s in range(120)]
-        assert lr_at(500, tcfg.replace(total_steps=None)) == 1e-3     # no plan: no cooldown
+        if kind != "rsqrt":
+            assert lr_at(500, tcfg.replace(total_steps=None)) == 1e-3  # no plan: no cooldown
+        else:
+            assert lr_at(500, tcfg.replace(total_steps=None)) == pytest.approx(1e-3 * math.sqrt(20 / 501))
     assert lr_at(99, TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="wsd",
                                  total_steps=100)) == pytest.approx(1e-4)
