@@ -41,9 +41,13 @@ def newton_schulz(g: np.ndarray, steps: int = NS_STEPS) -> np.ndarray:
         x = x.T
     x = np.ascontiguousarray(x)
     for _ in range(steps):
-        A = x @ x.T
-        B = b * A + c * (A @ A)
-        x = a * x + B @ x
+        A = x @ x.T             # symmetric: both products are X X^T, which BLAS does as
+        B = A @ A.T             # syrk (numpy's matmul sees the transposed operand), half
+        B *= c                  # a general product's FLOPs
+        B += b * A
+        y = B @ x
+        y += a * x
+        x = y
     return x if wide else x.T
 
 
