@@ -7,8 +7,8 @@ one in ten held out, the first 8 KB of each held-out file scored as its own stre
 tokenizer learned once on the training files to the preset's 4,096 ids (off the clock, the
 same for every variant), the training files packed into one stream, random windows of the
 variant's context (seeded). Each variant trains on ThreadedTrainingSystem with `--workers`
-worker threads (2: both cores, as the race's agent), the agent's schedule (warm-up 100
-steps, then a constant rate) and its EMA (0.998 with the decay warm-up), which is what is
+worker threads (2: both cores, as the race's agent), a warm-up of 100 steps, then the
+variant's schedule (a constant rate unless it says) and the agent's EMA (0.998 with the decay warm-up), which is what is
 scored, as the agent serves it. The clock counts the training steps only: the kernels are
 compiled before it starts, and at each mark the EMA weights are copied (milliseconds) and
 scored after the run, off the clock. What a change costs per step (Muon's matrix phase,
@@ -64,6 +64,9 @@ class Variant:
     context: int = 64
     cooldown: float = 0.0              # > 0: the rate falls as 1 - sqrt over this last share
     #                                    of the run, to 0, and the raw weights are scored
+    schedule: str = "constant"         # engine.schedule kind over the run's steps
+    decay_steps: int = 1000            # "rsqrt": the step its decay starts
+    min_lr: float = 1e-4               # "rsqrt": its floor
 
 
 ALL = "mlp=relu2,qk_norm,pos=rope,tie_head=false,zero_proj"
@@ -106,6 +109,16 @@ VARIANTS = [
             arch=NEMOTRON_NZ, optimizer="muon", batch=16, lr=2e-3),
     Variant("nz-muon-b16-lr3", "nemotron-nz with Muon, 16 sequences a step, rate 3e-3",
             arch=NEMOTRON_NZ, optimizer="muon", batch=16, lr=3e-3),
+    Variant("nz-rsqrt", "the default: nemotron-nz, Muon, 16 sequences, rsqrt: 3e-3 for 1000 "
+            "steps, then 3e-3 sqrt(1000/step) to 1e-3", arch=NEMOTRON_NZ, optimizer="muon",
+            batch=16, lr=3e-3, schedule="rsqrt", decay_steps=1000, min_lr=1e-3),
+    # the same rate from step 1000 on (peak x sqrt(decay_steps) held), a higher one before it
+    Variant("nz-rsqrt-4e3", "nz-rsqrt with 4.24e-3 for 500 steps", arch=NEMOTRON_NZ,
+            optimizer="muon", batch=16, lr=3e-3 * 2 ** 0.5, schedule="rsqrt", decay_steps=500,
+            min_lr=1e-3),
+    Variant("nz-rsqrt-6e3", "nz-rsqrt with 6e-3 for 250 steps", arch=NEMOTRON_NZ,
+            optimizer="muon", batch=16, lr=6e-3, schedule="rsqrt", decay_steps=250,
+            min_lr=1e-3),
     Variant("cooldown", "today's recipe, raw weights after a 1-sqrt cooldown over the last "
             "20% (Hagele et al. 2024) instead of the EMA", cooldown=0.2),
 ]
@@ -136,8 +149,9 @@ def cpu_model() -> str:
 def run(v: Variant, stream: np.ndarray, vocab: int, held: dict, seconds: float,
         marks: list[float], workers: int, seed: int) -> dict:
     cfg = engine.small.replace(vocab_size=vocab, context=v.context, **parse_arch(v.arch))
-    tcfg = TrainConfig(optimizer=v.optimizer, lr=v.lr, warmup_steps=100, schedule="constant",
-                       batch_size=v.batch, ema_decay=0.998)
+    tcfg = TrainConfig(optimizer=v.optimizer, lr=v.lr, warmup_steps=100, schedule=v.schedule,
+                       decay_steps=v.decay_steps, min_lr=v.min_lr, batch_size=v.batch,
+                       ema_decay=0.998)
     scfg = tcfg.schedule_config()
     compile_kernels(optimizer=v.optimizer, ema=True, arch=v.arch)     # before the clock
     model = Model(cfg, seed=seed)
