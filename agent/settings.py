@@ -36,7 +36,8 @@ OPTIMIZERS = ("adamw", "muon")
 # the rest), at 16 sequences a step, won the recipe sweep at equal wall time (2.9% fewer
 # held-out bits per byte than AdamW at 8 at 90 s; docs/benchmarks.md, "The recipe sweep")
 NEW_OPTIMIZER = "muon"
-SCHEDULES = ("rsqrt", "constant", "wsd", "cosine")  # engine.schedule kinds (benchmarks/bench_recipe.py)
+# engine.schedule kinds (benchmarks/bench_recipe.py, docs/benchmarks.md)
+SCHEDULES = ("rsqrt", "constant", "wsd", "cosine")
 
 # a check returns what is wrong with a value (None: nothing); "{flag}" names the setting's flag
 Check = Callable[[Any], Optional[str]]
@@ -202,7 +203,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", 16, int, "Sequences per step.", check=at_least(1),
             hint="e.g. --batch-size 16", commands=("agent", "train"), into=TRAINER),
     Setting("lr", 3e-3, float, "Peak learning rate.",
-            check=at_least(0, strict=True), hint="e.g. --lr 1e-3",
+            check=at_least(0, strict=True), hint="e.g. --lr 3e-3",
             commands=("agent", "train"), into=TRAINER),
     Setting("min_lr", 1e-3, float,
             "Learning rate at the end of the rsqrt decay, a cosine decay or a wsd cooldown.",

@@ -8,12 +8,12 @@ tokenizer learned once on the training files to the preset's 4,096 ids (off the 
 same for every variant), the training files packed into one stream, random windows of the
 variant's context (seeded). Each variant trains on ThreadedTrainingSystem with `--workers`
 worker threads (2: both cores, as the race's agent), a warm-up of 100 steps, then the
-variant's schedule (a constant rate unless it says) and the agent's EMA (0.998 with the decay warm-up), which is what is
-scored, as the agent serves it. The clock counts the training steps only: the kernels are
-compiled before it starts, and at each mark the EMA weights are copied (milliseconds) and
-scored after the run, off the clock. What a change costs per step (Muon's matrix phase,
-rotary positions, the soft-cap) is inside the clock, so a change wins only if it learns
-more per second, not per step.
+variant's schedule (a constant rate unless it says), and the agent's EMA (0.998 with the
+decay warm-up), which is what is scored, as the agent serves it. The clock counts the
+training steps only: the kernels are compiled before it starts, and at each mark the EMA
+weights are copied (milliseconds) and scored after the run, off the clock. What a change
+costs per step (Muon's matrix phase, rotary positions, the soft-cap) is inside the clock,
+so a change wins only if it learns more per second, not per step.
 
     python benchmarks/bench_arch.py                          # every variant, 2 runs of 90 s
     python benchmarks/bench_arch.py --only gpt2,muon --seconds 30 --runs 1   # a quick look

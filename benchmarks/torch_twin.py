@@ -120,8 +120,8 @@ def our_recipe(passes: Optional[float] = None) -> Recipe:
     tc = st.train_config(1)
     if tc.schedule not in ("constant", "rsqrt") or tc.optimizer not in ("adamw", "muon") \
             or tc.crystalline_weight:
-        raise SystemExit(f"the recipe twin follows AdamW or Muon, the constant or rsqrt schedule and no "
-                         f"crystalline prior; the defaults are now {tc.optimizer}, "
+        raise SystemExit(f"the recipe twin follows AdamW or Muon, the constant or rsqrt "
+                         f"schedule and no crystalline prior; the defaults are now {tc.optimizer}, "
                          f"{tc.schedule}, crystalline weight {tc.crystalline_weight}: "
                          "teach benchmarks/torch_twin.py the new recipe")
     return Recipe("ours", lr=tc.lr, warmup=tc.warmup_steps, batch=tc.batch_size,

@@ -70,8 +70,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     default of ThreadedTrainingSystem.train_step, whose step restarts with every system):
     "cosine" warms up and decays to min_lr at cfg.total_steps (held at lr after warmup when
     it is None); "constant" warms up then holds lr; "rsqrt" decays by `step`; "wsd" cools
-    down over the end of cfg.total_steps (none without it). A trainer that knows the global step passes lr from
-    engine.schedule.learning_rate instead."""
+    down over the end of cfg.total_steps (none without it). A trainer that knows the global
+    step passes lr from engine.schedule.learning_rate instead."""
     if cfg.schedule == "cosine":
         return cosine_lr(cfg.lr, cfg.min_lr, cfg.warmup_steps, step, cfg.total_steps)
     scfg = cfg.schedule_config()

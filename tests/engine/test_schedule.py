@@ -152,6 +152,7 @@ def test_lr_at_follows_the_train_configs_schedule_with_one_counter():
         if kind != "rsqrt":
             assert lr_at(500, tcfg.replace(total_steps=None)) == 1e-3  # no plan: no cooldown
         else:
-            assert lr_at(500, tcfg.replace(total_steps=None)) == pytest.approx(1e-3 * math.sqrt(20 / 501))
+            assert lr_at(500, tcfg.replace(total_steps=None)) == \
+                pytest.approx(1e-3 * math.sqrt(20 / 501))
     assert lr_at(99, TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, schedule="wsd",
                                  total_steps=100)) == pytest.approx(1e-4)
