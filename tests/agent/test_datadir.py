@@ -58,7 +58,7 @@ def test_config_precedence_flags_env_data_dir_toml_user_toml_defaults(tmp_path, 
     v = resolve({"passes": 4.0}, data)
     assert (v["preset"], v["max_wait"], v["min_cycle_tokens"], v["passes"]) == (
         "tiny", 8.0, 13, 4.0)        # user TOML < data-dir TOML < environment < flags
-    assert v["lr"] == 3e-3           # the table's default under all of them
+    assert v["lr"] == 6e-3           # the table's default under all of them
     # --config replaces the data directory's file, the user file still lies beneath it
     other = tmp_path / "other.toml"
     other.write_text("[agent]\nreplay-fraction = 0.5\n")
