@@ -46,6 +46,7 @@ from agent.training.commit import commit_cycle
 from agent.training.consolidation import (
     CONSOLIDATE,
     RESTORE,
+    SWEEP_SHARE_BYTES,
     best_consolidated,
     best_of_run,
     commit_restore,
@@ -366,12 +367,13 @@ class ContinuousTrainer:
                            scope="new" if fresh else "backlog", horizon=horizon)
 
     def _consolidate(self) -> Optional[CycleReport]:
-        """One consolidation cycle: trained documents, fewest passes first, each read to one
-        pass more; new arrivals pre-empt it at the next step. Its bytes count in the ledger
-        like any cycle's (passes keep growing); statuses stay trained."""
+        """One consolidation cycle: the rest of the current sweep (trained documents, the
+        least-read first, each read to one share more: its whole text, or SWEEP_SHARE_BYTES
+        of a longer one); new arrivals pre-empt it at the next step. Its bytes count in the
+        ledger like any cycle's (passes keep growing); statuses stay trained."""
         with self.store.session(read_only=True) as s:
             horizon = document_horizon(s)
-            entries = consolidation_order(s)
+            entries = consolidation_order(s, self.settings.passes, SWEEP_SHARE_BYTES)
         if not entries:
             self._nothing_to_consolidate = True     # until new text is learned
             return None

@@ -169,19 +169,20 @@ SETTINGS: tuple[Setting, ...] = (
             check=at_least(0, strict=True), hint="e.g. --passes 2", commands=AGENT,
             into=TRAINER),
     Setting("keep_learning", "on", str,
-            "With every document at its --passes, keep training (consolidation sweeps: one more "
-            "pass of every document, the least-learned first, new text pre-empting them) until "
-            "the held-out loss has not improved by --min-improvement in --patience sweeps; off: "
-            "idle once the passes are done.",
+            "With every document at its --passes, keep training (consolidation sweeps: every "
+            "document read again, its whole text or 32 KiB of a longer one from where it "
+            "stopped, new text pre-empting them) until a line through the held-out loss at "
+            "the ends of the last --patience sweeps falls by less than --min-improvement a "
+            "sweep; off: idle once the passes are done.",
             choices=("on", "off"), hint="e.g. --keep-learning off", commands=AGENT,
             into=TRAINER),
-    Setting("min_improvement", 0.002, float,
-            "Consolidation stops when the held-out loss at the end of --patience sweeps in a "
-            "row is not this fraction below the best before them.",
+    Setting("min_improvement", 0.0005, float,
+            "Consolidation stops when a least-squares line through the held-out loss at the "
+            "ends of the last --patience sweeps falls by less than this fraction a sweep.",
             check=lambda v: None if 0 <= v < 1 else "{flag} must be in [0, 1)",
-            hint="e.g. --min-improvement 0.002", commands=AGENT, into=TRAINER),
-    Setting("patience", 3, int, "Consolidation sweeps without improvement before it stops.",
-            check=at_least(1), hint="e.g. --patience 3", commands=AGENT, into=TRAINER),
+            hint="e.g. --min-improvement 0.0005", commands=AGENT, into=TRAINER),
+    Setting("patience", 6, int, "Consolidation sweeps the stopping rule's line is fitted to.",
+            check=at_least(2), hint="e.g. --patience 6", commands=AGENT, into=TRAINER),
     Setting("cycle_seconds", 60.0, float,
             "A cycle ends after this long, checkpoints and commits; the next one starts at "
             "once while a backlog remains (the first cycles of a backlog are shorter: 10 s, "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Optional
 
 from sqlalchemy import delete, func, select, update
@@ -44,9 +44,15 @@ class BacklogEntry:
     trained_bytes: int
     first_seen: dt.datetime
     uri: str = ""
+    # a consolidation sweep's entry: the trained bytes the sweep leaves it at (its share of
+    # the sweep read from where it stopped, straight on across the end of its text)
+    target_bytes: Optional[int] = None
 
     def left_bytes(self, passes: float, val_fraction: float) -> int:
-        """Bytes still to train to the budget (estimated from its size before first read)."""
+        """Bytes still to train to the budget (estimated from its size before first read),
+        or to its sweep's target."""
+        if self.target_bytes is not None:
+            return max(0, self.target_bytes - self.trained_bytes)
         tb = self.trainable_bytes
         if tb is None:
             tb = int(self.size_bytes * (1.0 - val_fraction))
@@ -82,18 +88,37 @@ def backlog(session: Session, *, ids: Optional[Iterable[int]] = None) -> list[Ba
     return sorted(entries, key=rank)
 
 
-def consolidation_order(session: Session) -> list[BacklogEntry]:
-    """The documents of the current consolidation sweep, in the order it reads them: the
-    trained documents with the fewest whole passes, in the fixed pseudo-random order
-    (`shuffle_key`), so every document keeps being seen, one more pass at a time. A cycle
-    given these ends when the sweep does ("backlog"), so sweeps end on cycle boundaries, each
-    after the same documents in the same order: the held-out loss at the end of one is
-    comparable with the next (agent/training/consolidation.py)."""
+def consolidation_order(session: Session, passes: float,
+                        share_bytes: int) -> list[BacklogEntry]:
+    """The documents of the current consolidation sweep, in the order it reads them (the
+    fixed pseudo-random `shuffle_key`), each with the `target_bytes` the sweep leaves it at.
+
+    A sweep reads every trained document's share: its whole text, or `share_bytes` of a
+    longer one, from where it stopped (straight on across the end of its text), so a long
+    document is read over several sweeps and no sweep ends on a few long texts. A
+    document's level is the shares it has had past its floor (`passes`); the sweep is the
+    documents at the lowest level, each read to one share more. A cycle given these ends when
+    the sweep does ("backlog"), so sweeps end on cycle boundaries, each after the same
+    documents in the same order: the held-out loss at the end of one is comparable with the
+    next (agent/training/consolidation.py)."""
     ids = list(session.scalars(select(Document.id).where(
         Document.status == DocumentStatus.TRAINED, Document.trainable_bytes > 0)))
     entries = backlog(session, ids=ids) if ids else []
-    level = min((e.trained_bytes // e.trainable_bytes for e in entries), default=0)
-    return [e for e in entries if e.trained_bytes // e.trainable_bytes == level]
+    if not entries:
+        return []
+
+    def floor(e: BacklogEntry) -> int:
+        return budget_bytes(e.trainable_bytes, passes)
+
+    def share(e: BacklogEntry) -> int:
+        return max(1, min(e.trainable_bytes, share_bytes))
+
+    def level(e: BacklogEntry) -> int:
+        return max(0, e.trained_bytes - floor(e)) // share(e)
+
+    low = min(level(e) for e in entries)
+    return [replace(e, target_bytes=floor(e) + (low + 1) * share(e))
+            for e in sorted(entries, key=lambda e: shuffle_key(e.id)) if level(e) == low]
 
 
 def shuffle_key(document_id: int) -> int:

@@ -8,7 +8,9 @@ each as an end-of-document token (and, read from its start, its file header: fim
 followed by its tokens from where its ledger says it stopped (its trained bytes modulo its trainable bytes) up to its budget, cut into
 consecutive windows of T+1 tokens with stride T: every token of a pass is a target exactly
 once. Passes go breadth first: a document that needs another pass waits until every other
-document given to the reader (queued or loaded lazily) has been read. A replay share of the
+document given to the reader (queued or loaded lazily) has been read; a consolidation
+sweep's share (`straight_on`) goes on from the document's start at once, in the same
+stream. A replay share of the
 rows is drawn at random from documents already learned. A seeded reader given FIM ids
 makes a `fim_rate` share of its windows fill-in-the-middle ones (agent/training/fim.py), each
 T - 3 tokens of one document, every one a target once, so the accounting is unchanged.
@@ -53,6 +55,8 @@ class LedgerDoc:
     header: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     # read before the document's first token (<|file_sep|> name "\n": fim.file_header),
     # targets owned by no document, as its end-of-document token is
+    straight_on: bool = False       # at the end of its text with budget left, go on from its
+    #                                 start at once, in the same stream (a sweep's share)
 
     @property
     def trainable_bytes(self) -> int:
@@ -67,14 +71,18 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 
 def ledger_doc(doc_id: int, source: str, text: str, tokenizer, lengths: np.ndarray,
                trained_bytes: int = 0, passes: Optional[float] = None,
-               name: str = "") -> LedgerDoc:
-    """Tokenise a document's training text for the backlog (budget = passes x its bytes),
-    with its file header when the tokenizer has <|file_sep|> and the document a name."""
+               name: str = "", budget_bytes: Optional[int] = None) -> LedgerDoc:
+    """Tokenise a document's training text for the backlog (budget = passes x its bytes,
+    or `budget_bytes`: a consolidation sweep's share, read straight on across the end of its
+    text), with its file header when the tokenizer has <|file_sep|> and the document a
+    name."""
     ids = np.asarray(tokenizer.encode(text), np.int64)
     nb = lengths[ids] if ids.size else np.zeros(0, np.int64)
     budget = None if passes is None else int(math.ceil(passes * int(nb.sum()) - 1e-9))
+    if budget_bytes is not None:
+        budget = int(budget_bytes)
     return LedgerDoc(doc_id, source, ids, nb, int(trained_bytes), budget,
-                     fim_mod.file_header(tokenizer, name))
+                     fim_mod.file_header(tokenizer, name), straight_on=budget_bytes is not None)
 
 
 @dataclass
@@ -178,14 +186,16 @@ class BacklogReader:
             seg = self._segment(d)
             if seg is None:
                 continue
-            a, b = seg
-            head = d.header if a == 0 else d.header[:0]     # from its start: its header
-            tok = np.concatenate([[self.eod], head, d.ids[a:b]]).astype(np.int64)
-            own = np.full(len(tok), d.id, np.int64)
-            own[:1 + head.size] = -1
-            nb = np.concatenate([np.zeros(1 + head.size), d.nbytes[a:b]]).astype(np.int64)
-            self.reading[d.id] = self.reading.get(d.id, 0) + int(nb.sum())
-            s.append(tok, own, nb, d)
+            while seg is not None:      # a sweep's share goes on across the end of its text
+                a, b = seg
+                head = d.header if a == 0 else d.header[:0]     # from its start: its header
+                tok = np.concatenate([[self.eod], head, d.ids[a:b]]).astype(np.int64)
+                own = np.full(len(tok), d.id, np.int64)
+                own[:1 + head.size] = -1
+                nb = np.concatenate([np.zeros(1 + head.size), d.nbytes[a:b]]).astype(np.int64)
+                self.reading[d.id] = self.reading.get(d.id, 0) + int(nb.sum())
+                s.append(tok, own, nb, d)
+                seg = self._segment(d) if d.straight_on else None
             return True
 
     def _done_segments(self, s: _Stream) -> None:

@@ -60,6 +60,9 @@ class PlanDoc:
     trained_bytes: int = 0
     passes: Optional[float] = None
     name: str = ""          # its file header's name (fim.doc_name), when it has one
+    # a consolidation sweep's share: read to these trained bytes (not `passes`), straight on
+    # across the end of its text
+    budget_bytes: Optional[int] = None
 
 
 @dataclass
@@ -182,7 +185,7 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
 
     def tokenised(d: PlanDoc):
         ld = ledger_doc(d.id, d.source, d.text, tok, lengths, d.trained_bytes, d.passes,
-                        d.name)
+                        d.name, budget_bytes=d.budget_bytes)
         res.trainable_bytes[d.id] = ld.trainable_bytes
         return ld
 

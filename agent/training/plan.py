@@ -58,7 +58,8 @@ def plan_documents(store, entries: Sequence[BacklogEntry], settings: TrainerSett
     """The documents of `entries` (backlog order) a cycle starts with: texts loaded for
     about 1.5 x `capacity` bytes still to learn (at least one document), the rest by
     `more()`. Each is read to its budget (settings.passes), round and round with `wrap`, or
-    with `extra_pass` (consolidation) to one pass more than it has completed. `texts` (id:
+    with `extra_pass` (consolidation) to its sweep's target (store.ledger.consolidation_order;
+    one pass more than it has completed when it has none). `texts` (id:
     text) stands in for the store's when given (`cllm train`)."""
     st = settings
 
@@ -90,7 +91,8 @@ def plan_documents(store, entries: Sequence[BacklogEntry], settings: TrainerSett
                 refused.append(e.id)
                 continue
             out.append(PlanDoc(e.id, e.source, head, e.trained_bytes, passes_of(e),
-                               doc_name(e.uri)))
+                               doc_name(e.uri),
+                               budget_bytes=e.target_bytes if extra_pass else None))
             tails[e.id] = tail
         return out
 

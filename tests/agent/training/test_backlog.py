@@ -176,3 +176,52 @@ def test_the_streams_left_at_the_end_of_a_pass_finish_together():
         for tok, d in zip(y[(y >= 0) & (o >= 0)], o[(y >= 0) & (o >= 0)]):
             per[int(d)].append(int(tok))
     assert all(per[d.id] == d.ids.tolist() for d in docs)
+
+
+def test_a_sweep_share_goes_on_from_the_start_at_once():
+    """A consolidation sweep's share that crosses the end of the text goes on from its start
+    before any other document (a document's next pass otherwise waits for the others), and
+    every byte of the share is a target once, in order."""
+    full = doc(0, 40)
+    nb = full.nbytes
+    tail = int(nb[:30].sum())                     # the cursor: 30 tokens into a later pass
+    share = int(nb[30:].sum()) + int(nb[:6].sum())
+    a = LedgerDoc(0, "s", full.ids, nb, trained_bytes=3 * full.trainable_bytes + tail,
+                  budget_bytes=3 * full.trainable_bytes + tail + share, straight_on=True)
+    b = doc(1, 20, passes=1.0)
+    ws = drain(BacklogReader([a, b], T=8, n_streams=1, eod=EOD))
+    targets = [(int(d), int(t)) for _, y, o, _ in ws for t, d in zip(y, o) if d >= 0]
+    assert targets[:16] == [(0, int(t)) for t in np.concatenate([full.ids[30:], full.ids[:6]])]
+    assert [t for d, t in targets[16:]] == b.ids.tolist()
+    assert credited(ws) == {0: share, 1: b.trainable_bytes}
+    # not straight on: its head waits until the other document has been read
+    a2 = LedgerDoc(0, "s", full.ids, nb, trained_bytes=a.trained_bytes,
+                   budget_bytes=a.budget_bytes)
+    ws = drain(BacklogReader([a2, doc(1, 20, passes=1.0)], T=8, n_streams=1, eod=EOD))
+    owners = [int(d) for _, _, o, _ in ws for d in o if d >= 0]
+    assert owners == [0] * 10 + [1] * 20 + [0] * 6
+
+
+def test_sweep_shares_end_a_sweep_on_many_documents():
+    """Read whole, a text longer than the sweep's tokens over the streams is the end of the
+    sweep: most of the targets of its last tenth are that one text. Read as sweep shares (its next
+    SHARE tokens, as store.ledger.consolidation_order gives them), the end of the sweep mixes
+    the documents like its middle does."""
+    SHARE = 96
+
+    def sweep(shares: bool):
+        docs = []
+        for i in range(60):
+            d = doc(i, 2000 if i == 7 else 80 + 7 * (i % 5))
+            end = d.trainable_bytes if not shares else int(d.nbytes[:SHARE].sum())
+            docs.append(LedgerDoc(i, "s", d.ids, d.nbytes, 0, end, straight_on=shares))
+        ws = drain(BacklogReader(docs, T=8, n_streams=8, eod=EOD, seed=5))
+        tail = ws[-len(ws) // 10:]
+        from_long = sum(int(((o == 7) & (y >= 0)).sum()) for _, y, o, _ in tail)
+        targets = sum(int(((o >= 0) & (y >= 0)).sum()) for _, y, o, _ in tail)
+        return from_long / targets, len({int(d) for _, _, o, _ in tail for d in o if d >= 0})
+
+    long_share, _ = sweep(shares=False)
+    assert long_share > 0.5                     # measured 0.74
+    long_share, n_docs = sweep(shares=True)
+    assert long_share < 0.1 and n_docs >= 8     # measured 0.0, 10 documents
