@@ -378,7 +378,7 @@ class ContinuousTrainer:
             self._nothing_to_consolidate = True     # until new text is learned
             return None
         rep = self._cycle(entries, CONSOLIDATE, preemptible=True, scope="consolidate",
-                          horizon=horizon, extra_pass=True)
+                          horizon=horizon)
         if rep is None:
             self._nothing_to_consolidate = True
         return rep
@@ -396,14 +396,14 @@ class ContinuousTrainer:
                            wrap=True, texts=texts, horizon=horizon)
 
     def _cycle(self, entries, trigger: str, *, preemptible: bool, scope: str,
-               steps: Optional[int] = None, wrap: bool = False, extra_pass: bool = False,
+               steps: Optional[int] = None, wrap: bool = False,
                texts: Optional[dict[int, str]] = None, horizon: int = 0
                ) -> Optional[CycleReport]:
         st = self.settings
         state = self._state()
         capacity = self._capacity_bytes()
         plan = plan_documents(self.store, entries, st, capacity, wrap=wrap,
-                              extra_pass=extra_pass, texts=texts)
+                              texts=texts)
         refused = plan.refused
         if refused:
             self._refuse(refused, "no trainable text (too short once the held-out tail is cut)")

@@ -53,28 +53,23 @@ class CyclePlan(NamedTuple):
 
 
 def plan_documents(store, entries: Sequence[BacklogEntry], settings: TrainerSettings,
-                   capacity: float, *, wrap: bool = False, extra_pass: bool = False,
+                   capacity: float, *, wrap: bool = False,
                    texts: Optional[dict[int, str]] = None) -> CyclePlan:
     """The documents of `entries` (backlog order) a cycle starts with: texts loaded for
     about 1.5 x `capacity` bytes still to learn (at least one document), the rest by
-    `more()`. Each is read to its budget (settings.passes), round and round with `wrap`, or
-    with `extra_pass` (consolidation) to its sweep's target (store.ledger.consolidation_order;
-    one pass more than it has completed when it has none). `texts` (id:
-    text) stands in for the store's when given (`cllm train`)."""
+    `more()`. Each is read to its budget (settings.passes), round and round with `wrap`, or,
+    an entry of a consolidation sweep, to its `target_bytes` (store.ledger.
+    consolidation_order). `texts` (id: text) stands in for the store's when given
+    (`cllm train`)."""
     st = settings
 
-    def passes_of(e: BacklogEntry) -> Optional[float]:
-        if wrap:
-            return None
-        if extra_pass and e.trainable_bytes:
-            return float(e.trained_bytes // e.trainable_bytes + 1)
-        return st.passes
+    passes = None if wrap else st.passes        # None: round and round
 
     first, rest, planned = [], list(entries), 0
     while rest and (planned < 1.5 * capacity or not first):
         e = rest.pop(0)
         first.append(e)
-        planned += e.left_bytes(passes_of(e) or st.passes, st.val_fraction) or e.size_bytes
+        planned += e.left_bytes(st.passes, st.val_fraction) or e.size_bytes
     refused: list[int] = []
     tails: dict[int, str] = {}
 
@@ -90,9 +85,9 @@ def plan_documents(store, entries: Sequence[BacklogEntry], settings: TrainerSett
             if not head:
                 refused.append(e.id)
                 continue
-            out.append(PlanDoc(e.id, e.source, head, e.trained_bytes, passes_of(e),
+            out.append(PlanDoc(e.id, e.source, head, e.trained_bytes, passes,
                                doc_name(e.uri),
-                               budget_bytes=e.target_bytes if extra_pass else None))
+                               budget_bytes=e.target_bytes))
             tails[e.id] = tail
         return out
 
