@@ -9,8 +9,10 @@ side), each on all cores:
 - the nanoGPT-style twin (benchmarks/torch_twin.py --recipe nanogpt): what a user would
   write today, serving its raw weights;
 - our recipe in PyTorch (--recipe ours): the agent's preset, tokenizer learner and
-  vocabulary, optimizer, schedule, warmup, batch, context, pass budget and EMA (what it
-  serves), without replay: what our engine's speed is worth against PyTorch's kernels.
+  vocabulary, optimizer, schedule, warmup, batch, context, its own batches (backlog reader,
+  file headers, fill-in-the-middle windows, replay), pass budget and EMA (what it serves),
+  without the sweeps after the passes: what our engine's speed is worth against PyTorch's
+  kernels.
 
 The clocks: each peer's clock starts when it is launched and runs through everything it
 does: interpreter start, reading the files (for the agent, its crawl and store), learning

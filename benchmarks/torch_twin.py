@@ -8,16 +8,18 @@ the packed training files, the `small` model initialised exactly as engine.Model
 decay on matrices, global-norm clip 1.0, warmup then a constant rate; a tokenizer of ours
 learned up front to the model's full vocabulary; the raw weights are what it serves.
 `train --recipe ours`: PyTorch running the agent's own recipe, read from the settings table
-(agent/settings.py: TrainerSettings and its TrainConfig): the preset; the tokenizer learned
-the way the agent's first cycle learns it (one `Tokenizer.learn` of `vocab_growth` tokens,
-on all the training text) and the model grown to it from a byte-level one
-(agent/training/model_state.new_model_state, Model.grow_vocab); the files' training heads
-(the agent's own held-out tail, val_fraction, cut off); every window of T+1 tokens at
-stride T once per pass in a shuffled order, `passes` passes and then no more (the agent's
-backlog budget), no replay; AdamW with the config's betas, eps, decay and clip; the
-schedule's warmup, then its rate at each step (engine.schedule.learning_rate, counted from
-the twin's first step as the agent counts from its new model's); non-finite steps
-skipped; and the EMA of engine.ema (decay_at's warm-up), which is what it serves.
+(agent/settings.py: TrainerSettings and its TrainConfig): the preset and its architecture
+options; the tokenizer learned the way a new agent model learns it (the FIM tokens first at
+257-260, then one `Tokenizer.learn` on all the training text) and the model built at its size
+(agent/training/model_state.build_at_vocabulary); the files' training heads (the agent's own
+held-out tail, val_fraction, cut off); the agent's batches (AgentBatches: its backlog reader
+over the files in its order, each with its file header, a `fim_rate` share of windows
+fill-in-the-middle, `passes` passes and then no more, rows replayed from documents already
+learned); AdamW or Muon with the config's settings and clip; the schedule's warmup, then
+its rate at each step (engine.schedule.learning_rate, counted from the twin's first step as
+the agent counts from its new model's); non-finite steps skipped; and the EMA of engine.ema
+(decay_at's warm-up), which is what it serves. It does not sweep on after the passes, as
+the agent does.
 
 Both run against a wall clock that starts when they are launched (`--t0`, the launcher's
 time.time()) and includes everything: imports, reading the files, learning the tokenizer,
@@ -64,7 +66,7 @@ from stdlib_data import (DEFAULT_ROOT, Split, bits_per_byte, heldout_windows,  #
 
 from engine import Model, preset  # noqa: E402
 from engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from engine.data import pack, window  # noqa: E402
+from engine.data import pack  # noqa: E402
 from engine.ema import EMA, decay_at  # noqa: E402
 from engine.errors import CllmError  # noqa: E402
 from engine.config import parse_arch  # noqa: E402
@@ -104,6 +106,10 @@ class Recipe:
     schedule: str = "constant"         # engine.schedule kind over the twin's steps
     min_lr: float = 1e-4               # its floor ("rsqrt")
     decay_steps: int = 1000            # "rsqrt": step at which the peak starts to decay
+    fim_rate: float = 0.0              # share of fill-in-the-middle windows (AgentBatches)
+    replay_fraction: float = 0.0       # share of rows replayed (AgentBatches)
+    replay_docs: int = 64              # documents in a cycle's replay sample
+    cycle_seconds: float = 60.0        # the agent's longest cycle (replay sample redrawn)
 
 
 def nanogpt_recipe(lr: float = 1e-3, batch: int = 8, warmup: int = 100,
@@ -132,7 +138,9 @@ def our_recipe(passes: Optional[float] = None) -> Recipe:
                   val_fraction=st.val_fraction, vocab_growth=st.max_new_tokens,
                   skip_nonfinite=True, preset=st.preset, seed=st.seed, init=st.init,
                   arch=st.arch, optimizer=tc.optimizer, muon_momentum=tc.muon_momentum,
-                  muon_scale=tc.muon_scale)
+                  muon_scale=tc.muon_scale, fim_rate=st.fim_rate,
+                  replay_fraction=st.replay_fraction, replay_docs=st.replay_docs,
+                  cycle_seconds=st.cycle_seconds)
 
 
 def training_texts(recipe: Recipe, files: Sequence[Path]) -> list[str]:
@@ -151,13 +159,18 @@ def build(recipe: Recipe, texts: Sequence[str]) -> tuple[Model, Tokenizer]:
         init = {"init": recipe.init} if recipe.init else {}
         return Model(cfg.replace(vocab_size=len(tok), **init, **parse_arch(recipe.arch)),
                      seed=recipe.seed), tok
-    from agent.training.model_state import new_model_state
+    from agent.training.fim import SPECIALS
+    from agent.training.model_state import build_at_vocabulary, new_model_state
 
     state = new_model_state(recipe.preset, seed=recipe.seed, init=recipe.init,
                             arch=parse_arch(recipe.arch))
-    state.tokenizer.learn(texts, max_new_tokens=recipe.vocab_growth)
-    state.model.grow_vocab(len(state.tokenizer))
-    return state.model, state.tokenizer
+    tok = state.tokenizer
+    if recipe.fim_rate > 0:             # the FIM tokens first, at 257-260, as the agent's
+        tok.add_specials(SPECIALS)
+    cap = tok.max_vocab - len(tok) if tok.max_vocab is not None else recipe.vocab_growth
+    tok.learn(texts, max_new_tokens=cap)
+    build_at_vocabulary(state)          # the model built at its vocabulary, as the agent's
+    return state.model, tok
 
 
 class RandomWindows:
@@ -174,28 +187,71 @@ class RandomWindows:
                 np.stack([self.stream[i + 1:i + T + 1] for i in s]))
 
 
-class ShuffledPasses:
-    """The agent's budget without its bookkeeping: every window of T+1 tokens at stride T
-    (each token a target once per pass), in a new random order each pass, for `passes`
-    passes (a fraction: the start of the last one); then None."""
+class AgentBatches:
+    """The agent's own batches (agent/training/backlog.py), without its store: the training
+    files as documents in the agent's backlog order (store.ledger.shuffle_key), each with its
+    file header, read by one BacklogReader (64 streams, `passes` each, a `fim_rate` share of
+    windows fill-in-the-middle) to the end of the passes; then None. Rows are replayed with
+    probability `replay_fraction` from a sample of up to `replay_docs` documents whose passes
+    are done, drawn again at the agent's cycle boundaries (FIRST_CYCLE_S, doubling up to
+    `cycle_seconds` of training) as agent/training/plan.py's sample_replay draws it.
 
-    def __init__(self, stream: np.ndarray, T: int, B: int, passes: float, seed: int) -> None:
-        self.stream, self.T, self.B = stream, T, B
-        self.starts = np.arange(0, len(stream) - 1, T)
-        self.left = math.ceil(passes * len(self.starts) - 1e-9)
-        self.rng = np.random.default_rng(seed)
-        self.order = np.zeros(0, np.int64)
+    What the agent does that this does not: a new reader (fresh streams) per cycle, and the
+    consolidation sweeps after the passes (the twin stops there)."""
 
-    def next(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        take = min(self.B, self.left)
-        if take <= 0:
+    def __init__(self, texts: Sequence[str], names: Sequence[str], tok: Tokenizer, T: int,
+                 B: int, recipe: "Recipe") -> None:
+        from agent.continuous_trainer import FIRST_CYCLE_S
+        from agent.training.backlog import BacklogReader, ledger_doc, token_byte_lengths
+        from agent.training.fim import fim_ids
+        from agent.training.learn import STREAMS
+        from store.ledger import shuffle_key
+
+        lengths = token_byte_lengths(tok)
+        ids = sorted(range(1, len(texts) + 1), key=shuffle_key)
+        self.docs = {i: ledger_doc(i, "twin", texts[i - 1], tok, lengths, 0, recipe.passes,
+                                   names[i - 1]) for i in ids}
+        self.docs = {i: d for i, d in self.docs.items() if d.ids.size}
+        self.left = {i: d.budget_bytes for i, d in self.docs.items()}
+        self.done: list[int] = []            # documents whose passes are done, in order
+        self.reader = BacklogReader(list(self.docs.values()), T, max(B, STREAMS), tok.eod_id,
+                                    seed=recipe.seed + 2, fim_rate=recipe.fim_rate,
+                                    fim=fim_ids(tok))
+        self.T, self.B, self.eod, self.recipe = T, B, tok.eod_id, recipe
+        self.first_s, self.cap_s = FIRST_CYCLE_S, recipe.cycle_seconds
+        self.cycle, self.cycle_end_s = 0, 0.0
+        self.batcher = None
+        self.replayed_bytes = 0
+
+    def _new_cycle(self) -> None:
+        from agent.training.backlog import Batcher, ReplayReader
+
+        self.cycle += 1
+        self.cycle_end_s += min(self.cap_s, self.first_s * 2 ** (self.cycle - 1))
+        r = self.recipe
+        rep = None
+        if r.replay_fraction > 0 and self.done:
+            rng = np.random.default_rng(r.seed * 1_000_003 + self.cycle)
+            pool = sorted(self.done)
+            pick = sorted(rng.choice(pool, size=min(r.replay_docs, len(pool)), replace=False))
+            rep = ReplayReader([self.docs[int(i)] for i in pick], self.T, self.eod,
+                               r.seed + self.cycle)
+        self.batcher = Batcher(self.reader, rep, self.B, r.replay_fraction if rep else 0.0,
+                               r.seed + self.cycle)
+
+    def next(self, train_s: float = 0.0) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """The next batch; `train_s`: seconds trained so far (the cycle clock)."""
+        if self.batcher is None or train_s >= self.cycle_end_s:
+            self._new_cycle()
+        b = self.batcher.next()
+        if b is None:
             return None
-        if len(self.order) < take:
-            self.order = np.concatenate([self.order, self.rng.permutation(self.starts)])
-        rows, self.order = self.order[:take], self.order[take:]
-        self.left -= take
-        xs, ys = zip(*(window(self.stream, int(s), self.T) for s in rows))
-        return np.stack(xs), np.stack(ys)
+        self.replayed_bytes += sum(b.replay.values())
+        for doc, n in b.new.items():
+            self.left[doc] -= n
+            if self.left[doc] <= 0 and doc not in self.done:
+                self.done.append(doc)
+        return b.inputs, b.targets
 
 
 # --------------------------------------------------------------------------- the race
@@ -221,9 +277,9 @@ def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] 
     T, B = model.config.context, recipe.batch
     if recipe.passes is None:
         data = RandomWindows(stream, T, B, recipe.seed)
-    else:                                # each document read as [EOD] + its tokens
-        stream = np.concatenate([[tok.eod_id], stream]).astype(np.int64)
-        data = ShuffledPasses(stream, T, B, recipe.passes, recipe.seed)
+    else:
+        from agent.training.fim import doc_name
+        data = AgentBatches(texts, [doc_name(str(p)) for p in split.train], tok, T, B, recipe)
     net = TorchGPT(model)
     names = model.param_names()
     params = [net.w(n) for n in names]
@@ -257,7 +313,7 @@ def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] 
             mark(m)
         if clock.over():
             break
-        batch = data.next()
+        batch = data.next(train_s) if isinstance(data, AgentBatches) else data.next()
         if batch is None:                # the budget is trained: these weights are final,
             budget_done_s = clock.now()  # so the marks still to come get them now
             for m in clock.marks:
@@ -302,6 +358,7 @@ def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] 
             "tokens_per_s": round(tokens / max(end_s, 1e-9), 1),
             "train_tokens_per_s": round(tokens / max(train_s, 1e-9), 1),
             "ema_updates": ema_t, "threads": threads or os.cpu_count(),
+            "replayed_bytes": getattr(data, "replayed_bytes", 0),
             "torch": torch.__version__, "marks": rows,
             "_model": model.config, "_tokenizer": tok}
 

@@ -1,8 +1,9 @@
 """benchmarks/bench_learn_tree.py's reusable parts: the race clock, the checkpoint watcher
-and the choice of the weights a user had at a mark, the recipe twin's pass budget, the
+and the choice of the weights a user had at a mark, the recipe twin's batches (the agent's reader, FIM and replay), the
 compressor floor; and (slow) a whole smoke race of the three peers."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -82,21 +83,50 @@ def test_agent_checkpoints_count_from_their_commit_and_uncommitted_ones_not_at_a
     assert [(s.path, s.at_s) for s in got] == [("/c/1", 10.4), ("/c/live", 25.0)]
 
 
-def test_shuffled_passes_target_every_token_once_per_pass_then_stop():
-    pytest.importorskip("torch")
-    from torch_twin import ShuffledPasses
+def _recipe_twin_batches(replay_fraction: float):
+    from torch_twin import AgentBatches, build, our_recipe
 
-    stream = np.arange(1, 30, dtype=np.int64)          # 29 tokens, T = 4: 7 windows
-    data = ShuffledPasses(stream, T=4, B=3, passes=2.0, seed=0)
-    targets = []
-    while (b := data.next()) is not None:
-        targets += [t for t in b[1].ravel() if t >= 0]
-    assert sorted(targets) == sorted(list(stream[1:]) * 2)
-    half = ShuffledPasses(stream, T=4, B=3, passes=0.5, seed=0)
-    rows = 0
-    while (b := half.next()) is not None:
-        rows += len(b[0])
-    assert rows == 4                                    # ceil(0.5 * 7) windows
+    from agent.training.fim import FIM_PREFIX, SPECIALS
+
+    texts = [f"def f{i}(x):\n    return x * {i} + {'y' * (i * 7)}\n" * (3 + i) for i in range(6)]
+    recipe = dataclasses.replace(our_recipe(), preset="tiny", passes=2.0, fim_rate=0.5,
+                                 replay_fraction=replay_fraction, replay_docs=3)
+    model, tok = build(recipe, texts)
+    assert tok.special_id(FIM_PREFIX) == 257                # the agent's ids for a new model
+    assert model.config.vocab_size == len(tok) > 261        # built at its learned size
+    special = {tok.eod_id, *(tok.special_id(n) for n in SPECIALS)}
+    data = AgentBatches(texts, [""] * len(texts), tok, T=8, B=4, recipe=recipe)
+    batches, replays, train_s = [], [], 0.0
+    while (b := data.next(train_s)) is not None:
+        batches.append(b)
+        rep = data.batcher.replay                           # this cycle's replay sample
+        if rep is not None:
+            replays.append((set(np.unique(rep.own[rep.own >= 0]).tolist()), set(data.done)))
+        train_s += 1.0                                      # a second a step: cycles of 10, 20...
+    return data, tok, special, texts, batches, replays
+
+
+def test_recipe_twin_reads_the_agents_backlog_every_token_passes_times_with_fim():
+    pytest.importorskip("torch")
+    from collections import Counter
+
+    data, tok, special, texts, batches, replays = _recipe_twin_batches(replay_fraction=0.0)
+    assert not replays
+    got = Counter(int(t) for _, y in batches for t in y.ravel() if t >= 0 and t not in special)
+    want = Counter()
+    for t in texts:
+        want.update(int(i) for i in tok.encode(t) for _ in range(2))
+    assert got == want                                      # each token a target twice
+    assert any((x == tok.special_id("<|fim_prefix|>")).any() for x, _ in batches)
+    assert sorted(data.done) == sorted(data.docs) and set(data.left.values()) == {0}
+
+
+def test_recipe_twin_replays_only_documents_whose_passes_are_done():
+    pytest.importorskip("torch")
+    data, tok, special, texts, batches, replays = _recipe_twin_batches(replay_fraction=0.25)
+    assert data.cycle >= 2 and data.replayed_bytes > 0 and replays
+    assert all(0 < len(drawn) <= 3 and drawn <= done for drawn, done in replays)
+    assert set(data.left.values()) == {0}                   # replay leaves the passes exact
 
 
 def test_compressor_floor_is_the_marginal_xz_size_and_is_cached(tmp_path):
