@@ -1,6 +1,7 @@
 """benchmarks/bench_learn_tree.py's reusable parts: the race clock, the checkpoint watcher
-and the choice of the weights a user had at a mark, the recipe twin's batches (the agent's reader, FIM and replay), the
-compressor floor; and (slow) a whole smoke race of the three peers."""
+and the choice of the weights a user had at a mark, the recipe twin's batches (the agent's
+reader, FIM and replay), the compressor floor; and (slow) a whole smoke race of the three
+peers."""
 from __future__ import annotations
 
 import dataclasses
