@@ -181,7 +181,8 @@ class RandomWindows:
         self.rng = np.random.default_rng(seed)
         self.hi = len(stream) - T - 1
 
-    def next(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    def next(self, train_s: float = 0.0) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """B random windows (`train_s`, the seconds trained, does not matter here)."""
         s, T = self.rng.integers(0, self.hi, self.B), self.T
         return (np.stack([self.stream[i:i + T] for i in s]),
                 np.stack([self.stream[i + 1:i + T + 1] for i in s]))
@@ -209,11 +210,11 @@ class AgentBatches:
 
         lengths = token_byte_lengths(tok)
         ids = sorted(range(1, len(texts) + 1), key=shuffle_key)
-        self.docs = {i: ledger_doc(i, "twin", texts[i - 1], tok, lengths, 0, recipe.passes,
-                                   names[i - 1]) for i in ids}
-        self.docs = {i: d for i, d in self.docs.items() if d.ids.size}
+        docs = (ledger_doc(i, "twin", texts[i - 1], tok, lengths, 0, recipe.passes,
+                           names[i - 1]) for i in ids)
+        self.docs = {d.id: d for d in docs if d.ids.size}
         self.left = {i: d.budget_bytes for i, d in self.docs.items()}
-        self.done: list[int] = []            # documents whose passes are done, in order
+        self.done: set[int] = set()          # documents whose passes are done
         self.reader = BacklogReader(list(self.docs.values()), T, max(B, STREAMS), tok.eod_id,
                                     seed=recipe.seed + 2, fim_rate=recipe.fim_rate,
                                     fim=fim_ids(tok))
@@ -249,8 +250,8 @@ class AgentBatches:
         self.replayed_bytes += sum(b.replay.values())
         for doc, n in b.new.items():
             self.left[doc] -= n
-            if self.left[doc] <= 0 and doc not in self.done:
-                self.done.append(doc)
+            if self.left[doc] <= 0:
+                self.done.add(doc)
         return b.inputs, b.targets
 
 
@@ -313,7 +314,7 @@ def race(recipe: Recipe, split: Split, clock: RaceClock, threads: Optional[int] 
             mark(m)
         if clock.over():
             break
-        batch = data.next(train_s) if isinstance(data, AgentBatches) else data.next()
+        batch = data.next(train_s)
         if batch is None:                # the budget is trained: these weights are final,
             budget_done_s = clock.now()  # so the marks still to come get them now
             for m in clock.marks:
