@@ -487,7 +487,8 @@ class ContinuousTrainer:
                     fim_rate=st.fim_rate,
                     max_new_tokens=st.max_new_tokens, more=plan.more, heldout=heldout,
                     seed=st.seed + cycle_id, progress=progress.step, stop=why_stop,
-                    vocab=plan.vocab)      # a new model's vocabulary: its whole backlog's
+                    vocab=plan.vocab,      # a new model's vocabulary: its whole backlog's
+                    average_sweep=scope == "consolidate" and st.sweep_average == "on")
         if res.steps == 0:
             self.state = None   # its vocabulary is not recorded: the next cycle learns it again
             if res.ended_by == "stop":

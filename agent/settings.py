@@ -176,6 +176,12 @@ SETTINGS: tuple[Setting, ...] = (
             "sweep; off: idle once the passes are done.",
             choices=("on", "off"), hint="e.g. --keep-learning off", commands=AGENT,
             into=TRAINER),
+    Setting("sweep_average", "on", str,
+            "During consolidation, serve the plain mean of the weights over each whole sweep "
+            "(from the sweep's end until the next one ends) instead of their EMA, which "
+            "leans towards the documents the sweep read last; off: the EMA throughout.",
+            choices=("on", "off"), hint="e.g. --sweep-average off", commands=AGENT,
+            into=TRAINER),
     Setting("min_improvement", 0.0005, float,
             "Consolidation stops when a least-squares line through the held-out loss at the "
             "ends of the last --patience sweeps falls by less than this fraction a sweep.",

@@ -1,13 +1,14 @@
 """Checkpoints: safetensors files (never pickle) with weights, optimizer moments, an optional
 EMA of the weights, and metadata, written atomically by engine.atomic.
 
-Tensors: one per parameter (by name), `optim.m` / `optim.v` (flat), and `ema` (flat, the
-EMA's shadow weights) when the run keeps one. Metadata holds the model and train configs
-(JSON), step, cycle, optimizer step, vocabulary size, tokenizer hash, `ema` (JSON: decay,
-warmup, t; empty without an EMA) and a SHA-256 of the tensor payload, so truncation,
+Tensors: one per parameter (by name), `optim.m` / `optim.v` (flat), `ema` (flat, the
+EMA's shadow weights) when the run keeps one, and `sweep_mean` (flat) while a consolidation
+sweep is averaging its weights. Metadata holds the model and train configs (JSON), step,
+cycle, optimizer step, vocabulary size, tokenizer hash, `ema` (JSON: decay, warmup, t; empty
+without an EMA), `sweep_mean` (JSON: t; empty without one) and a SHA-256 of the tensor payload, so truncation,
 corruption and mismatches are all refused with a CheckpointError naming the file and the
 problem. NaN or Inf in the weights or the EMA is refused on writing and on reading. A file
-written before the EMA existed loads with `ema=None`.
+written before the EMA (or the sweep mean) existed loads with `ema=None` (`sweep=None`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from safetensors.numpy import load, save
 
 from engine.atomic import atomic_write_bytes
 from engine.config import ModelConfig, TrainConfig
-from engine.ema import EMA
+from engine.ema import EMA, RunningMean
 from engine.errors import CheckpointError
 from engine.model import Model
 from engine.numeric import all_finite
@@ -45,6 +46,7 @@ class LoadedCheckpoint:
     tokenizer_sha256: Optional[str]
     extra: dict = field(default_factory=dict)
     ema: Optional[EMA] = None
+    sweep: Optional[RunningMean] = None    # a consolidation sweep's mean so far (learn.py)
 
     def serving_model(self) -> Model:
         """The model to generate or evaluate with: the EMA weights when there are any."""
@@ -62,21 +64,24 @@ def _payload_sha256(tensors: dict[str, np.ndarray]) -> str:
 def save_checkpoint(path, model: Model, optimizer: Optional[Optimizer] = None,
                     train_config: Optional[TrainConfig] = None, step: int = 0, cycle: int = 0,
                     tokenizer_sha256: Optional[str] = None, extra: Optional[dict] = None,
-                    ema: Optional[EMA] = None) -> str:
+                    ema: Optional[EMA] = None, sweep: Optional[RunningMean] = None) -> str:
     """Write a checkpoint atomically; returns the SHA-256 of the file's bytes. A model (or
-    EMA) with NaN or Inf parameters is refused: a checkpoint is never the place a corruption
-    lands."""
+    EMA, or a running mean of a consolidation sweep under way, `sweep`) with NaN or Inf
+    parameters is refused: a checkpoint is never the place a corruption lands."""
     if not all_finite(model.params):
         raise CheckpointError(f"refusing to write {path}: the model has NaN or Inf parameters",
                               "the previous checkpoint is intact; lower the learning rate")
-    if ema is not None:
-        if ema.shadow.shape != model.params.shape:
-            raise CheckpointError(f"refusing to write {path}: the EMA has {ema.shadow.size} "
+    for what, avg in (("EMA", ema), ("sweep's running mean", sweep)):
+        if avg is None:
+            continue
+        if avg.shadow.shape != model.params.shape:
+            raise CheckpointError(f"refusing to write {path}: the {what} has {avg.shadow.size} "
                                   f"weights, the model {model.params.size}",
                                   "grow the EMA with the model (EMA.grow)")
-        if not all_finite(ema.shadow):
-            raise CheckpointError(f"refusing to write {path}: the EMA has NaN or Inf weights",
-                                  "the previous checkpoint is intact; lower the learning rate")
+        if not all_finite(avg.shadow):
+            raise CheckpointError(f"refusing to write {path}: the {what} has NaN or Inf "
+                                  "weights", "the previous checkpoint is intact; lower the "
+                                  "learning rate")
 
     tensors: dict[str, np.ndarray] = {n: np.ascontiguousarray(model.param(n))
                                       for n in model.param_names()}
@@ -85,6 +90,8 @@ def save_checkpoint(path, model: Model, optimizer: Optional[Optimizer] = None,
             tensors[f"optim.{k}"] = arr
     if ema is not None:
         tensors["ema"] = ema.shadow
+    if sweep is not None:
+        tensors["sweep_mean"] = sweep.shadow
     meta = {
         "format": FORMAT,
         "model_config": model.config.to_json(),
@@ -98,6 +105,7 @@ def save_checkpoint(path, model: Model, optimizer: Optional[Optimizer] = None,
         "payload_sha256": _payload_sha256(tensors),
         "extra": json.dumps(extra or {}, sort_keys=True),
         "ema": json.dumps(ema.meta(), sort_keys=True) if ema is not None else "",
+        "sweep_mean": json.dumps(sweep.meta(), sort_keys=True) if sweep is not None else "",
     }
     data = save(tensors, metadata=meta)
     atomic_write_bytes(Path(path), data)
@@ -172,27 +180,34 @@ def load_checkpoint(path, expected_tokenizer_sha256: Optional[str] = None,
         step, cycle = int(meta.get("step", 0)), int(meta.get("cycle", 0))
         extra = json.loads(meta.get("extra") or "{}")
         ema_meta = json.loads(meta.get("ema") or "{}")
+        sweep_meta = json.loads(meta.get("sweep_mean") or "{}")
     except ValueError as e:               # JSONDecodeError is a ValueError
         raise CheckpointError(f"checkpoint {path} has unreadable metadata ({e})", hint) from None
     ema = _load_ema(path, tensors.get("ema"), ema_meta, flat, layout, hint)
+    sweep = _load_ema(path, tensors.get("sweep_mean"), sweep_meta, flat, layout, hint,
+                      mean=True)
     return LoadedCheckpoint(path=path, model=model, train_config=tcfg, optimizer=optimizer,
-                            step=step, cycle=cycle, tokenizer_sha256=tok, extra=extra, ema=ema)
+                            step=step, cycle=cycle, tokenizer_sha256=tok, extra=extra, ema=ema,
+                            sweep=sweep)
 
 
 def _load_ema(path: Path, shadow: Optional[np.ndarray], meta: dict, flat: np.ndarray,
-              layout: ParamLayout, hint: str) -> Optional[EMA]:
+              layout: ParamLayout, hint: str, mean: bool = False) -> Optional[EMA]:
+    """The EMA (or with `mean`, the sweep's RunningMean) a checkpoint holds, or None."""
+    what = "sweep mean" if mean else "EMA"
     if shadow is None and not meta:
-        return None                        # written without an EMA (or before it existed)
+        return None                        # written without one (or before it existed)
     if shadow is None or shadow.shape != flat.shape or shadow.dtype != np.float32:
-        raise CheckpointError(f"checkpoint {path}: the EMA tensor is missing or does not "
+        raise CheckpointError(f"checkpoint {path}: the {what} tensor is missing or does not "
                               "match the config", hint)
     if not all_finite(shadow):
-        raise CheckpointError(f"checkpoint {path} holds NaN or Inf EMA weights", hint)
+        raise CheckpointError(f"checkpoint {path} holds NaN or Inf {what} weights", hint)
     try:
-        ema = EMA(flat, layout, decay=float(meta["decay"]), warmup=bool(meta["warmup"]),
-                  t=int(meta["t"]))
+        ema = (RunningMean(flat, layout, t=int(meta["t"])) if mean else
+               EMA(flat, layout, decay=float(meta["decay"]), warmup=bool(meta["warmup"]),
+                   t=int(meta["t"])))
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} has unreadable EMA metadata ({e})", hint
+        raise CheckpointError(f"checkpoint {path} has unreadable {what} metadata ({e})", hint
                               ) from None
     ema.shadow[...] = shadow
     return ema

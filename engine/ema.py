@@ -10,6 +10,10 @@ every step (a valid model to serve, to checkpoint, and to grow), and stops the r
 from dominating the average for the first ~1/(1-decay) steps. It is the rule of TensorFlow's
 ExponentialMovingAverage(num_updates=...).
 
+`RunningMean` is the same pass with w = 1 / (t + 1): after t updates its shadow is the plain
+mean of the t weights folded in (the first update copies them), what the trainer serves at the
+end of a consolidation sweep (agent/training/learn.py).
+
 Vocabulary growth: new wte rows of the shadow copy the model's new rows (their average has
 only just begun). Not here: when to update (the trainer, after each applied step),
 checkpointing (engine.checkpoint stores `shadow` as the tensor "ema").
@@ -81,3 +85,17 @@ class EMA:
 
     def meta(self) -> dict:
         return {"decay": self.decay, "warmup": self.warmup, "t": self.t}
+
+
+class RunningMean(EMA):
+    """The uniform mean of the weights folded in since it began (shadow is a copy of the
+    weights until the first update, which replaces it): update t uses decay t / (t + 1)."""
+
+    def __init__(self, params: np.ndarray, layout: ParamLayout, t: int = 0) -> None:
+        super().__init__(params, layout, decay=0.5, warmup=False, t=t)
+
+    def current_decay(self) -> float:
+        return self.t / (self.t + 1.0)
+
+    def meta(self) -> dict:
+        return {"kind": "mean", "t": self.t}

@@ -27,7 +27,7 @@ from engine import Optimizer, ThreadedTrainingSystem, TrainConfig
 from engine.cpu import default_workers
 from engine.data import evaluate, pack
 from engine.distributed import Leader
-from engine.ema import EMA
+from engine.ema import EMA, RunningMean
 from engine.mpi import rank_timeout_s, world
 from engine.schedule import learning_rate
 from engine.config import arch_text
@@ -120,7 +120,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
           stop: Optional[Callable[[], Optional[str]]] = None,
           vocab: Optional[Callable[[], Sequence[PlanDoc]]] = None,
           vocab_seconds: float = VOCAB_SECONDS, priority: str = "normal",
-          duty: float = 1.0, bell: Optional[threading.Event] = None) -> LearnResult:
+          duty: float = 1.0, bell: Optional[threading.Event] = None,
+          average_sweep: bool = False) -> LearnResult:
     """Learn vocabulary, then train. A model no step has trained (model_state.is_untrained)
     learns its vocabulary, up to its tokenizer's cap (the preset's size), from `vocab()`
     (the whole backlog's sample) within `vocab_seconds`, and is built afresh at that size;
@@ -134,8 +135,11 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     its three tokens are added to the vocabulary first, a new model's before it learns any).
     `lr(step_in_cycle)` gives each step's learning rate (default: tcfg's schedule over the
     model's life, engine.schedule); the EMA of the weights (tcfg.ema_decay) follows every
-    applied step. Evaluates the served model (the EMA) on `heldout` per source unless
-    stopped. Each applied step's targets are credited to the
+    applied step; with `average_sweep` (a consolidation cycle) the EMA holds still and a
+    plain mean of the weights over the sweep (state.sweep, kept across the sweep's cycles)
+    follows every applied step instead, and becomes the served weights when the run ends
+    with its backlog, the sweep's end. Evaluates the served model (the EMA) on `heldout`
+    per source unless stopped. Each applied step's targets are credited to the
     documents they cover (LearnResult.new_bytes / replay_bytes). The workers run at
     `priority` (engine/priority.py); with `duty` < 1 a step of d seconds is followed by a rest
     of d * (1/duty - 1), which `bell` (set by whoever makes `stop()` say why) ends early."""
@@ -161,19 +165,25 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
         model = state.model
     elif max_new_tokens > 0 and first_read:
         res.new_token_ids = tok.learn(first_read, max_new_tokens=max_new_tokens)
+    if not average_sweep or tcfg.ema_decay is None:
+        state.sweep = None      # a sweep's mean lives from a sweep's start to its end only
     if len(tok) > model.config.vocab_size:
         model.grow_vocab(len(tok), merges=tok.merges,   # row z from the rows z merges
                          specials=tok.specials.values())
         if state.optimizer is not None:
             state.optimizer.grow(model.layout)
-        if state.ema is not None:
-            state.ema.grow(model.layout, model.params)
+        for avg in (state.ema, state.sweep):
+            if avg is not None:
+                avg.grow(model.layout, model.params)
     if tcfg.ema_decay is None:
         state.ema = None
     elif state.ema is None:
         state.ema = EMA(model.params, model.layout, tcfg.ema_decay)
     else:
         state.ema.decay = tcfg.ema_decay
+    if state.ema is not None and average_sweep and state.sweep is None:
+        state.sweep = RunningMean(model.params, model.layout)    # a sweep starts
+    average = state.sweep if state.sweep is not None else state.ema
     if state.optimizer is None or state.optimizer.cfg != tcfg:
         old = state.optimizer
         state.optimizer = Optimizer(model.layout, tcfg)
@@ -245,8 +255,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
                     for into, got in ((res.new_bytes, batch.new), (res.replay_bytes, batch.replay)):
                         for doc, n in got.items():
                             into[doc] = into.get(doc, 0) + n
-                    if state.ema is not None:
-                        state.ema.update(model.params)
+                    if average is not None:
+                        average.update(model.params)
                 if progress is not None:
                     progress(res.steps, r.loss, r.lr)
                 rest.after(time.perf_counter() - t_step)
@@ -262,6 +272,9 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
         k = max(1, min(10, len(res.losses) // 5))
         res.loss_start = float(np.mean(res.losses[:k]))
         res.loss_end = float(np.mean(res.losses[-k:]))
+    if state.sweep is not None and res.ended_by == "backlog" and state.sweep.t > 0:
+        state.ema.shadow[...] = state.sweep.shadow      # the sweep's end: serve its mean
+        state.sweep = None
     if res.ended_by != "stop" and heldout:
         served = state.serving_model()
         for source, text in heldout.items():

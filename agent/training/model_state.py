@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 from engine import Model, Optimizer, preset
 from engine.atomic import atomic_write_bytes
-from engine.ema import EMA
+from engine.ema import EMA, RunningMean
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.errors import CheckpointError, CllmError, ConfigError
 from engine.tokenizer import Tokenizer
@@ -53,6 +53,8 @@ class ModelState:
     ema: Optional[EMA] = None        # an EMA of the weights, what generation serves
     seed: int = 0                    # a new model's init seed (it is built again, at its
     #                                  learned vocabulary's size, before its first step)
+    sweep: Optional[RunningMean] = None   # the mean of the weights over the consolidation
+    #                                  sweep under way (agent/training/learn.py)
 
     def serving_model(self) -> Model:
         """The model generation and evaluation use: the EMA weights when there are any."""
@@ -96,7 +98,8 @@ def load_model_state(ckpt: Path, expected_sha256: Optional[str] = None) -> Model
         raise CheckpointError(f"tokenizer file {tpath} for checkpoint {ckpt} is missing",
                               "restore it or train from scratch")
     tok = Tokenizer.load(tpath, expected_sha256=ck.tokenizer_sha256)
-    return ModelState(ck.model, tok, ck.optimizer, ck.cycle, ck.step, ckpt, ck.ema)
+    return ModelState(ck.model, tok, ck.optimizer, ck.cycle, ck.step, ckpt, ck.ema,
+                      sweep=ck.sweep)
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def build_at_vocabulary(state: ModelState) -> None:
                          f"size (this one is at step {state.step}, from {state.path})")
     cfg = state.model.config.replace(vocab_size=len(state.tokenizer))
     state.model = Model(cfg, seed=state.seed)
-    state.optimizer = state.ema = None
+    state.optimizer = state.ema = state.sweep = None
 
 
 class CheckpointWriteError(CheckpointError):
@@ -199,7 +202,7 @@ def save_model_state(state: ModelState, data_dir: Path, cycle: int,
         sha = save_checkpoint(path, state.model, state.optimizer,
                               state.optimizer.cfg if state.optimizer else None, step=state.step,
                               cycle=cycle, tokenizer_sha256=state.tokenizer.sha256, extra=extra,
-                              ema=state.ema)
+                              ema=state.ema, sweep=state.sweep)
     except OSError as e:
         try:
             remove_checkpoint_files(path)   # the tokenizer file written before it, if any

@@ -153,3 +153,42 @@ def test_an_ema_of_the_wrong_size_is_refused(tmp_path):
         save_checkpoint(tmp_path / "c.safetensors", m, ema=ema)
     with pytest.raises(ValueError, match="EMA.grow"):
         ema.update(m.params)
+
+
+def test_a_running_mean_is_the_plain_mean_of_the_weights_it_folded_in():
+    from engine.ema import RunningMean
+
+    m = Model(engine.tiny, seed=0)
+    opt = Optimizer(m.layout, TrainConfig(lr=1e-2))
+    mean = RunningMean(m.params, m.layout)
+    seen = []
+    for i in range(7):
+        train(m, opt, None, 1, seed=i)
+        mean.update(m.params)
+        seen.append(m.params.astype(np.float64))
+    assert mean.t == 7 and mean.current_decay() == pytest.approx(7 / 8)
+    np.testing.assert_allclose(mean.shadow, np.mean(seen, axis=0), rtol=0, atol=1e-6)
+    assert not np.allclose(mean.shadow, m.params, rtol=0, atol=1e-6)  # not the last weights
+
+
+def test_a_sweep_mean_round_trips_through_a_checkpoint_and_old_files_have_none(tmp_path):
+    from engine.ema import RunningMean
+
+    m = Model(engine.tiny, seed=0)
+    opt = Optimizer(m.layout, TrainConfig(lr=1e-2))
+    ema = EMA(m.params, m.layout, decay=0.9)
+    sweep = RunningMean(m.params, m.layout)
+    for i in range(3):
+        train(m, opt, ema, 1, seed=i)
+        sweep.update(m.params)
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, m, opt, ema=ema, sweep=sweep)
+    ck = load_checkpoint(path)
+    assert isinstance(ck.sweep, RunningMean) and ck.sweep.t == 3
+    assert np.array_equal(ck.sweep.shadow, sweep.shadow)
+    assert np.array_equal(ck.ema.shadow, ema.shadow)          # the two stay apart
+    save_checkpoint(path, m, opt, ema=ema)
+    assert load_checkpoint(path).sweep is None
+    sweep.shadow[3] = np.inf
+    with pytest.raises(CheckpointError, match="sweep's running mean has NaN or Inf"):
+        save_checkpoint(tmp_path / "d.safetensors", m, ema=ema, sweep=sweep)

@@ -319,3 +319,68 @@ def test_retention_keeps_the_runs_best_checkpoint_for_a_restore(env):
     assert runs[0].checkpoint_path.exists() and runs[3].checkpoint_path.exists()
     assert not runs[1].checkpoint_path.exists() and runs[1].checkpoint_path in gone
     assert tr.best_consolidated()[0] == runs[0].cycle_id
+
+
+
+def run_sweep(tr: ContinuousTrainer) -> tuple[list, list[np.ndarray]]:
+    """Consolidation cycles up to and including the one that ends the sweep: (their reports,
+    the weights after every step of them)."""
+    seen: list[np.ndarray] = []
+    tr.progress = lambda cycle_id, step, planned, loss: seen.append(
+        tr.state.model.params.astype(np.float64))
+    reps = []
+    while not reps or reps[-1].ended_by != "backlog":
+        reps.append(tr.run_pending(CONSOLIDATE))
+    tr.progress = None
+    return reps, seen
+
+
+def test_a_sweep_serves_the_mean_of_its_weights_from_its_end_across_cycles_and_restarts(env):
+    """--sweep-average on: the EMA (what is served) holds still through a sweep; the plain
+    mean of the weights after every step of the sweep, kept in each cycle's checkpoint, is
+    served from the cycle that ends the sweep; a restart mid-sweep carries the mean on."""
+    store, data = env
+    add_doc(store, "a", "lattice", reps=30)
+    add_doc(store, "b", "spheres", reps=30)
+    tr = ContinuousTrainer(store, data, ON)
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+    served = tr.state.ema.shadow.copy()
+    tr.settings = tr.settings.replace(max_steps=3)           # a sweep of several cycles
+    first = tr.run_pending(CONSOLIDATE)
+    assert first.ended_by == "steps"
+    assert np.array_equal(tr.state.ema.shadow, served)        # held still mid-sweep
+    mid = load_model_state(first.checkpoint_path)
+    assert mid.sweep.t == 3 and np.array_equal(mid.ema.shadow, served)
+    # the agent restarts (a SIGKILL between cycles): the new trainer resumes the mean
+    tr = ContinuousTrainer(store, data, ON.replace(max_steps=3))
+    reps, seen = run_sweep(tr)
+    assert len(reps) >= 2 and all(r.ended_by == "steps" for r in reps[:-1])
+    mean = (mid.sweep.shadow.astype(np.float64) * 3 + np.sum(seen, axis=0)) / (3 + len(seen))
+    np.testing.assert_allclose(tr.state.ema.shadow, mean, rtol=0, atol=2e-6)
+    assert tr.state.sweep is None
+    end = load_model_state(reps[-1].checkpoint_path)
+    assert end.sweep is None and np.array_equal(end.ema.shadow, tr.state.ema.shadow)
+    assert not np.allclose(end.ema.shadow, served, rtol=0, atol=1e-4)
+    assert not np.allclose(end.ema.shadow, end.model.params, rtol=0, atol=1e-4)
+
+
+def test_new_text_ends_a_sweep_mean_and_off_keeps_the_ema(env):
+    """A learning cycle mid-sweep drops the sweep's mean (the EMA follows its steps again);
+    --sweep-average off: consolidation moves the EMA and keeps no mean."""
+    store, data = env
+    add_doc(store, "a", "lattice", reps=30)
+    tr = ContinuousTrainer(store, data, ON.replace(max_steps=3))
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+    served = tr.state.ema.shadow.copy()
+    assert tr.run_pending(CONSOLIDATE).ended_by == "steps" and tr.state.sweep.t == 3
+    add_doc(store, "b", "clock", reps=12)
+    rep = tr.run_pending(tr.due()[0])
+    assert rep.trigger != CONSOLIDATE and tr.state.sweep is None
+    assert load_model_state(rep.checkpoint_path).sweep is None
+    assert not np.array_equal(tr.state.ema.shadow, served)
+
+    tr.settings = tr.settings.replace(sweep_average="off")
+    assert learn_to_the_floor(tr) == CONSOLIDATE
+    served = tr.state.ema.shadow.copy()
+    assert tr.run_pending(CONSOLIDATE).trigger == CONSOLIDATE and tr.state.sweep is None
+    assert not np.array_equal(tr.state.ema.shadow, served)
