@@ -178,8 +178,9 @@ SETTINGS: tuple[Setting, ...] = (
             into=TRAINER),
     Setting("sweep_average", "on", str,
             "During consolidation, serve the plain mean of the weights over each whole sweep "
-            "(from the sweep's end until the next one ends) instead of their EMA, which "
-            "leans towards the documents the sweep read last; off: the EMA throughout.",
+            "from the sweep's end (the EMA follows on from it), so the weights the stopping "
+            "rule judges and a converged agent serves do not lean towards the documents the "
+            "sweep read last, as the EMA's do; off: the EMA throughout.",
             choices=("on", "off"), hint="e.g. --sweep-average off", commands=AGENT,
             into=TRAINER),
     Setting("min_improvement", 0.0005, float,

@@ -135,10 +135,10 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
     its three tokens are added to the vocabulary first, a new model's before it learns any).
     `lr(step_in_cycle)` gives each step's learning rate (default: tcfg's schedule over the
     model's life, engine.schedule); the EMA of the weights (tcfg.ema_decay) follows every
-    applied step; with `average_sweep` (a consolidation cycle) the EMA holds still and a
-    plain mean of the weights over the sweep (state.sweep, kept across the sweep's cycles)
-    follows every applied step instead, and becomes the served weights when the run ends
-    with its backlog, the sweep's end. Evaluates the served model (the EMA) on `heldout`
+    applied step; with `average_sweep` (a consolidation cycle) so does a plain mean of the
+    weights over the sweep (state.sweep, kept across the sweep's cycles), which becomes the
+    served weights (the EMA's, which follows on from there) when the run ends with its
+    backlog, the sweep's end. Evaluates the served model (the EMA) on `heldout`
     per source unless stopped. Each applied step's targets are credited to the
     documents they cover (LearnResult.new_bytes / replay_bytes). The workers run at
     `priority` (engine/priority.py); with `duty` < 1 a step of d seconds is followed by a rest
@@ -183,7 +183,7 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
         state.ema.decay = tcfg.ema_decay
     if state.ema is not None and average_sweep and state.sweep is None:
         state.sweep = RunningMean(model.params, model.layout)    # a sweep starts
-    average = state.sweep if state.sweep is not None else state.ema
+    averages = [a for a in (state.ema, state.sweep) if a is not None]
     if state.optimizer is None or state.optimizer.cfg != tcfg:
         old = state.optimizer
         state.optimizer = Optimizer(model.layout, tcfg)
@@ -255,8 +255,8 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
                     for into, got in ((res.new_bytes, batch.new), (res.replay_bytes, batch.replay)):
                         for doc, n in got.items():
                             into[doc] = into.get(doc, 0) + n
-                    if average is not None:
-                        average.update(model.params)
+                    for avg in averages:
+                        avg.update(model.params)
                 if progress is not None:
                     progress(res.steps, r.loss, r.lr)
                 rest.after(time.perf_counter() - t_step)
@@ -273,7 +273,7 @@ def learn(state: ModelState, docs: Sequence[PlanDoc], tcfg: TrainConfig, *,
         res.loss_start = float(np.mean(res.losses[:k]))
         res.loss_end = float(np.mean(res.losses[-k:]))
     if state.sweep is not None and res.ended_by == "backlog" and state.sweep.t > 0:
-        state.ema.shadow[...] = state.sweep.shadow      # the sweep's end: serve its mean
+        state.ema.shadow[...] = state.sweep.shadow   # the sweep's end: serve its mean
         state.sweep = None
     if res.ended_by != "stop" and heldout:
         served = state.serving_model()

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from agent.continuous_trainer import CONSOLIDATE, RESTORE, ContinuousTrainer
 from agent.training.model_state import load_model_state
+from engine.ema import EMA
 from store import controls
 from store.checkpoints import latest_checkpoint
 from store.cycles import finish_cycle, list_cycles, start_cycle
@@ -336,9 +337,9 @@ def run_sweep(tr: ContinuousTrainer) -> tuple[list, list[np.ndarray]]:
 
 
 def test_a_sweep_serves_the_mean_of_its_weights_from_its_end_across_cycles_and_restarts(env):
-    """--sweep-average on: the EMA (what is served) holds still through a sweep; the plain
-    mean of the weights after every step of the sweep, kept in each cycle's checkpoint, is
-    served from the cycle that ends the sweep; a restart mid-sweep carries the mean on."""
+    """--sweep-average on: the plain mean of the weights after every step of a sweep, kept
+    in each cycle's checkpoint, is served from the cycle that ends the sweep (the EMA, which
+    serves in mid-sweep, follows on from it); a restart mid-sweep carries the mean on."""
     store, data = env
     add_doc(store, "a", "lattice", reps=30)
     add_doc(store, "b", "spheres", reps=30)
@@ -346,11 +347,19 @@ def test_a_sweep_serves_the_mean_of_its_weights_from_its_end_across_cycles_and_r
     assert learn_to_the_floor(tr) == CONSOLIDATE
     served = tr.state.ema.shadow.copy()
     tr.settings = tr.settings.replace(max_steps=3)           # a sweep of several cycles
+    seen = []
+    tr.progress = lambda c, i, p, loss: seen.append(tr.state.model.params.copy())
     first = tr.run_pending(CONSOLIDATE)
+    tr.progress = None
     assert first.ended_by == "steps"
-    assert np.array_equal(tr.state.ema.shadow, served)        # held still mid-sweep
+    ema = EMA(served.copy(), tr.state.model.layout, tr.settings.ema_decay,
+              t=tr.state.ema.t - 3)                          # the EMA follows every step
+    for w in seen:
+        ema.update(w)
+    assert np.array_equal(tr.state.ema.shadow, ema.shadow)
     mid = load_model_state(first.checkpoint_path)
-    assert mid.sweep.t == 3 and np.array_equal(mid.ema.shadow, served)
+    assert mid.sweep.t == 3 and np.array_equal(mid.ema.shadow, ema.shadow)
+    np.testing.assert_allclose(mid.sweep.shadow, np.mean(seen, axis=0), rtol=0, atol=1e-6)
     # the agent restarts (a SIGKILL between cycles): the new trainer resumes the mean
     tr = ContinuousTrainer(store, data, ON.replace(max_steps=3))
     reps, seen = run_sweep(tr)
