@@ -5,10 +5,11 @@ Tensors: one per parameter (by name), `optim.m` / `optim.v` (flat), `ema` (flat,
 EMA's shadow weights) when the run keeps one, and `sweep_mean` (flat) while a consolidation
 sweep is averaging its weights. Metadata holds the model and train configs (JSON), step,
 cycle, optimizer step, vocabulary size, tokenizer hash, `ema` (JSON: decay, warmup, t; empty
-without an EMA), `sweep_mean` (JSON: t; empty without one) and a SHA-256 of the tensor payload, so truncation,
-corruption and mismatches are all refused with a CheckpointError naming the file and the
-problem. NaN or Inf in the weights or the EMA is refused on writing and on reading. A file
-written before the EMA (or the sweep mean) existed loads with `ema=None` (`sweep=None`).
+without an EMA), `sweep_mean` (JSON: t; empty without one) and a SHA-256 of the tensor
+payload, so truncation, corruption and mismatches are all refused with a CheckpointError
+naming the file and the problem. NaN or Inf in the weights or the EMA is refused on writing
+and on reading. A file written before the EMA (or the sweep mean) existed loads with
+`ema=None` (`sweep=None`).
 """
 from __future__ import annotations
 
